@@ -1,0 +1,19 @@
+//! `myagent-host`: loads LLM agents from native plugins and serves them over WebSocket.
+//!
+//! The binary (`main.rs`) is thin glue over this library: [`plugin`] loads and hot-reloads agent
+//! plugins, [`agent`] runs the ReAct loop, [`llm`] talks to the model, [`server`] is the
+//! WebSocket gateway and HTTP endpoints. See ARCHITECTURE.md.
+
+pub mod agent;
+pub mod llm;
+pub mod metrics;
+pub mod plugin;
+pub mod server;
+
+/// Seconds since the Unix epoch, with millisecond precision (the protocol's `timestamp`).
+pub fn now_secs() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_millis() as f64) / 1000.0
+}

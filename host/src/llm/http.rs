@@ -1,0 +1,282 @@
+//! The HTTP model client (reqwest): streaming, retries as the official OpenAI client does, and
+//! timeouts for connect, first byte and an idle stream.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::sse::StreamParser;
+use super::{ApiKey, ChatRequest, ChatResponse, LlmError, Recorder};
+
+/// Where and how to reach the model.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// Base URL including `/v1`, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<ApiKey>,
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head and first data.
+    pub first_token_timeout: Duration,
+    /// Longest gap between two pieces of the stream.
+    pub idle_timeout: Duration,
+    /// Retries after the first attempt (the official client's default is 2).
+    pub max_retries: u32,
+}
+
+pub struct HttpModel {
+    config: LlmConfig,
+    client: reqwest::Client,
+    url: String,
+    recorder: Option<Recorder>,
+}
+
+impl HttpModel {
+    pub fn new(config: LlmConfig, recorder: Option<Recorder>) -> Result<HttpModel, LlmError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| LlmError::Connect(e.to_string()))?;
+        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        Ok(HttpModel {
+            config,
+            client,
+            url,
+            recorder,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let rec = self
+            .recorder
+            .as_ref()
+            .map(|r| format!(", recording to {}", r.path().display()))
+            .unwrap_or_default();
+        let key = if self.config.api_key.is_some() {
+            "API key set"
+        } else {
+            "no API key"
+        };
+        format!("{} ({key}{rec})", self.config.base_url)
+    }
+
+    pub async fn chat(
+        &self,
+        req: &ChatRequest,
+        on_delta: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        let body = req.to_body();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut parser = StreamParser::default();
+            let (result, retry_after) = self.attempt(&body, &mut parser, on_delta).await;
+            match result {
+                Ok(resp) => {
+                    if let Some(rec) = &self.recorder {
+                        rec.record(req, &resp);
+                    }
+                    return Ok(resp);
+                }
+                // Output already reached the client: a retry would repeat it.
+                Err(e) if parser.started || !e.is_retryable() => return Err(e),
+                Err(e) if attempt > self.config.max_retries => {
+                    return Err(if self.config.max_retries == 0 {
+                        e
+                    } else {
+                        LlmError::RetriesExhausted {
+                            attempts: attempt,
+                            last: e.to_string(),
+                        }
+                    });
+                }
+                Err(e) => {
+                    let wait = retry_after.unwrap_or_else(|| backoff(attempt));
+                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "model call failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One HTTP attempt. Returns the server's requested retry delay alongside any error.
+    async fn attempt(
+        &self,
+        body: &serde_json::Value,
+        parser: &mut StreamParser,
+        on_delta: &mut (dyn FnMut(&str) + Send),
+    ) -> (Result<ChatResponse, LlmError>, Option<Duration>) {
+        let mut rb = self.client.post(&self.url).json(body);
+        if let Some(key) = &self.config.api_key {
+            rb = rb.bearer_auth(key.expose());
+        }
+        let first = self.config.first_token_timeout;
+        let resp = match tokio::time::timeout(first, rb.send()).await {
+            Err(_) => return (Err(LlmError::Stalled(first.as_millis() as u64)), None),
+            Ok(Err(e)) => return (Err(classify(e)), None),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = retry_after(resp.headers());
+            let text = tokio::time::timeout(first, resp.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return (
+                Err(LlmError::Status {
+                    status: status.as_u16(),
+                    message,
+                }),
+                retry_after,
+            );
+        }
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if is_json {
+            let bytes = match tokio::time::timeout(first, resp.bytes()).await {
+                Err(_) => return (Err(LlmError::Stalled(first.as_millis() as u64)), None),
+                Ok(Err(e)) => return (Err(classify(e)), None),
+                Ok(Ok(b)) => b,
+            };
+            return (StreamParser::whole(&bytes, on_delta), None);
+        }
+        let mut stream = resp.bytes_stream();
+        let mut wait = first;
+        let started = Instant::now();
+        loop {
+            match tokio::time::timeout(wait, stream.next()).await {
+                Err(_) => return (Err(LlmError::Stalled(wait.as_millis() as u64)), None),
+                Ok(None) => {
+                    // Some servers close without `[DONE]`; accept when the finish arrived.
+                    if parser.has_finish() {
+                        break;
+                    }
+                    return (
+                        Err(LlmError::Malformed(
+                            "the stream ended before the answer was complete".into(),
+                        )),
+                        None,
+                    );
+                }
+                Ok(Some(Err(e))) => {
+                    return (
+                        Err(LlmError::Malformed(format!(
+                            "the stream broke off: {}",
+                            without_url(&e)
+                        ))),
+                        None,
+                    )
+                }
+                Ok(Some(Ok(bytes))) => match parser.feed(&bytes, on_delta) {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => return (Err(e), None),
+                },
+            }
+            if parser.started {
+                wait = self.config.idle_timeout;
+            }
+        }
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model stream complete"
+        );
+        (std::mem::take(parser).finish(), None)
+    }
+}
+
+fn classify(e: reqwest::Error) -> LlmError {
+    if e.is_connect() || e.is_timeout() || e.is_request() {
+        LlmError::Connect(without_url(&e))
+    } else {
+        LlmError::Malformed(without_url(&e))
+    }
+}
+
+/// reqwest errors name the URL; a URL can carry credentials, so keep only the reason.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut msg = e.without_url_ref().to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+trait WithoutUrlRef {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrlRef for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let s = self.to_string();
+        match self.url() {
+            Some(u) => s
+                .replace(&format!(" ({u})"), "")
+                .replace(u.as_str(), "<model endpoint>"),
+            None => s,
+        }
+    }
+}
+
+/// `retry-after-ms`, then `retry-after` in seconds (≤ 120 s), as the official client reads them.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    if let Some(ms) = get("retry-after-ms").filter(|ms| *ms >= 0.0 && *ms <= 120_000.0) {
+        return Some(Duration::from_millis(ms as u64));
+    }
+    get("retry-after")
+        .filter(|s| *s >= 0.0 && *s <= 120.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// `min(0.5 · 2^(n-1), 8)` seconds less up to 25 % jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = (0.5 * 2f64.powi(attempt.saturating_sub(1) as i32)).min(8.0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = 1.0 - 0.25 * (nanos % 1000) as f64 / 1000.0;
+    Duration::from_secs_f64(base * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "150".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "9999".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        assert!(
+            backoff(1) <= Duration::from_millis(500) && backoff(1) >= Duration::from_millis(375)
+        );
+        assert!(backoff(10) <= Duration::from_secs(8));
+    }
+}

@@ -1,0 +1,237 @@
+//! The model client: OpenAI-compatible `/chat/completions` with streaming and tools, plus
+//! record (every exchange appended to a file) and replay (answer from such a file, offline).
+//!
+//! Covers OpenAI, DeepSeek, vLLM, Ollama, llama.cpp server and LM Studio: they all speak this
+//! wire format. The API key is held in [`ApiKey`], whose `Debug` never prints it.
+
+pub mod http;
+pub mod replay;
+pub mod sse;
+
+use serde::{Deserialize, Serialize};
+
+pub use http::{HttpModel, LlmConfig};
+pub use replay::{Recorder, ReplayModel};
+
+/// A chat message in the OpenAI shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn system(text: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::System,
+            content: Some(text.into()),
+            tool_calls: vec![],
+            tool_call_id: None,
+        }
+    }
+    pub fn user(text: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::User,
+            content: Some(text.into()),
+            tool_calls: vec![],
+            tool_call_id: None,
+        }
+    }
+    pub fn assistant(text: Option<String>, tool_calls: Vec<ToolCall>) -> Self {
+        ChatMessage {
+            role: Role::Assistant,
+            content: text,
+            tool_calls,
+            tool_call_id: None,
+        }
+    }
+    pub fn tool(call_id: &str, text: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::Tool,
+            content: Some(text.into()),
+            tool_calls: vec![],
+            tool_call_id: Some(call_id.into()),
+        }
+    }
+    /// Characters of text in the message, a cheap stand-in for its token cost.
+    pub fn weight(&self) -> usize {
+        self.content.as_ref().map_or(0, String::len)
+            + self
+                .tool_calls
+                .iter()
+                .map(|c| c.function.name.len() + c.function.arguments.len())
+                .sum::<usize>()
+            + 16
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// A tool call requested by the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text as the model produced it (may be invalid: the agent loop checks).
+    pub arguments: String,
+}
+
+/// A tool as sent to the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolDef {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// One model call.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<ToolDef>,
+    pub temperature: Option<f32>,
+}
+
+impl ChatRequest {
+    /// The request body in the wire format.
+    pub fn to_body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "model": self.model,
+            "messages": self.messages,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if !self.tools.is_empty() {
+            body["tools"] = self
+                .tools
+                .iter()
+                .map(|t| serde_json::json!({"type": "function", "function": t}))
+                .collect();
+            body["tool_choice"] = "auto".into();
+        }
+        if let Some(t) = self.temperature {
+            body["temperature"] = t.into();
+        }
+        body
+    }
+}
+
+/// Token counts reported by the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A complete model answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub content: String,
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// Why a model call failed. Messages are safe to show to clients: they never contain the key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LlmError {
+    #[error("the model endpoint answered HTTP {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("the model endpoint failed after {attempts} attempts: {last}")]
+    RetriesExhausted { attempts: u32, last: String },
+    #[error("cannot reach the model endpoint: {0}")]
+    Connect(String),
+    #[error("the model sent no data for {0} ms (stalled)")]
+    Stalled(u64),
+    #[error("the model reported an error mid-stream: {0}")]
+    Stream(String),
+    #[error("the model sent a malformed response: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Replay(String),
+}
+
+impl LlmError {
+    /// True for failures the official client retries (before any output was streamed).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LlmError::Status { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
+            LlmError::Connect(_) | LlmError::Stalled(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The model backend a host uses.
+pub enum Model {
+    Http(HttpModel),
+    Replay(ReplayModel),
+}
+
+impl Model {
+    /// Streams one answer; `on_delta` gets each text fragment as it arrives.
+    pub async fn chat(
+        &self,
+        req: &ChatRequest,
+        on_delta: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        match self {
+            Model::Http(m) => m.chat(req, on_delta).await,
+            Model::Replay(m) => m.chat(req, on_delta).await,
+        }
+    }
+
+    /// Where answers come from, for the start-up banner (never includes the key).
+    pub fn describe(&self) -> String {
+        match self {
+            Model::Http(m) => m.describe(),
+            Model::Replay(m) => m.describe(),
+        }
+    }
+}
+
+/// An API key; `Debug` and `Display` print a placeholder so it cannot leak into logs.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: String) -> Self {
+        ApiKey(key)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}

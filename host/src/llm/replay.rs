@@ -1,0 +1,146 @@
+//! Record and replay of model exchanges, so agents can be demoed and tested with no key and no
+//! network. A recording is JSON lines: `{"request": {"messages": [...]}, "response": {...}}`.
+//!
+//! Replay matches a request by its messages exactly (roles, text, tool calls and their ids) and
+//! streams the recorded answer back in small pieces. An unrecorded request is an error naming
+//! the file.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ChatMessage, ChatRequest, ChatResponse, LlmError};
+
+#[derive(Serialize, Deserialize)]
+struct Exchange {
+    request: RecordedRequest,
+    response: ChatResponse,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordedRequest {
+    #[serde(default)]
+    model: String,
+    messages: Vec<ChatMessage>,
+}
+
+fn key(messages: &[ChatMessage]) -> String {
+    serde_json::to_string(messages).unwrap_or_default()
+}
+
+/// Appends every successful exchange to a file.
+pub struct Recorder {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl Recorder {
+    pub fn create(path: &Path) -> std::io::Result<Recorder> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Recorder {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn record(&self, req: &ChatRequest, resp: &ChatResponse) {
+        let ex = Exchange {
+            request: RecordedRequest {
+                model: req.model.clone(),
+                messages: req.messages.clone(),
+            },
+            response: resp.clone(),
+        };
+        let mut line = serde_json::to_string(&ex).unwrap_or_default();
+        line.push('\n');
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            tracing::error!(path = %self.path.display(), error = %e, "could not append to the recording");
+        }
+    }
+}
+
+/// Answers from a recording.
+pub struct ReplayModel {
+    path: PathBuf,
+    answers: HashMap<String, ChatResponse>,
+    /// Pause between streamed pieces, so replay looks like a live model.
+    piece_delay: Duration,
+}
+
+impl ReplayModel {
+    pub fn open(path: &Path, piece_delay: Duration) -> Result<ReplayModel, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read recording {}: {e}", path.display()))?;
+        let mut answers = HashMap::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let ex: Exchange = serde_json::from_str(line).map_err(|e| {
+                format!("{}:{}: not a recorded exchange: {e}", path.display(), n + 1)
+            })?;
+            answers.insert(key(&ex.request.messages), ex.response);
+        }
+        Ok(ReplayModel {
+            path: path.to_owned(),
+            answers,
+            piece_delay,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "replay of {} ({} recorded answers)",
+            self.path.display(),
+            self.answers.len()
+        )
+    }
+
+    pub async fn chat(
+        &self,
+        req: &ChatRequest,
+        on_delta: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ChatResponse, LlmError> {
+        let Some(resp) = self.answers.get(&key(&req.messages)) else {
+            let last = req
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == super::Role::User)
+                .and_then(|m| m.content.clone());
+            return Err(LlmError::Replay(format!(
+                "this conversation is not in the recording {} (last user message: {:?}); \
+                 set OPENAI_API_KEY to use a live model, or record it with --record",
+                self.path.display(),
+                last.unwrap_or_default()
+            )));
+        };
+        let mut rest = resp.content.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(6);
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            on_delta(piece);
+            rest = tail;
+            if !self.piece_delay.is_zero() {
+                tokio::time::sleep(self.piece_delay).await;
+            }
+        }
+        Ok(resp.clone())
+    }
+}

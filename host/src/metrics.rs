@@ -1,0 +1,249 @@
+//! Process-wide counters and histograms, rendered in the Prometheus text format at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge that goes up and down.
+#[derive(Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A fixed-bucket histogram of seconds.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every metric the host keeps.
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub connections_refused: Counter,
+    pub sessions: Gauge,
+    pub sessions_total: Counter,
+    pub runs_started: Counter,
+    pub runs_finished: Counter,
+    pub runs_failed: Counter,
+    pub runs_cancelled: Counter,
+    pub events_sent: Counter,
+    pub client_errors: Counter,
+    pub slow_client_disconnects: Counter,
+    pub tool_calls: Counter,
+    pub tool_failures: Counter,
+    pub tool_timeouts: Counter,
+    pub llm_calls: Counter,
+    pub llm_errors: Counter,
+    pub llm_prompt_tokens: Counter,
+    pub llm_completion_tokens: Counter,
+    pub llm_latency: Histogram,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+}
+
+impl Metrics {
+    pub fn render(&self, plugin_generation: u64) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        one(
+            "myagent_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            self.connections.get(),
+        );
+        one(
+            "myagent_connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            self.connections_total.get(),
+        );
+        one(
+            "myagent_connections_refused_total",
+            "counter",
+            "Connections refused (cap, auth, origin).",
+            self.connections_refused.get(),
+        );
+        one(
+            "myagent_sessions",
+            "gauge",
+            "Live agent sessions.",
+            self.sessions.get(),
+        );
+        one(
+            "myagent_sessions_total",
+            "counter",
+            "Sessions created.",
+            self.sessions_total.get(),
+        );
+        one(
+            "myagent_runs_started_total",
+            "counter",
+            "Agent runs started.",
+            self.runs_started.get(),
+        );
+        one(
+            "myagent_runs_finished_total",
+            "counter",
+            "Agent runs that produced a final answer.",
+            self.runs_finished.get(),
+        );
+        one(
+            "myagent_runs_failed_total",
+            "counter",
+            "Agent runs that ended in an error.",
+            self.runs_failed.get(),
+        );
+        one(
+            "myagent_runs_cancelled_total",
+            "counter",
+            "Agent runs cancelled.",
+            self.runs_cancelled.get(),
+        );
+        one(
+            "myagent_events_sent_total",
+            "counter",
+            "Server events queued to clients.",
+            self.events_sent.get(),
+        );
+        one(
+            "myagent_client_errors_total",
+            "counter",
+            "Bad client messages answered with an error.",
+            self.client_errors.get(),
+        );
+        one(
+            "myagent_slow_client_disconnects_total",
+            "counter",
+            "Connections closed because their outbound queue was full.",
+            self.slow_client_disconnects.get(),
+        );
+        one(
+            "myagent_tool_calls_total",
+            "counter",
+            "Tool calls.",
+            self.tool_calls.get(),
+        );
+        one(
+            "myagent_tool_failures_total",
+            "counter",
+            "Tool calls that failed.",
+            self.tool_failures.get(),
+        );
+        one(
+            "myagent_tool_timeouts_total",
+            "counter",
+            "Tool calls that timed out.",
+            self.tool_timeouts.get(),
+        );
+        one(
+            "myagent_llm_calls_total",
+            "counter",
+            "Model calls.",
+            self.llm_calls.get(),
+        );
+        one(
+            "myagent_llm_errors_total",
+            "counter",
+            "Model calls that failed.",
+            self.llm_errors.get(),
+        );
+        one(
+            "myagent_llm_prompt_tokens_total",
+            "counter",
+            "Prompt tokens reported by the model.",
+            self.llm_prompt_tokens.get(),
+        );
+        one(
+            "myagent_llm_completion_tokens_total",
+            "counter",
+            "Completion tokens reported by the model.",
+            self.llm_completion_tokens.get(),
+        );
+        one(
+            "myagent_plugin_reloads_total",
+            "counter",
+            "Successful plugin hot reloads.",
+            self.reloads.get(),
+        );
+        one(
+            "myagent_plugin_reload_failures_total",
+            "counter",
+            "Plugin builds refused on reload.",
+            self.reload_failures.get(),
+        );
+        one(
+            "myagent_plugin_generation",
+            "gauge",
+            "Generation of the serving plugin build.",
+            plugin_generation,
+        );
+        self.llm_latency
+            .render(&mut out, "myagent_llm_call_seconds", "Model call duration.");
+        out
+    }
+}

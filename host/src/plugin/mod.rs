@@ -1,0 +1,289 @@
+//! Loading agent plugins: the manifest, instances, tool calls, and the errors a load can hit.
+//!
+//! **Architecture Invariant:** nothing here hands a plugin path to `dlopen` except through a
+//! fresh, uniquely named copy (see [`copies`]): glibc returns the old code for a path it has
+//! already opened, and a loaded file overwritten in place crashes the process.
+
+pub mod copies;
+pub mod reload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::std_types::{RErr, ROk, RStr};
+use myagent_plugin_api::abi::{AgentInstanceBox, PluginModule_Ref};
+use myagent_plugin_api::{ToolResult, API_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// What a plugin says about its agent (`Agent::manifest` in plugin-api), checked by the host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub api_version: u32,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub system_prompt: String,
+    #[serde(default)]
+    pub next_step_prompt: String,
+    pub max_steps: u32,
+    #[serde(default)]
+    pub enable_tracing: bool,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub tool_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub event_prefix: Option<String>,
+    pub tools: Vec<ToolSpec>,
+}
+
+/// One tool as the model sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// Why a plugin could not be loaded. Each message is meant to be shown to the user as is.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin file not found: {0}")]
+    NotFound(PathBuf),
+    #[error("could not copy the plugin to {path}: {source}")]
+    Copy {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a loadable shared library: {path}: {reason}")]
+    NotALibrary { path: PathBuf, reason: String },
+    #[error("not a myagent plugin: {0} exports no agent (was it built with `export_agent!` and crate-type = [\"cdylib\"]?)")]
+    NotAPlugin(PathBuf),
+    #[error("incompatible plugin: built against myagent-plugin-api {plugin}, this host supports {host}; rebuild the plugin against myagent-plugin-api {host}")]
+    IncompatibleApi { plugin: String, host: String },
+    #[error("incompatible plugin: built with abi_stable {plugin}, this host uses abi_stable {host}; rebuild the plugin against myagent-plugin-api {api}")]
+    IncompatibleAbiStable {
+        plugin: String,
+        host: String,
+        api: String,
+    },
+    #[error("incompatible plugin: its interface types differ from this host's (same version number, different definitions): {detail}")]
+    AbiMismatch { detail: String },
+    #[error("incompatible plugin: plugin API version {plugin}, this host speaks version {host}")]
+    ApiVersion { plugin: u32, host: u32 },
+    #[error("the plugin failed to start: {0}")]
+    Factory(String),
+    #[error("the plugin's manifest is invalid: {0}")]
+    BadManifest(String),
+}
+
+/// A loaded, validated plugin build. Cheap to share; never unloaded (abi_stable keeps every
+/// library mapped for the life of the process).
+pub struct Plugin {
+    pub manifest: Manifest,
+    module: PluginModule_Ref,
+    /// The file the operator named (the one that is watched).
+    pub source: PathBuf,
+    /// The unique copy that was actually `dlopen`ed.
+    pub loaded_from: PathBuf,
+    /// 1 for the first load, +1 for every successful reload.
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// The host's plugin-api version (what plugins must be built against).
+pub fn host_api_crate_version() -> String {
+    PluginModule_Ref::VERSION_STRINGS.version.to_string()
+}
+
+/// Loads the library at `copy` (already a unique copy of `source`) and validates it: version
+/// checks, the manifest, and one instance from the factory.
+pub fn load_copy(source: &Path, copy: &Path, generation: u64) -> Result<Plugin, LoadError> {
+    let header = lib_header_from_path(copy).map_err(|e| map_library_error(source, e))?;
+    let module = header
+        .init_root_module::<PluginModule_Ref>()
+        .map_err(|e| map_library_error(source, e))?;
+    let api = (module.api_version())();
+    if api != API_VERSION {
+        return Err(LoadError::ApiVersion {
+            plugin: api,
+            host: API_VERSION,
+        });
+    }
+    let json = match (module.manifest())() {
+        ROk(json) => json,
+        RErr(e) => return Err(LoadError::Factory(e.into_string())),
+    };
+    let manifest: Manifest =
+        serde_json::from_str(json.as_str()).map_err(|e| LoadError::BadManifest(e.to_string()))?;
+    validate_manifest(&manifest)?;
+    let plugin = Plugin {
+        manifest,
+        module,
+        source: source.to_owned(),
+        loaded_from: copy.to_owned(),
+        generation,
+    };
+    // A factory that works for the manifest can still fail later; prove it once more now so a
+    // broken build is refused before it replaces a working one.
+    plugin.new_instance().map_err(LoadError::Factory)?;
+    Ok(plugin)
+}
+
+/// Loads `source` through a fresh copy in `copies`.
+pub fn load(source: &Path, copies: &copies::CopyDir, generation: u64) -> Result<Plugin, LoadError> {
+    if !source.is_file() {
+        return Err(LoadError::NotFound(source.to_owned()));
+    }
+    let copy = copies.copy_in(source).map_err(|e| LoadError::Copy {
+        path: copies.dir().to_owned(),
+        source: e,
+    })?;
+    load_copy(source, &copy, generation)
+}
+
+fn validate_manifest(m: &Manifest) -> Result<(), LoadError> {
+    if m.name.trim().is_empty() {
+        return Err(LoadError::BadManifest("the agent has no name".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in &m.tools {
+        let ok = !t.name.is_empty()
+            && t.name.len() <= 64
+            && t.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(LoadError::BadManifest(format!(
+                "tool name {:?} must match ^[a-zA-Z0-9_-]{{1,64}}$ (the OpenAI API refuses others)",
+                t.name
+            )));
+        }
+        if t.name == crate::agent::TERMINATE_TOOL {
+            return Err(LoadError::BadManifest(
+                "tool name `terminate` is reserved by the host".into(),
+            ));
+        }
+        if !seen.insert(&t.name) {
+            return Err(LoadError::BadManifest(format!(
+                "tool `{}` is defined twice",
+                t.name
+            )));
+        }
+        if !t.parameters.is_object() {
+            return Err(LoadError::BadManifest(format!(
+                "tool `{}`: parameters must be a JSON Schema object",
+                t.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn map_library_error(source: &Path, e: LibraryError) -> LoadError {
+    match e {
+        LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
+            path: source.to_owned(),
+            reason: clean_dlerror(&err.to_string()),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin(source.to_owned()),
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleApi {
+            plugin: actual_version.to_string(),
+            host: expected_version.to_string(),
+        },
+        LibraryError::InvalidAbiHeader(header) => LoadError::IncompatibleAbiStable {
+            plugin: format!("{}.{}", header.abi_major, header.abi_minor),
+            host: format!(
+                "{}.{}",
+                abi_stable::library::AbiHeader::VALUE.abi_major,
+                abi_stable::library::AbiHeader::VALUE.abi_minor
+            ),
+            api: host_api_crate_version(),
+        },
+        LibraryError::AbiInstability(err) => {
+            // abi_stable's report can run to a thousand lines; its end names the difference.
+            let text = err.to_string();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+            LoadError::AbiMismatch { detail: tail }
+        }
+        LibraryError::RootModule { err, .. } => LoadError::Factory(err.to_string()),
+        other => LoadError::AbiMismatch {
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// dlerror text names the copy; keep only the reason.
+fn clean_dlerror(s: &str) -> String {
+    match s.rsplit_once(": ") {
+        Some((_, reason)) => reason.to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+impl Plugin {
+    /// A fresh agent instance for one session (the factory runs inside the plugin).
+    pub fn new_instance(&self) -> Result<Instance, String> {
+        match (self.module.new_instance())() {
+            ROk(inner) => Ok(Instance(Arc::new(inner))),
+            RErr(e) => Err(e.into_string()),
+        }
+    }
+}
+
+/// One session's agent instance. Cloning shares it; tools may run concurrently.
+#[derive(Clone)]
+pub struct Instance(Arc<AgentInstanceBox>);
+
+impl Instance {
+    /// Runs a tool, blocking the calling thread (call from `spawn_blocking`).
+    pub fn call_tool_blocking(&self, name: &str, args_json: &str) -> ToolResult {
+        let out = self
+            .0
+            .call_tool(RStr::from_str(name), RStr::from_str(args_json));
+        serde_json::from_str(out.as_str()).unwrap_or_else(|e| {
+            ToolResult::error(format!(
+                "the plugin returned an unreadable tool result: {e}"
+            ))
+        })
+    }
+
+    /// Sends a custom event to the plugin's hook (blocking). Returns the events to send back.
+    pub fn handle_event_blocking(
+        &self,
+        session_id: &str,
+        event_json: &str,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        match self
+            .0
+            .handle_event(RStr::from_str(session_id), RStr::from_str(event_json))
+        {
+            ROk(json) => match serde_json::from_str::<serde_json::Value>(json.as_str()) {
+                Ok(serde_json::Value::Array(events)) => Ok(events),
+                _ => Err(
+                    "the plugin's event handler returned something other than a JSON array".into(),
+                ),
+            },
+            RErr(e) => Err(e.into_string()),
+        }
+    }
+}

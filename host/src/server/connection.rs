@@ -1,0 +1,579 @@
+//! One WebSocket connection: reads client messages, dispatches them, and writes the events
+//! queued for it. One task per connection; writes are fed in small batches and flushed, so a
+//! burst on one connection does not starve the others.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::protocol::{self, ClientMessage, ProtocolError};
+use super::session::{AgentSlot, ResumeOutcome, Session, SessionSink};
+use super::Hub;
+use crate::agent::{run_agent, Memory, RunContext, RunOutcome};
+
+/// Close code for a client that does not read fast enough (its events stay resumable).
+pub const CLOSE_SLOW_CLIENT: u16 = 4008;
+/// Close code for a peer that stopped answering pings.
+pub const CLOSE_KEEPALIVE: u16 = 4000;
+
+enum Outbound {
+    Text(Utf8Bytes),
+    Batch(Vec<Utf8Bytes>),
+}
+
+/// The sending side of a connection, held by its sessions and the hub.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the queue overflows: the connection closes with [`CLOSE_SLOW_CLIENT`].
+    slow: CancellationToken,
+}
+
+impl ConnHandle {
+    /// Queues an event; never blocks. A full queue marks the client slow.
+    pub fn send(&self, text: Utf8Bytes) {
+        if self.tx.try_send(Outbound::Text(text)).is_err() {
+            self.slow.cancel();
+        }
+    }
+
+    pub fn send_batch(&self, texts: Vec<Utf8Bytes>) {
+        if !texts.is_empty() && self.tx.try_send(Outbound::Batch(texts)).is_err() {
+            self.slow.cancel();
+        }
+    }
+
+    fn send_value(&self, v: &Value) {
+        self.send(Utf8Bytes::from(v.to_string()));
+    }
+}
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+enum Flow {
+    Continue,
+    Close(CloseCode, &'static str),
+}
+
+/// Serves one upgraded WebSocket until it closes. `authed` says whether the HTTP request
+/// already carried a valid token (or none is required); `bad_token` whether it carried a wrong one.
+pub async fn serve(ws: Ws, hub: Arc<Hub>, authed: bool, bad_token: bool) {
+    let id = hub.next_connection_id();
+    let (tx, mut rx) = mpsc::channel(hub.config.outbound_queue);
+    let slow = CancellationToken::new();
+    let handle = ConnHandle {
+        id,
+        tx,
+        slow: slow.clone(),
+    };
+    hub.register_connection(handle.clone());
+    hub.metrics.connections.inc();
+    hub.metrics.connections_total.inc();
+    let span = tracing::debug_span!("conn", connection_id = id);
+    let mut state = ConnState {
+        id,
+        handle: handle.clone(),
+        authed,
+        sessions: HashSet::new(),
+    };
+    serve_loop(ws, &hub, &mut state, &mut rx, slow, bad_token)
+        .instrument(span)
+        .await;
+    hub.unregister_connection(id);
+    hub.metrics.connections.dec();
+    release_sessions(&hub, &state);
+}
+
+struct ConnState {
+    id: u64,
+    handle: ConnHandle,
+    authed: bool,
+    /// Sessions this connection created or resumed (some may have moved on).
+    sessions: HashSet<String>,
+}
+
+async fn serve_loop(
+    ws: Ws,
+    hub: &Arc<Hub>,
+    state: &mut ConnState,
+    rx: &mut mpsc::Receiver<Outbound>,
+    slow: CancellationToken,
+    bad_token: bool,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let plugin = hub.plugin.current();
+    let hello = json!({
+        "event": "system.connected", "connection_id": state.id.to_string(), "timestamp": crate::now_secs(),
+        "agent": {"name": plugin.manifest.name, "version": plugin.manifest.version},
+        "auth_required": !state.authed,
+    });
+    if bad_token {
+        let _ = sink.send(Message::text(auth_error())).await;
+        let _ = close(&mut sink, CloseCode::Policy, "Invalid token").await;
+        hub.metrics.connections_refused.inc();
+        return;
+    }
+    if sink.send(Message::text(hello.to_string())).await.is_err() {
+        return;
+    }
+    let mut ping = tokio::time::interval(hub.config.ping_interval);
+    ping.reset();
+    let mut last_seen = Instant::now();
+    let dead_after = hub.config.ping_interval + hub.config.pong_timeout;
+    loop {
+        let flow = tokio::select! {
+            biased;
+            _ = hub.close_all.cancelled() => {
+                // Deliver what is queued (e.g. agent.interrupted), then say goodbye.
+                while let Ok(out) = rx.try_recv() {
+                    if feed(&mut sink, out).await.is_err() { break; }
+                }
+                Flow::Close(CloseCode::Away, "server shutting down")
+            }
+            _ = slow.cancelled() => {
+                hub.metrics.slow_client_disconnects.inc();
+                tracing::warn!(connection_id = state.id, "client too slow; closing (its sessions stay resumable)");
+                Flow::Close(CloseCode::Library(CLOSE_SLOW_CLIENT), "slow client: outbound queue full; resume the session to continue")
+            }
+            Some(out) = rx.recv() => {
+                let mut r = feed(&mut sink, out).await;
+                let mut n = 0;
+                while r.is_ok() && n < 64 {
+                    match rx.try_recv() { Ok(o) => { r = feed(&mut sink, o).await; n += 1; } Err(_) => break }
+                }
+                if r.is_err() || sink.flush().await.is_err() { break; }
+                Flow::Continue
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > dead_after {
+                    tracing::info!(connection_id = state.id, "peer stopped answering pings; dropping");
+                    Flow::Close(CloseCode::Library(CLOSE_KEEPALIVE), "keepalive timeout")
+                } else if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                } else {
+                    Flow::Continue
+                }
+            }
+            msg = stream.next() => {
+                last_seen = Instant::now();
+                match msg {
+                    None => break,
+                    Some(Err(e)) => {
+                        use tokio_tungstenite::tungstenite::Error as E;
+                        match e {
+                            E::Capacity(c) => {
+                                tracing::info!(connection_id = state.id, error = %c, "frame over the hard size limit");
+                                Flow::Close(CloseCode::Size, "message too big")
+                            }
+                            E::ConnectionClosed | E::AlreadyClosed | E::Io(_) => break,
+                            other => {
+                                tracing::info!(connection_id = state.id, error = %other, "protocol error");
+                                Flow::Close(CloseCode::Protocol, "protocol error")
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Text(text))) => on_text(hub, state, text.as_str()).await,
+                    Some(Ok(Message::Binary(b))) => {
+                        hub.metrics.client_errors.inc();
+                        state.handle.send_value(&protocol::error_event(None, "binary_frame",
+                            &format!("Binary frames are not supported ({} bytes ignored); send JSON text frames", b.len())));
+                        Flow::Continue
+                    }
+                    Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => Flow::Continue, // ping (auto-answered) / pong
+                }
+            }
+        };
+        if let Flow::Close(code, reason) = flow {
+            let _ = close(&mut sink, code, reason).await;
+            break;
+        }
+    }
+}
+
+async fn feed(
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    out: Outbound,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    match out {
+        Outbound::Text(t) => sink.feed(Message::Text(t)).await,
+        Outbound::Batch(ts) => {
+            for t in ts {
+                sink.feed(Message::Text(t)).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn close(
+    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
+    code: CloseCode,
+    reason: &'static str,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    sink.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })))
+    .await?;
+    sink.flush().await
+}
+
+fn auth_error() -> String {
+    json!({"event": "auth.error", "error": "Invalid token", "timestamp": crate::now_secs()})
+        .to_string()
+}
+
+async fn on_text(hub: &Arc<Hub>, state: &mut ConnState, text: &str) -> Flow {
+    if text.len() > hub.config.max_message_bytes {
+        hub.metrics.client_errors.inc();
+        state.handle.send_value(&protocol::error_event(
+            None,
+            "message_too_large",
+            &format!(
+                "Message too large: {} bytes; the limit is {} bytes",
+                text.len(),
+                hub.config.max_message_bytes
+            ),
+        ));
+        return Flow::Continue;
+    }
+    let prefix = hub.plugin.current().manifest.event_prefix.clone();
+    let parsed = match protocol::parse(text, prefix.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            if !state.authed {
+                return refuse_auth(state);
+            }
+            return reply_error(hub, state, e);
+        }
+    };
+    if !state.authed {
+        match &parsed.token {
+            Some(t)
+                if hub
+                    .config
+                    .auth_tokens
+                    .iter()
+                    .any(|k| constant_time_eq(k, t)) =>
+            {
+                state.authed = true
+            }
+            _ => return refuse_auth(state),
+        }
+    }
+    dispatch(hub, state, parsed.message).await;
+    Flow::Continue
+}
+
+fn refuse_auth(state: &ConnState) -> Flow {
+    state.handle.send(Utf8Bytes::from(auth_error()));
+    Flow::Close(CloseCode::Policy, "Invalid token")
+}
+
+fn reply_error(hub: &Hub, state: &ConnState, e: ProtocolError) -> Flow {
+    hub.metrics.client_errors.inc();
+    state.handle.send_value(&protocol::error_event(
+        e.session_id.as_deref(),
+        e.code,
+        &e.message,
+    ));
+    Flow::Continue
+}
+
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The session `id` if this connection owns it; otherwise answers "Session not found".
+fn owned_session(hub: &Hub, state: &ConnState, id: &str) -> Option<Arc<Session>> {
+    match hub.session(id) {
+        Some(s) if s.owned_by(state.id) => Some(s),
+        _ => {
+            state.handle.send_value(&protocol::error_event(
+                Some(id),
+                "session_not_found",
+                "Session not found",
+            ));
+            None
+        }
+    }
+}
+
+async fn dispatch(hub: &Arc<Hub>, state: &mut ConnState, msg: ClientMessage) {
+    match msg {
+        ClientMessage::CreateSession => create_session(hub, state).await,
+        ClientMessage::Message {
+            session_id,
+            content,
+        } => {
+            let Some(session) = owned_session(hub, state, &session_id) else {
+                return;
+            };
+            let Some(cancel) = session.start_run() else {
+                state.handle.send_value(&protocol::error_event(
+                    Some(&session_id),
+                    "already_running",
+                    "Agent is already running",
+                ));
+                return;
+            };
+            let hub2 = hub.clone();
+            let span = tracing::info_span!("session", session_id = %session.id);
+            hub.runs
+                .spawn(run_session(hub2, session, cancel, content).instrument(span));
+        }
+        ClientMessage::Cancel { session_id } => {
+            let Some(session) = owned_session(hub, state, &session_id) else {
+                return;
+            };
+            if !session.cancel() {
+                state.handle.send_value(&protocol::error_event(
+                    Some(&session_id),
+                    "not_running",
+                    "Agent is not running",
+                ));
+            }
+        }
+        ClientMessage::CloseSession { session_id } => {
+            let Some(session) = owned_session(hub, state, &session_id) else {
+                return;
+            };
+            session.cancel();
+            hub.remove_session(&session_id);
+            state.sessions.remove(&session_id);
+            state.handle.send_value(&json!({"event": "agent.session_closed", "session_id": session_id, "timestamp": crate::now_secs()}));
+        }
+        ClientMessage::Resume {
+            session_id,
+            resume_token,
+            last_seq,
+        } => {
+            let session = match hub.session(&session_id) {
+                Some(s) if constant_time_eq(&s.resume_token, &resume_token) => s,
+                _ => {
+                    state.handle.send_value(&protocol::error_event(
+                        Some(&session_id),
+                        "session_not_found",
+                        "Session not found",
+                    ));
+                    return;
+                }
+            };
+            if !state.sessions.contains(&session_id)
+                && owned_count(hub, state) >= hub.config.max_sessions_per_connection
+            {
+                state.handle.send_value(&protocol::error_event(
+                    Some(&session_id),
+                    "too_many_sessions",
+                    &format!(
+                        "Too many sessions on this connection (limit {})",
+                        hub.config.max_sessions_per_connection
+                    ),
+                ));
+                return;
+            }
+            state.sessions.insert(session_id.clone());
+            if let ResumeOutcome::Gap {
+                first_available, ..
+            } = session.resume(state.handle.clone(), last_seq, &hub.metrics)
+            {
+                state.handle.send_value(&protocol::error_event(Some(&session_id), "resume_gap", &format!(
+                    "Cannot fully resume: events {}..{} are no longer in the replay buffer; later events were replayed",
+                    last_seq + 1, first_available - 1)));
+            }
+        }
+        ClientMessage::Custom { session_id, event } => {
+            let Some(session) = owned_session(hub, state, &session_id) else {
+                return;
+            };
+            let hub2 = hub.clone();
+            hub.runs.spawn(custom_event(hub2, session, event));
+        }
+    }
+}
+
+fn owned_count(hub: &Hub, state: &ConnState) -> usize {
+    state
+        .sessions
+        .iter()
+        .filter(|id| hub.session(id).is_some_and(|s| s.owned_by(state.id)))
+        .count()
+}
+
+async fn create_session(hub: &Arc<Hub>, state: &mut ConnState) {
+    if owned_count(hub, state) >= hub.config.max_sessions_per_connection {
+        state.handle.send_value(&protocol::error_event(
+            None,
+            "too_many_sessions",
+            &format!(
+                "Too many sessions on this connection (limit {})",
+                hub.config.max_sessions_per_connection
+            ),
+        ));
+        return;
+    }
+    let plugin = hub.plugin.current();
+    let p2 = plugin.clone();
+    let instance = match tokio::task::spawn_blocking(move || p2.new_instance()).await {
+        Ok(Ok(i)) => i,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "plugin factory failed");
+            state.handle.send_value(&protocol::error_event(
+                None,
+                "plugin_error",
+                &format!("The agent could not be created: {e}"),
+            ));
+            return;
+        }
+        Err(e) => {
+            state.handle.send_value(&protocol::error_event(
+                None,
+                "plugin_error",
+                &format!("The agent could not be created: {e}"),
+            ));
+            return;
+        }
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let slot = AgentSlot {
+        memory: Memory::new(hub.agent_config.memory_budget_chars),
+        plugin: plugin.clone(),
+        instance,
+    };
+    let session = Arc::new(Session::new(
+        id.clone(),
+        token.clone(),
+        slot,
+        state.handle.clone(),
+        hub.config.replay_buffer_bytes,
+    ));
+    hub.insert_session(session.clone());
+    state.sessions.insert(id.clone());
+    let m = &plugin.manifest;
+    session.emit(
+        json!({
+            "event": "agent.session_created",
+            "resume_token": token,
+            "agent": {"name": m.name, "version": m.version, "tools": m.tools.iter().map(|t| &t.name).collect::<Vec<_>>()},
+        }),
+        &hub.metrics,
+    );
+}
+
+/// One agent run on a session; emits everything through the session.
+async fn run_session(
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    cancel: CancellationToken,
+    content: String,
+) {
+    let mut slot = session.agent.lock().await;
+    let current = hub.plugin.current();
+    if current.generation != slot.plugin.generation {
+        // Hot reload: the conversation is kept, the agent comes from the new build.
+        match current.new_instance() {
+            Ok(instance) => {
+                slot.plugin = current;
+                slot.instance = instance;
+                session.set_instance(&slot.instance, slot.plugin.manifest.event_prefix.clone());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new plugin build failed to create an agent; keeping the old one")
+            }
+        }
+    }
+    let AgentSlot {
+        memory,
+        plugin,
+        instance,
+    } = &mut *slot;
+    let sink = SessionSink {
+        session: &session,
+        metrics: &hub.metrics,
+    };
+    let ctx = RunContext {
+        model: &hub.model,
+        manifest: &plugin.manifest,
+        instance,
+        config: &hub.agent_config,
+        sink: &sink,
+        cancel: &cancel,
+        tracer: hub.tracer.as_ref(),
+        metrics: &hub.metrics,
+        session_id: &session.id,
+    };
+    let outcome = run_agent(&ctx, memory, &content).await;
+    if outcome == RunOutcome::Cancelled {
+        session.finish_run(json!({"event": "agent.interrupted"}), &hub.metrics);
+    }
+}
+
+async fn custom_event(hub: Arc<Hub>, session: Arc<Session>, event: Value) {
+    let instance = session.instance();
+    let sid = session.id.clone();
+    let text = event.to_string();
+    let result =
+        tokio::task::spawn_blocking(move || instance.handle_event_blocking(&sid, &text)).await;
+    match result {
+        Ok(Ok(events)) => {
+            for ev in events {
+                if ev.get("event").and_then(Value::as_str).is_some() {
+                    session.emit(ev, &hub.metrics);
+                } else {
+                    tracing::warn!("plugin event handler returned an event without an `event` name; dropped");
+                }
+            }
+        }
+        Ok(Err(e)) => session.emit(json!({"event": "agent.error", "error": format!("Custom event failed: {e}"), "code": "custom_event_failed"}), &hub.metrics),
+        Err(e) => session.emit(json!({"event": "agent.error", "error": format!("Custom event failed: {e}"), "code": "custom_event_failed"}), &hub.metrics),
+    }
+}
+
+/// The connection is gone: its sessions wait `resume_window` for a resume, then end.
+fn release_sessions(hub: &Arc<Hub>, state: &ConnState) {
+    for id in &state.sessions {
+        let Some(session) = hub.session(id) else {
+            continue;
+        };
+        let Some(epoch) = session.detach(state.id) else {
+            continue;
+        };
+        if hub.shutdown.is_cancelled() {
+            session.cancel();
+            hub.remove_session(id);
+            continue;
+        }
+        let hub2 = hub.clone();
+        let window = hub.config.resume_window;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(window) => {}
+                _ = hub2.shutdown.cancelled() => {}
+            }
+            if session.still_detached(epoch) {
+                session.cancel();
+                hub2.remove_session(&session.id);
+                tracing::debug!(session_id = %session.id, "session expired without resume");
+            }
+        });
+    }
+}

@@ -1,0 +1,264 @@
+//! HTTP on the WebSocket port (hyper): `GET /health`, `GET /metrics`, the WebSocket upgrade on
+//! `/` and `/ws`, the origin check and the token check of the authentication middleware.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use super::connection::{self, constant_time_eq};
+use super::Hub;
+use crate::plugin::reload::ReloadNotice;
+
+type Body = Full<Bytes>;
+
+/// Serves HTTP/1.1 on one TCP connection, handing WebSocket upgrades to [`connection::serve`].
+pub async fn serve_http(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
+    let io = TokioIo::new(stream);
+    let svc = hyper::service::service_fn(move |req| {
+        let hub = hub.clone();
+        async move { Ok::<_, Infallible>(route(req, &hub)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+fn route(req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
+    let path = req.uri().path();
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    match (req.method(), path) {
+        (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, hub),
+        (&Method::GET, "/health") => health(hub),
+        (&Method::GET, "/metrics") => {
+            let body = hub.metrics.render(hub.plugin.current().generation);
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
+        (&Method::GET, "/" | "/index.html") => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "myagent-host: connect a WebSocket client to this address (ws://HOST:PORT/ or /ws). \
+             Endpoints: GET /health, GET /metrics.\n"
+                .into(),
+        ),
+        (&Method::GET, "/ws") => text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "expected a WebSocket upgrade\n".into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn health(hub: &Hub) -> Response<Body> {
+    let plugin = hub.plugin.current();
+    let body = json!({
+        "status": "healthy",
+        "timestamp": crate::now_secs(),
+        "active_sessions": hub.active_sessions(),
+        "connections": hub.metrics.connections.get(),
+        "uptime_seconds": hub.started.elapsed().as_secs(),
+        "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation},
+    });
+    text(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// The token a request carries: `Authorization: Bearer` or `?token=`.
+fn request_token(req: &Request<Incoming>) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_owned());
+        }
+    }
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(percent_decode)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
+    if hub.shutdown.is_cancelled() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "server shutting down\n".into(),
+        );
+    }
+    let cfg = &hub.config;
+    if !cfg.allowed_origins.is_empty() {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| cfg.allowed_origins.iter().any(|a| a == o)) {
+            hub.metrics.connections_refused.inc();
+            return text(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "origin not allowed\n".into(),
+            );
+        }
+    }
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "missing Sec-WebSocket-Key\n".into(),
+        );
+    };
+    if !version_ok {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "text/plain",
+            "unsupported WebSocket version\n".into(),
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let (authed, bad_token) = if cfg.auth_tokens.is_empty() {
+        (true, false)
+    } else {
+        match request_token(&req) {
+            Some(t) if cfg.auth_tokens.iter().any(|k| constant_time_eq(k, &t)) => (true, false),
+            Some(_) => (false, true),
+            None => (false, false), // may still authenticate with its first message
+        }
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(cfg.max_frame_bytes * 4)
+        .max_message_size(Some(cfg.max_frame_bytes))
+        .max_frame_size(Some(cfg.max_frame_bytes));
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let hub2 = hub.clone();
+    hub.conns.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                connection::serve(ws, hub2, authed, bad_token).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// Tells every connection about plugin reloads (successful or refused).
+pub async fn forward_reload_notices(hub: Arc<Hub>) {
+    let mut rx = hub.plugin.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(ReloadNotice::Reloaded(p)) => {
+                hub.metrics.reloads.inc();
+                hub.broadcast(&json!({
+                    "event": "system.plugin_reloaded",
+                    "timestamp": crate::now_secs(),
+                    "agent": {"name": p.manifest.name, "version": p.manifest.version, "generation": p.generation,
+                              "tools": p.manifest.tools.iter().map(|t| &t.name).collect::<Vec<_>>()},
+                }));
+            }
+            Ok(ReloadNotice::Failed(reason)) => {
+                hub.metrics.reload_failures.inc();
+                hub.broadcast(&json!({
+                    "event": "system.plugin_reload_failed",
+                    "timestamp": crate::now_secs(),
+                    "error": reason,
+                    "serving": {"version": hub.plugin.current().manifest.version, "generation": hub.plugin.current().generation},
+                }));
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("a%20b+c"), "a b c");
+        assert_eq!(super::percent_decode("abc%"), "abc%");
+        assert_eq!(super::percent_decode("%zz"), "%zz");
+    }
+}

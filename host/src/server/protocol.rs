@@ -1,0 +1,231 @@
+//! The WebSocket event protocol (docs/protocol.md): what clients may send, parsed in one place,
+//! and the shapes of what the server sends.
+
+use serde_json::{json, Map, Value};
+
+/// A message from a client, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    CreateSession,
+    Message {
+        session_id: String,
+        content: String,
+    },
+    Cancel {
+        session_id: String,
+    },
+    Resume {
+        session_id: String,
+        resume_token: String,
+        last_seq: u64,
+    },
+    CloseSession {
+        session_id: String,
+    },
+    /// An event under the plugin's custom prefix, passed to its hook.
+    Custom {
+        session_id: String,
+        event: Value,
+    },
+}
+
+/// Why a client message was refused. `code` is stable for programs; the text is for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolError {
+    pub code: &'static str,
+    pub message: String,
+    /// The session the message named, when it could be read.
+    pub session_id: Option<String>,
+}
+
+impl ProtocolError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        ProtocolError {
+            code,
+            message: message.into(),
+            session_id: None,
+        }
+    }
+}
+
+/// A parsed message plus the optional `token` field (authentication on the first message).
+pub struct Parsed {
+    pub message: ClientMessage,
+    pub token: Option<String>,
+}
+
+/// Parses one text frame. `custom_prefix` is the plugin's declared event prefix, if any.
+pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, ProtocolError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProtocolError::new("invalid_json", format!("Invalid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(ProtocolError::new(
+            "invalid_message",
+            "A message must be a JSON object with an `event` field",
+        ));
+    };
+    let token = obj.get("token").and_then(Value::as_str).map(str::to_owned);
+    let event = match obj.get("event") {
+        Some(Value::String(e)) => e.as_str(),
+        Some(_) => {
+            return Err(ProtocolError::new(
+                "invalid_message",
+                "Field `event` must be a string",
+            ))
+        }
+        None => return Err(ProtocolError::new("missing_event", "Missing field `event`")),
+    };
+    let session_id = obj
+        .get("session_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let with_session = |mut e: ProtocolError| {
+        e.session_id = session_id.clone();
+        e
+    };
+    let message = match event {
+        "user.create_session" => ClientMessage::CreateSession,
+        "user.message" => ClientMessage::Message {
+            session_id: required_str(&obj, event, "session_id")?,
+            content: required_str(&obj, event, "content").map_err(with_session)?,
+        },
+        "user.cancel" => ClientMessage::Cancel {
+            session_id: required_str(&obj, event, "session_id")?,
+        },
+        "user.close_session" => ClientMessage::CloseSession {
+            session_id: required_str(&obj, event, "session_id")?,
+        },
+        "user.resume_session" => ClientMessage::Resume {
+            session_id: required_str(&obj, event, "session_id")?,
+            resume_token: required_str(&obj, event, "resume_token").map_err(with_session)?,
+            last_seq: match obj.get("last_seq") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    with_session(ProtocolError::new(
+                        "invalid_field",
+                        "Field `last_seq` must be a non-negative integer",
+                    ))
+                })?,
+            },
+        },
+        other if custom_prefix.is_some_and(|p| !p.is_empty() && other.starts_with(p)) => {
+            ClientMessage::Custom {
+                session_id: required_str(&obj, event, "session_id")?,
+                event: Value::Object(obj.clone()),
+            }
+        }
+        other => {
+            let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session".to_owned();
+            if let Some(p) = custom_prefix.filter(|p| !p.is_empty()) {
+                known.push_str(&format!(", or a custom event starting with `{p}`"));
+            }
+            return Err(with_session(ProtocolError::new(
+                "unknown_event",
+                format!("Unknown event `{other}`; expected {known}"),
+            )));
+        }
+    };
+    Ok(Parsed { message, token })
+}
+
+fn required_str(
+    obj: &Map<String, Value>,
+    event: &str,
+    field: &str,
+) -> Result<String, ProtocolError> {
+    match obj.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err(ProtocolError::new(
+            "invalid_field",
+            format!("Field `{field}` of `{event}` must not be empty"),
+        )),
+        Some(_) => Err(ProtocolError::new(
+            "invalid_field",
+            format!("Field `{field}` of `{event}` must be a string"),
+        )),
+        None => Err(ProtocolError::new(
+            "missing_field",
+            format!("Missing field `{field}` for `{event}`"),
+        )),
+    }
+}
+
+/// An `agent.error` event not tied to a run (bad input, unknown session...).
+pub fn error_event(session_id: Option<&str>, code: &str, message: &str) -> Value {
+    json!({"event": "agent.error", "session_id": session_id, "error": message, "code": code, "timestamp": crate::now_secs()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documents_messages() {
+        let p = parse(r#"{"event":"user.create_session","timestamp":1}"#, None).unwrap();
+        assert_eq!(p.message, ClientMessage::CreateSession);
+        let p = parse(
+            r#"{"event":"user.message","session_id":"s","content":"hi","timestamp":1}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.message,
+            ClientMessage::Message {
+                session_id: "s".into(),
+                content: "hi".into()
+            }
+        );
+        let p = parse(r#"{"event":"user.cancel","session_id":"s"}"#, None).unwrap();
+        assert_eq!(
+            p.message,
+            ClientMessage::Cancel {
+                session_id: "s".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_problem() {
+        assert_eq!(parse("{nope", None).err().unwrap().code, "invalid_json");
+        assert_eq!(parse("[1]", None).err().unwrap().code, "invalid_message");
+        assert_eq!(parse("{}", None).err().unwrap().code, "missing_event");
+        let e = parse(r#"{"event":"user.dance"}"#, None).err().unwrap();
+        assert_eq!(e.code, "unknown_event");
+        assert!(e.message.contains("user.dance"));
+        let e = parse(r#"{"event":"user.message","session_id":"s"}"#, None)
+            .err()
+            .unwrap();
+        assert_eq!(
+            (e.code, e.session_id.as_deref()),
+            ("missing_field", Some("s"))
+        );
+        assert!(e.message.contains("content"));
+        assert_eq!(
+            parse(
+                r#"{"event":"user.message","session_id":5,"content":"x"}"#,
+                None
+            )
+            .err()
+            .unwrap()
+            .code,
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn custom_events_need_the_plugin_prefix() {
+        let p = parse(
+            r#"{"event":"weather.ping","session_id":"s"}"#,
+            Some("weather."),
+        )
+        .unwrap();
+        assert!(matches!(p.message, ClientMessage::Custom { .. }));
+        assert_eq!(
+            parse(r#"{"event":"weather.ping","session_id":"s"}"#, None)
+                .err()
+                .unwrap()
+                .code,
+            "unknown_event"
+        );
+    }
+}

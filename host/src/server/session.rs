@@ -1,0 +1,286 @@
+//! Sessions: one agent conversation each, owned by one connection at a time, with a numbered
+//! event log (a bounded replay buffer) so a client that reconnects can resume where it was.
+//!
+//! **Architecture Invariant:** every session event goes through [`Session::emit`], which numbers
+//! it, stores it for replay and forwards it to the owning connection under one lock; resume
+//! replays and re-attaches under the same lock, so a resumed client sees every event once, in
+//! order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::ConnHandle;
+use crate::agent::{AgentEvent, EventSink, Memory};
+use crate::metrics::Metrics;
+use crate::plugin::{Instance, Plugin};
+
+/// The conversation side of a session, held by one run at a time.
+pub struct AgentSlot {
+    pub memory: Memory,
+    pub plugin: Arc<Plugin>,
+    pub instance: Instance,
+}
+
+pub struct Session {
+    pub id: String,
+    pub resume_token: String,
+    /// Locked by the run for its whole duration.
+    pub agent: tokio::sync::Mutex<AgentSlot>,
+    inner: Mutex<Inner>,
+    replay_cap_bytes: usize,
+}
+
+struct Inner {
+    owner: Option<ConnHandle>,
+    seq: u64,
+    replay: VecDeque<(u64, Utf8Bytes)>,
+    replay_bytes: usize,
+    /// Set while a run is in progress: cancelling it stops the run.
+    running: Option<CancellationToken>,
+    /// Bumped on every detach/attach, so a stale expiry timer does nothing.
+    epoch: u64,
+    detached_at: Option<Instant>,
+    /// The instance custom events go to (the latest one a run used).
+    instance: Instance,
+    plugin_prefix: Option<String>,
+}
+
+/// What a resume found.
+pub enum ResumeOutcome {
+    /// Every event after `last_seq` was replayed.
+    Recovered { replayed: usize },
+    /// Events between `last_seq` and `first_available` were dropped from the buffer.
+    Gap {
+        first_available: u64,
+        replayed: usize,
+    },
+}
+
+impl Session {
+    pub fn new(
+        id: String,
+        resume_token: String,
+        slot: AgentSlot,
+        owner: ConnHandle,
+        replay_cap_bytes: usize,
+    ) -> Session {
+        let inner = Inner {
+            owner: Some(owner),
+            seq: 0,
+            replay: VecDeque::new(),
+            replay_bytes: 0,
+            running: None,
+            epoch: 0,
+            detached_at: None,
+            instance: slot.instance.clone(),
+            plugin_prefix: slot.plugin.manifest.event_prefix.clone(),
+        };
+        Session {
+            id,
+            resume_token,
+            agent: tokio::sync::Mutex::new(slot),
+            inner: Mutex::new(inner),
+            replay_cap_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers `event` (adds `seq`, `session_id`, `timestamp`), keeps it for replay and sends it
+    /// to the owning connection, if any.
+    pub fn emit(&self, event: Value, metrics: &Metrics) {
+        let mut inner = self.lock();
+        self.emit_locked(&mut inner, event, metrics);
+    }
+
+    /// Ends the run: emits `event` (final answer, error or interruption) and `agent.ready`, and
+    /// marks the session idle, in one step, so a client that answers the final event at once
+    /// is not told the agent is still running.
+    pub fn finish_run(&self, event: Value, metrics: &Metrics) {
+        let mut inner = self.lock();
+        inner.running = None;
+        self.emit_locked(&mut inner, event, metrics);
+        self.emit_locked(&mut inner, json!({"event": "agent.ready"}), metrics);
+    }
+
+    fn emit_locked(&self, inner: &mut Inner, mut event: Value, metrics: &Metrics) {
+        inner.seq += 1;
+        let seq = inner.seq;
+        event["session_id"] = Value::String(self.id.clone());
+        event["seq"] = seq.into();
+        event["timestamp"] = crate::now_secs().into();
+        let text = Utf8Bytes::from(event.to_string());
+        inner.replay_bytes += text.len();
+        inner.replay.push_back((seq, text.clone()));
+        while inner.replay_bytes > self.replay_cap_bytes && inner.replay.len() > 1 {
+            if let Some((_, old)) = inner.replay.pop_front() {
+                inner.replay_bytes -= old.len();
+            }
+        }
+        if let Some(owner) = &inner.owner {
+            owner.send(text);
+            metrics.events_sent.inc();
+        }
+    }
+
+    /// True when `conn_id` owns the session now.
+    pub fn owned_by(&self, conn_id: u64) -> bool {
+        self.lock().owner.as_ref().is_some_and(|o| o.id == conn_id)
+    }
+
+    /// Marks a run as started; `None` when one is already running.
+    pub fn start_run(&self) -> Option<CancellationToken> {
+        let mut inner = self.lock();
+        if inner.running.is_some() {
+            return None;
+        }
+        let token = CancellationToken::new();
+        inner.running = Some(token.clone());
+        Some(token)
+    }
+
+    /// The instance a hot reload switched the session to (custom events go there too).
+    pub fn set_instance(&self, instance: &Instance, prefix: Option<String>) {
+        let mut inner = self.lock();
+        inner.instance = instance.clone();
+        inner.plugin_prefix = prefix;
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.lock().running.is_some()
+    }
+
+    /// Cancels the running run; false when none is running.
+    pub fn cancel(&self) -> bool {
+        match &self.lock().running {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn instance(&self) -> Instance {
+        self.lock().instance.clone()
+    }
+
+    pub fn event_prefix(&self) -> Option<String> {
+        self.lock().plugin_prefix.clone()
+    }
+
+    /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
+    pub fn detach(&self, conn_id: u64) -> Option<u64> {
+        let mut inner = self.lock();
+        if inner.owner.as_ref().map(|o| o.id) != Some(conn_id) {
+            return None;
+        }
+        inner.owner = None;
+        inner.epoch += 1;
+        inner.detached_at = Some(Instant::now());
+        Some(inner.epoch)
+    }
+
+    /// True when the session is still detached since the detach that returned `epoch`.
+    pub fn still_detached(&self, epoch: u64) -> bool {
+        let inner = self.lock();
+        inner.owner.is_none() && inner.epoch == epoch
+    }
+
+    /// Attaches `conn` and replays every event after `last_seq`, atomically with respect to
+    /// new events.
+    pub fn resume(&self, conn: ConnHandle, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.detached_at = None;
+        let first_available = inner.replay.front().map_or(inner.seq + 1, |(s, _)| *s);
+        let missed: Vec<Utf8Bytes> = inner
+            .replay
+            .iter()
+            .filter(|(s, _)| *s > last_seq)
+            .map(|(_, t)| t.clone())
+            .collect();
+        let replayed = missed.len();
+        metrics.events_sent.add(replayed as u64);
+        let header = json!({
+            "event": "agent.session_resumed",
+            "session_id": self.id,
+            "last_seq": inner.seq,
+            "replayed": replayed,
+            "recovered": last_seq + 1 >= first_available || last_seq >= inner.seq,
+            "timestamp": crate::now_secs(),
+        });
+        conn.send(Utf8Bytes::from(header.to_string()));
+        conn.send_batch(missed);
+        inner.owner = Some(conn);
+        if last_seq + 1 >= first_available || last_seq >= inner.seq {
+            ResumeOutcome::Recovered { replayed }
+        } else {
+            ResumeOutcome::Gap {
+                first_available,
+                replayed,
+            }
+        }
+    }
+}
+
+/// Turns agent events into protocol events on a session.
+pub struct SessionSink<'a> {
+    pub session: &'a Session,
+    pub metrics: &'a Metrics,
+}
+
+impl EventSink for SessionSink<'_> {
+    fn emit(&self, event: AgentEvent) {
+        let v = match event {
+            AgentEvent::Thinking { step, content } => {
+                json!({"event": "agent.thinking", "content": content, "metadata": {"step": step}})
+            }
+            AgentEvent::Delta { step, text } => {
+                json!({"event": "agent.partial_answer", "content": text, "metadata": {"step": step}})
+            }
+            AgentEvent::ToolCall {
+                step,
+                step_id,
+                tool,
+                args,
+            } => json!({
+                "event": "agent.tool_call", "step_id": step_id, "content": format!("Calling tool {tool}"),
+                "metadata": {"tool": tool, "args": args, "status": "running", "step": step}
+            }),
+            AgentEvent::ToolResult {
+                step,
+                step_id,
+                tool,
+                content,
+                success,
+            } => json!({
+                "event": "agent.tool_result", "step_id": step_id, "content": content,
+                "metadata": {"tool": tool, "status": if success { "success" } else { "failed" }, "step": step}
+            }),
+            AgentEvent::FinalAnswer {
+                step,
+                content,
+                reason,
+            } => {
+                let v = json!({
+                    "event": "agent.final_answer", "content": content,
+                    "metadata": {"steps": step, "reason": reason.as_str()}
+                });
+                return self.session.finish_run(v, self.metrics);
+            }
+            AgentEvent::Error { message, .. } => {
+                let v = json!({"event": "agent.error", "error": message, "code": "run_failed"});
+                return self.session.finish_run(v, self.metrics);
+            }
+        };
+        self.session.emit(v, self.metrics);
+    }
+}

@@ -1,0 +1,119 @@
+//! Test-only plugin for the host's test suite: tools that echo, fail, panic, sleep and block.
+//!
+//! The `TESTKIT_VARIANT` environment variable read by the factory changes what it exports, so
+//! one build serves several tests: `panic_factory` makes the factory panic, and the build-time
+//! `TESTKIT_TAG` (set by tests that rebuild the plugin for hot reload) names the version and adds
+//! a `tag_<TAG>` tool so a test can see which build is serving.
+
+use std::time::Duration;
+
+use myagent_plugin_api::{export_agent, json, Agent, EventContext, Tool, ToolResult, Value};
+
+struct FnTool {
+    name: &'static str,
+    description: &'static str,
+    run: fn(&Value) -> ToolResult,
+}
+
+impl Tool for FnTool {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn description(&self) -> &str {
+        self.description
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {
+            "text": {"type": "string"}, "ms": {"type": "integer"}
+        }})
+    }
+    fn execute(&self, args: Value) -> ToolResult {
+        (self.run)(&args)
+    }
+}
+
+/// A tool whose name is only known at build time (to tell hot-reloaded builds apart).
+struct TagTool(String);
+
+impl Tool for TagTool {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn description(&self) -> &str {
+        "Says which build of the testkit plugin is serving."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {}})
+    }
+    fn execute(&self, _args: Value) -> ToolResult {
+        ToolResult::ok(self.0.clone())
+    }
+}
+
+fn sleep_ms(args: &Value) -> ToolResult {
+    let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(1000);
+    std::thread::sleep(Duration::from_millis(ms));
+    ToolResult::ok(format!("slept {ms} ms"))
+}
+
+/// The factory.
+pub fn testkit() -> Agent {
+    if std::env::var("TESTKIT_VARIANT").as_deref() == Ok("panic_factory") {
+        panic!("testkit factory was told to panic");
+    }
+    let tag = option_env!("TESTKIT_TAG").unwrap_or("v1");
+    Agent::builder("testkit")
+        .version(format!("0.1.0-{tag}"))
+        .description("Tools for testing the host.")
+        .system_prompt("You are a test agent.")
+        .next_step_prompt("")
+        .max_steps(4)
+        .tool_timeout_ms(2_000)
+        .enable_tracing(true)
+        .tool(FnTool {
+            name: "echo",
+            description: "Returns `text`.",
+            run: |a| {
+                ToolResult::ok(
+                    a.get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                )
+            },
+        })
+        .tool(FnTool {
+            name: "fail",
+            description: "Always fails.",
+            run: |_| ToolResult::error("this tool always fails").with_system("fail tool called"),
+        })
+        .tool(FnTool {
+            name: "panic",
+            description: "Panics.",
+            run: |_| panic!("the panic tool panicked"),
+        })
+        .tool(FnTool {
+            name: "sleep",
+            description: "Sleeps `ms` milliseconds.",
+            run: sleep_ms,
+        })
+        .tool(FnTool {
+            name: "long_output",
+            description: "Returns 100 000 characters.",
+            run: |_| ToolResult::ok("x".repeat(100_000)),
+        })
+        .tool(TagTool(format!("tag_{tag}")))
+        .on_custom_event("testkit.", |ctx: &EventContext, event: Value| {
+            if event["event"] == "testkit.panic" {
+                panic!("custom event handler panicked");
+            }
+            Ok(vec![json!({
+                "event": "testkit.pong",
+                "session_id": ctx.session_id,
+                "echo": event.get("data").cloned().unwrap_or(Value::Null),
+            })])
+        })
+        .build()
+}
+
+export_agent!(testkit);
