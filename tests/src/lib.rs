@@ -1,1 +1,442 @@
-//! Test support.
+//! Test support for the end-to-end suite: builds the real host and plugins with cargo, starts
+//! the real `myagent-host` and `fake-llm` processes on loopback, and talks to them with a real
+//! WebSocket client.
+
+pub mod fake;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the host, fake-llm and the plugins once per test process.
+pub fn build() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .current_dir(workspace_root())
+                .args([
+                    "build",
+                    "-q",
+                    "-p",
+                    "myagent-host",
+                    "-p",
+                    "weather_agent",
+                    "-p",
+                    "testkit_agent",
+                    "-p",
+                    "business_agent",
+                    "-p",
+                    "myagent-tests",
+                ])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build failed");
+            target_dir().join("debug")
+        })
+        .clone()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    build().join(name)
+}
+
+pub fn plugin_lib(crate_name: &str) -> PathBuf {
+    build().join(format!("lib{crate_name}.so"))
+}
+
+/// A fresh temporary directory (removed on drop).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: Mutex<u32> = Mutex::new(0);
+        let n = {
+            let mut g = N.lock().unwrap();
+            *g += 1;
+            *g
+        };
+        let p = std::env::temp_dir().join(format!("myagent-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running child process, killed on drop; its stdout lines are collected.
+pub struct Proc {
+    pub child: Child,
+    pub lines: std::sync::Arc<Mutex<Vec<String>>>,
+    pub stderr: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let e2 = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var_os("MYAGENT_TEST_VERBOSE").is_some() {
+                    eprintln!("[child] {line}");
+                }
+                e2.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "no line containing {needle:?} within {timeout:?}\nstdout: {:?}\nstderr: {:?}",
+                    self.lines.lock().unwrap(),
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The local OpenAI-compatible test server.
+pub struct FakeLlm {
+    pub proc: Proc,
+    pub base: String,
+}
+
+impl FakeLlm {
+    pub fn start() -> FakeLlm {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> FakeLlm {
+        let mut cmd = Command::new(bin("fake-llm"));
+        cmd.args(args);
+        let proc = Proc::spawn(cmd);
+        let line = proc.wait_line("listening on ", Duration::from_secs(10));
+        let addr = line.trim_start_matches("listening on ").trim().to_owned();
+        FakeLlm {
+            proc,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// The `--base-url` for the host.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.base)
+    }
+
+    /// Queues scripted answers (see `fake::Step`).
+    pub fn script(&self, steps: Value) {
+        http_post(
+            &format!("{}/_control/script", self.base),
+            &steps.to_string(),
+        );
+    }
+
+    /// Every request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        serde_json::from_str(&http_get(&format!("{}/_control/requests", self.base))).unwrap()
+    }
+}
+
+fn http_request(method: &str, url: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A plain HTTP GET; returns the body (the status line is checked for 200).
+pub fn http_get(url: &str) -> String {
+    let resp = http_request("GET", url, "");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {url}: {head}");
+    body.to_owned()
+}
+
+pub fn http_get_raw(url: &str) -> String {
+    http_request("GET", url, "")
+}
+
+pub fn http_post(url: &str, body: &str) -> String {
+    let resp = http_request("POST", url, body);
+    assert!(resp.starts_with("HTTP/1.1 200"), "POST {url}: {resp}");
+    resp
+}
+
+/// A running `myagent-host serve`.
+pub struct Host {
+    pub proc: Proc,
+    pub port: u16,
+    pub state: TempDir,
+}
+
+impl Host {
+    /// Starts the host on `plugin` against `llm`, with extra CLI args.
+    pub fn start(plugin: &Path, llm: &FakeLlm, extra: &[&str]) -> Host {
+        let state = TempDir::new("state");
+        let mut cmd = Command::new(bin("myagent-host"));
+        cmd.arg("serve")
+            .arg(plugin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--base-url",
+                &llm.base_url(),
+                "--model",
+                "fake-model",
+            ])
+            .args([
+                "--llm-retries",
+                "2",
+                "--llm-first-token-timeout",
+                "5",
+                "--llm-idle-timeout",
+                "5",
+            ])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(extra)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("MYAGENT_AUTH_TOKENS")
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(cmd);
+        let line = proc.wait_line("Serving on ws://", Duration::from_secs(20));
+        let port = line
+            .split(':')
+            .nth(2)
+            .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        Host { proc, port, state }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        http_get(&format!("http://127.0.0.1:{}{path}", self.port))
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe {
+            libc_kill(self.proc.pid() as i32, 15);
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking the protocol.
+pub struct Client {
+    pub ws: WsStream,
+    /// Every event received, in order.
+    pub seen: Vec<Value>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        Client {
+            ws,
+            seen: Vec::new(),
+        }
+    }
+
+    pub async fn connect_req(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Client {
+            ws,
+            seen: Vec::new(),
+        })
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// Next event (JSON text frame), or None on close / timeout.
+    pub async fn recv_timeout(&mut self, t: Duration) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(t, self.ws.next()).await.ok()??.ok()?;
+            match msg {
+                Message::Text(text) => {
+                    let v: Value =
+                        serde_json::from_str(text.as_str()).expect("server sent invalid JSON");
+                    self.seen.push(v.clone());
+                    return Some(v);
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        self.recv_timeout(Duration::from_secs(10))
+            .await
+            .expect("expected an event before timeout/close")
+    }
+
+    /// Receives until an event named `name` (returned); panics on timeout.
+    pub async fn until(&mut self, name: &str) -> Value {
+        loop {
+            let v = self
+                .recv_timeout(Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| {
+                    panic!(
+                        "connection closed or timed out waiting for {name}; seen: {:#?}",
+                        self.seen
+                    )
+                });
+            if v["event"] == name {
+                return v;
+            }
+        }
+    }
+
+    /// Receives until one of `names`.
+    pub async fn until_any(&mut self, names: &[&str]) -> Value {
+        loop {
+            let v = self
+                .recv_timeout(Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("closed waiting for {names:?}; seen: {:#?}", self.seen));
+            if names.iter().any(|n| v["event"] == *n) {
+                return v;
+            }
+        }
+    }
+
+    /// Connects, reads `system.connected`, creates a session; returns (client, session_id, token).
+    pub async fn with_session(url: &str) -> (Client, String, String) {
+        let mut c = Client::connect(url).await;
+        let hello = c.recv().await;
+        assert_eq!(hello["event"], "system.connected");
+        let (sid, token) = c.create_session().await;
+        (c, sid, token)
+    }
+
+    pub async fn create_session(&mut self) -> (String, String) {
+        self.send(json!({"event": "user.create_session", "timestamp": 0}))
+            .await;
+        let created = self.until("agent.session_created").await;
+        (
+            created["session_id"].as_str().unwrap().to_owned(),
+            created["resume_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn ask(&mut self, session_id: &str, content: &str) {
+        self.send(json!({"event": "user.message", "session_id": session_id, "content": content, "timestamp": 0})).await;
+    }
+
+    /// Events seen so far named `name`.
+    pub fn named(&self, name: &str) -> Vec<&Value> {
+        self.seen.iter().filter(|v| v["event"] == name).collect()
+    }
+}

@@ -30,6 +30,9 @@ pub const TERMINATE_TOOL: &str = "terminate";
 const STUCK_NUDGE: &str = "Observed duplicate responses. Consider new strategies and avoid \
 repeating ineffective paths already attempted.";
 
+/// What the memory records for a run the user cancelled.
+pub const INTERRUPTED_NOTE: &str = "(The user interrupted this response.)";
+
 /// MyAgent's `AgentState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentState {
@@ -356,6 +359,11 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &str) -
         }
         RunOutcome::Cancelled => {
             ctx.metrics.runs_cancelled.inc();
+            // Close the turn so the conversation stays well formed and the model knows.
+            memory.push(ChatMessage::assistant(
+                Some(INTERRUPTED_NOTE.into()),
+                Vec::new(),
+            ));
         }
     }
     debug_assert!(memory.pairs_intact());

@@ -136,13 +136,8 @@ async fn serve_loop(
     loop {
         let flow = tokio::select! {
             biased;
-            _ = hub.close_all.cancelled() => {
-                // Deliver what is queued (e.g. agent.interrupted), then say goodbye.
-                while let Ok(out) = rx.try_recv() {
-                    if feed(&mut sink, out).await.is_err() { break; }
-                }
-                Flow::Close(CloseCode::Away, "server shutting down")
-            }
+            // Queued events (e.g. agent.interrupted) are delivered before the close, below.
+            _ = hub.close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
             _ = slow.cancelled() => {
                 hub.metrics.slow_client_disconnects.inc();
                 tracing::warn!(connection_id = state.id, "client too slow; closing (its sessions stay resumable)");
@@ -198,6 +193,18 @@ async fn serve_loop(
             }
         };
         if let Flow::Close(code, reason) = flow {
+            // Deliver what was queued before the close (e.g. `auth.error`), except to a client
+            // that is being dropped for not reading.
+            if !slow.is_cancelled() {
+                let drain = async {
+                    while let Ok(out) = rx.try_recv() {
+                        if feed(&mut sink, out).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+            }
             let _ = close(&mut sink, code, reason).await;
             break;
         }
