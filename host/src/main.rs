@@ -25,6 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve an agent plugin over WebSocket (and /health, /metrics over HTTP on the same port).
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Print a plugin's agent: name, API version, prompts and every tool with its schema.
     Inspect {
