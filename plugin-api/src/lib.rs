@@ -55,7 +55,7 @@ pub mod abi;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-pub use serde_json::{json, Value};
+pub use serde_json::{json, Map, Value};
 
 /// The plugin protocol version. The host refuses plugins with another one; abi_stable also
 /// checks this crate's semver (0.1.x) and the layout of every type in [`abi`].

@@ -14,7 +14,13 @@ async fn setup(extra: &[&str]) -> (FakeLlm, Host, Client, String) {
 }
 
 fn tool_messages(req: &Value) -> Vec<String> {
-    req["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "tool").map(|m| m["content"].as_str().unwrap().to_owned()).collect()
+    req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -43,9 +49,17 @@ async fn two_parallel_tool_calls_then_an_answer_with_results_in_call_order() {
     let reqs = llm.requests();
     assert_eq!(tool_messages(&reqs[1]), ["slept 300 ms", "fast"]);
     // Reasoning before the tool calls was streamed too, tagged with its step.
-    assert!(c.named("agent.partial_answer").iter().any(|e| e["metadata"]["step"] == 1));
+    assert!(c
+        .named("agent.partial_answer")
+        .iter()
+        .any(|e| e["metadata"]["step"] == 1));
     // The model was offered the plugin's tools plus terminate.
-    let names: Vec<&str> = reqs[0]["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = reqs[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"echo") && names.contains(&"terminate"));
 }
 
@@ -68,11 +82,17 @@ async fn max_steps_ends_with_a_clear_message() {
     c.ask(&sid, "loop").await;
     let a = c.until("agent.final_answer").await;
     assert_eq!(a["metadata"]["reason"], "max_steps");
-    assert!(a["content"].as_str().unwrap().contains("max_steps = 4"), "{a}");
+    assert!(
+        a["content"].as_str().unwrap().contains("max_steps = 4"),
+        "{a}"
+    );
     assert_eq!(llm.requests().len(), 4);
     // Stuck detection: the repeated identical step made the host nudge the model.
     let last = llm.requests().pop().unwrap();
-    let prompt = last["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned();
+    let prompt = last["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(prompt.contains("Observed duplicate responses"), "{prompt}");
 }
 
@@ -93,13 +113,28 @@ async fn tool_failures_of_every_kind_are_fed_back_and_the_run_goes_on() {
     let a = c.until("agent.final_answer").await;
     assert_eq!(a["content"], "Recovered.");
     let results = c.named("agent.tool_result");
-    let status: Vec<&str> = results.iter().map(|r| r["metadata"]["status"].as_str().unwrap()).collect();
-    assert_eq!(status.iter().filter(|s| **s == "failed").count(), 4, "{results:#?}");
+    let status: Vec<&str> = results
+        .iter()
+        .map(|r| r["metadata"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        status.iter().filter(|s| **s == "failed").count(),
+        4,
+        "{results:#?}"
+    );
     let fed = tool_messages(&llm.requests()[1]);
-    assert!(fed[0].contains("no tool named `no_such_tool`") && fed[0].contains("echo"), "{}", fed[0]);
+    assert!(
+        fed[0].contains("no tool named `no_such_tool`") && fed[0].contains("echo"),
+        "{}",
+        fed[0]
+    );
     assert!(fed[1].contains("not a valid JSON object"), "{}", fed[1]);
     assert!(fed[2].contains("this tool always fails"));
-    assert!(fed[3].contains("panicked: the panic tool panicked"), "{}", fed[3]);
+    assert!(
+        fed[3].contains("panicked: the panic tool panicked"),
+        "{}",
+        fed[3]
+    );
     assert!(fed[4].len() < 9000 && fed[4].contains("output truncated: 100000 characters"));
     // The host survived the panic and still serves.
     let health: Value = serde_json::from_str(&host.http("/health")).unwrap();
@@ -116,10 +151,20 @@ async fn a_slow_tool_times_out_without_blocking_other_sessions() {
     let (mut other, sid2, _) = Client::with_session(&host.ws_url()).await;
     other.ask(&sid2, r#"call:echo {"text": "quick"}"#).await;
     other.until("agent.final_answer").await;
-    assert!(t0.elapsed() < Duration::from_millis(1500), "other session took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "other session took {:?}",
+        t0.elapsed()
+    );
     let r = c.until("agent.tool_result").await;
     assert_eq!(r["metadata"]["status"], "failed");
-    assert!(r["content"].as_str().unwrap().contains("timed out after 2000 ms"), "{r}");
+    assert!(
+        r["content"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2000 ms"),
+        "{r}"
+    );
     c.until("agent.final_answer").await;
     let _ = llm;
 }
@@ -134,38 +179,69 @@ async fn retries_on_429_honouring_retry_after_then_gives_up_clearly() {
     ]));
     let t0 = Instant::now();
     c.ask(&sid, "x").await;
-    assert_eq!(c.until("agent.final_answer").await["content"], "ok after retries");
-    assert!(t0.elapsed() >= Duration::from_millis(300), "retry-after not honoured: {:?}", t0.elapsed());
+    assert_eq!(
+        c.until("agent.final_answer").await["content"],
+        "ok after retries"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "retry-after not honoured: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(llm.requests().len(), 3);
 
     llm.script(json!([{"status": 500}, {"status": 500}, {"status": 500}]));
     c.ask(&sid, "y").await;
     let e = c.until("agent.error").await;
     let msg = e["error"].as_str().unwrap();
-    assert!(msg.contains("after 3 attempts") && msg.contains("HTTP 500"), "{msg}");
+    assert!(
+        msg.contains("after 3 attempts") && msg.contains("HTTP 500"),
+        "{msg}"
+    );
     c.until("agent.ready").await;
     // A 400 is not retried.
     llm.script(json!([{"status": 400, "body": "{\"error\":{\"message\":\"bad request body\"}}"}]));
     c.ask(&sid, "z").await;
     let e = c.until("agent.error").await;
-    assert!(e["error"].as_str().unwrap().contains("HTTP 400: bad request body"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 400: bad request body"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn stalls_mid_stream_errors_garbage_and_resets_are_clear_errors() {
     let (llm, _host, mut c, sid) = setup(&["--llm-idle-timeout", "1"]).await;
     let cases = [
-        (json!({"text": "abcdefgh", "after_chunks": 2, "stall_ms": 3000}), "no data for 1000 ms"),
-        (json!({"text": "abcdefgh", "after_chunks": 2, "error_message": "model overloaded"}), "model overloaded"),
-        (json!({"text": "abcdefgh", "after_chunks": 2, "garbage": true}), "malformed"),
-        (json!({"text": "abcdefgh", "after_chunks": 2, "reset": true, "delay_ms": 30}), "broke off"),
+        (
+            json!({"text": "abcdefgh", "after_chunks": 2, "stall_ms": 3000}),
+            "no data for 1000 ms",
+        ),
+        (
+            json!({"text": "abcdefgh", "after_chunks": 2, "error_message": "model overloaded"}),
+            "model overloaded",
+        ),
+        (
+            json!({"text": "abcdefgh", "after_chunks": 2, "garbage": true}),
+            "malformed",
+        ),
+        (
+            json!({"text": "abcdefgh", "after_chunks": 2, "reset": true, "delay_ms": 30}),
+            "broke off",
+        ),
     ];
     for (step, expect) in cases {
         llm.script(json!([step]));
         c.ask(&sid, "x").await;
         let e = c.until_any(&["agent.error", "agent.final_answer"]).await;
         assert_eq!(e["event"], "agent.error", "{e}");
-        assert!(e["error"].as_str().unwrap().contains(expect), "{e} should contain {expect}");
+        assert!(
+            e["error"].as_str().unwrap().contains(expect),
+            "{e} should contain {expect}"
+        );
         c.until("agent.ready").await;
     }
     // A non-streaming JSON answer is accepted too.
@@ -178,7 +254,14 @@ async fn stalls_mid_stream_errors_garbage_and_resets_are_clear_errors() {
 async fn memory_is_trimmed_on_turn_boundaries() {
     let (llm, _host, mut c, sid) = setup(&["--memory-budget", "600"]).await;
     for i in 0..8 {
-        c.ask(&sid, &format!(r#"call:echo {{"text": "{}"}} ;; say:turn {i}"#, "z".repeat(60))).await;
+        c.ask(
+            &sid,
+            &format!(
+                r#"call:echo {{"text": "{}"}} ;; say:turn {i}"#,
+                "z".repeat(60)
+            ),
+        )
+        .await;
         c.until("agent.final_answer").await;
     }
     for req in llm.requests() {
@@ -192,13 +275,20 @@ async fn memory_is_trimmed_on_turn_boundaries() {
                 }
                 let asked = &msgs[j - 1];
                 assert_eq!(asked["role"], "assistant");
-                assert!(asked["tool_calls"].as_array().unwrap().iter().any(|c| c["id"] == m["tool_call_id"]));
+                assert!(asked["tool_calls"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["id"] == m["tool_call_id"]));
             }
         }
         assert_eq!(msgs[1]["role"], "user", "history starts at a turn boundary");
     }
     let last = llm.requests().pop().unwrap();
-    assert!(last["messages"].as_array().unwrap().len() < 20, "memory was not trimmed");
+    assert!(
+        last["messages"].as_array().unwrap().len() < 20,
+        "memory was not trimmed"
+    );
 }
 
 #[tokio::test]
@@ -211,9 +301,23 @@ async fn traces_are_written_as_json_lines() {
     let kinds: Vec<String> = std::fs::read_to_string(&trace)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(kinds, ["run_start", "model_call", "tool_call", "model_call", "run_end"]);
+    assert_eq!(
+        kinds,
+        [
+            "run_start",
+            "model_call",
+            "tool_call",
+            "model_call",
+            "run_end"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -222,7 +326,11 @@ async fn record_then_replay_offline() {
     let rec = dir.path().join("rec.jsonl");
     let llm = FakeLlm::start();
     {
-        let host = Host::start(&plugin_lib("weather_agent"), &llm, &["--record", rec.to_str().unwrap()]);
+        let host = Host::start(
+            &plugin_lib("weather_agent"),
+            &llm,
+            &["--record", rec.to_str().unwrap()],
+        );
         let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
         c.ask(&sid, "What's the weather in Rome?").await;
         c.until("agent.final_answer").await;
@@ -230,7 +338,11 @@ async fn record_then_replay_offline() {
     drop(llm);
     // Replay with no model server at all.
     let offline = FakeLlm::start(); // only its address is used; it is never asked
-    let host = Host::start(&plugin_lib("weather_agent"), &offline, &["--replay", rec.to_str().unwrap()]);
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &offline,
+        &["--replay", rec.to_str().unwrap()],
+    );
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
     c.ask(&sid, "What's the weather in Rome?").await;
     let a = c.until("agent.final_answer").await;

@@ -113,6 +113,10 @@ pub fn host_api_crate_version() -> String {
 /// Loads the library at `copy` (already a unique copy of `source`) and validates it: version
 /// checks, the manifest, and one instance from the factory.
 pub fn load_copy(source: &Path, copy: &Path, generation: u64) -> Result<Plugin, LoadError> {
+    check_elf(copy).map_err(|reason| LoadError::NotALibrary {
+        path: source.to_owned(),
+        reason,
+    })?;
     let header = lib_header_from_path(copy).map_err(|e| map_library_error(source, e))?;
     let module = header
         .init_root_module::<PluginModule_Ref>()
@@ -154,6 +158,62 @@ pub fn load(source: &Path, copies: &copies::CopyDir, generation: u64) -> Result<
         source: e,
     })?;
     load_copy(source, &copy, generation)
+}
+
+/// Checks that `path` is a complete 64-bit little-endian ELF shared object before `dlopen`
+/// sees it: glibc crashes the process (SIGSEGV/SIGBUS) on a truncated library, which is what a
+/// half-written build looks like.
+fn check_elf(path: &Path) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let len = data.len() as u64;
+    let u16_at = |o: usize| {
+        data.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
+    };
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" {
+        return Err("invalid ELF header".into());
+    }
+    if data[4] != 2 || data[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    if u16_at(16) != Some(3) {
+        return Err("not a shared object (ELF type is not DYN)".into());
+    }
+    let short = || "file is truncated (incomplete build?)".to_string();
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20).ok_or_else(short)?,
+        u16_at(0x36).ok_or_else(short)?,
+        u16_at(0x38).ok_or_else(short)?,
+    );
+    let (shoff, shentsize, shnum) = (
+        u64_at(0x28).ok_or_else(short)?,
+        u16_at(0x3A).ok_or_else(short)?,
+        u16_at(0x3C).ok_or_else(short)?,
+    );
+    if phoff.saturating_add(phentsize.saturating_mul(phnum)) > len
+        || shoff.saturating_add(shentsize.saturating_mul(shnum)) > len
+    {
+        return Err(short());
+    }
+    for i in 0..phnum {
+        let at = (phoff + i * phentsize) as usize;
+        let (offset, filesz) = (
+            u64_at(at + 8).ok_or_else(short)?,
+            u64_at(at + 32).ok_or_else(short)?,
+        );
+        if u32_at(at) == Some(1) && offset.saturating_add(filesz) > len {
+            return Err(short());
+        }
+    }
+    Ok(())
 }
 
 fn validate_manifest(m: &Manifest) -> Result<(), LoadError> {

@@ -1,1 +1,255 @@
-//! x
+//! The design document's business-assistant: `query_database` over a real SQLite database of
+//! sample business data (read-only: only queries are accepted) and `send_email`, which delivers
+//! into a local Maildir (`<data dir>/maildir/new/`) — a real mail sink any mail client can read.
+//!
+//! The data directory is `$BUSINESS_AGENT_DATA`, else `./business-data`; the database is created
+//! with sample data on first use.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use myagent_plugin_api::{export_agent, json, Agent, Map, Tool, ToolResult, Value};
+use rusqlite::{types::ValueRef, Connection, OpenFlags};
+
+const MAX_ROWS: usize = 100;
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("BUSINESS_AGENT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("business-data"))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL, city TEXT NOT NULL);
+CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price_cents INTEGER NOT NULL);
+CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id),
+                     product_id INTEGER NOT NULL REFERENCES products(id), quantity INTEGER NOT NULL,
+                     ordered_on TEXT NOT NULL, status TEXT NOT NULL);
+INSERT INTO customers VALUES (1,'Acme Corp','orders@acme.example','Berlin'),(2,'Globex','buying@globex.example','Paris'),
+  (3,'Initech','it@initech.example','Austin'),(4,'Umbrella','procurement@umbrella.example','Tokyo');
+INSERT INTO products VALUES (1,'Widget',1999),(2,'Gadget',4950),(3,'Gizmo',12000);
+INSERT INTO orders VALUES (1,1,1,10,'2026-10-01','shipped'),(2,1,3,1,'2026-10-15','pending'),(3,2,2,5,'2026-10-20','shipped'),
+  (4,3,1,100,'2026-11-02','pending'),(5,4,3,2,'2026-11-10','cancelled'),(6,2,1,3,'2026-11-18','pending');
+";
+
+/// Opens the sample database read-only, creating it first if needed.
+fn open_db() -> Result<Connection, String> {
+    let dir = data_dir();
+    let path = dir.join("business.sqlite");
+    if !path.exists() {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let tmp = dir.join(format!("business.sqlite.{}.tmp", std::process::id()));
+        let conn = Connection::open(&tmp).map_err(|e| e.to_string())?;
+        conn.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+        drop(conn);
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+pub struct QueryDatabase;
+
+impl Tool for QueryDatabase {
+    fn name(&self) -> &str {
+        "query_database"
+    }
+    fn description(&self) -> &str {
+        "Run one read-only SQL query (SELECT or WITH) on the business database. Tables: \
+         customers(id, name, email, city), products(id, name, price_cents), \
+         orders(id, customer_id, product_id, quantity, ordered_on, status). Returns up to 100 rows as JSON."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"query": {"type": "string", "description": "A single SQL SELECT statement"}}, "required": ["query"]})
+    }
+    fn execute(&self, args: Value) -> ToolResult {
+        let Some(query) = args.get("query").and_then(Value::as_str) else {
+            return ToolResult::error("missing required argument `query`");
+        };
+        let q = query.trim().trim_end_matches(';');
+        let first = q
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if first != "select" && first != "with" {
+            return ToolResult::error("only read-only queries (SELECT or WITH) are allowed");
+        }
+        if q.contains(';') {
+            return ToolResult::error("send one statement at a time");
+        }
+        let conn = match open_db() {
+            Ok(c) => c,
+            Err(e) => return ToolResult::error(format!("database unavailable: {e}")),
+        };
+        let mut stmt = match conn.prepare(q) {
+            Ok(s) => s,
+            Err(e) => return ToolResult::error(format!("SQL error: {e}")),
+        };
+        if !stmt.readonly() {
+            return ToolResult::error("only read-only queries are allowed");
+        }
+        let cols: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let mut rows = match stmt.query([]) {
+            Ok(r) => r,
+            Err(e) => return ToolResult::error(format!("SQL error: {e}")),
+        };
+        let mut out = Vec::new();
+        loop {
+            match rows.next() {
+                Ok(Some(row)) => {
+                    if out.len() == MAX_ROWS {
+                        return ToolResult::ok(json!({"rows": out, "truncated": true}).to_string());
+                    }
+                    let mut obj = Map::new();
+                    for (i, c) in cols.iter().enumerate() {
+                        let v = match row.get_ref(i) {
+                            Ok(ValueRef::Null) | Err(_) => Value::Null,
+                            Ok(ValueRef::Integer(n)) => json!(n),
+                            Ok(ValueRef::Real(f)) => json!(f),
+                            Ok(ValueRef::Text(t)) => json!(String::from_utf8_lossy(t)),
+                            Ok(ValueRef::Blob(b)) => json!(format!("<{} bytes>", b.len())),
+                        };
+                        obj.insert(c.clone(), v);
+                    }
+                    out.push(Value::Object(obj));
+                }
+                Ok(None) => break,
+                Err(e) => return ToolResult::error(format!("SQL error: {e}")),
+            }
+        }
+        ToolResult::ok(json!({"rows": out}).to_string())
+    }
+}
+
+pub struct SendEmail;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Tool for SendEmail {
+    fn name(&self) -> &str {
+        "send_email"
+    }
+    fn description(&self) -> &str {
+        "Send an email notification. It is delivered to the local Maildir mail sink."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {
+            "to": {"type": "string", "description": "Recipient address"},
+            "subject": {"type": "string"},
+            "body": {"type": "string"}
+        }, "required": ["to", "subject", "body"]})
+    }
+    fn execute(&self, args: Value) -> ToolResult {
+        let field = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
+        let (Some(to), Some(subject), Some(body)) = (field("to"), field("subject"), field("body"))
+        else {
+            return ToolResult::error("`to`, `subject` and `body` are required strings");
+        };
+        let valid = to.split_once('@').is_some_and(|(u, d)| {
+            !u.is_empty() && d.contains('.') && !to.contains(char::is_whitespace)
+        });
+        if !valid {
+            return ToolResult::error(format!("`{to}` is not an email address"));
+        }
+        if subject.contains('\n') || to.contains('\n') {
+            return ToolResult::error("headers must be one line");
+        }
+        let maildir = data_dir().join("maildir");
+        for sub in ["tmp", "new", "cur"] {
+            if let Err(e) = std::fs::create_dir_all(maildir.join(sub)) {
+                return ToolResult::error(format!("mail sink unavailable: {e}"));
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let name = format!(
+            "{}.{}_{}.myagent",
+            now.as_secs(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let message = format!(
+            "From: business-assistant <agent@localhost>\r\nTo: {to}\r\nSubject: {subject}\r\nX-Mailer: myagent business_agent\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+        );
+        // Maildir delivery: write in tmp/, then rename into new/ (atomic for readers).
+        let tmp = maildir.join("tmp").join(&name);
+        if let Err(e) = std::fs::write(&tmp, message)
+            .and_then(|_| std::fs::rename(&tmp, maildir.join("new").join(&name)))
+        {
+            return ToolResult::error(format!("delivery failed: {e}"));
+        }
+        ToolResult::ok(format!("Email to {to} delivered (message {name})"))
+    }
+}
+
+pub fn business_assistant() -> Agent {
+    Agent::builder("business-assistant")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description("Queries the business database and sends email notifications.")
+        .system_prompt(
+            "You are a business assistant. You can query the company database (customers, products, \
+             orders) with query_database and send email notifications with send_email.",
+        )
+        .next_step_prompt("Use query_database to look things up and send_email to notify people.")
+        .max_steps(10)
+        .enable_tracing(true)
+        .tool(QueryDatabase)
+        .tool(SendEmail)
+        .build()
+}
+
+export_agent!(business_assistant);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_read_and_writes_are_refused_and_mail_lands_in_the_maildir() {
+        let dir = std::env::temp_dir().join(format!("business-test-{}", std::process::id()));
+        std::env::set_var("BUSINESS_AGENT_DATA", &dir);
+        let agent = business_assistant();
+        let r = agent.call_tool(
+            "query_database",
+            json!({"query": "SELECT name FROM customers WHERE city = 'Paris'"}),
+        );
+        assert_eq!(r.output.as_deref(), Some(r#"{"rows":[{"name":"Globex"}]}"#));
+        for bad in [
+            "DELETE FROM orders",
+            "SELECT 1; DROP TABLE orders",
+            "UPDATE orders SET status='x'",
+        ] {
+            assert!(
+                agent
+                    .call_tool("query_database", json!({ "query": bad }))
+                    .is_error(),
+                "{bad}"
+            );
+        }
+        let r = agent.call_tool(
+            "send_email",
+            json!({"to": "a@b.example", "subject": "Hi", "body": "Order shipped"}),
+        );
+        assert!(!r.is_error(), "{r:?}");
+        let new: Vec<_> = std::fs::read_dir(dir.join("maildir/new"))
+            .unwrap()
+            .collect();
+        assert_eq!(new.len(), 1);
+        assert!(agent
+            .call_tool(
+                "send_email",
+                json!({"to": "nobody", "subject": "x", "body": "y"})
+            )
+            .is_error());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
