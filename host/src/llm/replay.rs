@@ -75,6 +75,8 @@ impl Recorder {
 pub struct ReplayModel {
     path: PathBuf,
     answers: HashMap<String, ChatResponse>,
+    /// The opening user messages of the recorded conversations, to suggest on a miss.
+    questions: Vec<String>,
     /// Pause between streamed pieces, so replay looks like a live model.
     piece_delay: Duration,
 }
@@ -84,6 +86,7 @@ impl ReplayModel {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read recording {}: {e}", path.display()))?;
         let mut answers = HashMap::new();
+        let mut questions: Vec<String> = Vec::new();
         for (n, line) in text
             .lines()
             .enumerate()
@@ -92,13 +95,15 @@ impl ReplayModel {
             let ex: Exchange = serde_json::from_str(line).map_err(|e| {
                 format!("{}:{}: not a recorded exchange: {e}", path.display(), n + 1)
             })?;
+            let first_user = ex.request.messages.iter().find(|m| m.role == super::Role::User);
+            if let Some(q) = first_user.and_then(|m| m.content.clone()) {
+                if !questions.contains(&q) {
+                    questions.push(q);
+                }
+            }
             answers.insert(key(&ex.request.messages), ex.response);
         }
-        Ok(ReplayModel {
-            path: path.to_owned(),
-            answers,
-            piece_delay,
-        })
+        Ok(ReplayModel { path: path.to_owned(), answers, questions, piece_delay })
     }
 
     pub fn describe(&self) -> String {

@@ -1,0 +1,43 @@
+"""The design document's Python client (the `websockets` library), unchanged in its flow:
+connect, create a session, send a message, print events until the final answer.
+
+    python3 examples/clients/python_client.py [ws://localhost:8080] ["What's the weather in Paris?"]
+"""
+import asyncio
+import json
+import sys
+
+import websockets
+
+
+async def main(url: str, question: str) -> None:
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"event": "user.create_session", "timestamp": 0}))
+        async for raw in ws:
+            message = json.loads(raw)
+            event = message["event"]
+            if event == "agent.session_created":
+                await ws.send(json.dumps({
+                    "event": "user.message",
+                    "session_id": message["session_id"],
+                    "content": question,
+                    "timestamp": 0,
+                }))
+            elif event == "agent.thinking":
+                print("thinking:", message["content"])
+            elif event == "agent.tool_call":
+                print("tool call:", message["metadata"]["tool"], message["metadata"]["args"])
+            elif event == "agent.tool_result":
+                print("tool result:", message["content"])
+            elif event == "agent.final_answer":
+                print("answer:", message["content"])
+                break
+            elif event == "agent.error":
+                print("error:", message["error"])
+                sys.exit(1)
+
+
+if __name__ == "__main__":
+    url = sys.argv[1] if len(sys.argv) > 1 else "ws://localhost:8080"
+    question = sys.argv[2] if len(sys.argv) > 2 else "What's the weather in Paris?"
+    asyncio.run(main(url, question))
