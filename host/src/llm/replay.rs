@@ -95,7 +95,11 @@ impl ReplayModel {
             let ex: Exchange = serde_json::from_str(line).map_err(|e| {
                 format!("{}:{}: not a recorded exchange: {e}", path.display(), n + 1)
             })?;
-            let first_user = ex.request.messages.iter().find(|m| m.role == super::Role::User);
+            let first_user = ex
+                .request
+                .messages
+                .iter()
+                .find(|m| m.role == super::Role::User);
             if let Some(q) = first_user.and_then(|m| m.content.clone()) {
                 if !questions.contains(&q) {
                     questions.push(q);
@@ -103,7 +107,12 @@ impl ReplayModel {
             }
             answers.insert(key(&ex.request.messages), ex.response);
         }
-        Ok(ReplayModel { path: path.to_owned(), answers, questions, piece_delay })
+        Ok(ReplayModel {
+            path: path.to_owned(),
+            answers,
+            questions,
+            piece_delay,
+        })
     }
 
     pub fn describe(&self) -> String {

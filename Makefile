@@ -1,0 +1,36 @@
+# myagent-host — common tasks. `make help` lists them.
+CARGO ?= cargo
+JOBS ?= 2
+BIN := target/debug
+PLUGIN ?= $(BIN)/libweather_agent.so
+PORT ?= 8080
+DEMO_RECORDING := examples/recordings/weather-demo.jsonl
+
+.PHONY: help build plugins run test bench clean-state docker
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+build: ## Build the host, the example plugins and the test tools
+	$(CARGO) build -j$(JOBS) --workspace
+
+plugins: ## Build only the example plugins (cdylib .so files in target/debug)
+	$(CARGO) build -j$(JOBS) -p weather_agent -p business_agent
+
+run: build ## Serve the weather agent on ws://localhost:8080 (live model with OPENAI_API_KEY, else the demo recording)
+	@if [ -n "$$OPENAI_API_KEY" ]; then \
+		$(BIN)/myagent-host serve $(PLUGIN) --port $(PORT); \
+	else \
+		echo "OPENAI_API_KEY is not set: replaying $(DEMO_RECORDING) (ask: What's the weather in Paris?)"; \
+		$(BIN)/myagent-host serve $(PLUGIN) --port $(PORT) --replay $(DEMO_RECORDING); \
+	fi
+
+test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSocket), example client
+	$(CARGO) test -j$(JOBS) --workspace
+	./scripts/example-clients.sh
+
+bench: build ## Print the plugin benchmarks (tool-call overhead, hot-reload latency)
+	$(CARGO) run -j$(JOBS) -q --release -p myagent-tests --bin myagent-bench -- all
+
+docker: ## Build the container image (needs a Docker engine)
+	docker build -t myagent-host .

@@ -1,0 +1,100 @@
+//! `myagent-bench`: plugin benchmarks that print numbers.
+//!
+//!   myagent-bench tool-overhead   host→plugin tool call cost (direct, and via spawn_blocking as runs do)
+//!   myagent-bench reload          file replaced → `system.plugin_reloaded` received by a client
+//!   myagent-bench all
+//!
+//! Run with `make bench` (release build). Machines here are shared: read the numbers as a
+//! distribution, not a verdict.
+
+use std::time::{Duration, Instant};
+
+use myagent_host::plugin::{self, copies::CopyDir};
+use myagent_tests::{plugin_lib, target_dir, workspace_root, Client, FakeLlm, Host, TempDir};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn tool_overhead() {
+    let dir = TempDir::new("bench-copies");
+    let copies = CopyDir::open(dir.path()).unwrap();
+    let p = plugin::load(&plugin_lib("testkit_agent"), &copies, 1).expect("load testkit plugin");
+    let inst = p.new_instance().unwrap();
+    let n = 200_000;
+    for _ in 0..1000 {
+        inst.call_tool_blocking("echo", r#"{"text":"x"}"#);
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let r = inst.call_tool_blocking("echo", r#"{"text":"x"}"#);
+        assert_eq!(r.output.as_deref(), Some("x"));
+    }
+    let direct = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let n2 = 20_000;
+    let t0 = Instant::now();
+    for _ in 0..n2 {
+        let i = inst.clone();
+        tokio::task::spawn_blocking(move || i.call_tool_blocking("echo", r#"{"text":"x"}"#))
+            .await
+            .unwrap();
+    }
+    let pooled = t0.elapsed().as_secs_f64() * 1e6 / n2 as f64;
+    println!("tool-overhead: direct ABI call (args JSON in, ToolResult JSON out, panic guard): {direct:.2} µs/call over {n} calls");
+    println!("tool-overhead: as a run calls it (spawn_blocking + ABI call):                  {pooled:.2} µs/call over {n2} calls");
+}
+
+async fn reload() {
+    let dir = TempDir::new("bench-reload");
+    let served = dir.path().join("libtestkit_agent.so");
+    std::fs::copy(plugin_lib("testkit_agent"), &served).unwrap();
+    let status = std::process::Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir().join("fixtures"))
+        .env("TESTKIT_TAG", "v2")
+        .args(["build", "-q", "-p", "testkit_agent"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let builds = [
+        target_dir().join("fixtures/debug/libtestkit_agent.so"),
+        plugin_lib("testkit_agent"),
+    ];
+    let llm = FakeLlm::start();
+    let host = Host::start(&served, &llm, &["--reload-debounce-ms", "200"]);
+    let (mut c, _, _) = Client::with_session(&host.ws_url()).await;
+    let mut ms = Vec::new();
+    for i in 0..10 {
+        let tmp = dir.path().join(".next.so");
+        std::fs::copy(&builds[i % 2], &tmp).unwrap();
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, &served).unwrap();
+        c.until("system.plugin_reloaded").await;
+        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "reload: file renamed into place → client receives system.plugin_reloaded (debounce 200 ms): p50 {:.0} ms, max {:.0} ms over {} reloads",
+        percentile(&ms, 0.5),
+        ms[ms.len() - 1],
+        ms.len()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    match what.as_str() {
+        "tool-overhead" => tool_overhead().await,
+        "reload" => reload().await,
+        "all" => {
+            tool_overhead().await;
+            reload().await;
+        }
+        other => {
+            eprintln!("unknown benchmark {other}; use tool-overhead, reload or all");
+            std::process::exit(2);
+        }
+    }
+}
