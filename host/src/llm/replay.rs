@@ -129,17 +129,17 @@ impl ReplayModel {
         on_delta: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ChatResponse, LlmError> {
         let Some(resp) = self.answers.get(&key(&req.messages)) else {
-            let last = req
-                .messages
+            let asked: Vec<String> = self
+                .questions
                 .iter()
-                .rev()
-                .find(|m| m.role == super::Role::User)
-                .and_then(|m| m.content.clone());
+                .take(6)
+                .map(|q| format!("{q:?}"))
+                .collect();
             return Err(LlmError::Replay(format!(
-                "this conversation is not in the recording {} (last user message: {:?}); \
+                "this conversation is not in the recording {} (it answers new sessions asking {}); \
                  set OPENAI_API_KEY to use a live model, or record it with --record",
                 self.path.display(),
-                last.unwrap_or_default()
+                asked.join(", ")
             )));
         };
         let mut rest = resp.content.as_str();

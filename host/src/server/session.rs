@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -44,7 +43,6 @@ struct Inner {
     running: Option<CancellationToken>,
     /// Bumped on every detach/attach, so a stale expiry timer does nothing.
     epoch: u64,
-    detached_at: Option<Instant>,
     /// The instance custom events go to (the latest one a run used).
     instance: Instance,
     plugin_prefix: Option<String>,
@@ -76,7 +74,6 @@ impl Session {
             replay_bytes: 0,
             running: None,
             epoch: 0,
-            detached_at: None,
             instance: slot.instance.clone(),
             plugin_prefix: slot.plugin.manifest.event_prefix.clone(),
         };
@@ -153,10 +150,6 @@ impl Session {
         inner.plugin_prefix = prefix;
     }
 
-    pub fn is_running(&self) -> bool {
-        self.lock().running.is_some()
-    }
-
     /// Cancels the running run; false when none is running.
     pub fn cancel(&self) -> bool {
         match &self.lock().running {
@@ -172,10 +165,6 @@ impl Session {
         self.lock().instance.clone()
     }
 
-    pub fn event_prefix(&self) -> Option<String> {
-        self.lock().plugin_prefix.clone()
-    }
-
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
     pub fn detach(&self, conn_id: u64) -> Option<u64> {
         let mut inner = self.lock();
@@ -184,7 +173,6 @@ impl Session {
         }
         inner.owner = None;
         inner.epoch += 1;
-        inner.detached_at = Some(Instant::now());
         Some(inner.epoch)
     }
 
@@ -199,7 +187,6 @@ impl Session {
     pub fn resume(&self, conn: ConnHandle, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
         let mut inner = self.lock();
         inner.epoch += 1;
-        inner.detached_at = None;
         let first_available = inner.replay.front().map_or(inner.seq + 1, |(s, _)| *s);
         let missed: Vec<Utf8Bytes> = inner
             .replay
