@@ -435,6 +435,18 @@ impl Client {
         self.send(json!({"event": "user.message", "session_id": session_id, "content": content, "timestamp": 0})).await;
     }
 
+    /// Skips frames until the server's close frame; returns its code (None if the stream ends
+    /// without one or nothing arrives for `idle`).
+    pub async fn close_code(&mut self, idle: Duration) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(idle, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => return Some(u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// Events seen so far named `name`.
     pub fn named(&self, name: &str) -> Vec<&Value> {
         self.seen.iter().filter(|v| v["event"] == name).collect()

@@ -395,22 +395,7 @@ async fn a_slow_client_is_disconnected_and_can_resume() {
     c.ask(&sid, "stream:20000").await;
     // Do not read for a while: the queue (16 events) overflows.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut close_code = None;
-    loop {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            futures_util::StreamExt::next(&mut c.ws),
-        )
-        .await
-        {
-            Ok(Some(Ok(Message::Close(Some(f))))) => {
-                close_code = Some(u16::from(f.code));
-                break;
-            }
-            Ok(Some(Ok(_))) => continue,
-            _ => break,
-        }
-    }
+    let close_code = c.close_code(Duration::from_secs(10)).await;
     assert_eq!(close_code, Some(4008));
     // Other clients are unaffected, and the slow one can resume.
     let (mut other, sid2, _) = Client::with_session(&host.ws_url()).await;
@@ -442,18 +427,7 @@ async fn sigterm_interrupts_running_sessions_and_closes_with_1001() {
     let t0 = Instant::now();
     host.terminate();
     c.until("agent.interrupted").await;
-    let mut code = None;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(
-        Duration::from_secs(5),
-        futures_util::StreamExt::next(&mut c.ws),
-    )
-    .await
-    {
-        if let Message::Close(Some(f)) = m {
-            code = Some(u16::from(f.code));
-            break;
-        }
-    }
+    let code = c.close_code(Duration::from_secs(5)).await;
     assert_eq!(code, Some(1001));
     let status = loop {
         if let Some(s) = host.proc.child.try_wait().unwrap() {

@@ -12,7 +12,6 @@
 pub mod memory;
 pub mod trace;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -519,22 +518,6 @@ fn truncate_output(mut text: String, max: usize) -> String {
         "\n[output truncated: {total} characters, showing the first {cut}]"
     ));
     text
-}
-
-/// A sink that collects events, for tests and tools.
-#[derive(Default)]
-pub struct CollectSink(pub std::sync::Mutex<Vec<AgentEvent>>);
-
-impl EventSink for CollectSink {
-    fn emit(&self, event: AgentEvent) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(event);
-    }
-}
-
-impl<T: EventSink> EventSink for Arc<T> {
-    fn emit(&self, event: AgentEvent) {
-        (**self).emit(event)
-    }
 }
 
 #[cfg(test)]

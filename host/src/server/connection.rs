@@ -501,7 +501,7 @@ async fn run_session(
             Ok(instance) => {
                 slot.plugin = current;
                 slot.instance = instance;
-                session.set_instance(&slot.instance, slot.plugin.manifest.event_prefix.clone());
+                session.set_instance(&slot.instance);
             }
             Err(e) => {
                 tracing::error!(error = %e, "new plugin build failed to create an agent; keeping the old one")

@@ -45,7 +45,6 @@ struct Inner {
     epoch: u64,
     /// The instance custom events go to (the latest one a run used).
     instance: Instance,
-    plugin_prefix: Option<String>,
 }
 
 /// What a resume found.
@@ -75,7 +74,6 @@ impl Session {
             running: None,
             epoch: 0,
             instance: slot.instance.clone(),
-            plugin_prefix: slot.plugin.manifest.event_prefix.clone(),
         };
         Session {
             id,
@@ -144,10 +142,9 @@ impl Session {
     }
 
     /// The instance a hot reload switched the session to (custom events go there too).
-    pub fn set_instance(&self, instance: &Instance, prefix: Option<String>) {
+    pub fn set_instance(&self, instance: &Instance) {
         let mut inner = self.lock();
         inner.instance = instance.clone();
-        inner.plugin_prefix = prefix;
     }
 
     /// Cancels the running run; false when none is running.
