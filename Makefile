@@ -6,7 +6,7 @@ PLUGIN ?= $(BIN)/libweather_agent.so
 PORT ?= 8080
 DEMO_RECORDING := examples/recordings/weather-demo.jsonl
 
-.PHONY: help build plugins run test bench clean-state docker
+.PHONY: help build plugins run test bench bench-long clean-state docker
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,14 @@ test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSo
 	$(CARGO) test -j$(JOBS) --workspace
 	./scripts/example-clients.sh
 
-bench: build ## Print the plugin benchmarks (tool-call overhead, hot-reload latency)
+bench: ## Short benchmarks (~2 min): plugin overhead, hot reload, then load (idle, stream, churn, tools) as a table
+	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests
 	$(CARGO) run -j$(JOBS) -q --release -p myagent-tests --bin myagent-bench -- all
+	target/release/myagent-loadgen --json target/bench-short.json suite --short
+
+bench-long: ## Full-size load benchmarks (19,000 idle connections, 1,000 streaming sessions, 100,000 churned sessions)
+	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests
+	target/release/myagent-loadgen --json target/bench-long.json suite
 
 docker: ## Build the container image (needs a Docker engine)
 	docker build -t myagent-host .

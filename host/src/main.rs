@@ -141,7 +141,8 @@ struct ServeArgs {
     /// Read accepted tokens from FILE, one per line.
     #[arg(long, value_name = "FILE")]
     auth_token_file: Option<PathBuf>,
-    /// Accept WebSocket upgrades only from these Origin values (repeatable).
+    /// Accept WebSocket upgrades from browser pages only from these Origin values (repeatable);
+    /// requests without an Origin header (non-browser clients) are not affected.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
 }

@@ -242,8 +242,24 @@ impl Metrics {
             "Generation of the serving plugin build.",
             plugin_generation,
         );
+        if let Some(rss) = resident_memory_bytes() {
+            one(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                rss,
+            );
+        }
         self.llm_latency
             .render(&mut out, "myagent_llm_call_seconds", "Model call duration.");
         out
     }
+}
+
+/// This process's resident set size, from `/proc/self/status` (Linux).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -192,9 +192,14 @@ pub fn auto_step(request: &Value) -> Step {
             let n: usize = n.parse().unwrap_or(10);
             step.text = (0..n).map(|i| format!("word{i} ")).collect();
             step.chunk_chars = Some(6);
-        } else if let Some(n) = part.strip_prefix("bench:") {
-            // Each chunk carries its send time; see `bench_chunk`.
+        } else if let Some(spec) = part.strip_prefix("bench:") {
+            // `bench:N` or `bench:N@MS`: N chunks (MS apart), each carrying the time it leaves
+            // this server as `~<unix micros>|` (the load generator measures latency from it).
+            let (n, ms) = spec.split_once('@').unwrap_or((spec, ""));
             step.text = format!("\u{0}bench:{}", n.parse::<usize>().unwrap_or(10));
+            if let Ok(ms) = ms.parse() {
+                step.delay_ms = Some(ms);
+            }
         }
     }
     if step.text.is_empty() && step.tool_calls.is_empty() {

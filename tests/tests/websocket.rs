@@ -438,3 +438,106 @@ async fn sigterm_interrupts_running_sessions_and_closes_with_1001() {
     };
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn keepalive_drops_a_peer_that_stops_answering_pings() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--ping-interval", "1", "--pong-timeout", "1"],
+    );
+    // A client that keeps reading answers the pings (tungstenite does it while polled) and stays.
+    let (mut live, sid, _) = Client::with_session(&host.ws_url()).await;
+    // A client that stops reading cannot answer them.
+    let mut dead = Client::connect(&host.ws_url()).await;
+    dead.recv().await;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        let _ = live.recv_timeout(Duration::from_millis(200)).await;
+    }
+    live.ask(&sid, "say:still here").await;
+    assert_eq!(
+        live.until("agent.final_answer").await["content"],
+        "still here"
+    );
+    assert_eq!(dead.close_code(Duration::from_secs(5)).await, Some(4000));
+    assert!(host.http("/health").contains("\"connections\":1"));
+}
+
+#[tokio::test]
+async fn origins_outside_the_allowed_list_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--allowed-origin", "https://app.example.com"],
+    );
+    let with_origin = |o: &str| {
+        let mut req = host.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+        req
+    };
+    match Client::connect_req(with_origin("https://evil.example.net")).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        Err(e) => panic!("expected HTTP 403, got {e}"),
+        Ok(_) => panic!("a foreign origin was accepted"),
+    }
+    let mut ok = Client::connect_req(with_origin("https://app.example.com"))
+        .await
+        .expect("allowed origin");
+    assert_eq!(ok.recv().await["event"], "system.connected");
+    // No Origin header: not a browser page; allowed (tokens guard those clients).
+    let mut plain = Client::connect(&host.ws_url()).await;
+    assert_eq!(plain.recv().await["event"], "system.connected");
+    assert!(host
+        .http("/metrics")
+        .contains("myagent_connections_refused_total 1"));
+}
+
+#[tokio::test]
+async fn the_connection_cap_refuses_extra_connections_and_frees_slots() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--max-connections", "3"],
+    );
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(&host.ws_url()).await;
+        assert_eq!(c.recv().await["event"], "system.connected");
+        held.push(c);
+    }
+    // The fourth is dropped at accept: the handshake fails.
+    let extra = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(host.ws_url()),
+    )
+    .await
+    .expect("refusal should be prompt");
+    assert!(extra.is_err(), "a connection over the cap was accepted");
+    // The ones held keep working.
+    held[0].send(json!({"event": "user.create_session"})).await;
+    assert_eq!(
+        held[0].until("agent.session_created").await["event"],
+        "agent.session_created"
+    );
+    // Closing one frees its slot.
+    let mut gone = held.pop().unwrap();
+    gone.ws.close(None).await.unwrap();
+    while gone.recv_timeout(Duration::from_secs(2)).await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Client::connect(&host.ws_url()).await;
+    assert_eq!(again.recv().await["event"], "system.connected");
+    drop(held);
+    drop(again);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = host.http("/metrics");
+    assert!(
+        metrics.contains("myagent_connections_refused_total 1"),
+        "{metrics}"
+    );
+}

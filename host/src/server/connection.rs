@@ -2,7 +2,8 @@
 //! queued for it. One task per connection; writes are fed in small batches and flushed, so a
 //! burst on one connection does not starve the others.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -28,32 +29,79 @@ pub const CLOSE_SLOW_CLIENT: u16 = 4008;
 /// Close code for a peer that stopped answering pings.
 pub const CLOSE_KEEPALIVE: u16 = 4000;
 
-enum Outbound {
-    Text(Utf8Bytes),
-    Batch(Vec<Utf8Bytes>),
+/// Events waiting to be written to one connection. A plain locked deque instead of a channel:
+/// it allocates nothing while empty (most connections are idle most of the time), and the
+/// "slow client" flag lives beside it.
+struct Outbox {
+    queue: std::sync::Mutex<Queue>,
+    /// Events queued at most (replay batches excepted) before the client is marked slow.
+    cap: usize,
+    /// Wakes the connection task: something was queued, or the client was marked slow.
+    wake: Notify,
+    slow: AtomicBool,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Utf8Bytes>,
+    /// Replayed events still queued: they do not count against the cap.
+    replay: usize,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pop(&self) -> Option<Utf8Bytes> {
+        let mut q = self.lock();
+        let t = q.items.pop_front();
+        q.replay = q.replay.saturating_sub(1);
+        if q.items.is_empty() && q.items.capacity() > 64 {
+            // A burst is over: give its memory back.
+            q.items = VecDeque::new();
+        }
+        t
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
+    }
 }
 
 /// The sending side of a connection, held by its sessions and the hub.
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: u64,
-    tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the queue overflows: the connection closes with [`CLOSE_SLOW_CLIENT`].
-    slow: CancellationToken,
+    out: Arc<Outbox>,
 }
 
 impl ConnHandle {
-    /// Queues an event; never blocks. A full queue marks the client slow.
+    /// Queues an event; never blocks. A full queue marks the client slow: the connection then
+    /// closes with [`CLOSE_SLOW_CLIENT`].
     pub fn send(&self, text: Utf8Bytes) {
-        if self.tx.try_send(Outbound::Text(text)).is_err() {
-            self.slow.cancel();
+        {
+            let mut q = self.out.lock();
+            if q.items.len() >= self.out.cap + q.replay {
+                self.out.slow.store(true, Ordering::Relaxed);
+            } else {
+                q.items.push_back(text);
+            }
         }
+        self.out.wake.notify_one();
     }
 
+    /// Queues a replay: accepted whole (its size is bounded by the session's replay buffer).
     pub fn send_batch(&self, texts: Vec<Utf8Bytes>) {
-        if !texts.is_empty() && self.tx.try_send(Outbound::Batch(texts)).is_err() {
-            self.slow.cancel();
+        if texts.is_empty() {
+            return;
         }
+        {
+            let mut q = self.out.lock();
+            q.replay += texts.len();
+            q.items.extend(texts);
+        }
+        self.out.wake.notify_one();
     }
 
     fn send_value(&self, v: &Value) {
@@ -72,12 +120,15 @@ enum Flow {
 /// already carried a valid token (or none is required); `bad_token` whether it carried a wrong one.
 pub async fn serve(ws: Ws, hub: Arc<Hub>, authed: bool, bad_token: bool) {
     let id = hub.next_connection_id();
-    let (tx, mut rx) = mpsc::channel(hub.config.outbound_queue);
-    let slow = CancellationToken::new();
+    let out = Arc::new(Outbox {
+        queue: std::sync::Mutex::new(Queue::default()),
+        cap: hub.config.outbound_queue,
+        wake: Notify::new(),
+        slow: AtomicBool::new(false),
+    });
     let handle = ConnHandle {
         id,
-        tx,
-        slow: slow.clone(),
+        out: out.clone(),
     };
     hub.register_connection(handle.clone());
     hub.metrics.connections.inc();
@@ -89,7 +140,7 @@ pub async fn serve(ws: Ws, hub: Arc<Hub>, authed: bool, bad_token: bool) {
         authed,
         sessions: HashSet::new(),
     };
-    serve_loop(ws, &hub, &mut state, &mut rx, slow, bad_token)
+    serve_loop(ws, &hub, &mut state, &out, bad_token)
         .instrument(span)
         .await;
     hub.unregister_connection(id);
@@ -105,14 +156,7 @@ struct ConnState {
     sessions: HashSet<String>,
 }
 
-async fn serve_loop(
-    ws: Ws,
-    hub: &Arc<Hub>,
-    state: &mut ConnState,
-    rx: &mut mpsc::Receiver<Outbound>,
-    slow: CancellationToken,
-    bad_token: bool,
-) {
+async fn serve_loop(ws: Ws, hub: &Arc<Hub>, state: &mut ConnState, out: &Outbox, bad_token: bool) {
     let (mut sink, mut stream) = ws.split();
     let plugin = hub.plugin.current();
     let hello = json!({
@@ -138,19 +182,25 @@ async fn serve_loop(
             biased;
             // Queued events (e.g. agent.interrupted) are delivered before the close, below.
             _ = hub.close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
-            _ = slow.cancelled() => {
-                hub.metrics.slow_client_disconnects.inc();
-                tracing::warn!(connection_id = state.id, "client too slow; closing (its sessions stay resumable)");
-                Flow::Close(CloseCode::Library(CLOSE_SLOW_CLIENT), "slow client: outbound queue full; resume the session to continue")
-            }
-            Some(out) = rx.recv() => {
-                let mut r = feed(&mut sink, out).await;
-                let mut n = 0;
-                while r.is_ok() && n < 64 {
-                    match rx.try_recv() { Ok(o) => { r = feed(&mut sink, o).await; n += 1; } Err(_) => break }
+            _ = out.wake.notified() => {
+                if out.slow.load(Ordering::Relaxed) {
+                    hub.metrics.slow_client_disconnects.inc();
+                    tracing::warn!(connection_id = state.id, "client too slow; closing (its sessions stay resumable)");
+                    Flow::Close(CloseCode::Library(CLOSE_SLOW_CLIENT), "slow client: outbound queue full; resume the session to continue")
+                } else {
+                    // Write a batch, flush, and come back for more (so one busy connection
+                    // does not starve the others on this worker).
+                    let mut r = Ok(());
+                    let mut n = 0;
+                    while r.is_ok() && n < 64 {
+                        let Some(t) = out.pop() else { break };
+                        r = sink.feed(Message::Text(t)).await;
+                        n += 1;
+                    }
+                    if r.is_err() || sink.flush().await.is_err() { break; }
+                    if !out.is_empty() { out.wake.notify_one(); }
+                    Flow::Continue
                 }
-                if r.is_err() || sink.flush().await.is_err() { break; }
-                Flow::Continue
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > dead_after {
@@ -180,7 +230,8 @@ async fn serve_loop(
                             }
                         }
                     }
-                    Some(Ok(Message::Text(text))) => on_text(hub, state, text.as_str()).await,
+                    // Boxed: the dispatch future is large and only lives while a message is handled.
+                    Some(Ok(Message::Text(text))) => Box::pin(on_text(hub, state, text.as_str())).await,
                     Some(Ok(Message::Binary(b))) => {
                         hub.metrics.client_errors.inc();
                         state.handle.send_value(&protocol::error_event(None, "binary_frame",
@@ -195,33 +246,19 @@ async fn serve_loop(
         if let Flow::Close(code, reason) = flow {
             // Deliver what was queued before the close (e.g. `auth.error`), except to a client
             // that is being dropped for not reading.
-            if !slow.is_cancelled() {
+            if !out.slow.load(Ordering::Relaxed) {
                 let drain = async {
-                    while let Ok(out) = rx.try_recv() {
-                        if feed(&mut sink, out).await.is_err() {
+                    while let Some(t) = out.pop() {
+                        if sink.feed(Message::Text(t)).await.is_err() {
                             break;
                         }
                     }
                 };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), Box::pin(drain)).await;
             }
-            let _ = close(&mut sink, code, reason).await;
+            let _ = Box::pin(close(&mut sink, code, reason)).await;
             break;
-        }
-    }
-}
-
-async fn feed(
-    sink: &mut futures_util::stream::SplitSink<Ws, Message>,
-    out: Outbound,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    match out {
-        Outbound::Text(t) => sink.feed(Message::Text(t)).await,
-        Outbound::Batch(ts) => {
-            for t in ts {
-                sink.feed(Message::Text(t)).await?;
-            }
-            Ok(())
         }
     }
 }

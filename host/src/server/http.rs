@@ -23,12 +23,17 @@ use crate::plugin::reload::ReloadNotice;
 
 type Body = Full<Bytes>;
 
+/// A slot under the connection cap, held by the HTTP connection and, after an upgrade, by the
+/// WebSocket connection it became.
+pub type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
 /// Serves HTTP/1.1 on one TCP connection, handing WebSocket upgrades to [`connection::serve`].
-pub async fn serve_http(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
+pub async fn serve_http(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, slot: Slot) {
     let io = TokioIo::new(stream);
     let svc = hyper::service::service_fn(move |req| {
         let hub = hub.clone();
-        async move { Ok::<_, Infallible>(route(req, &hub)) }
+        let slot = slot.clone();
+        async move { Ok::<_, Infallible>(route(req, &hub, slot)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
@@ -39,7 +44,7 @@ pub async fn serve_http(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
     }
 }
 
-fn route(req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
+fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
     let path = req.uri().path();
     let is_upgrade = req
         .headers()
@@ -47,7 +52,7 @@ fn route(req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     match (req.method(), path) {
-        (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, hub),
+        (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, hub, slot),
         (&Method::GET, "/health") => health(hub),
         (&Method::GET, "/metrics") => {
             let body = hub.metrics.render(hub.plugin.current().generation);
@@ -136,7 +141,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
+fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
     if hub.shutdown.is_cancelled() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -150,7 +155,10 @@ fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
             .headers()
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| cfg.allowed_origins.iter().any(|a| a == o)) {
+        // Browsers always send Origin; a request without one is not from a browser page (as in
+        // gorilla/websocket's check). Non-browser clients can claim any origin anyway: tokens
+        // are what keeps them out.
+        if origin.is_some_and(|o| !cfg.allowed_origins.iter().any(|a| a == o)) {
             hub.metrics.connections_refused.inc();
             return text(
                 StatusCode::FORBIDDEN,
@@ -199,7 +207,7 @@ fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
         .max_frame_size(Some(cfg.max_frame_bytes));
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub2 = hub.clone();
-    hub.conns.spawn(async move {
+    let fut = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
@@ -209,10 +217,12 @@ fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>) -> Response<Body> {
                 )
                 .await;
                 connection::serve(ws, hub2, authed, bad_token).await;
+                drop(slot);
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
-    });
+    };
+    hub.conns.spawn(fut);
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();

@@ -235,10 +235,8 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>) {
         };
         let _ = stream.set_nodelay(true);
         let hub2 = hub.clone();
-        hub.conns.spawn(async move {
-            http::serve_http(stream, peer, hub2).await;
-            drop(permit);
-        });
+        hub.conns
+            .spawn(http::serve_http(stream, peer, hub2, Arc::new(permit)));
     }
 }
 
