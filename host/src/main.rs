@@ -385,7 +385,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let addr = format!("{}:{}", args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = myagent_host::server::listen(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;

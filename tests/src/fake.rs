@@ -131,6 +131,10 @@ async fn handle(
             };
             let step = {
                 let mut st = state.lock().unwrap();
+                if st.requests.len() >= 10_000 {
+                    // Long load runs: keep the recent ones only.
+                    st.requests.drain(..5_000);
+                }
                 st.requests.push(request.clone());
                 st.script.pop_front()
             };

@@ -203,6 +203,31 @@ impl Hub {
     }
 }
 
+/// Listens on `addr` (`host:port`; the first address that binds) with a deep accept backlog:
+/// a burst of connections (a reconnect storm, a load test) must not overflow the kernel's queue,
+/// whose overflow costs each dropped client a one-second SYN retransmit.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the address resolved to nothing",
+        )
+    }))
+}
+
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Output = ()>) {
     let reload_task = tokio::spawn(http::forward_reload_notices(hub.clone()));

@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = myagent_host::server::listen(&format!("127.0.0.1:{port}")).await?;
     println!("listening on {}", listener.local_addr()?);
     fake::serve(listener, fake::Options { token_delay_ms }).await;
     Ok(())
