@@ -14,8 +14,20 @@ LLM_ADDR=$(sed -n 's/listening on //p' /tmp/myagent-fake-llm.$$)
 HOST_PID=$!
 for _ in $(seq 100); do grep -q "Serving on" /tmp/myagent-host.$$ 2>/dev/null && break; sleep 0.1; done
 PORT=$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' /tmp/myagent-host.$$)
-out=$(python3 examples/clients/python_client.py "ws://127.0.0.1:$PORT" "What's the weather in Paris?")
-echo "$out"
-echo "$out" | grep -q "tool call: get_weather" && echo "$out" | grep -q "answer: .*Paris: "
+URL="ws://127.0.0.1:$PORT"
+check() { # name, output
+  echo "--- $1"; echo "$2"
+  echo "$2" | grep -q "tool call: get_weather" && echo "$2" | grep -q "answer: .*Paris: " \
+    || { echo "$1: expected a get_weather call and an answer about Paris" >&2; exit 1; }
+}
+check "python (websockets)" "$(python3 examples/clients/python_client.py "$URL" "What's the weather in Paris?")"
+if [ -d examples/clients/node_modules/ws ]; then
+  check "node (ws)" "$(node examples/clients/node_client.mjs "$URL" "What's the weather in Paris?")"
+elif [ "${MYAGENT_REQUIRE_NODE_CLIENT:-0}" = 1 ]; then
+  echo "node client: run npm ci in examples/clients" >&2; exit 1
+else
+  echo "--- node (ws): SKIPPED (run npm ci in examples/clients)"
+fi
+check "rust (tokio-tungstenite)" "$("$BIN/rust-client" "$URL" "What's the weather in Paris?")"
 echo "example clients: ok"
 rm -f /tmp/myagent-fake-llm.$$ /tmp/myagent-host.$$

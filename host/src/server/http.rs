@@ -23,6 +23,9 @@ use crate::plugin::reload::ReloadNotice;
 
 type Body = Full<Bytes>;
 
+/// The web client (one self-contained page, no build step), served at `/`.
+pub const WEB_CLIENT: &str = include_str!("web/index.html");
+
 /// A slot under the connection cap, held by the HTTP connection and, after an upgrade, by the
 /// WebSocket connection it became.
 pub type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
@@ -58,13 +61,16 @@ fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
             let body = hub.metrics.render(hub.plugin.current().generation);
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
-        (&Method::GET, "/" | "/index.html") => text(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            "myagent-host: connect a WebSocket client to this address (ws://HOST:PORT/ or /ws). \
-             Endpoints: GET /health, GET /metrics.\n"
-                .into(),
-        ),
+        (&Method::GET, "/" | "/index.html") => {
+            let mut r = Response::new(Full::new(Bytes::from_static(WEB_CLIENT.as_bytes())));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
         (&Method::GET, "/ws") => text(
             StatusCode::BAD_REQUEST,
             "text/plain",

@@ -1,0 +1,52 @@
+//! The design document's flow in Rust: connect, create a session, ask, print the agent's events
+//! until the final answer.
+//!
+//! `cargo run -p myagent-example-client -- [ws://localhost:8080] ["What's the weather in Paris?"]`
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let url = args.next().unwrap_or_else(|| "ws://localhost:8080".into());
+    let question = args
+        .next()
+        .unwrap_or_else(|| "What's the weather in Paris?".into());
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    ws.send(Message::text(
+        json!({"event": "user.create_session"}).to_string(),
+    ))
+    .await?;
+    while let Some(frame) = ws.next().await {
+        let Message::Text(text) = frame? else {
+            continue;
+        };
+        let m: Value = serde_json::from_str(&text)?;
+        match m["event"].as_str().unwrap_or_default() {
+            "agent.session_created" => {
+                let ask = json!({"event": "user.message", "session_id": m["session_id"], "content": question});
+                ws.send(Message::text(ask.to_string())).await?;
+            }
+            "agent.thinking" => println!("thinking: {}", m["content"].as_str().unwrap_or_default()),
+            "agent.tool_call" => println!(
+                "tool call: {} {}",
+                m["metadata"]["tool"].as_str().unwrap_or_default(),
+                m["metadata"]["args"]
+            ),
+            "agent.tool_result" => {
+                println!("tool result: {}", m["content"].as_str().unwrap_or_default())
+            }
+            "agent.final_answer" => {
+                println!("answer: {}", m["content"].as_str().unwrap_or_default());
+                ws.close(None).await?;
+                return Ok(());
+            }
+            "agent.error" => return Err(format!("agent error: {}", m["error"]).into()),
+            _ => {}
+        }
+    }
+    Err("connection closed before the final answer".into())
+}

@@ -1,0 +1,100 @@
+// Drives the web client served by myagent-host at `/` in real headless Chromium: a weather
+// question with a tool call, a streamed answer cancelled mid-way, and a dropped connection
+// during a run that resumes without losing or repeating an event. Takes the screenshot in docs/.
+//
+// Run by tests/tests/browser.rs, which starts the host and the local model:
+//   HOST_URL=http://127.0.0.1:PORT LLM_URL=http://127.0.0.1:PORT2 SCREENSHOT=docs/web-client.png node web_client.mjs
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+
+const HOST_URL = process.env.HOST_URL;
+const LLM_URL = process.env.LLM_URL; // fake-llm root, for its /_control/script endpoint
+const SCREENSHOT = process.env.SCREENSHOT;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+
+async function script(steps) {
+  const r = await fetch(LLM_URL + "/_control/script", { method: "POST", body: JSON.stringify(steps) });
+  assert.equal(r.status, 200, "scripting fake-llm");
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 720 } });
+  const consoleErrors = [];
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  await page.goto(HOST_URL + "/");
+  await page.locator("#status.connected").waitFor({ timeout: 10000 });
+  // A session is created on connect.
+  await page.locator("nav button.session").first().waitFor();
+  assert.match(await page.locator("#agent").textContent(), /weather/i);
+
+  // 1. A weather question: thinking, the tool call with its arguments, its result, the answer.
+  await page.fill("#input", "What's the weather in Paris?");
+  await page.click("#send");
+  const tool = page.locator(".msg.tool").first();
+  await tool.locator(".result").waitFor({ timeout: 15000 });
+  assert.match(await tool.locator(".name").textContent(), /get_weather/);
+  assert.match(await tool.locator(".args").textContent(), /"city":"Paris"/);
+  assert.match(await tool.locator(".result").textContent(), /Paris: .*°C/);
+  const answer = page.locator(".msg.answer:not(.streaming)").last();
+  await answer.waitFor({ timeout: 15000 });
+  assert.match(await answer.textContent(), /Paris/);
+  await page.waitForFunction(() => !document.querySelector("#send").disabled);
+  console.log("ok - weather question answered with a get_weather tool call");
+
+  // 2. A long streamed answer: screenshot mid-stream, then cancel.
+  await script([{ text: "The forecast for the coming week, day by day: " + "sunny spells, light winds, ".repeat(200), delay_ms: 40, chunk_chars: 6 }]);
+  await page.fill("#input", "Tell me the whole week's forecast for Paris, in detail.");
+  await page.click("#send");
+  const streaming = page.locator(".msg.answer.streaming");
+  await streaming.waitFor({ timeout: 10000 });
+  await page.waitForFunction(() => (document.querySelector(".msg.answer.streaming")?.textContent.length ?? 0) > 120);
+  assert.equal(await page.locator("#cancel").isEnabled(), true, "cancel is enabled while running");
+  if (SCREENSHOT) await page.screenshot({ path: SCREENSHOT });
+  await page.click("#cancel");
+  await page.locator(".msg.interrupted").waitFor({ timeout: 10000 });
+  await page.waitForFunction(() => !document.querySelector("#send").disabled && document.querySelector("#cancel").disabled);
+  console.log("ok - streamed answer cancelled mid-stream");
+
+  // 3. The connection drops during a run: the page reconnects, resumes the session and shows
+  //    every event exactly once.
+  const text = Array.from({ length: 60 }, (_, i) => `w${i} `).join("");
+  await script([{ text, delay_ms: 30, chunk_chars: 4 }]);
+  await page.fill("#input", "Count for me, slowly.");
+  await page.click("#send");
+  await page.waitForFunction(() => (document.querySelector(".msg.answer.streaming")?.textContent.length ?? 0) > 20);
+  const sessionsBefore = await page.locator("nav button.session").count();
+  await page.evaluate(() => window.myagent.ws.close());
+  await page.locator("#status.reconnecting").waitFor({ timeout: 5000 });
+  await page.locator("#status.connected").waitFor({ timeout: 15000 });
+  await page.waitForFunction((t) => {
+    const done = [...document.querySelectorAll(".msg.answer:not(.streaming)")].pop();
+    return done && done.textContent === t;
+  }, text, { timeout: 20000 });
+  // The streamed text (before the final answer replaced it) had no gap or repeat: the page
+  // drops replayed events by seq, so lastSeq only moves forward; check nothing is duplicated.
+  const answers = await page.locator(".msg.answer").allTextContents();
+  assert.equal(answers.filter((a) => a === text).length, 1, "the resumed answer appears once");
+  assert.equal(await page.locator("nav button.session").count(), sessionsBefore, "no new session on reconnect");
+  console.log("ok - dropped connection resumed without losing or repeating events");
+
+  // 4. A page reload restores the session from the replay buffer.
+  await page.reload();
+  await page.locator("#status.connected").waitFor({ timeout: 10000 });
+  await page.waitForFunction((t) => [...document.querySelectorAll(".msg.answer")].some((a) => a.textContent === t), text, { timeout: 10000 });
+  console.log("ok - reload restores the conversation");
+
+  assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
+} catch (e) {
+  failed = true;
+  console.error("not ok -", e);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

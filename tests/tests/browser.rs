@@ -1,0 +1,57 @@
+//! The web client in real headless Chromium (Debian's `/usr/bin/chromium`, driven by
+//! `playwright-core` from `tests/browser`), against the real host and the local model.
+//!
+//! Needs `npm ci` in `tests/browser` and the `chromium` package (`.ci/run` installs both). Where
+//! they are missing the test says so and passes, unless `MYAGENT_REQUIRE_BROWSER=1` (set by
+//! `.ci/run`), which makes it fail instead.
+
+use std::path::Path;
+use std::process::Command;
+
+use myagent_tests::{plugin_lib, workspace_root, FakeLlm, Host};
+
+fn missing_prerequisite(dir: &Path) -> Option<String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!("{chromium} not found (apt-get install chromium)"));
+    }
+    if !dir.join("node_modules/playwright-core").exists() {
+        return Some(format!("run `npm ci` in {}", dir.display()));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("node not found".into());
+    }
+    None
+}
+
+#[test]
+fn web_client_in_headless_chromium() {
+    let dir = workspace_root().join("tests/browser");
+    if let Some(why) = missing_prerequisite(&dir) {
+        if std::env::var("MYAGENT_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+            panic!("browser test prerequisites missing: {why}");
+        }
+        eprintln!("SKIPPED web_client_in_headless_chromium: {why}");
+        return;
+    }
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
+    let screenshot = workspace_root().join("docs/web-client.png");
+    let out = Command::new("node")
+        .arg("web_client.mjs")
+        .current_dir(&dir)
+        .env("HOST_URL", format!("http://127.0.0.1:{}", host.port))
+        .env("LLM_URL", &llm.base)
+        .env("SCREENSHOT", &screenshot)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}\nhost log:\n{}",
+        host.proc.stderr_text()
+    );
+    assert!(screenshot.exists());
+}
