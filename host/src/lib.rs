@@ -8,6 +8,7 @@ pub mod agent;
 pub mod llm;
 pub mod metrics;
 pub mod plugin;
+pub mod scaffold;
 pub mod server;
 
 /// Seconds since the Unix epoch, with millisecond precision (the protocol's `timestamp`).

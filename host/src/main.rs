@@ -35,6 +35,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create a new agent plugin crate (Cargo.toml, an agent with one example tool, tests).
+    New {
+        /// Directory to create; its last component is the crate name (e.g. my_agent).
+        path: PathBuf,
+        /// Use the plugin-api crate at DIR (default: the one this host was built from, if it is
+        /// still there; else the registry version matching this host).
+        #[arg(long, value_name = "DIR")]
+        api_path: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -151,6 +160,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { plugin, json } => inspect(&plugin, json),
+        Command::New { path, api_path } => new_plugin(&path, api_path),
         Command::Serve(args) => {
             init_logging(args.debug);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -165,6 +175,38 @@ fn main() -> ExitCode {
                 Err(e) => fail(&format!("{e:#}")),
             }
         }
+    }
+}
+
+fn new_plugin(path: &Path, api_path: Option<PathBuf>) -> ExitCode {
+    use myagent_host::scaffold::{self, ApiSource};
+    let api = match api_path {
+        Some(p) => match p.canonicalize() {
+            Ok(p) if p.join("Cargo.toml").is_file() => ApiSource::Path(p),
+            _ => return fail(&format!("--api-path {}: no Cargo.toml there", p.display())),
+        },
+        None => ApiSource::default_for_this_host(),
+    };
+    if let ApiSource::Version(v) = &api {
+        eprintln!("note: using myagent-plugin-api {v} from the registry; pass --api-path to use a local checkout");
+    }
+    match scaffold::create(path, &api) {
+        Ok(files) => {
+            println!("Created {}:", path.display());
+            for f in files {
+                println!("  {}", f.display());
+            }
+            let lib = path
+                .file_name()
+                .map(|n| n.to_string_lossy().replace('-', "_"))
+                .unwrap_or_default();
+            println!(
+                "Next:\n  cd {dir}\n  cargo test      # tests the example tool, no host needed\n  cargo build\n  myagent-host serve target/debug/lib{lib}.so",
+                dir = path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 

@@ -211,3 +211,62 @@ async fn hot_reload_swaps_the_agent_without_disturbing_runs_and_refuses_broken_b
     println!("reload notice arrived {reload_ms} ms after the rename (debounce 100 ms)");
     assert!(reload_ms < 5000);
 }
+
+#[tokio::test]
+async fn a_scaffolded_plugin_tests_builds_loads_and_answers() {
+    let dir = TempDir::new("scaffold");
+    let crate_dir = dir.path().join("word_agent");
+    let out = Command::new(bin("myagent-host"))
+        .arg("new")
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("libword_agent.so"));
+    // Refuses to overwrite.
+    let again = Command::new(bin("myagent-host"))
+        .arg("new")
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    // Its own tests pass, and it builds, as generated (shared fixture target dir: deps cached).
+    let fixtures = target_dir().join("fixtures");
+    for args in [&["test", "-q"][..], &["build", "-q"][..]] {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", &fixtures)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cargo {args:?} failed in the scaffolded crate"
+        );
+    }
+    let lib = fixtures.join("debug/libword_agent.so");
+    let (ok, stdout, stderr) = host_cmd(&["inspect"], &lib);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("word-agent") && stdout.contains("word_count"),
+        "{stdout}"
+    );
+
+    // And the host serves it.
+    let llm = FakeLlm::start();
+    let host = Host::start(&lib, &llm, &[]);
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    c.ask(&sid, r#"call:word_count {"text": "one two three four"}"#)
+        .await;
+    assert_eq!(c.until("agent.tool_result").await["content"], "4");
+    assert!(c.until("agent.final_answer").await["content"]
+        .as_str()
+        .unwrap()
+        .contains('4'));
+}
