@@ -451,11 +451,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let hub = Hub::new(config, slot, model, agent_config, tracer);
     println!(
-        "Serving on ws://{}:{} (health: http://{}:{}/health)",
-        args.host,
-        local.port(),
-        args.host,
-        local.port()
+        "Serving on ws://{h}:{p} (web client: http://{h}:{p}/ · health: http://{h}:{p}/health)",
+        h = args.host,
+        p = local.port(),
     );
     if !hub.config.auth_tokens.is_empty() {
         println!(

@@ -796,7 +796,14 @@ fn start_host(
         .env_remove("OPENAI_API_KEY")
         .env_remove("MYAGENT_AUTH_TOKENS");
     let (p, line) = spawn_until(cmd, "Serving on ws://")?;
-    let url = format!("ws://127.0.0.1:{}", port_of(line.trim_end_matches('/'))?);
+    // "Serving on ws://HOST:PORT (...)"
+    let port: u16 = line
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .context("no port in the host's Serving line")?;
+    let url = format!("ws://127.0.0.1:{port}");
     Ok((p, url))
 }
 
