@@ -17,7 +17,7 @@ build: ## Build the host, the example plugins and the test tools
 plugins: ## Build only the example plugins (cdylib .so files in target/debug)
 	$(CARGO) build -j$(JOBS) -p weather_agent -p business_agent
 
-run: build ## Serve the weather agent on ws://localhost:8080 (live model with OPENAI_API_KEY, else the demo recording)
+run: build ## Serve the weather agent: web client http://localhost:8080/, WebSocket ws://localhost:8080 (live model with OPENAI_API_KEY, else the demo recording)
 	@if [ -n "$$OPENAI_API_KEY" ]; then \
 		$(BIN)/myagent-host serve $(PLUGIN) --port $(PORT); \
 	else \
@@ -25,7 +25,10 @@ run: build ## Serve the weather agent on ws://localhost:8080 (live model with OP
 		$(BIN)/myagent-host serve $(PLUGIN) --port $(PORT) --replay $(DEMO_RECORDING); \
 	fi
 
-test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSocket), example client
+test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSocket), browser (chromium), nginx, example clients
+	@for d in tests/browser examples/clients; do \
+		[ -d $$d/node_modules ] || ! command -v npm >/dev/null || (cd $$d && npm ci --no-audit --no-fund --silent); \
+	done
 	$(CARGO) test -j$(JOBS) --workspace
 	./scripts/example-clients.sh
 

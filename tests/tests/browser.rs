@@ -24,25 +24,14 @@ fn missing_prerequisite(dir: &Path) -> Option<String> {
     None
 }
 
-#[test]
-fn web_client_in_headless_chromium() {
+fn run_page_test(host: &Host, llm: &FakeLlm, envs: &[(&str, String)]) {
     let dir = workspace_root().join("tests/browser");
-    if let Some(why) = missing_prerequisite(&dir) {
-        if std::env::var("MYAGENT_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
-            panic!("browser test prerequisites missing: {why}");
-        }
-        eprintln!("SKIPPED web_client_in_headless_chromium: {why}");
-        return;
-    }
-    let llm = FakeLlm::start();
-    let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
-    let screenshot = workspace_root().join("docs/web-client.png");
     let out = Command::new("node")
         .arg("web_client.mjs")
         .current_dir(&dir)
         .env("HOST_URL", format!("http://127.0.0.1:{}", host.port))
         .env("LLM_URL", &llm.base)
-        .env("SCREENSHOT", &screenshot)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -53,5 +42,54 @@ fn web_client_in_headless_chromium() {
         "browser test failed:\n{stdout}\n{stderr}\nhost log:\n{}",
         host.proc.stderr_text()
     );
+}
+
+fn skip() -> bool {
+    let dir = workspace_root().join("tests/browser");
+    let Some(why) = missing_prerequisite(&dir) else {
+        return false;
+    };
+    if std::env::var("MYAGENT_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+        panic!("browser test prerequisites missing: {why}");
+    }
+    eprintln!("SKIPPED browser test: {why}");
+    true
+}
+
+/// The full page test: tool call, cancel mid-stream (screenshot), reconnect and resume, reload.
+#[test]
+fn web_client_in_headless_chromium() {
+    if skip() {
+        return;
+    }
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
+    let screenshot = workspace_root().join("docs/web-client.png");
+    run_page_test(
+        &host,
+        &llm,
+        &[("SCREENSHOT", screenshot.display().to_string())],
+    );
     assert!(screenshot.exists());
+}
+
+/// What `make run` serves without an API key: the demo recording answers the page's weather
+/// question with a tool call.
+#[test]
+fn web_client_against_the_demo_recording() {
+    if skip() {
+        return;
+    }
+    let llm = FakeLlm::start(); // not asked: the recording answers
+    let recording = workspace_root().join("examples/recordings/weather-demo.jsonl");
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--replay", recording.to_str().unwrap()],
+    );
+    run_page_test(&host, &llm, &[("WEATHER_ONLY", "1".into())]);
+    assert!(
+        llm.requests().is_empty(),
+        "the replayed run asked the model"
+    );
 }
