@@ -196,6 +196,29 @@ pub fn auto_step(request: &Value) -> Step {
             let n: usize = n.parse().unwrap_or(10);
             step.text = (0..n).map(|i| format!("word{i} ")).collect();
             step.chunk_chars = Some(6);
+        } else if let Some(kind) = part.strip_prefix("fault:") {
+            // Per-request faults, so a test can break one session's model while others stream:
+            // `fault:429`, `fault:500`, `fault:stall`, `fault:garbage`, `fault:reset`.
+            step.text = "partial answer before the fault ".into();
+            match kind {
+                "429" => {
+                    step.status = Some(429);
+                    step.headers = vec![("retry-after-ms".into(), "50".into())];
+                }
+                "500" => step.status = Some(500),
+                "stall" => {
+                    step.after_chunks = Some(3);
+                    step.stall_ms = Some(60_000);
+                }
+                "garbage" => {
+                    step.after_chunks = Some(3);
+                    step.garbage = true;
+                }
+                _ => {
+                    step.after_chunks = Some(3);
+                    step.reset = true;
+                }
+            }
         } else if let Some(spec) = part.strip_prefix("bench:") {
             // `bench:N` or `bench:N@MS`: N chunks (MS apart), each carrying the time it leaves
             // this server as `~<unix micros>|` (the load generator measures latency from it).
