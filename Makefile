@@ -6,7 +6,7 @@ PLUGIN ?= $(BIN)/libweather_agent.so
 PORT ?= 8080
 DEMO_RECORDING := examples/recordings/weather-demo.jsonl
 
-.PHONY: help build plugins run test bench bench-long clean-state docker
+.PHONY: help build plugins run test bench bench-long fuzz clean-state docker
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ bench: ## Short benchmarks (~2 min): plugin overhead, hot reload, then load (idl
 bench-long: ## Full-size load benchmarks (19,000 idle connections, 1,000 streaming sessions, 100,000 churned sessions)
 	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests
 	target/release/myagent-loadgen --json target/bench-long.json suite
+
+fuzz: ## Fuzz client-message decoding and the model stream parser, SECS seconds each (default 30; needs cargo-fuzz)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install -j$(JOBS) --locked cargo-fuzz
+	./scripts/fuzz.sh $(or $(SECS),30)
 
 docker: ## Build the container image (needs a Docker engine)
 	docker build -t myagent-host .
