@@ -1,7 +1,7 @@
 //! Deployment files, tested for real: Debian's nginx with `deploy/nginx.conf` in front of the
 //! host, a WebSocket conversation and `/health` through it.
 //!
-//! Needs nginx (`apt-get install nginx-light`; `.ci/run` installs it). Where it is missing the
+//! Needs nginx (`apt-get install nginx`; `.ci/run` installs it). Where it is missing the
 //! test says so and passes, unless `MYAGENT_REQUIRE_NGINX=1` (set by `.ci/run`).
 
 use std::path::Path;
@@ -33,7 +33,7 @@ fn free_port() -> u16 {
 async fn nginx_config_proxies_websockets_and_health() {
     let Some(nginx) = nginx_binary() else {
         if std::env::var("MYAGENT_REQUIRE_NGINX").is_ok_and(|v| v == "1") {
-            panic!("nginx not found (apt-get install nginx-light)");
+            panic!("nginx not found (apt-get install nginx)");
         }
         eprintln!("SKIPPED nginx_config_proxies_websockets_and_health: nginx not found");
         return;
