@@ -25,12 +25,13 @@ run: build ## Serve the weather agent: web client http://localhost:8080/, WebSoc
 		$(BIN)/myagent-host serve $(PLUGIN) --port $(PORT) --replay $(DEMO_RECORDING); \
 	fi
 
-test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSocket), browser (chromium), nginx, example clients
+test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSocket), browser (chromium), nginx, example clients, Autobahn conformance
 	@for d in tests/browser examples/clients; do \
 		[ -d $$d/node_modules ] || ! command -v npm >/dev/null || (cd $$d && npm ci --no-audit --no-fund --silent); \
 	done
 	$(CARGO) test -j$(JOBS) --workspace
 	./scripts/example-clients.sh
+	./scripts/autobahn.sh
 
 bench: ## Short benchmarks (~2 min): plugin overhead, hot reload, then load (idle, stream, churn, tools) as a table
 	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests

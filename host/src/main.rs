@@ -154,6 +154,10 @@ struct ServeArgs {
     /// requests without an Origin header (non-browser clients) are not affected.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// Also serve a WebSocket echo on /_echo with the same stack and limits (for protocol
+    /// conformance testing with the Autobahn fuzzing client; not for production).
+    #[arg(long)]
+    conformance_echo: bool,
 }
 
 fn main() -> ExitCode {
@@ -418,6 +422,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         auth_tokens,
         allowed_origins: args.allowed_origins.clone(),
+        conformance_echo: args.conformance_echo,
     };
     let agent_config = AgentConfig {
         default_model: args.model.clone(),

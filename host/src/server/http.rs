@@ -56,6 +56,9 @@ fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     match (req.method(), path) {
         (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, hub, slot),
+        (&Method::GET, "/_echo") if is_upgrade && hub.config.conformance_echo => {
+            upgrade_echo(req, hub, slot)
+        }
         (&Method::GET, "/health") => health(hub),
         (&Method::GET, "/metrics") => {
             let body = hub.metrics.render(hub.plugin.current().generation);
@@ -205,12 +208,7 @@ fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<B
             None => (false, false), // may still authenticate with its first message
         }
     };
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(cfg.read_buffer_bytes)
-        .write_buffer_size(0)
-        .max_write_buffer_size(cfg.max_frame_bytes * 4)
-        .max_message_size(Some(cfg.max_frame_bytes))
-        .max_frame_size(Some(cfg.max_frame_bytes));
+    let ws_config = ws_config(cfg);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub2 = hub.clone();
     let fut = async move {
@@ -229,6 +227,55 @@ fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<B
         }
     };
     hub.conns.spawn(fut);
+    switching_protocols(&key)
+}
+
+/// `/_echo` (with `--conformance-echo`): the same WebSocket stack and limits, echoing every
+/// message, so the Autobahn fuzzing client can check framing, fragmentation, UTF-8 and close
+/// handling of the real server.
+fn upgrade_echo(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "missing Sec-WebSocket-Key\n".into(),
+        );
+    };
+    let ws_config = ws_config(&hub.config);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    hub.conns.spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
+                _ => continue, // pings are answered and closes echoed by tungstenite
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+        drop(slot);
+    });
+    switching_protocols(&key)
+}
+
+fn ws_config(cfg: &super::ServerConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(cfg.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(cfg.max_frame_bytes * 4)
+        .max_message_size(Some(cfg.max_frame_bytes))
+        .max_frame_size(Some(cfg.max_frame_bytes))
+}
+
+fn switching_protocols(key: &HeaderValue) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub auth_tokens: Vec<String>,
     /// Accepted `Origin` headers; empty means any.
     pub allowed_origins: Vec<String>,
+    /// Serve a WebSocket echo on `/_echo` (same stack and limits), for conformance testing
+    /// with the Autobahn fuzzing client. Off by default.
+    pub conformance_echo: bool,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             auth_tokens: Vec::new(),
             allowed_origins: Vec::new(),
+            conformance_echo: false,
         }
     }
 }
