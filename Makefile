@@ -6,7 +6,7 @@ PLUGIN ?= $(BIN)/libweather_agent.so
 PORT ?= 8080
 DEMO_RECORDING := examples/recordings/weather-demo.jsonl
 
-.PHONY: help build plugins run test bench bench-long fuzz clean-state docker
+.PHONY: help build plugins run test bench bench-long soak sweep fuzz clean-state docker
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,14 @@ bench: ## Short benchmarks (~2 min): plugin overhead, hot reload, then load (idl
 bench-long: ## Full-size load benchmarks (19,000 idle connections, 1,000 streaming sessions, 100,000 churned sessions)
 	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests
 	target/release/myagent-loadgen --json target/bench-long.json suite
+
+soak: ## Soak: stream + churn for MINUTES (default 10); fails on any error event or >5 % host RSS growth after warm-up
+	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p myagent-tests
+	target/release/myagent-loadgen --json target/soak.json soak --minutes $(or $(MINUTES),10)
+
+sweep: ## Streaming latency at 100..1,000 sessions; writes docs/latency-vs-sessions.svg
+	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p myagent-tests
+	target/release/myagent-loadgen --json target/sweep.json sweep
 
 fuzz: ## Fuzz client-message decoding and the model stream parser, SECS seconds each (default 30; needs cargo-fuzz)
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install -j$(JOBS) --locked cargo-fuzz

@@ -59,6 +59,38 @@ enum Cmd {
     Tools(ToolsArgs),
     /// Start fake-llm and hosts, run every scenario, print a table.
     Suite(SuiteArgs),
+    /// Start fake-llm and a host, run stream + churn together for a while; fail on any error
+    /// event or on host RSS growth beyond the limit after the warm-up.
+    Soak(SoakArgs),
+    /// Streaming latency at increasing session counts; writes an SVG plot.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args, Clone)]
+struct SoakArgs {
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Sessions streaming continuously (50 tokens/s each).
+    #[arg(long, default_value_t = 200)]
+    streams: usize,
+    /// Clients churning (connect, converse, close) continuously.
+    #[arg(long, default_value_t = 16)]
+    churners: usize,
+    /// Allowed host RSS growth from the end of the warm-up (first fifth) to the end, percent.
+    #[arg(long, default_value_t = 5.0)]
+    max_growth_percent: f64,
+}
+
+#[derive(Args, Clone)]
+struct SweepArgs {
+    /// Session counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "100,250,500,750,1000")]
+    sessions: Vec<usize>,
+    #[arg(long, default_value_t = 150)]
+    tokens: usize,
+    /// Where to write the plot.
+    #[arg(long, default_value = "docs/latency-vs-sessions.svg")]
+    svg: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -146,6 +178,8 @@ async fn main() -> Result<()> {
         Cmd::Churn(a) => churn(&a).await?,
         Cmd::Tools(a) => tools(&a).await?,
         Cmd::Suite(a) => suite(&a).await?,
+        Cmd::Soak(a) => soak(&a).await?,
+        Cmd::Sweep(a) => sweep(&a).await?,
     };
     if let Some(path) = cli.json {
         std::fs::write(&path, serde_json::to_string_pretty(&result)?)
@@ -763,6 +797,7 @@ fn start_host(
     plugin: &str,
     llm: &str,
     state: &std::path::Path,
+    extra: &[&str],
 ) -> Result<(Spawned, String)> {
     let mut cmd = Command::new(dir.join("myagent-host"));
     cmd.arg("serve")
@@ -792,6 +827,7 @@ fn start_host(
         ])
         .arg("--state-dir")
         .arg(state)
+        .args(extra)
         .env("RUST_LOG", "warn,myagent_host=info")
         .env_remove("OPENAI_API_KEY")
         .env_remove("MYAGENT_AUTH_TOKENS");
@@ -823,7 +859,7 @@ async fn suite(a: &SuiteArgs) -> Result<Value> {
     let mut results = Vec::new();
 
     // Each scenario gets a fresh host, so that one's memory does not colour the next.
-    let weather = || start_host(&dir, "weather_agent", &llm, &state);
+    let weather = || start_host(&dir, "weather_agent", &llm, &state, &[]);
     {
         let (_host, url) = weather()?;
         let n = if s { 2_000 } else { 19_000 };
@@ -926,7 +962,7 @@ async fn suite(a: &SuiteArgs) -> Result<Value> {
         results.push(r);
     }
     {
-        let (_host, url) = start_host(&dir, "testkit_agent", &llm, &state)?;
+        let (_host, url) = start_host(&dir, "testkit_agent", &llm, &state, &[])?;
         let sessions = if s { 100 } else { 500 };
         let r = tools(&ToolsArgs {
             stream: StreamArgs {
@@ -965,6 +1001,293 @@ async fn suite(a: &SuiteArgs) -> Result<Value> {
         println!("{m:<w$}  {v:>w2$}  {t}");
     }
     Ok(json!({"suite": if s { "short" } else { "long" }, "results": results}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// soak
+
+/// Starts fake-llm and a host on `plugin` (binaries next to this one).
+fn start_stack(plugin: &str, extra: &[&str]) -> Result<(Spawned, Spawned, String, PathBuf)> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .to_owned();
+    let state = std::env::temp_dir().join(format!("myagent-loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&state)?;
+    let mut llm_cmd = Command::new(dir.join("fake-llm"));
+    llm_cmd.args(["--port", "0"]);
+    let (llm, line) = spawn_until(llm_cmd, "listening on")?;
+    let llm_url = format!("http://127.0.0.1:{}/v1", port_of(&line)?);
+    let (host, url) = start_host(&dir, plugin, &llm_url, &state, extra)?;
+    Ok((llm, host, url, state))
+}
+
+async fn soak_streamer(
+    url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64, Option<String>) {
+    let (mut runs, mut errors, mut first) = (0u64, 0u64, None);
+    let mut fail = |e: String| {
+        errors += 1;
+        first.get_or_insert(e);
+    };
+    let Ok(mut ws) = connect(&url).await else {
+        fail("connect failed".into());
+        return (runs, errors, first);
+    };
+    let _ = ws
+        .send(Message::text(
+            json!({"event": "user.create_session"}).to_string(),
+        ))
+        .await;
+    let mut sid = String::new();
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap_or_default();
+            if v["event"] == "agent.session_created" {
+                sid = v["session_id"].as_str().unwrap_or_default().into();
+                break;
+            }
+        }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let m = json!({"event": "user.message", "session_id": sid, "content": "bench:100@20"});
+        if ws.send(Message::text(m.to_string())).await.is_err() {
+            fail("send failed".into());
+            break;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if t.contains("\"agent.error\"") {
+                        fail(t.to_string());
+                    }
+                    if t.contains("\"agent.ready\"") {
+                        runs += 1;
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                other => {
+                    fail(format!("stream ended: {other:?}"));
+                    return (runs, errors, first);
+                }
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    (runs, errors, first)
+}
+
+async fn soak(a: &SoakArgs) -> Result<Value> {
+    // Per-session history and replay buffers grow to their caps and stay there; smaller caps
+    // than the defaults reach that steady state within the warm-up even in a short soak.
+    let (_llm, _host, url, state) = start_stack(
+        "weather_agent",
+        &["--replay-buffer-bytes", "32768", "--memory-budget", "6000"],
+    )?;
+    let total = Duration::from_secs_f64(a.minutes * 60.0);
+    let warmup = (total / 5).max(Duration::from_secs(30)).min(total / 2);
+    println!(
+        "soak: {:.1} min of {} streaming sessions + {} churning clients against {url}",
+        a.minutes, a.streams, a.churners
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut streamers = Vec::new();
+    for _ in 0..a.streams {
+        streamers.push(tokio::spawn(soak_streamer(url.clone(), stop.clone())));
+    }
+    let churned = Arc::new(AtomicU64::new(0));
+    let churn_errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut churners = Vec::new();
+    for _ in 0..a.churners {
+        let (url, stop, churned, errs) = (
+            url.clone(),
+            stop.clone(),
+            churned.clone(),
+            churn_errors.clone(),
+        );
+        churners.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_secs(30), churn_one(&url)).await {
+                    Ok(Ok(())) => {
+                        churned.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => errs.lock().unwrap().push(e.to_string()),
+                    Err(_) => errs.lock().unwrap().push("churn timed out".into()),
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    let mut samples = Vec::new();
+    let mut baseline = None;
+    while t0.elapsed() < total {
+        tokio::time::sleep(Duration::from_secs(5).min(total.saturating_sub(t0.elapsed()))).await;
+        let (rss, conns) = host_stats(&url).await?;
+        samples.push(json!({"secs": t0.elapsed().as_secs(), "rss": rss, "connections": conns}));
+        if baseline.is_none() && t0.elapsed() >= warmup {
+            baseline = Some(rss);
+        }
+        println!(
+            "soak: {:>4} s  host RSS {:.1} MiB  {} connections  {} sessions churned",
+            t0.elapsed().as_secs(),
+            mib(rss),
+            conns,
+            churned.load(Ordering::Relaxed)
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut runs, mut errors, mut first) = (0, 0, None);
+    for s in streamers {
+        let (r, e, f) = s.await?;
+        runs += r;
+        errors += e;
+        if first.is_none() {
+            first = f;
+        }
+    }
+    for c in churners {
+        c.await?;
+    }
+    let churn_errs = churn_errors.lock().unwrap().clone();
+    let (end_rss, _) = host_stats(&url).await?;
+    let base = baseline.unwrap_or(end_rss);
+    let growth = (end_rss as f64 - base as f64) / base as f64 * 100.0;
+    let _ = std::fs::remove_dir_all(&state);
+    let ok = errors == 0 && churn_errs.is_empty() && growth <= a.max_growth_percent;
+    println!(
+        "soak: {runs} streamed runs, {} churned sessions, {} errors; host RSS after warm-up {:.1} MiB, at the end {:.1} MiB ({growth:+.1} %, limit {:+.1} %) — {}",
+        churned.load(Ordering::Relaxed),
+        errors + churn_errs.len() as u64,
+        mib(base),
+        mib(end_rss),
+        a.max_growth_percent,
+        if ok { "ok" } else { "FAILED" }
+    );
+    if let Some(e) = first.as_ref().or(churn_errs.first()) {
+        println!(
+            "soak: first error: {}",
+            e.chars().take(300).collect::<String>()
+        );
+    }
+    let result = json!({"scenario": "soak", "minutes": a.minutes, "streamed_runs": runs, "churned": churned.load(Ordering::Relaxed),
+        "errors": errors + churn_errs.len() as u64, "rss_after_warmup": base, "rss_end": end_rss, "growth_percent": growth, "samples": samples, "ok": ok});
+    if !ok {
+        bail!("soak failed");
+    }
+    Ok(result)
+}
+
+// ---------------------------------------------------------------------------------------------
+// sweep
+
+async fn sweep(a: &SweepArgs) -> Result<Value> {
+    let mut points = Vec::new();
+    for &n in &a.sessions {
+        // A fresh stack per point.
+        let (_llm, _host, url, state) = start_stack("weather_agent", &[])?;
+        let r = stream(&StreamArgs {
+            target: Target { url },
+            sessions: n,
+            sessions_per_connection: 1,
+            tokens: a.tokens,
+            token_ms: 20,
+            ramp_ms: 1000,
+        })
+        .await?;
+        let _ = std::fs::remove_dir_all(&state);
+        points.push((
+            n,
+            r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+            r["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+            r["latency_ms"]["p999"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    if let Some(parent) = a.svg.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&a.svg, svg_plot(&points))?;
+    println!("sweep: plot written to {}", a.svg.display());
+    for (n, p50, p99, p999) in &points {
+        println!("sweep: {n:>5} sessions  p50 {p50:.2} ms  p99 {p99:.2} ms  p99.9 {p999:.2} ms");
+    }
+    Ok(
+        json!({"scenario": "sweep", "points": points.iter().map(|(n, a, b, c)| json!({"sessions": n, "p50_ms": a, "p99_ms": b, "p999_ms": c})).collect::<Vec<_>>()}),
+    )
+}
+
+/// A small line chart: latency percentiles (ms) against concurrent streaming sessions.
+fn svg_plot(points: &[(usize, f64, f64, f64)]) -> String {
+    let (w, h, left, bottom, top, right) = (640.0, 400.0, 60.0, 50.0, 40.0, 130.0);
+    let max_x = points.iter().map(|p| p.0).max().unwrap_or(1) as f64;
+    let max_y = points.iter().map(|p| p.3.max(p.2)).fold(1.0, f64::max) * 1.1;
+    let x = |v: f64| left + v / max_x * (w - left - right);
+    let y = |v: f64| h - bottom - v / max_y * (h - bottom - top);
+    let mut s = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{tx}" y="22" font-size="14" text-anchor="middle">Host-added latency per token event vs. concurrent streaming sessions (50 tokens/s each)</text>
+<line x1="{left}" y1="{yb}" x2="{xr}" y2="{yb}" stroke="black"/><line x1="{left}" y1="{yb}" x2="{left}" y2="{top}" stroke="black"/>
+<text x="{tx}" y="{xl}" text-anchor="middle">concurrent sessions</text>
+<text x="16" y="{ym}" transform="rotate(-90 16 {ym})" text-anchor="middle">latency (ms)</text>
+"##,
+        tx = w / 2.0,
+        yb = h - bottom,
+        xr = w - right,
+        xl = h - 12.0,
+        ym = h / 2.0
+    );
+    for i in 0..=5 {
+        let v = max_y * i as f64 / 5.0;
+        let _ = std::fmt::Write::write_fmt(&mut s, format_args!(
+            "<line x1=\"{l}\" y1=\"{yy}\" x2=\"{r}\" y2=\"{yy}\" stroke=\"#ddd\"/><text x=\"{t}\" y=\"{ty}\" text-anchor=\"end\">{v:.1}</text>\n",
+            l = left, r = w - right, yy = y(v), t = left - 6.0, ty = y(v) + 4.0));
+    }
+    for (n, ..) in points {
+        let _ = std::fmt::Write::write_fmt(
+            &mut s,
+            format_args!(
+                "<text x=\"{xx}\" y=\"{ty}\" text-anchor=\"middle\">{n}</text>\n",
+                xx = x(*n as f64),
+                ty = h - bottom + 16.0
+            ),
+        );
+    }
+    let series: [(&str, &str, fn(&(usize, f64, f64, f64)) -> f64); 3] = [
+        ("p50", "#2456d6", |p| p.1),
+        ("p99", "#d67a24", |p| p.2),
+        ("p99.9", "#c4302b", |p| p.3),
+    ];
+    for (i, (name, color, f)) in series.iter().enumerate() {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0 as f64), y(f(p))))
+            .collect();
+        let _ = std::fmt::Write::write_fmt(
+            &mut s,
+            format_args!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                pts.join(" ")
+            ),
+        );
+        for p in points {
+            let _ = std::fmt::Write::write_fmt(
+                &mut s,
+                format_args!(
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n",
+                    x(p.0 as f64),
+                    y(f(p))
+                ),
+            );
+        }
+        let ly = top + 10.0 + i as f64 * 20.0;
+        let _ = std::fmt::Write::write_fmt(&mut s, format_args!(
+            "<line x1=\"{a}\" y1=\"{ly}\" x2=\"{b}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/><text x=\"{c}\" y=\"{ty}\">{name}</text>\n",
+            a = w - right + 15.0, b = w - right + 40.0, c = w - right + 46.0, ty = ly + 4.0));
+    }
+    s.push_str("</svg>\n");
+    s
 }
 
 #[cfg(test)]
