@@ -945,7 +945,7 @@ async fn suite(a: &SuiteArgs) -> Result<Value> {
         let r = churn(&ChurnArgs {
             target: Target { url },
             sessions: n,
-            warmup: if s { 1_000 } else { 5_000 },
+            warmup: if s { 1_000 } else { 20_000 },
             concurrency: 32,
         })
         .await?;
@@ -1227,7 +1227,7 @@ fn svg_plot(points: &[(usize, f64, f64, f64)]) -> String {
     let mut s = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{tx}" y="22" font-size="14" text-anchor="middle">Host-added latency per token event vs. concurrent streaming sessions (50 tokens/s each)</text>
+<text x="{tx}" y="22" font-size="13" text-anchor="middle">Host-added latency per token vs. concurrent sessions (50 tokens/s each)</text>
 <line x1="{left}" y1="{yb}" x2="{xr}" y2="{yb}" stroke="black"/><line x1="{left}" y1="{yb}" x2="{left}" y2="{top}" stroke="black"/>
 <text x="{tx}" y="{xl}" text-anchor="middle">concurrent sessions</text>
 <text x="16" y="{ym}" transform="rotate(-90 16 {ym})" text-anchor="middle">latency (ms)</text>
