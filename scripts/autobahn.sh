@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
+[ -n "${SKIP_BUILD:-}" ] || ${CARGO:-cargo} build -q -j2 -p myagent-host -p weather_agent
 PY27=""
 for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/2.7*/bin/python python2.7 /usr/bin/python2.7; do
   if "$candidate" -c 'import sys; assert sys.version_info[0] == 2' 2>/dev/null; then PY27=$candidate; break; fi

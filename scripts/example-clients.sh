@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
+[ -n "${SKIP_BUILD:-}" ] || ${CARGO:-cargo} build -q -j2 -p myagent-host -p weather_agent -p myagent-tests -p myagent-example-client
 cleanup() { kill "${HOST_PID:-}" "${LLM_PID:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 "$BIN/fake-llm" --port 0 > /tmp/myagent-fake-llm.$$ &
