@@ -34,7 +34,10 @@ impl HttpModel {
     pub fn new(config: LlmConfig, recorder: Option<Recorder>) -> Result<HttpModel, LlmError> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Idle model connections keep their (grown) read buffers: after a burst of many
+            // concurrent streams, hundreds of KB each. Keep enough for reuse, not all of them.
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(128)
             .build()
             .map_err(|e| LlmError::Connect(e.to_string()))?;
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));

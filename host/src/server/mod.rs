@@ -235,13 +235,32 @@ pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, hub: Arc<Hub>, shutdown: impl Future<Output = ()>) {
     let reload_task = tokio::spawn(http::forward_reload_notices(hub.clone()));
+    let trim_task = tokio::spawn(return_freed_memory());
     let accept = accept_loop(listener, hub.clone());
     tokio::select! {
         _ = accept => {}
         _ = shutdown => tracing::info!("shutdown requested"),
     }
     reload_task.abort();
+    trim_task.abort();
     graceful_shutdown(&hub).await;
+}
+
+/// glibc keeps memory freed after a burst (queued events, replay buffers of expired sessions)
+/// mapped in its arenas; RSS then stays near the peak. Every 30 s, hand free pages back.
+async fn return_freed_memory() {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        let _ = tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+            unsafe { libc::malloc_trim(0) }
+        })
+        .await;
+    }
 }
 
 async fn accept_loop(listener: TcpListener, hub: Arc<Hub>) {
