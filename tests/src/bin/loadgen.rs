@@ -212,6 +212,25 @@ async fn connect(url: &str) -> Result<Ws> {
     }
 }
 
+/// Sends `user.create_session` and returns the new session's id (None if the connection ends
+/// first).
+async fn open_session(ws: &mut Ws) -> Option<String> {
+    ws.send(Message::text(
+        json!({"event": "user.create_session"}).to_string(),
+    ))
+    .await
+    .ok()?;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap_or_default();
+            if v["event"] == "agent.session_created" {
+                return v["session_id"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    None
+}
+
 fn http_base(ws_url: &str) -> String {
     let rest = ws_url
         .strip_prefix("ws://")
@@ -552,21 +571,9 @@ async fn stream_run(a: &StreamArgs, label: &str, blockers: usize, block_ms: u64)
                 return;
             };
             let msg = format!("call:sleep {{\"ms\": {block_ms}}}");
-            let _ = ws
-                .send(Message::text(
-                    json!({"event": "user.create_session"}).to_string(),
-                ))
-                .await;
-            let mut sid = String::new();
-            while let Some(Ok(m)) = ws.next().await {
-                if let Message::Text(t) = m {
-                    let v: Value = serde_json::from_str(&t).unwrap_or_default();
-                    if v["event"] == "agent.session_created" {
-                        sid = v["session_id"].as_str().unwrap_or_default().into();
-                        break;
-                    }
-                }
-            }
+            let Some(sid) = open_session(&mut ws).await else {
+                return;
+            };
             while !stop.load(Ordering::Relaxed) {
                 let m = json!({"event": "user.message", "session_id": sid, "content": msg});
                 if ws.send(Message::text(m.to_string())).await.is_err() {
@@ -1035,21 +1042,10 @@ async fn soak_streamer(
         fail("connect failed".into());
         return (runs, errors, first);
     };
-    let _ = ws
-        .send(Message::text(
-            json!({"event": "user.create_session"}).to_string(),
-        ))
-        .await;
-    let mut sid = String::new();
-    while let Some(Ok(m)) = ws.next().await {
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap_or_default();
-            if v["event"] == "agent.session_created" {
-                sid = v["session_id"].as_str().unwrap_or_default().into();
-                break;
-            }
-        }
-    }
+    let Some(sid) = open_session(&mut ws).await else {
+        fail("create_session got no agent.session_created".into());
+        return (runs, errors, first);
+    };
     while !stop.load(Ordering::Relaxed) {
         let m = json!({"event": "user.message", "session_id": sid, "content": "bench:100@20"});
         if ws.send(Message::text(m.to_string())).await.is_err() {
@@ -1220,7 +1216,12 @@ async fn sweep(a: &SweepArgs) -> Result<Value> {
 }
 
 /// A small line chart: latency percentiles (ms) against concurrent streaming sessions.
-fn svg_plot(points: &[(usize, f64, f64, f64)]) -> String {
+/// (sessions, p50, p99, p99.9)
+type Point = (usize, f64, f64, f64);
+/// (label, colour, which value)
+type Series = (&'static str, &'static str, fn(&Point) -> f64);
+
+fn svg_plot(points: &[Point]) -> String {
     let (w, h, left, bottom, top, right) = (640.0, 400.0, 60.0, 50.0, 40.0, 130.0);
     let max_x = points.iter().map(|p| p.0).max().unwrap_or(1) as f64;
     let max_y = points.iter().map(|p| p.3.max(p.2)).fold(1.0, f64::max) * 1.1;
@@ -1256,7 +1257,7 @@ fn svg_plot(points: &[(usize, f64, f64, f64)]) -> String {
             ),
         );
     }
-    let series: [(&str, &str, fn(&(usize, f64, f64, f64)) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("p50", "#2456d6", |p| p.1),
         ("p99", "#d67a24", |p| p.2),
         ("p99.9", "#c4302b", |p| p.3),
