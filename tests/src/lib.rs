@@ -245,6 +245,16 @@ pub fn http_post(url: &str, body: &str) -> String {
     resp
 }
 
+/// The port in the host's start-up line `Serving on ws://HOST:PORT (...)`.
+pub fn serving_port(line: &str) -> Option<u16> {
+    line.split(':')
+        .nth(2)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A running `myagent-host serve`.
 pub struct Host {
     pub proc: Proc,
@@ -285,12 +295,7 @@ impl Host {
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(cmd);
         let line = proc.wait_line("Serving on ws://", Duration::from_secs(20));
-        let port = line
-            .split(':')
-            .nth(2)
-            .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .expect("port");
+        let port = serving_port(&line).expect("port");
         Host { proc, port, state }
     }
 

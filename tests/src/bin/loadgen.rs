@@ -799,74 +799,83 @@ fn port_of(line: &str) -> Result<u16> {
         .context("no port in the line")
 }
 
-fn start_host(
-    dir: &std::path::Path,
-    plugin: &str,
-    llm: &str,
-    state: &std::path::Path,
-    extra: &[&str],
-) -> Result<(Spawned, String)> {
-    let mut cmd = Command::new(dir.join("myagent-host"));
-    cmd.arg("serve")
-        .arg(dir.join(format!("lib{plugin}.so")))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--base-url",
-            llm,
-            "--model",
-            "fake",
-        ])
-        .args([
-            "--max-connections",
-            "19500",
-            "--no-watch",
-            "--resume-window",
-            "5",
-        ])
-        .args([
-            "--llm-first-token-timeout",
-            "60",
-            "--llm-idle-timeout",
-            "60",
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .args(extra)
-        .env("RUST_LOG", "warn,myagent_host=info")
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("MYAGENT_AUTH_TOKENS");
-    let (p, line) = spawn_until(cmd, "Serving on ws://")?;
-    // "Serving on ws://HOST:PORT (...)"
-    let port: u16 = line
-        .split(':')
-        .nth(2)
-        .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .context("no port in the host's Serving line")?;
-    let url = format!("ws://127.0.0.1:{port}");
-    Ok((p, url))
+/// fake-llm and a state directory (removed on drop); starts hosts against them. Binaries are
+/// taken from this executable's directory.
+struct Stack {
+    dir: PathBuf,
+    state: PathBuf,
+    llm_url: String,
+    _llm: Spawned,
+}
+
+impl Stack {
+    fn start() -> Result<Stack> {
+        let dir = std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_owned();
+        let state = std::env::temp_dir().join(format!("myagent-loadgen-{}", std::process::id()));
+        std::fs::create_dir_all(&state)?;
+        let mut llm_cmd = Command::new(dir.join("fake-llm"));
+        llm_cmd.args(["--port", "0"]);
+        let (llm, line) = spawn_until(llm_cmd, "listening on")?;
+        let llm_url = format!("http://127.0.0.1:{}/v1", port_of(&line)?);
+        Ok(Stack {
+            dir,
+            state,
+            llm_url,
+            _llm: llm,
+        })
+    }
+
+    /// A fresh host serving `lib{plugin}.so`; returns it and its WebSocket URL.
+    fn host(&self, plugin: &str, extra: &[&str]) -> Result<(Spawned, String)> {
+        let mut cmd = Command::new(self.dir.join("myagent-host"));
+        cmd.arg("serve")
+            .arg(self.dir.join(format!("lib{plugin}.so")))
+            .args(["--host", "127.0.0.1", "--port", "0", "--model", "fake"])
+            .arg("--base-url")
+            .arg(&self.llm_url)
+            .args([
+                "--max-connections",
+                "19500",
+                "--no-watch",
+                "--resume-window",
+                "5",
+            ])
+            .args([
+                "--llm-first-token-timeout",
+                "60",
+                "--llm-idle-timeout",
+                "60",
+            ])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(extra)
+            .env("RUST_LOG", "warn,myagent_host=info")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("MYAGENT_AUTH_TOKENS");
+        let (p, line) = spawn_until(cmd, "Serving on ws://")?;
+        let port =
+            myagent_tests::serving_port(&line).context("no port in the host's Serving line")?;
+        Ok((p, format!("ws://127.0.0.1:{port}")))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
 }
 
 async fn suite(a: &SuiteArgs) -> Result<Value> {
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_owned();
-    let state = std::env::temp_dir().join(format!("myagent-loadgen-{}", std::process::id()));
-    std::fs::create_dir_all(&state)?;
-    let mut llm_cmd = Command::new(dir.join("fake-llm"));
-    llm_cmd.args(["--port", "0"]);
-    let (_llm, line) = spawn_until(llm_cmd, "listening on")?;
-    let llm = format!("http://127.0.0.1:{}/v1", port_of(&line)?);
+    let stack = Stack::start()?;
     let s = a.short;
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut results = Vec::new();
 
     // Each scenario gets a fresh host, so that one's memory does not colour the next.
-    let weather = || start_host(&dir, "weather_agent", &llm, &state, &[]);
+    let weather = || stack.host("weather_agent", &[]);
     {
         let (_host, url) = weather()?;
         let n = if s { 2_000 } else { 19_000 };
@@ -969,7 +978,7 @@ async fn suite(a: &SuiteArgs) -> Result<Value> {
         results.push(r);
     }
     {
-        let (_host, url) = start_host(&dir, "testkit_agent", &llm, &state, &[])?;
+        let (_host, url) = stack.host("testkit_agent", &[])?;
         let sessions = if s { 100 } else { 500 };
         let r = tools(&ToolsArgs {
             stream: StreamArgs {
@@ -999,7 +1008,6 @@ async fn suite(a: &SuiteArgs) -> Result<Value> {
         ));
         results.push(r);
     }
-    let _ = std::fs::remove_dir_all(&state);
     let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
     let w2 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(10);
     println!("\n{:<w$}  {:>w2$}  target", "measure", "result");
@@ -1012,22 +1020,6 @@ async fn suite(a: &SuiteArgs) -> Result<Value> {
 
 // ---------------------------------------------------------------------------------------------
 // soak
-
-/// Starts fake-llm and a host on `plugin` (binaries next to this one).
-fn start_stack(plugin: &str, extra: &[&str]) -> Result<(Spawned, Spawned, String, PathBuf)> {
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .to_owned();
-    let state = std::env::temp_dir().join(format!("myagent-loadgen-{}", std::process::id()));
-    std::fs::create_dir_all(&state)?;
-    let mut llm_cmd = Command::new(dir.join("fake-llm"));
-    llm_cmd.args(["--port", "0"]);
-    let (llm, line) = spawn_until(llm_cmd, "listening on")?;
-    let llm_url = format!("http://127.0.0.1:{}/v1", port_of(&line)?);
-    let (host, url) = start_host(&dir, plugin, &llm_url, &state, extra)?;
-    Ok((llm, host, url, state))
-}
 
 async fn soak_streamer(
     url: String,
@@ -1078,7 +1070,8 @@ async fn soak_streamer(
 async fn soak(a: &SoakArgs) -> Result<Value> {
     // Per-session history and replay buffers grow to their caps and stay there; smaller caps
     // than the defaults reach that steady state within the warm-up even in a short soak.
-    let (_llm, _host, url, state) = start_stack(
+    let stack = Stack::start()?;
+    let (_host, url) = stack.host(
         "weather_agent",
         &["--replay-buffer-bytes", "32768", "--memory-budget", "6000"],
     )?;
@@ -1152,7 +1145,6 @@ async fn soak(a: &SoakArgs) -> Result<Value> {
     let (end_rss, _) = host_stats(&url).await?;
     let base = baseline.unwrap_or(end_rss);
     let growth = (end_rss as f64 - base as f64) / base as f64 * 100.0;
-    let _ = std::fs::remove_dir_all(&state);
     let ok = errors == 0 && churn_errs.is_empty() && growth <= a.max_growth_percent;
     println!(
         "soak: {runs} streamed runs, {} churned sessions, {} errors; host RSS after warm-up {:.1} MiB, at the end {:.1} MiB ({growth:+.1} %, limit {:+.1} %) — {}",
@@ -1184,7 +1176,8 @@ async fn sweep(a: &SweepArgs) -> Result<Value> {
     let mut points = Vec::new();
     for &n in &a.sessions {
         // A fresh stack per point.
-        let (_llm, _host, url, state) = start_stack("weather_agent", &[])?;
+        let stack = Stack::start()?;
+        let (_host, url) = stack.host("weather_agent", &[])?;
         let r = stream(&StreamArgs {
             target: Target { url },
             sessions: n,
@@ -1194,7 +1187,6 @@ async fn sweep(a: &SweepArgs) -> Result<Value> {
             ramp_ms: 1000,
         })
         .await?;
-        let _ = std::fs::remove_dir_all(&state);
         points.push((
             n,
             r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
