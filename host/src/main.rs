@@ -1,5 +1,6 @@
 //! The `myagent-host` command line: `serve` a plugin over WebSocket, `inspect` a plugin.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -114,8 +115,28 @@ struct ServeArgs {
     /// Open connections at most (kept below the file-descriptor limit).
     #[arg(long, default_value_t = 16_000)]
     max_connections: usize,
+    /// WebSocket connections per client address (0 = no limit); more get HTTP 429. Behind a
+    /// reverse proxy, set --trusted-proxy so the limit applies to clients, not to the proxy.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_connections_per_ip: usize,
     #[arg(long, default_value_t = 16)]
     max_sessions_per_connection: usize,
+    /// Sessions alive at once over all clients, including those waiting for a resume
+    /// (0 = sized to this machine: half its memory, or the container's limit, divided by a
+    /// session's worst case; printed at start).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_sessions: usize,
+    /// Sessions per client address (0 = no limit).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_sessions_per_ip: usize,
+    /// A reverse proxy whose X-Forwarded-For header is believed (repeatable), e.g. 127.0.0.1
+    /// for an nginx on the same machine. From other peers the header is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    trusted_proxies: Vec<IpAddr>,
+    /// Request headers (and the WebSocket handshake) must arrive within this, or the
+    /// connection is closed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    header_read_timeout: u64,
     /// Client messages larger than this get an error event.
     #[arg(long, default_value_t = 65_536, value_name = "BYTES")]
     max_message_bytes: usize,
@@ -174,7 +195,11 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}")),
             };
-            match rt.block_on(serve(args)) {
+            let result = rt.block_on(serve(args));
+            // Do not wait for blocking threads: a plugin tool that ignores its deadline must not
+            // keep the process alive past --shutdown-timeout (it is abandoned, and counted).
+            rt.shutdown_background();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&format!("{e:#}")),
             }
@@ -408,9 +433,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if max_connections < args.max_connections {
         println!("Connection cap lowered to {max_connections} (file-descriptor limit {fd_limit})");
     }
+    let max_sessions = match args.max_sessions {
+        0 => {
+            let (n, worst, budget) = auto_max_sessions(args.replay_buffer_bytes, args.memory_budget);
+            println!(
+                "Session cap: {n} (worst case ~{} KiB per session within {} MiB; --max-sessions to change)",
+                worst / 1024,
+                budget >> 20
+            );
+            n
+        }
+        n => n,
+    };
     let config = ServerConfig {
         max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         max_sessions_per_connection: args.max_sessions_per_connection.max(1),
+        max_sessions,
+        max_sessions_per_ip: args.max_sessions_per_ip,
+        trusted_proxies: args.trusted_proxies.clone(),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
         max_message_bytes: args.max_message_bytes,
         max_frame_bytes: (args.max_message_bytes * 16).max(1 << 20),
         read_buffer_bytes: args.read_buffer_bytes.max(1024),
@@ -466,12 +508,62 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             hub.config.auth_tokens.len()
         );
     }
-    server::run(listener, hub, shutdown_signal()).await;
+    let shutdown_timeout = hub.config.shutdown_timeout;
+    server::run(listener, hub, shutdown_signal(shutdown_timeout)).await;
     println!("Stopped.");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// The default session cap: half of this machine's memory (or of the container's limit),
+/// divided by what one session can hold at worst. Returns (cap, worst bytes, budget bytes).
+fn auto_max_sessions(replay_buffer_bytes: usize, memory_budget_chars: usize) -> (usize, u64, u64) {
+    // A full replay buffer costs ~2.4x its nominal bytes in RSS (queue entries, allocator
+    // rounding, measured); conversation memory is counted in chars of up to 4 UTF-8 bytes;
+    // plus the session, its agent instance and its queue entry.
+    let worst = replay_buffer_bytes as u64 * 5 / 2 + memory_budget_chars as u64 * 4 + 64 * 1024;
+    let budget = available_memory_bytes() / 2;
+    let n = (budget / worst.max(1)).clamp(16, 1_000_000) as usize;
+    (n, worst, budget)
+}
+
+/// Physical memory, or the cgroup (container) memory limit when that is lower.
+fn available_memory_bytes() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(4 << 30);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    cgroup.map_or(total, |c| c.min(total))
+}
+
+/// Completes on the first SIGTERM/SIGINT. From then on, a second signal exits at once, and a
+/// watchdog exits `shutdown_timeout` + 1 s later whatever is still running (graceful shutdown is
+/// bounded by the same timeout; this is the backstop for anything that is not).
+async fn shutdown_signal(shutdown_timeout: Duration) {
+    wait_for_signal().await;
+    eprintln!(
+        "Shutting down (at most {} s; send the signal again to stop at once)",
+        shutdown_timeout.as_secs()
+    );
+    std::thread::spawn(move || {
+        std::thread::sleep(shutdown_timeout + Duration::from_secs(1));
+        eprintln!("error: shutdown did not finish within --shutdown-timeout; exiting anyway");
+        std::process::exit(1);
+    });
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("Second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -80,7 +80,13 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_total: Counter,
     pub connections_refused: Counter,
+    /// WebSocket upgrades refused by `max_connections_per_ip` (HTTP 429).
+    pub connections_refused_per_ip: Counter,
+    /// Connections closed because request headers (or the handshake) did not arrive in time.
+    pub header_timeouts: Counter,
     pub sessions: Gauge,
+    /// Session creations refused by `max_sessions` or `max_sessions_per_ip`.
+    pub sessions_refused: Counter,
     pub sessions_total: Counter,
     pub runs_started: Counter,
     pub runs_finished: Counter,
@@ -92,6 +98,10 @@ pub struct Metrics {
     pub tool_calls: Counter,
     pub tool_failures: Counter,
     pub tool_timeouts: Counter,
+    /// Tool calls still running on a blocking thread after their run gave up on them
+    /// (timeout, cancel, shutdown) — the tool did not stop when asked.
+    pub tools_abandoned: Gauge,
+    pub tools_abandoned_total: Counter,
     pub llm_calls: Counter,
     pub llm_errors: Counter,
     pub llm_prompt_tokens: Counter,
@@ -127,6 +137,24 @@ impl Metrics {
             "counter",
             "Connections refused (cap, auth, origin).",
             self.connections_refused.get(),
+        );
+        one(
+            "myagent_connections_refused_per_ip_total",
+            "counter",
+            "WebSocket upgrades refused by the per-address connection limit (HTTP 429).",
+            self.connections_refused_per_ip.get(),
+        );
+        one(
+            "myagent_header_timeouts_total",
+            "counter",
+            "Connections closed for not sending request headers or finishing the handshake in time.",
+            self.header_timeouts.get(),
+        );
+        one(
+            "myagent_sessions_refused_total",
+            "counter",
+            "Sessions refused by the global or per-address session limit.",
+            self.sessions_refused.get(),
         );
         one(
             "myagent_sessions",
@@ -199,6 +227,18 @@ impl Metrics {
             "counter",
             "Tool calls that timed out.",
             self.tool_timeouts.get(),
+        );
+        one(
+            "myagent_tools_abandoned",
+            "gauge",
+            "Tool calls given up on (timeout, cancel, shutdown) whose thread is still running.",
+            self.tools_abandoned.get(),
+        );
+        one(
+            "myagent_tools_abandoned_total",
+            "counter",
+            "Tool calls given up on while their thread was still running.",
+            self.tools_abandoned_total.get(),
         );
         one(
             "myagent_llm_calls_total",

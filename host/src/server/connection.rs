@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::protocol::{self, ClientMessage, ProtocolError};
 use super::session::{AgentSlot, ResumeOutcome, Session, SessionSink};
-use super::Hub;
+use super::{Hub, IpSlot, SessionRefusal};
 use crate::agent::{run_agent, Memory, RunContext, RunOutcome};
 
 /// Close code for a client that does not read fast enough (its events stay resumable).
@@ -118,7 +118,8 @@ enum Flow {
 
 /// Serves one upgraded WebSocket until it closes. `authed` says whether the HTTP request
 /// already carried a valid token (or none is required); `bad_token` whether it carried a wrong one.
-pub async fn serve(ws: Ws, hub: Arc<Hub>, authed: bool, bad_token: bool) {
+/// `ip_slot` is the client's place under the per-address connection limit, held until it closes.
+pub async fn serve(ws: Ws, hub: Arc<Hub>, authed: bool, bad_token: bool, ip_slot: IpSlot) {
     let id = hub.next_connection_id();
     let out = Arc::new(Outbox {
         queue: std::sync::Mutex::new(Queue::default()),
@@ -139,6 +140,7 @@ pub async fn serve(ws: Ws, hub: Arc<Hub>, authed: bool, bad_token: bool) {
         handle: handle.clone(),
         authed,
         sessions: HashSet::new(),
+        client_ip: ip_slot.ip,
     };
     serve_loop(ws, &hub, &mut state, &out, bad_token)
         .instrument(span)
@@ -146,6 +148,7 @@ pub async fn serve(ws: Ws, hub: Arc<Hub>, authed: bool, bad_token: bool) {
     hub.unregister_connection(id);
     hub.metrics.connections.dec();
     release_sessions(&hub, &state);
+    drop(ip_slot);
 }
 
 struct ConnState {
@@ -154,6 +157,8 @@ struct ConnState {
     authed: bool,
     /// Sessions this connection created or resumed (some may have moved on).
     sessions: HashSet<String>,
+    /// The client's address (behind a trusted proxy: from `X-Forwarded-For`).
+    client_ip: std::net::IpAddr,
 }
 
 async fn serve_loop(ws: Ws, hub: &Arc<Hub>, state: &mut ConnState, out: &Outbox, bad_token: bool) {
@@ -424,14 +429,12 @@ async fn dispatch(hub: &Arc<Hub>, state: &mut ConnState, msg: ClientMessage) {
             if !state.sessions.contains(&session_id)
                 && owned_count(hub, state) >= hub.config.max_sessions_per_connection
             {
-                state.handle.send_value(&protocol::error_event(
+                refuse_session(
+                    hub,
+                    state,
                     Some(&session_id),
-                    "too_many_sessions",
-                    &format!(
-                        "Too many sessions on this connection (limit {})",
-                        hub.config.max_sessions_per_connection
-                    ),
-                ));
+                    SessionRefusal::Connection(hub.config.max_sessions_per_connection),
+                );
                 return;
             }
             state.sessions.insert(session_id.clone());
@@ -462,17 +465,27 @@ fn owned_count(hub: &Hub, state: &ConnState) -> usize {
         .count()
 }
 
+fn refuse_session(hub: &Hub, state: &ConnState, session_id: Option<&str>, why: SessionRefusal) {
+    if !matches!(why, SessionRefusal::Connection(_)) {
+        tracing::info!(client = %state.client_ip, reason = %why, "session refused");
+    }
+    hub.metrics.client_errors.inc();
+    state.handle.send_value(&protocol::error_event(
+        session_id,
+        "too_many_sessions",
+        &why.to_string(),
+    ));
+}
+
 async fn create_session(hub: &Arc<Hub>, state: &mut ConnState) {
     if owned_count(hub, state) >= hub.config.max_sessions_per_connection {
-        state.handle.send_value(&protocol::error_event(
-            None,
-            "too_many_sessions",
-            &format!(
-                "Too many sessions on this connection (limit {})",
-                hub.config.max_sessions_per_connection
-            ),
-        ));
-        return;
+        let why = SessionRefusal::Connection(hub.config.max_sessions_per_connection);
+        return refuse_session(hub, state, None, why);
+    }
+    // Refuse before the plugin's factory runs; checked again, atomically, on insert.
+    if let Err(why) = hub.session_room(state.client_ip) {
+        hub.metrics.sessions_refused.inc();
+        return refuse_session(hub, state, None, why);
     }
     let plugin = hub.plugin.current();
     let p2 = plugin.clone();
@@ -508,9 +521,12 @@ async fn create_session(hub: &Arc<Hub>, state: &mut ConnState) {
         token.clone(),
         slot,
         state.handle.clone(),
+        state.client_ip,
         hub.config.replay_buffer_bytes,
     ));
-    hub.insert_session(session.clone());
+    if let Err(why) = hub.insert_session(session.clone()) {
+        return refuse_session(hub, state, None, why);
+    }
     state.sessions.insert(id.clone());
     let m = &plugin.manifest;
     session.emit(

@@ -2,7 +2,7 @@
 //! `/` and `/ws`, the origin check and the token check of the authentication middleware.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -31,23 +31,55 @@ pub const WEB_CLIENT: &str = include_str!("web/index.html");
 pub type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 /// Serves HTTP/1.1 on one TCP connection, handing WebSocket upgrades to [`connection::serve`].
+///
+/// Each request's headers must arrive within `header_read_timeout` — also on an idle keep-alive
+/// connection — or the connection is closed and its slot freed (no slowloris).
 pub async fn serve_http(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, slot: Slot) {
     let io = TokioIo::new(stream);
+    let metrics = hub.metrics.clone();
+    let header_timeout = hub.config.header_read_timeout;
     let svc = hyper::service::service_fn(move |req| {
         let hub = hub.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(route(req, &hub, slot)) }
+        async move { Ok::<_, Infallible>(route(req, &hub, slot, peer)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(io, svc)
         .with_upgrades();
     if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        if e.is_timeout() {
+            metrics.header_timeouts.inc();
+            tracing::debug!(%peer, "request headers not received in time; connection closed");
+        } else {
+            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        }
     }
 }
 
-fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
+/// The client's address: the peer's, or — when the peer is a trusted proxy — the right-most
+/// `X-Forwarded-For` entry that is not a trusted proxy itself (left-most entries are whatever
+/// the client chose to send, so they are never believed).
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(list) = forwarded_for else {
+        return peer;
+    };
+    for entry in list.rsplit(',') {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => return peer, // a mangled header: count the proxy itself
+        }
+    }
+    peer
+}
+
+fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     let is_upgrade = req
         .headers()
@@ -55,7 +87,7 @@ fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     match (req.method(), path) {
-        (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, hub, slot),
+        (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, hub, slot, peer),
         (&Method::GET, "/_echo") if is_upgrade && hub.config.conformance_echo => {
             upgrade_echo(req, hub, slot)
         }
@@ -150,7 +182,12 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
+fn upgrade(
+    mut req: Request<Incoming>,
+    hub: &Arc<Hub>,
+    slot: Slot,
+    peer: SocketAddr,
+) -> Response<Body> {
     if hub.shutdown.is_cancelled() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -208,22 +245,49 @@ fn upgrade(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<B
             None => (false, false), // may still authenticate with its first message
         }
     };
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let ip = client_ip(peer.ip(), forwarded, &cfg.trusted_proxies);
+    let Some(ip_slot) = hub.connection_slot_for(ip) else {
+        hub.metrics.connections_refused_per_ip.inc();
+        tracing::info!(client = %ip, max = cfg.max_connections_per_ip, "per-address connection limit reached; refusing");
+        let mut r = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain",
+            format!(
+                "too many connections from your address (limit {})\n",
+                cfg.max_connections_per_ip
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return r;
+    };
     let ws_config = ws_config(cfg);
+    let handshake_deadline = cfg.header_read_timeout;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub2 = hub.clone();
     let fut = async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
+        // A client that never reads the 101 answer keeps hyper from handing the socket over;
+        // give up on it (and free its slots) after the same deadline as for headers.
+        match tokio::time::timeout(handshake_deadline, on_upgrade).await {
+            Ok(Ok(upgraded)) => {
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(ws, hub2, authed, bad_token).await;
+                connection::serve(ws, hub2, authed, bad_token, ip_slot).await;
                 drop(slot);
             }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            Err(_) => {
+                hub2.metrics.header_timeouts.inc();
+                tracing::debug!("websocket handshake not completed in time");
+            }
         }
     };
     hub.conns.spawn(fut);
@@ -323,5 +387,19 @@ mod tests {
         assert_eq!(super::percent_decode("a%20b+c"), "a b c");
         assert_eq!(super::percent_decode("abc%"), "abc%");
         assert_eq!(super::percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        use super::client_ip;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let proxy = [ip("10.0.0.1")];
+        // Not from the proxy: the header is ignored.
+        assert_eq!(client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &proxy), ip("1.2.3.4"));
+        // From the proxy: the right-most untrusted entry, not the client-chosen left part.
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("6.6.6.6, 5.5.5.5"), &proxy), ip("5.5.5.5"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("5.5.5.5, 10.0.0.1"), &proxy), ip("5.5.5.5"));
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &proxy), ip("10.0.0.1"));
+        assert_eq!(client_ip(ip("10.0.0.1"), Some("junk"), &proxy), ip("10.0.0.1"));
     }
 }

@@ -13,6 +13,7 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,7 +34,19 @@ use session::Session;
 pub struct ServerConfig {
     /// Open TCP connections (HTTP and WebSocket) at most; more are refused at accept.
     pub max_connections: usize,
+    /// WebSocket connections per client address at most (0: no limit); more get HTTP 429.
+    pub max_connections_per_ip: usize,
     pub max_sessions_per_connection: usize,
+    /// Sessions alive at once (attached or waiting for a resume), over all clients.
+    pub max_sessions: usize,
+    /// Sessions per client address at most (0: no limit).
+    pub max_sessions_per_ip: usize,
+    /// Peers whose `X-Forwarded-For` is believed (a reverse proxy such as nginx): the client
+    /// address is then the right-most address in that header that is not itself a trusted proxy.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// An HTTP request's headers must arrive within this (slowloris); also bounds the time from
+    /// the `101 Switching Protocols` answer to a working WebSocket.
+    pub header_read_timeout: Duration,
     /// Larger client messages get an `agent.error` (code `message_too_large`) and are dropped.
     pub max_message_bytes: usize,
     /// Larger frames close the connection with 1009 (they are not even buffered).
@@ -59,27 +72,6 @@ pub struct ServerConfig {
     pub conformance_echo: bool,
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            max_connections: 16_000,
-            max_sessions_per_connection: 16,
-            max_message_bytes: 64 * 1024,
-            max_frame_bytes: 1024 * 1024,
-            read_buffer_bytes: 4096,
-            outbound_queue: 1024,
-            replay_buffer_bytes: 256 * 1024,
-            ping_interval: Duration::from_secs(25),
-            pong_timeout: Duration::from_secs(10),
-            resume_window: Duration::from_secs(60),
-            shutdown_timeout: Duration::from_secs(10),
-            auth_tokens: Vec::new(),
-            allowed_origins: Vec::new(),
-            conformance_echo: false,
-        }
-    }
-}
-
 /// Everything connections share.
 pub struct Hub {
     pub config: ServerConfig,
@@ -87,9 +79,11 @@ pub struct Hub {
     pub model: Model,
     pub agent_config: AgentConfig,
     pub tracer: Option<TraceWriter>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub started: Instant,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Mutex<SessionTable>,
+    /// Open WebSocket connections per client address (only kept with a per-address limit).
+    conns_per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Live connections, for broadcasts (plugin reloads).
     connections: Mutex<HashMap<u64, ConnHandle>>,
     next_conn: AtomicU64,
@@ -117,9 +111,10 @@ impl Hub {
             model,
             agent_config,
             tracer,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(SessionTable::default()),
+            conns_per_ip: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
@@ -133,29 +128,50 @@ impl Hub {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn session(&self, id: &str) -> Option<Arc<Session>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+    fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert_session(&self, s: Arc<Session>) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(s.id.clone(), s);
+    pub fn session(&self, id: &str) -> Option<Arc<Session>> {
+        self.table().map.get(id).cloned()
+    }
+
+    /// Whether one more session for `ip` would be within the global and per-address caps.
+    /// Checked before the plugin's factory runs, and again, atomically, by [`Hub::insert_session`].
+    pub fn session_room(&self, ip: IpAddr) -> Result<(), SessionRefusal> {
+        self.table().room(&self.config, ip)
+    }
+
+    /// Adds a session unless that would break the global or per-address cap.
+    pub fn insert_session(&self, s: Arc<Session>) -> Result<(), SessionRefusal> {
+        let mut t = self.table();
+        if let Err(why) = t.room(&self.config, s.client_ip) {
+            drop(t);
+            self.metrics.sessions_refused.inc();
+            return Err(why);
+        }
+        if self.config.max_sessions_per_ip > 0 {
+            *t.per_ip.entry(s.client_ip).or_default() += 1;
+        }
+        t.map.insert(s.id.clone(), s);
+        drop(t);
         self.metrics.sessions.inc();
         self.metrics.sessions_total.inc();
+        Ok(())
     }
 
     pub fn remove_session(&self, id: &str) -> Option<Arc<Session>> {
-        let s = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        let mut t = self.table();
+        let s = t.map.remove(id);
+        if let Some(s) = &s {
+            if let Some(n) = t.per_ip.get_mut(&s.client_ip) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_ip.remove(&s.client_ip);
+                }
+            }
+        }
+        drop(t);
         if s.is_some() {
             self.metrics.sessions.dec();
         }
@@ -163,19 +179,30 @@ impl Hub {
     }
 
     pub fn active_sessions(&self) -> usize {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.table().map.len()
     }
 
     fn all_sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.table().map.values().cloned().collect()
+    }
+
+    /// Takes a WebSocket connection slot for `ip`, or `None` when that address is at
+    /// `max_connections_per_ip`. The slot is given back when the returned guard drops.
+    pub fn connection_slot_for(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let max = self.config.max_connections_per_ip;
+        if max == 0 {
+            return Some(IpSlot { hub: None, ip });
+        }
+        let mut m = self.conns_per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            hub: Some(self.clone()),
+            ip,
+        })
     }
 
     pub fn register_connection(&self, h: ConnHandle) {
@@ -203,6 +230,69 @@ impl Hub {
         {
             h.send(text.clone());
             self.metrics.events_sent.inc();
+        }
+    }
+}
+
+/// Every session, and how many each client address holds.
+#[derive(Default)]
+struct SessionTable {
+    map: HashMap<String, Arc<Session>>,
+    /// Only kept when `max_sessions_per_ip` is set.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl SessionTable {
+    fn room(&self, config: &ServerConfig, ip: IpAddr) -> Result<(), SessionRefusal> {
+        if self.map.len() >= config.max_sessions {
+            return Err(SessionRefusal::Server(config.max_sessions));
+        }
+        let max_ip = config.max_sessions_per_ip;
+        if max_ip > 0 && self.per_ip.get(&ip).copied().unwrap_or(0) >= max_ip {
+            return Err(SessionRefusal::Address(max_ip));
+        }
+        Ok(())
+    }
+}
+
+/// Why a session could not be created (the client gets `too_many_sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRefusal {
+    /// The server holds `max_sessions`.
+    Server(usize),
+    /// The client's address holds `max_sessions_per_ip`.
+    Address(usize),
+    /// The connection holds `max_sessions_per_connection`.
+    Connection(usize),
+}
+
+impl std::fmt::Display for SessionRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionRefusal::Server(n) => write!(f, "Too many sessions on this server (limit {n}); close a session or try again later"),
+            SessionRefusal::Address(n) => write!(f, "Too many sessions from your address (limit {n}); close a session first"),
+            SessionRefusal::Connection(n) => write!(f, "Too many sessions on this connection (limit {n})"),
+        }
+    }
+}
+
+/// A WebSocket connection's place under `max_connections_per_ip`; released on drop.
+pub struct IpSlot {
+    /// `None` when there is no per-address limit (nothing to release).
+    hub: Option<Arc<Hub>>,
+    pub ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some(hub) = &self.hub {
+            let mut m = hub.conns_per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct AgentSlot {
 pub struct Session {
     pub id: String,
     pub resume_token: String,
+    /// The address of the client that created the session (counted by `max_sessions_per_ip`).
+    pub client_ip: std::net::IpAddr,
     /// Locked by the run for its whole duration.
     pub agent: tokio::sync::Mutex<AgentSlot>,
     inner: Mutex<Inner>,
@@ -64,6 +66,7 @@ impl Session {
         resume_token: String,
         slot: AgentSlot,
         owner: ConnHandle,
+        client_ip: std::net::IpAddr,
         replay_cap_bytes: usize,
     ) -> Session {
         let inner = Inner {
@@ -78,6 +81,7 @@ impl Session {
         Session {
             id,
             resume_token,
+            client_ip,
             agent: tokio::sync::Mutex::new(slot),
             inner: Mutex::new(inner),
             replay_cap_bytes,
