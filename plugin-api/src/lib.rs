@@ -54,6 +54,9 @@ pub mod abi;
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use serde_json::{json, Map, Value};
 
@@ -102,10 +105,80 @@ impl ToolResult {
     }
 }
 
+/// What a running tool call can know about when to stop: its deadline (the host's tool timeout)
+/// and whether the host has given up on it (the user cancelled the run, the timeout passed, or
+/// the host is shutting down).
+///
+/// The host cannot stop a thread that is busy in your code; a tool that may run long should
+/// poll [`ToolContext::is_cancelled`] (or hand [`ToolContext::time_left`] to the library it
+/// calls) and return early. Calls that ignore it are abandoned: their thread runs on in the
+/// background, counted in the host's `/metrics` (`myagent_tools_abandoned`).
+///
+/// ```
+/// use myagent_plugin_api::{ToolContext, ToolResult};
+/// fn count_up(ctx: &ToolContext) -> ToolResult {
+///     let mut n = 0u64;
+///     while n < 1_000_000 {
+///         if n % 1024 == 0 && ctx.is_cancelled() {
+///             return ToolResult::error(format!("stopped at {n}: out of time"));
+///         }
+///         n += 1;
+///     }
+///     ToolResult::ok(n.to_string())
+/// }
+/// assert!(count_up(&ToolContext::detached()).output.is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    deadline: Option<Instant>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl ToolContext {
+    /// No deadline and never cancelled (for calling tools outside the host, e.g. in tests).
+    pub fn detached() -> ToolContext {
+        ToolContext {
+            deadline: None,
+            cancelled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A context that expires `timeout` from now (what the host gives each call).
+    pub fn with_timeout(timeout: Duration) -> ToolContext {
+        ToolContext {
+            deadline: Instant::now().checked_add(timeout),
+            ..ToolContext::detached()
+        }
+    }
+
+    /// When the host stops waiting for this call, if it will.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time until the deadline (zero once passed); `None` without a deadline.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// True once the call was cancelled or its deadline passed: stop and return.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Marks the call cancelled (the host does this; useful in tests).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A tool the model may call, as in MyAgent's `BaseTool`.
 ///
 /// `execute` runs on a host thread-pool thread, may block, and is given the model's arguments
 /// already parsed as a JSON value (the host rejects non-JSON arguments before calling you).
+/// A tool that can take long implements [`Tool::execute_with`] instead, to see its
+/// [`ToolContext`] (deadline and cancellation).
 pub trait Tool: Send + Sync + 'static {
     /// Name the model calls the tool by; must match `^[a-zA-Z0-9_-]+$`.
     fn name(&self) -> &str;
@@ -115,6 +188,13 @@ pub trait Tool: Send + Sync + 'static {
     fn parameters(&self) -> Value;
     /// Runs the tool.
     fn execute(&self, args: Value) -> ToolResult;
+    /// Runs the tool with its call's context; this is what the host calls. The default ignores
+    /// the context and calls [`Tool::execute`]. Override it in tools that can run long, and make
+    /// `execute` call it with [`ToolContext::detached`] (or a timeout of your choice).
+    fn execute_with(&self, args: Value, ctx: &ToolContext) -> ToolResult {
+        let _ = ctx;
+        self.execute(args)
+    }
 }
 
 /// Context given to a custom-event handler.
@@ -172,10 +252,15 @@ impl Agent {
 
     /// Calls one of the agent's tools as the host would, panics caught: for unit tests.
     pub fn call_tool(&self, name: &str, args: Value) -> ToolResult {
+        self.call_tool_with(name, args, &ToolContext::detached())
+    }
+
+    /// [`Agent::call_tool`] with a given context (e.g. [`ToolContext::with_timeout`]).
+    pub fn call_tool_with(&self, name: &str, args: Value, ctx: &ToolContext) -> ToolResult {
         let Some(tool) = self.tools.iter().find(|t| t.name() == name) else {
             return ToolResult::error(format!("unknown tool `{name}`"));
         };
-        match catch_unwind(AssertUnwindSafe(|| tool.execute(args))) {
+        match catch_unwind(AssertUnwindSafe(|| tool.execute_with(args, ctx))) {
             Ok(result) => result,
             Err(payload) => ToolResult::error(format!(
                 "tool `{name}` panicked: {}",
@@ -210,6 +295,7 @@ impl Agent {
             .collect();
         let mut m = BTreeMap::new();
         m.insert("api_version", json!(API_VERSION));
+        m.insert("tool_context", json!(wire::TOOL_CONTEXT_VERSION));
         m.insert("name", json!(self.name));
         m.insert("version", json!(self.version));
         m.insert("description", json!(self.description));
@@ -257,7 +343,7 @@ impl AgentBuilder {
         self.agent.max_steps = max_steps.max(1);
         self
     }
-    /// Write a structured trace of every run (where the operator's `--trace-dir` says).
+    /// Write a structured trace of every run (where the operator's `--trace-file` says).
     pub fn enable_tracing(mut self, on: bool) -> Self {
         self.agent.enable_tracing = on;
         self
@@ -331,6 +417,22 @@ macro_rules! export_agent {
     };
 }
 
+/// How a tool call's context travels over the unchanged ABI (host and plugin-api only).
+///
+/// A plugin that lists `tool_context` in its manifest gets its arguments wrapped as
+/// `{"__myagent_call": {"id": N, "timeout_ms": T}, "args": {...}}`, and a cancellation as the
+/// custom event `{"event": "__myagent.cancel_call", "call_id": N}` sent while the call runs.
+/// Plugins built before this existed get the bare arguments, as before.
+#[doc(hidden)]
+pub mod wire {
+    /// Version of the call-context convention a plugin understands (in its manifest).
+    pub const TOOL_CONTEXT_VERSION: u32 = 1;
+    /// The key of the call envelope around the model's arguments.
+    pub const CALL_ENVELOPE_KEY: &str = "__myagent_call";
+    /// The reserved event name that cancels a running call.
+    pub const CANCEL_CALL_EVENT: &str = "__myagent.cancel_call";
+}
+
 #[doc(hidden)]
 pub mod __private {
     //! Plumbing for `export_agent!`; not part of the public API.
@@ -371,17 +473,63 @@ pub mod __private {
 
     extern "C" fn new_instance<F: Factory>() -> RResult<AgentInstanceBox, RString> {
         match create_caught::<F>() {
-            Ok(agent) => ROk(AgentInstance_TO::from_value(Instance(agent), TD_Opaque)),
+            Ok(agent) => ROk(AgentInstance_TO::from_value(
+                Instance {
+                    agent,
+                    calls: Default::default(),
+                },
+                TD_Opaque,
+            )),
             Err(e) => RErr(e.into()),
         }
     }
 
-    struct Instance(Agent);
+    struct Instance {
+        agent: Agent,
+        /// The cancel flags of the calls running now, by the host's call id.
+        calls: std::sync::Mutex<std::collections::HashMap<u64, Arc<AtomicBool>>>,
+    }
+
+    impl Instance {
+        fn calls(
+            &self,
+        ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<AtomicBool>>> {
+            self.calls.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Unwraps the host's call envelope: (arguments, context, call id to unregister).
+        fn open_envelope(&self, value: Value) -> (Value, ToolContext, Option<u64>) {
+            let mut value = value;
+            let call = value
+                .as_object_mut()
+                .and_then(|o| o.remove(wire::CALL_ENVELOPE_KEY));
+            let Some(call) = call else {
+                return (value, ToolContext::detached(), None);
+            };
+            let args = value.get_mut("args").map(Value::take).unwrap_or(Value::Null);
+            let mut ctx = match call.get("timeout_ms").and_then(Value::as_u64) {
+                Some(ms) => ToolContext::with_timeout(Duration::from_millis(ms)),
+                None => ToolContext::detached(),
+            };
+            let id = call.get("id").and_then(Value::as_u64);
+            if let Some(id) = id {
+                ctx.cancelled = self.calls().entry(id).or_default().clone();
+            }
+            (args, ctx, id)
+        }
+    }
 
     impl AgentInstance for Instance {
         fn call_tool(&self, name: RStr<'_>, args_json: RStr<'_>) -> RString {
             let result = match serde_json::from_str::<Value>(args_json.as_str()) {
-                Ok(args) => self.0.call_tool(name.as_str(), args),
+                Ok(value) => {
+                    let (args, ctx, id) = self.open_envelope(value);
+                    let r = self.agent.call_tool_with(name.as_str(), args, &ctx);
+                    if let Some(id) = id {
+                        self.calls().remove(&id);
+                    }
+                    r
+                }
                 Err(e) => ToolResult::error(format!("arguments are not valid JSON: {e}")),
             };
             // Serializing a struct of three optional strings cannot fail.
@@ -397,7 +545,16 @@ pub mod __private {
                 Ok(v) => v,
                 Err(e) => return RErr(format!("event is not valid JSON: {e}").into()),
             };
-            match self.0.handle_event(session_id.as_str(), event) {
+            if event["event"] == wire::CANCEL_CALL_EVENT {
+                // Only calls running now: a late cancel must not leave an entry behind.
+                if let Some(id) = event["call_id"].as_u64() {
+                    if let Some(flag) = self.calls().get(&id) {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+                return ROk("[]".into());
+            }
+            match self.agent.handle_event(session_id.as_str(), event) {
                 Ok(events) => ROk(Value::Array(events).to_string().into()),
                 Err(e) => RErr(e.into()),
             }

@@ -12,6 +12,7 @@
 pub mod memory;
 pub mod trace;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::llm::{ChatMessage, ChatRequest, LlmError, Model, ToolCall, ToolDef};
 use crate::metrics::Metrics;
-use crate::plugin::{Instance, Manifest};
+use crate::plugin::{CallError, Instance, Manifest};
 pub use memory::Memory;
 pub use trace::TraceWriter;
 
@@ -120,7 +121,7 @@ pub struct RunContext<'a> {
     pub sink: &'a dyn EventSink,
     pub cancel: &'a CancellationToken,
     pub tracer: Option<&'a TraceWriter>,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a Arc<Metrics>,
     pub session_id: &'a str,
 }
 
@@ -472,15 +473,8 @@ async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, Stri
         .tool_timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(ctx.config.tool_timeout);
-    let instance = ctx.instance.clone();
-    let tool = name.to_owned();
-    let args_json = args.to_string();
-    // A blocking tool cannot be interrupted: on timeout or cancel its thread finishes in the
-    // background and its result is dropped.
-    let handle =
-        tokio::task::spawn_blocking(move || instance.call_tool_blocking(&tool, &args_json));
-    match tokio::time::timeout(timeout, handle).await {
-        Err(_) => {
+    match ctx.instance.call_tool(name, args, timeout, ctx.metrics).await {
+        Err(CallError::TimedOut(_)) => {
             ctx.metrics.tool_timeouts.inc();
             (
                 false,
@@ -490,8 +484,8 @@ async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, Stri
                 ),
             )
         }
-        Ok(Err(join)) => (false, format!("Error: tool `{name}` crashed: {join}")),
-        Ok(Ok(result)) => {
+        Err(CallError::Crashed(why)) => (false, format!("Error: tool `{name}` crashed: {why}")),
+        Ok(result) => {
             if let Some(system) = &result.system {
                 tracing::info!(tool = name, system = %system, "tool system note");
             }

@@ -8,13 +8,17 @@ pub mod copies;
 pub mod reload;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use abi_stable::std_types::{RErr, ROk, RStr};
 use myagent_plugin_api::abi::{AgentInstanceBox, PluginModule_Ref};
-use myagent_plugin_api::{ToolResult, API_VERSION};
+use myagent_plugin_api::{wire, ToolResult, API_VERSION};
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
 
 /// What a plugin says about its agent (`Agent::manifest` in plugin-api), checked by the host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +43,10 @@ pub struct Manifest {
     pub tool_timeout_ms: Option<u64>,
     #[serde(default)]
     pub event_prefix: Option<String>,
+    /// The tool-call context convention the plugin understands (0: built before it existed;
+    /// its tools then get bare arguments and cannot be told to stop).
+    #[serde(default)]
+    pub tool_context: u32,
     pub tools: Vec<ToolSpec>,
 }
 
@@ -304,7 +312,10 @@ impl Plugin {
     /// A fresh agent instance for one session (the factory runs inside the plugin).
     pub fn new_instance(&self) -> Result<Instance, String> {
         match (self.module.new_instance())() {
-            ROk(inner) => Ok(Instance(Arc::new(inner))),
+            ROk(inner) => Ok(Instance {
+                inner: Arc::new(inner),
+                tool_context: self.manifest.tool_context >= wire::TOOL_CONTEXT_VERSION,
+            }),
             RErr(e) => Err(e.into_string()),
         }
     }
@@ -312,13 +323,130 @@ impl Plugin {
 
 /// One session's agent instance. Cloning shares it; tools may run concurrently.
 #[derive(Clone)]
-pub struct Instance(Arc<AgentInstanceBox>);
+pub struct Instance {
+    inner: Arc<AgentInstanceBox>,
+    /// The plugin understands call envelopes and cancel events (see `plugin-api`'s `wire`).
+    tool_context: bool,
+}
+
+/// Why a tool call produced no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("timed out after {} ms", .0.as_millis())]
+    TimedOut(Duration),
+    #[error("crashed: {0}")]
+    Crashed(String),
+}
+
+// The life of one tool call on the blocking pool (see `Instance::call_tool`).
+const PENDING: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const ABANDONED: u8 = 3;
+
+/// Held while a tool call is awaited. Dropped before the call is done — on timeout, or because
+/// the run was cancelled (user cancel, session expiry, shutdown) — it tells the plugin to stop,
+/// and counts the call as abandoned while its thread keeps running.
+struct InFlight {
+    instance: Instance,
+    id: u64,
+    tool: String,
+    state: Arc<AtomicU8>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let st = &self.state;
+        if st
+            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return; // never started: the blocking task will skip it
+        }
+        if st
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return; // finished
+        }
+        self.metrics.tools_abandoned.inc();
+        self.metrics.tools_abandoned_total.inc();
+        tracing::info!(tool = %self.tool, call_id = self.id, cooperative = self.instance.tool_context,
+            "tool call given up while running; asked to stop");
+        if self.instance.tool_context {
+            let instance = self.instance.clone();
+            let event = serde_json::json!({"event": wire::CANCEL_CALL_EVENT, "call_id": self.id}).to_string();
+            // The plugin's handler only flips a flag, but it is plugin code: not on this worker.
+            drop(tokio::task::spawn_blocking(move || {
+                let _ = instance.handle_event_blocking("", &event);
+            }));
+        }
+    }
+}
 
 impl Instance {
-    /// Runs a tool, blocking the calling thread (call from `spawn_blocking`).
+    /// Runs tool `name` on the blocking pool, waiting at most `timeout`. The plugin sees the
+    /// deadline, and is told to stop when the call is given up (timeout, or this future
+    /// dropped because the run was cancelled); a call that keeps running anyway is counted in
+    /// `metrics.tools_abandoned` until its thread returns.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        args: serde_json::Value,
+        timeout: Duration,
+        metrics: &Arc<Metrics>,
+    ) -> Result<ToolResult, CallError> {
+        static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
+        let payload = if self.tool_context {
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            serde_json::json!({wire::CALL_ENVELOPE_KEY: {"id": id, "timeout_ms": ms}, "args": args})
+                .to_string()
+        } else {
+            args.to_string()
+        };
+        let state = Arc::new(AtomicU8::new(PENDING));
+        let _in_flight = InFlight {
+            instance: self.clone(),
+            id,
+            tool: name.to_owned(),
+            state: state.clone(),
+            metrics: metrics.clone(),
+        };
+        let (instance, tool, m) = (self.clone(), name.to_owned(), metrics.clone());
+        let handle = tokio::task::spawn_blocking(move || {
+            if state
+                .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return None; // given up before a thread was free
+            }
+            let t0 = Instant::now();
+            let result = instance.call_tool_blocking(&tool, &payload);
+            if state
+                .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                m.tools_abandoned.dec();
+                tracing::info!(tool, call_id = id, ran_ms = t0.elapsed().as_millis() as u64,
+                    "abandoned tool call returned");
+            }
+            Some(result)
+        });
+        match tokio::time::timeout(timeout, handle).await {
+            Err(_) => Err(CallError::TimedOut(timeout)),
+            Ok(Err(join)) => Err(CallError::Crashed(join.to_string())),
+            Ok(Ok(Some(result))) => Ok(result),
+            Ok(Ok(None)) => Err(CallError::TimedOut(timeout)),
+        }
+    }
+
+    /// Runs a tool, blocking the calling thread (call from `spawn_blocking`). `args_json` is
+    /// what crosses the ABI: the bare arguments, or the call envelope.
     pub fn call_tool_blocking(&self, name: &str, args_json: &str) -> ToolResult {
         let out = self
-            .0
+            .inner
             .call_tool(RStr::from_str(name), RStr::from_str(args_json));
         serde_json::from_str(out.as_str()).unwrap_or_else(|e| {
             ToolResult::error(format!(
@@ -334,7 +462,7 @@ impl Instance {
         event_json: &str,
     ) -> Result<Vec<serde_json::Value>, String> {
         match self
-            .0
+            .inner
             .handle_event(RStr::from_str(session_id), RStr::from_str(event_json))
         {
             ROk(json) => match serde_json::from_str::<serde_json::Value>(json.as_str()) {

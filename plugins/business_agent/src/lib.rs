@@ -8,10 +8,18 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use myagent_plugin_api::{export_agent, json, Agent, Map, Tool, ToolResult, Value};
+use std::time::Duration;
+
+use myagent_plugin_api::{export_agent, json, Agent, Map, Tool, ToolContext, ToolResult, Value};
 use rusqlite::{types::ValueRef, Connection, OpenFlags};
 
+/// Rows returned at most; the result says when more matched.
 const MAX_ROWS: usize = 100;
+/// Bytes of JSON returned at most (the host truncates long outputs anyway, but a huge result
+/// would first be built in memory).
+const MAX_RESULT_BYTES: usize = 64 * 1024;
+/// A query gets this long when called outside the host (the host passes its tool timeout).
+const STANDALONE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn data_dir() -> PathBuf {
     std::env::var_os("BUSINESS_AGENT_DATA")
@@ -64,12 +72,16 @@ impl Tool for QueryDatabase {
     fn description(&self) -> &str {
         "Run one read-only SQL query (SELECT or WITH) on the business database. Tables: \
          customers(id, name, email, city), products(id, name, price_cents), \
-         orders(id, customer_id, product_id, quantity, ordered_on, status). Returns up to 100 rows as JSON."
+         orders(id, customer_id, product_id, quantity, ordered_on, status). Returns up to 100 rows \
+         (64 KiB) as JSON; a query that runs past the tool's deadline is stopped."
     }
     fn parameters(&self) -> Value {
         json!({"type": "object", "properties": {"query": {"type": "string", "description": "A single SQL SELECT statement"}}, "required": ["query"]})
     }
     fn execute(&self, args: Value) -> ToolResult {
+        self.execute_with(args, &ToolContext::with_timeout(STANDALONE_TIMEOUT))
+    }
+    fn execute_with(&self, args: Value, ctx: &ToolContext) -> ToolResult {
         let Some(query) = args.get("query").and_then(Value::as_str) else {
             return ToolResult::error("missing required argument `query`");
         };
@@ -89,6 +101,24 @@ impl Tool for QueryDatabase {
             Ok(c) => c,
             Err(e) => return ToolResult::error(format!("database unavailable: {e}")),
         };
+        // SQLite calls this every ~1,000 VM instructions; `true` interrupts the statement. A
+        // runaway query (a recursive CTE without end, a huge cross join) stops at the deadline
+        // or as soon as the host cancels the call, instead of spinning a core forever.
+        let watch = ctx.clone();
+        if let Err(e) = conn.progress_handler(1000, Some(move || watch.is_cancelled())) {
+            return ToolResult::error(format!("database unavailable: {e}"));
+        }
+        let stopped = |e: rusqlite::Error| {
+            if ctx.is_cancelled() {
+                let why = match ctx.time_left() {
+                    Some(t) if t.is_zero() => "it ran past the tool's time limit",
+                    _ => "the call was cancelled",
+                };
+                ToolResult::error(format!("query stopped: {why}; make the query cheaper (add a WHERE or LIMIT)"))
+            } else {
+                ToolResult::error(format!("SQL error: {e}"))
+            }
+        };
         let mut stmt = match conn.prepare(q) {
             Ok(s) => s,
             Err(e) => return ToolResult::error(format!("SQL error: {e}")),
@@ -99,13 +129,14 @@ impl Tool for QueryDatabase {
         let cols: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
         let mut rows = match stmt.query([]) {
             Ok(r) => r,
-            Err(e) => return ToolResult::error(format!("SQL error: {e}")),
+            Err(e) => return stopped(e),
         };
         let mut out = Vec::new();
+        let mut bytes = 0;
         loop {
             match rows.next() {
                 Ok(Some(row)) => {
-                    if out.len() == MAX_ROWS {
+                    if out.len() == MAX_ROWS || bytes > MAX_RESULT_BYTES {
                         return ToolResult::ok(json!({"rows": out, "truncated": true}).to_string());
                     }
                     let mut obj = Map::new();
@@ -119,10 +150,15 @@ impl Tool for QueryDatabase {
                         };
                         obj.insert(c.clone(), v);
                     }
-                    out.push(Value::Object(obj));
+                    let row = Value::Object(obj);
+                    bytes += row.to_string().len() + 1;
+                    if bytes > MAX_RESULT_BYTES && !out.is_empty() {
+                        return ToolResult::ok(json!({"rows": out, "truncated": true}).to_string());
+                    }
+                    out.push(row);
                 }
                 Ok(None) => break,
-                Err(e) => return ToolResult::error(format!("SQL error: {e}")),
+                Err(e) => return stopped(e),
             }
         }
         ToolResult::ok(json!({"rows": out}).to_string())
@@ -213,8 +249,12 @@ export_agent!(business_assistant);
 mod tests {
     use super::*;
 
+    /// The data directory comes from the environment: tests that set it run one at a time.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn queries_read_and_writes_are_refused_and_mail_lands_in_the_maildir() {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
         let dir = std::env::temp_dir().join(format!("business-test-{}", std::process::id()));
         std::env::set_var("BUSINESS_AGENT_DATA", &dir);
         let agent = business_assistant();
@@ -250,6 +290,37 @@ mod tests {
                 json!({"to": "nobody", "subject": "x", "body": "y"})
             )
             .is_error());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_runaway_query_stops_at_its_deadline_and_big_results_are_cut() {
+        let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = std::env::temp_dir().join(format!("business-test-cte-{}", std::process::id()));
+        std::env::set_var("BUSINESS_AGENT_DATA", &dir);
+        let agent = business_assistant();
+        let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+        let t0 = std::time::Instant::now();
+        let ctx = ToolContext::with_timeout(Duration::from_millis(300));
+        let r = agent.call_tool_with("query_database", json!({ "query": endless }), &ctx);
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        assert!(r.error.as_deref().unwrap_or("").contains("time limit"), "{r:?}");
+
+        // Cancelled from another thread, as the host does on user cancel.
+        let ctx = ToolContext::detached();
+        let c2 = ctx.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            c2.cancel();
+        });
+        let r = agent.call_tool_with("query_database", json!({ "query": endless }), &ctx);
+        assert!(r.error.as_deref().unwrap_or("").contains("cancelled"), "{r:?}");
+
+        let big = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 50) SELECT x, printf('%.5000c', 'y') AS pad FROM c";
+        let r = agent.call_tool("query_database", json!({ "query": big }));
+        let out: Value = serde_json::from_str(r.output.as_deref().unwrap()).unwrap();
+        assert_eq!(out["truncated"], true);
+        assert!(r.output.unwrap().len() < MAX_RESULT_BYTES + 6_000);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
