@@ -265,6 +265,16 @@ pub struct Host {
 impl Host {
     /// Starts the host on `plugin` against `llm`, with extra CLI args.
     pub fn start(plugin: &Path, llm: &FakeLlm, extra: &[&str]) -> Host {
+        Self::start_with_env(plugin, llm, extra, &[])
+    }
+
+    /// [`Host::start`] with extra environment variables (e.g. a plugin's data directory).
+    pub fn start_with_env(
+        plugin: &Path,
+        llm: &FakeLlm,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Host {
         let state = TempDir::new("state");
         let mut cmd = Command::new(bin("myagent-host"));
         cmd.arg("serve")
@@ -293,6 +303,9 @@ impl Host {
             .env_remove("OPENAI_API_KEY")
             .env_remove("MYAGENT_AUTH_TOKENS")
             .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let proc = Proc::spawn(cmd);
         let line = proc.wait_line("Serving on ws://", Duration::from_secs(20));
         let port = serving_port(&line).expect("port");
@@ -305,6 +318,24 @@ impl Host {
 
     pub fn http(&self, path: &str) -> String {
         http_get(&format!("http://127.0.0.1:{}{path}", self.port))
+    }
+
+    /// The value of metric `name` in `/metrics` (panics if absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.http("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// CPU time (user + system) the host process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.proc.pid())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
     }
 
     /// Sends SIGTERM.

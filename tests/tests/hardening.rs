@@ -1,0 +1,246 @@
+//! Bounded resources and abuse: slowloris, session and connection caps, runaway tools, and a
+//! shutdown that ends whatever plugin threads are doing. Each test starts its own host.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use myagent_tests::{plugin_lib, Client, FakeLlm, Host, TempDir};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A WebSocket request to the host that says it was forwarded for `ip`.
+fn forwarded_for(host: &Host, ip: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = host.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", ip.parse().unwrap());
+    req
+}
+
+async fn connected(req: tokio_tungstenite::tungstenite::handshake::client::Request) -> Client {
+    let mut c = Client::connect_req(req).await.expect("websocket connect");
+    assert_eq!(c.recv().await["event"], "system.connected");
+    c
+}
+
+/// Asks for a session; returns its id, or the error event.
+async fn try_create(c: &mut Client) -> Result<String, Value> {
+    c.send(json!({"event": "user.create_session", "timestamp": 0})).await;
+    let v = c.until_any(&["agent.session_created", "agent.error"]).await;
+    match v["event"].as_str() {
+        Some("agent.session_created") => Ok(v["session_id"].as_str().unwrap().to_owned()),
+        _ => Err(v),
+    }
+}
+
+#[tokio::test]
+async fn slowloris_connections_are_closed_and_free_their_slots() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--header-read-timeout", "1", "--max-connections", "24"],
+    );
+    let addr = format!("127.0.0.1:{}", host.port);
+    // Fill every slot: half a request line, a complete line with half the headers, nothing at
+    // all, and a finished request left idle on keep-alive.
+    let mut socks = Vec::new();
+    for i in 0..24 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        match i % 4 {
+            0 => s.write_all(b"GET /he").unwrap(),
+            1 => s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n").unwrap(),
+            2 => {}
+            _ => {
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            }
+        }
+        socks.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // The cap is full: a newcomer is turned away.
+    let refused = tokio_tungstenite::connect_async(host.ws_url()).await;
+    assert!(refused.is_err(), "the cap should be full");
+
+    // Within the header timeout (+ slack) every one of them is closed by the server...
+    let t0 = Instant::now();
+    for s in &mut socks {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue, // e.g. a 408 before the close
+            }
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(4), "closed after {:?}", t0.elapsed());
+    // ...and their slots are free again.
+    let mut c = Client::connect(&host.ws_url()).await;
+    assert_eq!(c.recv().await["event"], "system.connected");
+    assert!(host.metric("myagent_header_timeouts_total") >= 24);
+}
+
+#[tokio::test]
+async fn session_caps_refuse_with_too_many_sessions_and_free_on_close() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[
+            "--max-sessions", "3",
+            "--max-sessions-per-ip", "2",
+            "--trusted-proxy", "127.0.0.1",
+            "--resume-window", "1",
+        ],
+    );
+    let mut a = connected(forwarded_for(&host, "203.0.113.1")).await;
+    let a1 = try_create(&mut a).await.unwrap();
+    try_create(&mut a).await.unwrap();
+    let e = try_create(&mut a).await.unwrap_err();
+    assert_eq!(e["code"], "too_many_sessions", "{e}");
+    assert!(e["error"].as_str().unwrap().contains("your address (limit 2)"), "{e}");
+
+    // Another address (also through the proxy) gets the one session left on the server.
+    let mut b = connected(forwarded_for(&host, "203.0.113.2")).await;
+    try_create(&mut b).await.unwrap();
+    let e = try_create(&mut b).await.unwrap_err();
+    assert_eq!(e["code"], "too_many_sessions", "{e}");
+    assert!(e["error"].as_str().unwrap().contains("this server (limit 3)"), "{e}");
+    assert_eq!(host.metric("myagent_sessions_refused_total"), 2);
+
+    // Closing a session makes room.
+    a.send(json!({"event": "user.close_session", "session_id": a1})).await;
+    a.until("agent.session_closed").await;
+    try_create(&mut b).await.unwrap();
+
+    // A client that vanishes keeps its sessions for the resume window only.
+    drop(a);
+    let mut c = connected(forwarded_for(&host, "203.0.113.3")).await;
+    assert!(try_create(&mut c).await.is_err());
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    try_create(&mut c).await.unwrap();
+}
+
+#[tokio::test]
+async fn per_address_connection_cap_answers_429_and_ignores_untrusted_forwarding() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--max-connections-per-ip", "2", "--trusted-proxy", "127.0.0.1"],
+    );
+    let c1 = connected(forwarded_for(&host, "198.51.100.7")).await;
+    let _c2 = connected(forwarded_for(&host, "198.51.100.7")).await;
+    match Client::connect_req(forwarded_for(&host, "198.51.100.7")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        Err(e) => panic!("expected HTTP 429, got {e}"),
+        Ok(_) => panic!("a third connection from one address was accepted"),
+    }
+    // Other addresses are not affected; a closed connection frees its place.
+    let _d = connected(forwarded_for(&host, "198.51.100.8")).await;
+    drop(c1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _c3 = connected(forwarded_for(&host, "198.51.100.7")).await;
+    assert_eq!(host.metric("myagent_connections_refused_per_ip_total"), 1);
+
+    // Without --trusted-proxy the header is the client's claim and is ignored: every
+    // connection from 127.0.0.1 counts as 127.0.0.1, whatever it says.
+    let direct = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--max-connections-per-ip", "2"],
+    );
+    let _x = connected(forwarded_for(&direct, "192.0.2.1")).await;
+    let _y = connected(forwarded_for(&direct, "192.0.2.2")).await;
+    assert!(Client::connect_req(forwarded_for(&direct, "192.0.2.3")).await.is_err());
+}
+
+const ENDLESS: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+/// CPU the host burns over `window`, starting now.
+fn cpu_over(host: &Host, window: Duration) -> Duration {
+    let before = host.cpu_time();
+    std::thread::sleep(window);
+    host.cpu_time() - before
+}
+
+#[tokio::test]
+async fn a_runaway_query_stops_at_its_deadline_or_on_cancel_and_the_cpu_goes_idle() {
+    let llm = FakeLlm::start();
+    let data = TempDir::new("business");
+    let host = Host::start_with_env(
+        &plugin_lib("business_agent"),
+        &llm,
+        &["--tool-timeout", "1"],
+        &[("BUSINESS_AGENT_DATA", data.path())],
+    );
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    let t0 = Instant::now();
+    c.ask(&sid, &format!("call:query_database {}", json!({ "query": ENDLESS }))).await;
+    let r = c.until("agent.tool_result").await;
+    assert_eq!(r["metadata"]["status"], "failed");
+    let text = r["content"].as_str().unwrap();
+    assert!(text.contains("timed out") || text.contains("time limit"), "{r}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    c.until("agent.final_answer").await;
+    // The query really stopped: the host is idle, and no tool thread is left behind.
+    let burnt = cpu_over(&host, Duration::from_secs(2));
+    assert!(burnt < Duration::from_millis(500), "host used {burnt:?} of CPU in 2 s after the timeout");
+    assert_eq!(host.metric("myagent_tools_abandoned"), 0);
+
+    // The same query cancelled by the user long before its deadline.
+    let slow = Host::start_with_env(
+        &plugin_lib("business_agent"),
+        &llm,
+        &["--tool-timeout", "60"],
+        &[("BUSINESS_AGENT_DATA", data.path())],
+    );
+    let (mut c, sid, _) = Client::with_session(&slow.ws_url()).await;
+    c.ask(&sid, &format!("call:query_database {}", json!({ "query": ENDLESS }))).await;
+    c.until("agent.tool_call").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.send(json!({"event": "user.cancel", "session_id": sid})).await;
+    c.until("agent.interrupted").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let burnt = cpu_over(&slow, Duration::from_secs(2));
+    assert!(burnt < Duration::from_millis(500), "host used {burnt:?} of CPU in 2 s after the cancel");
+    assert_eq!(slow.metric("myagent_tools_abandoned"), 0);
+    assert!(slow.metric("myagent_tools_abandoned_total") >= 1);
+}
+
+/// Waits up to `limit` for the host to exit; returns how long it took.
+fn exit_within(host: &mut Host, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if host.proc.child.try_wait().unwrap().is_some() {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < limit, "host still running {limit:?} after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_exits_in_time_with_a_wedged_tool_thread() {
+    let llm = FakeLlm::start();
+    // A tool that ignores its context and sleeps a minute (testkit's timeout is 2 s): after
+    // the timeout its thread is abandoned, still running.
+    let mut host = Host::start(&plugin_lib("testkit_agent"), &llm, &["--shutdown-timeout", "2"]);
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    c.ask(&sid, r#"call:sleep {"ms": 60000}"#).await;
+    let r = c.until("agent.tool_result").await;
+    assert!(r["content"].as_str().unwrap().contains("timed out"), "{r}");
+    assert_eq!(host.metric("myagent_tools_abandoned"), 1);
+    // A second one still inside its call when the signal comes.
+    let (mut d, sid2, _) = Client::with_session(&host.ws_url()).await;
+    d.ask(&sid2, r#"call:sleep {"ms": 60000}"#).await;
+    d.until("agent.tool_call").await;
+    host.terminate();
+    let took = exit_within(&mut host, Duration::from_secs(4));
+    assert!(took <= Duration::from_secs(3), "exit took {took:?} (shutdown timeout 2 s)");
+    assert_eq!(d.until("agent.interrupted").await["session_id"], sid2.as_str());
+}
