@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
 [ -n "${SKIP_BUILD:-}" ] || ${CARGO:-cargo} build -q -j2 -p myagent-host -p weather_agent -p myagent-tests -p myagent-example-client
-cleanup() { kill "${HOST_PID:-}" "${LLM_PID:-}" 2>/dev/null || true; }
+PY=$(scripts/python-env.sh)
+cleanup() { kill "${HOST_PID:-}" "${LLM_PID:-}" "${DEMO_PID:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 "$BIN/fake-llm" --port 0 > /tmp/myagent-fake-llm.$$ &
 LLM_PID=$!
@@ -21,7 +22,7 @@ check() { # name, output
   echo "$2" | grep -q "tool call: get_weather" && echo "$2" | grep -q "answer: .*Paris: " \
     || { echo "$1: expected a get_weather call and an answer about Paris" >&2; exit 1; }
 }
-check "python (websockets)" "$(python3 examples/clients/python_client.py "$URL" "What's the weather in Paris?")"
+check "python (websockets)" "$("$PY" examples/clients/python_client.py "$URL" "What's the weather in Paris?")"
 if [ -d examples/clients/node_modules/ws ]; then
   check "node (ws)" "$(node examples/clients/node_client.mjs "$URL" "What's the weather in Paris?")"
 elif [ "${MYAGENT_REQUIRE_NODE_CLIENT:-0}" = 1 ]; then
@@ -30,5 +31,28 @@ else
   echo "--- node (ws): SKIPPED (run npm ci in examples/clients)"
 fi
 check "rust (tokio-tungstenite)" "$("$BIN/rust-client" "$URL" "What's the weather in Paris?")"
+
+# What `make run` serves without a key (the demo recording): the document's own client, with its
+# own default question, and the document's example questions in Chinese and English.
+"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch \
+  --replay examples/recordings/weather-demo.jsonl > /tmp/myagent-demo.$$ 2>/dev/null &
+DEMO_PID=$!
+for _ in $(seq 100); do grep -q "Serving on" /tmp/myagent-demo.$$ 2>/dev/null && break; sleep 0.1; done
+DEMO="ws://127.0.0.1:$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' /tmp/myagent-demo.$$)"
+demo() { # expected city, then the client's arguments after the URL
+  local city=$1; shift
+  local out; out=$("$PY" examples/clients/python_client.py "$DEMO" "$@")
+  echo "--- demo recording: ${*:-(no question: the client default)}"; echo "$out"
+  echo "$out" | grep -q "tool call: get_weather" && echo "$out" | grep -q "answer: .*$city" \
+    || { echo "demo recording: expected a get_weather call and an answer about $city" >&2; exit 1; }
+}
+demo 上海
+demo 北京 查询北京天气
+demo 上海 上海天气怎么样？
+demo 北京 北京今天天气怎么样？
+demo Beijing "What's the weather in Beijing?"
+demo Shanghai "What's the weather like in Shanghai?"
+demo Beijing "How is the weather in Beijing today?"
+demo Paris "What's the weather in Paris?"
 echo "example clients: ok"
-rm -f /tmp/myagent-fake-llm.$$ /tmp/myagent-host.$$
+rm -f /tmp/myagent-fake-llm.$$ /tmp/myagent-host.$$ /tmp/myagent-demo.$$

@@ -1,7 +1,10 @@
 """The design document's Python client (the `websockets` library), unchanged in its flow:
 connect, create a session, send a message, print events until the final answer.
 
-    python3 examples/clients/python_client.py [ws://localhost:8080] ["What's the weather in Paris?"]
+    python3 examples/clients/python_client.py [ws://localhost:8080] ["查询上海天气"]
+
+As in the document, it asks "查询上海天气" ("look up the weather in Shanghai") by default;
+`make run` without a key answers it from the demo recording.
 """
 import asyncio
 import json
@@ -39,5 +42,5 @@ async def main(url: str, question: str) -> None:
 
 if __name__ == "__main__":
     url = sys.argv[1] if len(sys.argv) > 1 else "ws://localhost:8080"
-    question = sys.argv[2] if len(sys.argv) > 2 else "What's the weather in Paris?"
+    question = sys.argv[2] if len(sys.argv) > 2 else "查询上海天气"
     asyncio.run(main(url, question))
