@@ -87,11 +87,19 @@ try {
   assert.equal(await page.locator("nav button.session").count(), sessionsBefore, "no new session on reconnect");
   console.log("ok - dropped connection resumed without losing or repeating events");
 
-  // 4. A page reload restores the session from the replay buffer.
+  // 4. A page reload restores the session from the replay buffer, with the user's own
+  //    messages back in their places (they are not server events; the page keeps them).
+  const order = () => page.evaluate(() => [...document.querySelectorAll("#log .msg")]
+    .filter((m) => m.matches(".user, .tool, .answer:not(.streaming), .interrupted"))
+    .map((m) => m.className.replace(/^msg /, "") + ":" + (m.matches(".tool") ? m.querySelector(".name").textContent : m.textContent.slice(0, 40))));
+  const before = await order();
+  assert.ok(before.filter((m) => m.startsWith("user:")).length === 3, "three questions asked: " + before);
   await page.reload();
   await page.locator("#status.connected").waitFor({ timeout: 10000 });
   await page.waitForFunction((t) => [...document.querySelectorAll(".msg.answer")].some((a) => a.textContent === t), text, { timeout: 10000 });
-  console.log("ok - reload restores the conversation");
+  assert.deepEqual(await order(), before, "after the reload the conversation reads as before, questions included");
+  assert.equal(await page.locator("nav button.session").count(), sessionsBefore, "no extra session after the reload");
+  console.log("ok - reload restores the conversation, the user's messages in place");
 
   assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
 } catch (e) {
