@@ -244,3 +244,29 @@ async fn sigterm_exits_in_time_with_a_wedged_tool_thread() {
     assert!(took <= Duration::from_secs(3), "exit took {took:?} (shutdown timeout 2 s)");
     assert_eq!(d.until("agent.interrupted").await["session_id"], sid2.as_str());
 }
+
+#[tokio::test]
+async fn a_hanging_event_hook_times_out_and_a_second_signal_exits_at_once() {
+    let llm = FakeLlm::start();
+    let mut host = Host::start(&plugin_lib("testkit_agent"), &llm, &["--shutdown-timeout", "30"]);
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    // A custom-event hook that hangs gets the tool timeout (testkit: 2 s), like a tool.
+    let t0 = Instant::now();
+    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}})).await;
+    let e = c.until("agent.error").await;
+    assert_eq!(e["code"], "custom_event_failed", "{e}");
+    assert!(e["error"].as_str().unwrap().contains("timed out"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+
+    // Shutdown waits for session work (here a hook within its 2 s), but a second signal does not.
+    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    host.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(host.proc.child.try_wait().unwrap().is_none(), "still draining after the first signal");
+    host.terminate();
+    let took = exit_within(&mut host, Duration::from_secs(3));
+    assert!(took < Duration::from_millis(800), "second signal took {took:?}");
+    let status = host.proc.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+}

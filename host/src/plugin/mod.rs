@@ -338,6 +338,15 @@ pub enum CallError {
     Crashed(String),
 }
 
+/// Why a custom event got no answer: the host gave up on the call, or the plugin said no.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("{0}")]
+    Call(CallError),
+    #[error("{0}")]
+    Plugin(String),
+}
+
 // The life of one tool call on the blocking pool (see `Instance::call_tool`).
 const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
@@ -439,6 +448,25 @@ impl Instance {
             Ok(Err(join)) => Err(CallError::Crashed(join.to_string())),
             Ok(Ok(Some(result))) => Ok(result),
             Ok(Ok(None)) => Err(CallError::TimedOut(timeout)),
+        }
+    }
+
+    /// Sends a custom event to the plugin's hook on the blocking pool, waiting at most
+    /// `timeout`. Returns the events to send back.
+    pub async fn handle_event(
+        &self,
+        session_id: &str,
+        event_json: String,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>, EventError> {
+        let (instance, sid) = (self.clone(), session_id.to_owned());
+        let handle =
+            tokio::task::spawn_blocking(move || instance.handle_event_blocking(&sid, &event_json));
+        match tokio::time::timeout(timeout, handle).await {
+            Err(_) => Err(EventError::Call(CallError::TimedOut(timeout))),
+            Ok(Err(join)) => Err(EventError::Call(CallError::Crashed(join.to_string()))),
+            Ok(Ok(Err(e))) => Err(EventError::Plugin(e)),
+            Ok(Ok(Ok(events))) => Ok(events),
         }
     }
 

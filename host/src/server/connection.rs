@@ -589,12 +589,19 @@ async fn run_session(
 
 async fn custom_event(hub: Arc<Hub>, session: Arc<Session>, event: Value) {
     let instance = session.instance();
-    let sid = session.id.clone();
-    let text = event.to_string();
-    let result =
-        tokio::task::spawn_blocking(move || instance.handle_event_blocking(&sid, &text)).await;
-    match result {
-        Ok(Ok(events)) => {
+    // A hook gets as long as a tool call.
+    let timeout = hub
+        .plugin
+        .current()
+        .manifest
+        .tool_timeout_ms
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(hub.agent_config.tool_timeout);
+    match instance
+        .handle_event(&session.id, event.to_string(), timeout)
+        .await
+    {
+        Ok(events) => {
             for ev in events {
                 if ev.get("event").and_then(Value::as_str).is_some() {
                     session.emit(ev, &hub.metrics);
@@ -603,7 +610,6 @@ async fn custom_event(hub: Arc<Hub>, session: Arc<Session>, event: Value) {
                 }
             }
         }
-        Ok(Err(e)) => session.emit(json!({"event": "agent.error", "error": format!("Custom event failed: {e}"), "code": "custom_event_failed"}), &hub.metrics),
         Err(e) => session.emit(json!({"event": "agent.error", "error": format!("Custom event failed: {e}"), "code": "custom_event_failed"}), &hub.metrics),
     }
 }

@@ -107,6 +107,9 @@ pub fn testkit() -> Agent {
             if event["event"] == "testkit.panic" {
                 panic!("custom event handler panicked");
             }
+            if event["event"] == "testkit.sleep" {
+                sleep_ms(&event["data"]);
+            }
             Ok(vec![json!({
                 "event": "testkit.pong",
                 "session_id": ctx.session_id,
