@@ -32,6 +32,14 @@ async fn tool_overhead() {
     }
     let direct = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
     let n2 = 20_000;
+    let t0 = Instant::now();
+    for _ in 0..n2 {
+        let i = inst.clone();
+        tokio::task::spawn_blocking(move || i.call_tool_blocking("echo", r#"{"text":"x"}"#))
+            .await
+            .unwrap();
+    }
+    let hop = t0.elapsed().as_secs_f64() * 1e6 / n2 as f64;
     let metrics = std::sync::Arc::new(myagent_host::metrics::Metrics::default());
     let t0 = Instant::now();
     for _ in 0..n2 {
@@ -43,6 +51,7 @@ async fn tool_overhead() {
     }
     let pooled = t0.elapsed().as_secs_f64() * 1e6 / n2 as f64;
     println!("tool-overhead: direct ABI call (args JSON in, ToolResult JSON out, panic guard): {direct:.2} µs/call over {n} calls");
+    println!("tool-overhead: blocking-pool hop + ABI call (spawn_blocking, no deadline or guard):   {hop:.2} µs/call over {n2} calls");
     println!("tool-overhead: as a run calls it (Instance::call_tool: blocking pool, deadline, cancel guard): {pooled:.2} µs/call over {n2} calls");
 }
 
