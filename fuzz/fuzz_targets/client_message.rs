@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     };
     for prefix in [None, Some("testkit.")] {
         if let Err(e) = parse(text, prefix) {
-            assert!(CODES.contains(&e.code), "unexpected code {}", e.code);
+            assert!(CODES.contains(&e.code.as_str()), "unexpected code {}", e.code);
             assert!(!e.message.is_empty());
         }
     }

@@ -24,10 +24,6 @@ impl TraceWriter {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends `record` with a timestamp.
     pub fn write(&self, mut record: Value) {
         record["ts"] = crate::now_secs().into();

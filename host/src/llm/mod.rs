@@ -99,20 +99,15 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-/// A tool as sent to the model.
-#[derive(Debug, Clone, Serialize)]
-pub struct ToolDef {
-    pub name: String,
-    pub description: String,
-    pub parameters: serde_json::Value,
-}
+/// A tool as sent to the model: the same type a plugin's manifest lists.
+pub use myagent_plugin_api::ToolSpec;
 
 /// One model call.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
-    pub tools: Vec<ToolDef>,
+    pub tools: Vec<ToolSpec>,
     pub temperature: Option<f32>,
 }
 

@@ -1,9 +1,10 @@
-//! HTTP on the WebSocket port (hyper): `GET /health`, `GET /metrics`, the WebSocket upgrade on
-//! `/` and `/ws`, the origin check and the token check of the authentication middleware.
+//! HTTP on the WebSocket port (hyper): `GET /health`, `GET /metrics`, the web client on `GET /`,
+//! and the WebSocket upgrade on `/` and `/ws` (origin, token and per-address checks first).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,9 +18,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use super::connection::{self, constant_time_eq};
-use super::Hub;
-use crate::plugin::reload::ReloadNotice;
+use super::config::ServerConfig;
+use super::connection::{self, ConnDeps};
 
 type Body = Full<Bytes>;
 
@@ -30,18 +30,24 @@ pub const WEB_CLIENT: &str = include_str!("web/index.html");
 /// WebSocket connection it became.
 pub type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
+/// What the HTTP side serves from: the connection dependencies and the start time.
+pub struct Gateway {
+    pub deps: ConnDeps,
+    pub started: Instant,
+}
+
 /// Serves HTTP/1.1 on one TCP connection, handing WebSocket upgrades to [`connection::serve`].
 ///
 /// Each request's headers must arrive within `header_read_timeout` — also on an idle keep-alive
 /// connection — or the connection is closed and its slot freed (no slowloris).
-pub async fn serve_http(stream: TcpStream, peer: SocketAddr, hub: Arc<Hub>, slot: Slot) {
+pub async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, slot: Slot) {
     let io = TokioIo::new(stream);
-    let metrics = hub.metrics.clone();
-    let header_timeout = hub.config.header_read_timeout;
+    let metrics = gw.deps.metrics.clone();
+    let header_timeout = gw.deps.config.header_read_timeout;
     let svc = hyper::service::service_fn(move |req| {
-        let hub = hub.clone();
+        let gw = gw.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(route(req, &hub, slot, peer)) }
+        async move { Ok::<_, Infallible>(route(req, &gw, slot, peer)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
@@ -79,7 +85,7 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
     peer
 }
 
-fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot, peer: SocketAddr) -> Response<Body> {
+fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     let is_upgrade = req
         .headers()
@@ -87,13 +93,14 @@ fn route(req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot, peer: SocketAddr) -
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     match (req.method(), path) {
-        (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, hub, slot, peer),
-        (&Method::GET, "/_echo") if is_upgrade && hub.config.conformance_echo => {
-            upgrade_echo(req, hub, slot)
+        (&Method::GET, "/" | "/ws") if is_upgrade => upgrade(req, &gw.deps, slot, peer),
+        (&Method::GET, "/_echo") if is_upgrade && gw.deps.config.conformance_echo => {
+            upgrade_echo(req, &gw.deps, slot)
         }
-        (&Method::GET, "/health") => health(hub),
+        (&Method::GET, "/health") => health(gw),
         (&Method::GET, "/metrics") => {
-            let body = hub.metrics.render(hub.plugin.current().generation);
+            let generation = gw.deps.sessions.runtime().plugin.current().generation;
+            let body = gw.deps.metrics.render(generation);
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (&Method::GET, "/" | "/index.html") => {
@@ -123,95 +130,44 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-fn health(hub: &Hub) -> Response<Body> {
-    let plugin = hub.plugin.current();
+fn health(gw: &Gateway) -> Response<Body> {
+    let plugin = gw.deps.sessions.runtime().plugin.current();
     let body = json!({
         "status": "healthy",
         "timestamp": crate::now_secs(),
-        "active_sessions": hub.active_sessions(),
-        "connections": hub.metrics.connections.get(),
-        "uptime_seconds": hub.started.elapsed().as_secs(),
+        "active_sessions": gw.deps.sessions.count(),
+        "connections": gw.deps.metrics.connections.get(),
+        "uptime_seconds": gw.started.elapsed().as_secs(),
         "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation},
     });
     text(StatusCode::OK, "application/json", body.to_string())
 }
 
-/// The token a request carries: `Authorization: Bearer` or `?token=`.
-fn request_token(req: &Request<Incoming>) -> Option<String> {
-    if let Some(v) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        if let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
-        }
-    }
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(percent_decode)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn upgrade(
     mut req: Request<Incoming>,
-    hub: &Arc<Hub>,
+    deps: &ConnDeps,
     slot: Slot,
     peer: SocketAddr,
 ) -> Response<Body> {
-    if hub.shutdown.is_cancelled() {
+    if deps.lifecycle.shutdown.is_cancelled() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "server shutting down\n".into(),
         );
     }
-    let cfg = &hub.config;
-    if !cfg.allowed_origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        // Browsers always send Origin; a request without one is not from a browser page (as in
-        // gorilla/websocket's check). Non-browser clients can claim any origin anyway: tokens
-        // are what keeps them out.
-        if origin.is_some_and(|o| !cfg.allowed_origins.iter().any(|a| a == o)) {
-            hub.metrics.connections_refused.inc();
-            return text(
-                StatusCode::FORBIDDEN,
-                "text/plain",
-                "origin not allowed\n".into(),
-            );
-        }
+    let cfg = &deps.config;
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !deps.auth.origin_allowed(origin) {
+        deps.metrics.connections_refused.inc();
+        return text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "origin not allowed\n".into(),
+        );
     }
     let version_ok = req
         .headers()
@@ -236,22 +192,14 @@ fn upgrade(
         );
         return r;
     }
-    let (authed, bad_token) = if cfg.auth_tokens.is_empty() {
-        (true, false)
-    } else {
-        match request_token(&req) {
-            Some(t) if cfg.auth_tokens.iter().any(|k| constant_time_eq(k, &t)) => (true, false),
-            Some(_) => (false, true),
-            None => (false, false), // may still authenticate with its first message
-        }
-    };
+    let credentials = deps.auth.check_request(&req);
     let forwarded = req
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
     let ip = client_ip(peer.ip(), forwarded, &cfg.trusted_proxies);
-    let Some(ip_slot) = hub.connection_slot_for(ip) else {
-        hub.metrics.connections_refused_per_ip.inc();
+    let Some(ip_slot) = deps.connections.slot_for(ip) else {
+        deps.metrics.connections_refused_per_ip.inc();
         tracing::info!(client = %ip, max = cfg.max_connections_per_ip, "per-address connection limit reached; refusing");
         let mut r = text(
             StatusCode::TOO_MANY_REQUESTS,
@@ -268,7 +216,7 @@ fn upgrade(
     let ws_config = ws_config(cfg);
     let handshake_deadline = cfg.header_read_timeout;
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let hub2 = hub.clone();
+    let deps2 = deps.clone();
     let fut = async move {
         // A client that never reads the 101 answer keeps hyper from handing the socket over;
         // give up on it (and free its slots) after the same deadline as for headers.
@@ -280,24 +228,24 @@ fn upgrade(
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(ws, hub2, authed, bad_token, ip_slot).await;
+                connection::serve(ws, deps2, credentials, ip_slot).await;
                 drop(slot);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
             Err(_) => {
-                hub2.metrics.header_timeouts.inc();
+                deps2.metrics.header_timeouts.inc();
                 tracing::debug!("websocket handshake not completed in time");
             }
         }
     };
-    hub.conns.spawn(fut);
+    deps.lifecycle.conns.spawn(fut);
     switching_protocols(&key)
 }
 
 /// `/_echo` (with `--conformance-echo`): the same WebSocket stack and limits, echoing every
 /// message, so the Autobahn fuzzing client can check framing, fragmentation, UTF-8 and close
 /// handling of the real server.
-fn upgrade_echo(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Response<Body> {
+fn upgrade_echo(mut req: Request<Incoming>, deps: &ConnDeps, slot: Slot) -> Response<Body> {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -305,9 +253,9 @@ fn upgrade_echo(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Respo
             "missing Sec-WebSocket-Key\n".into(),
         );
     };
-    let ws_config = ws_config(&hub.config);
+    let ws_config = ws_config(&deps.config);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    hub.conns.spawn(async move {
+    deps.lifecycle.conns.spawn(async move {
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
         let Ok(upgraded) = on_upgrade.await else {
@@ -330,7 +278,7 @@ fn upgrade_echo(mut req: Request<Incoming>, hub: &Arc<Hub>, slot: Slot) -> Respo
     switching_protocols(&key)
 }
 
-fn ws_config(cfg: &super::ServerConfig) -> WebSocketConfig {
+fn ws_config(cfg: &ServerConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(cfg.read_buffer_bytes)
         .write_buffer_size(0)
@@ -351,44 +299,8 @@ fn switching_protocols(key: &HeaderValue) -> Response<Body> {
     r
 }
 
-/// Tells every connection about plugin reloads (successful or refused).
-pub async fn forward_reload_notices(hub: Arc<Hub>) {
-    let mut rx = hub.plugin.subscribe();
-    loop {
-        match rx.recv().await {
-            Ok(ReloadNotice::Reloaded(p)) => {
-                hub.metrics.reloads.inc();
-                hub.broadcast(&json!({
-                    "event": "system.plugin_reloaded",
-                    "timestamp": crate::now_secs(),
-                    "agent": {"name": p.manifest.name, "version": p.manifest.version, "generation": p.generation,
-                              "tools": p.manifest.tools.iter().map(|t| &t.name).collect::<Vec<_>>()},
-                }));
-            }
-            Ok(ReloadNotice::Failed(reason)) => {
-                hub.metrics.reload_failures.inc();
-                hub.broadcast(&json!({
-                    "event": "system.plugin_reload_failed",
-                    "timestamp": crate::now_secs(),
-                    "error": reason,
-                    "serving": {"version": hub.plugin.current().manifest.version, "generation": hub.plugin.current().generation},
-                }));
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(super::percent_decode("a%20b+c"), "a b c");
-        assert_eq!(super::percent_decode("abc%"), "abc%");
-        assert_eq!(super::percent_decode("%zz"), "%zz");
-    }
-
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         use super::client_ip;

@@ -19,8 +19,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn tool_overhead() {
     let dir = TempDir::new("bench-copies");
     let copies = CopyDir::open(dir.path()).unwrap();
-    let p = plugin::load(&plugin_lib("testkit_agent"), &copies, 1).expect("load testkit plugin");
-    let inst = p.new_instance().unwrap();
+    let p = std::sync::Arc::new(
+        plugin::load(&plugin_lib("testkit_agent"), &copies, 1).expect("load testkit plugin"),
+    );
+    let inst = p.instantiate(Duration::from_secs(5)).await.unwrap().unwrap();
     let n = 200_000;
     for _ in 0..1000 {
         inst.call_tool_blocking("echo", r#"{"text":"x"}"#);

@@ -1,7 +1,18 @@
-//! The WebSocket event protocol (docs/protocol.md): what clients may send, parsed in one place,
-//! and the shapes of what the server sends.
+//! The WebSocket event protocol (docs/protocol.md): what clients may send, parsed in one place
+//! ([`parse`] → [`ClientMessage`]), and everything the server sends ([`ServerEvent`], with a
+//! stable [`ErrorCode`] on every error).
+//!
+//! **Architecture Invariant:** every server frame is built from a [`ServerEvent`] here (or is a
+//! plugin's own custom event); no other module writes event JSON by hand.
 
-use serde_json::{json, Map, Value};
+mod event;
+
+use serde_json::{Map, Value};
+
+pub use event::{
+    custom_frame, AgentInfo, ErrorCode, FinalMeta, ServerEvent, Serving, StepMeta, ToolCallMeta,
+    ToolResultMeta,
+};
 
 /// A message from a client, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,14 +43,14 @@ pub enum ClientMessage {
 /// Why a client message was refused. `code` is stable for programs; the text is for people.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProtocolError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// The session the message named, when it could be read.
     pub session_id: Option<String>,
 }
 
 impl ProtocolError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ProtocolError {
             code,
             message: message.into(),
@@ -57,10 +68,10 @@ pub struct Parsed {
 /// Parses one text frame. `custom_prefix` is the plugin's declared event prefix, if any.
 pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, ProtocolError> {
     let value: Value = serde_json::from_str(text)
-        .map_err(|e| ProtocolError::new("invalid_json", format!("Invalid JSON: {e}")))?;
+        .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("Invalid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(ProtocolError::new(
-            "invalid_message",
+            ErrorCode::InvalidMessage,
             "A message must be a JSON object with an `event` field",
         ));
     };
@@ -69,11 +80,11 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
         Some(Value::String(e)) => e.as_str(),
         Some(_) => {
             return Err(ProtocolError::new(
-                "invalid_message",
+                ErrorCode::InvalidMessage,
                 "Field `event` must be a string",
             ))
         }
-        None => return Err(ProtocolError::new("missing_event", "Missing field `event`")),
+        None => return Err(ProtocolError::new(ErrorCode::MissingEvent, "Missing field `event`")),
     };
     let session_id = obj
         .get("session_id")
@@ -102,7 +113,7 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
                 None | Some(Value::Null) => 0,
                 Some(v) => v.as_u64().ok_or_else(|| {
                     with_session(ProtocolError::new(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         "Field `last_seq` must be a non-negative integer",
                     ))
                 })?,
@@ -120,7 +131,7 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
                 known.push_str(&format!(", or a custom event starting with `{p}`"));
             }
             return Err(with_session(ProtocolError::new(
-                "unknown_event",
+                ErrorCode::UnknownEvent,
                 format!("Unknown event `{other}`; expected {known}"),
             )));
         }
@@ -136,23 +147,18 @@ fn required_str(
     match obj.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::String(_)) => Err(ProtocolError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("Field `{field}` of `{event}` must not be empty"),
         )),
         Some(_) => Err(ProtocolError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             format!("Field `{field}` of `{event}` must be a string"),
         )),
         None => Err(ProtocolError::new(
-            "missing_field",
+            ErrorCode::MissingField,
             format!("Missing field `{field}` for `{event}`"),
         )),
     }
-}
-
-/// An `agent.error` event not tied to a run (bad input, unknown session...).
-pub fn error_event(session_id: Option<&str>, code: &str, message: &str) -> Value {
-    json!({"event": "agent.error", "session_id": session_id, "error": message, "code": code, "timestamp": crate::now_secs()})
 }
 
 #[cfg(test)]
@@ -186,18 +192,18 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_problem() {
-        assert_eq!(parse("{nope", None).err().unwrap().code, "invalid_json");
-        assert_eq!(parse("[1]", None).err().unwrap().code, "invalid_message");
-        assert_eq!(parse("{}", None).err().unwrap().code, "missing_event");
+        assert_eq!(parse("{nope", None).err().unwrap().code, ErrorCode::InvalidJson);
+        assert_eq!(parse("[1]", None).err().unwrap().code, ErrorCode::InvalidMessage);
+        assert_eq!(parse("{}", None).err().unwrap().code, ErrorCode::MissingEvent);
         let e = parse(r#"{"event":"user.dance"}"#, None).err().unwrap();
-        assert_eq!(e.code, "unknown_event");
+        assert_eq!(e.code, ErrorCode::UnknownEvent);
         assert!(e.message.contains("user.dance"));
         let e = parse(r#"{"event":"user.message","session_id":"s"}"#, None)
             .err()
             .unwrap();
         assert_eq!(
             (e.code, e.session_id.as_deref()),
-            ("missing_field", Some("s"))
+            (ErrorCode::MissingField, Some("s"))
         );
         assert!(e.message.contains("content"));
         assert_eq!(
@@ -208,7 +214,7 @@ mod tests {
             .err()
             .unwrap()
             .code,
-            "invalid_field"
+            ErrorCode::InvalidField
         );
     }
 
@@ -225,7 +231,7 @@ mod tests {
                 .err()
                 .unwrap()
                 .code,
-            "unknown_event"
+            ErrorCode::UnknownEvent
         );
     }
 }

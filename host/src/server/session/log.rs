@@ -1,22 +1,24 @@
-//! Sessions: one agent conversation each, owned by one connection at a time, with a numbered
-//! event log (a bounded replay buffer) so a client that reconnects can resume where it was.
+//! One session: an agent conversation owned by one connection at a time, with a numbered event
+//! log (a bounded replay buffer) so a client that reconnects can resume where it was.
 //!
-//! **Architecture Invariant:** every session event goes through [`Session::emit`], which numbers
-//! it, stores it for replay and forwards it to the owning connection under one lock; resume
-//! replays and re-attaches under the same lock, so a resumed client sees every event once, in
-//! order.
+//! **Architecture Invariant:** every session event goes through [`Session::emit`] (or
+//! [`Session::finish_run`]), which numbers it, stores it for replay and forwards it to the owning
+//! connection under one lock; resume replays and re-attaches under the same lock, so a resumed
+//! client sees every event once, in order.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::ConnHandle;
-use crate::agent::{AgentEvent, EventSink, Memory};
+use crate::agent::Memory;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
+use crate::server::outbox::ConnHandle;
+use crate::server::protocol::{custom_frame, ServerEvent};
 
 /// The conversation side of a session, held by one run at a time.
 pub struct AgentSlot {
@@ -29,7 +31,7 @@ pub struct Session {
     pub id: String,
     pub resume_token: String,
     /// The address of the client that created the session (counted by `max_sessions_per_ip`).
-    pub client_ip: std::net::IpAddr,
+    pub client_ip: IpAddr,
     /// Locked by the run for its whole duration.
     pub agent: tokio::sync::Mutex<AgentSlot>,
     inner: Mutex<Inner>,
@@ -52,12 +54,9 @@ struct Inner {
 /// What a resume found.
 pub enum ResumeOutcome {
     /// Every event after `last_seq` was replayed.
-    Recovered { replayed: usize },
-    /// Events between `last_seq` and `first_available` were dropped from the buffer.
-    Gap {
-        first_available: u64,
-        replayed: usize,
-    },
+    Recovered,
+    /// Events from `last_seq + 1` to `first_available - 1` had left the replay buffer.
+    Gap { first_available: u64 },
 }
 
 impl Session {
@@ -66,7 +65,7 @@ impl Session {
         resume_token: String,
         slot: AgentSlot,
         owner: ConnHandle,
-        client_ip: std::net::IpAddr,
+        client_ip: IpAddr,
         replay_cap_bytes: usize,
     ) -> Session {
         let inner = Inner {
@@ -88,34 +87,45 @@ impl Session {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Numbers `event` (adds `seq`, `session_id`, `timestamp`), keeps it for replay and sends it
-    /// to the owning connection, if any.
-    pub fn emit(&self, event: Value, metrics: &Metrics) {
+    /// Numbers `event`, keeps it for replay and sends it to the owning connection, if any.
+    pub fn emit(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
-        self.emit_locked(&mut inner, event, metrics);
+        self.emit_locked(&mut inner, |seq| event.frame_in_session(&self.id, seq), metrics);
+    }
+
+    /// [`Session::emit`] for a plugin's own custom event (a JSON object with `event`).
+    pub fn emit_custom(&self, event: Map<String, Value>, metrics: &Metrics) {
+        let mut inner = self.lock();
+        self.emit_locked(&mut inner, |seq| custom_frame(event, &self.id, seq), metrics);
     }
 
     /// Ends the run: emits `event` (final answer, error or interruption) and `agent.ready`, and
     /// marks the session idle, in one step, so a client that answers the final event at once
-    /// is not told the agent is still running.
-    pub fn finish_run(&self, event: Value, metrics: &Metrics) {
+    /// is not told the agent is still running. The one way every run ends.
+    pub fn finish_run(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
         inner.running = None;
-        self.emit_locked(&mut inner, event, metrics);
-        self.emit_locked(&mut inner, json!({"event": "agent.ready"}), metrics);
+        self.emit_locked(&mut inner, |seq| event.frame_in_session(&self.id, seq), metrics);
+        self.emit_locked(
+            &mut inner,
+            |seq| ServerEvent::Ready.frame_in_session(&self.id, seq),
+            metrics,
+        );
     }
 
-    fn emit_locked(&self, inner: &mut Inner, mut event: Value, metrics: &Metrics) {
-        inner.seq += 1;
+    fn emit_locked(
+        &self,
+        inner: &mut Inner,
+        encode: impl FnOnce(u64) -> Utf8Bytes,
+        metrics: &Metrics,
+    ) {
+        inner.seq = inner.seq.saturating_add(1);
         let seq = inner.seq;
-        event["session_id"] = Value::String(self.id.clone());
-        event["seq"] = seq.into();
-        event["timestamp"] = crate::now_secs().into();
-        let text = Utf8Bytes::from(event.to_string());
+        let text = encode(seq);
         inner.replay_bytes += text.len();
         inner.replay.push_back((seq, text.clone()));
         while inner.replay_bytes > self.replay_cap_bytes && inner.replay.len() > 1 {
@@ -147,8 +157,11 @@ impl Session {
 
     /// The instance a hot reload switched the session to (custom events go there too).
     pub fn set_instance(&self, instance: &Instance) {
-        let mut inner = self.lock();
-        inner.instance = instance.clone();
+        self.lock().instance = instance.clone();
+    }
+
+    pub fn instance(&self) -> Instance {
+        self.lock().instance.clone()
     }
 
     /// Cancels the running run; false when none is running.
@@ -160,10 +173,6 @@ impl Session {
             }
             None => false,
         }
-    }
-
-    pub fn instance(&self) -> Instance {
-        self.lock().instance.clone()
     }
 
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
@@ -184,91 +193,34 @@ impl Session {
     }
 
     /// Attaches `conn` and replays every event after `last_seq`, atomically with respect to
-    /// new events.
+    /// new events: `agent.session_resumed` first, then the replayed events, then live ones.
     pub fn resume(&self, conn: ConnHandle, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
         let mut inner = self.lock();
         inner.epoch += 1;
-        let first_available = inner.replay.front().map_or(inner.seq + 1, |(s, _)| *s);
+        let first_available = inner
+            .replay
+            .front()
+            .map_or(inner.seq.saturating_add(1), |(s, _)| *s);
         let missed: Vec<Utf8Bytes> = inner
             .replay
             .iter()
             .filter(|(s, _)| *s > last_seq)
             .map(|(_, t)| t.clone())
             .collect();
-        let replayed = missed.len();
-        metrics.events_sent.add(replayed as u64);
-        let header = json!({
-            "event": "agent.session_resumed",
-            "session_id": self.id,
-            "last_seq": inner.seq,
-            "replayed": replayed,
-            "recovered": last_seq + 1 >= first_available || last_seq >= inner.seq,
-            "timestamp": crate::now_secs(),
-        });
-        conn.send(Utf8Bytes::from(header.to_string()));
+        let recovered = last_seq.saturating_add(1) >= first_available || last_seq >= inner.seq;
+        metrics.events_sent.add(missed.len() as u64);
+        let header = ServerEvent::SessionResumed {
+            last_seq: inner.seq,
+            replayed: missed.len(),
+            recovered,
+        };
+        conn.send_about(Some(&self.id), &header);
         conn.send_batch(missed);
         inner.owner = Some(conn);
-        if last_seq + 1 >= first_available || last_seq >= inner.seq {
-            ResumeOutcome::Recovered { replayed }
+        if recovered {
+            ResumeOutcome::Recovered
         } else {
-            ResumeOutcome::Gap {
-                first_available,
-                replayed,
-            }
+            ResumeOutcome::Gap { first_available }
         }
-    }
-}
-
-/// Turns agent events into protocol events on a session.
-pub struct SessionSink<'a> {
-    pub session: &'a Session,
-    pub metrics: &'a Metrics,
-}
-
-impl EventSink for SessionSink<'_> {
-    fn emit(&self, event: AgentEvent) {
-        let v = match event {
-            AgentEvent::Thinking { step, content } => {
-                json!({"event": "agent.thinking", "content": content, "metadata": {"step": step}})
-            }
-            AgentEvent::Delta { step, text } => {
-                json!({"event": "agent.partial_answer", "content": text, "metadata": {"step": step}})
-            }
-            AgentEvent::ToolCall {
-                step,
-                step_id,
-                tool,
-                args,
-            } => json!({
-                "event": "agent.tool_call", "step_id": step_id, "content": format!("Calling tool {tool}"),
-                "metadata": {"tool": tool, "args": args, "status": "running", "step": step}
-            }),
-            AgentEvent::ToolResult {
-                step,
-                step_id,
-                tool,
-                content,
-                success,
-            } => json!({
-                "event": "agent.tool_result", "step_id": step_id, "content": content,
-                "metadata": {"tool": tool, "status": if success { "success" } else { "failed" }, "step": step}
-            }),
-            AgentEvent::FinalAnswer {
-                step,
-                content,
-                reason,
-            } => {
-                let v = json!({
-                    "event": "agent.final_answer", "content": content,
-                    "metadata": {"steps": step, "reason": reason.as_str()}
-                });
-                return self.session.finish_run(v, self.metrics);
-            }
-            AgentEvent::Error { message, .. } => {
-                let v = json!({"event": "agent.error", "error": message, "code": "run_failed"});
-                return self.session.finish_run(v, self.metrics);
-            }
-        };
-        self.session.emit(v, self.metrics);
     }
 }

@@ -1,0 +1,176 @@
+//! The command line, as clap sees it. Every setting's default lives here, once (README.md's
+//! table repeats them for readers); `config.rs` turns these into the library's config structs.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "myagent-host",
+    version,
+    about = "Load LLM agents from native plugins and serve them over WebSocket."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve an agent plugin over WebSocket (and /health, /metrics over HTTP on the same port).
+    #[command(args_override_self = true)]
+    Serve(ServeArgs),
+    /// Print a plugin's agent: name, API version, prompts and every tool with its schema.
+    Inspect {
+        /// The plugin's shared library (e.g. target/debug/libweather_agent.so).
+        plugin: PathBuf,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a new agent plugin crate (Cargo.toml, an agent with one example tool, tests).
+    New {
+        /// Directory to create; its last component is the crate name (e.g. my_agent).
+        path: PathBuf,
+        /// Use the plugin-api crate at DIR (default: the one this host was built from, if it is
+        /// still there; else the registry version matching this host).
+        #[arg(long, value_name = "DIR")]
+        api_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The plugin's shared library. It is watched: rebuilding it hot-swaps the agent.
+    pub plugin: PathBuf,
+    /// Address to bind. Without --auth-token, binding beyond localhost prints a warning.
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Debug logging (same as RUST_LOG=debug).
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Model name when the plugin names none.
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub model: String,
+    /// OpenAI-compatible endpoint (OpenAI, DeepSeek, vLLM, Ollama, llama.cpp, LM Studio).
+    /// The key is read from OPENAI_API_KEY only, never from the command line.
+    #[arg(
+        long,
+        env = "OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub base_url: String,
+    /// Answer from a recording instead of a live model (offline; see --record).
+    #[arg(long, value_name = "FILE", conflicts_with = "record")]
+    pub replay: Option<PathBuf>,
+    /// Append every model exchange to FILE (JSON lines) for later --replay.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Retries of a failed model call (429, 5xx, timeouts, connection errors).
+    #[arg(long, default_value_t = 2)]
+    pub llm_retries: u32,
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub llm_connect_timeout: u64,
+    /// Longest wait for the model's first data.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub llm_first_token_timeout: u64,
+    /// Longest silence inside a model stream.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub llm_idle_timeout: u64,
+
+    /// Per tool call timeout, unless the plugin sets its own.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub tool_timeout: u64,
+    /// Tool outputs longer than this (characters) are truncated before the model sees them.
+    #[arg(long, default_value_t = 8000)]
+    pub max_tool_output: usize,
+    /// Conversation budget per session, in characters; older whole turns are dropped.
+    #[arg(long, default_value_t = 48_000)]
+    pub memory_budget: usize,
+    /// Append run traces (JSON lines) here for plugins with enable_tracing.
+    #[arg(long, value_name = "FILE")]
+    pub trace_file: Option<PathBuf>,
+
+    /// Where loaded copies of the plugin go (default: $XDG_RUNTIME_DIR or /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Do not watch the plugin file for rebuilds.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Quiet time after a file change before reloading.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub reload_debounce_ms: u64,
+
+    /// Open connections at most (kept below the file-descriptor limit).
+    #[arg(long, default_value_t = 16_000)]
+    pub max_connections: usize,
+    /// WebSocket connections per client address (0 = no limit); more get HTTP 429. Behind a
+    /// reverse proxy, set --trusted-proxy so the limit applies to clients, not to the proxy.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_connections_per_ip: usize,
+    #[arg(long, default_value_t = 16)]
+    pub max_sessions_per_connection: usize,
+    /// Sessions alive at once over all clients, including those waiting for a resume
+    /// (0 = sized to this machine: half its memory, or the container's limit, divided by a
+    /// session's worst case; printed at start).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_sessions: usize,
+    /// Sessions per client address (0 = no limit).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_sessions_per_ip: usize,
+    /// A reverse proxy whose X-Forwarded-For header is believed (repeatable), e.g. 127.0.0.1
+    /// for an nginx on the same machine. From other peers the header is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP")]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Request headers (and the WebSocket handshake) must arrive within this, or the
+    /// connection is closed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub header_read_timeout: u64,
+    /// Client messages larger than this get an error event.
+    #[arg(long, default_value_t = 65_536, value_name = "BYTES")]
+    pub max_message_bytes: usize,
+    /// Events queued per connection before a slow client is disconnected (code 4008).
+    #[arg(long, default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Bytes of past events kept per session for resume.
+    #[arg(long, default_value_t = 262_144, value_name = "BYTES")]
+    pub replay_buffer_bytes: usize,
+    /// WebSocket read buffer per connection.
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    pub read_buffer_bytes: usize,
+    #[arg(long, default_value_t = 25, value_name = "SECS")]
+    pub ping_interval: u64,
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub pong_timeout: u64,
+    /// How long sessions (and their runs) wait for a client to resume after a disconnect.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub resume_window: u64,
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub shutdown_timeout: u64,
+
+    /// Require this token (repeatable). Also MYAGENT_AUTH_TOKENS (comma-separated).
+    #[arg(
+        long = "auth-token",
+        value_name = "TOKEN",
+        env = "MYAGENT_AUTH_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_tokens: Vec<String>,
+    /// Read accepted tokens from FILE, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Accept WebSocket upgrades from browser pages only from these Origin values (repeatable);
+    /// requests without an Origin header (non-browser clients) are not affected.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Also serve a WebSocket echo on /_echo with the same stack and limits (for protocol
+    /// conformance testing with the Autobahn fuzzing client; not for production).
+    #[arg(long)]
+    pub conformance_echo: bool,
+}

@@ -1,0 +1,145 @@
+//! `serve`'s arguments turned into the library's config structs: each setting's default is in
+//! `args.rs` only; here values are checked, clamped and, for the session cap, sized to the
+//! machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use myagent_host::agent::AgentConfig;
+use myagent_host::llm::{ApiKey, LlmConfig};
+use myagent_host::server::{ServerConfig, SessionConfig};
+
+use super::args::ServeArgs;
+
+/// Where loaded plugin copies go by default: `$XDG_RUNTIME_DIR` or the temp dir, per user.
+pub fn default_state_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    base.join(format!("myagent-host-{uid}"))
+}
+
+/// The accepted tokens: `--auth-token` / `MYAGENT_AUTH_TOKENS`, plus `--auth-token-file`.
+pub fn auth_tokens(args: &ServeArgs) -> anyhow::Result<Vec<String>> {
+    let mut tokens: Vec<String> = args
+        .auth_tokens
+        .iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if let Some(f) = &args.auth_token_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read --auth-token-file {}", f.display()))?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+        if tokens.is_empty() {
+            anyhow::bail!("--auth-token-file {} holds no token", f.display());
+        }
+    }
+    Ok(tokens)
+}
+
+pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) -> ServerConfig {
+    let max_connections = args
+        .max_connections
+        .min(fd_limit.saturating_sub(64).max(16) as usize);
+    if max_connections < args.max_connections {
+        println!("Connection cap lowered to {max_connections} (file-descriptor limit {fd_limit})");
+    }
+    ServerConfig {
+        max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        trusted_proxies: args.trusted_proxies.clone(),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+        max_message_bytes: args.max_message_bytes,
+        max_frame_bytes: (args.max_message_bytes * 16).max(1 << 20),
+        read_buffer_bytes: args.read_buffer_bytes.max(1024),
+        outbound_queue: args.outbound_queue.max(16),
+        ping_interval: Duration::from_secs(args.ping_interval.max(1)),
+        pong_timeout: Duration::from_secs(args.pong_timeout),
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        auth_tokens,
+        allowed_origins: args.allowed_origins.clone(),
+        conformance_echo: args.conformance_echo,
+    }
+}
+
+pub fn session_config(args: &ServeArgs) -> SessionConfig {
+    let max_sessions = match args.max_sessions {
+        0 => {
+            let (n, worst, budget) = auto_max_sessions(args.replay_buffer_bytes, args.memory_budget);
+            println!(
+                "Session cap: {n} (worst case ~{} KiB per session within {} MiB; --max-sessions to change)",
+                worst / 1024,
+                budget >> 20
+            );
+            n
+        }
+        n => n,
+    };
+    SessionConfig {
+        max_sessions,
+        max_sessions_per_ip: args.max_sessions_per_ip,
+        max_sessions_per_connection: args.max_sessions_per_connection.max(1),
+        replay_buffer_bytes: args.replay_buffer_bytes,
+        resume_window: Duration::from_secs(args.resume_window),
+    }
+}
+
+pub fn agent_config(args: &ServeArgs) -> AgentConfig {
+    AgentConfig {
+        default_model: args.model.clone(),
+        tool_timeout: Duration::from_secs(args.tool_timeout.max(1)),
+        max_tool_output_chars: args.max_tool_output.max(100),
+        memory_budget_chars: args.memory_budget,
+    }
+}
+
+pub fn llm_config(args: &ServeArgs) -> LlmConfig {
+    LlmConfig {
+        base_url: args.base_url.clone(),
+        api_key: std::env::var("OPENAI_API_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .map(ApiKey::new),
+        connect_timeout: Duration::from_secs(args.llm_connect_timeout),
+        first_token_timeout: Duration::from_secs(args.llm_first_token_timeout),
+        idle_timeout: Duration::from_secs(args.llm_idle_timeout),
+        max_retries: args.llm_retries,
+    }
+}
+
+/// The default session cap: half of this machine's memory (or of the container's limit),
+/// divided by what one session can hold at worst. Returns (cap, worst bytes, budget bytes).
+fn auto_max_sessions(replay_buffer_bytes: usize, memory_budget_chars: usize) -> (usize, u64, u64) {
+    // A full replay buffer costs ~2.4x its nominal bytes in RSS (queue entries, allocator
+    // rounding, measured); conversation memory is counted in chars of up to 4 UTF-8 bytes;
+    // plus the session, its agent instance and its queue entry.
+    let worst = replay_buffer_bytes as u64 * 5 / 2 + memory_budget_chars as u64 * 4 + 64 * 1024;
+    let budget = available_memory_bytes() / 2;
+    let n = (budget / worst.max(1)).clamp(16, 1_000_000) as usize;
+    (n, worst, budget)
+}
+
+/// Physical memory, or the cgroup (container) memory limit when that is lower.
+fn available_memory_bytes() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(4 << 30);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    cgroup.map_or(total, |c| c.min(total))
+}

@@ -1,0 +1,95 @@
+//! `myagent-host inspect` (print a plugin's agent) and `myagent-host new` (scaffold a plugin).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use myagent_host::plugin::{self, copies::CopyDir};
+
+use super::config::default_state_dir;
+use crate::fail;
+
+pub fn new_plugin(path: &Path, api_path: Option<PathBuf>) -> ExitCode {
+    use myagent_host::scaffold::{self, ApiSource};
+    let api = match api_path {
+        Some(p) => match p.canonicalize() {
+            Ok(p) if p.join("Cargo.toml").is_file() => ApiSource::Path(p),
+            _ => return fail(&format!("--api-path {}: no Cargo.toml there", p.display())),
+        },
+        None => ApiSource::default_for_this_host(),
+    };
+    if let ApiSource::Version(v) = &api {
+        eprintln!("note: using myagent-plugin-api {v} from the registry; pass --api-path to use a local checkout");
+    }
+    match scaffold::create(path, &api) {
+        Ok(files) => {
+            println!("Created {}:", path.display());
+            for f in files {
+                println!("  {}", f.display());
+            }
+            let lib = path
+                .file_name()
+                .map(|n| n.to_string_lossy().replace('-', "_"))
+                .unwrap_or_default();
+            println!(
+                "Next:\n  cd {dir}\n  cargo test      # tests the example tool, no host needed\n  cargo build\n  myagent-host serve target/debug/lib{lib}.so",
+                dir = path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
+    let copies = match CopyDir::open(&default_state_dir()) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("cannot create the plugin copy directory: {e}")),
+    };
+    let p = match plugin::load(path, &copies, 1) {
+        Ok(p) => p,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let m = &p.manifest;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(m).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!("agent:            {} {}", m.name, m.version);
+    if !m.description.is_empty() {
+        println!("description:      {}", m.description);
+    }
+    println!(
+        "plugin API:       version {} (myagent-plugin-api {})",
+        m.api_version,
+        plugin::host_api_crate_version()
+    );
+    println!("max_steps:        {}", m.max_steps);
+    println!(
+        "tracing:          {}",
+        if m.enable_tracing { "on" } else { "off" }
+    );
+    if let Some(model) = &m.model {
+        println!("model:            {model}");
+    }
+    if let Some(t) = m.temperature {
+        println!("temperature:      {t}");
+    }
+    if let Some(t) = m.tool_timeout_ms {
+        println!("tool timeout:     {t} ms");
+    }
+    if let Some(p) = &m.event_prefix {
+        println!("custom events:    {p}*");
+    }
+    println!("system prompt:    {}", m.system_prompt);
+    println!("next step prompt: {}", m.next_step_prompt);
+    println!("tools ({}):", m.tools.len());
+    for t in &m.tools {
+        println!("  {} — {}", t.name, t.description);
+        let schema = serde_json::to_string_pretty(&t.parameters).unwrap_or_default();
+        for line in schema.lines() {
+            println!("      {line}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+

@@ -1,0 +1,185 @@
+//! `myagent-host serve`: load the plugin, build the model client and the gateway from the
+//! arguments, serve until a signal, shut down in bounded time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use myagent_host::agent::{AgentRuntime, TraceWriter};
+use myagent_host::llm::{HttpModel, Model, Recorder, ReplayModel};
+use myagent_host::metrics::Metrics;
+use myagent_host::plugin::{self, copies::CopyDir, reload};
+use myagent_host::server;
+
+use super::args::ServeArgs;
+use super::config;
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    println!("Loading agent from {} ...", args.plugin.display());
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(config::default_state_dir);
+    let copies = Arc::new(
+        CopyDir::open(&state_dir)
+            .with_context(|| format!("cannot use state directory {}", state_dir.display()))?,
+    );
+    let loaded = {
+        let (p, c) = (args.plugin.clone(), copies.clone());
+        tokio::task::spawn_blocking(move || plugin::load(&p, &c, 1)).await?
+    };
+    let loaded = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let m = &loaded.manifest;
+    let tools: Vec<&str> = m.tools.iter().map(|t| t.name.as_str()).collect();
+    println!("Loaded agent {} {} (tools: {})", m.name, m.version, tools.join(", "));
+
+    let auth_tokens = config::auth_tokens(&args)?;
+    let model = model(&args)?;
+    let model_name = m.model.clone().unwrap_or_else(|| args.model.clone());
+    println!("Model: {model_name} via {}", model.describe());
+    let tracer = match &args.trace_file {
+        Some(p) => Some(
+            TraceWriter::create(p)
+                .with_context(|| format!("cannot open --trace-file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let server_config = config::server_config(&args, auth_tokens, raise_fd_limit());
+    let session_config = config::session_config(&args);
+
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = server::listen(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let tokens = server_config.auth_tokens.len();
+    if tokens == 0 && !local.ip().is_loopback() {
+        eprintln!("warning: no --auth-token is set and {local} is reachable from other machines: anyone who can connect can use this agent (and your model key). Set --auth-token or MYAGENT_AUTH_TOKENS.");
+    }
+    let slot = reload::PluginSlot::new(loaded);
+    let _watch = watch(&args, copies, &slot)?;
+    let runtime = Arc::new(AgentRuntime {
+        plugin: slot,
+        model,
+        config: config::agent_config(&args),
+        tracer,
+        metrics: Arc::new(Metrics::default()),
+    });
+    let shutdown_timeout = server_config.shutdown_timeout;
+    let gateway = server::gateway(server_config, session_config, runtime);
+    println!(
+        "Serving on ws://{h}:{p} (web client: http://{h}:{p}/ · health: http://{h}:{p}/health)",
+        h = args.host,
+        p = local.port(),
+    );
+    if tokens > 0 {
+        println!("Authentication: {tokens} token(s) accepted");
+    }
+    server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
+    println!("Stopped.");
+    Ok(())
+}
+
+/// The live model over HTTP, or a recording with `--replay`.
+fn model(args: &ServeArgs) -> anyhow::Result<Model> {
+    if let Some(path) = &args.replay {
+        let replay = ReplayModel::open(path, Duration::from_millis(15)).map_err(anyhow::Error::msg)?;
+        return Ok(Model::Replay(replay));
+    }
+    let recorder = match &args.record {
+        Some(p) => Some(
+            Recorder::create(p)
+                .with_context(|| format!("cannot open --record file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let llm = config::llm_config(args);
+    if llm.api_key.is_none() && llm.base_url.contains("api.openai.com") {
+        eprintln!("warning: OPENAI_API_KEY is not set: calls to {} will fail. Set it, point --base-url at a local server, or use --replay FILE.", llm.base_url);
+    }
+    Ok(Model::Http(HttpModel::new(llm, recorder)?))
+}
+
+/// Watches the plugin file for rebuilds (unless `--no-watch`); the watch lives as long as the
+/// returned value.
+fn watch(
+    args: &ServeArgs,
+    copies: Arc<CopyDir>,
+    slot: &Arc<reload::PluginSlot>,
+) -> anyhow::Result<Option<reload::ReloadHandle>> {
+    if args.no_watch {
+        return Ok(None);
+    }
+    let w = reload::watch(
+        args.plugin.clone(),
+        copies,
+        slot.clone(),
+        Duration::from_millis(args.reload_debounce_ms),
+    )
+    .with_context(|| format!("cannot watch {}", args.plugin.display()))?;
+    println!("Watching {} for rebuilds", args.plugin.display());
+    Ok(Some(w))
+}
+
+/// Raises the soft fd limit to the hard one; returns the limit.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for getrlimit/setrlimit to read and fill.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Completes on the first SIGTERM/SIGINT. From then on, a second signal exits at once, and a
+/// watchdog exits `shutdown_timeout` + 1 s later whatever is still running (graceful shutdown is
+/// bounded by the same timeout; this is the backstop for anything that is not).
+async fn shutdown_signal(shutdown_timeout: Duration) {
+    wait_for_signal().await;
+    eprintln!(
+        "Shutting down (at most {} s; send the signal again to stop at once)",
+        shutdown_timeout.as_secs()
+    );
+    std::thread::spawn(move || {
+        std::thread::sleep(shutdown_timeout + Duration::from_secs(1));
+        eprintln!("error: shutdown did not finish within --shutdown-timeout; exiting anyway");
+        std::process::exit(1);
+    });
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("Second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

@@ -1,0 +1,267 @@
+//! The plugin-call seam: every call from the host into plugin code — a tool, a custom-event
+//! hook, the agent factory — goes through here, on the blocking pool, under a timeout.
+//!
+//! Errors come in two layers, as in Zed's extension host: the outer [`HostError`] means the
+//! host never got an answer (timeout, the call's thread died); the inner [`PluginError`] (or a
+//! failed `ToolResult`) is the plugin's own "no". Both name the plugin build.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RErr, ROk, RStr};
+use myagent_plugin_api::abi::AgentInstanceBox;
+use myagent_plugin_api::{wire, ToolResult};
+use serde_json::Value;
+
+use super::load::Plugin;
+use crate::metrics::Metrics;
+
+/// Which plugin build a call went to, for error messages: "weather-assistant 0.1.0".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginTag {
+    pub name: String,
+    pub version: String,
+}
+
+impl std::fmt::Display for PluginTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.name, self.version)
+    }
+}
+
+/// The host got no answer from the plugin.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin}: {kind}")]
+pub struct HostError {
+    pub plugin: Arc<PluginTag>,
+    pub kind: HostErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostErrorKind {
+    #[error("timed out after {} ms", .0.as_millis())]
+    TimedOut(Duration),
+    /// The thread running the call died (a panic that escaped the plugin's own guard).
+    #[error("the call crashed: {0}")]
+    Crashed(String),
+}
+
+/// The plugin answered with an error of its own (its factory or hook said no, or panicked and
+/// caught it).
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin}: {message}")]
+pub struct PluginError {
+    pub plugin: Arc<PluginTag>,
+    pub message: String,
+}
+
+/// One session's agent instance. Cloning shares it; tools may run concurrently.
+#[derive(Clone)]
+pub struct Instance {
+    inner: Arc<AgentInstanceBox>,
+    tag: Arc<PluginTag>,
+    /// The plugin understands call envelopes and cancel events (see `plugin-api`'s `wire`).
+    tool_context: bool,
+}
+
+impl Plugin {
+    /// A fresh agent instance for one session: the plugin's factory, run on the blocking pool.
+    pub async fn instantiate(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> Result<Result<Instance, PluginError>, HostError> {
+        let plugin = self.clone();
+        let r = on_blocking_pool(&self.tag, timeout, move || plugin.new_instance_blocking()).await?;
+        Ok(r)
+    }
+
+    /// The factory, on the calling thread: only for the loader (itself on the blocking pool).
+    pub(super) fn new_instance_blocking(&self) -> Result<Instance, PluginError> {
+        match (self.module().new_instance())() {
+            ROk(inner) => Ok(Instance {
+                inner: Arc::new(inner),
+                tag: self.tag.clone(),
+                tool_context: self.manifest.tool_context >= wire::TOOL_CONTEXT_VERSION,
+            }),
+            RErr(e) => Err(PluginError {
+                plugin: self.tag.clone(),
+                message: e.into_string(),
+            }),
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool, waiting at most `timeout` (the thread is not stopped).
+async fn on_blocking_pool<T: Send + 'static>(
+    tag: &Arc<PluginTag>,
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HostError> {
+    let fail = |kind| HostError {
+        plugin: tag.clone(),
+        kind,
+    };
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(f)).await {
+        Err(_) => Err(fail(HostErrorKind::TimedOut(timeout))),
+        Ok(Err(join)) => Err(fail(HostErrorKind::Crashed(join.to_string()))),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+// The life of one tool call on the blocking pool (see `Instance::call_tool`).
+const PENDING: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const ABANDONED: u8 = 3;
+
+/// Held while a tool call is awaited. Dropped before the call is done — on timeout, or because
+/// the run was cancelled (user cancel, session expiry, shutdown) — it tells the plugin to stop,
+/// and counts the call as abandoned while its thread keeps running.
+struct InFlight {
+    instance: Instance,
+    id: u64,
+    tool: String,
+    state: Arc<AtomicU8>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let st = &self.state;
+        if st
+            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return; // never started: the blocking task will skip it
+        }
+        if st
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return; // finished
+        }
+        self.metrics.tools_abandoned.inc();
+        self.metrics.tools_abandoned_total.inc();
+        tracing::info!(tool = %self.tool, call_id = self.id, plugin = %self.instance.tag,
+            cooperative = self.instance.tool_context, "tool call given up while running; asked to stop");
+        if self.instance.tool_context {
+            let instance = self.instance.clone();
+            let event = serde_json::json!({"event": wire::CANCEL_CALL_EVENT, "call_id": self.id})
+                .to_string();
+            // The plugin's handler only flips a flag, but it is plugin code: not on this worker.
+            drop(tokio::task::spawn_blocking(move || {
+                let _ = instance.handle_event_blocking("", &event);
+            }));
+        }
+    }
+}
+
+impl Instance {
+    /// The plugin build this instance came from.
+    pub fn tag(&self) -> &Arc<PluginTag> {
+        &self.tag
+    }
+
+    /// Runs tool `name`, waiting at most `timeout`. The plugin sees the deadline, and is told to
+    /// stop when the call is given up (timeout, or this future dropped because the run was
+    /// cancelled); a call that keeps running anyway is counted in `metrics.tools_abandoned`
+    /// until its thread returns. The tool's own failure is a `ToolResult` with an error.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        args: Value,
+        timeout: Duration,
+        metrics: &Arc<Metrics>,
+    ) -> Result<ToolResult, HostError> {
+        static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
+        let payload = if self.tool_context {
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            serde_json::json!({wire::CALL_ENVELOPE_KEY: {"id": id, "timeout_ms": ms}, "args": args})
+                .to_string()
+        } else {
+            args.to_string()
+        };
+        let state = Arc::new(AtomicU8::new(PENDING));
+        let _in_flight = InFlight {
+            instance: self.clone(),
+            id,
+            tool: name.to_owned(),
+            state: state.clone(),
+            metrics: metrics.clone(),
+        };
+        let (instance, tool, m) = (self.clone(), name.to_owned(), metrics.clone());
+        let result = on_blocking_pool(&self.tag, timeout, move || {
+            if state
+                .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return None; // given up before a thread was free
+            }
+            let t0 = Instant::now();
+            let result = instance.call_tool_blocking(&tool, &payload);
+            if state
+                .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                m.tools_abandoned.dec();
+                tracing::info!(tool, call_id = id, ran_ms = t0.elapsed().as_millis() as u64,
+                    "abandoned tool call returned");
+            }
+            Some(result)
+        })
+        .await?;
+        result.ok_or_else(|| HostError {
+            plugin: self.tag.clone(),
+            kind: HostErrorKind::TimedOut(timeout),
+        })
+    }
+
+    /// Sends a custom event to the plugin's hook, waiting at most `timeout`. Returns the events
+    /// to send back.
+    pub async fn handle_event(
+        &self,
+        session_id: &str,
+        event_json: String,
+        timeout: Duration,
+    ) -> Result<Result<Vec<Value>, PluginError>, HostError> {
+        let (instance, sid) = (self.clone(), session_id.to_owned());
+        let r = on_blocking_pool(&self.tag, timeout, move || {
+            instance.handle_event_blocking(&sid, &event_json)
+        })
+        .await?;
+        Ok(r.map_err(|message| PluginError {
+            plugin: self.tag.clone(),
+            message,
+        }))
+    }
+
+    /// Runs a tool on the calling thread — only from a blocking context (benchmarks measure it).
+    /// `args_json` is what crosses the ABI: the bare arguments, or the call envelope.
+    pub fn call_tool_blocking(&self, name: &str, args_json: &str) -> ToolResult {
+        let out = self
+            .inner
+            .call_tool(RStr::from_str(name), RStr::from_str(args_json));
+        serde_json::from_str(out.as_str()).unwrap_or_else(|e| {
+            ToolResult::error(format!(
+                "the plugin returned an unreadable tool result: {e}"
+            ))
+        })
+    }
+
+    fn handle_event_blocking(&self, session_id: &str, event_json: &str) -> Result<Vec<Value>, String> {
+        match self
+            .inner
+            .handle_event(RStr::from_str(session_id), RStr::from_str(event_json))
+        {
+            ROk(json) => match serde_json::from_str::<Value>(json.as_str()) {
+                Ok(Value::Array(events)) => Ok(events),
+                _ => Err(
+                    "the plugin's event handler returned something other than a JSON array".into(),
+                ),
+            },
+            RErr(e) => Err(e.into_string()),
+        }
+    }
+}

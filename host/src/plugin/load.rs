@@ -1,0 +1,277 @@
+//! Loading a plugin build: copy, ELF check, `dlopen`, version checks, the manifest, a first
+//! instance — each failure a [`LoadError`] meant to be shown to the user as is.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::std_types::{RErr, ROk};
+use myagent_plugin_api::abi::PluginModule_Ref;
+use myagent_plugin_api::{Manifest, API_VERSION, TERMINATE_TOOL};
+
+use super::copies;
+use super::instance::PluginTag;
+
+/// Why a plugin could not be loaded. Each message is meant to be shown to the user as is.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin file not found: {0}")]
+    NotFound(PathBuf),
+    #[error("could not copy the plugin to {path}: {source}")]
+    Copy {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a loadable shared library: {path}: {reason}")]
+    NotALibrary { path: PathBuf, reason: String },
+    #[error("not a myagent plugin: {0} exports no agent (was it built with `export_agent!` and crate-type = [\"cdylib\"]?)")]
+    NotAPlugin(PathBuf),
+    #[error("incompatible plugin: built against myagent-plugin-api {plugin}, this host supports {host}; rebuild the plugin against myagent-plugin-api {host}")]
+    IncompatibleApi { plugin: String, host: String },
+    #[error("incompatible plugin: built with abi_stable {plugin}, this host uses abi_stable {host}; rebuild the plugin against myagent-plugin-api {api}")]
+    IncompatibleAbiStable {
+        plugin: String,
+        host: String,
+        api: String,
+    },
+    #[error("incompatible plugin: its interface types differ from this host's (same version number, different definitions): {detail}")]
+    AbiMismatch { detail: String },
+    #[error("incompatible plugin: plugin API version {plugin}, this host speaks version {host}")]
+    ApiVersion { plugin: u32, host: u32 },
+    #[error("the plugin failed to start: {0}")]
+    Factory(String),
+    #[error("the plugin's manifest is invalid: {0}")]
+    BadManifest(String),
+}
+
+/// A loaded, validated plugin build. Cheap to share; never unloaded (abi_stable keeps every
+/// library mapped for the life of the process).
+pub struct Plugin {
+    pub manifest: Manifest,
+    /// "name version", carried by every error from this build.
+    pub tag: Arc<PluginTag>,
+    module: PluginModule_Ref,
+    /// The file the operator named (the one that is watched).
+    pub source: PathBuf,
+    /// The unique copy that was actually `dlopen`ed.
+    pub loaded_from: PathBuf,
+    /// 1 for the first load, +1 for every successful reload.
+    pub generation: u64,
+}
+
+impl Plugin {
+    pub(super) fn module(&self) -> PluginModule_Ref {
+        self.module
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// The host's plugin-api version (what plugins must be built against).
+pub fn host_api_crate_version() -> String {
+    PluginModule_Ref::VERSION_STRINGS.version.to_string()
+}
+
+/// Loads the library at `copy` (already a unique copy of `source`) and validates it: version
+/// checks, the manifest, and one instance from the factory.
+pub fn load_copy(source: &Path, copy: &Path, generation: u64) -> Result<Plugin, LoadError> {
+    check_elf(copy).map_err(|reason| LoadError::NotALibrary {
+        path: source.to_owned(),
+        reason,
+    })?;
+    let header = lib_header_from_path(copy).map_err(|e| map_library_error(source, e))?;
+    let module = header
+        .init_root_module::<PluginModule_Ref>()
+        .map_err(|e| map_library_error(source, e))?;
+    let api = (module.api_version())();
+    if api != API_VERSION {
+        return Err(LoadError::ApiVersion {
+            plugin: api,
+            host: API_VERSION,
+        });
+    }
+    let json = match (module.manifest())() {
+        ROk(json) => json,
+        RErr(e) => return Err(LoadError::Factory(e.into_string())),
+    };
+    let manifest: Manifest =
+        serde_json::from_str(json.as_str()).map_err(|e| LoadError::BadManifest(e.to_string()))?;
+    validate_manifest(&manifest)?;
+    let plugin = Plugin {
+        tag: Arc::new(PluginTag {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+        }),
+        manifest,
+        module,
+        source: source.to_owned(),
+        loaded_from: copy.to_owned(),
+        generation,
+    };
+    // A factory that works for the manifest can still fail later; prove it once more now so a
+    // broken build is refused before it replaces a working one.
+    plugin
+        .new_instance_blocking()
+        .map_err(|e| LoadError::Factory(e.message))?;
+    Ok(plugin)
+}
+
+/// Loads `source` through a fresh copy in `copies`.
+pub fn load(source: &Path, copies: &copies::CopyDir, generation: u64) -> Result<Plugin, LoadError> {
+    if !source.is_file() {
+        return Err(LoadError::NotFound(source.to_owned()));
+    }
+    let copy = copies.copy_in(source).map_err(|e| LoadError::Copy {
+        path: copies.dir().to_owned(),
+        source: e,
+    })?;
+    load_copy(source, &copy, generation)
+}
+
+/// Checks that `path` is a complete 64-bit little-endian ELF shared object before `dlopen`
+/// sees it: glibc crashes the process (SIGSEGV/SIGBUS) on a truncated library, which is what a
+/// half-written build looks like.
+fn check_elf(path: &Path) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let len = data.len() as u64;
+    let u16_at = |o: usize| {
+        data.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64)
+    };
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64)
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" {
+        return Err("invalid ELF header".into());
+    }
+    if data[4] != 2 || data[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    if u16_at(16) != Some(3) {
+        return Err("not a shared object (ELF type is not DYN)".into());
+    }
+    let short = || "file is truncated (incomplete build?)".to_string();
+    let (phoff, phentsize, phnum) = (
+        u64_at(0x20).ok_or_else(short)?,
+        u16_at(0x36).ok_or_else(short)?,
+        u16_at(0x38).ok_or_else(short)?,
+    );
+    let (shoff, shentsize, shnum) = (
+        u64_at(0x28).ok_or_else(short)?,
+        u16_at(0x3A).ok_or_else(short)?,
+        u16_at(0x3C).ok_or_else(short)?,
+    );
+    if phoff.saturating_add(phentsize.saturating_mul(phnum)) > len
+        || shoff.saturating_add(shentsize.saturating_mul(shnum)) > len
+    {
+        return Err(short());
+    }
+    for i in 0..phnum {
+        let at = (phoff + i * phentsize) as usize;
+        let (offset, filesz) = (
+            u64_at(at + 8).ok_or_else(short)?,
+            u64_at(at + 32).ok_or_else(short)?,
+        );
+        if u32_at(at) == Some(1) && offset.saturating_add(filesz) > len {
+            return Err(short());
+        }
+    }
+    Ok(())
+}
+
+fn validate_manifest(m: &Manifest) -> Result<(), LoadError> {
+    if m.name.trim().is_empty() {
+        return Err(LoadError::BadManifest("the agent has no name".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in &m.tools {
+        let ok = !t.name.is_empty()
+            && t.name.len() <= 64
+            && t.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(LoadError::BadManifest(format!(
+                "tool name {:?} must match ^[a-zA-Z0-9_-]{{1,64}}$ (the OpenAI API refuses others)",
+                t.name
+            )));
+        }
+        if t.name == TERMINATE_TOOL {
+            return Err(LoadError::BadManifest(
+                "tool name `terminate` is reserved by the host".into(),
+            ));
+        }
+        if !seen.insert(&t.name) {
+            return Err(LoadError::BadManifest(format!(
+                "tool `{}` is defined twice",
+                t.name
+            )));
+        }
+        if !t.parameters.is_object() {
+            return Err(LoadError::BadManifest(format!(
+                "tool `{}`: parameters must be a JSON Schema object",
+                t.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn map_library_error(source: &Path, e: LibraryError) -> LoadError {
+    match e {
+        LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
+            path: source.to_owned(),
+            reason: clean_dlerror(&err.to_string()),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin(source.to_owned()),
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleApi {
+            plugin: actual_version.to_string(),
+            host: expected_version.to_string(),
+        },
+        LibraryError::InvalidAbiHeader(header) => LoadError::IncompatibleAbiStable {
+            plugin: format!("{}.{}", header.abi_major, header.abi_minor),
+            host: format!(
+                "{}.{}",
+                abi_stable::library::AbiHeader::VALUE.abi_major,
+                abi_stable::library::AbiHeader::VALUE.abi_minor
+            ),
+            api: host_api_crate_version(),
+        },
+        LibraryError::AbiInstability(err) => {
+            // abi_stable's report can run to a thousand lines; its end names the difference.
+            let text = err.to_string();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+            LoadError::AbiMismatch { detail: tail }
+        }
+        LibraryError::RootModule { err, .. } => LoadError::Factory(err.to_string()),
+        other => LoadError::AbiMismatch {
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// dlerror text names the copy; keep only the reason.
+fn clean_dlerror(s: &str) -> String {
+    match s.rsplit_once(": ") {
+        Some((_, reason)) => reason.to_owned(),
+        None => s.to_owned(),
+    }
+}

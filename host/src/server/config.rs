@@ -1,0 +1,52 @@
+//! The gateway's limits and policies. Built by the CLI from its arguments (where every default
+//! lives, documented in README.md); there is no `Default` here on purpose.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Connections, HTTP and shutdown.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Open TCP connections (HTTP and WebSocket) at most; more are refused at accept.
+    pub max_connections: usize,
+    /// WebSocket connections per client address at most (0: no limit); more get HTTP 429.
+    pub max_connections_per_ip: usize,
+    /// Peers whose `X-Forwarded-For` is believed (a reverse proxy such as nginx).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// An HTTP request's headers must arrive within this (slowloris); also bounds the time from
+    /// the `101 Switching Protocols` answer to a working WebSocket.
+    pub header_read_timeout: Duration,
+    /// Larger client messages get an `agent.error` (code `message_too_large`) and are dropped.
+    pub max_message_bytes: usize,
+    /// Larger frames close the connection with 1009 (they are not even buffered).
+    pub max_frame_bytes: usize,
+    /// tungstenite's read buffer per connection (its 128 KiB default costs ~135 KB per client).
+    pub read_buffer_bytes: usize,
+    /// Outbound events queued per connection before it is closed as too slow (4008).
+    pub outbound_queue: usize,
+    pub ping_interval: Duration,
+    /// A peer silent for `ping_interval + pong_timeout` is dropped.
+    pub pong_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// Accepted tokens; empty means no authentication.
+    pub auth_tokens: Vec<String>,
+    /// Accepted `Origin` headers; empty means any.
+    pub allowed_origins: Vec<String>,
+    /// Serve a WebSocket echo on `/_echo` (same stack and limits), for conformance testing
+    /// with the Autobahn fuzzing client.
+    pub conformance_echo: bool,
+}
+
+/// Sessions: caps, resume, replay.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Sessions alive at once (attached or waiting for a resume), over all clients.
+    pub max_sessions: usize,
+    /// Sessions per client address at most (0: no limit).
+    pub max_sessions_per_ip: usize,
+    pub max_sessions_per_connection: usize,
+    /// Bytes of past events kept per session for resume.
+    pub replay_buffer_bytes: usize,
+    /// How long a session (and its run) outlives its connection, waiting for a resume.
+    pub resume_window: Duration,
+}

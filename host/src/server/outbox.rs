@@ -1,0 +1,118 @@
+//! The outbound side of one connection: a queue of encoded frames that sessions and broadcasts
+//! fill and the connection's writer drains. A plain locked deque instead of a channel: it
+//! allocates nothing while empty (most connections are idle most of the time), and the "slow
+//! client" flag lives beside it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::protocol::ServerEvent;
+
+/// Frames waiting to be written to one connection.
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    /// Frames queued at most (replay batches excepted) before the client is marked slow.
+    cap: usize,
+    /// Wakes the connection task: something was queued, or the client was marked slow.
+    pub wake: Notify,
+    slow: AtomicBool,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Utf8Bytes>,
+    /// Replayed frames still queued: they do not count against the cap.
+    replay: usize,
+}
+
+impl Outbox {
+    /// A new connection's queue and the handle that sessions and broadcasts send through.
+    pub fn new(conn_id: u64, cap: usize) -> (ConnHandle, Arc<Outbox>) {
+        let out = Arc::new(Outbox {
+            queue: Mutex::new(Queue::default()),
+            cap,
+            wake: Notify::new(),
+            slow: AtomicBool::new(false),
+        });
+        (
+            ConnHandle {
+                id: conn_id,
+                out: out.clone(),
+            },
+            out,
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn pop(&self) -> Option<Utf8Bytes> {
+        let mut q = self.lock();
+        let t = q.items.pop_front();
+        q.replay = q.replay.saturating_sub(1);
+        if q.items.is_empty() && q.items.capacity() > 64 {
+            // A burst is over: give its memory back.
+            q.items = VecDeque::new();
+        }
+        t
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
+    }
+
+    /// True once the queue overflowed: the connection closes with 4008.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+}
+
+/// The sending side of a connection, held by its sessions and the connection registry.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    out: Arc<Outbox>,
+}
+
+impl ConnHandle {
+    /// Queues a frame; never blocks. A full queue marks the client slow.
+    pub fn send(&self, frame: Utf8Bytes) {
+        {
+            let mut q = self.out.lock();
+            if q.items.len() >= self.out.cap + q.replay {
+                self.out.slow.store(true, Ordering::Relaxed);
+            } else {
+                q.items.push_back(frame);
+            }
+        }
+        self.out.wake.notify_one();
+    }
+
+    /// Queues a connection-level event.
+    pub fn send_event(&self, event: &ServerEvent) {
+        self.send(event.frame());
+    }
+
+    /// Queues an event about `session_id` outside its numbered log (answers to client messages).
+    pub fn send_about(&self, session_id: Option<&str>, event: &ServerEvent) {
+        self.send(event.frame_about(session_id));
+    }
+
+    /// Queues a replay: accepted whole (its size is bounded by the session's replay buffer).
+    pub fn send_batch(&self, frames: Vec<Utf8Bytes>) {
+        if frames.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.out.lock();
+            q.replay += frames.len();
+            q.items.extend(frames);
+        }
+        self.out.wake.notify_one();
+    }
+}

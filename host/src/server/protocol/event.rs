@@ -1,0 +1,320 @@
+//! What the server sends: [`ServerEvent`] and the [`ErrorCode`] on every error, and how each
+//! becomes a frame (a session's events also get `session_id` and `seq`; every frame a
+//! `timestamp`).
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The stable code on every `agent.error` (docs/protocol.md, "Error codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidMessage,
+    MissingEvent,
+    UnknownEvent,
+    MissingField,
+    InvalidField,
+    BinaryFrame,
+    MessageTooLarge,
+    SessionNotFound,
+    AlreadyRunning,
+    NotRunning,
+    TooManySessions,
+    ResumeGap,
+    PluginError,
+    RunFailed,
+    CustomEventFailed,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation checks and fuzzing.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidMessage,
+        ErrorCode::MissingEvent,
+        ErrorCode::UnknownEvent,
+        ErrorCode::MissingField,
+        ErrorCode::InvalidField,
+        ErrorCode::BinaryFrame,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::SessionNotFound,
+        ErrorCode::AlreadyRunning,
+        ErrorCode::NotRunning,
+        ErrorCode::TooManySessions,
+        ErrorCode::ResumeGap,
+        ErrorCode::PluginError,
+        ErrorCode::RunFailed,
+        ErrorCode::CustomEventFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::MissingEvent => "missing_event",
+            ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::BinaryFrame => "binary_frame",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::SessionNotFound => "session_not_found",
+            ErrorCode::AlreadyRunning => "already_running",
+            ErrorCode::NotRunning => "not_running",
+            ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::ResumeGap => "resume_gap",
+            ErrorCode::PluginError => "plugin_error",
+            ErrorCode::RunFailed => "run_failed",
+            ErrorCode::CustomEventFailed => "custom_event_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The agent as clients see it (in `system.connected`, `agent.session_created`, reloads).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentInfo {
+    pub name: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+}
+
+/// The build still serving after a refused reload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Serving {
+    pub version: String,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepMeta {
+    pub step: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallMeta {
+    pub tool: String,
+    pub args: Value,
+    /// Always "running" (the document's field).
+    pub status: &'static str,
+    pub step: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolResultMeta {
+    pub tool: String,
+    /// "success" or "failed".
+    pub status: &'static str,
+    pub step: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FinalMeta {
+    pub steps: u32,
+    /// "answer", "terminate" or "max_steps".
+    pub reason: &'static str,
+}
+
+/// Everything the server sends (besides a plugin's own custom events). Session events get
+/// `session_id`, `seq` and `timestamp` from their session ([`ServerEvent::frame_in_session`]);
+/// the others get a `timestamp` ([`ServerEvent::frame`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event")]
+pub enum ServerEvent {
+    /// Right after the WebSocket opens.
+    #[serde(rename = "system.connected")]
+    Connected {
+        connection_id: String,
+        agent: AgentInfo,
+        auth_required: bool,
+    },
+    #[serde(rename = "system.plugin_reloaded")]
+    PluginReloaded { agent: AgentInfo },
+    #[serde(rename = "system.plugin_reload_failed")]
+    PluginReloadFailed { error: String, serving: Serving },
+    /// A missing or wrong token; the connection closes with 1008.
+    #[serde(rename = "auth.error")]
+    AuthError { error: String },
+    #[serde(rename = "agent.session_created")]
+    SessionCreated { resume_token: String, agent: AgentInfo },
+    /// Sent before the replayed events (it carries no `seq`).
+    #[serde(rename = "agent.session_resumed")]
+    SessionResumed {
+        last_seq: u64,
+        replayed: usize,
+        recovered: bool,
+    },
+    #[serde(rename = "agent.session_closed")]
+    SessionClosed,
+    #[serde(rename = "agent.thinking")]
+    Thinking { content: String, metadata: StepMeta },
+    #[serde(rename = "agent.partial_answer")]
+    PartialAnswer { content: String, metadata: StepMeta },
+    #[serde(rename = "agent.tool_call")]
+    ToolCall {
+        step_id: String,
+        content: String,
+        metadata: ToolCallMeta,
+    },
+    #[serde(rename = "agent.tool_result")]
+    ToolResult {
+        step_id: String,
+        content: String,
+        metadata: ToolResultMeta,
+    },
+    #[serde(rename = "agent.final_answer")]
+    FinalAnswer { content: String, metadata: FinalMeta },
+    #[serde(rename = "agent.error")]
+    Error { error: String, code: ErrorCode },
+    #[serde(rename = "agent.interrupted")]
+    Interrupted,
+    #[serde(rename = "agent.ready")]
+    Ready,
+}
+
+/// A frame on the wire: the event plus what its context adds.
+#[derive(Serialize)]
+struct Frame<'a> {
+    #[serde(flatten)]
+    event: &'a ServerEvent,
+    /// Absent for connection events; `null` for an error about no particular session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    timestamp: f64,
+}
+
+impl ServerEvent {
+    /// Every event name, in the order of the enum (checked against docs/protocol.md).
+    pub const NAMES: [&'static str; 15] = [
+        "system.connected",
+        "system.plugin_reloaded",
+        "system.plugin_reload_failed",
+        "auth.error",
+        "agent.session_created",
+        "agent.session_resumed",
+        "agent.session_closed",
+        "agent.thinking",
+        "agent.partial_answer",
+        "agent.tool_call",
+        "agent.tool_result",
+        "agent.final_answer",
+        "agent.error",
+        "agent.interrupted",
+        "agent.ready",
+    ];
+
+    /// The `event` name.
+    pub fn name(&self) -> &'static str {
+        let i = match self {
+            ServerEvent::Connected { .. } => 0,
+            ServerEvent::PluginReloaded { .. } => 1,
+            ServerEvent::PluginReloadFailed { .. } => 2,
+            ServerEvent::AuthError { .. } => 3,
+            ServerEvent::SessionCreated { .. } => 4,
+            ServerEvent::SessionResumed { .. } => 5,
+            ServerEvent::SessionClosed => 6,
+            ServerEvent::Thinking { .. } => 7,
+            ServerEvent::PartialAnswer { .. } => 8,
+            ServerEvent::ToolCall { .. } => 9,
+            ServerEvent::ToolResult { .. } => 10,
+            ServerEvent::FinalAnswer { .. } => 11,
+            ServerEvent::Error { .. } => 12,
+            ServerEvent::Interrupted => 13,
+            ServerEvent::Ready => 14,
+        };
+        Self::NAMES[i]
+    }
+
+    /// An `agent.error` with its code.
+    pub fn error(code: ErrorCode, error: impl Into<String>) -> ServerEvent {
+        ServerEvent::Error {
+            error: error.into(),
+            code,
+        }
+    }
+
+    /// A connection-level frame (no session).
+    pub fn frame(&self) -> Utf8Bytes {
+        self.encode(None, None)
+    }
+
+    /// A frame about `session_id` outside the session's numbered log (an error answering a
+    /// client message, a resume header, a close); `None` for an error about no session.
+    pub fn frame_about(&self, session_id: Option<&str>) -> Utf8Bytes {
+        self.encode(Some(session_id), None)
+    }
+
+    /// A frame in a session's numbered log.
+    pub fn frame_in_session(&self, session_id: &str, seq: u64) -> Utf8Bytes {
+        self.encode(Some(Some(session_id)), Some(seq))
+    }
+
+    fn encode(&self, session_id: Option<Option<&str>>, seq: Option<u64>) -> Utf8Bytes {
+        let frame = Frame {
+            event: self,
+            session_id,
+            seq,
+            timestamp: crate::now_secs(),
+        };
+        // Serializing strings, numbers and `Value`s into a Vec cannot fail.
+        let text = serde_json::to_string(&frame).unwrap_or_default();
+        Utf8Bytes::from(text)
+    }
+}
+
+/// Stamps a plugin's custom event (a JSON object with `event`) for a session's log.
+pub fn custom_frame(mut event: Map<String, Value>, session_id: &str, seq: u64) -> Utf8Bytes {
+    event.insert("session_id".into(), Value::String(session_id.to_owned()));
+    event.insert("seq".into(), seq.into());
+    event.insert("timestamp".into(), crate::now_secs().into());
+    Utf8Bytes::from(Value::Object(event).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_and_error_code_is_documented_and_named_as_it_serializes() {
+        let doc = include_str!("../../../../docs/protocol.md");
+        for name in ServerEvent::NAMES {
+            assert!(doc.contains(&format!("`{name}`")), "docs/protocol.md does not document `{name}`");
+        }
+        for code in ErrorCode::ALL {
+            assert!(doc.contains(&format!("`{code}`")), "docs/protocol.md does not document error code `{code}`");
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, code.as_str());
+        }
+        let samples = [
+            ServerEvent::SessionClosed,
+            ServerEvent::Ready,
+            ServerEvent::error(ErrorCode::RunFailed, "x"),
+            ServerEvent::AuthError { error: "Invalid token".into() },
+        ];
+        for e in samples {
+            let v: Value = serde_json::from_str(e.frame().as_str()).unwrap();
+            assert_eq!(v["event"], e.name());
+            assert!(v["timestamp"].is_f64());
+        }
+        let v: Value =
+            serde_json::from_str(ServerEvent::Ready.frame_in_session("s1", 7).as_str()).unwrap();
+        assert_eq!((v["session_id"].as_str(), v["seq"].as_u64()), (Some("s1"), Some(7)));
+        let v: Value = serde_json::from_str(
+            ServerEvent::error(ErrorCode::InvalidJson, "bad").frame_about(None).as_str(),
+        )
+        .unwrap();
+        assert!(v["session_id"].is_null() && v.as_object().unwrap().contains_key("session_id"));
+        assert_eq!(v["code"], "invalid_json");
+    }
+}

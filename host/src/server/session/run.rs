@@ -1,0 +1,175 @@
+//! Running a turn on a session — the build swap after a hot reload, the agent loop, and the
+//! one place a run's end becomes the client's final event — and custom events.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::log::{AgentSlot, Session};
+use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
+use crate::metrics::Metrics;
+use crate::server::protocol::{
+    ErrorCode, FinalMeta, ServerEvent, StepMeta, ToolCallMeta, ToolResultMeta,
+};
+
+/// One agent run on `session`: everything it reports goes out through the session's log.
+pub(super) async fn run_turn(
+    runtime: &AgentRuntime,
+    session: &Arc<Session>,
+    cancel: CancellationToken,
+    content: &str,
+) {
+    let mut slot = session.agent.lock().await;
+    swap_build(runtime, session, &mut slot).await;
+    let AgentSlot {
+        memory,
+        plugin,
+        instance,
+    } = &mut *slot;
+    let sink = SessionSink {
+        session,
+        metrics: &runtime.metrics,
+    };
+    let ctx = RunContext {
+        model: &runtime.model,
+        manifest: &plugin.manifest,
+        instance,
+        config: &runtime.config,
+        sink: &sink,
+        cancel: &cancel,
+        tracer: runtime.tracer.as_ref(),
+        metrics: &runtime.metrics,
+        session_id: &session.id,
+    };
+    let outcome = run_agent(&ctx, memory, content).await;
+    session.finish_run(&final_event(outcome), &runtime.metrics);
+}
+
+/// How a run's end reads to the client: the one route for every way a run ends.
+fn final_event(outcome: RunOutcome) -> ServerEvent {
+    match outcome {
+        RunOutcome::Finished {
+            answer,
+            reason,
+            steps,
+        } => ServerEvent::FinalAnswer {
+            content: answer,
+            metadata: FinalMeta {
+                steps,
+                reason: reason.as_str(),
+            },
+        },
+        RunOutcome::Failed { message } => ServerEvent::error(ErrorCode::RunFailed, message),
+        RunOutcome::Cancelled => ServerEvent::Interrupted,
+    }
+}
+
+/// Hot reload: the conversation is kept, the agent comes from the new build (if its factory
+/// works; else the session keeps the old one).
+async fn swap_build(runtime: &AgentRuntime, session: &Session, slot: &mut AgentSlot) {
+    let current = runtime.plugin.current();
+    if current.generation == slot.plugin.generation {
+        return;
+    }
+    let timeout = runtime.config.tool_timeout_for(&current.manifest);
+    match current.instantiate(timeout).await {
+        Ok(Ok(instance)) => {
+            session.set_instance(&instance);
+            slot.plugin = current;
+            slot.instance = instance;
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "new plugin build failed to create an agent; keeping the old one")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "new plugin build failed to create an agent; keeping the old one")
+        }
+    }
+}
+
+/// A custom client event, handed to the plugin's hook; what it returns goes back as events.
+pub(super) async fn custom_event(runtime: &AgentRuntime, session: &Session, event: Value) {
+    let instance = session.instance();
+    let timeout = runtime
+        .config
+        .tool_timeout_for(&runtime.plugin.current().manifest);
+    let failed = |e: &dyn std::fmt::Display| {
+        let text = format!("Custom event failed: {e}");
+        session.emit(
+            &ServerEvent::error(ErrorCode::CustomEventFailed, text),
+            &runtime.metrics,
+        );
+    };
+    match instance
+        .handle_event(&session.id, event.to_string(), timeout)
+        .await
+    {
+        Ok(Ok(events)) => {
+            for ev in events {
+                match ev {
+                    Value::Object(map) if map.get("event").is_some_and(Value::is_string) => {
+                        session.emit_custom(map, &runtime.metrics)
+                    }
+                    _ => tracing::warn!(
+                        "plugin event handler returned an event without an `event` name; dropped"
+                    ),
+                }
+            }
+        }
+        Ok(Err(e)) => failed(&e),
+        Err(e) => failed(&e),
+    }
+}
+
+/// Turns a run's events into session events.
+struct SessionSink<'a> {
+    session: &'a Session,
+    metrics: &'a Metrics,
+}
+
+impl EventSink for SessionSink<'_> {
+    fn emit(&self, event: AgentEvent) {
+        let e = match event {
+            AgentEvent::Thinking { step, content } => ServerEvent::Thinking {
+                content,
+                metadata: StepMeta { step },
+            },
+            AgentEvent::Delta { step, text } => ServerEvent::PartialAnswer {
+                content: text,
+                metadata: StepMeta { step },
+            },
+            AgentEvent::ToolCall {
+                step,
+                step_id,
+                tool,
+                args,
+            } => ServerEvent::ToolCall {
+                step_id,
+                content: format!("Calling tool {tool}"),
+                metadata: ToolCallMeta {
+                    tool,
+                    args,
+                    status: "running",
+                    step,
+                },
+            },
+            AgentEvent::ToolResult {
+                step,
+                step_id,
+                tool,
+                content,
+                success,
+            } => ServerEvent::ToolResult {
+                step_id,
+                content,
+                metadata: ToolResultMeta {
+                    tool,
+                    status: if success { "success" } else { "failed" },
+                    step,
+                },
+            },
+        };
+        self.session.emit(&e, self.metrics);
+    }
+}

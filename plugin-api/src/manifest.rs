@@ -1,0 +1,44 @@
+//! The manifest: what a plugin says about its agent, read by the host at load. One type for
+//! both sides (the plugin serializes it, the host deserializes it), carried as JSON across the
+//! ABI so it can grow without an ABI change.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The name of the host's built-in tool that ends a run; plugins may not use it.
+pub const TERMINATE_TOOL: &str = "terminate";
+
+/// Everything about an agent but its code.
+///
+/// Unknown fields are ignored on purpose: a plugin built against a newer 0.1.x plugin-api may
+/// say more than this host knows. Fields added after 0.1.0 carry `#[serde(default)]` so older
+/// plugins still load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub api_version: u32,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub system_prompt: String,
+    pub next_step_prompt: String,
+    pub max_steps: u32,
+    pub enable_tracing: bool,
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+    pub tool_timeout_ms: Option<u64>,
+    pub event_prefix: Option<String>,
+    /// The tool-call context convention the plugin understands (see [`crate::wire`]); 0 for
+    /// plugins built before it existed: their tools get bare arguments and cannot be told to stop.
+    #[serde(default)]
+    pub tool_context: u32,
+    pub tools: Vec<ToolSpec>,
+}
+
+/// One tool as the model sees it (the OpenAI `function` object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// The JSON Schema of the arguments object.
+    pub parameters: Value,
+}
