@@ -14,7 +14,6 @@ use myagent_plugin_api::abi::AgentInstanceBox;
 use myagent_plugin_api::{wire, ToolResult};
 use serde_json::Value;
 
-use super::load::Plugin;
 use crate::metrics::Metrics;
 
 /// Which plugin build a call went to, for error messages: "weather-assistant 0.1.0".
@@ -65,35 +64,8 @@ pub struct Instance {
     tool_context: bool,
 }
 
-impl Plugin {
-    /// A fresh agent instance for one session: the plugin's factory, run on the blocking pool.
-    pub async fn instantiate(
-        self: &Arc<Self>,
-        timeout: Duration,
-    ) -> Result<Result<Instance, PluginError>, HostError> {
-        let plugin = self.clone();
-        let r = on_blocking_pool(&self.tag, timeout, move || plugin.new_instance_blocking()).await?;
-        Ok(r)
-    }
-
-    /// The factory, on the calling thread: only for the loader (itself on the blocking pool).
-    pub(super) fn new_instance_blocking(&self) -> Result<Instance, PluginError> {
-        match (self.module().new_instance())() {
-            ROk(inner) => Ok(Instance {
-                inner: Arc::new(inner),
-                tag: self.tag.clone(),
-                tool_context: self.manifest.tool_context >= wire::TOOL_CONTEXT_VERSION,
-            }),
-            RErr(e) => Err(PluginError {
-                plugin: self.tag.clone(),
-                message: e.into_string(),
-            }),
-        }
-    }
-}
-
 /// Runs `f` on the blocking pool, waiting at most `timeout` (the thread is not stopped).
-async fn on_blocking_pool<T: Send + 'static>(
+pub(super) async fn on_blocking_pool<T: Send + 'static>(
     tag: &Arc<PluginTag>,
     timeout: Duration,
     f: impl FnOnce() -> T + Send + 'static,
@@ -158,6 +130,15 @@ impl Drop for InFlight {
 }
 
 impl Instance {
+    /// Wraps an instance the plugin's factory returned.
+    pub(super) fn from_abi(inner: AgentInstanceBox, tag: Arc<PluginTag>, tool_context: bool) -> Instance {
+        Instance {
+            inner: Arc::new(inner),
+            tag,
+            tool_context,
+        }
+    }
+
     /// The plugin build this instance came from.
     pub fn tag(&self) -> &Arc<PluginTag> {
         &self.tag

@@ -9,8 +9,12 @@ use abi_stable::std_types::{RErr, ROk};
 use myagent_plugin_api::abi::PluginModule_Ref;
 use myagent_plugin_api::{Manifest, API_VERSION, TERMINATE_TOOL};
 
+use std::time::Duration;
+
+use myagent_plugin_api::wire;
+
 use super::copies;
-use super::instance::PluginTag;
+use super::instance::{on_blocking_pool, HostError, Instance, PluginError, PluginTag};
 
 /// Why a plugin could not be loaded. Each message is meant to be shown to the user as is.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +64,32 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    pub(super) fn module(&self) -> PluginModule_Ref {
-        self.module
+    /// A fresh agent instance for one session: the plugin's factory, run on the blocking pool.
+    pub async fn instantiate(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> Result<Result<Instance, PluginError>, HostError> {
+        let plugin = self.clone();
+        let r = on_blocking_pool(&self.tag, timeout, move || plugin.new_instance_blocking()).await?;
+        Ok(r)
+    }
+
+    /// The factory, on the calling thread: only for the loader (itself on the blocking pool).
+    pub(super) fn new_instance_blocking(&self) -> Result<Instance, PluginError> {
+        match (self.module.new_instance())() {
+            ROk(inner) => Ok(Instance::from_abi(
+                inner,
+                self.tag.clone(),
+                self.manifest.tool_context >= wire::TOOL_CONTEXT_VERSION,
+            )),
+            RErr(e) => Err(PluginError {
+                plugin: self.tag.clone(),
+                message: e.into_string(),
+            }),
+        }
     }
 }
+
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

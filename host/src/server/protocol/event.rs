@@ -288,8 +288,11 @@ mod tests {
     #[test]
     fn every_event_and_error_code_is_documented_and_named_as_it_serializes() {
         let doc = include_str!("../../../../docs/protocol.md");
+        // Each event has a row in the "Server → client" table.
+        let table = doc.split("## Server → client").nth(1).unwrap().split("\n## ").next().unwrap();
         for name in ServerEvent::NAMES {
-            assert!(doc.contains(&format!("`{name}`")), "docs/protocol.md does not document `{name}`");
+            let row = format!("\n| `{name}` |");
+            assert!(table.contains(&row), "docs/protocol.md's server table has no row for `{name}`");
         }
         for code in ErrorCode::ALL {
             assert!(doc.contains(&format!("`{code}`")), "docs/protocol.md does not document error code `{code}`");
