@@ -183,7 +183,12 @@ impl FakeLlm {
     }
 
     pub fn start_with(args: &[&str]) -> FakeLlm {
-        let mut cmd = Command::new(bin("fake-llm"));
+        Self::start_at(&bin("fake-llm"), args)
+    }
+
+    /// Starts the `fake-llm` executable at `exe` (e.g. a release build) with `args`.
+    pub fn start_at(exe: &Path, args: &[&str]) -> FakeLlm {
+        let mut cmd = Command::new(exe);
         cmd.args(args);
         let proc = Proc::spawn(cmd);
         let line = proc.wait_line("listening on ", Duration::from_secs(10));
@@ -275,39 +280,44 @@ impl Host {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> Host {
+        let mut args = vec![
+            "--llm-retries",
+            "2",
+            "--llm-first-token-timeout",
+            "5",
+            "--llm-idle-timeout",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        Self::launch(&bin("myagent-host"), plugin, llm, &args, env, "info")
+    }
+
+    /// Starts the host executable at `exe` (e.g. a release build) on loopback, port 0, with its
+    /// own state directory, against `llm`, plus `extra` arguments; waits until it serves.
+    pub fn launch(
+        exe: &Path,
+        plugin: &Path,
+        llm: &FakeLlm,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+        log: &str,
+    ) -> Host {
         let state = TempDir::new("state");
-        let mut cmd = Command::new(bin("myagent-host"));
+        let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg(plugin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--base-url",
-                &llm.base_url(),
-                "--model",
-                "fake-model",
-            ])
-            .args([
-                "--llm-retries",
-                "2",
-                "--llm-first-token-timeout",
-                "5",
-                "--llm-idle-timeout",
-                "5",
-            ])
-            .arg("--state-dir")
+            .args(["--host", "127.0.0.1", "--port", "0", "--base-url", &llm.base_url()])
+            .args(["--model", "fake-model", "--state-dir"])
             .arg(state.path())
             .args(extra)
             .env_remove("OPENAI_API_KEY")
             .env_remove("MYAGENT_AUTH_TOKENS")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", log);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let proc = Proc::spawn(cmd);
-        let line = proc.wait_line("Serving on ws://", Duration::from_secs(20));
+        let line = proc.wait_line("Serving on ws://", Duration::from_secs(30));
         let port = serving_port(&line).expect("port");
         Host { proc, port, state }
     }

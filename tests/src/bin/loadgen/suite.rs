@@ -1,0 +1,200 @@
+//! `suite`: fake-llm and fresh hosts (release binaries beside this one, started with the shared
+//! test harness) for each scenario, then a table.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::*;
+use myagent_tests::{FakeLlm, Host};
+use crate::idle::*;
+use crate::stream::*;
+use crate::churn::*;
+
+/// fake-llm and fresh hosts, from the release binaries beside this executable, started with
+/// the shared test harness (`myagent_tests`): killed and cleaned up on drop.
+pub(crate) struct Stack {
+    dir: PathBuf,
+    llm: FakeLlm,
+}
+
+impl Stack {
+    pub(crate) fn start() -> Result<Stack> {
+        let dir = std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_owned();
+        let llm = FakeLlm::start_at(&dir.join("fake-llm"), &["--port", "0"]);
+        Ok(Stack { dir, llm })
+    }
+
+    /// A fresh host serving `lib{plugin}.so`; returns it and its WebSocket URL.
+    pub(crate) fn host(&self, plugin: &str, extra: &[&str]) -> Result<(Host, String)> {
+        let mut args = vec![
+            "--max-connections", "19500", "--no-watch", "--resume-window", "5",
+            "--llm-first-token-timeout", "60", "--llm-idle-timeout", "60",
+        ];
+        args.extend_from_slice(extra);
+        let host = Host::launch(
+            &self.dir.join("myagent-host"),
+            &self.dir.join(format!("lib{plugin}.so")),
+            &self.llm,
+            &args,
+            &[],
+            "warn,myagent_host=info",
+        );
+        let url = host.ws_url();
+        Ok((host, url))
+    }
+}
+
+pub(crate) async fn suite(a: &SuiteArgs) -> Result<Value> {
+    let stack = Stack::start()?;
+    let s = a.short;
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut results = Vec::new();
+
+    // Each scenario gets a fresh host, so that one's memory does not colour the next.
+    let weather = || stack.host("weather_agent", &[]);
+    {
+        let (_host, url) = weather()?;
+        let n = if s { 2_000 } else { 19_000 };
+        let r = idle(&IdleArgs {
+            target: Target { url },
+            connections: n,
+            concurrency: 200,
+            hold_secs: 1,
+        })
+        .await?;
+        rows.push((
+            format!(
+                "idle: server RSS per connection ({} conns)",
+                r["connections"]
+            ),
+            format!("{:.0} B", r["bytes_per_connection"].as_f64().unwrap_or(0.0)),
+            "≤ 10,240 B at 19,000".into(),
+        ));
+        rows.push((
+            "idle: connect rate".into(),
+            format!(
+                "{:.0} conn/s",
+                r["connects_per_sec"].as_f64().unwrap_or(0.0)
+            ),
+            "".into(),
+        ));
+        results.push(r);
+    }
+    {
+        let (_host, url) = weather()?;
+        let sessions = if s { 200 } else { 1_000 };
+        let tokens = if s { 100 } else { 250 };
+        let r = stream(&StreamArgs {
+            target: Target { url },
+            sessions,
+            sessions_per_connection: 1,
+            tokens,
+            token_ms: 20,
+            ramp_ms: 1000,
+        })
+        .await?;
+        rows.push((
+            format!("stream: host-added latency p50 / p99 ({sessions} sessions × 50 tok/s)"),
+            format!(
+                "{:.2} / {:.2} ms",
+                r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                r["latency_ms"]["p99"].as_f64().unwrap_or(0.0)
+            ),
+            "p99 ≤ 5 ms at 1,000".into(),
+        ));
+        rows.push((
+            "stream: time to first token p99 (model's first chunk after 40 ms)".into(),
+            format!(
+                "{:.1} ms",
+                r["first_event_ms"]["p99"].as_f64().unwrap_or(0.0)
+            ),
+            "".into(),
+        ));
+        rows.push(("stream: errors".into(), r["errors"].to_string(), "0".into()));
+        results.push(r);
+    }
+    {
+        let (_host, url) = weather()?;
+        let r = stream(&StreamArgs {
+            target: Target { url },
+            sessions: if s { 100 } else { 500 },
+            sessions_per_connection: 1,
+            tokens: if s { 1_000 } else { 2_000 },
+            token_ms: 0,
+            ramp_ms: 200,
+        })
+        .await?;
+        rows.push((
+            "throughput: events/s delivered (model unpaced)".into(),
+            format!("{:.0}", r["events_per_sec"].as_f64().unwrap_or(0.0)),
+            "≥ 100,000".into(),
+        ));
+        results.push(r);
+    }
+    {
+        let (_host, url) = weather()?;
+        let n = if s { 3_000 } else { 100_000 };
+        let r = churn(&ChurnArgs {
+            target: Target { url },
+            sessions: n,
+            warmup: if s { 1_000 } else { 20_000 },
+            concurrency: 32,
+        })
+        .await?;
+        rows.push((
+            format!("churn: sessions/s ({n} sessions)"),
+            format!("{:.0}", r["sessions_per_sec"].as_f64().unwrap_or(0.0)),
+            "".into(),
+        ));
+        rows.push((
+            "churn: host RSS growth after".into(),
+            format!("{:+.1} %", r["rss_growth_percent"].as_f64().unwrap_or(0.0)),
+            "within ±5 % (100,000 sessions)".into(),
+        ));
+        results.push(r);
+    }
+    {
+        let (_host, url) = stack.host("testkit_agent", &[])?;
+        let sessions = if s { 100 } else { 500 };
+        let r = tools(&ToolsArgs {
+            stream: StreamArgs {
+                target: Target { url },
+                sessions,
+                sessions_per_connection: 1,
+                tokens: 100,
+                token_ms: 20,
+                ramp_ms: 500,
+            },
+            blockers: 32,
+            block_ms: 1500,
+        })
+        .await?;
+        rows.push((
+            format!("tools: latency p99 without / with 32 blocking tools ({sessions} sessions)"),
+            format!(
+                "{:.2} / {:.2} ms",
+                r["without_blocking"]["latency_ms"]["p99"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                r["with_blocking"]["latency_ms"]["p99"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+            ),
+            "unaffected".into(),
+        ));
+        results.push(r);
+    }
+    let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(10);
+    let w2 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(10);
+    println!("\n{:<w$}  {:>w2$}  target", "measure", "result");
+    println!("{}", "-".repeat(w + w2 + 30));
+    for (m, v, t) in &rows {
+        println!("{m:<w$}  {v:>w2$}  {t}");
+    }
+    Ok(json!({"suite": if s { "short" } else { "long" }, "results": results}))
+}
