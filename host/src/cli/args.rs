@@ -165,10 +165,16 @@ pub struct ServeArgs {
     /// Read accepted tokens from FILE, one per line.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Accept WebSocket upgrades from browser pages only from these Origin values (repeatable);
-    /// requests without an Origin header (non-browser clients) are not affected.
+    /// Accept WebSocket upgrades from browser pages with these Origin values (repeatable; `*`
+    /// for any). Default: the same origin as the request (the page this host serves) and pages
+    /// on localhost. Requests without an Origin header (non-browser clients) are not affected.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+    /// Also answer requests for this Host name (repeatable; `*` for any). IP addresses and
+    /// localhost are always accepted; other names are refused (DNS rebinding) unless listed —
+    /// e.g. the public name nginx forwards. Also MYAGENT_ALLOWED_HOSTS (comma-separated).
+    #[arg(long = "allowed-host", value_name = "NAME", env = "MYAGENT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Also serve a WebSocket echo on /_echo with the same stack and limits (for protocol
     /// conformance testing with the Autobahn fuzzing client; not for production).
     #[arg(long)]

@@ -67,6 +67,7 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         auth_tokens,
         allowed_origins: args.allowed_origins.clone(),
+        allowed_hosts: args.allowed_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect(),
         conformance_echo: args.conformance_echo,
     }
 }

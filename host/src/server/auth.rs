@@ -1,5 +1,6 @@
-//! The authentication middleware: tokens (on the upgrade request or the first message) and the
-//! browser `Origin` check. One place for both halves of the check.
+//! The authentication middleware: tokens (on the upgrade request or the first message), the
+//! browser `Origin` check (same-origin unless configured) and the `Host` check (DNS
+//! rebinding). One place for every "may this request talk to us" decision.
 
 use hyper::header;
 use hyper::Request;
@@ -7,7 +8,10 @@ use hyper::Request;
 /// Who may connect.
 pub struct Auth {
     tokens: Vec<String>,
+    /// Accepted `Origin` values; empty: same-origin (or a localhost page); `*`: any.
     allowed_origins: Vec<String>,
+    /// Accepted `Host` names besides IP literals and `localhost`; `*`: any.
+    allowed_hosts: Vec<String>,
 }
 
 /// What the upgrade request said about authentication.
@@ -22,10 +26,11 @@ pub enum Credentials {
 }
 
 impl Auth {
-    pub fn new(tokens: Vec<String>, allowed_origins: Vec<String>) -> Auth {
+    pub fn new(tokens: Vec<String>, allowed_origins: Vec<String>, allowed_hosts: Vec<String>) -> Auth {
         Auth {
             tokens,
             allowed_origins,
+            allowed_hosts,
         }
     }
 
@@ -42,12 +47,49 @@ impl Auth {
         self.tokens.iter().any(|k| constant_time_eq(k, token))
     }
 
+    /// Whether a browser page at `origin` may open a socket on a request for `host`.
+    ///
     /// Browsers always send `Origin`; a request without one is not from a browser page (as in
     /// gorilla/websocket's check). Non-browser clients can claim any origin anyway: tokens are
-    /// what keeps them out.
-    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        self.allowed_origins.is_empty()
-            || origin.map_or(true, |o| self.allowed_origins.iter().any(|a| a == o))
+    /// what keeps them out. Without a configured list, only the same origin (the page this host
+    /// serves) and pages on localhost may connect: any other web page the user visits cannot
+    /// use the agent through their browser (cross-site WebSocket hijacking).
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        if self.allowed_origins.iter().any(|a| a == "*" || a == origin) {
+            return true;
+        }
+        if !self.allowed_origins.is_empty() {
+            return false;
+        }
+        let Some((scheme, authority)) = origin.split_once("://") else {
+            return false;
+        };
+        let origin_authority = without_default_port(scheme, authority);
+        if is_local(hostname(&origin_authority)) {
+            return true;
+        }
+        host.is_some_and(|h| {
+            let scheme_of_host = if scheme == "https" { "https" } else { "http" };
+            without_default_port(scheme_of_host, h).eq_ignore_ascii_case(&origin_authority)
+        })
+    }
+
+    /// Whether a request for `host` is for us: an IP literal, `localhost`, or a configured
+    /// name. A DNS-rebinding page (its own name resolving to this machine) is refused.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else {
+            return true; // HTTP/1.0 or a raw client: not a browser
+        };
+        let name = hostname(host);
+        is_local(name)
+            || name.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok()
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
     }
 
     /// Checks the token an upgrade request carries (`Authorization: Bearer` or `?token=`).
@@ -61,6 +103,25 @@ impl Auth {
             None => Credentials::Pending,
         }
     }
+}
+
+/// The host part of `host[:port]` (IPv6 literals keep their brackets).
+fn hostname(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_once(']').map_or(authority, |(h, _)| &authority[..h.len() + 1]);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+fn is_local(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host == "127.0.0.1" || host == "[::1]"
+}
+
+/// `authority` without `:80` for http or `:443` for https, lower-cased.
+fn without_default_port(scheme: &str, authority: &str) -> String {
+    let a = authority.to_ascii_lowercase();
+    let default = if scheme == "https" || scheme == "wss" { ":443" } else { ":80" };
+    a.strip_suffix(default).map(str::to_owned).unwrap_or(a)
 }
 
 /// The token a request carries: `Authorization: Bearer` or `?token=`.
@@ -129,9 +190,36 @@ mod tests {
 
     #[test]
     fn tokens_and_origins() {
-        let a = super::Auth::new(vec!["s3cret".into()], vec!["https://ok.example".into()]);
+        let a = super::Auth::new(vec!["s3cret".into()], vec!["https://ok.example".into()], vec![]);
         assert!(a.accepts("s3cret") && !a.accepts("s3cre") && !a.accepts("s3cret!"));
-        assert!(a.origin_allowed(None) && a.origin_allowed(Some("https://ok.example")));
-        assert!(!a.origin_allowed(Some("https://evil.example")));
+        let h = Some("agent.example");
+        assert!(a.origin_allowed(None, h) && a.origin_allowed(Some("https://ok.example"), h));
+        assert!(!a.origin_allowed(Some("https://evil.example"), h));
+        // A configured list is exact: not even the same origin is implied.
+        assert!(!a.origin_allowed(Some("https://agent.example"), h));
+    }
+
+    #[test]
+    fn same_origin_by_default() {
+        let a = super::Auth::new(vec![], vec![], vec![]);
+        assert!(a.origin_allowed(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")));
+        assert!(a.origin_allowed(Some("https://agent.example"), Some("agent.example:443")));
+        assert!(a.origin_allowed(Some("http://localhost:3000"), Some("10.0.0.2:8080")));
+        assert!(!a.origin_allowed(Some("https://evil.example"), Some("127.0.0.1:8080")));
+        assert!(!a.origin_allowed(Some("http://10.0.0.2:9999"), Some("10.0.0.2:8080")));
+        assert!(!a.origin_allowed(Some("null"), Some("127.0.0.1:8080")));
+        let any = super::Auth::new(vec![], vec!["*".into()], vec![]);
+        assert!(any.origin_allowed(Some("https://evil.example"), Some("127.0.0.1:8080")));
+    }
+
+    #[test]
+    fn hosts_are_ips_localhost_or_configured() {
+        let a = super::Auth::new(vec![], vec![], vec!["agent.example".into()]);
+        for ok in ["127.0.0.1:8080", "localhost", "[::1]:80", "10.1.2.3", "Agent.example:8000"] {
+            assert!(a.host_allowed(Some(ok)), "{ok}");
+        }
+        assert!(!a.host_allowed(Some("evil.example:8080")));
+        let any = super::Auth::new(vec![], vec![], vec!["*".into()]);
+        assert!(any.host_allowed(Some("evil.example")));
     }
 }

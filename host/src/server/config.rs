@@ -30,8 +30,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Accepted tokens; empty means no authentication.
     pub auth_tokens: Vec<String>,
-    /// Accepted `Origin` headers; empty means any.
+    /// Accepted `Origin` headers; empty: same-origin or localhost pages; `*`: any.
     pub allowed_origins: Vec<String>,
+    /// Accepted `Host` names besides IP literals and `localhost`; `*`: any.
+    pub allowed_hosts: Vec<String>,
     /// Serve a WebSocket echo on `/_echo` (same stack and limits), for conformance testing
     /// with the Autobahn fuzzing client.
     pub conformance_echo: bool,

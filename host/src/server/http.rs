@@ -86,6 +86,16 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
 }
 
 fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> Response<Body> {
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    if !gw.deps.auth.host_allowed(host) {
+        // A page whose own name resolves here (DNS rebinding), or a name nobody configured.
+        gw.deps.metrics.connections_refused.inc();
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "text/plain",
+            "unknown host name; start the host with --allowed-host NAME to serve it\n".into(),
+        );
+    }
     let path = req.uri().path();
     let is_upgrade = req
         .headers()
@@ -157,11 +167,8 @@ fn upgrade(
         );
     }
     let cfg = &deps.config;
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
-    if !deps.auth.origin_allowed(origin) {
+    let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if !deps.auth.origin_allowed(header(header::ORIGIN), header(header::HOST)) {
         deps.metrics.connections_refused.inc();
         return text(
             StatusCode::FORBIDDEN,

@@ -36,7 +36,11 @@ use session::Sessions;
 pub fn gateway(config: ServerConfig, sessions: SessionConfig, runtime: Arc<AgentRuntime>) -> Arc<Gateway> {
     let metrics = runtime.metrics.clone();
     let lifecycle = Arc::new(Lifecycle::default());
-    let auth = Arc::new(Auth::new(config.auth_tokens.clone(), config.allowed_origins.clone()));
+    let auth = Arc::new(Auth::new(
+        config.auth_tokens.clone(),
+        config.allowed_origins.clone(),
+        config.allowed_hosts.clone(),
+    ));
     let connections = Connections::new(config.max_connections_per_ip, metrics.clone());
     let sessions = Sessions::in_memory(sessions, runtime, lifecycle.clone());
     Arc::new(Gateway {

@@ -1,0 +1,65 @@
+//! Security: each finding of the audit rebuilt as a probe against a real host (its own process,
+//! a scripted model), asserting the bound or refusal that closes it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use myagent_tests::{plugin_lib, Client, FakeLlm, Host};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+
+fn request(host: &Host, headers: &[(&'static str, &str)]) -> Request {
+    let mut req = host.ws_url().into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    req
+}
+
+async fn status_of(req: Request) -> u16 {
+    match Client::connect_req(req).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("unexpected handshake error {e}"),
+    }
+}
+
+/// A plain HTTP GET with a chosen Host header; returns the status code.
+fn get_with_host(host: &Host, path: &str, host_header: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", host.port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
+#[tokio::test]
+async fn cross_site_pages_and_rebound_host_names_are_refused_by_default() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
+    let here = format!("127.0.0.1:{}", host.port);
+    // Another site's page in the user's browser: refused (it would read the agent's answers).
+    assert_eq!(status_of(request(&host, &[("origin", "https://evil.example")])).await, 403);
+    // The page this host serves, a localhost dev page, and non-browser clients: accepted.
+    assert_eq!(status_of(request(&host, &[("origin", &format!("http://{here}"))])).await, 101);
+    assert_eq!(status_of(request(&host, &[("origin", "http://localhost:3000")])).await, 101);
+    assert_eq!(status_of(request(&host, &[])).await, 101);
+    // DNS rebinding: evil.example resolving to this machine; the browser sends its own name.
+    let rebound = format!("evil.example:{}", host.port);
+    let req = request(&host, &[("host", &rebound), ("origin", &format!("http://{rebound}"))]);
+    assert_eq!(status_of(req).await, 421);
+    assert_eq!(get_with_host(&host, "/health", &rebound), 421);
+    assert_eq!(get_with_host(&host, "/health", &here), 200);
+
+    // The operator opens it up explicitly.
+    let open = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--allowed-origin", "*", "--allowed-host", "agent.example"],
+    );
+    assert_eq!(status_of(request(&open, &[("origin", "https://evil.example")])).await, 101);
+    assert_eq!(get_with_host(&open, "/health", "agent.example"), 200);
+    assert_eq!(get_with_host(&open, "/health", "evil.example"), 421);
+}
