@@ -63,3 +63,45 @@ async fn cross_site_pages_and_rebound_host_names_are_refused_by_default() {
     assert_eq!(get_with_host(&open, "/health", "agent.example"), 200);
     assert_eq!(get_with_host(&open, "/health", "evil.example"), 421);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let llm = FakeLlm::start();
+    // A queue too big to overflow: only the write timeout can notice this client.
+    let mut host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--outbound-queue", "10000000", "--write-timeout", "2", "--shutdown-timeout", "5"],
+    );
+    // A tiny receive buffer so the server's writes block soon after the client stops reading.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(([127, 0, 0, 1], host.port).into()).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(host.ws_url(), stream).await.unwrap();
+    let mut c = Client { ws, seen: Vec::new() };
+    c.recv().await;
+    let (sid, _) = c.create_session().await;
+    c.ask(&sid, "stream:100000").await;
+    // Stop reading. The server fills the socket, then its write waits: within the write
+    // timeout (plus the time to fill the buffers) the connection is dropped.
+    let t0 = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if host.metric("myagent_connections") == 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the wedged connection is still open");
+    }
+    assert!(host.metric("myagent_slow_client_disconnects_total") >= 1);
+    // Its session is detached, not lost: it waits for a resume.
+    assert_eq!(host.metric("myagent_sessions"), 1);
+    // And shutdown is not held up by it.
+    host.terminate();
+    let t0 = Instant::now();
+    while host.proc.child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(3), "shutdown waited on a wedged writer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+}

@@ -137,6 +137,10 @@ pub struct ServeArgs {
     /// Events queued per connection before a slow client is disconnected (code 4008).
     #[arg(long, default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// A write to a client that does not complete within this drops the connection (the client
+    /// stopped reading; its sessions stay resumable).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub write_timeout: u64,
     /// Bytes of past events kept per session for resume.
     #[arg(long, default_value_t = 262_144, value_name = "BYTES")]
     pub replay_buffer_bytes: usize,

@@ -62,6 +62,7 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
         max_frame_bytes: (args.max_message_bytes * 16).max(1 << 20),
         read_buffer_bytes: args.read_buffer_bytes.max(1024),
         outbound_queue: args.outbound_queue.max(16),
+        write_timeout: Duration::from_secs(args.write_timeout.max(1)),
         ping_interval: Duration::from_secs(args.ping_interval.max(1)),
         pong_timeout: Duration::from_secs(args.pong_timeout),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),

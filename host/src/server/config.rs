@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub read_buffer_bytes: usize,
     /// Outbound events queued per connection before it is closed as too slow (4008).
     pub outbound_queue: usize,
+    /// A write (or flush) to a client that takes longer drops the connection: the client has
+    /// stopped reading and its socket buffer is full.
+    pub write_timeout: Duration,
     pub ping_interval: Duration,
     /// A peer silent for `ping_interval + pong_timeout` is dropped.
     pub pong_timeout: Duration,

@@ -46,6 +46,23 @@ pub struct ConnDeps {
 enum Flow {
     Continue,
     Close(CloseCode, &'static str),
+    /// The socket stopped taking writes: drop it without a close frame.
+    Drop,
+}
+
+/// Runs one write (or flush) under `limit`. A peer that stops reading fills the socket buffer
+/// and a write would wait forever; no write may keep the loop from keepalive, the slow-client
+/// check or shutdown. `Err(true)` means timed out (the socket is then dropped: a write cut off
+/// mid-frame cannot be resumed), `Err(false)` that the peer is gone.
+async fn within<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<T, bool> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(false),
+        Err(_) => Err(true),
+    }
 }
 
 /// Serves one upgraded WebSocket until it closes. `credentials` is what the upgrade request
@@ -72,9 +89,10 @@ async fn serve_loop(
     credentials: Credentials,
 ) {
     let (mut sink, mut stream) = ws.split();
+    let limit = deps.config.write_timeout;
     if credentials == Credentials::Refused {
-        let _ = sink.send(Message::Text(auth_error().frame())).await;
-        let _ = close(&mut sink, CloseCode::Policy, "Invalid token").await;
+        let _ = within(limit, sink.send(Message::Text(auth_error().frame()))).await;
+        let _ = within(limit, close(&mut sink, CloseCode::Policy, "Invalid token")).await;
         deps.metrics.connections_refused.inc();
         return;
     }
@@ -91,7 +109,7 @@ async fn serve_loop(
         auth_required: !authed,
     };
     drop(plugin);
-    if sink.send(Message::Text(hello.frame())).await.is_err() {
+    if within(limit, sink.send(Message::Text(hello.frame()))).await.is_err() {
         return;
     }
     let mut ping = tokio::time::interval(deps.config.ping_interval);
@@ -108,20 +126,24 @@ async fn serve_loop(
                     deps.metrics.slow_client_disconnects.inc();
                     tracing::warn!(connection_id = client.conn.id, "client too slow; closing (its sessions stay resumable)");
                     Flow::Close(CloseCode::Library(CLOSE_SLOW_CLIENT), "slow client: outbound queue full; resume the session to continue")
-                } else if write_batch(&mut sink, out).await.is_err() {
-                    break;
                 } else {
-                    Flow::Continue
+                    match within(limit, write_batch(&mut sink, out)).await {
+                        Ok(()) => Flow::Continue,
+                        Err(true) => Flow::Drop,
+                        Err(false) => break,
+                    }
                 }
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > dead_after {
                     tracing::info!(connection_id = client.conn.id, "peer stopped answering pings; dropping");
                     Flow::Close(CloseCode::Library(CLOSE_KEEPALIVE), "keepalive timeout")
-                } else if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break;
                 } else {
-                    Flow::Continue
+                    match within(limit, sink.send(Message::Ping(Default::default()))).await {
+                        Ok(()) => Flow::Continue,
+                        Err(true) => Flow::Drop,
+                        Err(false) => break,
+                    }
                 }
             }
             msg = stream.next() => {
@@ -157,6 +179,12 @@ async fn serve_loop(
                 }
             }
         };
+        if let Flow::Drop = flow {
+            deps.metrics.slow_client_disconnects.inc();
+            tracing::warn!(connection_id = client.conn.id, timeout_ms = limit.as_millis() as u64,
+                "client stopped reading (a write timed out); dropping it (its sessions stay resumable)");
+            break;
+        }
         if let Flow::Close(code, reason) = flow {
             // Deliver what was queued before the close (e.g. `auth.error`), except to a client
             // that is being dropped for not reading.
@@ -170,7 +198,7 @@ async fn serve_loop(
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(drain)).await;
             }
-            let _ = Box::pin(close(&mut sink, code, reason)).await;
+            let _ = within(limit, Box::pin(close(&mut sink, code, reason))).await;
             break;
         }
     }
