@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use futures_util::SinkExt;
 use myagent_tests::{plugin_lib, Client, FakeLlm, Host};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -104,4 +105,49 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(c);
+}
+
+#[tokio::test]
+async fn unauthenticated_clients_hold_little_and_not_for_long() {
+    use tokio_tungstenite::tungstenite::Message;
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--auth-token", "s3cret", "--auth-timeout", "2"],
+    );
+    let big = "x".repeat(60 * 1024); // under the 64 KiB message limit, over the pre-auth frame limit
+    // Clients that never send a token but push large frames: dropped at once.
+    let mut dropped = 0;
+    for _ in 0..20 {
+        let mut c = Client::connect(&host.ws_url()).await;
+        assert_eq!(c.recv().await["auth_required"], true);
+        let _ = c.ws.send(Message::text(big.clone())).await;
+        if c.recv_timeout(Duration::from_secs(3)).await.is_none() {
+            dropped += 1;
+        }
+    }
+    assert_eq!(dropped, 20);
+    // A client that only answers pings (tungstenite does) and never authenticates: closed with
+    // 1008 at the deadline.
+    let mut idle = Client::connect(&host.ws_url()).await;
+    idle.recv().await;
+    let t0 = Instant::now();
+    assert_eq!(idle.close_code(Duration::from_secs(5)).await, Some(1008));
+    assert!(t0.elapsed() < Duration::from_secs(4));
+
+    // Once authenticated (header or first message), large messages are fine again.
+    let mut req = host.ws_url().into_client_request().unwrap();
+    req.headers_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+    let mut ok = Client::connect_req(req).await.unwrap();
+    ok.recv().await;
+    ok.send(json!({"event": "user.message", "session_id": "nope", "content": big})).await;
+    assert_eq!(ok.until("agent.error").await["code"], "session_not_found");
+    let mut first = Client::connect(&host.ws_url()).await;
+    first.recv().await;
+    first.send(json!({"event": "user.create_session", "token": "s3cret"})).await;
+    let created = first.until("agent.session_created").await;
+    let sid = created["session_id"].as_str().unwrap();
+    first.send(json!({"event": "user.cancel", "session_id": sid, "pad": big})).await;
+    assert_eq!(first.until("agent.error").await["code"], "not_running");
 }

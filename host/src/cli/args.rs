@@ -166,6 +166,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub auth_tokens: Vec<String>,
+    /// With tokens required: a connection that has not sent a valid one within this is closed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub auth_timeout: u64,
     /// Read accepted tokens from FILE, one per line.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,

@@ -59,13 +59,17 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
         trusted_proxies: args.trusted_proxies.clone(),
         header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
         max_message_bytes: args.max_message_bytes,
-        max_frame_bytes: (args.max_message_bytes * 16).max(1 << 20),
+        // The hard limit (close 1009) sits just above the soft one (an error event): each
+        // connection can make the host buffer at most this much (before authentication, the
+        // gate's few KiB).
+        max_frame_bytes: (args.max_message_bytes * 2).max(64 * 1024),
         read_buffer_bytes: args.read_buffer_bytes.max(1024),
         outbound_queue: args.outbound_queue.max(16),
         write_timeout: Duration::from_secs(args.write_timeout.max(1)),
         ping_interval: Duration::from_secs(args.ping_interval.max(1)),
         pong_timeout: Duration::from_secs(args.pong_timeout),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        auth_timeout: Duration::from_secs(args.auth_timeout.max(1)),
         auth_tokens,
         allowed_origins: args.allowed_origins.clone(),
         allowed_hosts: args.allowed_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect(),

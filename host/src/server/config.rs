@@ -31,6 +31,8 @@ pub struct ServerConfig {
     /// A peer silent for `ping_interval + pong_timeout` is dropped.
     pub pong_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// A client that has not authenticated (when tokens are required) within this is closed.
+    pub auth_timeout: Duration,
     /// Accepted tokens; empty means no authentication.
     pub auth_tokens: Vec<String>,
     /// Accepted `Origin` headers; empty: same-origin or localhost pages; `*`: any.

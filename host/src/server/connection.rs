@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::auth::{Auth, Credentials};
 use super::config::ServerConfig;
 use super::connections::{Connections, IpSlot};
+use super::gate::{Gate, GateKey};
 use super::lifecycle::Lifecycle;
 use super::outbox::Outbox;
 use super::protocol::{self, AgentInfo, ErrorCode, ServerEvent};
@@ -29,7 +30,7 @@ pub const CLOSE_SLOW_CLIENT: u16 = 4008;
 /// Close code for a peer that stopped answering pings.
 pub const CLOSE_KEEPALIVE: u16 = 4000;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<Gate<TokioIo<Upgraded>>>;
 type Sink = SplitSink<Ws, Message>;
 
 /// What a connection task needs from the server.
@@ -66,14 +67,21 @@ async fn within<T>(
 }
 
 /// Serves one upgraded WebSocket until it closes. `credentials` is what the upgrade request
-/// carried; `ip_slot` the client's place under the per-address limit, held until it closes.
-pub async fn serve(ws: Ws, deps: ConnDeps, credentials: Credentials, ip_slot: IpSlot) {
+/// carried (`gate` opens the byte gate once a first message authenticates); `ip_slot` the
+/// client's place under the per-address limit, held until it closes.
+pub async fn serve(
+    ws: Ws,
+    deps: ConnDeps,
+    credentials: Credentials,
+    gate: Option<GateKey>,
+    ip_slot: IpSlot,
+) {
     let id = deps.connections.next_id();
     let (handle, out) = Outbox::new(id, deps.config.outbound_queue);
     deps.connections.register(handle.clone());
     let mut client = Client::new(handle, ip_slot.ip);
     let span = tracing::debug_span!("conn", connection_id = id);
-    serve_loop(ws, &deps, &mut client, &out, credentials)
+    serve_loop(ws, &deps, &mut client, &out, credentials, gate)
         .instrument(span)
         .await;
     deps.connections.unregister(id);
@@ -87,6 +95,7 @@ async fn serve_loop(
     client: &mut Client,
     out: &Outbox,
     credentials: Credentials,
+    gate: Option<GateKey>,
 ) {
     let (mut sink, mut stream) = ws.split();
     let limit = deps.config.write_timeout;
@@ -112,6 +121,9 @@ async fn serve_loop(
     if within(limit, sink.send(Message::Text(hello.frame()))).await.is_err() {
         return;
     }
+    // A client that has not authenticated within this is closed (1008), pings or not.
+    let auth_deadline = tokio::time::sleep(deps.config.auth_timeout);
+    tokio::pin!(auth_deadline);
     let mut ping = tokio::time::interval(deps.config.ping_interval);
     ping.reset();
     let mut last_seen = Instant::now();
@@ -121,6 +133,11 @@ async fn serve_loop(
             biased;
             // Queued events (e.g. agent.interrupted) are delivered before the close, below.
             _ = deps.lifecycle.close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
+            _ = &mut auth_deadline, if !authed => {
+                deps.metrics.connections_refused.inc();
+                tracing::info!(connection_id = client.conn.id, "no token within the authentication deadline");
+                refuse_auth(client)
+            }
             _ = out.wake.notified() => {
                 if out.is_slow() {
                     deps.metrics.slow_client_disconnects.inc();
@@ -157,6 +174,11 @@ async fn serve_loop(
                                 tracing::info!(connection_id = client.conn.id, error = %c, "frame over the hard size limit");
                                 Flow::Close(CloseCode::Size, "message too big")
                             }
+                            E::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                                deps.metrics.connections_refused.inc();
+                                tracing::info!(connection_id = client.conn.id, error = %e, "unauthenticated client over its input limit; dropped");
+                                break;
+                            }
                             E::ConnectionClosed | E::AlreadyClosed | E::Io(_) => break,
                             other => {
                                 tracing::info!(connection_id = client.conn.id, error = %other, "protocol error");
@@ -166,8 +188,16 @@ async fn serve_loop(
                     }
                     // Boxed: the dispatch future is large and only lives while a message is handled.
                     Some(Ok(Message::Text(text))) => {
-                        Box::pin(on_text(deps, client, &mut authed, text.as_str())).await
+                        let was = authed;
+                        let flow = Box::pin(on_text(deps, client, &mut authed, text.as_str())).await;
+                        if authed && !was {
+                            if let Some(g) = &gate {
+                                g.open();
+                            }
+                        }
+                        flow
                     }
+                    Some(Ok(Message::Binary(_))) if !authed => refuse_auth(client),
                     Some(Ok(Message::Binary(b))) => {
                         deps.metrics.client_errors.inc();
                         client.conn.send_about(None, &ServerEvent::error(ErrorCode::BinaryFrame,
@@ -241,6 +271,9 @@ fn auth_error() -> ServerEvent {
 
 async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: &str) -> Flow {
     let max = deps.config.max_message_bytes;
+    if text.len() > max && !*authed {
+        return refuse_auth(client);
+    }
     if text.len() > max {
         deps.metrics.client_errors.inc();
         client.conn.send_about(None, &ServerEvent::error(ErrorCode::MessageTooLarge,

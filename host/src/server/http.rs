@@ -18,10 +18,17 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::auth::Credentials;
 use super::config::ServerConfig;
 use super::connection::{self, ConnDeps};
+use super::gate::Gate;
 
 type Body = Full<Bytes>;
+
+/// Before authentication: the largest frame a client may send (a first message with a token)
+/// and the most bytes in all (also bounded in time by `--auth-timeout`).
+const PRE_AUTH_FRAME: u64 = 8 * 1024;
+const PRE_AUTH_TOTAL: u64 = 32 * 1024;
 
 /// The web client (one self-contained page, no build step), served at `/`.
 pub const WEB_CLIENT: &str = include_str!("web/index.html");
@@ -229,13 +236,17 @@ fn upgrade(
         // give up on it (and free its slots) after the same deadline as for headers.
         match tokio::time::timeout(handshake_deadline, on_upgrade).await {
             Ok(Ok(upgraded)) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                connection::serve(ws, deps2, credentials, ip_slot).await;
+                // Until a token arrives, the client's bytes go through a closed gate.
+                let io = TokioIo::new(upgraded);
+                let (io, key) = match credentials {
+                    Credentials::Pending => {
+                        let (gate, key) = Gate::closed(io, PRE_AUTH_FRAME, PRE_AUTH_TOTAL);
+                        (gate, Some(key))
+                    }
+                    _ => (Gate::open(io), None),
+                };
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+                connection::serve(ws, deps2, credentials, key, ip_slot).await;
                 drop(slot);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
@@ -268,9 +279,8 @@ fn upgrade_echo(mut req: Request<Incoming>, deps: &ConnDeps, slot: Slot) -> Resp
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let io = Gate::open(TokioIo::new(upgraded));
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
         while let Some(Ok(msg)) = ws.next().await {
             let reply = match msg {
                 Message::Text(_) | Message::Binary(_) => msg,

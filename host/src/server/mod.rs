@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod connections;
+pub mod gate;
 pub mod http;
 pub mod lifecycle;
 pub mod outbox;
