@@ -29,6 +29,12 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub(&self, n: u64) {
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -87,6 +93,8 @@ pub struct Metrics {
     pub sessions: Gauge,
     /// Session creations refused by `max_sessions` or `max_sessions_per_ip`.
     pub sessions_refused: Counter,
+    /// Bytes held in all sessions' replay buffers (events plus per-event overhead).
+    pub replay_bytes: Gauge,
     pub sessions_total: Counter,
     pub runs_started: Counter,
     pub runs_finished: Counter,
@@ -155,6 +163,12 @@ impl Metrics {
             "counter",
             "Sessions refused by the global or per-address session limit.",
             self.sessions_refused.get(),
+        );
+        one(
+            "myagent_replay_bytes",
+            "gauge",
+            "Bytes held in all sessions' replay buffers, per-event overhead included.",
+            self.replay_bytes.get(),
         );
         one(
             "myagent_sessions",

@@ -185,6 +185,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         max_sessions_per_ip: 2,
         max_sessions_per_connection: 16,
         replay_buffer_bytes: 64 * 1024,
+        replay_budget_bytes: 1 << 30,
         resume_window: Duration::from_millis(300),
     };
     let sessions = Sessions::in_memory(config, runtime.clone(), Arc::new(Lifecycle::default()));

@@ -151,3 +151,51 @@ async fn unauthenticated_clients_hold_little_and_not_for_long() {
     first.send(json!({"event": "user.cancel", "session_id": sid, "pad": big})).await;
     assert_eq!(first.until("agent.error").await["code"], "not_running");
 }
+
+#[tokio::test]
+async fn the_session_cap_holds_on_resume_and_replay_memory_is_bounded_overall() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[
+            "--max-sessions-per-connection", "2",
+            "--replay-buffer-bytes", "65536",
+            "--replay-budget-bytes", "200000",
+        ],
+    );
+    // Two connections pass sessions back and forth: neither may end up with more than 2.
+    let mut a = Client::connect(&host.ws_url()).await;
+    a.recv().await;
+    let mut b = Client::connect(&host.ws_url()).await;
+    b.recv().await;
+    let s1 = a.create_session().await;
+    let s2 = a.create_session().await;
+    for (sid, token) in [&s1, &s2] {
+        b.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token})).await;
+        b.until("agent.session_resumed").await;
+    }
+    a.create_session().await;
+    a.create_session().await;
+    // `a` held s1 before, but owns two others now: taking s1 back is over its cap.
+    a.send(json!({"event": "user.resume_session", "session_id": s1.0, "resume_token": s1.1})).await;
+    let e = a.until_any(&["agent.session_resumed", "agent.error"]).await;
+    assert_eq!(e["code"], "too_many_sessions", "{e}");
+
+    // Ten sessions streaming ~70 KB each: the per-session buffer (64 KiB) would hold ~640 KB in
+    // all; the global budget keeps the total near 200 KB, event overhead counted.
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(&host.ws_url()).await;
+        c.recv().await;
+        for _ in 0..2 {
+            let (sid, _) = c.create_session().await;
+            c.ask(&sid, "stream:2000").await;
+            c.until("agent.ready").await;
+        }
+        clients.push(c);
+    }
+    let held = host.metric("myagent_replay_bytes");
+    assert!(held <= 200_000 + 4096, "replay buffers hold {held} bytes");
+    assert!(held > 100_000, "the budget is used, not emptied: {held}");
+}

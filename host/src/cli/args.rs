@@ -144,6 +144,10 @@ pub struct ServeArgs {
     /// Bytes of past events kept per session for resume.
     #[arg(long, default_value_t = 262_144, value_name = "BYTES")]
     pub replay_buffer_bytes: usize,
+    /// Bytes of past events kept by all sessions together (0 = a quarter of this machine's
+    /// memory, or of the container's limit); over it, a session adding events drops its oldest.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub replay_budget_bytes: usize,
     /// WebSocket read buffer per connection.
     #[arg(long, default_value_t = 4096, value_name = "BYTES")]
     pub read_buffer_bytes: usize,

@@ -95,6 +95,10 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
         max_sessions_per_ip: args.max_sessions_per_ip,
         max_sessions_per_connection: args.max_sessions_per_connection.max(1),
         replay_buffer_bytes: args.replay_buffer_bytes,
+        replay_budget_bytes: match args.replay_budget_bytes {
+            0 => (available_memory_bytes() / 4) as usize,
+            n => n,
+        },
         resume_window: Duration::from_secs(args.resume_window),
     }
 }

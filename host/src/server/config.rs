@@ -52,8 +52,10 @@ pub struct SessionConfig {
     /// Sessions per client address at most (0: no limit).
     pub max_sessions_per_ip: usize,
     pub max_sessions_per_connection: usize,
-    /// Bytes of past events kept per session for resume.
+    /// Bytes of past events kept per session for resume (with per-event overhead).
     pub replay_buffer_bytes: usize,
+    /// Bytes of past events kept by all sessions together.
+    pub replay_budget_bytes: usize,
     /// How long a session (and its run) outlives its connection, waiting for a resume.
     pub resume_window: Duration,
 }

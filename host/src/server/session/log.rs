@@ -20,6 +20,23 @@ use crate::plugin::{Instance, Plugin};
 use crate::server::outbox::ConnHandle;
 use crate::server::protocol::{custom_frame, ServerEvent};
 
+/// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
+/// allocator rounding (measured: a full 256 KiB buffer of small events held ~611 KiB).
+pub const EVENT_OVERHEAD: usize = 96;
+
+/// The replay bytes of all sessions together, bounded: when the total is over, the session
+/// adding an event drops its own oldest ones first (whoever writes pays).
+pub struct ReplayBudget {
+    pub limit: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ReplayBudget {
+    fn over(&self) -> bool {
+        self.metrics.replay_bytes.get() > self.limit as u64
+    }
+}
+
 /// The conversation side of a session, held by one run at a time.
 pub struct AgentSlot {
     pub memory: Memory,
@@ -36,6 +53,7 @@ pub struct Session {
     pub agent: tokio::sync::Mutex<AgentSlot>,
     inner: Mutex<Inner>,
     replay_cap_bytes: usize,
+    budget: Arc<ReplayBudget>,
 }
 
 struct Inner {
@@ -49,6 +67,13 @@ struct Inner {
     epoch: u64,
     /// The instance custom events go to (the latest one a run used).
     instance: Instance,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget.metrics.replay_bytes.sub(inner.replay_bytes as u64);
+    }
 }
 
 /// What a resume found.
@@ -67,6 +92,7 @@ impl Session {
         owner: ConnHandle,
         client_ip: IpAddr,
         replay_cap_bytes: usize,
+        budget: Arc<ReplayBudget>,
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
@@ -84,6 +110,7 @@ impl Session {
             agent: tokio::sync::Mutex::new(slot),
             inner: Mutex::new(inner),
             replay_cap_bytes,
+            budget,
         }
     }
 
@@ -126,11 +153,17 @@ impl Session {
         inner.seq = inner.seq.saturating_add(1);
         let seq = inner.seq;
         let text = encode(seq);
-        inner.replay_bytes += text.len();
+        let cost = text.len() + EVENT_OVERHEAD;
+        inner.replay_bytes += cost;
+        self.budget.metrics.replay_bytes.add(cost as u64);
         inner.replay.push_back((seq, text.clone()));
-        while inner.replay_bytes > self.replay_cap_bytes && inner.replay.len() > 1 {
+        while (inner.replay_bytes > self.replay_cap_bytes || self.budget.over())
+            && inner.replay.len() > 1
+        {
             if let Some((_, old)) = inner.replay.pop_front() {
-                inner.replay_bytes -= old.len();
+                let freed = old.len() + EVENT_OVERHEAD;
+                inner.replay_bytes -= freed;
+                self.budget.metrics.replay_bytes.sub(freed as u64);
             }
         }
         if let Some(owner) = &inner.owner {

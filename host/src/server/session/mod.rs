@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-pub use log::{AgentSlot, ResumeOutcome, Session};
+pub use log::{AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD};
 pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
 
 use super::auth::constant_time_eq;
@@ -52,6 +52,7 @@ impl Client {
 pub struct Sessions {
     store: Box<dyn SessionStore>,
     config: SessionConfig,
+    budget: Arc<ReplayBudget>,
     runtime: Arc<AgentRuntime>,
     lifecycle: Arc<Lifecycle>,
 }
@@ -76,8 +77,13 @@ impl Sessions {
         runtime: Arc<AgentRuntime>,
         lifecycle: Arc<Lifecycle>,
     ) -> Arc<Sessions> {
+        let budget = Arc::new(ReplayBudget {
+            limit: config.replay_budget_bytes,
+            metrics: runtime.metrics.clone(),
+        });
         Arc::new(Sessions {
             store,
+            budget,
             config,
             runtime,
             lifecycle,
@@ -239,6 +245,7 @@ impl Sessions {
             client.conn.clone(),
             client.ip,
             self.config.replay_buffer_bytes,
+            self.budget.clone(),
         ));
         if let Err(why) = self.store.insert(session.clone()) {
             return self.refuse(client, None, why);
@@ -295,8 +302,11 @@ impl Sessions {
                 return;
             }
         };
+        // The cap counts on resume too: a session this connection held once but another
+        // connection took over is a new one for it (else two connections passing sessions back
+        // and forth could each hold any number).
         let per_conn = self.config.max_sessions_per_connection;
-        if !client.sessions.contains(session_id) && self.owned_count(client) >= per_conn {
+        if !session.owned_by(client.conn.id) && self.owned_count(client) >= per_conn {
             return self.refuse(client, Some(session_id), SessionRefusal::Connection(per_conn));
         }
         client.sessions.insert(session_id.to_owned());
