@@ -168,6 +168,32 @@ impl Tool for QueryDatabase {
 pub struct SendEmail;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
+/// Longest subject and body accepted.
+const MAX_SUBJECT_CHARS: usize = 200;
+const MAX_BODY_BYTES: usize = 32 * 1024;
+/// Messages per minute, per plugin build (a runaway agent must not flood the mail sink).
+const MAX_PER_MINUTE: usize = 20;
+static SENT: std::sync::Mutex<Vec<std::time::Instant>> = std::sync::Mutex::new(Vec::new());
+
+/// A header value must be one line of visible text: no control characters at all (a bare `\r`
+/// starts a new header for many parsers) and no Unicode line or paragraph separators.
+fn header_ok(v: &str) -> bool {
+    !v.chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{0085}'))
+}
+
+/// Takes a place under the per-minute limit, or says how long until one frees up.
+fn rate_limit() -> Result<(), u64> {
+    let now = std::time::Instant::now();
+    let mut sent = SENT.lock().unwrap_or_else(|p| p.into_inner());
+    sent.retain(|t| now.duration_since(*t) < std::time::Duration::from_secs(60));
+    if sent.len() >= MAX_PER_MINUTE {
+        let wait = 60u64.saturating_sub(now.duration_since(sent[0]).as_secs());
+        return Err(wait.max(1));
+    }
+    sent.push(now);
+    Ok(())
+}
 
 impl Tool for SendEmail {
     fn name(&self) -> &str {
@@ -195,8 +221,20 @@ impl Tool for SendEmail {
         if !valid {
             return ToolResult::error(format!("`{to}` is not an email address"));
         }
-        if subject.contains('\n') || to.contains('\n') {
-            return ToolResult::error("headers must be one line");
+        if !header_ok(&to) || !header_ok(&subject) {
+            return ToolResult::error(
+                "`to` and `subject` must be one line of text without control characters",
+            );
+        }
+        if subject.chars().count() > MAX_SUBJECT_CHARS || body.len() > MAX_BODY_BYTES {
+            return ToolResult::error(format!(
+                "too long: the subject may have {MAX_SUBJECT_CHARS} characters, the body {MAX_BODY_BYTES} bytes"
+            ));
+        }
+        if let Err(wait) = rate_limit() {
+            return ToolResult::error(format!(
+                "rate limit: at most {MAX_PER_MINUTE} emails a minute; try again in {wait} s"
+            ));
         }
         let maildir = data_dir().join("maildir");
         for sub in ["tmp", "new", "cur"] {
@@ -207,19 +245,28 @@ impl Tool for SendEmail {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        // Unique across processes and reloads (each build has its own SEQ): seconds, then
+        // microseconds, pid and sequence, as Maildir's naming convention suggests.
         let name = format!(
-            "{}.{}_{}.myagent",
+            "{}.M{}P{}Q{}.myagent",
             now.as_secs(),
+            now.subsec_micros(),
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let message = format!(
             "From: business-assistant <agent@localhost>\r\nTo: {to}\r\nSubject: {subject}\r\nX-Mailer: myagent business_agent\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
         );
-        // Maildir delivery: write in tmp/, then rename into new/ (atomic for readers).
+        // Maildir delivery: write in tmp/ (never over an existing file), then rename into new/
+        // (atomic for readers).
         let tmp = maildir.join("tmp").join(&name);
-        if let Err(e) = std::fs::write(&tmp, message)
-            .and_then(|_| std::fs::rename(&tmp, maildir.join("new").join(&name)))
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(message.as_bytes())?;
+            std::fs::rename(&tmp, maildir.join("new").join(&name))
+        };
+        if let Err(e) = write()
         {
             return ToolResult::error(format!("delivery failed: {e}"));
         }
@@ -290,6 +337,32 @@ mod tests {
                 json!({"to": "nobody", "subject": "x", "body": "y"})
             )
             .is_error());
+        // Header injection in every spelling, and oversized bodies: refused, nothing delivered.
+        for (to, subject) in [
+            ("a@b.example", "Invoice\rBcc: attacker@evil.example"),
+            ("a@b.example", "Invoice\nBcc: attacker@evil.example"),
+            ("a@b.example", "Invoice\u{2028}Bcc: attacker@evil.example"),
+            ("a@b.example\rBcc: x@evil.example", "Hi"),
+            ("a@b.example", "tab\tinside"),
+        ] {
+            let r = agent.call_tool("send_email", json!({"to": to, "subject": subject, "body": "x"}));
+            assert!(r.is_error(), "{subject:?} was accepted");
+        }
+        let r = agent.call_tool("send_email", json!({"to": "a@b.example", "subject": "Hi", "body": "x".repeat(3_000_000)}));
+        assert!(r.error.unwrap().contains("too long"));
+        assert_eq!(std::fs::read_dir(dir.join("maildir/new")).unwrap().count(), 1);
+        // The per-minute limit (one was sent above).
+        let mut refused = None;
+        for i in 0..MAX_PER_MINUTE {
+            let r = agent.call_tool("send_email", json!({"to": "a@b.example", "subject": "n", "body": "x"}));
+            if r.is_error() {
+                refused = Some((i, r.error.unwrap()));
+                break;
+            }
+        }
+        let (i, why) = refused.expect("the rate limit never refused");
+        assert_eq!(i, MAX_PER_MINUTE - 1);
+        assert!(why.contains("rate limit"), "{why}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
