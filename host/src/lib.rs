@@ -5,6 +5,7 @@
 //! WebSocket gateway and HTTP endpoints. See ARCHITECTURE.md.
 
 pub mod agent;
+pub mod journal;
 pub mod llm;
 pub mod metrics;
 pub mod plugin;

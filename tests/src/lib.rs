@@ -330,6 +330,12 @@ impl Host {
         http_get(&format!("http://127.0.0.1:{}{path}", self.port))
     }
 
+    /// `active_sessions` from `/health`.
+    pub fn http_health_sessions(&self) -> u64 {
+        let v: Value = serde_json::from_str(&self.http("/health")).unwrap();
+        v["active_sessions"].as_u64().unwrap()
+    }
+
     /// The value of metric `name` in `/metrics` (panics if absent).
     pub fn metric(&self, name: &str) -> u64 {
         let text = self.http("/metrics");

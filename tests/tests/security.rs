@@ -199,3 +199,60 @@ async fn the_session_cap_holds_on_resume_and_replay_memory_is_bounded_overall() 
     assert!(held <= 200_000 + 4096, "replay buffers hold {held} bytes");
     assert!(held > 100_000, "the budget is used, not emptied: {held}");
 }
+
+#[tokio::test]
+async fn smaller_findings_events_seq_metrics_and_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let llm = FakeLlm::start();
+    let dir = myagent_tests::TempDir::new("sec-files");
+    let trace = dir.path().join("trace.jsonl");
+    let record = dir.path().join("record.jsonl");
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &[
+            "--metrics-token", "m3trics",
+            "--resume-window", "1",
+            "--trace-file", trace.to_str().unwrap(),
+            "--record", record.to_str().unwrap(),
+        ],
+    );
+    // An event over 4 MiB (a plugin's custom event here) is replaced by an error in its place;
+    // the connection stays.
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    c.send(json!({"event": "testkit.big", "session_id": sid, "data": {"bytes": 5_000_000}})).await;
+    let e = c.until("agent.error").await;
+    assert_eq!(e["code"], "event_too_large", "{e}");
+    c.send(json!({"event": "testkit.big", "session_id": sid, "data": {"bytes": 10}})).await;
+    assert_eq!(c.until("testkit.big").await["blob"], "bbbbbbbbbb");
+    c.ask(&sid, "say:hello").await;
+    c.until("agent.final_answer").await;
+
+    // Traces and recordings hold conversations: private to the user.
+    for f in [&trace, &record] {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+
+    // /metrics behind its token.
+    let url = format!("http://127.0.0.1:{}/metrics", host.port);
+    assert!(myagent_tests::http_get_raw(&url).starts_with("HTTP/1.1 401"));
+    let mut s = TcpStream::connect(("127.0.0.1", host.port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer m3trics\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200") && out.contains("myagent_sessions 1"), "{out}");
+
+    // A resume from u64::MAX: no overflow, and the session is still freed after its window.
+    drop(c);
+    let mut b = Client::connect(&host.ws_url()).await;
+    b.recv().await;
+    b.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": u64::MAX})).await;
+    let r = b.until("agent.session_resumed").await;
+    assert_eq!(r["replayed"], 0);
+    b.ask(&sid, "say:still here").await;
+    assert_eq!(b.until("agent.final_answer").await["content"], "still here");
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(host.http_health_sessions() == 0);
+}

@@ -1,37 +1,27 @@
 //! Structured run traces (`enable_tracing` in a plugin): JSON lines appended to the operator's
 //! `--trace-file`, one object per run step, model call and tool call.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use serde_json::Value;
 
+use crate::journal::{Journal, WhenFull};
+
 pub struct TraceWriter {
-    path: PathBuf,
-    file: Mutex<std::fs::File>,
+    journal: Journal,
 }
 
 impl TraceWriter {
-    pub fn create(path: &Path) -> std::io::Result<TraceWriter> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+    /// Opens (appends to) `path`, created 0600; past `max_bytes` it rotates to `<path>.1`.
+    pub fn create(path: &Path, max_bytes: u64) -> std::io::Result<TraceWriter> {
         Ok(TraceWriter {
-            path: path.to_owned(),
-            file: Mutex::new(file),
+            journal: Journal::create(path, max_bytes, WhenFull::Rotate)?,
         })
     }
 
     /// Appends `record` with a timestamp.
     pub fn write(&self, mut record: Value) {
         record["ts"] = crate::now_secs().into();
-        let mut line = record.to_string();
-        line.push('\n');
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_all(line.as_bytes()) {
-            tracing::error!(path = %self.path.display(), error = %e, "could not write trace");
-        }
+        self.journal.append(&record.to_string());
     }
 }

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Append run traces (JSON lines) here for plugins with enable_tracing.
     #[arg(long, value_name = "FILE")]
     pub trace_file: Option<PathBuf>,
+    /// --trace-file and --record files are created private (0600) and kept below this size: a
+    /// trace moves to FILE.1 and starts afresh, a recording stops.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub journal_max_bytes: u64,
 
     /// Where loaded copies of the plugin go (default: $XDG_RUNTIME_DIR or /tmp).
     #[arg(long, value_name = "DIR")]
@@ -170,6 +174,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub auth_tokens: Vec<String>,
+    /// Require this bearer token for GET /metrics (also MYAGENT_METRICS_TOKEN); without it
+    /// /metrics is open to whoever can reach the port.
+    #[arg(long, value_name = "TOKEN", env = "MYAGENT_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// With tokens required: a connection that has not sent a valid one within this is closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub auth_timeout: u64,

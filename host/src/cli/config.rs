@@ -69,6 +69,7 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
         ping_interval: Duration::from_secs(args.ping_interval.max(1)),
         pong_timeout: Duration::from_secs(args.pong_timeout),
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
         auth_timeout: Duration::from_secs(args.auth_timeout.max(1)),
         auth_tokens,
         allowed_origins: args.allowed_origins.clone(),

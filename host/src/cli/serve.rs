@@ -39,7 +39,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("Model: {model_name} via {}", model.describe());
     let tracer = match &args.trace_file {
         Some(p) => Some(
-            TraceWriter::create(p)
+            TraceWriter::create(p, args.journal_max_bytes)
                 .with_context(|| format!("cannot open --trace-file {}", p.display()))?,
         ),
         None => None,
@@ -88,7 +88,7 @@ fn model(args: &ServeArgs) -> anyhow::Result<Model> {
     }
     let recorder = match &args.record {
         Some(p) => Some(
-            Recorder::create(p)
+            Recorder::create(p, args.journal_max_bytes)
                 .with_context(|| format!("cannot open --record file {}", p.display()))?,
         ),
         None => None,

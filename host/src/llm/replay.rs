@@ -6,14 +6,13 @@
 //! the file.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{ChatMessage, ChatRequest, ChatResponse, LlmError};
+use crate::journal::{Journal, WhenFull};
 
 #[derive(Serialize, Deserialize)]
 struct Exchange {
@@ -34,24 +33,20 @@ fn key(messages: &[ChatMessage]) -> String {
 
 /// Appends every successful exchange to a file.
 pub struct Recorder {
-    path: PathBuf,
-    file: Mutex<std::fs::File>,
+    journal: Journal,
 }
 
 impl Recorder {
-    pub fn create(path: &Path) -> std::io::Result<Recorder> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+    /// Opens (appends to) `path`, created 0600; past `max_bytes` recording stops (a recording
+    /// cut in the middle of a rotation would not replay).
+    pub fn create(path: &Path, max_bytes: u64) -> std::io::Result<Recorder> {
         Ok(Recorder {
-            path: path.to_owned(),
-            file: Mutex::new(file),
+            journal: Journal::create(path, max_bytes, WhenFull::Stop)?,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.journal.path()
     }
 
     pub fn record(&self, req: &ChatRequest, resp: &ChatResponse) {
@@ -62,12 +57,8 @@ impl Recorder {
             },
             response: resp.clone(),
         };
-        let mut line = serde_json::to_string(&ex).unwrap_or_default();
-        line.push('\n');
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_all(line.as_bytes()) {
-            tracing::error!(path = %self.path.display(), error = %e, "could not append to the recording");
-        }
+        self.journal
+            .append(&serde_json::to_string(&ex).unwrap_or_default());
     }
 }
 

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub auth_timeout: Duration,
     /// Accepted tokens; empty means no authentication.
     pub auth_tokens: Vec<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
     /// Accepted `Origin` headers; empty: same-origin or localhost pages; `*`: any.
     pub allowed_origins: Vec<String>,
     /// Accepted `Host` names besides IP literals and `localhost`; `*`: any.

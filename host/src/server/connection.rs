@@ -79,14 +79,30 @@ pub async fn serve(
     let id = deps.connections.next_id();
     let (handle, out) = Outbox::new(id, deps.config.outbound_queue);
     deps.connections.register(handle.clone());
-    let mut client = Client::new(handle, ip_slot.ip);
+    let mut attached = Attached {
+        client: Client::new(handle, ip_slot.ip),
+        deps: deps.clone(),
+        _ip_slot: ip_slot,
+    };
     let span = tracing::debug_span!("conn", connection_id = id);
-    serve_loop(ws, &deps, &mut client, &out, credentials, gate)
+    serve_loop(ws, &deps, &mut attached.client, &out, credentials, gate)
         .instrument(span)
         .await;
-    deps.connections.unregister(id);
-    deps.sessions.release(&client);
-    drop(ip_slot);
+}
+
+/// A connection's hold on the registry and its sessions, let go however the connection task
+/// ends — a panic included, so its sessions still expire.
+struct Attached {
+    client: Client,
+    deps: ConnDeps,
+    _ip_slot: IpSlot,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.deps.connections.unregister(self.client.conn.id);
+        self.deps.sessions.release(&self.client);
+    }
 }
 
 async fn serve_loop(

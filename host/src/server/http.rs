@@ -18,10 +18,11 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use super::auth::Credentials;
+use super::auth::{constant_time_eq, Credentials};
 use super::config::ServerConfig;
 use super::connection::{self, ConnDeps};
 use super::gate::Gate;
+use super::protocol::MAX_EVENT_BYTES;
 
 type Body = Full<Bytes>;
 
@@ -115,6 +116,12 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             upgrade_echo(req, &gw.deps, slot)
         }
         (&Method::GET, "/health") => health(gw),
+        (&Method::GET, "/metrics") if !metrics_allowed(&req, &gw.deps.config) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "text/plain", "metrics need a token\n".into());
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
         (&Method::GET, "/metrics") => {
             let generation = gw.deps.sessions.runtime().plugin.current().generation;
             let body = gw.deps.metrics.render(generation);
@@ -137,6 +144,18 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// `/metrics` is open unless `--metrics-token` is set.
+fn metrics_allowed(req: &Request<Incoming>, cfg: &ServerConfig) -> bool {
+    let Some(token) = &cfg.metrics_token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim(), token))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
@@ -299,7 +318,8 @@ fn ws_config(cfg: &ServerConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(cfg.read_buffer_bytes)
         .write_buffer_size(0)
-        .max_write_buffer_size(cfg.max_frame_bytes * 4)
+        // Room for two of the largest events the server sends (their size is capped).
+        .max_write_buffer_size(2 * MAX_EVENT_BYTES + 64 * 1024)
         .max_message_size(Some(cfg.max_frame_bytes))
         .max_frame_size(Some(cfg.max_frame_bytes))
 }

@@ -110,6 +110,10 @@ pub fn testkit() -> Agent {
             if event["event"] == "testkit.sleep" {
                 sleep_ms(&event["data"]);
             }
+            if event["event"] == "testkit.big" {
+                let bytes = event["data"]["bytes"].as_u64().unwrap_or(1024) as usize;
+                return Ok(vec![json!({"event": "testkit.big", "blob": "b".repeat(bytes)})]);
+            }
             Ok(vec![json!({
                 "event": "testkit.pong",
                 "session_id": ctx.session_id,

@@ -26,11 +26,12 @@ pub enum ErrorCode {
     PluginError,
     RunFailed,
     CustomEventFailed,
+    EventTooLarge,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and fuzzing.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidMessage,
         ErrorCode::MissingEvent,
@@ -47,6 +48,7 @@ impl ErrorCode {
         ErrorCode::PluginError,
         ErrorCode::RunFailed,
         ErrorCode::CustomEventFailed,
+        ErrorCode::EventTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::PluginError => "plugin_error",
             ErrorCode::RunFailed => "run_failed",
             ErrorCode::CustomEventFailed => "custom_event_failed",
+            ErrorCode::EventTooLarge => "event_too_large",
         }
     }
 }
@@ -180,6 +183,10 @@ pub enum ServerEvent {
     #[serde(rename = "agent.ready")]
     Ready,
 }
+
+/// The largest frame the server sends; a bigger event is replaced by an `agent.error`
+/// (`event_too_large`) in its place in the log (the writer's buffer allows two of these).
+pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// A frame on the wire: the event plus what its context adds.
 #[derive(Serialize)]

@@ -10,7 +10,7 @@ mod event;
 use serde_json::{Map, Value};
 
 pub use event::{
-    custom_frame, AgentInfo, ErrorCode, FinalMeta, ServerEvent, Serving, StepMeta, ToolCallMeta,
+    custom_frame, AgentInfo, MAX_EVENT_BYTES, ErrorCode, FinalMeta, ServerEvent, Serving, StepMeta, ToolCallMeta,
     ToolResultMeta,
 };
 

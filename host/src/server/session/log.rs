@@ -18,7 +18,7 @@ use crate::agent::Memory;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
 use crate::server::outbox::ConnHandle;
-use crate::server::protocol::{custom_frame, ServerEvent};
+use crate::server::protocol::{custom_frame, ErrorCode, ServerEvent, MAX_EVENT_BYTES};
 
 /// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
 /// allocator rounding (measured: a full 256 KiB buffer of small events held ~611 KiB).
@@ -121,13 +121,14 @@ impl Session {
     /// Numbers `event`, keeps it for replay and sends it to the owning connection, if any.
     pub fn emit(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
-        self.emit_locked(&mut inner, |seq| event.frame_in_session(&self.id, seq), metrics);
+        self.emit_locked(&mut inner, event.name(), |seq| event.frame_in_session(&self.id, seq), metrics);
     }
 
     /// [`Session::emit`] for a plugin's own custom event (a JSON object with `event`).
     pub fn emit_custom(&self, event: Map<String, Value>, metrics: &Metrics) {
         let mut inner = self.lock();
-        self.emit_locked(&mut inner, |seq| custom_frame(event, &self.id, seq), metrics);
+        let name = event.get("event").and_then(Value::as_str).unwrap_or("").to_owned();
+        self.emit_locked(&mut inner, &name, |seq| custom_frame(event, &self.id, seq), metrics);
     }
 
     /// Ends the run: emits `event` (final answer, error or interruption) and `agent.ready`, and
@@ -136,9 +137,10 @@ impl Session {
     pub fn finish_run(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
         inner.running = None;
-        self.emit_locked(&mut inner, |seq| event.frame_in_session(&self.id, seq), metrics);
+        self.emit_locked(&mut inner, event.name(), |seq| event.frame_in_session(&self.id, seq), metrics);
         self.emit_locked(
             &mut inner,
+            "agent.ready",
             |seq| ServerEvent::Ready.frame_in_session(&self.id, seq),
             metrics,
         );
@@ -147,12 +149,21 @@ impl Session {
     fn emit_locked(
         &self,
         inner: &mut Inner,
+        name: &str,
         encode: impl FnOnce(u64) -> Utf8Bytes,
         metrics: &Metrics,
     ) {
         inner.seq = inner.seq.saturating_add(1);
         let seq = inner.seq;
-        let text = encode(seq);
+        let mut text = encode(seq);
+        if text.len() > MAX_EVENT_BYTES {
+            tracing::warn!(session_id = %self.id, event = name, bytes = text.len(), "event over the size limit; replaced by an error");
+            let error = ServerEvent::error(
+                ErrorCode::EventTooLarge,
+                format!("An `{name}` event of {} bytes was not sent: events are limited to {MAX_EVENT_BYTES} bytes", text.len()),
+            );
+            text = error.frame_in_session(&self.id, seq);
+        }
         let cost = text.len() + EVENT_OVERHEAD;
         inner.replay_bytes += cost;
         self.budget.metrics.replay_bytes.add(cost as u64);
