@@ -203,13 +203,9 @@ async fn retries_on_429_honouring_retry_after_then_gives_up_clearly() {
     llm.script(json!([{"status": 400, "body": "{\"error\":{\"message\":\"bad request body\"}}"}]));
     c.ask(&sid, "z").await;
     let e = c.until("agent.error").await;
-    assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("HTTP 400: bad request body"),
-        "{e}"
-    );
+    // The status reaches the client; the provider's own text only the server log.
+    let text = e["error"].as_str().unwrap();
+    assert!(text.contains("HTTP 400") && !text.contains("bad request body"), "{e}");
 }
 
 #[tokio::test]
@@ -222,7 +218,7 @@ async fn stalls_mid_stream_errors_garbage_and_resets_are_clear_errors() {
         ),
         (
             json!({"text": "abcdefgh", "after_chunks": 2, "error_message": "model overloaded"}),
-            "model overloaded",
+            "error mid-stream",
         ),
         (
             json!({"text": "abcdefgh", "after_chunks": 2, "garbage": true}),

@@ -256,3 +256,47 @@ async fn smaller_findings_events_seq_metrics_and_private_files() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(host.http_health_sessions() == 0);
 }
+
+#[tokio::test]
+async fn model_output_is_bounded_and_provider_errors_stay_in_the_log() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--max-model-output", "65536", "--max-tokens", "777", "--llm-call-timeout", "2", "--llm-retries", "0"],
+    );
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    // A streamed answer past the output cap: a clear error, and the session goes on.
+    c.ask(&sid, "stream:30000").await;
+    let e = c.until("agent.error").await;
+    assert!(e["error"].as_str().unwrap().contains("output limit of 65536 bytes"), "{e}");
+    c.until("agent.ready").await;
+    // The same as one JSON body (a server that ignores `stream`), and a giant error body.
+    llm.script(json!([{"text": "y".repeat(200_000), "non_streaming": true}]));
+    c.ask(&sid, "x").await;
+    let e = c.until("agent.error").await;
+    assert!(e["error"].as_str().unwrap().contains("output limit"), "{e}");
+    c.until("agent.ready").await;
+    llm.script(json!([{"status": 500, "body": "z".repeat(20_000_000)}]));
+    c.ask(&sid, "x").await;
+    let e = c.until("agent.error").await;
+    assert!(e["error"].as_str().unwrap().contains("HTTP 500"), "{e}");
+    c.until("agent.ready").await;
+    // max_tokens was asked for.
+    assert_eq!(llm.requests().last().unwrap()["max_tokens"], 777);
+    // A stream that keeps trickling (never idle long enough to stall) is cut at the deadline.
+    let t0 = Instant::now();
+    c.ask(&sid, "bench:1000@10").await;
+    let e = c.until("agent.error").await;
+    assert!(e["error"].as_str().unwrap().contains("longer than 2 s"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(6));
+    c.until("agent.ready").await;
+    // The provider's own words (OpenAI's 401 quotes the key's end) reach the log, not the client.
+    llm.script(json!([{"status": 401, "body": json!({"error": {"message": "Incorrect API key provided: sk-proj-****************WXYZ."}}).to_string()}]));
+    c.ask(&sid, "x").await;
+    let e = c.until("agent.error").await;
+    let text = e["error"].as_str().unwrap();
+    assert!(text.contains("HTTP 401") && !text.contains("WXYZ"), "{e}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(host.proc.stderr_text().contains("WXYZ"), "the detail should be in the server log");
+}

@@ -182,10 +182,11 @@ async fn think(
         Ok(r) => r,
         Err(e) => {
             ctx.metrics.llm_errors.inc();
+            tracing::warn!(session_id = ctx.session_id, step, error = %e, "model call failed");
             trace(ctx, json!({"kind": "model_call", "session_id": ctx.session_id, "step": step,
                 "model": plan.model, "latency_ms": latency.as_millis() as u64, "error": e.to_string()}));
             return Thought::Stop(RunOutcome::Failed {
-                message: format!("The model call failed: {e}"),
+                message: format!("The model call failed: {}", e.public()),
             });
         }
     };

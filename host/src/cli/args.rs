@@ -82,6 +82,16 @@ pub struct ServeArgs {
     /// Longest silence inside a model stream.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub llm_idle_timeout: u64,
+    /// Longest one model call may take in all, however steadily it streams.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub llm_call_timeout: u64,
+    /// Bytes of answer (text and tool-call arguments) accepted per model call; more fails the
+    /// run with a clear error.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_model_output: usize,
+    /// Sent to the model as `max_tokens` (0: not sent, for endpoints that refuse the field).
+    #[arg(long, default_value_t = 4096, value_name = "TOKENS")]
+    pub max_tokens: u32,
 
     /// Per tool call timeout, unless the plugin sets its own.
     #[arg(long, default_value_t = 30, value_name = "SECS")]

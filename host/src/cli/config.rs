@@ -124,6 +124,9 @@ pub fn llm_config(args: &ServeArgs) -> LlmConfig {
         first_token_timeout: Duration::from_secs(args.llm_first_token_timeout),
         idle_timeout: Duration::from_secs(args.llm_idle_timeout),
         max_retries: args.llm_retries,
+        call_timeout: Duration::from_secs(args.llm_call_timeout.max(1)),
+        max_output_bytes: args.max_model_output.max(1024),
+        max_tokens: (args.max_tokens > 0).then_some(args.max_tokens),
     }
 }
 

@@ -21,6 +21,45 @@ pub struct LlmConfig {
     pub idle_timeout: Duration,
     /// Retries after the first attempt (the official client's default is 2).
     pub max_retries: u32,
+    /// Longest one attempt may take, whatever the stream does (the idle timer restarts with
+    /// every chunk; this does not).
+    pub call_timeout: Duration,
+    /// Bytes of answer (text and tool-call arguments) accepted per call; more is an error.
+    pub max_output_bytes: usize,
+    /// Sent as `max_tokens` (the model stops there); `None` sends nothing.
+    pub max_tokens: Option<u32>,
+}
+
+/// Error bodies are read up to this much (the message is in the first few hundred bytes).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Reads a response body, refusing more than `limit` bytes (never buffering more).
+async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, LlmError> {
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(classify)?;
+        if out.len() + chunk.len() > limit {
+            return Err(LlmError::TooLong(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// `url` with any `user:password@` and query string replaced, for logs and banners.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let userinfo = if authority.contains('@') { "***@" } else { "" };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_owned(),
+    };
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    let slash = if rest.contains('/') { "/" } else { "" };
+    format!("{scheme}{sep}{userinfo}{host}{slash}{path}")
 }
 
 pub struct HttpModel {
@@ -60,7 +99,7 @@ impl HttpModel {
         } else {
             "no API key"
         };
-        format!("{} ({key}{rec})", self.config.base_url)
+        format!("{} ({key}{rec})", redact_url(&self.config.base_url))
     }
 
     pub async fn chat(
@@ -68,12 +107,20 @@ impl HttpModel {
         req: &ChatRequest,
         on_delta: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ChatResponse, LlmError> {
-        let body = req.to_body();
+        let mut body = req.to_body();
+        if let Some(n) = self.config.max_tokens {
+            body["max_tokens"] = n.into();
+        }
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut parser = StreamParser::default();
-            let (result, retry_after) = self.attempt(&body, &mut parser, on_delta).await;
+            let mut parser = StreamParser::with_limit(self.config.max_output_bytes);
+            let deadline = self.config.call_timeout;
+            let (result, retry_after) =
+                match tokio::time::timeout(deadline, self.attempt(&body, &mut parser, on_delta)).await {
+                    Ok(r) => r,
+                    Err(_) => (Err(LlmError::Deadline(deadline.as_secs())), None),
+                };
             match result {
                 Ok(resp) => {
                     if let Some(rec) = &self.recorder {
@@ -89,7 +136,7 @@ impl HttpModel {
                     } else {
                         LlmError::RetriesExhausted {
                             attempts: attempt,
-                            last: e.to_string(),
+                            last: Box::new(e),
                         }
                     });
                 }
@@ -122,10 +169,11 @@ impl HttpModel {
         let status = resp.status();
         if !status.is_success() {
             let retry_after = retry_after(resp.headers());
-            let text = tokio::time::timeout(first, resp.text())
+            let text = tokio::time::timeout(first, read_capped(resp, MAX_ERROR_BODY))
                 .await
                 .ok()
                 .and_then(Result::ok)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
             let message = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -145,12 +193,14 @@ impl HttpModel {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
-            let bytes = match tokio::time::timeout(first, resp.bytes()).await {
+            // The JSON envelope around the answer is small; allow it beside the output limit.
+            let limit = self.config.max_output_bytes.saturating_add(64 * 1024);
+            let bytes = match tokio::time::timeout(first, read_capped(resp, limit)).await {
                 Err(_) => return (Err(LlmError::Stalled(first.as_millis() as u64)), None),
-                Ok(Err(e)) => return (Err(classify(e)), None),
+                Ok(Err(e)) => return (Err(e), None),
                 Ok(Ok(b)) => b,
             };
-            return (StreamParser::whole(&bytes, on_delta), None);
+            return (StreamParser::whole(&bytes, self.config.max_output_bytes, on_delta), None);
         }
         let mut stream = resp.bytes_stream();
         let mut wait = first;
@@ -273,6 +323,13 @@ mod tests {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("retry-after", "9999".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(redact_url("https://user:pw@llm.example/v1?key=abc"), "https://***@llm.example/v1?***");
+        assert_eq!(redact_url("http://127.0.0.1:9/v1"), "http://127.0.0.1:9/v1");
+        assert_eq!(redact_url("https://api.openai.com"), "https://api.openai.com");
     }
 
     #[test]

@@ -160,7 +160,7 @@ pub enum LlmError {
     #[error("the model endpoint answered HTTP {status}: {message}")]
     Status { status: u16, message: String },
     #[error("the model endpoint failed after {attempts} attempts: {last}")]
-    RetriesExhausted { attempts: u32, last: String },
+    RetriesExhausted { attempts: u32, last: Box<LlmError> },
     #[error("cannot reach the model endpoint: {0}")]
     Connect(String),
     #[error("the model sent no data for {0} ms (stalled)")]
@@ -171,9 +171,30 @@ pub enum LlmError {
     Malformed(String),
     #[error("{0}")]
     Replay(String),
+    /// The answer (text and tool-call arguments together) grew past the host's limit.
+    #[error("the model's answer exceeded the host's output limit of {0} bytes")]
+    TooLong(usize),
+    /// One attempt took longer than the host's per-call deadline.
+    #[error("the model call took longer than {0} s")]
+    Deadline(u64),
 }
 
 impl LlmError {
+    /// The text a client may see: what failed, without what the provider said (an OpenAI 401
+    /// quotes the end of the key; error bodies can name accounts and URLs). The full error goes
+    /// to the server log.
+    pub fn public(&self) -> String {
+        match self {
+            LlmError::Status { status, .. } => format!("the model endpoint answered HTTP {status}"),
+            LlmError::RetriesExhausted { attempts, last } => {
+                format!("the model endpoint failed after {attempts} attempts: {}", last.public())
+            }
+            LlmError::Stream(_) => "the model reported an error mid-stream".into(),
+            LlmError::Connect(_) => "cannot reach the model endpoint (connection failed)".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// True for failures the official client retries (before any output was streamed).
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -12,10 +12,12 @@ use serde_json::Value;
 use super::{ChatResponse, FunctionCall, LlmError, ToolCall, Usage};
 
 /// Accumulates a streamed answer from raw bytes.
-#[derive(Default)]
 pub struct StreamParser {
     line: Vec<u8>,
     content: String,
+    /// Bytes of text and tool-call data so far, and the most allowed.
+    output: usize,
+    max_output: usize,
     calls: BTreeMap<u64, ToolCall>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
@@ -24,7 +26,36 @@ pub struct StreamParser {
     pub started: bool,
 }
 
+impl Default for StreamParser {
+    fn default() -> Self {
+        StreamParser::with_limit(usize::MAX)
+    }
+}
+
 impl StreamParser {
+    /// A parser that fails once the answer (text and tool-call data) passes `max_output` bytes.
+    pub fn with_limit(max_output: usize) -> StreamParser {
+        StreamParser {
+            line: Vec::new(),
+            content: String::new(),
+            output: 0,
+            max_output,
+            calls: BTreeMap::new(),
+            finish_reason: None,
+            usage: None,
+            done: false,
+            started: false,
+        }
+    }
+
+    fn count(&mut self, bytes: usize) -> Result<(), LlmError> {
+        self.output = self.output.saturating_add(bytes);
+        if self.output > self.max_output {
+            return Err(LlmError::TooLong(self.max_output));
+        }
+        Ok(())
+    }
+
     /// Feeds bytes; text deltas go to `on_delta`. Returns `Ok(true)` once `[DONE]` was seen.
     pub fn feed(
         &mut self,
@@ -110,6 +141,7 @@ impl StreamParser {
             if let Some(text) = delta.get("content").and_then(Value::as_str) {
                 if !text.is_empty() {
                     self.started = true;
+                    self.count(text.len())?;
                     self.content.push_str(text);
                     on_delta(text);
                 }
@@ -133,12 +165,12 @@ impl StreamParser {
                         entry.id = id.to_owned();
                     }
                     if let Some(f) = call.get("function") {
-                        if let Some(name) = f.get("name").and_then(Value::as_str) {
-                            entry.function.name.push_str(name);
-                        }
-                        if let Some(args) = f.get("arguments").and_then(Value::as_str) {
-                            entry.function.arguments.push_str(args);
-                        }
+                        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
+                        let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
+                        let n = name.len() + args.len();
+                        entry.function.name.push_str(name);
+                        entry.function.arguments.push_str(args);
+                        self.count(n)?;
                     }
                 }
             }
@@ -152,11 +184,12 @@ impl StreamParser {
     /// Parses a whole non-streamed `chat.completion` (some servers ignore `stream: true`).
     pub fn whole(
         body: &[u8],
+        max_output: usize,
         on_delta: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ChatResponse, LlmError> {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| LlmError::Malformed(format!("response is not JSON ({e})")))?;
-        let mut p = StreamParser::default();
+        let mut p = StreamParser::with_limit(max_output);
         p.chunk(&v, on_delta)?;
         p.done = true;
         p.finish()
