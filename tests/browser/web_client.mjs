@@ -13,6 +13,8 @@ const SCREENSHOT = process.env.SCREENSHOT;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 // WEATHER_ONLY=1: just the weather question (the host replays the demo recording, as `make run`).
 const WEATHER_ONLY = process.env.WEATHER_ONLY === "1";
+// PAGE_SUFFIX: appended to the page URL (e.g. "#token=T" when the host requires tokens).
+const PAGE_SUFFIX = process.env.PAGE_SUFFIX || "";
 
 async function script(steps) {
   const r = await fetch(LLM_URL + "/_control/script", { method: "POST", body: JSON.stringify(steps) });
@@ -30,8 +32,14 @@ try {
   const consoleErrors = [];
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
-  await page.goto(HOST_URL + "/");
+  await page.goto(HOST_URL + "/" + PAGE_SUFFIX);
   await page.locator("#status.connected").waitFor({ timeout: 10000 });
+  if (PAGE_SUFFIX.includes("token=")) {
+    // Out of the address bar (history, screenshots, bookmarks) and off the WebSocket URL (logs).
+    assert.ok(!page.url().includes("token"), "the token is still in the address bar: " + page.url());
+    assert.ok(!(await page.evaluate(() => window.myagent.ws.url)).includes("token"), "the token is in the WebSocket URL");
+    console.log("ok - token taken from the fragment, sent in the first message only");
+  }
   // A session is created on connect.
   await page.locator("nav button.session").first().waitFor();
   assert.match(await page.locator("#agent").textContent(), /weather/i);

@@ -93,3 +93,24 @@ fn web_client_against_the_demo_recording() {
         "the replayed run asked the model"
     );
 }
+
+/// With tokens required: a `#token=` link authenticates through the first message; the token
+/// leaves the address bar at once and never appears in the WebSocket URL.
+#[test]
+fn web_client_with_a_token_in_the_fragment() {
+    if skip() {
+        return;
+    }
+    let llm = FakeLlm::start();
+    let recording = workspace_root().join("examples/recordings/weather-demo.jsonl");
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--replay", recording.to_str().unwrap(), "--auth-token", "br0wser-t0ken"],
+    );
+    run_page_test(
+        &host,
+        &llm,
+        &[("WEATHER_ONLY", "1".into()), ("PAGE_SUFFIX", "#token=br0wser-t0ken".into())],
+    );
+}

@@ -83,7 +83,7 @@ async fn nginx_config_proxies_websockets_and_health() {
         .arg("-c")
         .arg(dir.path().join("nginx.conf"))
         .args(["-g", "daemon off;"]);
-    let _nginx = Proc::spawn(cmd);
+    let nginx_proc = Proc::spawn(cmd);
     let base = format!("127.0.0.1:{port}");
     let mut up = false;
     for _ in 0..100 {
@@ -98,6 +98,12 @@ async fn nginx_config_proxies_websockets_and_health() {
     // /health and the web page through nginx.
     let health = http_get(&format!("http://{base}/health"));
     assert!(health.contains("\"status\":\"healthy\""), "{health}");
+    // The access log has the path, never the query string (tokens travel there sometimes).
+    http_get(&format!("http://{base}/health?token=s3cret-in-url"));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = nginx_proc.lines.lock().unwrap().join("\n");
+    assert!(log.contains("GET /health HTTP/1.1"), "nginx access log: {log}");
+    assert!(!log.contains("s3cret-in-url"), "the access log records query strings: {log}");
     let page = http_get(&format!("http://{base}/"));
     assert!(page.contains("<title>myagent-host</title>"));
 

@@ -116,6 +116,7 @@ async fn unauthenticated_clients_hold_little_and_not_for_long() {
         &llm,
         &["--auth-token", "s3cret", "--auth-timeout", "2"],
     );
+    assert!(host.proc.stderr_text().contains("visible to every user"), "no warning about a token on the command line");
     let big = "x".repeat(60 * 1024); // under the 64 KiB message limit, over the pre-auth frame limit
     // Clients that never send a token but push large frames: dropped at once.
     let mut dropped = 0;

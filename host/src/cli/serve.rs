@@ -34,6 +34,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("Loaded agent {} {} (tools: {})", m.name, m.version, tools.join(", "));
 
     let auth_tokens = config::auth_tokens(&args)?;
+    if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {
+        eprintln!("warning: a token given with --auth-token is visible to every user of this machine (ps, /proc); prefer MYAGENT_AUTH_TOKENS or --auth-token-file");
+    }
     let model = model(&args)?;
     let model_name = m.model.clone().unwrap_or_else(|| args.model.clone());
     println!("Model: {model_name} via {}", model.describe());
