@@ -301,3 +301,57 @@ async fn model_output_is_bounded_and_provider_errors_stay_in_the_log() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(host.proc.stderr_text().contains("WXYZ"), "the detail should be in the server log");
 }
+
+#[tokio::test]
+async fn the_plugin_copy_directory_is_private_and_a_swapped_copy_is_never_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let llm = FakeLlm::start();
+    let base = myagent_tests::TempDir::new("sec-copies");
+    // A state directory that is a symlink (someone else's planted directory): refused.
+    let real = base.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = base.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = std::process::Command::new(myagent_tests::bin("myagent-host"))
+        .args(["serve", plugin_lib("weather_agent").to_str().unwrap(), "--port", "0", "--state-dir"])
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symlink"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A race: something swaps every copy in the directory for another plugin as fast as it
+    // can while the host starts. The host loads what it checked, through its descriptor.
+    let dir = base.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let evil = plugin_lib("testkit_agent");
+    for _ in 0..3 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (d, e, s) = (dir.clone(), evil.clone(), stop.clone());
+        let swapper = std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let p = entry.path();
+                    if p.extension().is_some_and(|x| x == "so") {
+                        let tmp = d.join(".swap");
+                        if std::fs::copy(&e, &tmp).is_ok() && std::fs::rename(&tmp, &p).is_ok() {
+                            swaps += 1;
+                        }
+                    }
+                }
+            }
+            swaps
+        });
+        let host = Host::start(&plugin_lib("weather_agent"), &llm, &["--state-dir", dir.to_str().unwrap()]);
+        let mut c = Client::connect(&host.ws_url()).await;
+        let hello = c.recv().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let swaps = swapper.join().unwrap();
+        assert_eq!(hello["agent"]["name"], "weather-assistant", "the host serves a swapped-in library ({swaps} swaps)");
+        assert!(swaps > 0, "the race did not happen");
+    }
+    // The directory was closed to others.
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+}

@@ -14,8 +14,11 @@ use super::args::ServeArgs;
 
 /// Where loaded plugin copies go by default: `$XDG_RUNTIME_DIR` or the temp dir, per user.
 pub fn default_state_dir() -> PathBuf {
+    // An empty or relative XDG_RUNTIME_DIR is ignored (it would put the copies under the
+    // working directory).
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .unwrap_or_else(std::env::temp_dir);
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };

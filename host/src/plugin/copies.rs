@@ -2,11 +2,32 @@
 //!
 //! glibc matches an already-loaded library by path and inode, and overwriting a mapped file
 //! crashes the process, so every build is copied to `<dir>/<stem>-<pid>-<n>.so` and loaded from
-//! there. Copies stay mapped until exit (abi_stable never unloads); the directory of this
-//! process's copies is emptied at start-up of the next run with the same pid-less prefix.
+//! there. Copies stay mapped until exit (abi_stable never unloads); copies of dead hosts are
+//! removed at start-up.
+//!
+//! **Architecture Invariant:** what is loaded is exactly what was checked. The directory is
+//! private (0700, ours, not a symlink, else refused); each copy is created new (`O_EXCL`, no
+//! symlink followed) and written through the descriptor that is then loaded
+//! (`/proc/self/fd/N`): swapping the file by name between the check and `dlopen` changes
+//! nothing. Those descriptors stay open for the life of the process (like the libraries), so a
+//! `/proc/self/fd/N` name is never reused for another build.
 
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One build, copied and ready to load.
+pub struct Copy {
+    /// Where the copy lives (for messages).
+    pub path: PathBuf,
+    /// What to hand to `dlopen`: the open descriptor of the copy.
+    pub load_path: PathBuf,
+    /// The bytes written (what the ELF check reads).
+    pub bytes: Vec<u8>,
+}
 
 pub struct CopyDir {
     dir: PathBuf,
@@ -14,9 +35,33 @@ pub struct CopyDir {
 }
 
 impl CopyDir {
-    /// Creates (or reuses) `dir` and removes copies left by earlier runs of the host.
+    /// Creates (or reuses) `dir` — which must be private to this user — and removes copies
+    /// left by earlier runs of the host.
     pub fn open(dir: &Path) -> std::io::Result<CopyDir> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.is_absolute() {
+            return Err(refuse(dir, "must be an absolute path"));
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        if meta.file_type().is_symlink() || !meta.is_dir() {
+            return Err(refuse(dir, "is not a directory (a symlink is refused)"));
+        }
+        if meta.uid() != uid {
+            return Err(refuse(dir, &format!("belongs to uid {}, not to this user ({uid})", meta.uid())));
+        }
+        if meta.mode() & 0o077 != 0 {
+            // Ours but open to others (an older host made it 0755): close it.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let me = std::process::id();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -39,19 +84,51 @@ impl CopyDir {
         &self.dir
     }
 
-    /// Copies `source` to a new unique path and returns it.
-    pub fn copy_in(&self, source: &Path) -> std::io::Result<PathBuf> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+    /// Copies `source` to a new unique file, created and written through one descriptor that
+    /// stays open (see the module docs).
+    pub fn copy_in(&self, source: &Path) -> std::io::Result<Copy> {
+        let bytes = std::fs::read(source)?;
         let stem = source
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".into());
-        let dest = self
-            .dir
-            .join(format!("{stem}-myagent{}-{n}.so", std::process::id()));
-        std::fs::copy(source, &dest)?;
-        Ok(dest)
+        loop {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let dest = self
+                .dir
+                .join(format!("{stem}-myagent{}-{n}.so", std::process::id()));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o700)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&dest);
+            let mut file: File = match file {
+                Ok(f) => f,
+                // A leftover of ours with this name: take the next number.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            file.write_all(&bytes)?;
+            file.sync_data()?;
+            let fd = file.as_raw_fd();
+            // Never closed: the name `/proc/self/fd/N` must not come back for another build.
+            let _ = file.into_raw_fd();
+            return Ok(Copy {
+                path: dest,
+                load_path: PathBuf::from(format!("/proc/self/fd/{fd}")),
+                bytes,
+            });
+        }
     }
+}
+
+fn refuse(dir: &Path, why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("plugin copy directory {} {why}", dir.display()),
+    )
 }
 
 /// `libx-myagent1234-7.so` → Some(1234).
@@ -64,13 +141,51 @@ fn copy_owner_pid(name: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directory_must_be_private_and_ours() {
+        let base = std::env::temp_dir().join(format!("copies-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        // Created 0700.
+        let d = base.join("new");
+        CopyDir::open(&d).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        // Ours but world-writable: closed to 0700.
+        let open = base.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        CopyDir::open(&open).unwrap();
+        assert_eq!(std::fs::metadata(&open).unwrap().permissions().mode() & 0o777, 0o700);
+        // A symlink (to a directory someone else could have planted) is refused, as is a
+        // relative path.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        assert!(CopyDir::open(&link).is_err());
+        assert!(CopyDir::open(Path::new("relative/dir")).is_err());
+        // A copy is loaded through its descriptor; a file planted under the next name is
+        // neither followed nor overwritten.
+        let src = base.join("libx.so");
+        std::fs::write(&src, b"\x7fELF...").unwrap();
+        let dir = CopyDir::open(&d).unwrap();
+        let planted = d.join(format!("libx-myagent{}-1.so", std::process::id()));
+        std::os::unix::fs::symlink("/etc/passwd", &planted).unwrap();
+        let a = dir.copy_in(&src).unwrap();
+        let b = dir.copy_in(&src).unwrap();
+        assert!(a.load_path.starts_with("/proc/self/fd/"));
+        assert_ne!(b.path, planted);
+        assert_eq!(std::fs::read(&b.load_path).unwrap(), b"\x7fELF...");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
     #[test]
     fn parses_owner_pid() {
         assert_eq!(
-            super::copy_owner_pid("libweather_agent-myagent1234-7.so"),
+            copy_owner_pid("libweather_agent-myagent1234-7.so"),
             Some(1234)
         );
-        assert_eq!(super::copy_owner_pid("libweather_agent.so"), None);
-        assert_eq!(super::copy_owner_pid("notes.txt"), None);
+        assert_eq!(copy_owner_pid("libweather_agent.so"), None);
+        assert_eq!(copy_owner_pid("notes.txt"), None);
     }
 }

@@ -106,14 +106,16 @@ pub fn host_api_crate_version() -> String {
     PluginModule_Ref::VERSION_STRINGS.version.to_string()
 }
 
-/// Loads the library at `copy` (already a unique copy of `source`) and validates it: version
-/// checks, the manifest, and one instance from the factory.
-pub fn load_copy(source: &Path, copy: &Path, generation: u64) -> Result<Plugin, LoadError> {
-    check_elf(copy).map_err(|reason| LoadError::NotALibrary {
+/// Loads `copy` (a unique copy of `source`, see [`copies`]) and validates it: the ELF check on
+/// the bytes that were written, `dlopen` through the copy's open descriptor, version checks,
+/// the manifest, and one instance from the factory.
+fn load_copy(source: &Path, copy: &copies::Copy, generation: u64) -> Result<Plugin, LoadError> {
+    check_elf(&copy.bytes).map_err(|reason| LoadError::NotALibrary {
         path: source.to_owned(),
         reason,
     })?;
-    let header = lib_header_from_path(copy).map_err(|e| map_library_error(source, e))?;
+    let header =
+        lib_header_from_path(&copy.load_path).map_err(|e| map_library_error(source, e))?;
     let module = header
         .init_root_module::<PluginModule_Ref>()
         .map_err(|e| map_library_error(source, e))?;
@@ -139,7 +141,7 @@ pub fn load_copy(source: &Path, copy: &Path, generation: u64) -> Result<Plugin, 
         manifest,
         module,
         source: source.to_owned(),
-        loaded_from: copy.to_owned(),
+        loaded_from: copy.path.clone(),
         generation,
     };
     // A factory that works for the manifest can still fail later; prove it once more now so a
@@ -162,11 +164,10 @@ pub fn load(source: &Path, copies: &copies::CopyDir, generation: u64) -> Result<
     load_copy(source, &copy, generation)
 }
 
-/// Checks that `path` is a complete 64-bit little-endian ELF shared object before `dlopen`
+/// Checks that `data` is a complete 64-bit little-endian ELF shared object before `dlopen`
 /// sees it: glibc crashes the process (SIGSEGV/SIGBUS) on a truncated library, which is what a
 /// half-written build looks like.
-fn check_elf(path: &Path) -> Result<(), String> {
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+fn check_elf(data: &[u8]) -> Result<(), String> {
     let len = data.len() as u64;
     let u16_at = |o: usize| {
         data.get(o..o + 2)

@@ -14,5 +14,5 @@ mod load;
 pub mod reload;
 
 pub use instance::{HostError, HostErrorKind, Instance, PluginError, PluginTag};
-pub use load::{host_api_crate_version, load, load_copy, LoadError, Plugin};
+pub use load::{host_api_crate_version, load, LoadError, Plugin};
 pub use myagent_plugin_api::{Manifest, ToolSpec};
