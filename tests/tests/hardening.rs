@@ -49,10 +49,10 @@ async fn slowloris_connections_are_closed_and_free_their_slots() {
         let mut s = TcpStream::connect(&addr).unwrap();
         match i % 4 {
             0 => s.write_all(b"GET /he").unwrap(),
-            1 => s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n").unwrap(),
+            1 => s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").unwrap(),
             2 => {}
             _ => {
-                s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
                 let mut buf = [0u8; 512];
                 let n = s.read(&mut buf).unwrap();
                 assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
