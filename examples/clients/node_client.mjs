@@ -7,9 +7,14 @@ import WebSocket from "ws";
 const url = process.argv[2] || "ws://localhost:8080";
 const question = process.argv[3] || "What's the weather in Paris?";
 const ws = new WebSocket(url);
+let reasoning = false; // in the middle of a streamed line of reasoning
+const say = (...parts) => {
+  if (reasoning) { process.stdout.write("\n"); reasoning = false; }
+  console.log(...parts);
+};
 
 ws.on("open", () => {
-  ws.send(JSON.stringify({ event: "user.create_session", timestamp: Date.now() / 1000 }));
+  ws.send(JSON.stringify({ event: "user.create_session", timestamp: new Date().toISOString() }));
 });
 
 ws.on("message", (data) => {
@@ -20,20 +25,26 @@ ws.on("message", (data) => {
         event: "user.message",
         session_id: message.session_id,
         content: question,
-        timestamp: Date.now() / 1000,
+        timestamp: new Date().toISOString(),
       }));
       break;
     case "agent.thinking":
-      console.log("thinking:", message.content);
+      if (message.metadata && message.metadata.delta) {
+        // The agent's reasoning, streamed: print it as it comes.
+        if (!reasoning) { process.stdout.write("reasoning: "); reasoning = true; }
+        process.stdout.write(message.content);
+      } else {
+        say("thinking:", message.content);
+      }
       break;
     case "agent.tool_call":
-      console.log("tool call:", message.metadata.tool, JSON.stringify(message.metadata.args));
+      say("tool call:", message.metadata.tool, JSON.stringify(message.metadata.args));
       break;
     case "agent.tool_result":
-      console.log("tool result:", message.content);
+      say("tool result:", message.content);
       break;
     case "agent.final_answer":
-      console.log("answer:", message.content);
+      say("answer:", message.content);
       ws.close();
       break;
     case "agent.error":

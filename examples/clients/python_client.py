@@ -9,13 +9,27 @@ As in the document, it asks "查询上海天气" ("look up the weather in Shangh
 import asyncio
 import json
 import sys
+from datetime import datetime, timezone
 
 import websockets
 
 
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
 async def main(url: str, question: str) -> None:
+    reasoning = False  # in the middle of a streamed line of reasoning
+
+    def say(*parts: object) -> None:
+        nonlocal reasoning
+        if reasoning:
+            print()
+            reasoning = False
+        print(*parts)
+
     async with websockets.connect(url) as ws:
-        await ws.send(json.dumps({"event": "user.create_session", "timestamp": 0}))
+        await ws.send(json.dumps({"event": "user.create_session", "timestamp": now()}))
         async for raw in ws:
             message = json.loads(raw)
             event = message["event"]
@@ -24,19 +38,25 @@ async def main(url: str, question: str) -> None:
                     "event": "user.message",
                     "session_id": message["session_id"],
                     "content": question,
-                    "timestamp": 0,
+                    "timestamp": now(),
                 }))
+            elif event == "agent.thinking" and message.get("metadata", {}).get("delta"):
+                # The agent's reasoning, streamed: print it as it comes.
+                if not reasoning:
+                    print("reasoning: ", end="")
+                    reasoning = True
+                print(message["content"], end="", flush=True)
             elif event == "agent.thinking":
-                print("thinking:", message["content"])
+                say("thinking:", message["content"])
             elif event == "agent.tool_call":
-                print("tool call:", message["metadata"]["tool"], message["metadata"]["args"])
+                say("tool call:", message["metadata"]["tool"], message["metadata"]["args"])
             elif event == "agent.tool_result":
-                print("tool result:", message["content"])
+                say("tool result:", message["content"])
             elif event == "agent.final_answer":
-                print("answer:", message["content"])
+                say("answer:", message["content"])
                 break
             elif event == "agent.error":
-                print("error:", message["error"])
+                say("error:", message["error"])
                 sys.exit(1)
 
 

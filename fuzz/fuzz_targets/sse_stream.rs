@@ -4,11 +4,19 @@
 
 use libfuzzer_sys::fuzz_target;
 use myagent_host::llm::sse::StreamParser;
+use myagent_host::llm::Delta;
 
 fn run(chunks: &[&[u8]]) -> (String, Result<String, String>) {
     let mut p = StreamParser::default();
     let mut deltas = String::new();
-    let mut on_delta = |d: &str| deltas.push_str(d);
+    let mut on_delta = |d: Delta<'_>| match d {
+        Delta::Text(t) => deltas.push_str(t),
+        Delta::Reasoning(t) => {
+            deltas.push('~');
+            deltas.push_str(t)
+        }
+        Delta::ToolCalls => deltas.push('#'),
+    };
     for c in chunks {
         match p.feed(c, &mut on_delta) {
             Ok(true) => break,

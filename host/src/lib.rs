@@ -11,8 +11,9 @@ pub mod metrics;
 pub mod plugin;
 pub mod scaffold;
 pub mod server;
+pub mod time;
 
-/// Seconds since the Unix epoch, with millisecond precision (the protocol's `timestamp`).
+/// Seconds since the Unix epoch, with millisecond precision (trace records' `ts`).
 pub fn now_secs() -> f64 {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

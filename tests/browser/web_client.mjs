@@ -56,7 +56,13 @@ try {
   await answer.waitFor({ timeout: 15000 });
   assert.match(await answer.textContent(), /Paris/);
   await page.waitForFunction(() => !document.querySelector("#send").disabled);
-  console.log("ok - weather question answered with a get_weather tool call");
+  // Reasoning and answer apart: the text before the tool call is shown as reasoning, and is
+  // not part of the answer.
+  const reasoning = page.locator(".msg.reasoning").first();
+  assert.match(await reasoning.textContent(), /look up the weather in Paris/i);
+  assert.equal(await page.locator(".msg.answer").count(), 1, "one answer: " + await page.locator(".msg.answer").allTextContents());
+  assert.doesNotMatch(await answer.textContent(), /look up/i);
+  console.log("ok - weather question answered with a get_weather tool call; reasoning and answer shown apart");
   if (WEATHER_ONLY) throw "done";
 
   // 2. A long streamed answer: screenshot mid-stream, then cancel.

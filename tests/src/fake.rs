@@ -27,6 +27,8 @@ pub struct Options {
 pub struct Step {
     /// Answer text, streamed in `chunk_chars` pieces.
     pub text: String,
+    /// Reasoning streamed before the text as `reasoning_content` (as DeepSeek does).
+    pub reasoning: String,
     /// Tool calls; `arguments` is sent as is (it may be invalid JSON on purpose).
     pub tool_calls: Vec<ScriptCall>,
     /// Answer with this HTTP status and `body` instead of a stream.
@@ -324,6 +326,9 @@ async fn respond(step: Step, request: &Value, opts: &Options) -> Response<Body> 
             chunks.push(Chunk::Bench);
         }
     } else {
+        for piece in split(&step.reasoning, n) {
+            chunks.push(Chunk::Data(chunk(json!({"reasoning_content": piece}), None)));
+        }
         for piece in split(&step.text, n) {
             chunks.push(Chunk::Data(chunk(json!({"content": piece}), None)));
         }

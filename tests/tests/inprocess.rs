@@ -39,6 +39,7 @@ fn agent_config() -> AgentConfig {
         tool_timeout: Duration::from_secs(5),
         max_tool_output_chars: 8000,
         memory_budget_chars: 48_000,
+        answer_holdback_chars: 80,
     }
 }
 
@@ -92,19 +93,22 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
     };
     assert!(answer.contains("sunny in Paris"), "{answer}");
     assert_eq!((reason, steps), (FinishReason::Answer, 2));
-    // thinking → text → tool call → its result → thinking → the answer's text.
+    // thinking → reasoning (the text before the call) → tool call → its result → thinking →
+    // the answer's text.
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| match e {
             AgentEvent::Thinking { .. } => "thinking",
-            AgentEvent::Delta { .. } => "delta",
+            AgentEvent::Reasoning { .. } => "reasoning",
+            AgentEvent::Answer { .. } => "answer",
+            AgentEvent::AnswerReset { .. } => "reset",
             AgentEvent::ToolCall { .. } => "call",
             AgentEvent::ToolResult { .. } => "result",
         })
         .collect();
     let mut squashed = kinds.clone();
     squashed.dedup();
-    assert_eq!(squashed, ["thinking", "delta", "call", "result", "thinking", "delta"]);
+    assert_eq!(squashed, ["thinking", "reasoning", "call", "result", "thinking", "answer"]);
     let call = events.iter().find_map(|e| match e {
         AgentEvent::ToolCall { tool, args, step_id, .. } => Some((tool, args, step_id)),
         _ => None,
@@ -119,7 +123,7 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
     let streamed: String = events
         .iter()
         .filter_map(|e| match e {
-            AgentEvent::Delta { step: 2, text } => Some(text.as_str()),
+            AgentEvent::Answer { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();

@@ -150,7 +150,7 @@ async fn unauthenticated_clients_hold_little_and_not_for_long() {
     let created = first.until("agent.session_created").await;
     let sid = created["session_id"].as_str().unwrap();
     first.send(json!({"event": "user.cancel", "session_id": sid, "pad": big})).await;
-    assert_eq!(first.until("agent.error").await["code"], "not_running");
+    assert_eq!(first.until("agent.interrupted").await["session_id"], sid);
 }
 
 #[tokio::test]

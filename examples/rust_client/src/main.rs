@@ -3,6 +3,8 @@
 //!
 //! `cargo run -p myagent-example-client -- [ws://localhost:8080] ["What's the weather in Paris?"]`
 
+use std::io::Write;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -20,27 +22,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         json!({"event": "user.create_session"}).to_string(),
     ))
     .await?;
+    let mut reasoning = false; // in the middle of a streamed line of reasoning
     while let Some(frame) = ws.next().await {
         let Message::Text(text) = frame? else {
             continue;
         };
         let m: Value = serde_json::from_str(&text)?;
-        match m["event"].as_str().unwrap_or_default() {
+        let event = m["event"].as_str().unwrap_or_default();
+        let content = m["content"].as_str().unwrap_or_default();
+        // Reasoning streams in pieces (`metadata.delta`); anything else starts a new line.
+        let piece = event == "agent.thinking" && m["metadata"]["delta"] == true;
+        if reasoning && !piece {
+            println!();
+            reasoning = false;
+        }
+        match event {
             "agent.session_created" => {
                 let ask = json!({"event": "user.message", "session_id": m["session_id"], "content": question});
                 ws.send(Message::text(ask.to_string())).await?;
             }
-            "agent.thinking" => println!("thinking: {}", m["content"].as_str().unwrap_or_default()),
+            "agent.thinking" if piece => {
+                if !reasoning {
+                    print!("reasoning: ");
+                    reasoning = true;
+                }
+                print!("{content}");
+                std::io::stdout().flush()?;
+            }
+            "agent.thinking" => println!("thinking: {content}"),
             "agent.tool_call" => println!(
                 "tool call: {} {}",
                 m["metadata"]["tool"].as_str().unwrap_or_default(),
                 m["metadata"]["args"]
             ),
-            "agent.tool_result" => {
-                println!("tool result: {}", m["content"].as_str().unwrap_or_default())
-            }
+            "agent.tool_result" => println!("tool result: {content}"),
             "agent.final_answer" => {
-                println!("answer: {}", m["content"].as_str().unwrap_or_default());
+                println!("answer: {content}");
                 ws.close(None).await?;
                 return Ok(());
             }

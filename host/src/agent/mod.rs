@@ -12,6 +12,7 @@
 
 pub mod memory;
 mod run;
+mod stream;
 pub mod trace;
 
 use std::sync::Arc;
@@ -37,8 +38,15 @@ pub const INTERRUPTED_NOTE: &str = "(The user interrupted this response.)";
 pub enum AgentEvent {
     /// A step starts: the agent is reasoning.
     Thinking { step: u32, content: String },
-    /// A piece of the model's text (reasoning before tool calls, or the answer).
-    Delta { step: u32, text: String },
+    /// A piece of the agent's reasoning: the model's text before tool calls, or the reasoning
+    /// it streams separately.
+    Reasoning { step: u32, text: String },
+    /// A piece of the answer. After the run's last [`AgentEvent::AnswerReset`] they add up to
+    /// the final answer.
+    Answer { step: u32, text: String },
+    /// The answer pieces sent so far in this run are void (they turned out to precede tool
+    /// calls, or the final answer is another text).
+    AnswerReset { step: u32 },
     /// A tool call starts. `step_id` ties it to its result.
     ToolCall {
         step: u32,
@@ -92,6 +100,10 @@ pub struct AgentConfig {
     pub max_tool_output_chars: usize,
     /// Conversation budget in characters (see [`Memory`]).
     pub memory_budget_chars: usize,
+    /// Characters of a model message held back until it is known whether tool calls follow
+    /// (then they are reasoning) or not (the answer); 0 streams every message as the answer
+    /// at once (see `agent/stream.rs`).
+    pub answer_holdback_chars: usize,
 }
 
 impl AgentConfig {

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use super::stream::{finish_answer, StepStream};
 use super::{AgentEvent, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, ToolCall, ToolSpec};
 use crate::plugin::HostErrorKind;
@@ -38,8 +39,8 @@ struct Plan {
 
 /// What one think step decided.
 enum Thought {
-    /// The model answered without tools.
-    Answer(String),
+    /// The model answered without tools (the answer, and what of it was streamed).
+    Answer(String, String),
     /// The model asked for these tool calls (its text alongside).
     Act(ChatResponse),
     /// The run cannot go on.
@@ -69,11 +70,14 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &str) -
     };
     let mut previous: Vec<String> = Vec::new();
     let mut nudge = false;
+    // The answer text streamed in this run (since its last reset).
+    let mut streamed = String::new();
     let outcome = 'run: {
         for step in 1..=ctx.manifest.max_steps {
             let step_mark = memory.len();
             let resp = match think(ctx, &plan, memory, step, std::mem::take(&mut nudge)).await {
-                Thought::Answer(answer) => {
+                Thought::Answer(answer, sent) => {
+                    streamed = sent;
                     break 'run RunOutcome::Finished {
                         answer,
                         reason: FinishReason::Answer,
@@ -118,6 +122,9 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &str) -
             steps: max,
         }
     };
+    if let RunOutcome::Finished { answer, steps, .. } = &outcome {
+        finish_answer(ctx.sink, *steps, &streamed, answer);
+    }
     close_turn(ctx, memory, turn_start, &outcome);
     trace(ctx, json!({"kind": "run_end", "session_id": ctx.session_id,
         "duration_ms": started.elapsed().as_millis() as u64,
@@ -164,12 +171,8 @@ async fn think(
         temperature: ctx.manifest.temperature,
     };
     let t0 = Instant::now();
-    let mut on_delta = |text: &str| {
-        ctx.sink.emit(AgentEvent::Delta {
-            step,
-            text: text.to_owned(),
-        })
-    };
+    let mut stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
+    let mut on_delta = |d: crate::llm::Delta<'_>| stream.on(d);
     let resp = tokio::select! {
         biased;
         _ = ctx.cancel.cancelled() => return Thought::Stop(RunOutcome::Cancelled),
@@ -198,10 +201,11 @@ async fn think(
         "latency_ms": latency.as_millis() as u64,
         "prompt_tokens": resp.usage.map(|u| u.prompt_tokens), "completion_tokens": resp.usage.map(|u| u.completion_tokens),
         "tool_calls": resp.tool_calls.iter().map(|c| c.function.name.clone()).collect::<Vec<_>>()}));
+    let sent = stream.finish(!resp.tool_calls.is_empty());
     let text = (!resp.content.is_empty()).then(|| resp.content.clone());
     memory.push(ChatMessage::assistant(text, resp.tool_calls.clone()));
     if resp.tool_calls.is_empty() {
-        Thought::Answer(resp.content)
+        Thought::Answer(resp.content, sent)
     } else {
         Thought::Act(resp)
     }

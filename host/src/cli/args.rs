@@ -102,6 +102,12 @@ pub struct ServeArgs {
     /// Conversation budget per session, in characters; older whole turns are dropped.
     #[arg(long, default_value_t = 48_000)]
     pub memory_budget: usize,
+    /// Characters of each model message held back until it is known whether tool calls follow
+    /// (then the text is sent as `agent.thinking`) or not (it is the answer, sent as
+    /// `agent.partial_answer`). Longer messages stream as the answer from there on (withdrawn
+    /// with a reset if tool calls still follow); 0 streams every message at once.
+    #[arg(long, value_name = "CHARS", default_value_t = 80)]
+    pub answer_holdback: usize,
     /// Append run traces (JSON lines) here for plugins with enable_tracing.
     #[arg(long, value_name = "FILE")]
     pub trace_file: Option<PathBuf>,

@@ -113,6 +113,7 @@ pub fn agent_config(args: &ServeArgs) -> AgentConfig {
         tool_timeout: Duration::from_secs(args.tool_timeout.max(1)),
         max_tool_output_chars: args.max_tool_output.max(100),
         memory_budget_chars: args.memory_budget,
+        answer_holdback_chars: args.answer_holdback,
     }
 }
 

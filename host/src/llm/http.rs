@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::sse::StreamParser;
-use super::{ApiKey, ChatRequest, ChatResponse, LlmError, Recorder};
+use super::{ApiKey, ChatRequest, ChatResponse, LlmError, OnDelta, Recorder};
 
 /// Where and how to reach the model.
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ impl HttpModel {
     pub async fn chat(
         &self,
         req: &ChatRequest,
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> Result<ChatResponse, LlmError> {
         let mut body = req.to_body();
         if let Some(n) = self.config.max_tokens {
@@ -154,7 +154,7 @@ impl HttpModel {
         &self,
         body: &serde_json::Value,
         parser: &mut StreamParser,
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> (Result<ChatResponse, LlmError>, Option<Duration>) {
         let mut rb = self.client.post(&self.url).json(body);
         if let Some(key) = &self.config.api_key {

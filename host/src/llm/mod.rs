@@ -13,6 +13,21 @@ use serde::{Deserialize, Serialize};
 pub use http::{HttpModel, LlmConfig};
 pub use replay::{Recorder, ReplayModel};
 
+/// What a model stream reports as it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delta<'a> {
+    /// A fragment of the message text (`delta.content`).
+    Text(&'a str),
+    /// A fragment of the model's separate reasoning (`delta.reasoning_content`, as DeepSeek,
+    /// vLLM and others stream it; never sent back to the model).
+    Reasoning(&'a str),
+    /// The first tool-call data arrived: the text of this message precedes tool calls.
+    ToolCalls,
+}
+
+/// Receives a model stream's [`Delta`]s.
+pub type OnDelta<'a> = dyn FnMut(Delta<'_>) + Send + 'a;
+
 /// A chat message in the OpenAI shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -212,11 +227,11 @@ pub enum Model {
 }
 
 impl Model {
-    /// Streams one answer; `on_delta` gets each text fragment as it arrives.
+    /// Streams one answer; `on_delta` gets each fragment as it arrives.
     pub async fn chat(
         &self,
         req: &ChatRequest,
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> Result<ChatResponse, LlmError> {
         match self {
             Model::Http(m) => m.chat(req, on_delta).await,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChatMessage, ChatRequest, ChatResponse, LlmError};
+use super::{ChatMessage, ChatRequest, ChatResponse, Delta, LlmError, OnDelta};
 use crate::journal::{Journal, WhenFull};
 
 #[derive(Serialize, Deserialize)]
@@ -117,7 +117,7 @@ impl ReplayModel {
     pub async fn chat(
         &self,
         req: &ChatRequest,
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> Result<ChatResponse, LlmError> {
         let Some(resp) = self.answers.get(&key(&req.messages)) else {
             let asked: Vec<String> = self
@@ -140,11 +140,14 @@ impl ReplayModel {
                 cut += 1;
             }
             let (piece, tail) = rest.split_at(cut);
-            on_delta(piece);
+            on_delta(Delta::Text(piece));
             rest = tail;
             if !self.piece_delay.is_zero() {
                 tokio::time::sleep(self.piece_delay).await;
             }
+        }
+        if !resp.tool_calls.is_empty() {
+            on_delta(Delta::ToolCalls);
         }
         Ok(resp.clone())
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{ChatResponse, FunctionCall, LlmError, ToolCall, Usage};
+use super::{ChatResponse, Delta, FunctionCall, LlmError, OnDelta, ToolCall, Usage};
 
 /// Accumulates a streamed answer from raw bytes.
 pub struct StreamParser {
@@ -24,6 +24,8 @@ pub struct StreamParser {
     done: bool,
     /// True once any text or tool-call data arrived (a retry would then repeat output).
     pub started: bool,
+    /// True once [`Delta::ToolCalls`] was reported.
+    announced_calls: bool,
 }
 
 impl Default for StreamParser {
@@ -45,6 +47,7 @@ impl StreamParser {
             usage: None,
             done: false,
             started: false,
+            announced_calls: false,
         }
     }
 
@@ -56,11 +59,11 @@ impl StreamParser {
         Ok(())
     }
 
-    /// Feeds bytes; text deltas go to `on_delta`. Returns `Ok(true)` once `[DONE]` was seen.
+    /// Feeds bytes; text, reasoning and the first sign of tool calls go to `on_delta`. Returns `Ok(true)` once `[DONE]` was seen.
     pub fn feed(
         &mut self,
         bytes: &[u8],
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> Result<bool, LlmError> {
         for &b in bytes {
             if b == b'\n' {
@@ -81,7 +84,7 @@ impl StreamParser {
     fn line_done(
         &mut self,
         line: &[u8],
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> Result<(), LlmError> {
         let line = std::str::from_utf8(line)
             .map_err(|_| LlmError::Malformed("stream is not UTF-8".into()))?;
@@ -105,7 +108,7 @@ impl StreamParser {
     fn chunk(
         &mut self,
         chunk: &Value,
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> Result<(), LlmError> {
         if let Some(err) = chunk.get("error") {
             let msg = err
@@ -138,15 +141,29 @@ impl StreamParser {
                 .get("delta")
                 .or_else(|| choice.get("message"))
                 .unwrap_or(&Value::Null);
+            // Reasoning first: servers that stream it send it before the message.
+            let reasoning = delta
+                .get("reasoning_content")
+                .or_else(|| delta.get("reasoning"))
+                .and_then(Value::as_str);
+            if let Some(text) = reasoning.filter(|t| !t.is_empty()) {
+                self.started = true;
+                self.count(text.len())?;
+                on_delta(Delta::Reasoning(text));
+            }
             if let Some(text) = delta.get("content").and_then(Value::as_str) {
                 if !text.is_empty() {
                     self.started = true;
                     self.count(text.len())?;
                     self.content.push_str(text);
-                    on_delta(text);
+                    on_delta(Delta::Text(text));
                 }
             }
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                if !calls.is_empty() && !self.announced_calls {
+                    self.announced_calls = true;
+                    on_delta(Delta::ToolCalls);
+                }
                 for (pos, call) in calls.iter().enumerate() {
                     self.started = true;
                     let index = call
@@ -185,7 +202,7 @@ impl StreamParser {
     pub fn whole(
         body: &[u8],
         max_output: usize,
-        on_delta: &mut (dyn FnMut(&str) + Send),
+        on_delta: &mut OnDelta<'_>,
     ) -> Result<ChatResponse, LlmError> {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| LlmError::Malformed(format!("response is not JSON ({e})")))?;
@@ -237,7 +254,7 @@ mod tests {
     fn run(input: &str) -> (Result<ChatResponse, LlmError>, String) {
         let mut p = StreamParser::default();
         let mut out = String::new();
-        let r = p.feed(input.as_bytes(), &mut |d: &str| out.push_str(d));
+        let r = p.feed(input.as_bytes(), &mut |d: Delta<'_>| if let Delta::Text(t) = d { out.push_str(t) });
         (r.and_then(|_| p.finish()), out)
     }
 
@@ -273,7 +290,7 @@ mod tests {
         let mut p = StreamParser::default();
         let mut out = String::new();
         for b in s.as_bytes().chunks(3) {
-            p.feed(b, &mut |d: &str| out.push_str(d)).unwrap();
+            p.feed(b, &mut |d: Delta<'_>| if let Delta::Text(t) = d { out.push_str(t) }).unwrap();
         }
         assert_eq!(out, "Hello");
         assert_eq!(p.finish().unwrap().content, "Hello");
@@ -287,5 +304,27 @@ mod tests {
         assert!(matches!(r, Err(LlmError::Malformed(_))));
         let (r, _) = run("data: {\"foo\":1}\n");
         assert!(matches!(r, Err(LlmError::Malformed(_))));
+    }
+
+    #[test]
+    fn reasoning_and_the_first_tool_call_are_reported_in_order() {
+        let s = concat!(
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"The user wants \"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"reasoning\":\"weather.\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Let me look.\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\"}}]}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut p = StreamParser::default();
+        let mut seen = Vec::new();
+        p.feed(s.as_bytes(), &mut |d: Delta<'_>| seen.push(format!("{d:?}"))).unwrap();
+        assert_eq!(
+            seen,
+            ["Reasoning(\"The user wants \")", "Reasoning(\"weather.\")", "Text(\"Let me look.\")", "ToolCalls"]
+        );
+        let r = p.finish().unwrap();
+        assert_eq!(r.content, "Let me look.", "reasoning is not part of the message");
+        assert_eq!(r.tool_calls[0].function.arguments, "{}");
     }
 }

@@ -84,8 +84,10 @@ pub async fn serve(
         deps: deps.clone(),
         _ip_slot: ip_slot,
     };
-    let span = tracing::debug_span!("conn", connection_id = id);
-    serve_loop(ws, &deps, &mut attached.client, &out, credentials, gate)
+    // What the client and the log know the connection by (the number is internal).
+    let cid = uuid::Uuid::new_v4().to_string();
+    let span = tracing::debug_span!("conn", connection_id = %cid);
+    serve_loop(ws, &deps, &mut attached.client, &out, credentials, gate, &cid)
         .instrument(span)
         .await;
 }
@@ -112,6 +114,7 @@ async fn serve_loop(
     out: &Outbox,
     credentials: Credentials,
     gate: Option<GateKey>,
+    cid: &str,
 ) {
     let (mut sink, mut stream) = ws.split();
     let limit = deps.config.write_timeout;
@@ -124,7 +127,7 @@ async fn serve_loop(
     let mut authed = credentials == Credentials::Accepted;
     let plugin = deps.sessions.runtime().plugin.current();
     let hello = ServerEvent::Connected {
-        connection_id: client.conn.id.to_string(),
+        connection_id: cid.to_owned(),
         agent: AgentInfo {
             name: plugin.manifest.name.clone(),
             version: plugin.manifest.version.clone(),
@@ -151,13 +154,13 @@ async fn serve_loop(
             _ = deps.lifecycle.close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
             _ = &mut auth_deadline, if !authed => {
                 deps.metrics.connections_refused.inc();
-                tracing::info!(connection_id = client.conn.id, "no token within the authentication deadline");
+                tracing::info!(connection_id = cid, "no token within the authentication deadline");
                 refuse_auth(client)
             }
             _ = out.wake.notified() => {
                 if out.is_slow() {
                     deps.metrics.slow_client_disconnects.inc();
-                    tracing::warn!(connection_id = client.conn.id, "client too slow; closing (its sessions stay resumable)");
+                    tracing::warn!(connection_id = cid, "client too slow; closing (its sessions stay resumable)");
                     Flow::Close(CloseCode::Library(CLOSE_SLOW_CLIENT), "slow client: outbound queue full; resume the session to continue")
                 } else {
                     match within(limit, write_batch(&mut sink, out)).await {
@@ -169,7 +172,7 @@ async fn serve_loop(
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > dead_after {
-                    tracing::info!(connection_id = client.conn.id, "peer stopped answering pings; dropping");
+                    tracing::info!(connection_id = cid, "peer stopped answering pings; dropping");
                     Flow::Close(CloseCode::Library(CLOSE_KEEPALIVE), "keepalive timeout")
                 } else {
                     match within(limit, sink.send(Message::Ping(Default::default()))).await {
@@ -187,17 +190,17 @@ async fn serve_loop(
                         use tokio_tungstenite::tungstenite::Error as E;
                         match e {
                             E::Capacity(c) => {
-                                tracing::info!(connection_id = client.conn.id, error = %c, "frame over the hard size limit");
+                                tracing::info!(connection_id = cid, error = %c, "frame over the hard size limit");
                                 Flow::Close(CloseCode::Size, "message too big")
                             }
                             E::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                                 deps.metrics.connections_refused.inc();
-                                tracing::info!(connection_id = client.conn.id, error = %e, "unauthenticated client over its input limit; dropped");
+                                tracing::info!(connection_id = cid, error = %e, "unauthenticated client over its input limit; dropped");
                                 break;
                             }
                             E::ConnectionClosed | E::AlreadyClosed | E::Io(_) => break,
                             other => {
-                                tracing::info!(connection_id = client.conn.id, error = %other, "protocol error");
+                                tracing::info!(connection_id = cid, error = %other, "protocol error");
                                 Flow::Close(CloseCode::Protocol, "protocol error")
                             }
                         }
@@ -227,7 +230,7 @@ async fn serve_loop(
         };
         if let Flow::Drop = flow {
             deps.metrics.slow_client_disconnects.inc();
-            tracing::warn!(connection_id = client.conn.id, timeout_ms = limit.as_millis() as u64,
+            tracing::warn!(connection_id = cid, timeout_ms = limit.as_millis() as u64,
                 "client stopped reading (a write timed out); dropping it (its sessions stay resumable)");
             break;
         }

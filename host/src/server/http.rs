@@ -52,6 +52,7 @@ pub async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, s
     let io = TokioIo::new(stream);
     let metrics = gw.deps.metrics.clone();
     let header_timeout = gw.deps.config.header_read_timeout;
+    let lifecycle = gw.deps.lifecycle.clone();
     let svc = hyper::service::service_fn(move |req| {
         let gw = gw.clone();
         let slot = slot.clone();
@@ -63,7 +64,16 @@ pub async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, s
         .header_read_timeout(header_timeout)
         .serve_connection(io, svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    // At shutdown an idle keep-alive connection closes at once (one mid-request finishes it).
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = lifecycle.close_all.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         if e.is_timeout() {
             metrics.header_timeouts.inc();
             tracing::debug!(%peer, "request headers not received in time; connection closed");
@@ -168,15 +178,18 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 
 fn health(gw: &Gateway) -> Response<Body> {
     let plugin = gw.deps.sessions.runtime().plugin.current();
+    // While draining, load balancers should send new clients elsewhere.
+    let draining = gw.deps.lifecycle.shutdown.is_cancelled();
     let body = json!({
-        "status": "healthy",
-        "timestamp": crate::now_secs(),
+        "status": if draining { "shutting_down" } else { "healthy" },
+        "timestamp": crate::time::Timestamp::now(),
         "active_sessions": gw.deps.sessions.count(),
         "connections": gw.deps.metrics.connections.get(),
         "uptime_seconds": gw.started.elapsed().as_secs(),
         "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation},
     });
-    text(StatusCode::OK, "application/json", body.to_string())
+    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    text(status, "application/json", body.to_string())
 }
 
 fn upgrade(

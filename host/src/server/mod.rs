@@ -90,14 +90,16 @@ pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<
         deps.connections.clone(),
     ));
     let trim_task = tokio::spawn(return_freed_memory());
-    let accept = accept_loop(listener, gw.clone());
+    // Accepting goes on while runs drain, so health checks see `shutting_down` (upgrades are
+    // refused with 503 meanwhile); it stops when connections are told to close.
+    let mut accept = tokio::spawn(accept_loop(listener, gw.clone()));
     tokio::select! {
-        _ = accept => {}
+        _ = &mut accept => {}
         _ = shutdown => tracing::info!("shutdown requested"),
     }
     reload_task.abort();
     trim_task.abort();
-    graceful_shutdown(deps).await;
+    graceful_shutdown(deps, accept.abort_handle()).await;
 }
 
 /// glibc keeps memory freed after a burst (queued events, replay buffers of expired sessions)
@@ -144,17 +146,18 @@ async fn accept_loop(listener: TcpListener, gw: Arc<Gateway>) {
     }
 }
 
-async fn graceful_shutdown(deps: &ConnDeps) {
+async fn graceful_shutdown(deps: &ConnDeps, accept: tokio::task::AbortHandle) {
     let deadline = tokio::time::Instant::now() + deps.config.shutdown_timeout;
     let life = &deps.lifecycle;
     life.shutdown.cancel();
     let cancelled = deps.sessions.cancel_all();
     tracing::info!(
         cancelled_runs = cancelled,
-        "stopping: no new connections; running sessions interrupted"
+        "stopping: WebSocket upgrades refused, running sessions interrupted"
     );
     life.runs.close();
     let _ = tokio::time::timeout_at(deadline, life.runs.wait()).await;
+    accept.abort();
     life.close_all.cancel();
     life.conns.close();
     if tokio::time::timeout_at(deadline, life.conns.wait())

@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::time::Timestamp;
+
 /// The stable code on every `agent.error` (docs/protocol.md, "Error codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,7 +22,6 @@ pub enum ErrorCode {
     MessageTooLarge,
     SessionNotFound,
     AlreadyRunning,
-    NotRunning,
     TooManySessions,
     ResumeGap,
     PluginError,
@@ -31,7 +32,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation checks and fuzzing.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidMessage,
         ErrorCode::MissingEvent,
@@ -42,7 +43,6 @@ impl ErrorCode {
         ErrorCode::MessageTooLarge,
         ErrorCode::SessionNotFound,
         ErrorCode::AlreadyRunning,
-        ErrorCode::NotRunning,
         ErrorCode::TooManySessions,
         ErrorCode::ResumeGap,
         ErrorCode::PluginError,
@@ -63,7 +63,6 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => "message_too_large",
             ErrorCode::SessionNotFound => "session_not_found",
             ErrorCode::AlreadyRunning => "already_running",
-            ErrorCode::NotRunning => "not_running",
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::ResumeGap => "resume_gap",
             ErrorCode::PluginError => "plugin_error",
@@ -99,8 +98,18 @@ pub struct Serving {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepMeta {
+pub struct ThinkingMeta {
     pub step: u32,
+    /// False for the event that starts a step, true for a piece of the agent's reasoning.
+    pub delta: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnswerMeta {
+    pub step: u32,
+    /// True (with empty `content`) when the answer streamed so far is void: clear it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -159,9 +168,9 @@ pub enum ServerEvent {
     #[serde(rename = "agent.session_closed")]
     SessionClosed,
     #[serde(rename = "agent.thinking")]
-    Thinking { content: String, metadata: StepMeta },
+    Thinking { content: String, metadata: ThinkingMeta },
     #[serde(rename = "agent.partial_answer")]
-    PartialAnswer { content: String, metadata: StepMeta },
+    PartialAnswer { content: String, metadata: AnswerMeta },
     #[serde(rename = "agent.tool_call")]
     ToolCall {
         step_id: String,
@@ -198,7 +207,7 @@ struct Frame<'a> {
     session_id: Option<Option<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
-    timestamp: f64,
+    timestamp: Timestamp,
 }
 
 impl ServerEvent {
@@ -272,7 +281,7 @@ impl ServerEvent {
             event: self,
             session_id,
             seq,
-            timestamp: crate::now_secs(),
+            timestamp: Timestamp::now(),
         };
         // Serializing strings, numbers and `Value`s into a Vec cannot fail.
         let text = serde_json::to_string(&frame).unwrap_or_default();
@@ -284,7 +293,7 @@ impl ServerEvent {
 pub fn custom_frame(mut event: Map<String, Value>, session_id: &str, seq: u64) -> Utf8Bytes {
     event.insert("session_id".into(), Value::String(session_id.to_owned()));
     event.insert("seq".into(), seq.into());
-    event.insert("timestamp".into(), crate::now_secs().into());
+    event.insert("timestamp".into(), Timestamp::now().as_str().into());
     Utf8Bytes::from(Value::Object(event).to_string())
 }
 
@@ -315,7 +324,8 @@ mod tests {
         for e in samples {
             let v: Value = serde_json::from_str(e.frame().as_str()).unwrap();
             assert_eq!(v["event"], e.name());
-            assert!(v["timestamp"].is_f64());
+            let ts = v["timestamp"].as_str().unwrap();
+            assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
         }
         let v: Value =
             serde_json::from_str(ServerEvent::Ready.frame_in_session("s1", 7).as_str()).unwrap();

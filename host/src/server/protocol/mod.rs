@@ -10,8 +10,8 @@ mod event;
 use serde_json::{Map, Value};
 
 pub use event::{
-    custom_frame, AgentInfo, MAX_EVENT_BYTES, ErrorCode, FinalMeta, ServerEvent, Serving, StepMeta, ToolCallMeta,
-    ToolResultMeta,
+    custom_frame, AgentInfo, AnswerMeta, ErrorCode, FinalMeta, ServerEvent, Serving, ThinkingMeta,
+    ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
 };
 
 /// A message from a client, validated.

@@ -111,8 +111,12 @@ impl Sessions {
                 let Some(session) = self.owned(client, &session_id) else {
                     return;
                 };
+                // Idle: nothing to stop, and the answer is the same as for a stopped run (as
+                // in the MyAgent design) — outside the session's numbered log.
                 if !session.cancel() {
-                    client.error(Some(&session_id), ErrorCode::NotRunning, "Agent is not running");
+                    client
+                        .conn
+                        .send_about(Some(&session_id), &ServerEvent::Interrupted);
                 }
             }
             ClientMessage::CloseSession { session_id } => {

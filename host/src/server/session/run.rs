@@ -10,7 +10,7 @@ use super::log::{AgentSlot, Session};
 use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
 use crate::metrics::Metrics;
 use crate::server::protocol::{
-    ErrorCode, FinalMeta, ServerEvent, StepMeta, ToolCallMeta, ToolResultMeta,
+    AnswerMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta, ToolResultMeta,
 };
 
 /// One agent run on `session`: everything it reports goes out through the session's log.
@@ -133,11 +133,19 @@ impl EventSink for SessionSink<'_> {
         let e = match event {
             AgentEvent::Thinking { step, content } => ServerEvent::Thinking {
                 content,
-                metadata: StepMeta { step },
+                metadata: ThinkingMeta { step, delta: false },
             },
-            AgentEvent::Delta { step, text } => ServerEvent::PartialAnswer {
+            AgentEvent::Reasoning { step, text } => ServerEvent::Thinking {
                 content: text,
-                metadata: StepMeta { step },
+                metadata: ThinkingMeta { step, delta: true },
+            },
+            AgentEvent::Answer { step, text } => ServerEvent::PartialAnswer {
+                content: text,
+                metadata: AnswerMeta { step, reset: false },
+            },
+            AgentEvent::AnswerReset { step } => ServerEvent::PartialAnswer {
+                content: String::new(),
+                metadata: AnswerMeta { step, reset: true },
             },
             AgentEvent::ToolCall {
                 step,
