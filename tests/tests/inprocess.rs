@@ -191,6 +191,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         replay_buffer_bytes: 64 * 1024,
         replay_budget_bytes: 1 << 30,
         resume_window: Duration::from_millis(300),
+        on_busy: myagent_host::server::protocol::OnBusy::Reject,
     };
     let sessions = Sessions::in_memory(config, runtime.clone(), Arc::new(Lifecycle::default()));
     let (mut a, out_a) = client("192.0.2.1", 1);
@@ -216,7 +217,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     let sid = created[0]["session_id"].as_str().unwrap().to_owned();
     let token = created[0]["resume_token"].as_str().unwrap().to_owned();
     sessions
-        .handle(&mut a, ClientMessage::Message { session_id: sid.clone(), content: "What's the weather in Paris?".into() })
+        .handle(&mut a, ClientMessage::Message { session_id: sid.clone(), content: "What's the weather in Paris?".into(), on_busy: None })
         .await;
     let run = until(&out_a, "agent.ready").await;
     let seqs: Vec<u64> = run.iter().filter(|e| e["session_id"] == sid.as_str()).map(|e| e["seq"].as_u64().unwrap()).collect();

@@ -11,6 +11,8 @@ pub struct Memory {
     messages: Vec<ChatMessage>,
     /// Budget in characters of message text (a cheap proxy for tokens: ~4 chars per token).
     budget_chars: usize,
+    /// Turns trimmed away so far.
+    dropped_turns: u64,
 }
 
 impl Memory {
@@ -18,6 +20,7 @@ impl Memory {
         Memory {
             messages: Vec::new(),
             budget_chars,
+            dropped_turns: 0,
         }
     }
 
@@ -27,6 +30,11 @@ impl Memory {
 
     pub fn push(&mut self, m: ChatMessage) {
         self.messages.push(m);
+    }
+
+    /// How many of the oldest turns the budget has dropped.
+    pub fn dropped_turns(&self) -> u64 {
+        self.dropped_turns
     }
 
     pub fn len(&self) -> usize {
@@ -67,6 +75,7 @@ impl Memory {
                 .map(ChatMessage::weight)
                 .sum::<usize>();
             self.messages.drain(..second_turn);
+            self.dropped_turns += 1;
         }
     }
 

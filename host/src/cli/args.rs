@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use myagent_host::server::protocol::OnBusy;
+
 #[derive(Parser)]
 #[command(
     name = "myagent-host",
@@ -178,6 +180,11 @@ pub struct ServeArgs {
     /// How long sessions (and their runs) wait for a client to resume after a disconnect.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub resume_window: u64,
+    /// Double texting: what a `user.message` does while its session runs, unless the message
+    /// says (`on_busy`): reject it (already_running), enqueue it (up to 4), or interrupt the
+    /// run and answer it instead.
+    #[arg(long, value_enum, default_value_t = OnBusy::Reject)]
+    pub on_busy: OnBusy,
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub shutdown_timeout: u64,
 

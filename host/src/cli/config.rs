@@ -104,6 +104,7 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
             n => n,
         },
         resume_window: Duration::from_secs(args.resume_window),
+        on_busy: args.on_busy,
     }
 }
 

@@ -4,6 +4,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::protocol::OnBusy;
+
 /// Connections, HTTP and shutdown.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -60,4 +62,6 @@ pub struct SessionConfig {
     pub replay_budget_bytes: usize,
     /// How long a session (and its run) outlives its connection, waiting for a resume.
     pub resume_window: Duration,
+    /// Double texting: what a message does while its session runs, unless it says (`on_busy`).
+    pub on_busy: OnBusy,
 }

@@ -191,6 +191,17 @@ pub enum ServerEvent {
     Interrupted,
     #[serde(rename = "agent.ready")]
     Ready,
+    /// A message that arrived while the session was running waits (`on_busy`); `position` 1
+    /// runs next.
+    #[serde(rename = "agent.message_queued")]
+    MessageQueued { position: usize },
+    /// Answer to `user.get_history`: the conversation the agent remembers, in the OpenAI chat
+    /// format, and how many older turns the memory budget dropped.
+    #[serde(rename = "agent.history")]
+    History {
+        messages: Vec<crate::llm::ChatMessage>,
+        dropped_turns: u64,
+    },
 }
 
 /// The largest frame the server sends; a bigger event is replaced by an `agent.error`
@@ -212,7 +223,7 @@ struct Frame<'a> {
 
 impl ServerEvent {
     /// Every event name, in the order of the enum (checked against docs/protocol.md).
-    pub const NAMES: [&'static str; 15] = [
+    pub const NAMES: [&'static str; 17] = [
         "system.connected",
         "system.plugin_reloaded",
         "system.plugin_reload_failed",
@@ -228,6 +239,8 @@ impl ServerEvent {
         "agent.error",
         "agent.interrupted",
         "agent.ready",
+        "agent.message_queued",
+        "agent.history",
     ];
 
     /// The `event` name.
@@ -248,6 +261,8 @@ impl ServerEvent {
             ServerEvent::Error { .. } => 12,
             ServerEvent::Interrupted => 13,
             ServerEvent::Ready => 14,
+            ServerEvent::MessageQueued { .. } => 15,
+            ServerEvent::History { .. } => 16,
         };
         Self::NAMES[i]
     }

@@ -21,6 +21,8 @@ pub enum ClientMessage {
     Message {
         session_id: String,
         content: String,
+        /// What to do if a run is active (`None`: the server's default).
+        on_busy: Option<OnBusy>,
     },
     Cancel {
         session_id: String,
@@ -33,11 +35,26 @@ pub enum ClientMessage {
     CloseSession {
         session_id: String,
     },
+    GetHistory {
+        session_id: String,
+    },
     /// An event under the plugin's custom prefix, passed to its hook.
     Custom {
         session_id: String,
         event: Value,
     },
+}
+
+/// Double texting: what a `user.message` does when the session is already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnBusy {
+    /// Refuse it (`already_running`), as the MyAgent design does.
+    #[default]
+    Reject,
+    /// Run it after the current run (and any queued before it).
+    Enqueue,
+    /// Cancel the current run (and the queue), then run it.
+    Interrupt,
 }
 
 /// Why a client message was refused. `code` is stable for programs; the text is for people.
@@ -99,11 +116,26 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
         "user.message" => ClientMessage::Message {
             session_id: required_str(&obj, event, "session_id")?,
             content: required_str(&obj, event, "content").map_err(with_session)?,
+            on_busy: match obj.get("on_busy") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s == "reject" => Some(OnBusy::Reject),
+                Some(Value::String(s)) if s == "enqueue" => Some(OnBusy::Enqueue),
+                Some(Value::String(s)) if s == "interrupt" => Some(OnBusy::Interrupt),
+                Some(_) => {
+                    return Err(with_session(ProtocolError::new(
+                        ErrorCode::InvalidField,
+                        "Field `on_busy` must be \"reject\", \"enqueue\" or \"interrupt\"",
+                    )))
+                }
+            },
         },
         "user.cancel" => ClientMessage::Cancel {
             session_id: required_str(&obj, event, "session_id")?,
         },
         "user.close_session" => ClientMessage::CloseSession {
+            session_id: required_str(&obj, event, "session_id")?,
+        },
+        "user.get_history" => ClientMessage::GetHistory {
             session_id: required_str(&obj, event, "session_id")?,
         },
         "user.resume_session" => ClientMessage::Resume {
@@ -126,7 +158,7 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
             }
         }
         other => {
-            let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session".to_owned();
+            let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session, user.get_history".to_owned();
             if let Some(p) = custom_prefix.filter(|p| !p.is_empty()) {
                 known.push_str(&format!(", or a custom event starting with `{p}`"));
             }
@@ -178,9 +210,21 @@ mod tests {
             p.message,
             ClientMessage::Message {
                 session_id: "s".into(),
-                content: "hi".into()
+                content: "hi".into(),
+                on_busy: None,
             }
         );
+        // The design's Python client sends an ISO timestamp; both forms are fine.
+        let p = parse(
+            r#"{"event":"user.message","session_id":"s","content":"hi","timestamp":"2026-11-30T09:30:00.123456","on_busy":"enqueue"}"#,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(p.message, ClientMessage::Message { on_busy: Some(OnBusy::Enqueue), .. }));
+        let e = parse(r#"{"event":"user.message","session_id":"s","content":"hi","on_busy":"later"}"#, None)
+            .err()
+            .unwrap();
+        assert_eq!((e.code, e.session_id.as_deref()), (ErrorCode::InvalidField, Some("s")));
         let p = parse(r#"{"event":"user.cancel","session_id":"s"}"#, None).unwrap();
         assert_eq!(
             p.message,

@@ -18,7 +18,7 @@ use crate::agent::Memory;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
 use crate::server::outbox::ConnHandle;
-use crate::server::protocol::{custom_frame, ErrorCode, ServerEvent, MAX_EVENT_BYTES};
+use crate::server::protocol::{custom_frame, ErrorCode, OnBusy, ServerEvent, MAX_EVENT_BYTES};
 
 /// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
 /// allocator rounding (measured: a full 256 KiB buffer of small events held ~611 KiB).
@@ -63,6 +63,9 @@ struct Inner {
     replay_bytes: usize,
     /// Set while a run is in progress: cancelling it stops the run.
     running: Option<CancellationToken>,
+    /// Messages waiting for the current run to end (`on_busy: enqueue`/`interrupt`).
+    queue: VecDeque<String>,
+    queue_bytes: usize,
     /// Bumped on every detach/attach, so a stale expiry timer does nothing.
     epoch: u64,
     /// The instance custom events go to (the latest one a run used).
@@ -74,6 +77,22 @@ impl Drop for Session {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         self.budget.metrics.replay_bytes.sub(inner.replay_bytes as u64);
     }
+}
+
+/// Messages a session keeps waiting behind its run, at most (count and bytes).
+pub const MAX_QUEUED: usize = 4;
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024;
+
+/// What became of a message ([`Session::admit`]).
+pub enum Admit {
+    /// Run it now with this token.
+    Start(String, CancellationToken),
+    /// It waits behind the current run.
+    Queued,
+    /// A run is active and the message was refused (`on_busy: reject`).
+    Busy,
+    /// A run is active and the queue is full.
+    QueueFull,
 }
 
 /// What a resume found.
@@ -100,6 +119,8 @@ impl Session {
             replay: VecDeque::new(),
             replay_bytes: 0,
             running: None,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
             epoch: 0,
             instance: slot.instance.clone(),
         };
@@ -133,17 +154,26 @@ impl Session {
 
     /// Ends the run: emits `event` (final answer, error or interruption) and `agent.ready`, and
     /// marks the session idle, in one step, so a client that answers the final event at once
-    /// is not told the agent is still running. The one way every run ends.
-    pub fn finish_run(&self, event: &ServerEvent, metrics: &Metrics) {
+    /// is not told the agent is still running. The one way every run ends. When a message is
+    /// queued, the session stays running instead (no `agent.ready`) and the next run's input
+    /// and cancel token are returned.
+    pub fn finish_run(&self, event: &ServerEvent, metrics: &Metrics) -> Option<(String, CancellationToken)> {
         let mut inner = self.lock();
         inner.running = None;
         self.emit_locked(&mut inner, event.name(), |seq| event.frame_in_session(&self.id, seq), metrics);
+        if let Some(next) = inner.queue.pop_front() {
+            inner.queue_bytes -= next.len();
+            let token = CancellationToken::new();
+            inner.running = Some(token.clone());
+            return Some((next, token));
+        }
         self.emit_locked(
             &mut inner,
             "agent.ready",
             |seq| ServerEvent::Ready.frame_in_session(&self.id, seq),
             metrics,
         );
+        None
     }
 
     fn emit_locked(
@@ -188,15 +218,34 @@ impl Session {
         self.lock().owner.as_ref().is_some_and(|o| o.id == conn_id)
     }
 
-    /// Marks a run as started; `None` when one is already running.
-    pub fn start_run(&self) -> Option<CancellationToken> {
+    /// Admits a message: starts a run when idle; else follows `on_busy` (and says so with an
+    /// `agent.message_queued` when it waits).
+    pub fn admit(&self, content: String, on_busy: OnBusy, metrics: &Metrics) -> Admit {
         let mut inner = self.lock();
-        if inner.running.is_some() {
-            return None;
+        let Some(running) = &inner.running else {
+            let token = CancellationToken::new();
+            inner.running = Some(token.clone());
+            return Admit::Start(content, token);
+        };
+        match on_busy {
+            OnBusy::Reject => return Admit::Busy,
+            OnBusy::Enqueue => {
+                if inner.queue.len() >= MAX_QUEUED || inner.queue_bytes + content.len() > MAX_QUEUED_BYTES {
+                    return Admit::QueueFull;
+                }
+            }
+            OnBusy::Interrupt => {
+                running.cancel();
+                inner.queue.clear();
+                inner.queue_bytes = 0;
+            }
         }
-        let token = CancellationToken::new();
-        inner.running = Some(token.clone());
-        Some(token)
+        inner.queue_bytes += content.len();
+        inner.queue.push_back(content);
+        let position = inner.queue.len();
+        let queued = ServerEvent::MessageQueued { position };
+        self.emit_locked(&mut inner, queued.name(), |seq| queued.frame_in_session(&self.id, seq), metrics);
+        Admit::Queued
     }
 
     /// The instance a hot reload switched the session to (custom events go there too).
@@ -208,9 +257,12 @@ impl Session {
         self.lock().instance.clone()
     }
 
-    /// Cancels the running run; false when none is running.
+    /// Cancels the running run and drops any queued messages; false when none is running.
     pub fn cancel(&self) -> bool {
-        match &self.lock().running {
+        let mut inner = self.lock();
+        inner.queue.clear();
+        inner.queue_bytes = 0;
+        match &inner.running {
             Some(token) => {
                 token.cancel();
                 true

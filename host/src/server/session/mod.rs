@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-pub use log::{AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD};
+pub use log::{Admit, AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED, MAX_QUEUED_BYTES};
 pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
 
 use super::auth::constant_time_eq;
 use super::config::SessionConfig;
 use super::lifecycle::Lifecycle;
 use super::outbox::ConnHandle;
-use super::protocol::{AgentInfo, ClientMessage, ErrorCode, ServerEvent};
+use super::protocol::{AgentInfo, ClientMessage, ErrorCode, OnBusy, ServerEvent};
 use crate::agent::{AgentRuntime, Memory};
 
 /// A connection as sessions see it: where its events go, who it is, what it holds.
@@ -106,7 +106,8 @@ impl Sessions {
             ClientMessage::Message {
                 session_id,
                 content,
-            } => self.message(client, &session_id, content),
+                on_busy,
+            } => self.message(client, &session_id, content, on_busy),
             ClientMessage::Cancel { session_id } => {
                 let Some(session) = self.owned(client, &session_id) else {
                     return;
@@ -118,6 +119,23 @@ impl Sessions {
                         .conn
                         .send_about(Some(&session_id), &ServerEvent::Interrupted);
                 }
+            }
+            ClientMessage::GetHistory { session_id } => {
+                let Some(session) = self.owned(client, &session_id) else {
+                    return;
+                };
+                // The memory is the run's while it runs: answer once it is free (between turns),
+                // so the history holds whole turns only.
+                let conn = client.conn.clone();
+                self.lifecycle.runs.spawn(async move {
+                    let slot = session.agent.lock().await;
+                    let history = ServerEvent::History {
+                        messages: slot.memory.messages().to_vec(),
+                        dropped_turns: slot.memory.dropped_turns(),
+                    };
+                    drop(slot);
+                    conn.send_about(Some(&session.id), &history);
+                });
             }
             ClientMessage::CloseSession { session_id } => {
                 let Some(session) = self.owned(client, &session_id) else {
@@ -282,18 +300,27 @@ impl Sessions {
         );
     }
 
-    fn message(&self, client: &Client, session_id: &str, content: String) {
+    fn message(&self, client: &Client, session_id: &str, content: String, on_busy: Option<OnBusy>) {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };
-        let Some(cancel) = session.start_run() else {
-            client.error(Some(session_id), ErrorCode::AlreadyRunning, "Agent is already running");
-            return;
+        let on_busy = on_busy.unwrap_or(self.config.on_busy);
+        let (content, cancel) = match session.admit(content, on_busy, &self.runtime.metrics) {
+            Admit::Start(content, cancel) => (content, cancel),
+            Admit::Queued => return,
+            Admit::Busy => {
+                return client.error(Some(session_id), ErrorCode::AlreadyRunning, "Agent is already running")
+            }
+            Admit::QueueFull => {
+                return client.error(Some(session_id), ErrorCode::AlreadyRunning, &format!(
+                    "Agent is already running and {MAX_QUEUED} messages (or {} KiB) are waiting; try again when it is ready",
+                    MAX_QUEUED_BYTES / 1024))
+            }
         };
         let runtime = self.runtime.clone();
         let span = tracing::info_span!("session", session_id = %session.id);
         self.lifecycle.runs.spawn(
-            async move { run::run_turn(&runtime, &session, cancel, &content).await }
+            async move { run::run_turns(&runtime, &session, cancel, content).await }
                 .instrument(span),
         );
     }

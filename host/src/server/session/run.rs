@@ -13,13 +13,29 @@ use crate::server::protocol::{
     AnswerMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta, ToolResultMeta,
 };
 
+/// Agent runs on `session`, one after another: `content`, then each message queued meanwhile.
+pub(super) async fn run_turns(
+    runtime: &AgentRuntime,
+    session: &Arc<Session>,
+    mut cancel: CancellationToken,
+    mut content: String,
+) {
+    loop {
+        match run_turn(runtime, session, cancel, &content).await {
+            Some((next, token)) => (content, cancel) = (next, token),
+            None => return,
+        }
+    }
+}
+
 /// One agent run on `session`: everything it reports goes out through the session's log.
-pub(super) async fn run_turn(
+/// Returns the next queued message, if any, already marked as running.
+async fn run_turn(
     runtime: &AgentRuntime,
     session: &Arc<Session>,
     cancel: CancellationToken,
     content: &str,
-) {
+) -> Option<(String, CancellationToken)> {
     let mut slot = session.agent.lock().await;
     swap_build(runtime, session, &mut slot).await;
     let AgentSlot {
@@ -43,7 +59,7 @@ pub(super) async fn run_turn(
         session_id: &session.id,
     };
     let outcome = run_agent(&ctx, memory, content).await;
-    session.finish_run(&final_event(outcome), &runtime.metrics);
+    session.finish_run(&final_event(outcome), &runtime.metrics)
 }
 
 /// How a run's end reads to the client: the one route for every way a run ends.

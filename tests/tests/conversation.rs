@@ -1,0 +1,162 @@
+//! Conversation features beyond the MyAgent design: double texting (`on_busy`: reject, enqueue,
+//! interrupt) and `user.get_history`. Each test starts its own host and fake model.
+
+use myagent_tests::{plugin_lib, Client, FakeLlm, Host};
+use serde_json::{json, Value};
+
+async fn setup(extra: &[&str]) -> (FakeLlm, Host, Client, String) {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, extra);
+    let (c, sid, _) = Client::with_session(&host.ws_url()).await;
+    (llm, host, c, sid)
+}
+
+async fn say(c: &mut Client, sid: &str, content: &str, on_busy: Option<&str>) {
+    let mut m = json!({"event": "user.message", "session_id": sid, "content": content});
+    if let Some(p) = on_busy {
+        m["on_busy"] = p.into();
+    }
+    c.send(m).await;
+}
+
+/// The user inputs the model was asked about, in order (the last user message of each
+/// request that is not the plugin's next-step prompt).
+fn inputs(llm: &FakeLlm) -> Vec<String> {
+    llm.requests()
+        .iter()
+        .map(|r| {
+            r["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["role"] == "user")
+                .map(|m| m["content"].as_str().unwrap().to_owned())
+                .next_back()
+                .unwrap()
+        })
+        .collect()
+}
+
+const SLOW: &str = r#"{"text": "slow answer", "chunk_chars": 2, "delay_ms": 40}"#;
+
+#[tokio::test]
+async fn enqueued_messages_run_in_order_after_the_current_run() {
+    let (llm, _host, mut c, sid) = setup(&[]).await;
+    let slow: Value = serde_json::from_str(SLOW).unwrap();
+    llm.script(json!([slow, {"text": "second"}, {"text": "third"}]));
+    say(&mut c, &sid, "one", None).await;
+    c.until("agent.thinking").await;
+    say(&mut c, &sid, "two", Some("enqueue")).await;
+    assert_eq!(c.until("agent.message_queued").await["position"], 1);
+    say(&mut c, &sid, "three", Some("enqueue")).await;
+    assert_eq!(c.until("agent.message_queued").await["position"], 2);
+    // Without on_busy the server default applies: reject.
+    say(&mut c, &sid, "four", None).await;
+    assert_eq!(c.until("agent.error").await["code"], "already_running");
+
+    let mut finals = Vec::new();
+    while finals.len() < 3 {
+        let e = c.until_any(&["agent.final_answer", "agent.ready"]).await;
+        if e["event"] == "agent.ready" {
+            panic!("agent.ready between a run and the queued message after it: {:?}", c.seen);
+        }
+        finals.push(e["content"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(finals, ["slow answer", "second", "third"]);
+    c.until("agent.ready").await;
+    assert_eq!(inputs(&llm), ["one", "two", "three"]);
+    // Every event is in one numbered log: seq has no gap.
+    let seqs: Vec<u64> = c.seen.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
+
+#[tokio::test]
+async fn interrupt_cancels_the_run_and_answers_the_new_message() {
+    // The server default here is enqueue; the message asks to interrupt.
+    let (llm, _host, mut c, sid) = setup(&["--on-busy", "enqueue"]).await;
+    let slow = json!({"text": "a very long answer ".repeat(20), "chunk_chars": 2, "delay_ms": 40});
+    llm.script(json!([slow, {"text": "the new answer"}]));
+    say(&mut c, &sid, "long", None).await;
+    c.until("agent.partial_answer").await;
+    say(&mut c, &sid, "queued", None).await; // server default: enqueue
+    assert_eq!(c.until("agent.message_queued").await["position"], 1);
+    say(&mut c, &sid, "instead", Some("interrupt")).await;
+    assert_eq!(c.until("agent.message_queued").await["position"], 1, "the queue was replaced");
+    c.until("agent.interrupted").await;
+    let fin = c.until("agent.final_answer").await;
+    assert_eq!(fin["content"], "the new answer");
+    c.until("agent.ready").await;
+    // The model saw "long", then "instead" — "queued" was dropped by the interrupt.
+    assert_eq!(inputs(&llm), ["long", "instead"]);
+    // The interrupted turn is in memory as such (the model's next request shows it).
+    let last = &llm.requests()[1];
+    let texts: Vec<&str> = last["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    assert!(texts.iter().any(|t| t.contains("interrupted")), "{texts:?}");
+}
+
+#[tokio::test]
+async fn the_queue_is_bounded_and_cancel_drops_it() {
+    let (llm, _host, mut c, sid) = setup(&[]).await;
+    let slow: Value = serde_json::from_str(SLOW).unwrap();
+    llm.script(json!([slow]));
+    say(&mut c, &sid, "one", None).await;
+    c.until("agent.thinking").await;
+    for i in 1..=4 {
+        say(&mut c, &sid, &format!("q{i}"), Some("enqueue")).await;
+        assert_eq!(c.until("agent.message_queued").await["position"], i);
+    }
+    say(&mut c, &sid, "q5", Some("enqueue")).await;
+    let e = c.until("agent.error").await;
+    assert_eq!(e["code"], "already_running");
+    assert!(e["error"].as_str().unwrap().contains("4 messages"), "{e}");
+    // Cancel stops the run and drops what waits: the session is idle after one interruption.
+    c.send(json!({"event": "user.cancel", "session_id": sid})).await;
+    c.until("agent.interrupted").await;
+    c.until("agent.ready").await;
+    assert_eq!(inputs(&llm), ["one"]);
+    // A bad policy is a clear error.
+    say(&mut c, &sid, "x", Some("later")).await;
+    let e = c.until("agent.error").await;
+    assert_eq!(e["code"], "invalid_field");
+    assert!(e["error"].as_str().unwrap().contains("on_busy"));
+}
+
+#[tokio::test]
+async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
+    let (llm, host, mut c, sid) = setup(&[]).await;
+    llm.script(json!([
+        {"text": "Checking.", "tool_calls": [{"name": "echo", "arguments": "{\"text\": \"hello\"}"}]},
+        {"text": "The echo said hello."},
+        {"text": "Second answer.", "chunk_chars": 2, "delay_ms": 40}
+    ]));
+    c.ask(&sid, "first question").await;
+    c.until("agent.ready").await;
+    c.send(json!({"event": "user.get_history", "session_id": sid})).await;
+    let h = c.until("agent.history").await;
+    assert_eq!(h["session_id"], sid.as_str());
+    assert!(h.get("seq").is_none());
+    assert_eq!(h["dropped_turns"], 0);
+    let m = h["messages"].as_array().unwrap();
+    let roles: Vec<&str> = m.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+    assert_eq!(m[0]["content"], "first question");
+    assert_eq!(m[1]["tool_calls"][0]["function"]["name"], "echo");
+    assert_eq!(m[2]["tool_call_id"], m[1]["tool_calls"][0]["id"]);
+    assert_eq!(m[2]["content"], "hello");
+    assert_eq!(m[3]["content"], "The echo said hello.");
+
+    // Asked during a run, it answers once the turn is whole.
+    c.ask(&sid, "second question").await;
+    c.until("agent.partial_answer").await;
+    c.send(json!({"event": "user.get_history", "session_id": sid})).await;
+    let h = c.until("agent.history").await;
+    assert!(c.named("agent.final_answer").len() == 2, "history came before the run ended");
+    assert_eq!(h["messages"].as_array().unwrap().len(), 6);
+    assert_eq!(h["messages"][5]["content"], "Second answer.");
+
+    // A client that lost its state (a new connection) gets it after resuming; others cannot.
+    let mut other = Client::connect(&host.ws_url()).await;
+    other.recv().await;
+    other.send(json!({"event": "user.get_history", "session_id": sid})).await;
+    assert_eq!(other.until("agent.error").await["code"], "session_not_found");
+}
