@@ -4,7 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde_json::Value;
 
-use crate::{wire, Manifest, Tool, ToolContext, ToolResult, ToolSpec, API_VERSION};
+use crate::{wire, Manifest, SessionOverrides, Tool, ToolContext, ToolResult, ToolSpec, API_VERSION};
 
 /// Context given to a custom-event handler.
 #[derive(Debug, Clone)]
@@ -30,6 +30,7 @@ pub struct Agent {
     tools: Vec<Box<dyn Tool>>,
     event_prefix: Option<String>,
     event_handler: Option<Box<EventHandler>>,
+    session_overrides: SessionOverrides,
 }
 
 impl Agent {
@@ -50,6 +51,7 @@ impl Agent {
                 tools: Vec::new(),
                 event_prefix: None,
                 event_handler: None,
+                session_overrides: SessionOverrides::default(),
             },
         }
     }
@@ -111,6 +113,7 @@ impl Agent {
             tool_timeout_ms: self.tool_timeout_ms,
             event_prefix: self.event_prefix.clone(),
             tool_context: wire::TOOL_CONTEXT_VERSION,
+            session_overrides: self.session_overrides.clone(),
             tools: self
                 .tools
                 .iter()
@@ -188,6 +191,13 @@ impl AgentBuilder {
     {
         self.agent.event_prefix = Some(prefix.into());
         self.agent.event_handler = Some(Box::new(handler));
+        self
+    }
+    /// Lets clients configure their own sessions within `limits` (`agent_config` on
+    /// `user.create_session`): a model from a list, a temperature in a range, fewer or more
+    /// steps up to a bound, an extra instruction of bounded length. By default nothing.
+    pub fn session_overrides(mut self, limits: SessionOverrides) -> Self {
+        self.agent.session_overrides = limits;
         self
     }
     /// Finishes the definition.

@@ -49,6 +49,10 @@
 //! Panics in your factory, tools or event hook are caught here, inside the plugin, and come back
 //! to the host as errors (a panicking tool is a failed tool result). Build with
 //! `panic = "unwind"` (the default) for that to work.
+//!
+//! Clients may configure their own session (`agent_config` on `user.create_session`: model,
+//! temperature, max_steps, extra instructions) only within limits you declare with
+//! [`AgentBuilder::session_overrides`] and [`SessionOverrides`]; by default nothing.
 
 pub mod abi;
 mod agent;
@@ -58,7 +62,7 @@ mod tool;
 pub mod wire;
 
 pub use agent::{Agent, AgentBuilder, EventContext};
-pub use manifest::{Manifest, ToolSpec, TERMINATE_TOOL};
+pub use manifest::{Manifest, SessionOverrides, ToolSpec, TERMINATE_TOOL};
 pub use serde_json::{json, Map, Value};
 pub use tool::{Tool, ToolContext, ToolResult};
 

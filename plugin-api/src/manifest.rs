@@ -32,6 +32,37 @@ pub struct Manifest {
     #[serde(default)]
     pub tool_context: u32,
     pub tools: Vec<ToolSpec>,
+    /// What a client may change per session (`agent_config` on `user.create_session`); by
+    /// default nothing.
+    #[serde(default)]
+    pub session_overrides: SessionOverrides,
+}
+
+/// The limits within which a client may configure its own session (`agent_config` on
+/// `user.create_session`: `model`, `temperature`, `max_steps`, `instructions`). Anything not
+/// allowed here is refused with a clear error; the default allows nothing.
+///
+/// ```
+/// use myagent_plugin_api::SessionOverrides;
+/// let limits = SessionOverrides {
+///     models: vec!["gpt-4o-mini".into(), "gpt-4o".into()],
+///     temperature: Some((0.0, 1.0)),
+///     max_steps: Some(8),
+///     instructions_chars: 500,
+/// };
+/// # let _ = limits;
+/// ```
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionOverrides {
+    /// Models a session may choose, by exact name. Empty: the agent's model only.
+    pub models: Vec<String>,
+    /// The range (inclusive) a session's temperature may take. `None`: the agent's only.
+    pub temperature: Option<(f32, f32)>,
+    /// The most steps a session may ask for. `None`: the agent's `max_steps` only.
+    pub max_steps: Option<u32>,
+    /// Characters of extra instruction a session may add to the system prompt. 0: none.
+    pub instructions_chars: usize,
 }
 
 /// One tool as the model sees it (the OpenAI `function` object).

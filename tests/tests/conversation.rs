@@ -160,3 +160,53 @@ async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
     other.send(json!({"event": "user.get_history", "session_id": sid})).await;
     assert_eq!(other.until("agent.error").await["code"], "session_not_found");
 }
+
+#[tokio::test]
+async fn agent_config_sets_a_sessions_model_temperature_steps_and_instructions_within_limits() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let mut c = Client::connect(&host.ws_url()).await;
+    c.recv().await;
+    let config = json!({"model": "model-b", "temperature": 0.3, "max_steps": 1, "instructions": "Answer in French."});
+    c.send(json!({"event": "user.create_session", "agent_config": config})).await;
+    let created = c.until("agent.session_created").await;
+    assert_eq!(created["agent_config"]["model"], "model-b");
+    let sid = created["session_id"].as_str().unwrap().to_owned();
+    // max_steps 1: a tool call uses the only step, and the run stops at the limit.
+    llm.script(json!([{"tool_calls": [{"name": "echo", "arguments": "{\"text\": \"x\"}"}]}]));
+    c.ask(&sid, "hi").await;
+    let fin = c.until("agent.final_answer").await;
+    assert_eq!(fin["metadata"]["reason"], "max_steps");
+    assert_eq!(fin["metadata"]["steps"], 1);
+    let req = &llm.requests()[0];
+    assert_eq!(req["model"], "model-b");
+    assert!((req["temperature"].as_f64().unwrap() - 0.3).abs() < 1e-6);
+    let system = req["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(system, "You are a test agent.\n\nAnswer in French.");
+
+    // A session without agent_config keeps the agent's own settings.
+    let (plain, _) = c.create_session().await;
+    llm.script(json!([{"text": "ok"}]));
+    c.ask(&plain, "hi").await;
+    c.until("agent.ready").await;
+    let req = llm.requests().pop().unwrap();
+    assert_eq!(req["messages"][0]["content"], "You are a test agent.");
+    assert_ne!(req["model"], "model-b");
+
+    // Outside the plugin's limits: a clear invalid_field, and no session.
+    let before = host.http_health_sessions();
+    for (cfg, want) in [
+        (json!({"model": "gpt-9"}), "allowed: model-a, model-b"),
+        (json!({"temperature": 2.0}), "range"),
+        (json!({"max_steps": 7}), "limit of 6"),
+        (json!({"instructions": "x".repeat(201)}), "at most 200"),
+        (json!({"colour": "blue"}), "Unknown field `agent_config.colour`"),
+        (json!("fast"), "must be an object"),
+    ] {
+        c.send(json!({"event": "user.create_session", "agent_config": cfg})).await;
+        let e = c.until("agent.error").await;
+        assert_eq!(e["code"], "invalid_field", "{e}");
+        assert!(e["error"].as_str().unwrap().contains(want), "{cfg}: {e}");
+    }
+    assert_eq!(host.http_health_sessions(), before);
+}

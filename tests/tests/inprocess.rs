@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use myagent_host::agent::{
     run_agent, AgentConfig, AgentEvent, AgentRuntime, EventSink, FinishReason, Memory, RunContext,
-    RunOutcome, INTERRUPTED_NOTE,
+    RunOutcome, SessionSettings, INTERRUPTED_NOTE,
 };
 use myagent_host::llm::{Model, ReplayModel};
 use myagent_host::metrics::Metrics;
@@ -67,6 +67,7 @@ async fn run(
     let ctx = RunContext {
         model: &model,
         manifest: &plugin.manifest,
+        settings: &SessionSettings::default(),
         instance,
         config: &config,
         sink: &sink,
@@ -199,14 +200,14 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
 
     // Caps: two per address, three in all.
     for _ in 0..3 {
-        sessions.handle(&mut a, ClientMessage::CreateSession).await;
+        sessions.handle(&mut a, ClientMessage::CreateSession { agent_config: None }).await;
     }
     let events = drain(&out_a);
     let created: Vec<&Value> = events.iter().filter(|e| e["event"] == "agent.session_created").collect();
     assert_eq!(created.len(), 2);
     assert_eq!(events.last().unwrap()["code"], "too_many_sessions");
-    sessions.handle(&mut b, ClientMessage::CreateSession).await;
-    sessions.handle(&mut b, ClientMessage::CreateSession).await;
+    sessions.handle(&mut b, ClientMessage::CreateSession { agent_config: None }).await;
+    sessions.handle(&mut b, ClientMessage::CreateSession { agent_config: None }).await;
     let events = drain(&out_b);
     assert_eq!(events[0]["event"], "agent.session_created");
     assert!(events[1]["error"].as_str().unwrap().contains("this server"), "{events:?}");

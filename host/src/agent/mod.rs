@@ -12,6 +12,7 @@
 
 pub mod memory;
 mod run;
+pub mod settings;
 mod stream;
 pub mod trace;
 
@@ -28,6 +29,7 @@ use crate::plugin::{Instance, Manifest};
 pub use memory::Memory;
 pub use myagent_plugin_api::TERMINATE_TOOL;
 pub use run::run_agent;
+pub use settings::SessionSettings;
 pub use trace::TraceWriter;
 
 /// What the memory records for a run the user cancelled.
@@ -130,6 +132,8 @@ pub struct AgentRuntime {
 pub struct RunContext<'a> {
     pub model: &'a Model,
     pub manifest: &'a Manifest,
+    /// The session's own settings (`agent_config`), within the manifest's limits.
+    pub settings: &'a SessionSettings,
     pub instance: &'a Instance,
     pub config: &'a AgentConfig,
     pub sink: &'a dyn EventSink,

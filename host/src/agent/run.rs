@@ -31,10 +31,13 @@ fn terminate_spec() -> ToolSpec {
     }
 }
 
-/// A run's fixed inputs to every model call.
+/// A run's fixed inputs to every model call (the agent's, or the session's own settings).
 struct Plan {
     model: String,
     tools: Vec<ToolSpec>,
+    temperature: Option<f32>,
+    max_steps: u32,
+    system_prompt: String,
 }
 
 /// What one think step decided.
@@ -60,20 +63,28 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &str) -
 
     let mut tools = ctx.manifest.tools.clone();
     tools.push(terminate_spec());
+    let settings = ctx.settings;
     let plan = Plan {
-        model: ctx
-            .manifest
+        model: settings
             .model
             .clone()
+            .or_else(|| ctx.manifest.model.clone())
             .unwrap_or_else(|| ctx.config.default_model.clone()),
         tools,
+        temperature: settings.temperature.or(ctx.manifest.temperature),
+        max_steps: settings.max_steps.unwrap_or(ctx.manifest.max_steps),
+        system_prompt: match &settings.instructions {
+            Some(extra) if ctx.manifest.system_prompt.is_empty() => extra.clone(),
+            Some(extra) => format!("{}\n\n{extra}", ctx.manifest.system_prompt),
+            None => ctx.manifest.system_prompt.clone(),
+        },
     };
     let mut previous: Vec<String> = Vec::new();
     let mut nudge = false;
     // The answer text streamed in this run (since its last reset).
     let mut streamed = String::new();
     let outcome = 'run: {
-        for step in 1..=ctx.manifest.max_steps {
+        for step in 1..=plan.max_steps {
             let step_mark = memory.len();
             let resp = match think(ctx, &plan, memory, step, std::mem::take(&mut nudge)).await {
                 Thought::Answer(answer, sent) => {
@@ -115,7 +126,7 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &str) -
                 break 'run outcome;
             }
         }
-        let max = ctx.manifest.max_steps;
+        let max = plan.max_steps;
         RunOutcome::Finished {
             answer: format!("I stopped after reaching the step limit (max_steps = {max}) without a final answer."),
             reason: FinishReason::MaxSteps,
@@ -153,8 +164,8 @@ async fn think(
         content: format!("Step {step}: thinking"),
     });
     let mut messages = Vec::with_capacity(memory.len() + 2);
-    if !ctx.manifest.system_prompt.is_empty() {
-        messages.push(ChatMessage::system(ctx.manifest.system_prompt.clone()));
+    if !plan.system_prompt.is_empty() {
+        messages.push(ChatMessage::system(plan.system_prompt.clone()));
     }
     messages.extend_from_slice(memory.messages());
     let mut prompt = ctx.manifest.next_step_prompt.clone();
@@ -168,7 +179,7 @@ async fn think(
         model: plan.model.clone(),
         messages,
         tools: plan.tools.clone(),
-        temperature: ctx.manifest.temperature,
+        temperature: plan.temperature,
     };
     let t0 = Instant::now();
     let mut stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use myagent_plugin_api::{export_agent, json, Agent, EventContext, Tool, ToolResult, Value};
+use myagent_plugin_api::{
+    export_agent, json, Agent, EventContext, SessionOverrides, Tool, ToolResult, Value,
+};
 
 struct FnTool {
     name: &'static str,
@@ -68,6 +70,12 @@ pub fn testkit() -> Agent {
         .system_prompt("You are a test agent.")
         .next_step_prompt("")
         .max_steps(4)
+        .session_overrides(SessionOverrides {
+            models: vec!["model-a".into(), "model-b".into()],
+            temperature: Some((0.0, 1.5)),
+            max_steps: Some(6),
+            instructions_chars: 200,
+        })
         .tool_timeout_ms(2_000)
         .enable_tracing(true)
         .tool(FnTool {

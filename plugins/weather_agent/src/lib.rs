@@ -3,7 +3,7 @@
 //! The weather is simulated but deterministic (derived from the city name), so recordings and
 //! tests are stable. Swap `forecast` for a real weather API call; tools may block.
 
-use myagent_plugin_api::{export_agent, json, Agent, Tool, ToolResult, Value};
+use myagent_plugin_api::{export_agent, json, Agent, SessionOverrides, Tool, ToolResult, Value};
 
 /// Looks up the (simulated) weather for a city.
 pub struct WeatherTool;
@@ -56,6 +56,13 @@ pub fn weather_assistant() -> Agent {
         )
         .next_step_prompt("To look up weather, use the get_weather tool.")
         .max_steps(5)
+        // What a client may set per session with `agent_config` on `user.create_session`.
+        .session_overrides(SessionOverrides {
+            models: vec!["gpt-4o-mini".into(), "gpt-4o".into()],
+            temperature: Some((0.0, 1.0)),
+            max_steps: Some(8),
+            instructions_chars: 500,
+        })
         .tool(WeatherTool)
         .build()
 }

@@ -157,7 +157,13 @@ pub enum ServerEvent {
     #[serde(rename = "auth.error")]
     AuthError { error: String },
     #[serde(rename = "agent.session_created")]
-    SessionCreated { resume_token: String, agent: AgentInfo },
+    SessionCreated {
+        resume_token: String,
+        agent: AgentInfo,
+        /// The session's own settings, when it asked for any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent_config: Option<Value>,
+    },
     /// Sent before the replayed events (it carries no `seq`).
     #[serde(rename = "agent.session_resumed")]
     SessionResumed {

@@ -17,7 +17,8 @@ pub use event::{
 /// A message from a client, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
-    CreateSession,
+    /// `agent_config`: the session's own settings, checked against the plugin's limits.
+    CreateSession { agent_config: Option<Map<String, Value>> },
     Message {
         session_id: String,
         content: String,
@@ -112,7 +113,18 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
         e
     };
     let message = match event {
-        "user.create_session" => ClientMessage::CreateSession,
+        "user.create_session" => ClientMessage::CreateSession {
+            agent_config: match obj.get("agent_config") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(m)) => Some(m.clone()),
+                Some(_) => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidField,
+                        "Field `agent_config` must be an object",
+                    ))
+                }
+            },
+        },
         "user.message" => ClientMessage::Message {
             session_id: required_str(&obj, event, "session_id")?,
             content: required_str(&obj, event, "content").map_err(with_session)?,
@@ -200,7 +212,7 @@ mod tests {
     #[test]
     fn parses_the_documents_messages() {
         let p = parse(r#"{"event":"user.create_session","timestamp":1}"#, None).unwrap();
-        assert_eq!(p.message, ClientMessage::CreateSession);
+        assert_eq!(p.message, ClientMessage::CreateSession { agent_config: None });
         let p = parse(
             r#"{"event":"user.message","session_id":"s","content":"hi","timestamp":1}"#,
             None,

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Memory;
+use crate::agent::{Memory, SessionSettings};
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
 use crate::server::outbox::ConnHandle;
@@ -40,6 +40,8 @@ impl ReplayBudget {
 /// The conversation side of a session, held by one run at a time.
 pub struct AgentSlot {
     pub memory: Memory,
+    /// The session's own settings (`agent_config`).
+    pub settings: SessionSettings,
     pub plugin: Arc<Plugin>,
     pub instance: Instance,
 }

@@ -22,7 +22,7 @@ use super::config::SessionConfig;
 use super::lifecycle::Lifecycle;
 use super::outbox::ConnHandle;
 use super::protocol::{AgentInfo, ClientMessage, ErrorCode, OnBusy, ServerEvent};
-use crate::agent::{AgentRuntime, Memory};
+use crate::agent::{AgentRuntime, Memory, SessionSettings};
 
 /// A connection as sessions see it: where its events go, who it is, what it holds.
 pub struct Client {
@@ -102,7 +102,7 @@ impl Sessions {
     /// Acts on one client message.
     pub async fn handle(self: &Arc<Self>, client: &mut Client, msg: ClientMessage) {
         match msg {
-            ClientMessage::CreateSession => self.create(client).await,
+            ClientMessage::CreateSession { agent_config } => self.create(client, agent_config).await,
             ClientMessage::Message {
                 session_id,
                 content,
@@ -237,7 +237,7 @@ impl Sessions {
         client.error(session_id, ErrorCode::TooManySessions, &why.to_string());
     }
 
-    async fn create(&self, client: &mut Client) {
+    async fn create(&self, client: &mut Client, agent_config: Option<serde_json::Map<String, serde_json::Value>>) {
         let per_conn = self.config.max_sessions_per_connection;
         if self.owned_count(client) >= per_conn {
             return self.refuse(client, None, SessionRefusal::Connection(per_conn));
@@ -247,6 +247,11 @@ impl Sessions {
             return self.refuse(client, None, why);
         }
         let plugin = self.runtime.plugin.current();
+        let settings = match agent_config.map(|c| SessionSettings::from_request(&c, &plugin.manifest)) {
+            None => SessionSettings::default(),
+            Some(Ok(s)) => s,
+            Some(Err(why)) => return client.error(None, ErrorCode::InvalidField, &why),
+        };
         let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
         let instance = match plugin.instantiate(timeout).await {
             Ok(Ok(i)) => i,
@@ -257,6 +262,7 @@ impl Sessions {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let slot = AgentSlot {
             memory: Memory::new(self.runtime.config.memory_budget_chars),
+            settings: settings.clone(),
             plugin: plugin.clone(),
             instance,
         };
@@ -286,6 +292,7 @@ impl Sessions {
             &ServerEvent::SessionCreated {
                 resume_token: token,
                 agent,
+                agent_config: settings.to_json(),
             },
             &self.runtime.metrics,
         );

@@ -40,6 +40,7 @@ async fn run_turn(
     swap_build(runtime, session, &mut slot).await;
     let AgentSlot {
         memory,
+        settings,
         plugin,
         instance,
     } = &mut *slot;
@@ -50,6 +51,7 @@ async fn run_turn(
     let ctx = RunContext {
         model: &runtime.model,
         manifest: &plugin.manifest,
+        settings,
         instance,
         config: &runtime.config,
         sink: &sink,
@@ -91,6 +93,11 @@ async fn swap_build(runtime: &AgentRuntime, session: &Session, slot: &mut AgentS
     let timeout = runtime.config.tool_timeout_for(&current.manifest);
     match current.instantiate(timeout).await {
         Ok(Ok(instance)) => {
+            if let Err(why) = slot.settings.check(&current.manifest) {
+                tracing::warn!(session_id = %session.id, reason = %why,
+                    "the new build does not allow this session's agent_config; using the agent's own settings");
+                slot.settings = Default::default();
+            }
             session.set_instance(&instance);
             slot.plugin = current;
             slot.instance = instance;

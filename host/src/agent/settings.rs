@@ -1,0 +1,169 @@
+//! Per-session agent configuration (the MyAgent design's `AgentSession(session_id,
+//! agent_config)`): what a client asked for in `agent_config`, checked against the limits the
+//! plugin declares ([`SessionOverrides`]), and how it changes a run.
+
+use serde_json::{Map, Value};
+
+use crate::plugin::Manifest;
+use myagent_plugin_api::SessionOverrides;
+
+/// A session's own settings; `None` keeps the agent's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionSettings {
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+    pub max_steps: Option<u32>,
+    /// Appended to the system prompt.
+    pub instructions: Option<String>,
+}
+
+const FIELDS: &str = "model, temperature, max_steps, instructions";
+
+impl SessionSettings {
+    /// Reads a client's `agent_config` object and checks each field against `manifest`'s
+    /// limits. The error says which field and what is allowed.
+    pub fn from_request(config: &Map<String, Value>, manifest: &Manifest) -> Result<SessionSettings, String> {
+        let mut s = SessionSettings::default();
+        for (key, value) in config {
+            match key.as_str() {
+                "model" => s.model = Some(value.as_str().ok_or("`agent_config.model` must be a string")?.to_owned()),
+                "temperature" => {
+                    s.temperature = Some(value.as_f64().ok_or("`agent_config.temperature` must be a number")? as f32)
+                }
+                "max_steps" => {
+                    let n = value.as_u64().filter(|n| *n >= 1 && *n <= u32::MAX as u64);
+                    s.max_steps = Some(n.ok_or("`agent_config.max_steps` must be a positive integer")? as u32);
+                }
+                "instructions" => {
+                    s.instructions = Some(value.as_str().ok_or("`agent_config.instructions` must be a string")?.to_owned())
+                }
+                other => return Err(format!("Unknown field `agent_config.{other}`; expected {FIELDS}")),
+            }
+        }
+        s.check(manifest)?;
+        Ok(s)
+    }
+
+    /// Whether `manifest`'s limits allow these settings (also re-checked after a hot reload).
+    pub fn check(&self, manifest: &Manifest) -> Result<(), String> {
+        let o: &SessionOverrides = &manifest.session_overrides;
+        let agent = &manifest.name;
+        if let Some(m) = &self.model {
+            if !o.models.contains(m) {
+                return Err(if o.models.is_empty() {
+                    format!("`agent_config.model`: {agent} does not let sessions choose the model")
+                } else {
+                    format!("`agent_config.model` `{m}` is not allowed by {agent} (allowed: {})", o.models.join(", "))
+                });
+            }
+        }
+        if let Some(t) = self.temperature {
+            match o.temperature {
+                Some((lo, hi)) if t >= lo && t <= hi => {}
+                Some((lo, hi)) => return Err(format!("`agent_config.temperature` {t} is outside {agent}'s range {lo}..={hi}")),
+                None => return Err(format!("`agent_config.temperature`: {agent} does not let sessions set the temperature")),
+            }
+        }
+        if let Some(n) = self.max_steps {
+            match o.max_steps {
+                Some(max) if n <= max => {}
+                Some(max) => return Err(format!("`agent_config.max_steps` {n} is over {agent}'s limit of {max}")),
+                None => return Err(format!("`agent_config.max_steps`: {agent} does not let sessions set max_steps")),
+            }
+        }
+        if let Some(text) = &self.instructions {
+            let n = text.chars().count();
+            if o.instructions_chars == 0 {
+                return Err(format!("`agent_config.instructions`: {agent} does not take extra instructions"));
+            }
+            if n > o.instructions_chars {
+                return Err(format!("`agent_config.instructions` has {n} characters; {agent} takes at most {}", o.instructions_chars));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings as the client sees them (in `agent.session_created`), `None` when default.
+    pub fn to_json(&self) -> Option<Value> {
+        if *self == SessionSettings::default() {
+            return None;
+        }
+        let mut m = Map::new();
+        if let Some(v) = &self.model {
+            m.insert("model".into(), v.clone().into());
+        }
+        if let Some(v) = self.temperature {
+            m.insert("temperature".into(), (v as f64).into());
+        }
+        if let Some(v) = self.max_steps {
+            m.insert("max_steps".into(), v.into());
+        }
+        if let Some(v) = &self.instructions {
+            m.insert("instructions".into(), v.clone().into());
+        }
+        Some(Value::Object(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest(o: SessionOverrides) -> Manifest {
+        let mut m: Manifest = serde_json::from_value(json!({
+            "api_version": 1, "name": "weather-assistant", "version": "1", "description": "",
+            "system_prompt": "", "next_step_prompt": "", "max_steps": 5, "enable_tracing": false,
+            "model": null, "temperature": null, "tool_timeout_ms": null, "event_prefix": null,
+            "tools": []
+        }))
+        .unwrap();
+        m.session_overrides = o;
+        m
+    }
+
+    fn req(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn nothing_is_allowed_by_default() {
+        let m = manifest(SessionOverrides::default());
+        assert_eq!(SessionSettings::from_request(&req(json!({})), &m), Ok(SessionSettings::default()));
+        for (k, v) in [("model", json!("gpt-4o")), ("temperature", json!(0.5)), ("max_steps", json!(2)), ("instructions", json!("be brief"))] {
+            let e = SessionSettings::from_request(&req(json!({ k: v })), &m).unwrap_err();
+            assert!(e.contains(k) && e.contains("weather-assistant"), "{e}");
+        }
+        let e = SessionSettings::from_request(&req(json!({"tools": []})), &m).unwrap_err();
+        assert!(e.contains("Unknown field `agent_config.tools`"), "{e}");
+    }
+
+    #[test]
+    fn each_field_within_its_limit() {
+        let m = manifest(SessionOverrides {
+            models: vec!["a".into(), "b".into()],
+            temperature: Some((0.0, 1.0)),
+            max_steps: Some(8),
+            instructions_chars: 10,
+        });
+        let ok = SessionSettings::from_request(
+            &req(json!({"model": "b", "temperature": 0.25, "max_steps": 8, "instructions": "Be brief."})),
+            &m,
+        )
+        .unwrap();
+        assert_eq!(ok.model.as_deref(), Some("b"));
+        assert_eq!(ok.to_json().unwrap()["max_steps"], 8);
+        let bad = [
+            (json!({"model": "c"}), "allowed: a, b"),
+            (json!({"temperature": 1.5}), "range"),
+            (json!({"temperature": "hot"}), "must be a number"),
+            (json!({"max_steps": 9}), "limit of 8"),
+            (json!({"max_steps": 0}), "positive integer"),
+            (json!({"instructions": "x".repeat(11)}), "at most 10"),
+        ];
+        for (v, want) in bad {
+            let e = SessionSettings::from_request(&req(v.clone()), &m).unwrap_err();
+            assert!(e.contains(want), "{v}: {e}");
+        }
+    }
+}
