@@ -115,6 +115,24 @@ try {
   assert.equal(await page.locator("nav button.session").count(), sessionsBefore, "no extra session after the reload");
   console.log("ok - reload restores the conversation, the user's messages in place");
 
+  // 5. An attached image goes to the model as an OpenAI image part (re-encoded to fit the
+  //    server's message limit) beside the text, and shows in the user's message.
+  await script([{ text: "I see a small red square." }]);
+  const png = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP4z8CAFWEXHbQSACj/P8Fu7N9hAAAAAElFTkSuQmCC", "base64");
+  await page.setInputFiles("#image", { name: "red.png", mimeType: "image/png", buffer: png });
+  await page.locator("#attached img").waitFor({ timeout: 5000 });
+  await page.fill("#input", "What is in this picture?");
+  await page.click("#send");
+  await page.waitForFunction(() => [...document.querySelectorAll(".msg.answer:not(.streaming)")].some((a) => a.textContent === "I see a small red square."), null, { timeout: 15000 });
+  assert.equal(await page.locator(".msg.user img").count(), 1, "the user's message shows the image");
+  assert.equal(await page.locator("#attached").isHidden(), true, "the attachment is cleared after sending");
+  const reqs = await (await fetch(LLM_URL + "/_control/requests")).json();
+  const parts = (reqs[reqs.length - 1].messages.filter((m) => m.role === "user" && Array.isArray(m.content)).pop() || {}).content;
+  assert.ok(Array.isArray(parts), "content parts: " + JSON.stringify(parts).slice(0, 200));
+  assert.deepEqual(parts[0], { type: "text", text: "What is in this picture?" });
+  assert.match(parts[1].image_url.url, /^data:image\/jpeg;base64,[A-Za-z0-9+/=]+$/);
+  console.log("ok - an attached image reaches the model as an image part");
+
   assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
 } catch (e) {
   if (e !== "done") {

@@ -210,3 +210,33 @@ async fn agent_config_sets_a_sessions_model_temperature_steps_and_instructions_w
     }
     assert_eq!(host.http_health_sessions(), before);
 }
+
+#[tokio::test]
+async fn content_parts_with_images_reach_the_model_as_sent() {
+    let (llm, _host, mut c, sid) = setup(&[]).await;
+    llm.script(json!([{"text": "A red square."}]));
+    let image = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP4z8CAFWEXHbQSACj/P8Fu7N9hAAAAAElFTkSuQmCC";
+    let parts = json!([
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": image, "detail": "low"}}
+    ]);
+    c.send(json!({"event": "user.message", "session_id": sid, "content": parts})).await;
+    assert_eq!(c.until("agent.final_answer").await["content"], "A red square.");
+    let req = llm.requests().pop().unwrap();
+    let user = req["messages"].as_array().unwrap().iter().find(|m| m["role"] == "user").unwrap().clone();
+    assert_eq!(user["content"], parts, "passed through unchanged");
+    // The history keeps the parts too.
+    c.send(json!({"event": "user.get_history", "session_id": sid})).await;
+    assert_eq!(c.until("agent.history").await["messages"][0]["content"], parts);
+
+    // Parts the model could not take, or URLs the host will not pass on, are refused.
+    for bad in [
+        json!([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]),
+        json!([{"type": "input_audio", "input_audio": {"data": "AAAA"}}]),
+        json!([]),
+    ] {
+        c.send(json!({"event": "user.message", "session_id": sid, "content": bad})).await;
+        let e = c.until("agent.error").await;
+        assert_eq!(e["code"], "invalid_field", "{bad}: {e}");
+    }
+}

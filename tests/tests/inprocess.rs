@@ -76,7 +76,7 @@ async fn run(
         metrics: &metrics,
         session_id: "test",
     };
-    let outcome = run_agent(&ctx, memory, input).await;
+    let outcome = run_agent(&ctx, memory, &input.into()).await;
     (outcome, sink.0.into_inner().unwrap())
 }
 
@@ -146,7 +146,7 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
     let (outcome, _) = run(&plugin, &instance, &mut m, "What's the weather in Paris?", &cancelled).await;
     assert_eq!(outcome, RunOutcome::Cancelled);
     let last = m.messages().last().unwrap();
-    assert_eq!(last.content.as_deref(), Some(INTERRUPTED_NOTE));
+    assert_eq!(last.text().as_deref(), Some(INTERRUPTED_NOTE));
     assert!(m.pairs_intact());
 }
 

@@ -140,11 +140,7 @@ mod tests {
             assert_eq!(m.messages()[0].role, Role::User);
         }
         assert!(m.weight() <= 400);
-        assert!(m.messages()[0]
-            .content
-            .as_ref()
-            .unwrap()
-            .starts_with("question "));
+        assert!(m.messages()[0].text().unwrap().starts_with("question "));
         // An oversized single turn is kept whole.
         let mut m = Memory::new(10);
         m.push(ChatMessage::user("a long question"));

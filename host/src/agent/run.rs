@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::stream::{finish_answer, StepStream};
 use super::{AgentEvent, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
-use crate::llm::{ChatMessage, ChatRequest, ChatResponse, ToolCall, ToolSpec};
+use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Content, ToolCall, ToolSpec};
 use crate::plugin::HostErrorKind;
 use myagent_plugin_api::TERMINATE_TOOL;
 
@@ -52,11 +52,11 @@ enum Thought {
 
 /// Runs the agent on `input`, extending `memory`. Streams what happens through `ctx.sink`;
 /// the returned outcome says how the run ended (the caller tells the client).
-pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &str) -> RunOutcome {
+pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Content) -> RunOutcome {
     let started = Instant::now();
     ctx.metrics.runs_started.inc();
     let turn_start = memory.len();
-    memory.push(ChatMessage::user(input));
+    memory.push(ChatMessage::user(input.clone()));
     memory.trim();
     trace(ctx, json!({"kind": "run_start", "session_id": ctx.session_id, "input": input,
         "agent": ctx.manifest.name, "version": ctx.manifest.version}));

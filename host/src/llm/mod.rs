@@ -28,12 +28,63 @@ pub enum Delta<'a> {
 /// Receives a model stream's [`Delta`]s.
 pub type OnDelta<'a> = dyn FnMut(Delta<'_>) + Send + 'a;
 
+/// A message's content: text, or (a user's message) OpenAI content parts — `{"type": "text",
+/// "text"}` and `{"type": "image_url", "image_url": {"url"}}` — passed to the model as given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<serde_json::Value>),
+}
+
+impl Content {
+    /// The text: all of it, or the text parts joined (images left out).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Content::Text(t) => t.into(),
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into(),
+        }
+    }
+
+    /// Bytes it takes (text, or the parts' text and URLs, data URLs included).
+    pub fn size(&self) -> usize {
+        match self {
+            Content::Text(t) => t.len(),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| {
+                    p.get("text").and_then(serde_json::Value::as_str).map_or(0, str::len)
+                        + p.pointer("/image_url/url").and_then(serde_json::Value::as_str).map_or(0, str::len)
+                        + 32
+                })
+                .sum(),
+        }
+    }
+}
+
+impl From<String> for Content {
+    fn from(t: String) -> Content {
+        Content::Text(t)
+    }
+}
+
+impl From<&str> for Content {
+    fn from(t: &str) -> Content {
+        Content::Text(t.to_owned())
+    }
+}
+
 /// A chat message in the OpenAI shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
     #[serde(default)]
-    pub content: Option<String>,
+    pub content: Option<Content>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,15 +95,15 @@ impl ChatMessage {
     pub fn system(text: impl Into<String>) -> Self {
         ChatMessage {
             role: Role::System,
-            content: Some(text.into()),
+            content: Some(Content::Text(text.into())),
             tool_calls: vec![],
             tool_call_id: None,
         }
     }
-    pub fn user(text: impl Into<String>) -> Self {
+    pub fn user(content: impl Into<Content>) -> Self {
         ChatMessage {
             role: Role::User,
-            content: Some(text.into()),
+            content: Some(content.into()),
             tool_calls: vec![],
             tool_call_id: None,
         }
@@ -60,7 +111,7 @@ impl ChatMessage {
     pub fn assistant(text: Option<String>, tool_calls: Vec<ToolCall>) -> Self {
         ChatMessage {
             role: Role::Assistant,
-            content: text,
+            content: text.map(Content::Text),
             tool_calls,
             tool_call_id: None,
         }
@@ -68,14 +119,20 @@ impl ChatMessage {
     pub fn tool(call_id: &str, text: impl Into<String>) -> Self {
         ChatMessage {
             role: Role::Tool,
-            content: Some(text.into()),
+            content: Some(Content::Text(text.into())),
             tool_calls: vec![],
             tool_call_id: Some(call_id.into()),
         }
     }
-    /// Characters of text in the message, a cheap stand-in for its token cost.
+    /// The text of the message, if any.
+    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.content.as_ref().map(Content::text)
+    }
+
+    /// Characters of text in the message, a cheap stand-in for its token cost (an image counts
+    /// its encoded size, so the memory budget also bounds the bytes a session holds).
     pub fn weight(&self) -> usize {
-        self.content.as_ref().map_or(0, String::len)
+        self.content.as_ref().map_or(0, Content::size)
             + self
                 .tool_calls
                 .iter()

@@ -91,7 +91,7 @@ impl ReplayModel {
                 .messages
                 .iter()
                 .find(|m| m.role == super::Role::User);
-            if let Some(q) = first_user.and_then(|m| m.content.clone()) {
+            if let Some(q) = first_user.and_then(|m| m.text()).map(|t| t.into_owned()) {
                 if !questions.contains(&q) {
                     questions.push(q);
                 }

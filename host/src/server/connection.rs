@@ -135,6 +135,7 @@ async fn serve_loop(
             tools: None,
         },
         auth_required: !authed,
+        max_message_bytes: deps.config.max_message_bytes,
     };
     drop(plugin);
     if within(limit, sink.send(Message::Text(hello.frame()))).await.is_err() {

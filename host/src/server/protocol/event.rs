@@ -148,6 +148,8 @@ pub enum ServerEvent {
         connection_id: String,
         agent: AgentInfo,
         auth_required: bool,
+        /// The largest client message accepted (a client can size images to fit).
+        max_message_bytes: usize,
     },
     #[serde(rename = "system.plugin_reloaded")]
     PluginReloaded { agent: AgentInfo },

@@ -9,6 +9,8 @@ mod event;
 
 use serde_json::{Map, Value};
 
+use crate::llm::Content;
+
 pub use event::{
     custom_frame, AgentInfo, AnswerMeta, ErrorCode, FinalMeta, ServerEvent, Serving, ThinkingMeta,
     ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
@@ -21,7 +23,8 @@ pub enum ClientMessage {
     CreateSession { agent_config: Option<Map<String, Value>> },
     Message {
         session_id: String,
-        content: String,
+        /// Text, or OpenAI content parts (text and images).
+        content: Content,
         /// What to do if a run is active (`None`: the server's default).
         on_busy: Option<OnBusy>,
     },
@@ -127,7 +130,7 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
         },
         "user.message" => ClientMessage::Message {
             session_id: required_str(&obj, event, "session_id")?,
-            content: required_str(&obj, event, "content").map_err(with_session)?,
+            content: content(&obj).map_err(with_session)?,
             on_busy: match obj.get("on_busy") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s == "reject" => Some(OnBusy::Reject),
@@ -183,6 +186,58 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
     Ok(Parsed { message, token })
 }
 
+/// Content parts in one message, at most.
+pub const MAX_CONTENT_PARTS: usize = 16;
+
+/// `content` of a `user.message`: a non-empty string, or an array of OpenAI content parts —
+/// `{"type": "text", "text"}` and `{"type": "image_url", "image_url": {"url", "detail"?}}` with a
+/// `data:image/...;base64,` or `http(s)://` URL (the host never fetches it; the model provider
+/// does). The message size limit bounds them.
+fn content(obj: &Map<String, Value>) -> Result<Content, ProtocolError> {
+    let invalid = |m: String| ProtocolError::new(ErrorCode::InvalidField, m);
+    let parts = match obj.get("content") {
+        Some(Value::Array(parts)) => parts,
+        _ => return required_str(obj, "user.message", "content").map(Content::Text),
+    };
+    if parts.is_empty() || parts.len() > MAX_CONTENT_PARTS {
+        return Err(invalid(format!("Field `content` must have 1 to {MAX_CONTENT_PARTS} parts")));
+    }
+    for (i, part) in parts.iter().enumerate() {
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") if part.get("text").is_some_and(Value::is_string) => {}
+            Some("text") => return Err(invalid(format!("`content[{i}]`: a text part needs a string `text`"))),
+            Some("image_url") => {
+                let url = part.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
+                let data = url
+                    .strip_prefix("data:image/")
+                    .and_then(|rest| rest.split_once(";base64,"))
+                    .is_some_and(|(kind, b64)| {
+                        ["png", "jpeg", "jpg", "gif", "webp"].contains(&kind)
+                            && !b64.is_empty()
+                            && b64.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+                    });
+                let web = url.starts_with("https://") || url.starts_with("http://");
+                if !data && !web {
+                    return Err(invalid(format!(
+                        "`content[{i}].image_url.url` must be a data:image/(png|jpeg|gif|webp);base64, URL or an http(s) URL"
+                    )));
+                }
+                match part.pointer("/image_url/detail") {
+                    None => {}
+                    Some(Value::String(d)) if ["auto", "low", "high"].contains(&d.as_str()) => {}
+                    Some(_) => return Err(invalid(format!("`content[{i}].image_url.detail` must be auto, low or high"))),
+                }
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "`content[{i}]` must be a text or image_url part ({{\"type\": \"text\", \"text\": ...}} or {{\"type\": \"image_url\", \"image_url\": {{\"url\": ...}}}})"
+                )))
+            }
+        }
+    }
+    Ok(Content::Parts(parts.clone()))
+}
+
 fn required_str(
     obj: &Map<String, Value>,
     event: &str,
@@ -222,7 +277,7 @@ mod tests {
             p.message,
             ClientMessage::Message {
                 session_id: "s".into(),
-                content: "hi".into(),
+                content: Content::Text("hi".into()),
                 on_busy: None,
             }
         );
@@ -237,6 +292,22 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!((e.code, e.session_id.as_deref()), (ErrorCode::InvalidField, Some("s")));
+        // Content parts: text and images by data URL or web URL; anything else is refused.
+        let ok = r#"{"event":"user.message","session_id":"s","content":[{"type":"text","text":"What is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"low"}},{"type":"image_url","image_url":{"url":"https://example.com/a.jpg"}}]}"#;
+        assert!(matches!(parse(ok, None).unwrap().message, ClientMessage::Message { content: Content::Parts(p), .. } if p.len() == 3));
+        for bad in [
+            r#"[]"#,
+            r#"[{"type":"audio","data":"x"}]"#,
+            r#"[{"type":"text"}]"#,
+            r#"[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]"#,
+            r#"[{"type":"image_url","image_url":{"url":"data:text/html;base64,PGI+"}}]"#,
+            r#"[{"type":"image_url","image_url":{"url":"data:image/png;base64,a b"}}]"#,
+            r#"[{"type":"image_url","image_url":{"url":"https://x/y","detail":"max"}}]"#,
+        ] {
+            let text = format!(r#"{{"event":"user.message","session_id":"s","content":{bad}}}"#);
+            let e = parse(&text, None).err().unwrap_or_else(|| panic!("accepted {bad}"));
+            assert_eq!(e.code, ErrorCode::InvalidField, "{bad}: {}", e.message);
+        }
         let p = parse(r#"{"event":"user.cancel","session_id":"s"}"#, None).unwrap();
         assert_eq!(
             p.message,

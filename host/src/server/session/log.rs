@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Memory, SessionSettings};
+use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
 use crate::server::outbox::ConnHandle;
@@ -66,7 +67,7 @@ struct Inner {
     /// Set while a run is in progress: cancelling it stops the run.
     running: Option<CancellationToken>,
     /// Messages waiting for the current run to end (`on_busy: enqueue`/`interrupt`).
-    queue: VecDeque<String>,
+    queue: VecDeque<Content>,
     queue_bytes: usize,
     /// Bumped on every detach/attach, so a stale expiry timer does nothing.
     epoch: u64,
@@ -88,7 +89,7 @@ pub const MAX_QUEUED_BYTES: usize = 64 * 1024;
 /// What became of a message ([`Session::admit`]).
 pub enum Admit {
     /// Run it now with this token.
-    Start(String, CancellationToken),
+    Start(Content, CancellationToken),
     /// It waits behind the current run.
     Queued,
     /// A run is active and the message was refused (`on_busy: reject`).
@@ -159,12 +160,12 @@ impl Session {
     /// is not told the agent is still running. The one way every run ends. When a message is
     /// queued, the session stays running instead (no `agent.ready`) and the next run's input
     /// and cancel token are returned.
-    pub fn finish_run(&self, event: &ServerEvent, metrics: &Metrics) -> Option<(String, CancellationToken)> {
+    pub fn finish_run(&self, event: &ServerEvent, metrics: &Metrics) -> Option<(Content, CancellationToken)> {
         let mut inner = self.lock();
         inner.running = None;
         self.emit_locked(&mut inner, event.name(), |seq| event.frame_in_session(&self.id, seq), metrics);
         if let Some(next) = inner.queue.pop_front() {
-            inner.queue_bytes -= next.len();
+            inner.queue_bytes -= next.size();
             let token = CancellationToken::new();
             inner.running = Some(token.clone());
             return Some((next, token));
@@ -222,7 +223,7 @@ impl Session {
 
     /// Admits a message: starts a run when idle; else follows `on_busy` (and says so with an
     /// `agent.message_queued` when it waits).
-    pub fn admit(&self, content: String, on_busy: OnBusy, metrics: &Metrics) -> Admit {
+    pub fn admit(&self, content: Content, on_busy: OnBusy, metrics: &Metrics) -> Admit {
         let mut inner = self.lock();
         let Some(running) = &inner.running else {
             let token = CancellationToken::new();
@@ -232,7 +233,7 @@ impl Session {
         match on_busy {
             OnBusy::Reject => return Admit::Busy,
             OnBusy::Enqueue => {
-                if inner.queue.len() >= MAX_QUEUED || inner.queue_bytes + content.len() > MAX_QUEUED_BYTES {
+                if inner.queue.len() >= MAX_QUEUED || inner.queue_bytes + content.size() > MAX_QUEUED_BYTES {
                     return Admit::QueueFull;
                 }
             }
@@ -242,7 +243,7 @@ impl Session {
                 inner.queue_bytes = 0;
             }
         }
-        inner.queue_bytes += content.len();
+        inner.queue_bytes += content.size();
         inner.queue.push_back(content);
         let position = inner.queue.len();
         let queued = ServerEvent::MessageQueued { position };

@@ -307,7 +307,7 @@ impl Sessions {
         );
     }
 
-    fn message(&self, client: &Client, session_id: &str, content: String, on_busy: Option<OnBusy>) {
+    fn message(&self, client: &Client, session_id: &str, content: crate::llm::Content, on_busy: Option<OnBusy>) {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::{AgentSlot, Session};
 use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
+use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::server::protocol::{
     AnswerMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta, ToolResultMeta,
@@ -18,7 +19,7 @@ pub(super) async fn run_turns(
     runtime: &AgentRuntime,
     session: &Arc<Session>,
     mut cancel: CancellationToken,
-    mut content: String,
+    mut content: Content,
 ) {
     loop {
         match run_turn(runtime, session, cancel, &content).await {
@@ -34,8 +35,8 @@ async fn run_turn(
     runtime: &AgentRuntime,
     session: &Arc<Session>,
     cancel: CancellationToken,
-    content: &str,
-) -> Option<(String, CancellationToken)> {
+    content: &Content,
+) -> Option<(Content, CancellationToken)> {
     let mut slot = session.agent.lock().await;
     swap_build(runtime, session, &mut slot).await;
     let AgentSlot {
