@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use myagent_tests::{http_get, plugin_lib, workspace_root, Client, FakeLlm, Host, Proc, TempDir};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn nginx_binary() -> Option<String> {
     [
@@ -29,71 +30,104 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test]
-async fn nginx_config_proxies_websockets_and_health() {
-    let Some(nginx) = nginx_binary() else {
+
+/// A real nginx serving deploy/nginx.conf (and deploy/nginx-tls.conf when given a certificate)
+/// as shipped, with only addresses, ports and file paths changed for loopback.
+struct Nginx {
+    proc: Proc,
+    addr: String,
+    tls_addr: Option<String>,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    fn start(nginx: &str, upstream_port: u16, tls: Option<(&Path, &Path)>) -> Nginx {
+        let root = workspace_root().join("deploy");
+        let dir = TempDir::new("nginx");
+        let d = dir.path().display();
+        let shipped = std::fs::read_to_string(root.join("nginx.conf")).unwrap();
+        let snippet = "include /etc/nginx/snippets/myagent-proxy.conf;";
+        assert!(shipped.contains("server agent:8080;") && shipped.contains("listen 80;") && shipped.contains(snippet));
+        let port = free_port();
+        let local_snippet = format!("include {d}/proxy.conf;");
+        let site = shipped
+            .replace("server agent:8080;", &format!("server 127.0.0.1:{upstream_port};"))
+            .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+            .replace(snippet, &local_snippet);
+        std::fs::write(dir.path().join("site.conf"), site).unwrap();
+        std::fs::copy(root.join("nginx-proxy.conf"), dir.path().join("proxy.conf")).unwrap();
+        let mut includes = format!("include {d}/site.conf;");
+        let mut tls_addr = None;
+        if let Some((cert, key)) = tls {
+            let shipped = std::fs::read_to_string(root.join("nginx-tls.conf")).unwrap();
+            assert!(shipped.contains("listen 443 ssl;") && shipped.contains(snippet));
+            let tls_port = free_port();
+            let conf = shipped
+                .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{tls_port} ssl;"))
+                .replace("/etc/nginx/certs/fullchain.pem", &cert.display().to_string())
+                .replace("/etc/nginx/certs/privkey.pem", &key.display().to_string())
+                .replace(snippet, &local_snippet);
+            std::fs::write(dir.path().join("tls.conf"), conf).unwrap();
+            includes.push_str(&format!("\n  include {d}/tls.conf;"));
+            tls_addr = Some(format!("localhost:{tls_port}"));
+        }
+        std::fs::write(
+            dir.path().join("nginx.conf"),
+            format!(
+                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr info;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+                 {includes}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let check = Command::new(nginx)
+            .args(["-t", "-p"])
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "nginx -t: {}", String::from_utf8_lossy(&check.stderr));
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-g", "daemon off;"]);
+        let proc = Proc::spawn(cmd);
+        let addr = format!("127.0.0.1:{port}");
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        assert!(up, "nginx did not start listening on {addr}");
+        Nginx { proc, addr, tls_addr, _dir: dir }
+    }
+}
+
+fn nginx_or_skip(test: &str) -> Option<String> {
+    let found = nginx_binary();
+    if found.is_none() {
         if std::env::var("MYAGENT_REQUIRE_NGINX").is_ok_and(|v| v == "1") {
             panic!("nginx not found (apt-get install nginx)");
         }
-        eprintln!("SKIPPED nginx_config_proxies_websockets_and_health: nginx not found");
+        eprintln!("SKIPPED {test}: nginx not found (apt-get install nginx)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn nginx_config_proxies_websockets_and_health() {
+    let Some(nginx) = nginx_or_skip("nginx_config_proxies_websockets_and_health") else {
         return;
     };
     let llm = FakeLlm::start();
     let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
-
-    // deploy/nginx.conf as shipped, with only the two addresses changed for loopback.
-    let shipped = std::fs::read_to_string(workspace_root().join("deploy/nginx.conf")).unwrap();
-    assert!(shipped.contains("server agent:8080;") && shipped.contains("listen 80;"));
-    let port = free_port();
-    let site = shipped
-        .replace(
-            "server agent:8080;",
-            &format!("server 127.0.0.1:{};", host.port),
-        )
-        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
-    let dir = TempDir::new("nginx");
-    let d = dir.path().display();
-    std::fs::write(dir.path().join("site.conf"), site).unwrap();
-    std::fs::write(
-        dir.path().join("nginx.conf"),
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr info;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             include {d}/site.conf;\n}}\n"
-        ),
-    )
-    .unwrap();
-    let check = Command::new(&nginx)
-        .args(["-t", "-p"])
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "nginx -t: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let mut cmd = Command::new(&nginx);
-    cmd.arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .args(["-g", "daemon off;"]);
-    let nginx_proc = Proc::spawn(cmd);
-    let base = format!("127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(&base).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(up, "nginx did not start listening on {base}");
+    let shipped = std::fs::read_to_string(workspace_root().join("deploy/nginx-proxy.conf")).unwrap();
+    let nginx = Nginx::start(&nginx, host.port, None);
+    let (base, nginx_proc) = (nginx.addr.clone(), &nginx.proc);
 
     // /health and the web page through nginx.
     let health = http_get(&format!("http://{base}/health"));
@@ -119,4 +153,68 @@ async fn nginx_config_proxies_websockets_and_health() {
     // A connection quiet for longer than nginx's default 60 s read timeout would be cut by a
     // config without the long timeouts; assert the shipped one has them.
     assert!(shipped.contains("proxy_read_timeout 3600s;"));
+}
+
+#[tokio::test]
+async fn nginx_tls_config_serves_wss_with_a_certificate() {
+    let Some(nginx) = nginx_or_skip("nginx_tls_config_serves_wss_with_a_certificate") else {
+        return;
+    };
+    // A self-signed certificate for localhost, made the way deploy/nginx-tls.conf says.
+    let certs = TempDir::new("certs");
+    let (cert, key) = (certs.path().join("fullchain.pem"), certs.path().join("privkey.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+               "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    match made {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!("openssl: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(e) if std::env::var("MYAGENT_REQUIRE_NGINX").is_ok_and(|v| v == "1") => panic!("openssl: {e}"),
+        Err(_) => return eprintln!("SKIPPED nginx_tls_config_serves_wss_with_a_certificate: no openssl (apt-get install openssl)"),
+    }
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
+    let nginx = Nginx::start(&nginx, host.port, Some((&cert, &key)));
+    let tls = nginx.tls_addr.clone().unwrap();
+
+    // A client that trusts exactly this certificate (no "accept invalid" shortcut).
+    let root = native_tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let connector = native_tls::TlsConnector::builder().add_root_certificate(root).build().unwrap();
+    let url = format!("wss://{tls}/");
+    let (ws, resp) = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::NativeTls(connector.clone())),
+    )
+    .await
+    .expect("wss through nginx");
+    assert_eq!(resp.status(), 101);
+    let mut c = Client { ws, seen: Vec::new() };
+    assert_eq!(c.recv().await["event"], "system.connected");
+    let (sid, _) = c.create_session().await;
+    c.ask(&sid, "What's the weather in Paris?").await;
+    assert_eq!(c.until("agent.tool_call").await["metadata"]["tool"], "get_weather");
+    assert!(c.until("agent.final_answer").await["content"].as_str().unwrap().contains("Paris"));
+
+    // A browser page served over https: its Origin is https://localhost:PORT; same origin.
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("origin", format!("https://{tls}").parse().unwrap());
+    let r = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(tokio_tungstenite::Connector::NativeTls(connector.clone()))).await;
+    assert!(r.is_ok(), "same-origin https page refused: {:?}", r.err());
+    // ...and a client that does not trust the certificate is refused by TLS.
+    let untrusted = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::NativeTls(native_tls::TlsConnector::new().unwrap())),
+    )
+    .await;
+    assert!(untrusted.is_err());
+    // Plain HTTP keeps working beside it.
+    assert!(http_get(&format!("http://{}/health", nginx.addr)).contains("healthy"));
 }
