@@ -14,7 +14,7 @@ async fn the_documents_flow_reaches_a_final_answer_with_a_tool_call() {
     let mut c = Client::connect(&host.ws_url()).await;
     let hello = c.recv().await;
     assert_eq!(hello["event"], "system.connected");
-    assert!(hello["connection_id"].is_string() && hello["timestamp"].is_number());
+    assert!(hello["connection_id"].is_string() && hello["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
     c.send(json!({"event": "user.create_session", "timestamp": 1}))
         .await;
     let created = c.until("agent.session_created").await;
@@ -45,10 +45,9 @@ async fn the_documents_flow_reaches_a_final_answer_with_a_tool_call() {
         .map(|e| e["content"].as_str().unwrap())
         .collect();
     assert_eq!(streamed, answer["content"].as_str().unwrap());
-    assert!(
-        c.named("agent.partial_answer").len() > 3,
-        "answer should stream in pieces"
-    );
+    // (This answer is shorter than the hold-back, so it comes in one piece; fidelity.rs streams
+    // a longer one.)
+    assert!(!c.named("agent.partial_answer").is_empty());
     // Every session event is numbered 1, 2, 3... and timestamped.
     let seqs: Vec<u64> = c
         .seen
@@ -57,14 +56,15 @@ async fn the_documents_flow_reaches_a_final_answer_with_a_tool_call() {
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-    assert!(c.seen.iter().all(|e| e["timestamp"].is_number()));
-    // Order: thinking, tool_call, tool_result, final_answer, ready.
-    let order: Vec<&str> = c
+    assert!(c.seen.iter().all(|e| e["timestamp"].is_string()));
+    // Order: thinking (the step, then the reasoning before the call), tool_call, tool_result,
+    // thinking, the answer, final_answer, ready.
+    let mut order: Vec<&str> = c
         .seen
         .iter()
         .map(|e| e["event"].as_str().unwrap())
-        .filter(|e| *e != "agent.partial_answer")
         .collect();
+    order.dedup();
     assert_eq!(
         order,
         [
@@ -74,6 +74,7 @@ async fn the_documents_flow_reaches_a_final_answer_with_a_tool_call() {
             "agent.tool_call",
             "agent.tool_result",
             "agent.thinking",
+            "agent.partial_answer",
             "agent.final_answer"
         ]
     );
@@ -303,7 +304,7 @@ async fn health_and_metrics() {
     c.until("agent.final_answer").await;
     let health: serde_json::Value = serde_json::from_str(&host.http("/health")).unwrap();
     assert_eq!(health["status"], "healthy");
-    assert!(health["timestamp"].is_number());
+    assert!(health["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
     assert_eq!(health["active_sessions"], 1);
     assert_eq!(health["connections"], 1);
     assert_eq!(health["plugin"]["name"], "weather-assistant");
