@@ -68,7 +68,7 @@ impl<'a> StepStream<'a> {
                     }
                 }
             },
-            Delta::ToolCalls => self.to_reasoning(),
+            Delta::ToolCalls => self.become_reasoning(),
         }
     }
 
@@ -76,7 +76,7 @@ impl<'a> StepStream<'a> {
     /// the answer (empty when it was reasoning).
     pub fn finish(mut self, tool_calls: bool) -> String {
         if tool_calls {
-            self.to_reasoning();
+            self.become_reasoning();
             return String::new();
         }
         if self.mode == Mode::Holding && !self.text.is_empty() {
@@ -89,7 +89,7 @@ impl<'a> StepStream<'a> {
     }
 
     /// Tool calls follow: what was held (or streamed as the answer) is reasoning.
-    fn to_reasoning(&mut self) {
+    fn become_reasoning(&mut self) {
         let previous = std::mem::replace(&mut self.mode, Mode::Reasoning);
         if previous == Mode::Answer {
             self.sink.emit(AgentEvent::AnswerReset { step: self.step });

@@ -20,6 +20,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up; the size does not matter
 pub enum Command {
     /// Serve an agent plugin over WebSocket (and /health, /metrics over HTTP on the same port).
     #[command(args_override_self = true)]
