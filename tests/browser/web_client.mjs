@@ -21,6 +21,42 @@ async function script(steps) {
   assert.equal(r.status, 200, "scripting fake-llm");
 }
 
+// Runs the design document's browser client in `page` and checks what it logs.
+async function designClient(page) {
+  const logged = [];
+  const onConsole = (m) => { if (m.type() === "log") logged.push(m.text()); };
+  page.on("console", onConsole);
+  await page.evaluate((url) => {
+    const ws = new WebSocket(url);
+    ws.onopen = () => {
+      ws.send(JSON.stringify({ event: "user.create_session", timestamp: new Date().toISOString() }));
+    };
+    ws.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      switch (message.event) {
+        case "agent.session_created":
+          ws.send(JSON.stringify({ event: "user.message", session_id: message.session_id, content: "What's the weather in Paris?", timestamp: new Date().toISOString() }));
+          break;
+        case "agent.thinking":
+          console.log("Thinking:", message.content);
+          break;
+        case "agent.tool_call":
+          console.log("Tool call:", message.metadata.tool);
+          break;
+        case "agent.final_answer":
+          console.log("Answer:", message.content);
+          break;
+      }
+    };
+  }, HOST_URL.replace(/^http/, "ws"));
+  const deadline = Date.now() + 15000;
+  while (!logged.some((l) => l.startsWith("Answer:")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  page.off("console", onConsole);
+  assert.ok(logged.some((l) => l.startsWith("Thinking:")), "the design's client logs thinking: " + logged);
+  assert.ok(logged.includes("Tool call: get_weather"), "the design's client logs the tool call: " + logged);
+  assert.ok(logged.some((l) => /^Answer: .*Paris/.test(l)), "the design's client logs the answer: " + logged);
+  console.log("ok - the design document's browser client works unchanged");
+}
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -63,6 +99,11 @@ try {
   assert.equal(await page.locator(".msg.answer").count(), 1, "one answer: " + await page.locator(".msg.answer").allTextContents());
   assert.doesNotMatch(await answer.textContent(), /look up/i);
   console.log("ok - weather question answered with a get_weather tool call; reasoning and answer shown apart");
+
+  // The design document's browser JavaScript, unchanged but for the server's address: it logs
+  // thinking, the tool call (message.metadata.tool) and the final answer. (Not where the host
+  // requires a token: the design's client sends none and gets auth.error, as designed.)
+  if (!PAGE_SUFFIX.includes("token=")) await designClient(page);
   if (WEATHER_ONLY) throw "done";
 
   // 2. A long streamed answer: screenshot mid-stream, then cancel.
