@@ -85,9 +85,9 @@ pub async fn serve(
         _ip_slot: ip_slot,
     };
     // What the client and the log know the connection by (the number is internal).
-    let cid = uuid::Uuid::new_v4().to_string();
+    let cid = uuid::Uuid::new_v4(); // 16 bytes, formatted only when written
     let span = tracing::debug_span!("conn", connection_id = %cid);
-    serve_loop(ws, &deps, &mut attached.client, &out, credentials, gate, &cid)
+    serve_loop(ws, &deps, &mut attached.client, &out, credentials, gate, cid)
         .instrument(span)
         .await;
 }
@@ -114,7 +114,7 @@ async fn serve_loop(
     out: &Outbox,
     credentials: Credentials,
     gate: Option<GateKey>,
-    cid: &str,
+    cid: uuid::Uuid,
 ) {
     let (mut sink, mut stream) = ws.split();
     let limit = deps.config.write_timeout;
@@ -127,7 +127,7 @@ async fn serve_loop(
     let mut authed = credentials == Credentials::Accepted;
     let plugin = deps.sessions.runtime().plugin.current();
     let hello = ServerEvent::Connected {
-        connection_id: cid.to_owned(),
+        connection_id: cid.to_string(),
         agent: AgentInfo {
             name: plugin.manifest.name.clone(),
             version: plugin.manifest.version.clone(),
@@ -155,13 +155,13 @@ async fn serve_loop(
             _ = deps.lifecycle.close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
             _ = &mut auth_deadline, if !authed => {
                 deps.metrics.connections_refused.inc();
-                tracing::info!(connection_id = cid, "no token within the authentication deadline");
+                tracing::info!(connection_id = %cid, "no token within the authentication deadline");
                 refuse_auth(client)
             }
             _ = out.wake.notified() => {
                 if out.is_slow() {
                     deps.metrics.slow_client_disconnects.inc();
-                    tracing::warn!(connection_id = cid, "client too slow; closing (its sessions stay resumable)");
+                    tracing::warn!(connection_id = %cid, "client too slow; closing (its sessions stay resumable)");
                     Flow::Close(CloseCode::Library(CLOSE_SLOW_CLIENT), "slow client: outbound queue full; resume the session to continue")
                 } else {
                     match within(limit, write_batch(&mut sink, out)).await {
@@ -173,7 +173,7 @@ async fn serve_loop(
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > dead_after {
-                    tracing::info!(connection_id = cid, "peer stopped answering pings; dropping");
+                    tracing::info!(connection_id = %cid, "peer stopped answering pings; dropping");
                     Flow::Close(CloseCode::Library(CLOSE_KEEPALIVE), "keepalive timeout")
                 } else {
                     match within(limit, sink.send(Message::Ping(Default::default()))).await {
@@ -191,17 +191,17 @@ async fn serve_loop(
                         use tokio_tungstenite::tungstenite::Error as E;
                         match e {
                             E::Capacity(c) => {
-                                tracing::info!(connection_id = cid, error = %c, "frame over the hard size limit");
+                                tracing::info!(connection_id = %cid, error = %c, "frame over the hard size limit");
                                 Flow::Close(CloseCode::Size, "message too big")
                             }
                             E::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                                 deps.metrics.connections_refused.inc();
-                                tracing::info!(connection_id = cid, error = %e, "unauthenticated client over its input limit; dropped");
+                                tracing::info!(connection_id = %cid, error = %e, "unauthenticated client over its input limit; dropped");
                                 break;
                             }
                             E::ConnectionClosed | E::AlreadyClosed | E::Io(_) => break,
                             other => {
-                                tracing::info!(connection_id = cid, error = %other, "protocol error");
+                                tracing::info!(connection_id = %cid, error = %other, "protocol error");
                                 Flow::Close(CloseCode::Protocol, "protocol error")
                             }
                         }
@@ -231,7 +231,7 @@ async fn serve_loop(
         };
         if let Flow::Drop = flow {
             deps.metrics.slow_client_disconnects.inc();
-            tracing::warn!(connection_id = cid, timeout_ms = limit.as_millis() as u64,
+            tracing::warn!(connection_id = %cid, timeout_ms = limit.as_millis() as u64,
                 "client stopped reading (a write timed out); dropping it (its sessions stay resumable)");
             break;
         }
