@@ -33,10 +33,11 @@ test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSo
 	./scripts/example-clients.sh
 	./scripts/autobahn.sh
 
-bench: ## Short benchmarks (~2 min): plugin overhead, hot reload, then load (idle, stream, churn, tools) as a table
+bench: ## Short benchmarks (~3 min): plugin overhead, hot reload, load (idle, stream, churn, tools) as a table, then the host against the floor of our stack
 	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests
 	$(CARGO) run -j$(JOBS) -q --release -p myagent-tests --bin myagent-bench -- all
 	target/release/myagent-loadgen --json target/bench-short.json suite --short
+	target/release/myagent-loadgen --json target/bench-compare.json compare --paced-sessions 200
 
 bench-long: ## Full-size load benchmarks (19,000 idle connections, 1,000 streaming sessions, 100,000 churned sessions)
 	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests

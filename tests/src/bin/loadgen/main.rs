@@ -11,6 +11,8 @@
 //!   and server RSS before and after.
 //! - `tools`: `stream` twice, the second time with extra sessions whose tools block a thread;
 //!   shows the streaming sessions' latency is unaffected (host serving `testkit_agent`).
+//! - `compare`: the host against `myagent-floor` (the floor of our own stack), same model and
+//!   client, one after the other; events/s and the ratio, p99 at 50 tokens/s.
 //! - `suite`: starts `fake-llm` and hosts itself (binaries next to this one) and runs a short
 //!   (`--short`, what `make bench` runs) or long version of each, then prints a table.
 //!
@@ -18,6 +20,7 @@
 
 mod churn;
 mod client;
+mod compare;
 mod idle;
 mod plot;
 mod soak;
@@ -30,6 +33,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use churn::churn;
+use compare::{compare, CompareArgs};
 use idle::idle;
 use soak::{soak, sweep};
 use stream::{stream, tools};
@@ -65,6 +69,9 @@ enum Cmd {
     Soak(SoakArgs),
     /// Streaming latency at increasing session counts; writes an SVG plot.
     Sweep(SweepArgs),
+    /// The host against `myagent-floor` (a minimal relay on the same libraries): events/s,
+    /// the ratio, and p99 at 50 tokens/s.
+    Compare(CompareArgs),
 }
 
 #[derive(Args, Clone)]
@@ -182,6 +189,7 @@ async fn main() -> Result<()> {
         Cmd::Suite(a) => suite(&a).await?,
         Cmd::Soak(a) => soak(&a).await?,
         Cmd::Sweep(a) => sweep(&a).await?,
+        Cmd::Compare(a) => compare(&a).await?,
     };
     if let Some(path) = cli.json {
         std::fs::write(&path, serde_json::to_string_pretty(&result)?)

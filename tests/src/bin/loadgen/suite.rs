@@ -15,8 +15,8 @@ use crate::churn::*;
 /// fake-llm and fresh hosts, from the release binaries beside this executable, started with
 /// the shared test harness (`myagent_tests`): killed and cleaned up on drop.
 pub(crate) struct Stack {
-    dir: PathBuf,
-    llm: FakeLlm,
+    pub(crate) dir: PathBuf,
+    pub(crate) llm: FakeLlm,
 }
 
 impl Stack {

@@ -1,0 +1,84 @@
+//! `compare`: the host against the floor of our own stack (`myagent-floor`, a minimal relay
+//! with the same libraries and protocol subset), one after the other on the same fake model,
+//! same client, same machine; prints each and the ratio.
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::suite::Stack;
+use crate::{stream::stream, StreamArgs, Target};
+use myagent_tests::{serving_port, Proc};
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct CompareArgs {
+    /// Sessions in the unpaced (throughput) run.
+    #[arg(long, default_value_t = 300)]
+    pub sessions: usize,
+    /// Chunks per answer in the unpaced run.
+    #[arg(long, default_value_t = 1000)]
+    pub tokens: usize,
+    /// Sessions in the paced (latency) run, 50 tokens/s each.
+    #[arg(long, default_value_t = 1000)]
+    pub paced_sessions: usize,
+    /// Rounds (host, floor, host, floor...): the best of each is reported.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+}
+
+/// Starts `myagent-floor` (next to this binary) on a free port; returns it and its URL.
+fn floor(stack: &Stack) -> Result<(Proc, String)> {
+    let mut cmd = std::process::Command::new(stack.dir.join("myagent-floor"));
+    cmd.args(["--port", "0", "--base-url", &stack.llm.base_url()]);
+    let proc = Proc::spawn(cmd);
+    let line = proc.wait_line("Serving on", std::time::Duration::from_secs(10));
+    let port = serving_port(&line).context("floor's port")?;
+    Ok((proc, format!("ws://127.0.0.1:{port}")))
+}
+
+async fn run(url: String, sessions: usize, tokens: usize, token_ms: u64) -> Result<Value> {
+    stream(&StreamArgs {
+        target: Target { url },
+        sessions,
+        sessions_per_connection: 1,
+        tokens,
+        token_ms,
+        ramp_ms: if token_ms == 0 { 200 } else { 1000 },
+    })
+    .await
+}
+
+pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
+    let stack = Stack::start()?;
+    let (mut host_eps, mut floor_eps) = (0f64, 0f64);
+    let mut runs = Vec::new();
+    for round in 0..a.rounds.max(1) {
+        let (_host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
+        let h = run(url, a.sessions, a.tokens, 0).await?;
+        let (_floor, furl) = floor(&stack)?;
+        let f = run(furl, a.sessions, a.tokens, 0).await?;
+        host_eps = host_eps.max(h["events_per_sec"].as_f64().unwrap_or(0.0));
+        floor_eps = floor_eps.max(f["events_per_sec"].as_f64().unwrap_or(0.0));
+        runs.push(json!({"round": round, "host": h, "floor": f}));
+    }
+    let (_host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
+    let hp = run(url, a.paced_sessions, 250, 20).await?;
+    let (_floor, furl) = floor(&stack)?;
+    let fp = run(furl, a.paced_sessions, 250, 20).await?;
+    let p99 = |v: &Value| v["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+    let ratio = if floor_eps > 0.0 { host_eps / floor_eps } else { 0.0 };
+    println!("\ncompare: {} sessions × {} chunks unpaced, best of {} rounds", a.sessions, a.tokens, a.rounds);
+    println!("  host  {host_eps:>9.0} events/s");
+    println!("  floor {floor_eps:>9.0} events/s");
+    println!("  host / floor = {ratio:.2}  (target ≥ 0.85)");
+    println!(
+        "compare: {} sessions × 50 tokens/s: p99 host {:.2} ms, floor {:.2} ms (target: within 1 ms)",
+        a.paced_sessions,
+        p99(&hp),
+        p99(&fp)
+    );
+    Ok(json!({
+        "host_events_per_sec": host_eps, "floor_events_per_sec": floor_eps, "ratio": ratio,
+        "paced": {"sessions": a.paced_sessions, "host_p99_ms": p99(&hp), "floor_p99_ms": p99(&fp)},
+        "runs": runs,
+    }))
+}
