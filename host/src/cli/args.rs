@@ -171,8 +171,10 @@ pub struct ServeArgs {
     /// memory, or of the container's limit); over it, a session adding events drops its oldest.
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub replay_budget_bytes: usize,
-    /// WebSocket read buffer per connection.
-    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    /// WebSocket read buffer per connection (at least 1024). tungstenite keeps it allocated
+    /// and zeroes it before every read attempt (each wake-up of the connection), so small is
+    /// cheaper in memory and CPU; client messages larger than this just take more reads.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
     pub read_buffer_bytes: usize,
     #[arg(long, default_value_t = 25, value_name = "SECS")]
     pub ping_interval: u64,

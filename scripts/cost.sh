@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# CPU cost per delivered event, in instructions, measured with valgrind's callgrind: numbers that
+# do not move with machine noise (perf stat counts cycles where the machine allows it; this one
+# does not). Runs the release host under callgrind, streams SESSIONS × TOKENS unpaced chunks
+# from fake-llm through it with the load generator, and prints instructions per delivered event
+# and where they go (inclusive counts of the main stages; user space only — syscalls' kernel time
+# is not counted).
+#
+#   scripts/cost.sh [SESSIONS] [TOKENS]       (default 20 × 500; needs valgrind)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SESSIONS=${1:-20}
+TOKENS=${2:-500}
+command -v valgrind >/dev/null || { echo "cost: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+# Symbols for the profile: the release build with line tables (same code, names kept).
+CARGO_PROFILE_RELEASE_DEBUG=line-tables-only ${CARGO:-cargo} build -q -j2 --release -p myagent-host -p weather_agent -p myagent-tests
+OUT=target/cost
+mkdir -p $OUT
+rm -f $OUT/callgrind.*
+cleanup() { kill "${HOST_PID:-}" "${LLM_PID:-}" 2>/dev/null || true; }
+trap cleanup EXIT
+target/release/fake-llm --port 0 > $OUT/llm.log &
+LLM_PID=$!
+for _ in $(seq 50); do grep -q listening $OUT/llm.log 2>/dev/null && break; sleep 0.1; done
+LLM=$(sed -n 's/listening on //p' $OUT/llm.log)
+# Two runs under callgrind: start-up and a warm-up only, then the same plus the measured stream.
+# Their difference is the measured stream's cost (counters zeroed mid-run would misattribute
+# the calls in progress).
+profile() { # name, "measure" or ""
+  valgrind --tool=callgrind --callgrind-out-file=$OUT/callgrind.$1 --dump-instr=no \
+    target/release/myagent-host serve target/release/libweather_agent.so --host 127.0.0.1 --port 0 \
+    --no-watch --answer-holdback 0 --base-url "http://$LLM/v1" --shutdown-timeout 5 > $OUT/host.log 2> $OUT/valgrind.log &
+  HOST_PID=$!
+  for _ in $(seq 600); do grep -q "Serving on" $OUT/host.log 2>/dev/null && break; sleep 0.1; done
+  local port; port=$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' $OUT/host.log)
+  target/release/myagent-loadgen stream --url "ws://127.0.0.1:$port" --sessions 4 --tokens 100 \
+    --token-ms 0 --ramp-ms 0 > /dev/null
+  if [ "$2" = measure ]; then
+    target/release/myagent-loadgen --json $OUT/stream.json stream --url "ws://127.0.0.1:$port" \
+      --sessions "$SESSIONS" --tokens "$TOKENS" --token-ms 0 --ramp-ms 0 | grep -E "final answers"
+  fi
+  kill -TERM $HOST_PID; wait $HOST_PID 2>/dev/null || true
+  callgrind_annotate --auto=no --threshold=100 $OUT/callgrind.$1 > $OUT/self.$1.txt 2>/dev/null
+  callgrind_annotate --auto=no --threshold=100 --inclusive=yes $OUT/callgrind.$1 > $OUT/inclusive.$1.txt 2>/dev/null
+}
+profile base ""
+profile run measure
+EVENTS=$(python3 -c "import json;print(json.load(open('$OUT/stream.json'))['events'])")
+python3 - "$OUT" "$EVENTS" <<'PY'
+import re, sys
+out, events = sys.argv[1], max(int(sys.argv[2]), 1)
+def rows(path):
+    total, r = 0, []
+    for line in open(path, errors="replace"):
+        m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)", line)
+        if not m:
+            continue
+        n = int(m.group(1).replace(",", ""))
+        if "PROGRAM TOTALS" in m.group(2):
+            total = n
+        else:
+            r.append((n, m.group(2)))
+    return total, r
+def diff(kind):
+    t1, r1 = rows(f"{out}/{kind}.run.txt")
+    t0, r0 = rows(f"{out}/{kind}.base.txt")
+    base = {}
+    for n, fn in r0:
+        base[fn] = base.get(fn, 0) + n
+    seen = {}
+    for n, fn in r1:
+        seen[fn] = seen.get(fn, 0) + n
+    return t1 - t0, [(n - base.get(fn, 0), fn) for fn, n in seen.items()]
+total, self_rows = diff("self")
+_, incl_rows = diff("inclusive")
+# Who executes the instructions (self cost, first match wins): a breakdown without overlap.
+groups = [
+    ("SSE parse (llm::sse, serde_json reading the chunks)", r"llm::sse|serde_json::de|serde_json::read|serde_json::value::de|<serde_json::value::Value as serde::de"),
+    ("agent loop and event mapping (agent::, session::run)", r"myagent_host::agent::|session::run::"),
+    ("event JSON encoding (serde_json::ser, ServerEvent::encode)", r"serde_json::ser|protocol::event|myagent_host::time::"),
+    ("session log: seq, replay buffer, queue (session::log, outbox)", r"session::log|server::outbox|VecDeque"),
+    ("WebSocket framing and writes (tungstenite)", r"tungstenite"),
+    ("model HTTP client (hyper, reqwest, h2, http)", r"hyper|reqwest|\bh2::|http_body|httparse"),
+    ("tokio runtime, timers, I/O driver, sync", r"tokio|parking_lot|mio::|futures_"),
+    ("malloc/free/realloc", r"malloc|_int_free|\bfree\b|realloc|unlink_chunk|consolidate|cfree"),
+    ("memcpy/memset/memcmp", r"memcpy|memmove|memset|memcmp|strlen"),
+    ("locks (pthread)", r"pthread_"),
+    ("OpenSSL (TLS library linked by reqwest; idle here)", r"libcrypto|libssl"),
+]
+sums = {g[0]: 0 for g in groups}
+other = 0
+for n, fn in self_rows:
+    for name, pat in groups:
+        if re.search(pat, fn):
+            sums[name] += n
+            break
+    else:
+        other += n
+print(f"cost: {events} events delivered; host {total:,} instructions in the measured run = {total/events:,.0f} per event")
+print(f"{'where (self cost, no overlap)':62} {'instr/event':>11} {'share':>6}")
+for name, _ in groups:
+    print(f"{name:62} {sums[name]/events:>11,.0f} {100*sums[name]/max(total,1):>5.1f}%")
+print(f"{'other':62} {other/events:>11,.0f} {100*other/max(total,1):>5.1f}%")
+# A few stages by their entry points (inclusive: each includes what it calls).
+stages = [
+    ("StreamParser::feed (parse + everything a token triggers)", r"llm::sse::StreamParser::feed"),
+    ("Session::emit (seq, encode, replay, queue)", r"session::log::Session::emit\b|session::log::Session::emit_locked"),
+    ("ServerEvent::encode (one event's JSON)", r"protocol::event::ServerEvent::encode"),
+]
+print(f"{'entry point (inclusive)':62} {'instr/event':>11}")
+for name, pat in stages:
+    best = max((n for n, fn in incl_rows if re.search(pat, fn)), default=0)
+    print(f"{name:62} {best/events:>11,.0f}")
+PY
+echo "cost: profiles in $OUT/{self,inclusive}.{base,run}.txt (callgrind_annotate; run minus base is the stream)"
