@@ -5,11 +5,79 @@
 //! argument fragments split anywhere); usage arrives in a last chunk with `choices: []`; an error
 //! object can arrive mid-stream. Malformed input is an error value, never a panic.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ChatResponse, Delta, FunctionCall, LlmError, OnDelta, ToolCall, Usage};
+
+/// The longest stream line accepted.
+const MAX_LINE: usize = 4 << 20;
+
+// The wire shapes, read without building a `Value` tree; strings borrow from the line unless
+// they hold escapes. Unknown fields are ignored; `null` reads as absent.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<MessageIn<'a>>,
+    /// Non-streamed responses carry `message` instead of `delta`.
+    #[serde(default, borrow)]
+    message: Option<MessageIn<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<FunctionIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionIn<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct UsageIn {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
 
 /// Accumulates a streamed answer from raw bytes.
 pub struct StreamParser {
@@ -65,20 +133,37 @@ impl StreamParser {
         bytes: &[u8],
         on_delta: &mut OnDelta<'_>,
     ) -> Result<bool, LlmError> {
-        for &b in bytes {
-            if b == b'\n' {
-                let line = std::mem::take(&mut self.line);
-                self.line_done(&line, on_delta)?;
-                if self.done {
-                    return Ok(true);
-                }
-            } else if self.line.len() < 4 << 20 {
-                self.line.push(b);
+        let mut rest = bytes;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            let (part, tail) = rest.split_at(i);
+            rest = &tail[1..];
+            // A line wholly inside this read is parsed in place; only a line split across
+            // reads is gathered in `self.line`.
+            if self.line.is_empty() {
+                self.check_line(part.len())?;
+                self.line_done(part, on_delta)?;
             } else {
-                return Err(LlmError::Malformed("a stream line exceeded 4 MiB".into()));
+                self.check_line(self.line.len() + part.len())?;
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(part);
+                self.line_done(&line, on_delta)?;
+                line.clear();
+                self.line = line; // keep the capacity for the next split line
+            }
+            if self.done {
+                return Ok(true);
             }
         }
+        self.check_line(self.line.len() + rest.len())?;
+        self.line.extend_from_slice(rest);
         Ok(self.done)
+    }
+
+    fn check_line(&self, len: usize) -> Result<(), LlmError> {
+        if len > MAX_LINE {
+            return Err(LlmError::Malformed("a stream line exceeded 4 MiB".into()));
+        }
+        Ok(())
     }
 
     fn line_done(
@@ -98,19 +183,15 @@ impl StreamParser {
             self.done = true;
             return Ok(());
         }
-        let chunk: Value = serde_json::from_str(data).map_err(|e| {
-            LlmError::Malformed(format!("chunk is not JSON ({e}): {}", preview(data)))
+        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
+            LlmError::Malformed(format!("chunk is not a chat completion chunk ({e}): {}", preview(data)))
         })?;
-        self.chunk(&chunk, on_delta)
+        self.chunk(chunk, on_delta)
     }
 
     /// Applies one parsed chunk (also used for non-streamed responses via [`Self::whole`]).
-    fn chunk(
-        &mut self,
-        chunk: &Value,
-        on_delta: &mut OnDelta<'_>,
-    ) -> Result<(), LlmError> {
-        if let Some(err) = chunk.get("error") {
+    fn chunk(&mut self, chunk: Chunk<'_>, on_delta: &mut OnDelta<'_>) -> Result<(), LlmError> {
+        if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
             let msg = err
                 .get("message")
                 .and_then(Value::as_str)
@@ -118,58 +199,38 @@ impl StreamParser {
                 .unwrap_or_else(|| err.to_string());
             return Err(LlmError::Stream(msg));
         }
-        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+        if let Some(u) = chunk.usage {
             self.usage = Some(Usage {
-                prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-                completion_tokens: u
-                    .get("completion_tokens")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
+                prompt_tokens: u.prompt_tokens.unwrap_or(0),
+                completion_tokens: u.completion_tokens.unwrap_or(0),
             });
         }
-        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
-            return Err(LlmError::Malformed(format!(
-                "chunk has no `choices`: {}",
-                preview(&chunk.to_string())
-            )));
+        let Some(choices) = chunk.choices else {
+            return Err(LlmError::Malformed("chunk has no `choices`".into()));
         };
-        for choice in choices
-            .iter()
-            .filter(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-        {
-            let delta = choice
-                .get("delta")
-                .or_else(|| choice.get("message"))
-                .unwrap_or(&Value::Null);
-            // Reasoning first: servers that stream it send it before the message.
-            let reasoning = delta
-                .get("reasoning_content")
-                .or_else(|| delta.get("reasoning"))
-                .and_then(Value::as_str);
-            if let Some(text) = reasoning.filter(|t| !t.is_empty()) {
-                self.started = true;
-                self.count(text.len())?;
-                on_delta(Delta::Reasoning(text));
-            }
-            if let Some(text) = delta.get("content").and_then(Value::as_str) {
-                if !text.is_empty() {
+        for choice in choices.into_iter().filter(|c| c.index.unwrap_or(0) == 0) {
+            if let Some(delta) = choice.delta.or(choice.message) {
+                // Reasoning first: servers that stream it send it before the message.
+                let reasoning = delta.reasoning_content.or(delta.reasoning);
+                if let Some(text) = reasoning.filter(|t| !t.is_empty()) {
                     self.started = true;
                     self.count(text.len())?;
-                    self.content.push_str(text);
-                    on_delta(Delta::Text(text));
+                    on_delta(Delta::Reasoning(&text));
                 }
-            }
-            if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+                if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                    self.started = true;
+                    self.count(text.len())?;
+                    self.content.push_str(&text);
+                    on_delta(Delta::Text(&text));
+                }
+                let calls = delta.tool_calls.unwrap_or_default();
                 if !calls.is_empty() && !self.announced_calls {
                     self.announced_calls = true;
                     on_delta(Delta::ToolCalls);
                 }
-                for (pos, call) in calls.iter().enumerate() {
+                for (pos, call) in calls.into_iter().enumerate() {
                     self.started = true;
-                    let index = call
-                        .get("index")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(pos as u64);
+                    let index = call.index.unwrap_or(pos as u64);
                     let entry = self.calls.entry(index).or_insert_with(|| ToolCall {
                         id: String::new(),
                         kind: "function".into(),
@@ -178,21 +239,20 @@ impl StreamParser {
                             arguments: String::new(),
                         },
                     });
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        entry.id = id.to_owned();
+                    if let Some(id) = call.id {
+                        entry.id = id.into_owned();
                     }
-                    if let Some(f) = call.get("function") {
-                        let name = f.get("name").and_then(Value::as_str).unwrap_or("");
-                        let args = f.get("arguments").and_then(Value::as_str).unwrap_or("");
-                        let n = name.len() + args.len();
-                        entry.function.name.push_str(name);
-                        entry.function.arguments.push_str(args);
-                        self.count(n)?;
+                    if let Some(f) = call.function {
+                        let name = f.name.unwrap_or_default();
+                        let args = f.arguments.unwrap_or_default();
+                        entry.function.name.push_str(&name);
+                        entry.function.arguments.push_str(&args);
+                        self.count(name.len() + args.len())?;
                     }
                 }
             }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                self.finish_reason = Some(reason.to_owned());
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason.into_owned());
             }
         }
         Ok(())
@@ -204,10 +264,10 @@ impl StreamParser {
         max_output: usize,
         on_delta: &mut OnDelta<'_>,
     ) -> Result<ChatResponse, LlmError> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| LlmError::Malformed(format!("response is not JSON ({e})")))?;
+        let v: Chunk<'_> = serde_json::from_slice(body)
+            .map_err(|e| LlmError::Malformed(format!("response is not a chat completion ({e})")))?;
         let mut p = StreamParser::with_limit(max_output);
-        p.chunk(&v, on_delta)?;
+        p.chunk(v, on_delta)?;
         p.done = true;
         p.finish()
     }
