@@ -6,11 +6,12 @@
 # and where they go (inclusive counts of the main stages; user space only — syscalls' kernel time
 # is not counted).
 #
-#   scripts/cost.sh [SESSIONS] [TOKENS]       (default 20 × 500; needs valgrind)
+#   scripts/cost.sh [SESSIONS] [TOKENS] [TOKEN_MS]   (default 20 × 500 unpaced; needs valgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SESSIONS=${1:-20}
 TOKENS=${2:-500}
+TOKEN_MS=${3:-0} # 20 = paced at 50 tokens/s per session: one event per wake-up
 command -v valgrind >/dev/null || { echo "cost: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 # Symbols for the profile: the release build with line tables (same code, names kept).
 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only ${CARGO:-cargo} build -q -j2 --release -p myagent-host -p weather_agent -p myagent-tests
@@ -37,7 +38,7 @@ profile() { # name, "measure" or ""
     --token-ms 0 --ramp-ms 0 > /dev/null
   if [ "$2" = measure ]; then
     target/release/myagent-loadgen --json $OUT/stream.json stream --url "ws://127.0.0.1:$port" \
-      --sessions "$SESSIONS" --tokens "$TOKENS" --token-ms 0 --ramp-ms 0 | grep -E "final answers"
+      --sessions "$SESSIONS" --tokens "$TOKENS" --token-ms "$TOKEN_MS" --ramp-ms 0 | grep -E "final answers"
   fi
   kill -TERM $HOST_PID; wait $HOST_PID 2>/dev/null || true
   callgrind_annotate --auto=no --threshold=100 $OUT/callgrind.$1 > $OUT/self.$1.txt 2>/dev/null
