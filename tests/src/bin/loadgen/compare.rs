@@ -60,19 +60,35 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
         floor_eps = floor_eps.max(f["events_per_sec"].as_f64().unwrap_or(0.0));
         runs.push(json!({"round": round, "host": h, "floor": f}));
     }
-    let (_host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
-    let hp = run(url, a.paced_sessions, 250, 20).await?;
-    let (_floor, furl) = floor(&stack)?;
-    let fp = run(furl, a.paced_sessions, 250, 20).await?;
-    let p99 = |v: &Value| v["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+    // Paced: alternate too, each run on a fresh process after a pause (the unpaced runs leave
+    // the machine busy for a moment: reclaimed memory, closing connections).
+    let p99 = |v: &Value| v["latency_ms"]["p99"].as_f64().unwrap_or(f64::MAX);
+    let (mut hp, mut fp) = (Value::Null, Value::Null);
+    for _ in 0..a.rounds.max(1) {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let (host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
+        let h = run(url, a.paced_sessions, 250, 20).await?;
+        drop(host);
+        if hp.is_null() || p99(&h) < p99(&hp) {
+            hp = h;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let (floor_proc, furl) = floor(&stack)?;
+        let f = run(furl, a.paced_sessions, 250, 20).await?;
+        drop(floor_proc);
+        if fp.is_null() || p99(&f) < p99(&fp) {
+            fp = f;
+        }
+    }
     let ratio = if floor_eps > 0.0 { host_eps / floor_eps } else { 0.0 };
     println!("\ncompare: {} sessions × {} chunks unpaced, best of {} rounds", a.sessions, a.tokens, a.rounds);
     println!("  host  {host_eps:>9.0} events/s");
     println!("  floor {floor_eps:>9.0} events/s");
     println!("  host / floor = {ratio:.2}  (target ≥ 0.85)");
     println!(
-        "compare: {} sessions × 50 tokens/s: p99 host {:.2} ms, floor {:.2} ms (target: within 1 ms)",
+        "compare: {} sessions × 50 tokens/s, best of {} rounds: p99 host {:.2} ms, floor {:.2} ms (target: within 1 ms)",
         a.paced_sessions,
+        a.rounds,
         p99(&hp),
         p99(&fp)
     );
