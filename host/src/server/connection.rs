@@ -55,11 +55,19 @@ enum Flow {
 /// and a write would wait forever; no write may keep the loop from keepalive, the slow-client
 /// check or shutdown. `Err(true)` means timed out (the socket is then dropped: a write cut off
 /// mid-frame cannot be resumed), `Err(false)` that the peer is gone.
+///
+/// The deadline timer is only armed when the write does not complete at once (the socket
+/// buffer is full): most writes never touch the timer wheel.
 async fn within<T>(
     limit: Duration,
     write: impl std::future::Future<Output = Result<T, tokio_tungstenite::tungstenite::Error>>,
 ) -> Result<T, bool> {
-    match tokio::time::timeout(limit, write).await {
+    let mut write = std::pin::pin!(write);
+    let done = match futures_util::poll!(write.as_mut()) {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => tokio::time::timeout(limit, write).await,
+    };
+    match done {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(_)) => Err(false),
         Err(_) => Err(true),
