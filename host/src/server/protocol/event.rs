@@ -216,19 +216,6 @@ pub enum ServerEvent {
 /// (`event_too_large`) in its place in the log (the writer's buffer allows two of these).
 pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
-/// A frame on the wire: the event plus what its context adds.
-#[derive(Serialize)]
-struct Frame<'a> {
-    #[serde(flatten)]
-    event: &'a ServerEvent,
-    /// Absent for connection events; `null` for an error about no particular session.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session_id: Option<Option<&'a str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    timestamp: Timestamp,
-}
-
 impl ServerEvent {
     /// Every event name, in the order of the enum (checked against docs/protocol.md).
     pub const NAMES: [&'static str; 17] = [
@@ -299,16 +286,34 @@ impl ServerEvent {
         self.encode(Some(Some(session_id)), Some(seq))
     }
 
+    /// The event's JSON object with what its context adds appended — `session_id` (absent for
+    /// connection events, `null` for an error about no particular session), `seq`, `timestamp`
+    /// — in that order, written straight after the event's own fields (a `#[serde(flatten)]`
+    /// wrapper would produce the same bytes through serde's slower map path).
     fn encode(&self, session_id: Option<Option<&str>>, seq: Option<u64>) -> Utf8Bytes {
-        let frame = Frame {
-            event: self,
-            session_id,
-            seq,
-            timestamp: Timestamp::now(),
-        };
+        use std::io::Write;
+        let mut out = Vec::with_capacity(192);
         // Serializing strings, numbers and `Value`s into a Vec cannot fail.
-        let text = serde_json::to_string(&frame).unwrap_or_default();
-        Utf8Bytes::from(text)
+        let _ = serde_json::to_writer(&mut out, self);
+        debug_assert_eq!(out.last(), Some(&b'}'));
+        out.pop();
+        if let Some(sid) = session_id {
+            out.extend_from_slice(b",\"session_id\":");
+            match sid {
+                Some(s) => {
+                    let _ = serde_json::to_writer(&mut out, s);
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        if let Some(seq) = seq {
+            let _ = write!(out, ",\"seq\":{seq}");
+        }
+        out.extend_from_slice(b",\"timestamp\":\"");
+        out.extend_from_slice(Timestamp::now().as_str().as_bytes());
+        out.extend_from_slice(b"\"}");
+        // Only JSON text was written.
+        Utf8Bytes::from(String::from_utf8(out).unwrap_or_default())
     }
 }
 
@@ -359,5 +364,35 @@ mod tests {
         .unwrap();
         assert!(v["session_id"].is_null() && v.as_object().unwrap().contains_key("session_id"));
         assert_eq!(v["code"], "invalid_json");
+    }
+
+    /// The hand-appended context fields give exactly the bytes a flattened wrapper struct did.
+    #[test]
+    fn frames_are_byte_identical_to_a_flattened_wrapper() {
+        #[derive(Serialize)]
+        struct Frame<'a> {
+            #[serde(flatten)]
+            event: &'a ServerEvent,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            session_id: Option<Option<&'a str>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            seq: Option<u64>,
+            timestamp: &'a str,
+        }
+        let events = [
+            ServerEvent::Ready,
+            ServerEvent::PartialAnswer { content: "a \"quoted\" \\ piece\n".into(), metadata: AnswerMeta { step: 2, reset: false } },
+            ServerEvent::error(ErrorCode::InvalidJson, "bad"),
+            ServerEvent::SessionCreated { resume_token: "t".into(), agent: AgentInfo { name: "n".into(), version: "1".into(), generation: None, tools: Some(vec!["x".into()]) }, agent_config: None },
+        ];
+        for e in &events {
+            for (sid, seq) in [(None, None), (Some(None), None), (Some(Some("s-1")), Some(7))] {
+                let ours = e.encode(sid, seq);
+                let v: Value = serde_json::from_str(ours.as_str()).unwrap();
+                let ts = v["timestamp"].as_str().unwrap().to_owned();
+                let theirs = serde_json::to_string(&Frame { event: e, session_id: sid, seq, timestamp: &ts }).unwrap();
+                assert_eq!(ours.as_str(), theirs);
+            }
+        }
     }
 }
