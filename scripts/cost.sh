@@ -7,6 +7,7 @@
 # is not counted).
 #
 #   scripts/cost.sh [SESSIONS] [TOKENS] [TOKEN_MS]   (default 20 × 500 unpaced; needs valgrind)
+#   COST_TARGET=floor scripts/cost.sh ...            (the same for myagent-floor, for reference)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SESSIONS=${1:-20}
@@ -28,9 +29,11 @@ LLM=$(sed -n 's/listening on //p' $OUT/llm.log)
 # Their difference is the measured stream's cost (counters zeroed mid-run would misattribute
 # the calls in progress).
 profile() { # name, "measure" or ""
-  valgrind --tool=callgrind --callgrind-out-file=$OUT/callgrind.$1 --dump-instr=no \
-    target/release/myagent-host serve target/release/libweather_agent.so --host 127.0.0.1 --port 0 \
-    --no-watch --answer-holdback 0 --base-url "http://$LLM/v1" --shutdown-timeout 5 > $OUT/host.log 2> $OUT/valgrind.log &
+  local server=(target/release/myagent-host serve target/release/libweather_agent.so --host 127.0.0.1 --port 0
+    --no-watch --answer-holdback 0 --base-url "http://$LLM/v1" --shutdown-timeout 5)
+  [ "${COST_TARGET:-host}" = floor ] && server=(target/release/myagent-floor --port 0 --base-url "http://$LLM/v1")
+  valgrind --tool=callgrind --callgrind-out-file=$OUT/callgrind.$1 --dump-instr=no "${server[@]}" \
+    > $OUT/host.log 2> $OUT/valgrind.log &
   HOST_PID=$!
   for _ in $(seq 600); do grep -q "Serving on" $OUT/host.log 2>/dev/null && break; sleep 0.1; done
   local port; port=$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' $OUT/host.log)
