@@ -73,24 +73,14 @@ impl Instance {
 
     /// Unwraps the host's call envelope: (arguments, context, call id to unregister).
     fn open_envelope(&self, value: Value) -> (Value, ToolContext, Option<u64>) {
-        let mut value = value;
-        let call = value
-            .as_object_mut()
-            .and_then(|o| o.remove(wire::CALL_ENVELOPE_KEY));
-        let Some(call) = call else {
-            return (value, ToolContext::detached(), None);
-        };
-        let args = value.get_mut("args").map(Value::take).unwrap_or(Value::Null);
-        let ctx = match call.get("timeout_ms").and_then(Value::as_u64) {
-            Some(ms) => ToolContext::with_timeout(Duration::from_millis(ms)),
-            None => ToolContext::detached(),
-        };
-        let id = call.get("id").and_then(Value::as_u64);
-        let ctx = match id {
-            Some(id) => ctx.with_flag(self.calls().entry(id).or_default().clone()),
-            None => ctx,
-        };
-        (args, ctx, id)
+        match wire::open_call(value) {
+            (Some(call), args) => {
+                let flag = self.calls().entry(call.id).or_default().clone();
+                let ctx = ToolContext::with_timeout(Duration::from_millis(call.timeout_ms)).with_flag(flag);
+                (args, ctx, Some(call.id))
+            }
+            (None, args) => (args, ToolContext::detached(), None),
+        }
     }
 }
 
@@ -120,12 +110,10 @@ impl AgentInstance for Instance {
             Ok(v) => v,
             Err(e) => return RErr(format!("event is not valid JSON: {e}").into()),
         };
-        if event["event"] == wire::CANCEL_CALL_EVENT {
+        if let Some(id) = wire::cancelled_call(&event) {
             // Only calls running now: a late cancel must not leave an entry behind.
-            if let Some(id) = event["call_id"].as_u64() {
-                if let Some(flag) = self.calls().get(&id) {
-                    flag.store(true, Ordering::Relaxed);
-                }
+            if let Some(flag) = id.and_then(|id| self.calls().get(&id).cloned()) {
+                flag.store(true, Ordering::Relaxed);
             }
             return ROk("[]".into());
         }

@@ -119,8 +119,7 @@ impl Drop for InFlight {
             cooperative = self.instance.tool_context, "tool call given up while running; asked to stop");
         if self.instance.tool_context {
             let instance = self.instance.clone();
-            let event = serde_json::json!({"event": wire::CANCEL_CALL_EVENT, "call_id": self.id})
-                .to_string();
+            let event = wire::cancel_call(self.id);
             // The plugin's handler only flips a flag, but it is plugin code: not on this worker.
             drop(tokio::task::spawn_blocking(move || {
                 let _ = instance.handle_event_blocking("", &event);
@@ -159,8 +158,7 @@ impl Instance {
         let id = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
         let payload = if self.tool_context {
             let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            serde_json::json!({wire::CALL_ENVELOPE_KEY: {"id": id, "timeout_ms": ms}, "args": args})
-                .to_string()
+            wire::wrap_call(wire::CallMeta { id, timeout_ms: ms }, &args)
         } else {
             args.to_string()
         };
