@@ -68,13 +68,16 @@ impl Journal {
                         None => "1".into(),
                     });
                     st.file = None;
-                    let reopened = std::fs::rename(&self.path, &old).and_then(|()| open(&self.path));
+                    let reopened =
+                        std::fs::rename(&self.path, &old).and_then(|()| open(&self.path));
                     match reopened {
                         Ok(f) => {
                             st.file = Some(f);
                             st.written = 0;
                         }
-                        Err(e) => tracing::error!(path = %self.path.display(), error = %e, "could not rotate; writing stops"),
+                        Err(e) => {
+                            tracing::error!(path = %self.path.display(), error = %e, "could not rotate; writing stops")
+                        }
                     }
                 }
                 WhenFull::Stop => {

@@ -10,7 +10,11 @@ pub struct Timestamp([u8; 24]);
 
 impl Timestamp {
     pub fn now() -> Timestamp {
-        Timestamp::at(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+        Timestamp::at(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
     }
 
     /// The instant `since_epoch` after 1970-01-01T00:00:00Z (years up to 9999).
@@ -96,7 +100,20 @@ mod tests {
         for day in 0..146_097i64 {
             assert_eq!(civil_from_days(day), (y, m, d), "day {day}");
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m as usize - 1];
+            let len = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ][m as usize - 1];
             d += 1;
             if d > len {
                 d = 1;

@@ -4,7 +4,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde_json::Value;
 
-use crate::{wire, Manifest, SessionOverrides, Tool, ToolContext, ToolResult, ToolSpec, API_VERSION};
+use crate::{
+    wire, Manifest, SessionOverrides, Tool, ToolContext, ToolResult, ToolSpec, API_VERSION,
+};
 
 /// Context given to a custom-event handler.
 #[derive(Debug, Clone)]

@@ -30,14 +30,15 @@ extern "C" fn api_version() -> u32 {
 }
 
 fn create_caught<F: Factory>() -> Result<Agent, String> {
-    catch_unwind(F::create)
-        .map_err(|p| format!("agent factory panicked: {}", panic_message(&p)))
+    catch_unwind(F::create).map_err(|p| format!("agent factory panicked: {}", panic_message(&p)))
 }
 
 extern "C" fn manifest<F: Factory>() -> RResult<RString, RString> {
     let result = create_caught::<F>().and_then(|agent| {
-        catch_unwind(AssertUnwindSafe(|| serde_json::to_string(&agent.manifest()).unwrap_or_default()))
-            .map_err(|p| format!("building the manifest panicked: {}", panic_message(&p)))
+        catch_unwind(AssertUnwindSafe(|| {
+            serde_json::to_string(&agent.manifest()).unwrap_or_default()
+        }))
+        .map_err(|p| format!("building the manifest panicked: {}", panic_message(&p)))
     });
     match result {
         Ok(json) => ROk(json.into()),
@@ -65,9 +66,7 @@ struct Instance {
 }
 
 impl Instance {
-    fn calls(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<AtomicBool>>> {
+    fn calls(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<AtomicBool>>> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -76,7 +75,8 @@ impl Instance {
         match wire::open_call(value) {
             (Some(call), args) => {
                 let flag = self.calls().entry(call.id).or_default().clone();
-                let ctx = ToolContext::with_timeout(Duration::from_millis(call.timeout_ms)).with_flag(flag);
+                let ctx = ToolContext::with_timeout(Duration::from_millis(call.timeout_ms))
+                    .with_flag(flag);
                 (args, ctx, Some(call.id))
             }
             (None, args) => (args, ToolContext::detached(), None),

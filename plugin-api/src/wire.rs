@@ -47,10 +47,16 @@ pub fn wrap_call(call: CallMeta, args: &Value) -> String {
 /// The plugin's side: takes the envelope off `value` if there is one; returns the call's
 /// details (when readable) and the model's arguments.
 pub(crate) fn open_call(mut value: Value) -> (Option<CallMeta>, Value) {
-    let Some(call) = value.as_object_mut().and_then(|o| o.remove(CALL_ENVELOPE_KEY)) else {
+    let Some(call) = value
+        .as_object_mut()
+        .and_then(|o| o.remove(CALL_ENVELOPE_KEY))
+    else {
         return (None, value);
     };
-    let args = value.get_mut("args").map(Value::take).unwrap_or(Value::Null);
+    let args = value
+        .get_mut("args")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
     (serde_json::from_value(call).ok(), args)
 }
 
@@ -73,11 +79,18 @@ mod tests {
 
     #[test]
     fn what_the_host_writes_the_plugin_reads() {
-        let meta = CallMeta { id: 7, timeout_ms: 2_000 };
-        let wrapped: Value = serde_json::from_str(&wrap_call(meta, &json!({"city": "Paris"}))).unwrap();
+        let meta = CallMeta {
+            id: 7,
+            timeout_ms: 2_000,
+        };
+        let wrapped: Value =
+            serde_json::from_str(&wrap_call(meta, &json!({"city": "Paris"}))).unwrap();
         assert_eq!(open_call(wrapped), (Some(meta), json!({"city": "Paris"})));
         // Bare arguments (a host before the convention) pass through.
-        assert_eq!(open_call(json!({"city": "Oslo"})), (None, json!({"city": "Oslo"})));
+        assert_eq!(
+            open_call(json!({"city": "Oslo"})),
+            (None, json!({"city": "Oslo"}))
+        );
 
         let cancel: Value = serde_json::from_str(&cancel_call(7)).unwrap();
         assert_eq!(cancel["event"], CANCEL_CALL_EVENT);

@@ -327,7 +327,10 @@ async fn respond(step: Step, request: &Value, opts: &Options) -> Response<Body> 
         }
     } else {
         for piece in split(&step.reasoning, n) {
-            chunks.push(Chunk::Data(chunk(json!({"reasoning_content": piece}), None)));
+            chunks.push(Chunk::Data(chunk(
+                json!({"reasoning_content": piece}),
+                None,
+            )));
         }
         for piece in split(&step.text, n) {
             chunks.push(Chunk::Data(chunk(json!({"content": piece}), None)));

@@ -307,7 +307,14 @@ impl Host {
         let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg(plugin)
-            .args(["--host", "127.0.0.1", "--port", "0", "--base-url", &llm.base_url()])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--base-url",
+                &llm.base_url(),
+            ])
             .args(["--model", "fake-model", "--state-dir"])
             .arg(state.path())
             .args(extra)

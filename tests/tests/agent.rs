@@ -215,7 +215,10 @@ async fn retries_on_429_honouring_retry_after_then_gives_up_clearly() {
     let e = c.until("agent.error").await;
     // The status reaches the client; the provider's own text only the server log.
     let text = e["error"].as_str().unwrap();
-    assert!(text.contains("HTTP 400") && !text.contains("bad request body"), "{e}");
+    assert!(
+        text.contains("HTTP 400") && !text.contains("bad request body"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -106,11 +106,19 @@ fn web_client_with_a_token_in_the_fragment() {
     let host = Host::start(
         &plugin_lib("weather_agent"),
         &llm,
-        &["--replay", recording.to_str().unwrap(), "--auth-token", "br0wser-t0ken"],
+        &[
+            "--replay",
+            recording.to_str().unwrap(),
+            "--auth-token",
+            "br0wser-t0ken",
+        ],
     );
     run_page_test(
         &host,
         &llm,
-        &[("WEATHER_ONLY", "1".into()), ("PAGE_SUFFIX", "#token=br0wser-t0ken".into())],
+        &[
+            ("WEATHER_ONLY", "1".into()),
+            ("PAGE_SUFFIX", "#token=br0wser-t0ken".into()),
+        ],
     );
 }

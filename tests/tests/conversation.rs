@@ -58,7 +58,10 @@ async fn enqueued_messages_run_in_order_after_the_current_run() {
     while finals.len() < 3 {
         let e = c.until_any(&["agent.final_answer", "agent.ready"]).await;
         if e["event"] == "agent.ready" {
-            panic!("agent.ready between a run and the queued message after it: {:?}", c.seen);
+            panic!(
+                "agent.ready between a run and the queued message after it: {:?}",
+                c.seen
+            );
         }
         finals.push(e["content"].as_str().unwrap().to_owned());
     }
@@ -81,7 +84,11 @@ async fn interrupt_cancels_the_run_and_answers_the_new_message() {
     say(&mut c, &sid, "queued", None).await; // server default: enqueue
     assert_eq!(c.until("agent.message_queued").await["position"], 1);
     say(&mut c, &sid, "instead", Some("interrupt")).await;
-    assert_eq!(c.until("agent.message_queued").await["position"], 1, "the queue was replaced");
+    assert_eq!(
+        c.until("agent.message_queued").await["position"],
+        1,
+        "the queue was replaced"
+    );
     c.until("agent.interrupted").await;
     let fin = c.until("agent.final_answer").await;
     assert_eq!(fin["content"], "the new answer");
@@ -90,7 +97,12 @@ async fn interrupt_cancels_the_run_and_answers_the_new_message() {
     assert_eq!(inputs(&llm), ["long", "instead"]);
     // The interrupted turn is in memory as such (the model's next request shows it).
     let last = &llm.requests()[1];
-    let texts: Vec<&str> = last["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    let texts: Vec<&str> = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
     assert!(texts.iter().any(|t| t.contains("interrupted")), "{texts:?}");
 }
 
@@ -110,7 +122,8 @@ async fn the_queue_is_bounded_and_cancel_drops_it() {
     assert_eq!(e["code"], "already_running");
     assert!(e["error"].as_str().unwrap().contains("4 messages"), "{e}");
     // Cancel stops the run and drops what waits: the session is idle after one interruption.
-    c.send(json!({"event": "user.cancel", "session_id": sid})).await;
+    c.send(json!({"event": "user.cancel", "session_id": sid}))
+        .await;
     c.until("agent.interrupted").await;
     c.until("agent.ready").await;
     assert_eq!(inputs(&llm), ["one"]);
@@ -131,7 +144,8 @@ async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
     ]));
     c.ask(&sid, "first question").await;
     c.until("agent.ready").await;
-    c.send(json!({"event": "user.get_history", "session_id": sid})).await;
+    c.send(json!({"event": "user.get_history", "session_id": sid}))
+        .await;
     let h = c.until("agent.history").await;
     assert_eq!(h["session_id"], sid.as_str());
     assert!(h.get("seq").is_none());
@@ -148,17 +162,26 @@ async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
     // Asked during a run, it answers once the turn is whole.
     c.ask(&sid, "second question").await;
     c.until("agent.partial_answer").await;
-    c.send(json!({"event": "user.get_history", "session_id": sid})).await;
+    c.send(json!({"event": "user.get_history", "session_id": sid}))
+        .await;
     let h = c.until("agent.history").await;
-    assert!(c.named("agent.final_answer").len() == 2, "history came before the run ended");
+    assert!(
+        c.named("agent.final_answer").len() == 2,
+        "history came before the run ended"
+    );
     assert_eq!(h["messages"].as_array().unwrap().len(), 6);
     assert_eq!(h["messages"][5]["content"], "Second answer.");
 
     // A client that lost its state (a new connection) gets it after resuming; others cannot.
     let mut other = Client::connect(&host.ws_url()).await;
     other.recv().await;
-    other.send(json!({"event": "user.get_history", "session_id": sid})).await;
-    assert_eq!(other.until("agent.error").await["code"], "session_not_found");
+    other
+        .send(json!({"event": "user.get_history", "session_id": sid}))
+        .await;
+    assert_eq!(
+        other.until("agent.error").await["code"],
+        "session_not_found"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +191,8 @@ async fn agent_config_sets_a_sessions_model_temperature_steps_and_instructions_w
     let mut c = Client::connect(&host.ws_url()).await;
     c.recv().await;
     let config = json!({"model": "model-b", "temperature": 0.3, "max_steps": 1, "instructions": "Answer in French."});
-    c.send(json!({"event": "user.create_session", "agent_config": config})).await;
+    c.send(json!({"event": "user.create_session", "agent_config": config}))
+        .await;
     let created = c.until("agent.session_created").await;
     assert_eq!(created["agent_config"]["model"], "model-b");
     let sid = created["session_id"].as_str().unwrap().to_owned();
@@ -200,10 +224,14 @@ async fn agent_config_sets_a_sessions_model_temperature_steps_and_instructions_w
         (json!({"temperature": 2.0}), "range"),
         (json!({"max_steps": 7}), "limit of 6"),
         (json!({"instructions": "x".repeat(201)}), "at most 200"),
-        (json!({"colour": "blue"}), "Unknown field `agent_config.colour`"),
+        (
+            json!({"colour": "blue"}),
+            "Unknown field `agent_config.colour`",
+        ),
         (json!("fast"), "must be an object"),
     ] {
-        c.send(json!({"event": "user.create_session", "agent_config": cfg})).await;
+        c.send(json!({"event": "user.create_session", "agent_config": cfg}))
+            .await;
         let e = c.until("agent.error").await;
         assert_eq!(e["code"], "invalid_field", "{e}");
         assert!(e["error"].as_str().unwrap().contains(want), "{cfg}: {e}");
@@ -220,14 +248,28 @@ async fn content_parts_with_images_reach_the_model_as_sent() {
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": image, "detail": "low"}}
     ]);
-    c.send(json!({"event": "user.message", "session_id": sid, "content": parts})).await;
-    assert_eq!(c.until("agent.final_answer").await["content"], "A red square.");
+    c.send(json!({"event": "user.message", "session_id": sid, "content": parts}))
+        .await;
+    assert_eq!(
+        c.until("agent.final_answer").await["content"],
+        "A red square."
+    );
     let req = llm.requests().pop().unwrap();
-    let user = req["messages"].as_array().unwrap().iter().find(|m| m["role"] == "user").unwrap().clone();
+    let user = req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "user")
+        .unwrap()
+        .clone();
     assert_eq!(user["content"], parts, "passed through unchanged");
     // The history keeps the parts too.
-    c.send(json!({"event": "user.get_history", "session_id": sid})).await;
-    assert_eq!(c.until("agent.history").await["messages"][0]["content"], parts);
+    c.send(json!({"event": "user.get_history", "session_id": sid}))
+        .await;
+    assert_eq!(
+        c.until("agent.history").await["messages"][0]["content"],
+        parts
+    );
 
     // Parts the model could not take, or URLs the host will not pass on, are refused.
     for bad in [
@@ -235,7 +277,8 @@ async fn content_parts_with_images_reach_the_model_as_sent() {
         json!([{"type": "input_audio", "input_audio": {"data": "AAAA"}}]),
         json!([]),
     ] {
-        c.send(json!({"event": "user.message", "session_id": sid, "content": bad})).await;
+        c.send(json!({"event": "user.message", "session_id": sid, "content": bad}))
+            .await;
         let e = c.until("agent.error").await;
         assert_eq!(e["code"], "invalid_field", "{bad}: {e}");
     }

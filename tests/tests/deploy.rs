@@ -30,7 +30,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-
 /// A real nginx serving deploy/nginx.conf (and deploy/nginx-tls.conf when given a certificate)
 /// as shipped, with only addresses, ports and file paths changed for loopback.
 struct Nginx {
@@ -47,11 +46,18 @@ impl Nginx {
         let d = dir.path().display();
         let shipped = std::fs::read_to_string(root.join("nginx.conf")).unwrap();
         let snippet = "include /etc/nginx/snippets/myagent-proxy.conf;";
-        assert!(shipped.contains("server agent:8080;") && shipped.contains("listen 80;") && shipped.contains(snippet));
+        assert!(
+            shipped.contains("server agent:8080;")
+                && shipped.contains("listen 80;")
+                && shipped.contains(snippet)
+        );
         let port = free_port();
         let local_snippet = format!("include {d}/proxy.conf;");
         let site = shipped
-            .replace("server agent:8080;", &format!("server 127.0.0.1:{upstream_port};"))
+            .replace(
+                "server agent:8080;",
+                &format!("server 127.0.0.1:{upstream_port};"),
+            )
             .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
             .replace(snippet, &local_snippet);
         std::fs::write(dir.path().join("site.conf"), site).unwrap();
@@ -63,8 +69,14 @@ impl Nginx {
             assert!(shipped.contains("listen 443 ssl;") && shipped.contains(snippet));
             let tls_port = free_port();
             let conf = shipped
-                .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{tls_port} ssl;"))
-                .replace("/etc/nginx/certs/fullchain.pem", &cert.display().to_string())
+                .replace(
+                    "listen 443 ssl;",
+                    &format!("listen 127.0.0.1:{tls_port} ssl;"),
+                )
+                .replace(
+                    "/etc/nginx/certs/fullchain.pem",
+                    &cert.display().to_string(),
+                )
                 .replace("/etc/nginx/certs/privkey.pem", &key.display().to_string())
                 .replace(snippet, &local_snippet);
             std::fs::write(dir.path().join("tls.conf"), conf).unwrap();
@@ -89,7 +101,11 @@ impl Nginx {
             .arg(dir.path().join("nginx.conf"))
             .output()
             .unwrap();
-        assert!(check.status.success(), "nginx -t: {}", String::from_utf8_lossy(&check.stderr));
+        assert!(
+            check.status.success(),
+            "nginx -t: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
         let mut cmd = Command::new(nginx);
         cmd.arg("-p")
             .arg(dir.path())
@@ -103,7 +119,12 @@ impl Nginx {
             std::net::TcpStream::connect(&addr).is_ok()
         });
         assert!(up, "nginx did not start listening on {addr}");
-        Nginx { proc, addr, tls_addr, _dir: dir }
+        Nginx {
+            proc,
+            addr,
+            tls_addr,
+            _dir: dir,
+        }
     }
 }
 
@@ -125,7 +146,8 @@ async fn nginx_config_proxies_websockets_and_health() {
     };
     let llm = FakeLlm::start();
     let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
-    let shipped = std::fs::read_to_string(workspace_root().join("deploy/nginx-proxy.conf")).unwrap();
+    let shipped =
+        std::fs::read_to_string(workspace_root().join("deploy/nginx-proxy.conf")).unwrap();
     let nginx = Nginx::start(&nginx, host.port, None);
     let (base, nginx_proc) = (nginx.addr.clone(), &nginx.proc);
 
@@ -136,8 +158,14 @@ async fn nginx_config_proxies_websockets_and_health() {
     http_get(&format!("http://{base}/health?token=s3cret-in-url"));
     std::thread::sleep(Duration::from_millis(300));
     let log = nginx_proc.lines.lock().unwrap().join("\n");
-    assert!(log.contains("GET /health HTTP/1.1"), "nginx access log: {log}");
-    assert!(!log.contains("s3cret-in-url"), "the access log records query strings: {log}");
+    assert!(
+        log.contains("GET /health HTTP/1.1"),
+        "nginx access log: {log}"
+    );
+    assert!(
+        !log.contains("s3cret-in-url"),
+        "the access log records query strings: {log}"
+    );
     let page = http_get(&format!("http://{base}/"));
     assert!(page.contains("<title>myagent-host</title>"));
 
@@ -162,10 +190,25 @@ async fn nginx_tls_config_serves_wss_with_a_certificate() {
     };
     // A self-signed certificate for localhost, made the way deploy/nginx-tls.conf says.
     let certs = TempDir::new("certs");
-    let (cert, key) = (certs.path().join("fullchain.pem"), certs.path().join("privkey.pem"));
+    let (cert, key) = (
+        certs.path().join("fullchain.pem"),
+        certs.path().join("privkey.pem"),
+    );
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-               "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
@@ -183,7 +226,10 @@ async fn nginx_tls_config_serves_wss_with_a_certificate() {
 
     // A client that trusts exactly this certificate (no "accept invalid" shortcut).
     let root = native_tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
-    let connector = native_tls::TlsConnector::builder().add_root_certificate(root).build().unwrap();
+    let connector = native_tls::TlsConnector::builder()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
     let url = format!("wss://{tls}/");
     let (ws, resp) = tokio_tungstenite::connect_async_tls_with_config(
         url.as_str(),
@@ -194,24 +240,42 @@ async fn nginx_tls_config_serves_wss_with_a_certificate() {
     .await
     .expect("wss through nginx");
     assert_eq!(resp.status(), 101);
-    let mut c = Client { ws, seen: Vec::new() };
+    let mut c = Client {
+        ws,
+        seen: Vec::new(),
+    };
     assert_eq!(c.recv().await["event"], "system.connected");
     let (sid, _) = c.create_session().await;
     c.ask(&sid, "What's the weather in Paris?").await;
-    assert_eq!(c.until("agent.tool_call").await["metadata"]["tool"], "get_weather");
-    assert!(c.until("agent.final_answer").await["content"].as_str().unwrap().contains("Paris"));
+    assert_eq!(
+        c.until("agent.tool_call").await["metadata"]["tool"],
+        "get_weather"
+    );
+    assert!(c.until("agent.final_answer").await["content"]
+        .as_str()
+        .unwrap()
+        .contains("Paris"));
 
     // A browser page served over https: its Origin is https://localhost:PORT; same origin.
     let mut req = url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert("origin", format!("https://{tls}").parse().unwrap());
-    let r = tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(tokio_tungstenite::Connector::NativeTls(connector.clone()))).await;
+    req.headers_mut()
+        .insert("origin", format!("https://{tls}").parse().unwrap());
+    let r = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::NativeTls(connector.clone())),
+    )
+    .await;
     assert!(r.is_ok(), "same-origin https page refused: {:?}", r.err());
     // ...and a client that does not trust the certificate is refused by TLS.
     let untrusted = tokio_tungstenite::connect_async_tls_with_config(
         url.as_str(),
         None,
         false,
-        Some(tokio_tungstenite::Connector::NativeTls(native_tls::TlsConnector::new().unwrap())),
+        Some(tokio_tungstenite::Connector::NativeTls(
+            native_tls::TlsConnector::new().unwrap(),
+        )),
     )
     .await;
     assert!(untrusted.is_err());

@@ -27,7 +27,10 @@ fn reasoning(c: &Client, step: u64) -> String {
 /// The answer pieces after the last reset, joined — what a client shows as the streamed answer.
 fn streamed_answer(events: &[Value]) -> String {
     let mut out = String::new();
-    for e in events.iter().filter(|e| e["event"] == "agent.partial_answer") {
+    for e in events
+        .iter()
+        .filter(|e| e["event"] == "agent.partial_answer")
+    {
         if e["metadata"]["reset"] == true {
             assert_eq!(e["content"], "", "a reset carries no text");
             out.clear();
@@ -53,22 +56,41 @@ async fn reasoning_streams_as_thinking_and_the_answer_pieces_add_up_to_the_final
     assert_eq!(fin["content"], answer);
 
     // Step 1: its start, then the model's reasoning and the text before the call, as deltas.
-    let starts: Vec<&Value> = c.named("agent.thinking").into_iter().filter(|e| e["metadata"]["delta"] == false).collect();
+    let starts: Vec<&Value> = c
+        .named("agent.thinking")
+        .into_iter()
+        .filter(|e| e["metadata"]["delta"] == false)
+        .collect();
     assert_eq!(starts.len(), 2, "one start per step");
-    assert_eq!(reasoning(&c, 1), "The user wants the weather.Let me check that.");
+    assert_eq!(
+        reasoning(&c, 1),
+        "The user wants the weather.Let me check that."
+    );
     assert_eq!(reasoning(&c, 2), "");
     // Only the answer is streamed as the answer: several pieces (it is longer than the
     // hold-back), all in step 2, adding up to the final answer.
     let partials = c.named("agent.partial_answer");
     assert!(partials.len() > 3, "{partials:?}");
-    assert!(partials.iter().all(|e| e["metadata"]["step"] == 2 && e["metadata"].get("reset").is_none()));
-    let all: String = partials.iter().map(|e| e["content"].as_str().unwrap()).collect();
+    assert!(partials
+        .iter()
+        .all(|e| e["metadata"]["step"] == 2 && e["metadata"].get("reset").is_none()));
+    let all: String = partials
+        .iter()
+        .map(|e| e["content"].as_str().unwrap())
+        .collect();
     assert_eq!(all, answer);
     // Order: reasoning before the tool call, answer after the result.
     let pos = |pred: &dyn Fn(&Value) -> bool| c.seen.iter().position(pred).unwrap();
-    let last_reasoning = c.seen.iter().rposition(|e| e["event"] == "agent.thinking" && e["metadata"]["delta"] == true).unwrap();
+    let last_reasoning = c
+        .seen
+        .iter()
+        .rposition(|e| e["event"] == "agent.thinking" && e["metadata"]["delta"] == true)
+        .unwrap();
     assert!(last_reasoning < pos(&|e| e["event"] == "agent.tool_call"));
-    assert!(pos(&|e| e["event"] == "agent.tool_result") < pos(&|e| e["event"] == "agent.partial_answer"));
+    assert!(
+        pos(&|e| e["event"] == "agent.tool_result")
+            < pos(&|e| e["event"] == "agent.partial_answer")
+    );
 
     // A short answer comes in one piece; a terminate call's message is streamed as the answer.
     llm.script(json!([{"text": "Yes.", "chunk_chars": 1}]));
@@ -98,7 +120,11 @@ async fn a_preamble_longer_than_the_hold_back_is_withdrawn_when_tool_calls_follo
     let fin = c.until("agent.final_answer").await;
     // Some of the preamble went out as answer before the call showed; then it was withdrawn
     // and sent again as reasoning.
-    let resets: Vec<&Value> = c.named("agent.partial_answer").into_iter().filter(|e| e["metadata"]["reset"] == true).collect();
+    let resets: Vec<&Value> = c
+        .named("agent.partial_answer")
+        .into_iter()
+        .filter(|e| e["metadata"]["reset"] == true)
+        .collect();
     assert_eq!(resets.len(), 1);
     assert_eq!(resets[0]["metadata"]["step"], 1);
     assert_eq!(reasoning(&c, 1), preamble);
@@ -115,7 +141,9 @@ fn is_iso_utc(ts: &str) -> bool {
         && b[16] == b':'
         && b[19] == b'.'
         && b[23] == b'Z'
-        && b.iter().enumerate().all(|(i, c)| [4, 7, 10, 13, 16, 19, 23].contains(&i) || c.is_ascii_digit())
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10, 13, 16, 19, 23].contains(&i) || c.is_ascii_digit())
 }
 
 #[tokio::test]
@@ -128,9 +156,15 @@ async fn timestamps_are_iso_8601_utc_and_clients_may_send_either_form() {
     c.send(json!({"event": "user.message", "session_id": sid, "content": "b", "timestamp": 1796000102.5})).await;
     c.until("agent.ready").await;
     assert_eq!(c.named("agent.final_answer").len(), 2);
-    assert!(c.named("agent.error").is_empty(), "{:?}", c.named("agent.error"));
+    assert!(
+        c.named("agent.error").is_empty(),
+        "{:?}",
+        c.named("agent.error")
+    );
     for e in &c.seen {
-        let ts = e["timestamp"].as_str().unwrap_or_else(|| panic!("no string timestamp: {e}"));
+        let ts = e["timestamp"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string timestamp: {e}"));
         assert!(is_iso_utc(ts), "{ts}");
     }
     let health: Value = serde_json::from_str(&host.http("/health")).unwrap();
@@ -153,7 +187,8 @@ async fn cancel_on_an_idle_session_is_interrupted_and_the_connection_id_is_a_uui
     assert_ne!(other.recv().await["connection_id"], hello["connection_id"]);
 
     let (sid, _) = c.create_session().await;
-    c.send(json!({"event": "user.cancel", "session_id": sid})).await;
+    c.send(json!({"event": "user.cancel", "session_id": sid}))
+        .await;
     let e = c.until_any(&["agent.interrupted", "agent.error"]).await;
     assert_eq!(e["event"], "agent.interrupted", "{e}");
     assert_eq!(e["session_id"], sid.as_str());
@@ -166,19 +201,26 @@ async fn cancel_on_an_idle_session_is_interrupted_and_the_connection_id_is_a_uui
 fn uuid_like(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
-        && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[tokio::test]
 async fn health_says_shutting_down_while_the_server_drains() {
     let llm = FakeLlm::start();
-    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &["--shutdown-timeout", "20"]);
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--shutdown-timeout", "20"],
+    );
     let url = format!("http://127.0.0.1:{}/health", host.port);
     assert!(http_get_raw(&url).starts_with("HTTP/1.1 200"));
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
     // Session work that shutdown waits for: a custom-event hook sleeping (up to the 2 s tool
     // timeout of the testkit plugin).
-    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}})).await;
+    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}}))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     host.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -186,5 +228,7 @@ async fn health_says_shutting_down_while_the_server_drains() {
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     assert!(resp.contains("\"status\":\"shutting_down\""), "{resp}");
     // New WebSocket sessions are refused meanwhile.
-    assert!(tokio_tungstenite::connect_async(host.ws_url()).await.is_err());
+    assert!(tokio_tungstenite::connect_async(host.ws_url())
+        .await
+        .is_err());
 }

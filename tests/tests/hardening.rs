@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A WebSocket request to the host that says it was forwarded for `ip`.
-fn forwarded_for(host: &Host, ip: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+fn forwarded_for(
+    host: &Host,
+    ip: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = host.ws_url().into_client_request().unwrap();
     req.headers_mut()
         .insert("x-forwarded-for", ip.parse().unwrap());
@@ -25,7 +28,8 @@ async fn connected(req: tokio_tungstenite::tungstenite::handshake::client::Reque
 
 /// Asks for a session; returns its id, or the error event.
 async fn try_create(c: &mut Client) -> Result<String, Value> {
-    c.send(json!({"event": "user.create_session", "timestamp": 0})).await;
+    c.send(json!({"event": "user.create_session", "timestamp": 0}))
+        .await;
     let v = c.until_any(&["agent.session_created", "agent.error"]).await;
     match v["event"].as_str() {
         Some("agent.session_created") => Ok(v["session_id"].as_str().unwrap().to_owned()),
@@ -49,10 +53,13 @@ async fn slowloris_connections_are_closed_and_free_their_slots() {
         let mut s = TcpStream::connect(&addr).unwrap();
         match i % 4 {
             0 => s.write_all(b"GET /he").unwrap(),
-            1 => s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").unwrap(),
+            1 => s
+                .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+                .unwrap(),
             2 => {}
             _ => {
-                s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    .unwrap();
                 let mut buf = [0u8; 512];
                 let n = s.read(&mut buf).unwrap();
                 assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
@@ -77,7 +84,11 @@ async fn slowloris_connections_are_closed_and_free_their_slots() {
             }
         }
     }
-    assert!(t0.elapsed() < Duration::from_secs(4), "closed after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        t0.elapsed()
+    );
     // ...and their slots are free again.
     let mut c = Client::connect(&host.ws_url()).await;
     assert_eq!(c.recv().await["event"], "system.connected");
@@ -91,10 +102,14 @@ async fn session_caps_refuse_with_too_many_sessions_and_free_on_close() {
         &plugin_lib("weather_agent"),
         &llm,
         &[
-            "--max-sessions", "3",
-            "--max-sessions-per-ip", "2",
-            "--trusted-proxy", "127.0.0.1",
-            "--resume-window", "1",
+            "--max-sessions",
+            "3",
+            "--max-sessions-per-ip",
+            "2",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--resume-window",
+            "1",
         ],
     );
     let mut a = connected(forwarded_for(&host, "203.0.113.1")).await;
@@ -102,18 +117,31 @@ async fn session_caps_refuse_with_too_many_sessions_and_free_on_close() {
     try_create(&mut a).await.unwrap();
     let e = try_create(&mut a).await.unwrap_err();
     assert_eq!(e["code"], "too_many_sessions", "{e}");
-    assert!(e["error"].as_str().unwrap().contains("your address (limit 2)"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("your address (limit 2)"),
+        "{e}"
+    );
 
     // Another address (also through the proxy) gets the one session left on the server.
     let mut b = connected(forwarded_for(&host, "203.0.113.2")).await;
     try_create(&mut b).await.unwrap();
     let e = try_create(&mut b).await.unwrap_err();
     assert_eq!(e["code"], "too_many_sessions", "{e}");
-    assert!(e["error"].as_str().unwrap().contains("this server (limit 3)"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("this server (limit 3)"),
+        "{e}"
+    );
     assert_eq!(host.metric("myagent_sessions_refused_total"), 2);
 
     // Closing a session makes room.
-    a.send(json!({"event": "user.close_session", "session_id": a1})).await;
+    a.send(json!({"event": "user.close_session", "session_id": a1}))
+        .await;
     a.until("agent.session_closed").await;
     try_create(&mut b).await.unwrap();
 
@@ -131,7 +159,12 @@ async fn per_address_connection_cap_answers_429_and_ignores_untrusted_forwarding
     let host = Host::start(
         &plugin_lib("weather_agent"),
         &llm,
-        &["--max-connections-per-ip", "2", "--trusted-proxy", "127.0.0.1"],
+        &[
+            "--max-connections-per-ip",
+            "2",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ],
     );
     let c1 = connected(forwarded_for(&host, "198.51.100.7")).await;
     let _c2 = connected(forwarded_for(&host, "198.51.100.7")).await;
@@ -156,10 +189,13 @@ async fn per_address_connection_cap_answers_429_and_ignores_untrusted_forwarding
     );
     let _x = connected(forwarded_for(&direct, "192.0.2.1")).await;
     let _y = connected(forwarded_for(&direct, "192.0.2.2")).await;
-    assert!(Client::connect_req(forwarded_for(&direct, "192.0.2.3")).await.is_err());
+    assert!(Client::connect_req(forwarded_for(&direct, "192.0.2.3"))
+        .await
+        .is_err());
 }
 
-const ENDLESS: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
 
 /// CPU the host burns over `window`, starting now.
 fn cpu_over(host: &Host, window: Duration) -> Duration {
@@ -180,16 +216,26 @@ async fn a_runaway_query_stops_at_its_deadline_or_on_cancel_and_the_cpu_goes_idl
     );
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
     let t0 = Instant::now();
-    c.ask(&sid, &format!("call:query_database {}", json!({ "query": ENDLESS }))).await;
+    c.ask(
+        &sid,
+        &format!("call:query_database {}", json!({ "query": ENDLESS })),
+    )
+    .await;
     let r = c.until("agent.tool_result").await;
     assert_eq!(r["metadata"]["status"], "failed");
     let text = r["content"].as_str().unwrap();
-    assert!(text.contains("timed out") || text.contains("time limit"), "{r}");
+    assert!(
+        text.contains("timed out") || text.contains("time limit"),
+        "{r}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
     c.until("agent.final_answer").await;
     // The query really stopped: the host is idle, and no tool thread is left behind.
     let burnt = cpu_over(&host, Duration::from_secs(2));
-    assert!(burnt < Duration::from_millis(500), "host used {burnt:?} of CPU in 2 s after the timeout");
+    assert!(
+        burnt < Duration::from_millis(500),
+        "host used {burnt:?} of CPU in 2 s after the timeout"
+    );
     assert_eq!(host.metric("myagent_tools_abandoned"), 0);
 
     // The same query cancelled by the user long before its deadline.
@@ -200,14 +246,22 @@ async fn a_runaway_query_stops_at_its_deadline_or_on_cancel_and_the_cpu_goes_idl
         &[("BUSINESS_AGENT_DATA", data.path())],
     );
     let (mut c, sid, _) = Client::with_session(&slow.ws_url()).await;
-    c.ask(&sid, &format!("call:query_database {}", json!({ "query": ENDLESS }))).await;
+    c.ask(
+        &sid,
+        &format!("call:query_database {}", json!({ "query": ENDLESS })),
+    )
+    .await;
     c.until("agent.tool_call").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    c.send(json!({"event": "user.cancel", "session_id": sid})).await;
+    c.send(json!({"event": "user.cancel", "session_id": sid}))
+        .await;
     c.until("agent.interrupted").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let burnt = cpu_over(&slow, Duration::from_secs(2));
-    assert!(burnt < Duration::from_millis(500), "host used {burnt:?} of CPU in 2 s after the cancel");
+    assert!(
+        burnt < Duration::from_millis(500),
+        "host used {burnt:?} of CPU in 2 s after the cancel"
+    );
     assert_eq!(slow.metric("myagent_tools_abandoned"), 0);
     assert!(slow.metric("myagent_tools_abandoned_total") >= 1);
 }
@@ -219,7 +273,10 @@ fn exit_within(host: &mut Host, limit: Duration) -> Duration {
         if host.proc.child.try_wait().unwrap().is_some() {
             return t0.elapsed();
         }
-        assert!(t0.elapsed() < limit, "host still running {limit:?} after SIGTERM");
+        assert!(
+            t0.elapsed() < limit,
+            "host still running {limit:?} after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -229,7 +286,11 @@ async fn sigterm_exits_in_time_with_a_wedged_tool_thread() {
     let llm = FakeLlm::start();
     // A tool that ignores its context and sleeps a minute (testkit's timeout is 2 s): after
     // the timeout its thread is abandoned, still running.
-    let mut host = Host::start(&plugin_lib("testkit_agent"), &llm, &["--shutdown-timeout", "2"]);
+    let mut host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--shutdown-timeout", "2"],
+    );
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
     c.ask(&sid, r#"call:sleep {"ms": 60000}"#).await;
     let r = c.until("agent.tool_result").await;
@@ -241,32 +302,50 @@ async fn sigterm_exits_in_time_with_a_wedged_tool_thread() {
     d.until("agent.tool_call").await;
     host.terminate();
     let took = exit_within(&mut host, Duration::from_secs(4));
-    assert!(took <= Duration::from_secs(3), "exit took {took:?} (shutdown timeout 2 s)");
-    assert_eq!(d.until("agent.interrupted").await["session_id"], sid2.as_str());
+    assert!(
+        took <= Duration::from_secs(3),
+        "exit took {took:?} (shutdown timeout 2 s)"
+    );
+    assert_eq!(
+        d.until("agent.interrupted").await["session_id"],
+        sid2.as_str()
+    );
 }
 
 #[tokio::test]
 async fn a_hanging_event_hook_times_out_and_a_second_signal_exits_at_once() {
     let llm = FakeLlm::start();
-    let mut host = Host::start(&plugin_lib("testkit_agent"), &llm, &["--shutdown-timeout", "30"]);
+    let mut host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--shutdown-timeout", "30"],
+    );
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
     // A custom-event hook that hangs gets the tool timeout (testkit: 2 s), like a tool.
     let t0 = Instant::now();
-    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}})).await;
+    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}}))
+        .await;
     let e = c.until("agent.error").await;
     assert_eq!(e["code"], "custom_event_failed", "{e}");
     assert!(e["error"].as_str().unwrap().contains("timed out"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(5));
 
     // Shutdown waits for session work (here a hook within its 2 s), but a second signal does not.
-    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}})).await;
+    c.send(json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 60000}}))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     host.terminate();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(host.proc.child.try_wait().unwrap().is_none(), "still draining after the first signal");
+    assert!(
+        host.proc.child.try_wait().unwrap().is_none(),
+        "still draining after the first signal"
+    );
     host.terminate();
     let took = exit_within(&mut host, Duration::from_secs(3));
-    assert!(took < Duration::from_millis(800), "second signal took {took:?}");
+    assert!(
+        took < Duration::from_millis(800),
+        "second signal took {took:?}"
+    );
     let status = host.proc.child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
 }

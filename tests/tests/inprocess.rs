@@ -84,12 +84,28 @@ async fn run(
 async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
     let copies = TempDir::new("inproc-copies");
     let plugin = load("weather_agent", &copies);
-    let instance = plugin.instantiate(Duration::from_secs(5)).await.unwrap().unwrap();
+    let instance = plugin
+        .instantiate(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
     let mut memory = Memory::new(48_000);
     let never = CancellationToken::new();
 
-    let (outcome, events) = run(&plugin, &instance, &mut memory, "What's the weather in Paris?", &never).await;
-    let RunOutcome::Finished { answer, reason, steps } = outcome else {
+    let (outcome, events) = run(
+        &plugin,
+        &instance,
+        &mut memory,
+        "What's the weather in Paris?",
+        &never,
+    )
+    .await;
+    let RunOutcome::Finished {
+        answer,
+        reason,
+        steps,
+    } = outcome
+    else {
         panic!("{outcome:?}");
     };
     assert!(answer.contains("sunny in Paris"), "{answer}");
@@ -109,18 +125,44 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
         .collect();
     let mut squashed = kinds.clone();
     squashed.dedup();
-    assert_eq!(squashed, ["thinking", "reasoning", "call", "result", "thinking", "answer"]);
+    assert_eq!(
+        squashed,
+        [
+            "thinking",
+            "reasoning",
+            "call",
+            "result",
+            "thinking",
+            "answer"
+        ]
+    );
     let call = events.iter().find_map(|e| match e {
-        AgentEvent::ToolCall { tool, args, step_id, .. } => Some((tool, args, step_id)),
+        AgentEvent::ToolCall {
+            tool,
+            args,
+            step_id,
+            ..
+        } => Some((tool, args, step_id)),
         _ => None,
     });
     let (tool, args, call_id) = call.unwrap();
-    assert_eq!((tool.as_str(), args["city"].as_str()), ("get_weather", Some("Paris")));
+    assert_eq!(
+        (tool.as_str(), args["city"].as_str()),
+        ("get_weather", Some("Paris"))
+    );
     let result = events.iter().find_map(|e| match e {
-        AgentEvent::ToolResult { content, success, step_id, .. } => Some((content, success, step_id)),
+        AgentEvent::ToolResult {
+            content,
+            success,
+            step_id,
+            ..
+        } => Some((content, success, step_id)),
         _ => None,
     });
-    assert_eq!(result.unwrap(), (&"Paris: sunny, 17°C".to_owned(), &true, call_id));
+    assert_eq!(
+        result.unwrap(),
+        (&"Paris: sunny, 17°C".to_owned(), &true, call_id)
+    );
     let streamed: String = events
         .iter()
         .filter_map(|e| match e {
@@ -135,15 +177,32 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
 
     // A question the recording does not know fails the run and leaves memory as it was.
     let mut fresh = Memory::new(48_000);
-    let (outcome, _) = run(&plugin, &instance, &mut fresh, "Will it snow in Lima?", &never).await;
-    assert!(matches!(&outcome, RunOutcome::Failed { message } if message.contains("recording")), "{outcome:?}");
+    let (outcome, _) = run(
+        &plugin,
+        &instance,
+        &mut fresh,
+        "Will it snow in Lima?",
+        &never,
+    )
+    .await;
+    assert!(
+        matches!(&outcome, RunOutcome::Failed { message } if message.contains("recording")),
+        "{outcome:?}"
+    );
     assert_eq!(fresh.len(), 0);
 
     // A cancelled run closes its turn with a note, so the conversation stays well formed.
     let cancelled = CancellationToken::new();
     cancelled.cancel();
     let mut m = Memory::new(48_000);
-    let (outcome, _) = run(&plugin, &instance, &mut m, "What's the weather in Paris?", &cancelled).await;
+    let (outcome, _) = run(
+        &plugin,
+        &instance,
+        &mut m,
+        "What's the weather in Paris?",
+        &cancelled,
+    )
+    .await;
     assert_eq!(outcome, RunOutcome::Cancelled);
     let last = m.messages().last().unwrap();
     assert_eq!(last.text().as_deref(), Some(INTERRUPTED_NOTE));
@@ -200,17 +259,29 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
 
     // Caps: two per address, three in all.
     for _ in 0..3 {
-        sessions.handle(&mut a, ClientMessage::CreateSession { agent_config: None }).await;
+        sessions
+            .handle(&mut a, ClientMessage::CreateSession { agent_config: None })
+            .await;
     }
     let events = drain(&out_a);
-    let created: Vec<&Value> = events.iter().filter(|e| e["event"] == "agent.session_created").collect();
+    let created: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "agent.session_created")
+        .collect();
     assert_eq!(created.len(), 2);
     assert_eq!(events.last().unwrap()["code"], "too_many_sessions");
-    sessions.handle(&mut b, ClientMessage::CreateSession { agent_config: None }).await;
-    sessions.handle(&mut b, ClientMessage::CreateSession { agent_config: None }).await;
+    sessions
+        .handle(&mut b, ClientMessage::CreateSession { agent_config: None })
+        .await;
+    sessions
+        .handle(&mut b, ClientMessage::CreateSession { agent_config: None })
+        .await;
     let events = drain(&out_b);
     assert_eq!(events[0]["event"], "agent.session_created");
-    assert!(events[1]["error"].as_str().unwrap().contains("this server"), "{events:?}");
+    assert!(
+        events[1]["error"].as_str().unwrap().contains("this server"),
+        "{events:?}"
+    );
     assert_eq!(sessions.count(), 3);
     assert_eq!(runtime.metrics.sessions_refused.get(), 2);
 
@@ -218,24 +289,56 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     let sid = created[0]["session_id"].as_str().unwrap().to_owned();
     let token = created[0]["resume_token"].as_str().unwrap().to_owned();
     sessions
-        .handle(&mut a, ClientMessage::Message { session_id: sid.clone(), content: "What's the weather in Paris?".into(), on_busy: None })
+        .handle(
+            &mut a,
+            ClientMessage::Message {
+                session_id: sid.clone(),
+                content: "What's the weather in Paris?".into(),
+                on_busy: None,
+            },
+        )
         .await;
     let run = until(&out_a, "agent.ready").await;
-    let seqs: Vec<u64> = run.iter().filter(|e| e["session_id"] == sid.as_str()).map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (2..2 + seqs.len() as u64).collect::<Vec<_>>(), "seq continues after session_created (1)");
+    let seqs: Vec<u64> = run
+        .iter()
+        .filter(|e| e["session_id"] == sid.as_str())
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (2..2 + seqs.len() as u64).collect::<Vec<_>>(),
+        "seq continues after session_created (1)"
+    );
     assert!(run.iter().any(|e| e["event"] == "agent.final_answer"));
 
     // Another connection may not touch it without the token...
-    sessions.handle(&mut b, ClientMessage::Cancel { session_id: sid.clone() }).await;
+    sessions
+        .handle(
+            &mut b,
+            ClientMessage::Cancel {
+                session_id: sid.clone(),
+            },
+        )
+        .await;
     assert_eq!(drain(&out_b)[0]["code"], "session_not_found");
     // ...but with it, resumes and gets the whole log replayed.
     sessions
-        .handle(&mut b, ClientMessage::Resume { session_id: sid.clone(), resume_token: token, last_seq: 0 })
+        .handle(
+            &mut b,
+            ClientMessage::Resume {
+                session_id: sid.clone(),
+                resume_token: token,
+                last_seq: 0,
+            },
+        )
         .await;
     let replay = drain(&out_b);
     assert_eq!(replay[0]["event"], "agent.session_resumed");
     assert_eq!(replay[0]["recovered"], true);
-    assert_eq!(replay.len() as u64 - 1, replay[0]["last_seq"].as_u64().unwrap());
+    assert_eq!(
+        replay.len() as u64 - 1,
+        replay[0]["last_seq"].as_u64().unwrap()
+    );
 
     // A's connection goes: its other session expires after the resume window; the resumed one
     // belongs to B now and stays.

@@ -30,7 +30,11 @@ async fn status_of(req: Request) -> u16 {
 /// A plain HTTP GET with a chosen Host header; returns the status code.
 fn get_with_host(host: &Host, path: &str, host_header: &str) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", host.port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out[9..12].parse().unwrap()
@@ -42,14 +46,26 @@ async fn cross_site_pages_and_rebound_host_names_are_refused_by_default() {
     let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
     let here = format!("127.0.0.1:{}", host.port);
     // Another site's page in the user's browser: refused (it would read the agent's answers).
-    assert_eq!(status_of(request(&host, &[("origin", "https://evil.example")])).await, 403);
+    assert_eq!(
+        status_of(request(&host, &[("origin", "https://evil.example")])).await,
+        403
+    );
     // The page this host serves, a localhost dev page, and non-browser clients: accepted.
-    assert_eq!(status_of(request(&host, &[("origin", &format!("http://{here}"))])).await, 101);
-    assert_eq!(status_of(request(&host, &[("origin", "http://localhost:3000")])).await, 101);
+    assert_eq!(
+        status_of(request(&host, &[("origin", &format!("http://{here}"))])).await,
+        101
+    );
+    assert_eq!(
+        status_of(request(&host, &[("origin", "http://localhost:3000")])).await,
+        101
+    );
     assert_eq!(status_of(request(&host, &[])).await, 101);
     // DNS rebinding: evil.example resolving to this machine; the browser sends its own name.
     let rebound = format!("evil.example:{}", host.port);
-    let req = request(&host, &[("host", &rebound), ("origin", &format!("http://{rebound}"))]);
+    let req = request(
+        &host,
+        &[("host", &rebound), ("origin", &format!("http://{rebound}"))],
+    );
     assert_eq!(status_of(req).await, 421);
     assert_eq!(get_with_host(&host, "/health", &rebound), 421);
     assert_eq!(get_with_host(&host, "/health", &here), 200);
@@ -60,7 +76,10 @@ async fn cross_site_pages_and_rebound_host_names_are_refused_by_default() {
         &llm,
         &["--allowed-origin", "*", "--allowed-host", "agent.example"],
     );
-    assert_eq!(status_of(request(&open, &[("origin", "https://evil.example")])).await, 101);
+    assert_eq!(
+        status_of(request(&open, &[("origin", "https://evil.example")])).await,
+        101
+    );
     assert_eq!(get_with_host(&open, "/health", "agent.example"), 200);
     assert_eq!(get_with_host(&open, "/health", "evil.example"), 421);
 }
@@ -72,15 +91,30 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     let mut host = Host::start(
         &plugin_lib("weather_agent"),
         &llm,
-        &["--outbound-queue", "10000000", "--write-timeout", "2", "--shutdown-timeout", "5"],
+        &[
+            "--outbound-queue",
+            "10000000",
+            "--write-timeout",
+            "2",
+            "--shutdown-timeout",
+            "5",
+        ],
     );
     // A tiny receive buffer so the server's writes block soon after the client stops reading.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(([127, 0, 0, 1], host.port).into()).await.unwrap();
+    let stream = sock
+        .connect(([127, 0, 0, 1], host.port).into())
+        .await
+        .unwrap();
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (ws, _) = tokio_tungstenite::client_async(host.ws_url(), stream).await.unwrap();
-    let mut c = Client { ws, seen: Vec::new() };
+    let (ws, _) = tokio_tungstenite::client_async(host.ws_url(), stream)
+        .await
+        .unwrap();
+    let mut c = Client {
+        ws,
+        seen: Vec::new(),
+    };
     c.recv().await;
     let (sid, _) = c.create_session().await;
     c.ask(&sid, "stream:100000").await;
@@ -92,7 +126,10 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         if host.metric("myagent_connections") == 0 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "the wedged connection is still open");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the wedged connection is still open"
+        );
     }
     assert!(host.metric("myagent_slow_client_disconnects_total") >= 1);
     // Its session is detached, not lost: it waits for a resume.
@@ -101,7 +138,10 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     host.terminate();
     let t0 = Instant::now();
     while host.proc.child.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(3), "shutdown waited on a wedged writer");
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "shutdown waited on a wedged writer"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(c);
@@ -116,9 +156,12 @@ async fn unauthenticated_clients_hold_little_and_not_for_long() {
         &llm,
         &["--auth-token", "s3cret", "--auth-timeout", "2"],
     );
-    assert!(host.proc.stderr_text().contains("visible to every user"), "no warning about a token on the command line");
+    assert!(
+        host.proc.stderr_text().contains("visible to every user"),
+        "no warning about a token on the command line"
+    );
     let big = "x".repeat(60 * 1024); // under the 64 KiB message limit, over the pre-auth frame limit
-    // Clients that never send a token but push large frames: dropped at once.
+                                     // Clients that never send a token but push large frames: dropped at once.
     let mut dropped = 0;
     for _ in 0..20 {
         let mut c = Client::connect(&host.ws_url()).await;
@@ -139,17 +182,23 @@ async fn unauthenticated_clients_hold_little_and_not_for_long() {
 
     // Once authenticated (header or first message), large messages are fine again.
     let mut req = host.ws_url().into_client_request().unwrap();
-    req.headers_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
     let mut ok = Client::connect_req(req).await.unwrap();
     ok.recv().await;
-    ok.send(json!({"event": "user.message", "session_id": "nope", "content": big})).await;
+    ok.send(json!({"event": "user.message", "session_id": "nope", "content": big}))
+        .await;
     assert_eq!(ok.until("agent.error").await["code"], "session_not_found");
     let mut first = Client::connect(&host.ws_url()).await;
     first.recv().await;
-    first.send(json!({"event": "user.create_session", "token": "s3cret"})).await;
+    first
+        .send(json!({"event": "user.create_session", "token": "s3cret"}))
+        .await;
     let created = first.until("agent.session_created").await;
     let sid = created["session_id"].as_str().unwrap();
-    first.send(json!({"event": "user.cancel", "session_id": sid, "pad": big})).await;
+    first
+        .send(json!({"event": "user.cancel", "session_id": sid, "pad": big}))
+        .await;
     assert_eq!(first.until("agent.interrupted").await["session_id"], sid);
 }
 
@@ -160,9 +209,12 @@ async fn the_session_cap_holds_on_resume_and_replay_memory_is_bounded_overall() 
         &plugin_lib("weather_agent"),
         &llm,
         &[
-            "--max-sessions-per-connection", "2",
-            "--replay-buffer-bytes", "65536",
-            "--replay-budget-bytes", "200000",
+            "--max-sessions-per-connection",
+            "2",
+            "--replay-buffer-bytes",
+            "65536",
+            "--replay-budget-bytes",
+            "200000",
         ],
     );
     // Two connections pass sessions back and forth: neither may end up with more than 2.
@@ -173,13 +225,15 @@ async fn the_session_cap_holds_on_resume_and_replay_memory_is_bounded_overall() 
     let s1 = a.create_session().await;
     let s2 = a.create_session().await;
     for (sid, token) in [&s1, &s2] {
-        b.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token})).await;
+        b.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token}))
+            .await;
         b.until("agent.session_resumed").await;
     }
     a.create_session().await;
     a.create_session().await;
     // `a` held s1 before, but owns two others now: taking s1 back is over its cap.
-    a.send(json!({"event": "user.resume_session", "session_id": s1.0, "resume_token": s1.1})).await;
+    a.send(json!({"event": "user.resume_session", "session_id": s1.0, "resume_token": s1.1}))
+        .await;
     let e = a.until_any(&["agent.session_resumed", "agent.error"]).await;
     assert_eq!(e["code"], "too_many_sessions", "{e}");
 
@@ -212,19 +266,25 @@ async fn smaller_findings_events_seq_metrics_and_private_files() {
         &plugin_lib("testkit_agent"),
         &llm,
         &[
-            "--metrics-token", "m3trics",
-            "--resume-window", "1",
-            "--trace-file", trace.to_str().unwrap(),
-            "--record", record.to_str().unwrap(),
+            "--metrics-token",
+            "m3trics",
+            "--resume-window",
+            "1",
+            "--trace-file",
+            trace.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
         ],
     );
     // An event over 4 MiB (a plugin's custom event here) is replaced by an error in its place;
     // the connection stays.
     let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
-    c.send(json!({"event": "testkit.big", "session_id": sid, "data": {"bytes": 5_000_000}})).await;
+    c.send(json!({"event": "testkit.big", "session_id": sid, "data": {"bytes": 5_000_000}}))
+        .await;
     let e = c.until("agent.error").await;
     assert_eq!(e["code"], "event_too_large", "{e}");
-    c.send(json!({"event": "testkit.big", "session_id": sid, "data": {"bytes": 10}})).await;
+    c.send(json!({"event": "testkit.big", "session_id": sid, "data": {"bytes": 10}}))
+        .await;
     assert_eq!(c.until("testkit.big").await["blob"], "bbbbbbbbbb");
     c.ask(&sid, "say:hello").await;
     c.until("agent.final_answer").await;
@@ -242,7 +302,10 @@ async fn smaller_findings_events_seq_metrics_and_private_files() {
     write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer m3trics\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200") && out.contains("myagent_sessions 1"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("myagent_sessions 1"),
+        "{out}"
+    );
 
     // A resume from u64::MAX: no overflow, and the session is still freed after its window.
     drop(c);
@@ -264,13 +327,28 @@ async fn model_output_is_bounded_and_provider_errors_stay_in_the_log() {
     let host = Host::start(
         &plugin_lib("testkit_agent"),
         &llm,
-        &["--max-model-output", "65536", "--max-tokens", "777", "--llm-call-timeout", "2", "--llm-retries", "0"],
+        &[
+            "--max-model-output",
+            "65536",
+            "--max-tokens",
+            "777",
+            "--llm-call-timeout",
+            "2",
+            "--llm-retries",
+            "0",
+        ],
     );
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
     // A streamed answer past the output cap: a clear error, and the session goes on.
     c.ask(&sid, "stream:30000").await;
     let e = c.until("agent.error").await;
-    assert!(e["error"].as_str().unwrap().contains("output limit of 65536 bytes"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("output limit of 65536 bytes"),
+        "{e}"
+    );
     c.until("agent.ready").await;
     // The same as one JSON body (a server that ignores `stream`), and a giant error body.
     llm.script(json!([{"text": "y".repeat(200_000), "non_streaming": true}]));
@@ -289,7 +367,10 @@ async fn model_output_is_bounded_and_provider_errors_stay_in_the_log() {
     let t0 = Instant::now();
     c.ask(&sid, "bench:1000@10").await;
     let e = c.until("agent.error").await;
-    assert!(e["error"].as_str().unwrap().contains("longer than 2 s"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("longer than 2 s"),
+        "{e}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(6));
     c.until("agent.ready").await;
     // The provider's own words (OpenAI's 401 quotes the key's end) reach the log, not the client.
@@ -299,7 +380,10 @@ async fn model_output_is_bounded_and_provider_errors_stay_in_the_log() {
     let text = e["error"].as_str().unwrap();
     assert!(text.contains("HTTP 401") && !text.contains("WXYZ"), "{e}");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(host.proc.stderr_text().contains("WXYZ"), "the detail should be in the server log");
+    assert!(
+        host.proc.stderr_text().contains("WXYZ"),
+        "the detail should be in the server log"
+    );
 }
 
 #[tokio::test]
@@ -313,12 +397,22 @@ async fn the_plugin_copy_directory_is_private_and_a_swapped_copy_is_never_loaded
     let link = base.path().join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let out = std::process::Command::new(myagent_tests::bin("myagent-host"))
-        .args(["serve", plugin_lib("weather_agent").to_str().unwrap(), "--port", "0", "--state-dir"])
+        .args([
+            "serve",
+            plugin_lib("weather_agent").to_str().unwrap(),
+            "--port",
+            "0",
+            "--state-dir",
+        ])
         .arg(&link)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("symlink"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A race: something swaps every copy in the directory for another plugin as fast as it
     // can while the host starts. The host loads what it checked, through its descriptor.
@@ -344,14 +438,24 @@ async fn the_plugin_copy_directory_is_private_and_a_swapped_copy_is_never_loaded
             }
             swaps
         });
-        let host = Host::start(&plugin_lib("weather_agent"), &llm, &["--state-dir", dir.to_str().unwrap()]);
+        let host = Host::start(
+            &plugin_lib("weather_agent"),
+            &llm,
+            &["--state-dir", dir.to_str().unwrap()],
+        );
         let mut c = Client::connect(&host.ws_url()).await;
         let hello = c.recv().await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let swaps = swapper.join().unwrap();
-        assert_eq!(hello["agent"]["name"], "weather-assistant", "the host serves a swapped-in library ({swaps} swaps)");
+        assert_eq!(
+            hello["agent"]["name"], "weather-assistant",
+            "the host serves a swapped-in library ({swaps} swaps)"
+        );
         assert!(swaps > 0, "the race did not happen");
     }
     // The directory was closed to others.
-    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }

@@ -14,7 +14,12 @@ async fn the_documents_flow_reaches_a_final_answer_with_a_tool_call() {
     let mut c = Client::connect(&host.ws_url()).await;
     let hello = c.recv().await;
     assert_eq!(hello["event"], "system.connected");
-    assert!(hello["connection_id"].is_string() && hello["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        hello["connection_id"].is_string()
+            && hello["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+    );
     c.send(json!({"event": "user.create_session", "timestamp": 1}))
         .await;
     let created = c.until("agent.session_created").await;
@@ -304,7 +309,9 @@ async fn health_and_metrics() {
     c.until("agent.final_answer").await;
     let health: serde_json::Value = serde_json::from_str(&host.http("/health")).unwrap();
     assert_eq!(health["status"], "healthy");
-    assert!(health["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(health["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
     assert_eq!(health["active_sessions"], 1);
     assert_eq!(health["connections"], 1);
     assert_eq!(health["plugin"]["name"], "weather-assistant");

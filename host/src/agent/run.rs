@@ -58,8 +58,11 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
     let turn_start = memory.len();
     memory.push(ChatMessage::user(input.clone()));
     memory.trim();
-    trace(ctx, json!({"kind": "run_start", "session_id": ctx.session_id, "input": input,
-        "agent": ctx.manifest.name, "version": ctx.manifest.version}));
+    trace(
+        ctx,
+        json!({"kind": "run_start", "session_id": ctx.session_id, "input": input,
+        "agent": ctx.manifest.name, "version": ctx.manifest.version}),
+    );
 
     let mut tools = ctx.manifest.tools.clone();
     tools.push(terminate_spec());
@@ -93,7 +96,7 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
                         answer,
                         reason: FinishReason::Answer,
                         steps: step,
-                    }
+                    };
                 }
                 Thought::Stop(outcome) => break 'run outcome,
                 Thought::Act(resp) => resp,
@@ -137,9 +140,12 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
         finish_answer(ctx.sink, *steps, &streamed, answer);
     }
     close_turn(ctx, memory, turn_start, &outcome);
-    trace(ctx, json!({"kind": "run_end", "session_id": ctx.session_id,
+    trace(
+        ctx,
+        json!({"kind": "run_end", "session_id": ctx.session_id,
         "duration_ms": started.elapsed().as_millis() as u64,
-        "outcome": match &outcome { RunOutcome::Finished { reason, .. } => reason.as_str(), RunOutcome::Failed { .. } => "error", RunOutcome::Cancelled => "cancelled" }}));
+        "outcome": match &outcome { RunOutcome::Finished { reason, .. } => reason.as_str(), RunOutcome::Failed { .. } => "error", RunOutcome::Cancelled => "cancelled" }}),
+    );
     outcome
 }
 
@@ -197,8 +203,11 @@ async fn think(
         Err(e) => {
             ctx.metrics.llm_errors.inc();
             tracing::warn!(session_id = ctx.session_id, step, error = %e, "model call failed");
-            trace(ctx, json!({"kind": "model_call", "session_id": ctx.session_id, "step": step,
-                "model": plan.model, "latency_ms": latency.as_millis() as u64, "error": e.to_string()}));
+            trace(
+                ctx,
+                json!({"kind": "model_call", "session_id": ctx.session_id, "step": step,
+                "model": plan.model, "latency_ms": latency.as_millis() as u64, "error": e.to_string()}),
+            );
             return Thought::Stop(RunOutcome::Failed {
                 message: format!("The model call failed: {}", e.public()),
             });
@@ -208,10 +217,13 @@ async fn think(
         ctx.metrics.llm_prompt_tokens.add(u.prompt_tokens);
         ctx.metrics.llm_completion_tokens.add(u.completion_tokens);
     }
-    trace(ctx, json!({"kind": "model_call", "session_id": ctx.session_id, "step": step, "model": plan.model,
+    trace(
+        ctx,
+        json!({"kind": "model_call", "session_id": ctx.session_id, "step": step, "model": plan.model,
         "latency_ms": latency.as_millis() as u64,
         "prompt_tokens": resp.usage.map(|u| u.prompt_tokens), "completion_tokens": resp.usage.map(|u| u.completion_tokens),
-        "tool_calls": resp.tool_calls.iter().map(|c| c.function.name.clone()).collect::<Vec<_>>()}));
+        "tool_calls": resp.tool_calls.iter().map(|c| c.function.name.clone()).collect::<Vec<_>>()}),
+    );
     let sent = stream.finish(!resp.tool_calls.is_empty());
     let text = (!resp.content.is_empty()).then(|| resp.content.clone());
     memory.push(ChatMessage::assistant(text, resp.tool_calls.clone()));
@@ -353,12 +365,19 @@ async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, Stri
         );
     }
     let timeout = ctx.config.tool_timeout_for(ctx.manifest);
-    match ctx.instance.call_tool(name, args, timeout, ctx.metrics).await {
+    match ctx
+        .instance
+        .call_tool(name, args, timeout, ctx.metrics)
+        .await
+    {
         Err(e) => match e.kind {
             HostErrorKind::TimedOut(_) => {
                 ctx.metrics.tool_timeouts.inc();
                 let ms = timeout.as_millis();
-                (false, format!("Error: tool `{name}` timed out after {ms} ms."))
+                (
+                    false,
+                    format!("Error: tool `{name}` timed out after {ms} ms."),
+                )
             }
             HostErrorKind::Crashed(why) => (false, format!("Error: tool `{name}` crashed: {why}")),
         },

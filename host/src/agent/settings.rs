@@ -22,22 +22,48 @@ const FIELDS: &str = "model, temperature, max_steps, instructions";
 impl SessionSettings {
     /// Reads a client's `agent_config` object and checks each field against `manifest`'s
     /// limits. The error says which field and what is allowed.
-    pub fn from_request(config: &Map<String, Value>, manifest: &Manifest) -> Result<SessionSettings, String> {
+    pub fn from_request(
+        config: &Map<String, Value>,
+        manifest: &Manifest,
+    ) -> Result<SessionSettings, String> {
         let mut s = SessionSettings::default();
         for (key, value) in config {
             match key.as_str() {
-                "model" => s.model = Some(value.as_str().ok_or("`agent_config.model` must be a string")?.to_owned()),
+                "model" => {
+                    s.model = Some(
+                        value
+                            .as_str()
+                            .ok_or("`agent_config.model` must be a string")?
+                            .to_owned(),
+                    )
+                }
                 "temperature" => {
-                    s.temperature = Some(value.as_f64().ok_or("`agent_config.temperature` must be a number")? as f32)
+                    s.temperature = Some(
+                        value
+                            .as_f64()
+                            .ok_or("`agent_config.temperature` must be a number")?
+                            as f32,
+                    )
                 }
                 "max_steps" => {
                     let n = value.as_u64().filter(|n| *n >= 1 && *n <= u32::MAX as u64);
-                    s.max_steps = Some(n.ok_or("`agent_config.max_steps` must be a positive integer")? as u32);
+                    s.max_steps = Some(
+                        n.ok_or("`agent_config.max_steps` must be a positive integer")? as u32,
+                    );
                 }
                 "instructions" => {
-                    s.instructions = Some(value.as_str().ok_or("`agent_config.instructions` must be a string")?.to_owned())
+                    s.instructions = Some(
+                        value
+                            .as_str()
+                            .ok_or("`agent_config.instructions` must be a string")?
+                            .to_owned(),
+                    )
                 }
-                other => return Err(format!("Unknown field `agent_config.{other}`; expected {FIELDS}")),
+                other => {
+                    return Err(format!(
+                        "Unknown field `agent_config.{other}`; expected {FIELDS}"
+                    ))
+                }
             }
         }
         s.check(manifest)?;
@@ -53,31 +79,53 @@ impl SessionSettings {
                 return Err(if o.models.is_empty() {
                     format!("`agent_config.model`: {agent} does not let sessions choose the model")
                 } else {
-                    format!("`agent_config.model` `{m}` is not allowed by {agent} (allowed: {})", o.models.join(", "))
+                    format!(
+                        "`agent_config.model` `{m}` is not allowed by {agent} (allowed: {})",
+                        o.models.join(", ")
+                    )
                 });
             }
         }
         if let Some(t) = self.temperature {
             match o.temperature {
                 Some((lo, hi)) if t >= lo && t <= hi => {}
-                Some((lo, hi)) => return Err(format!("`agent_config.temperature` {t} is outside {agent}'s range {lo}..={hi}")),
-                None => return Err(format!("`agent_config.temperature`: {agent} does not let sessions set the temperature")),
+                Some((lo, hi)) => {
+                    return Err(format!(
+                        "`agent_config.temperature` {t} is outside {agent}'s range {lo}..={hi}"
+                    ))
+                }
+                None => return Err(format!(
+                    "`agent_config.temperature`: {agent} does not let sessions set the temperature"
+                )),
             }
         }
         if let Some(n) = self.max_steps {
             match o.max_steps {
                 Some(max) if n <= max => {}
-                Some(max) => return Err(format!("`agent_config.max_steps` {n} is over {agent}'s limit of {max}")),
-                None => return Err(format!("`agent_config.max_steps`: {agent} does not let sessions set max_steps")),
+                Some(max) => {
+                    return Err(format!(
+                        "`agent_config.max_steps` {n} is over {agent}'s limit of {max}"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "`agent_config.max_steps`: {agent} does not let sessions set max_steps"
+                    ))
+                }
             }
         }
         if let Some(text) = &self.instructions {
             let n = text.chars().count();
             if o.instructions_chars == 0 {
-                return Err(format!("`agent_config.instructions`: {agent} does not take extra instructions"));
+                return Err(format!(
+                    "`agent_config.instructions`: {agent} does not take extra instructions"
+                ));
             }
             if n > o.instructions_chars {
-                return Err(format!("`agent_config.instructions` has {n} characters; {agent} takes at most {}", o.instructions_chars));
+                return Err(format!(
+                    "`agent_config.instructions` has {n} characters; {agent} takes at most {}",
+                    o.instructions_chars
+                ));
             }
         }
         Ok(())
@@ -129,8 +177,16 @@ mod tests {
     #[test]
     fn nothing_is_allowed_by_default() {
         let m = manifest(SessionOverrides::default());
-        assert_eq!(SessionSettings::from_request(&req(json!({})), &m), Ok(SessionSettings::default()));
-        for (k, v) in [("model", json!("gpt-4o")), ("temperature", json!(0.5)), ("max_steps", json!(2)), ("instructions", json!("be brief"))] {
+        assert_eq!(
+            SessionSettings::from_request(&req(json!({})), &m),
+            Ok(SessionSettings::default())
+        );
+        for (k, v) in [
+            ("model", json!("gpt-4o")),
+            ("temperature", json!(0.5)),
+            ("max_steps", json!(2)),
+            ("instructions", json!("be brief")),
+        ] {
             let e = SessionSettings::from_request(&req(json!({ k: v })), &m).unwrap_err();
             assert!(e.contains(k) && e.contains("weather-assistant"), "{e}");
         }

@@ -200,7 +200,13 @@ mod tests {
         assert_eq!(s.finish(true), "");
         assert_eq!(
             rec.take(),
-            ["R:think", "A:I will check ", "A:the weather.", "reset", "R:I will check the weather."]
+            [
+                "R:think",
+                "A:I will check ",
+                "A:the weather.",
+                "reset",
+                "R:I will check the weather."
+            ]
         );
         // Hold-back 0 streams at once.
         let mut s = StepStream::new(&rec, 1, 0);

@@ -202,7 +202,12 @@ pub struct ServeArgs {
     pub auth_tokens: Vec<String>,
     /// Require this bearer token for GET /metrics (also MYAGENT_METRICS_TOKEN); without it
     /// /metrics is open to whoever can reach the port.
-    #[arg(long, value_name = "TOKEN", env = "MYAGENT_METRICS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MYAGENT_METRICS_TOKEN",
+        hide_env_values = true
+    )]
     pub metrics_token: Option<String>,
     /// With tokens required: a connection that has not sent a valid one within this is closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
@@ -218,7 +223,12 @@ pub struct ServeArgs {
     /// Also answer requests for this Host name (repeatable; `*` for any). IP addresses and
     /// localhost are always accepted; other names are refused (DNS rebinding) unless listed —
     /// e.g. the public name nginx forwards. Also MYAGENT_ALLOWED_HOSTS (comma-separated).
-    #[arg(long = "allowed-host", value_name = "NAME", env = "MYAGENT_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-host",
+        value_name = "NAME",
+        env = "MYAGENT_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     pub allowed_hosts: Vec<String>,
     /// Also serve a WebSocket echo on /_echo with the same stack and limits (for protocol
     /// conformance testing with the Autobahn fuzzing client; not for production).

@@ -76,7 +76,12 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
         auth_timeout: Duration::from_secs(args.auth_timeout.max(1)),
         auth_tokens,
         allowed_origins: args.allowed_origins.clone(),
-        allowed_hosts: args.allowed_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect(),
+        allowed_hosts: args
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect(),
         conformance_echo: args.conformance_echo,
     }
 }
@@ -84,7 +89,8 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
 pub fn session_config(args: &ServeArgs) -> SessionConfig {
     let max_sessions = match args.max_sessions {
         0 => {
-            let (n, worst, budget) = auto_max_sessions(args.replay_buffer_bytes, args.memory_budget);
+            let (n, worst, budget) =
+                auto_max_sessions(args.replay_buffer_bytes, args.memory_budget);
             println!(
                 "Session cap: {n} (worst case ~{} KiB per session within {} MiB; --max-sessions to change)",
                 worst / 1024,

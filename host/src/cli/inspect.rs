@@ -92,4 +92,3 @@ pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
-

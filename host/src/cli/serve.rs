@@ -31,7 +31,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let loaded = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
     let m = &loaded.manifest;
     let tools: Vec<&str> = m.tools.iter().map(|t| t.name.as_str()).collect();
-    println!("Loaded agent {} {} (tools: {})", m.name, m.version, tools.join(", "));
+    println!(
+        "Loaded agent {} {} (tools: {})",
+        m.name,
+        m.version,
+        tools.join(", ")
+    );
 
     let auth_tokens = config::auth_tokens(&args)?;
     if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {
@@ -86,7 +91,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The live model over HTTP, or a recording with `--replay`.
 fn model(args: &ServeArgs) -> anyhow::Result<Model> {
     if let Some(path) = &args.replay {
-        let replay = ReplayModel::open(path, Duration::from_millis(15)).map_err(anyhow::Error::msg)?;
+        let replay =
+            ReplayModel::open(path, Duration::from_millis(15)).map_err(anyhow::Error::msg)?;
         return Ok(Model::Replay(replay));
     }
     let recorder = match &args.record {

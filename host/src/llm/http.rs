@@ -117,7 +117,9 @@ impl HttpModel {
             let mut parser = StreamParser::with_limit(self.config.max_output_bytes);
             let deadline = self.config.call_timeout;
             let (result, retry_after) =
-                match tokio::time::timeout(deadline, self.attempt(&body, &mut parser, on_delta)).await {
+                match tokio::time::timeout(deadline, self.attempt(&body, &mut parser, on_delta))
+                    .await
+                {
                     Ok(r) => r,
                     Err(_) => (Err(LlmError::Deadline(deadline.as_secs())), None),
                 };
@@ -200,7 +202,10 @@ impl HttpModel {
                 Ok(Err(e)) => return (Err(e), None),
                 Ok(Ok(b)) => b,
             };
-            return (StreamParser::whole(&bytes, self.config.max_output_bytes, on_delta), None);
+            return (
+                StreamParser::whole(&bytes, self.config.max_output_bytes, on_delta),
+                None,
+            );
         }
         let mut stream = resp.bytes_stream();
         let mut wait = first;
@@ -327,9 +332,15 @@ mod tests {
 
     #[test]
     fn urls_lose_their_credentials() {
-        assert_eq!(redact_url("https://user:pw@llm.example/v1?key=abc"), "https://***@llm.example/v1?***");
+        assert_eq!(
+            redact_url("https://user:pw@llm.example/v1?key=abc"),
+            "https://***@llm.example/v1?***"
+        );
         assert_eq!(redact_url("http://127.0.0.1:9/v1"), "http://127.0.0.1:9/v1");
-        assert_eq!(redact_url("https://api.openai.com"), "https://api.openai.com");
+        assert_eq!(
+            redact_url("https://api.openai.com"),
+            "https://api.openai.com"
+        );
     }
 
     #[test]

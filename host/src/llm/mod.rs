@@ -58,8 +58,12 @@ impl Content {
             Content::Parts(parts) => parts
                 .iter()
                 .map(|p| {
-                    p.get("text").and_then(serde_json::Value::as_str).map_or(0, str::len)
-                        + p.pointer("/image_url/url").and_then(serde_json::Value::as_str).map_or(0, str::len)
+                    p.get("text")
+                        .and_then(serde_json::Value::as_str)
+                        .map_or(0, str::len)
+                        + p.pointer("/image_url/url")
+                            .and_then(serde_json::Value::as_str)
+                            .map_or(0, str::len)
                         + 32
                 })
                 .sum(),
@@ -259,7 +263,10 @@ impl LlmError {
         match self {
             LlmError::Status { status, .. } => format!("the model endpoint answered HTTP {status}"),
             LlmError::RetriesExhausted { attempts, last } => {
-                format!("the model endpoint failed after {attempts} attempts: {}", last.public())
+                format!(
+                    "the model endpoint failed after {attempts} attempts: {}",
+                    last.public()
+                )
             }
             LlmError::Stream(_) => "the model reported an error mid-stream".into(),
             LlmError::Connect(_) => "cannot reach the model endpoint (connection failed)".into(),

@@ -128,11 +128,7 @@ impl StreamParser {
     }
 
     /// Feeds bytes; text, reasoning and the first sign of tool calls go to `on_delta`. Returns `Ok(true)` once `[DONE]` was seen.
-    pub fn feed(
-        &mut self,
-        bytes: &[u8],
-        on_delta: &mut OnDelta<'_>,
-    ) -> Result<bool, LlmError> {
+    pub fn feed(&mut self, bytes: &[u8], on_delta: &mut OnDelta<'_>) -> Result<bool, LlmError> {
         let mut rest = bytes;
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             let (part, tail) = rest.split_at(i);
@@ -166,11 +162,7 @@ impl StreamParser {
         Ok(())
     }
 
-    fn line_done(
-        &mut self,
-        line: &[u8],
-        on_delta: &mut OnDelta<'_>,
-    ) -> Result<(), LlmError> {
+    fn line_done(&mut self, line: &[u8], on_delta: &mut OnDelta<'_>) -> Result<(), LlmError> {
         let line = std::str::from_utf8(line)
             .map_err(|_| LlmError::Malformed("stream is not UTF-8".into()))?;
         let line = line.trim_end_matches('\r');
@@ -184,7 +176,10 @@ impl StreamParser {
             return Ok(());
         }
         let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
-            LlmError::Malformed(format!("chunk is not a chat completion chunk ({e}): {}", preview(data)))
+            LlmError::Malformed(format!(
+                "chunk is not a chat completion chunk ({e}): {}",
+                preview(data)
+            ))
         })?;
         self.chunk(chunk, on_delta)
     }
@@ -314,7 +309,11 @@ mod tests {
     fn run(input: &str) -> (Result<ChatResponse, LlmError>, String) {
         let mut p = StreamParser::default();
         let mut out = String::new();
-        let r = p.feed(input.as_bytes(), &mut |d: Delta<'_>| if let Delta::Text(t) = d { out.push_str(t) });
+        let r = p.feed(input.as_bytes(), &mut |d: Delta<'_>| {
+            if let Delta::Text(t) = d {
+                out.push_str(t)
+            }
+        });
         (r.and_then(|_| p.finish()), out)
     }
 
@@ -350,7 +349,12 @@ mod tests {
         let mut p = StreamParser::default();
         let mut out = String::new();
         for b in s.as_bytes().chunks(3) {
-            p.feed(b, &mut |d: Delta<'_>| if let Delta::Text(t) = d { out.push_str(t) }).unwrap();
+            p.feed(b, &mut |d: Delta<'_>| {
+                if let Delta::Text(t) = d {
+                    out.push_str(t)
+                }
+            })
+            .unwrap();
         }
         assert_eq!(out, "Hello");
         assert_eq!(p.finish().unwrap().content, "Hello");
@@ -378,13 +382,24 @@ mod tests {
         );
         let mut p = StreamParser::default();
         let mut seen = Vec::new();
-        p.feed(s.as_bytes(), &mut |d: Delta<'_>| seen.push(format!("{d:?}"))).unwrap();
+        p.feed(s.as_bytes(), &mut |d: Delta<'_>| {
+            seen.push(format!("{d:?}"))
+        })
+        .unwrap();
         assert_eq!(
             seen,
-            ["Reasoning(\"The user wants \")", "Reasoning(\"weather.\")", "Text(\"Let me look.\")", "ToolCalls"]
+            [
+                "Reasoning(\"The user wants \")",
+                "Reasoning(\"weather.\")",
+                "Text(\"Let me look.\")",
+                "ToolCalls"
+            ]
         );
         let r = p.finish().unwrap();
-        assert_eq!(r.content, "Let me look.", "reasoning is not part of the message");
+        assert_eq!(
+            r.content, "Let me look.",
+            "reasoning is not part of the message"
+        );
         assert_eq!(r.tool_calls[0].function.arguments, "{}");
     }
 }

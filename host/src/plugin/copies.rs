@@ -56,7 +56,10 @@ impl CopyDir {
             return Err(refuse(dir, "is not a directory (a symlink is refused)"));
         }
         if meta.uid() != uid {
-            return Err(refuse(dir, &format!("belongs to uid {}, not to this user ({uid})", meta.uid())));
+            return Err(refuse(
+                dir,
+                &format!("belongs to uid {}, not to this user ({uid})", meta.uid()),
+            ));
         }
         if meta.mode() & 0o077 != 0 {
             // Ours but open to others (an older host made it 0755): close it.
@@ -151,13 +154,19 @@ mod tests {
         // Created 0700.
         let d = base.join("new");
         CopyDir::open(&d).unwrap();
-        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         // Ours but world-writable: closed to 0700.
         let open = base.join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         CopyDir::open(&open).unwrap();
-        assert_eq!(std::fs::metadata(&open).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&open).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         // A symlink (to a directory someone else could have planted) is refused, as is a
         // relative path.
         let link = base.join("link");

@@ -130,7 +130,11 @@ impl Drop for InFlight {
 
 impl Instance {
     /// Wraps an instance the plugin's factory returned.
-    pub(super) fn from_abi(inner: AgentInstanceBox, tag: Arc<PluginTag>, tool_context: bool) -> Instance {
+    pub(super) fn from_abi(
+        inner: AgentInstanceBox,
+        tag: Arc<PluginTag>,
+        tool_context: bool,
+    ) -> Instance {
         Instance {
             inner: Arc::new(inner),
             tag,
@@ -185,8 +189,12 @@ impl Instance {
                 .is_err()
             {
                 m.tools_abandoned.dec();
-                tracing::info!(tool, call_id = id, ran_ms = t0.elapsed().as_millis() as u64,
-                    "abandoned tool call returned");
+                tracing::info!(
+                    tool,
+                    call_id = id,
+                    ran_ms = t0.elapsed().as_millis() as u64,
+                    "abandoned tool call returned"
+                );
             }
             Some(result)
         })
@@ -229,7 +237,11 @@ impl Instance {
         })
     }
 
-    fn handle_event_blocking(&self, session_id: &str, event_json: &str) -> Result<Vec<Value>, String> {
+    fn handle_event_blocking(
+        &self,
+        session_id: &str,
+        event_json: &str,
+    ) -> Result<Vec<Value>, String> {
         match self
             .inner
             .handle_event(RStr::from_str(session_id), RStr::from_str(event_json))

@@ -70,7 +70,8 @@ impl Plugin {
         timeout: Duration,
     ) -> Result<Result<Instance, PluginError>, HostError> {
         let plugin = self.clone();
-        let r = on_blocking_pool(&self.tag, timeout, move || plugin.new_instance_blocking()).await?;
+        let r =
+            on_blocking_pool(&self.tag, timeout, move || plugin.new_instance_blocking()).await?;
         Ok(r)
     }
 
@@ -89,7 +90,6 @@ impl Plugin {
         }
     }
 }
-
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,8 +114,7 @@ fn load_copy(source: &Path, copy: &copies::Copy, generation: u64) -> Result<Plug
         path: source.to_owned(),
         reason,
     })?;
-    let header =
-        lib_header_from_path(&copy.load_path).map_err(|e| map_library_error(source, e))?;
+    let header = lib_header_from_path(&copy.load_path).map_err(|e| map_library_error(source, e))?;
     let module = header
         .init_root_module::<PluginModule_Ref>()
         .map_err(|e| map_library_error(source, e))?;

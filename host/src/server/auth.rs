@@ -26,7 +26,11 @@ pub enum Credentials {
 }
 
 impl Auth {
-    pub fn new(tokens: Vec<String>, allowed_origins: Vec<String>, allowed_hosts: Vec<String>) -> Auth {
+    pub fn new(
+        tokens: Vec<String>,
+        allowed_origins: Vec<String>,
+        allowed_hosts: Vec<String>,
+    ) -> Auth {
         Auth {
             tokens,
             allowed_origins,
@@ -85,7 +89,10 @@ impl Auth {
         };
         let name = hostname(host);
         is_local(name)
-            || name.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok()
+            || name
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok()
             || self
                 .allowed_hosts
                 .iter()
@@ -108,7 +115,9 @@ impl Auth {
 /// The host part of `host[:port]` (IPv6 literals keep their brackets).
 fn hostname(authority: &str) -> &str {
     if authority.starts_with('[') {
-        return authority.split_once(']').map_or(authority, |(h, _)| &authority[..h.len() + 1]);
+        return authority
+            .split_once(']')
+            .map_or(authority, |(h, _)| &authority[..h.len() + 1]);
     }
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
@@ -120,7 +129,11 @@ fn is_local(host: &str) -> bool {
 /// `authority` without `:80` for http or `:443` for https, lower-cased.
 fn without_default_port(scheme: &str, authority: &str) -> String {
     let a = authority.to_ascii_lowercase();
-    let default = if scheme == "https" || scheme == "wss" { ":443" } else { ":80" };
+    let default = if scheme == "https" || scheme == "wss" {
+        ":443"
+    } else {
+        ":80"
+    };
     a.strip_suffix(default).map(str::to_owned).unwrap_or(a)
 }
 
@@ -190,7 +203,11 @@ mod tests {
 
     #[test]
     fn tokens_and_origins() {
-        let a = super::Auth::new(vec!["s3cret".into()], vec!["https://ok.example".into()], vec![]);
+        let a = super::Auth::new(
+            vec!["s3cret".into()],
+            vec!["https://ok.example".into()],
+            vec![],
+        );
         assert!(a.accepts("s3cret") && !a.accepts("s3cre") && !a.accepts("s3cret!"));
         let h = Some("agent.example");
         assert!(a.origin_allowed(None, h) && a.origin_allowed(Some("https://ok.example"), h));
@@ -215,7 +232,13 @@ mod tests {
     #[test]
     fn hosts_are_ips_localhost_or_configured() {
         let a = super::Auth::new(vec![], vec![], vec!["agent.example".into()]);
-        for ok in ["127.0.0.1:8080", "localhost", "[::1]:80", "10.1.2.3", "Agent.example:8000"] {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "[::1]:80",
+            "10.1.2.3",
+            "Agent.example:8000",
+        ] {
             assert!(a.host_allowed(Some(ok)), "{ok}");
         }
         assert!(!a.host_allowed(Some("evil.example:8080")));

@@ -95,9 +95,17 @@ pub async fn serve(
     // What the client and the log know the connection by (the number is internal).
     let cid = uuid::Uuid::new_v4(); // 16 bytes, formatted only when written
     let span = tracing::debug_span!("conn", connection_id = %cid);
-    serve_loop(ws, &deps, &mut attached.client, &out, credentials, gate, cid)
-        .instrument(span)
-        .await;
+    serve_loop(
+        ws,
+        &deps,
+        &mut attached.client,
+        &out,
+        credentials,
+        gate,
+        cid,
+    )
+    .instrument(span)
+    .await;
 }
 
 /// A connection's hold on the registry and its sessions, let go however the connection task
@@ -146,7 +154,10 @@ async fn serve_loop(
         max_message_bytes: deps.config.max_message_bytes,
     };
     drop(plugin);
-    if within(limit, sink.send(Message::Text(hello.frame()))).await.is_err() {
+    if within(limit, sink.send(Message::Text(hello.frame())))
+        .await
+        .is_err()
+    {
         return;
     }
     // A client that has not authenticated within this is closed (1008), pings or not.
@@ -264,7 +275,10 @@ async fn serve_loop(
 
 /// Writes up to 64 queued frames and flushes, then yields (so one busy connection does not
 /// starve the others on this worker); wakes itself again if more are queued.
-async fn write_batch(sink: &mut Sink, out: &Outbox) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn write_batch(
+    sink: &mut Sink,
+    out: &Outbox,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let mut n = 0;
     while n < 64 {
         let Some(t) = out.pop() else { break };
@@ -304,8 +318,16 @@ async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: 
     }
     if text.len() > max {
         deps.metrics.client_errors.inc();
-        client.conn.send_about(None, &ServerEvent::error(ErrorCode::MessageTooLarge,
-            format!("Message too large: {} bytes; the limit is {max} bytes", text.len())));
+        client.conn.send_about(
+            None,
+            &ServerEvent::error(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "Message too large: {} bytes; the limit is {max} bytes",
+                    text.len()
+                ),
+            ),
+        );
         return Flow::Continue;
     }
     let prefix = deps

@@ -130,7 +130,9 @@ fn header_shape(h: &[u8]) -> (Option<u64>, usize) {
     let need = 2 + ext + if masked { 4 } else { 0 };
     let len = match len7 {
         Some(n) => Some(n),
-        None if h.len() >= 2 + ext => Some(h[2..2 + ext].iter().fold(0u64, |a, b| a << 8 | *b as u64)),
+        None if h.len() >= 2 + ext => {
+            Some(h[2..2 + ext].iter().fold(0u64, |a, b| a << 8 | *b as u64))
+        }
         None => None,
     };
     (len, need)
@@ -162,7 +164,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

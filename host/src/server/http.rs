@@ -104,7 +104,10 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
 }
 
 fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> Response<Body> {
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
     if !gw.deps.auth.host_allowed(host) {
         // A page whose own name resolves here (DNS rebinding), or a name nobody configured.
         gw.deps.metrics.connections_refused.inc();
@@ -127,7 +130,11 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
         }
         (&Method::GET, "/health") => health(gw),
         (&Method::GET, "/metrics") if !metrics_allowed(&req, &gw.deps.config) => {
-            let mut r = text(StatusCode::UNAUTHORIZED, "text/plain", "metrics need a token\n".into());
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "metrics need a token\n".into(),
+            );
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             r
@@ -188,7 +195,11 @@ fn health(gw: &Gateway) -> Response<Body> {
         "uptime_seconds": gw.started.elapsed().as_secs(),
         "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation},
     });
-    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     text(status, "application/json", body.to_string())
 }
 
@@ -206,8 +217,15 @@ fn upgrade(
         );
     }
     let cfg = &deps.config;
-    let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if !deps.auth.origin_allowed(header(header::ORIGIN), header(header::HOST)) {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if !deps
+        .auth
+        .origin_allowed(header(header::ORIGIN), header(header::HOST))
+    {
         deps.metrics.connections_refused.inc();
         return text(
             StatusCode::FORBIDDEN,
@@ -357,11 +375,23 @@ mod tests {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         let proxy = [ip("10.0.0.1")];
         // Not from the proxy: the header is ignored.
-        assert_eq!(client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &proxy), ip("1.2.3.4"));
+        assert_eq!(
+            client_ip(ip("1.2.3.4"), Some("9.9.9.9"), &proxy),
+            ip("1.2.3.4")
+        );
         // From the proxy: the right-most untrusted entry, not the client-chosen left part.
-        assert_eq!(client_ip(ip("10.0.0.1"), Some("6.6.6.6, 5.5.5.5"), &proxy), ip("5.5.5.5"));
-        assert_eq!(client_ip(ip("10.0.0.1"), Some("5.5.5.5, 10.0.0.1"), &proxy), ip("5.5.5.5"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("6.6.6.6, 5.5.5.5"), &proxy),
+            ip("5.5.5.5")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("5.5.5.5, 10.0.0.1"), &proxy),
+            ip("5.5.5.5")
+        );
         assert_eq!(client_ip(ip("10.0.0.1"), None, &proxy), ip("10.0.0.1"));
-        assert_eq!(client_ip(ip("10.0.0.1"), Some("junk"), &proxy), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some("junk"), &proxy),
+            ip("10.0.0.1")
+        );
     }
 }

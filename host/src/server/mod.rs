@@ -34,7 +34,11 @@ use lifecycle::Lifecycle;
 use session::Sessions;
 
 /// Builds the gateway's parts for `runtime`: sessions in memory, the connection registry.
-pub fn gateway(config: ServerConfig, sessions: SessionConfig, runtime: Arc<AgentRuntime>) -> Arc<Gateway> {
+pub fn gateway(
+    config: ServerConfig,
+    sessions: SessionConfig,
+    runtime: Arc<AgentRuntime>,
+) -> Arc<Gateway> {
     let metrics = runtime.metrics.clone();
     let lifecycle = Arc::new(Lifecycle::default());
     let auth = Arc::new(Auth::new(

@@ -114,7 +114,9 @@ impl Tool for QueryDatabase {
                     Some(t) if t.is_zero() => "it ran past the tool's time limit",
                     _ => "the call was cancelled",
                 };
-                ToolResult::error(format!("query stopped: {why}; make the query cheaper (add a WHERE or LIMIT)"))
+                ToolResult::error(format!(
+                    "query stopped: {why}; make the query cheaper (add a WHERE or LIMIT)"
+                ))
             } else {
                 ToolResult::error(format!("SQL error: {e}"))
             }
@@ -262,12 +264,14 @@ impl Tool for SendEmail {
         let tmp = maildir.join("tmp").join(&name);
         let write = || -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
             f.write_all(message.as_bytes())?;
             std::fs::rename(&tmp, maildir.join("new").join(&name))
         };
-        if let Err(e) = write()
-        {
+        if let Err(e) = write() {
             return ToolResult::error(format!("delivery failed: {e}"));
         }
         ToolResult::ok(format!("Email to {to} delivered (message {name})"))
@@ -345,16 +349,28 @@ mod tests {
             ("a@b.example\rBcc: x@evil.example", "Hi"),
             ("a@b.example", "tab\tinside"),
         ] {
-            let r = agent.call_tool("send_email", json!({"to": to, "subject": subject, "body": "x"}));
+            let r = agent.call_tool(
+                "send_email",
+                json!({"to": to, "subject": subject, "body": "x"}),
+            );
             assert!(r.is_error(), "{subject:?} was accepted");
         }
-        let r = agent.call_tool("send_email", json!({"to": "a@b.example", "subject": "Hi", "body": "x".repeat(3_000_000)}));
+        let r = agent.call_tool(
+            "send_email",
+            json!({"to": "a@b.example", "subject": "Hi", "body": "x".repeat(3_000_000)}),
+        );
         assert!(r.error.unwrap().contains("too long"));
-        assert_eq!(std::fs::read_dir(dir.join("maildir/new")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.join("maildir/new")).unwrap().count(),
+            1
+        );
         // The per-minute limit (one was sent above).
         let mut refused = None;
         for i in 0..MAX_PER_MINUTE {
-            let r = agent.call_tool("send_email", json!({"to": "a@b.example", "subject": "n", "body": "x"}));
+            let r = agent.call_tool(
+                "send_email",
+                json!({"to": "a@b.example", "subject": "n", "body": "x"}),
+            );
             if r.is_error() {
                 refused = Some((i, r.error.unwrap()));
                 break;
@@ -377,7 +393,10 @@ mod tests {
         let ctx = ToolContext::with_timeout(Duration::from_millis(300));
         let r = agent.call_tool_with("query_database", json!({ "query": endless }), &ctx);
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-        assert!(r.error.as_deref().unwrap_or("").contains("time limit"), "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("time limit"),
+            "{r:?}"
+        );
 
         // Cancelled from another thread, as the host does on user cancel.
         let ctx = ToolContext::detached();
@@ -387,7 +406,10 @@ mod tests {
             c2.cancel();
         });
         let r = agent.call_tool_with("query_database", json!({ "query": endless }), &ctx);
-        assert!(r.error.as_deref().unwrap_or("").contains("cancelled"), "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("cancelled"),
+            "{r:?}"
+        );
 
         let big = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 50) SELECT x, printf('%.5000c', 'y') AS pad FROM c";
         let r = agent.call_tool("query_database", json!({ "query": big }));

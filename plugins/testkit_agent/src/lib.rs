@@ -120,7 +120,9 @@ pub fn testkit() -> Agent {
             }
             if event["event"] == "testkit.big" {
                 let bytes = event["data"]["bytes"].as_u64().unwrap_or(1024) as usize;
-                return Ok(vec![json!({"event": "testkit.big", "blob": "b".repeat(bytes)})]);
+                return Ok(vec![
+                    json!({"event": "testkit.big", "blob": "b".repeat(bytes)}),
+                ]);
             }
             Ok(vec![json!({
                 "event": "testkit.pong",

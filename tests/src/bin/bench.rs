@@ -22,7 +22,11 @@ async fn tool_overhead() {
     let p = std::sync::Arc::new(
         plugin::load(&plugin_lib("testkit_agent"), &copies, 1).expect("load testkit plugin"),
     );
-    let inst = p.instantiate(Duration::from_secs(5)).await.unwrap().unwrap();
+    let inst = p
+        .instantiate(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
     let n = 200_000;
     for _ in 0..1000 {
         inst.call_tool_blocking("echo", r#"{"text":"x"}"#);
@@ -46,7 +50,12 @@ async fn tool_overhead() {
     let t0 = Instant::now();
     for _ in 0..n2 {
         let r = inst
-            .call_tool("echo", serde_json::json!({"text": "x"}), Duration::from_secs(5), &metrics)
+            .call_tool(
+                "echo",
+                serde_json::json!({"text": "x"}),
+                Duration::from_secs(5),
+                &metrics,
+            )
             .await
             .unwrap();
         assert_eq!(r.output.as_deref(), Some("x"));

@@ -53,12 +53,16 @@ struct Step {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
         println!("Serving on ws://{}", listener.local_addr()?);
         let model = Arc::new(Model {
-            http: reqwest::Client::builder().pool_max_idle_per_host(128).build()?,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(128)
+                .build()?,
             url: format!("{}/chat/completions", args.base_url.trim_end_matches('/')),
         });
         loop {
@@ -85,7 +89,10 @@ async fn serve(mut stream: TcpStream, model: Arc<Model>) {
             rss(),
             CONNECTIONS.load(Ordering::Relaxed)
         );
-        let resp = format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         // Take the request off the socket first (closing with unread bytes resets it).
         let mut sink = vec![0u8; n];
         let _ = stream.read_exact(&mut sink).await;
@@ -117,7 +124,9 @@ async fn serve(mut stream: TcpStream, model: Arc<Model>) {
     let _ = tx.send(vec![hello.to_string()]);
     while let Some(Ok(msg)) = source.next().await {
         let Message::Text(text) = msg else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+            continue;
+        };
         match v["event"].as_str() {
             Some("user.create_session") => {
                 let id = format!("floor-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
@@ -138,7 +147,12 @@ async fn serve(mut stream: TcpStream, model: Arc<Model>) {
 }
 
 /// Streams one answer from the model to the client: a frame per token, a batch per read.
-async fn relay(model: Arc<Model>, tx: mpsc::UnboundedSender<Vec<String>>, session: String, content: String) {
+async fn relay(
+    model: Arc<Model>,
+    tx: mpsc::UnboundedSender<Vec<String>>,
+    session: String,
+    content: String,
+) {
     let body = json!({"model": "floor", "stream": true, "messages": [{"role": "user", "content": content}]});
     let mut seq = 1u64;
     let mut answer = String::new();
@@ -153,15 +167,21 @@ async fn relay(model: Arc<Model>, tx: mpsc::UnboundedSender<Vec<String>>, sessio
                     continue;
                 }
                 let data = std::mem::take(&mut line);
-                let Some(data) = data.strip_prefix(b"data: ") else { continue };
+                let Some(data) = data.strip_prefix(b"data: ") else {
+                    continue;
+                };
                 if data == b"[DONE]" {
                     if !batch.is_empty() {
                         let _ = tx.send(std::mem::take(&mut batch));
                     }
                     break 'read;
                 }
-                let Ok(v) = serde_json::from_slice::<Value>(data) else { continue };
-                let Some(text) = v["choices"][0]["delta"]["content"].as_str() else { continue };
+                let Ok(v) = serde_json::from_slice::<Value>(data) else {
+                    continue;
+                };
+                let Some(text) = v["choices"][0]["delta"]["content"].as_str() else {
+                    continue;
+                };
                 if text.is_empty() {
                     continue;
                 }

@@ -176,9 +176,15 @@ pub enum ServerEvent {
     #[serde(rename = "agent.session_closed")]
     SessionClosed,
     #[serde(rename = "agent.thinking")]
-    Thinking { content: String, metadata: ThinkingMeta },
+    Thinking {
+        content: String,
+        metadata: ThinkingMeta,
+    },
     #[serde(rename = "agent.partial_answer")]
-    PartialAnswer { content: String, metadata: AnswerMeta },
+    PartialAnswer {
+        content: String,
+        metadata: AnswerMeta,
+    },
     #[serde(rename = "agent.tool_call")]
     ToolCall {
         step_id: String,
@@ -192,7 +198,10 @@ pub enum ServerEvent {
         metadata: ToolResultMeta,
     },
     #[serde(rename = "agent.final_answer")]
-    FinalAnswer { content: String, metadata: FinalMeta },
+    FinalAnswer {
+        content: String,
+        metadata: FinalMeta,
+    },
     #[serde(rename = "agent.error")]
     Error { error: String, code: ErrorCode },
     #[serde(rename = "agent.interrupted")]
@@ -333,13 +342,25 @@ mod tests {
     fn every_event_and_error_code_is_documented_and_named_as_it_serializes() {
         let doc = include_str!("../../../../docs/protocol.md");
         // Each event has a row in the "Server → client" table.
-        let table = doc.split("## Server → client").nth(1).unwrap().split("\n## ").next().unwrap();
+        let table = doc
+            .split("## Server → client")
+            .nth(1)
+            .unwrap()
+            .split("\n## ")
+            .next()
+            .unwrap();
         for name in ServerEvent::NAMES {
             let row = format!("\n| `{name}` |");
-            assert!(table.contains(&row), "docs/protocol.md's server table has no row for `{name}`");
+            assert!(
+                table.contains(&row),
+                "docs/protocol.md's server table has no row for `{name}`"
+            );
         }
         for code in ErrorCode::ALL {
-            assert!(doc.contains(&format!("`{code}`")), "docs/protocol.md does not document error code `{code}`");
+            assert!(
+                doc.contains(&format!("`{code}`")),
+                "docs/protocol.md does not document error code `{code}`"
+            );
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, code.as_str());
         }
@@ -347,19 +368,29 @@ mod tests {
             ServerEvent::SessionClosed,
             ServerEvent::Ready,
             ServerEvent::error(ErrorCode::RunFailed, "x"),
-            ServerEvent::AuthError { error: "Invalid token".into() },
+            ServerEvent::AuthError {
+                error: "Invalid token".into(),
+            },
         ];
         for e in samples {
             let v: Value = serde_json::from_str(e.frame().as_str()).unwrap();
             assert_eq!(v["event"], e.name());
             let ts = v["timestamp"].as_str().unwrap();
-            assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+            assert!(
+                ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+                "{ts}"
+            );
         }
         let v: Value =
             serde_json::from_str(ServerEvent::Ready.frame_in_session("s1", 7).as_str()).unwrap();
-        assert_eq!((v["session_id"].as_str(), v["seq"].as_u64()), (Some("s1"), Some(7)));
+        assert_eq!(
+            (v["session_id"].as_str(), v["seq"].as_u64()),
+            (Some("s1"), Some(7))
+        );
         let v: Value = serde_json::from_str(
-            ServerEvent::error(ErrorCode::InvalidJson, "bad").frame_about(None).as_str(),
+            ServerEvent::error(ErrorCode::InvalidJson, "bad")
+                .frame_about(None)
+                .as_str(),
         )
         .unwrap();
         assert!(v["session_id"].is_null() && v.as_object().unwrap().contains_key("session_id"));
@@ -381,16 +412,41 @@ mod tests {
         }
         let events = [
             ServerEvent::Ready,
-            ServerEvent::PartialAnswer { content: "a \"quoted\" \\ piece\n".into(), metadata: AnswerMeta { step: 2, reset: false } },
+            ServerEvent::PartialAnswer {
+                content: "a \"quoted\" \\ piece\n".into(),
+                metadata: AnswerMeta {
+                    step: 2,
+                    reset: false,
+                },
+            },
             ServerEvent::error(ErrorCode::InvalidJson, "bad"),
-            ServerEvent::SessionCreated { resume_token: "t".into(), agent: AgentInfo { name: "n".into(), version: "1".into(), generation: None, tools: Some(vec!["x".into()]) }, agent_config: None },
+            ServerEvent::SessionCreated {
+                resume_token: "t".into(),
+                agent: AgentInfo {
+                    name: "n".into(),
+                    version: "1".into(),
+                    generation: None,
+                    tools: Some(vec!["x".into()]),
+                },
+                agent_config: None,
+            },
         ];
         for e in &events {
-            for (sid, seq) in [(None, None), (Some(None), None), (Some(Some("s-1")), Some(7))] {
+            for (sid, seq) in [
+                (None, None),
+                (Some(None), None),
+                (Some(Some("s-1")), Some(7)),
+            ] {
                 let ours = e.encode(sid, seq);
                 let v: Value = serde_json::from_str(ours.as_str()).unwrap();
                 let ts = v["timestamp"].as_str().unwrap().to_owned();
-                let theirs = serde_json::to_string(&Frame { event: e, session_id: sid, seq, timestamp: &ts }).unwrap();
+                let theirs = serde_json::to_string(&Frame {
+                    event: e,
+                    session_id: sid,
+                    seq,
+                    timestamp: &ts,
+                })
+                .unwrap();
                 assert_eq!(ours.as_str(), theirs);
             }
         }

@@ -20,7 +20,9 @@ pub use event::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     /// `agent_config`: the session's own settings, checked against the plugin's limits.
-    CreateSession { agent_config: Option<Map<String, Value>> },
+    CreateSession {
+        agent_config: Option<Map<String, Value>>,
+    },
     Message {
         session_id: String,
         /// Text, or OpenAI content parts (text and images).
@@ -105,7 +107,12 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
                 "Field `event` must be a string",
             ))
         }
-        None => return Err(ProtocolError::new(ErrorCode::MissingEvent, "Missing field `event`")),
+        None => {
+            return Err(ProtocolError::new(
+                ErrorCode::MissingEvent,
+                "Missing field `event`",
+            ))
+        }
     };
     let session_id = obj
         .get("session_id")
@@ -200,7 +207,9 @@ fn content(obj: &Map<String, Value>) -> Result<Content, ProtocolError> {
         _ => return required_str(obj, "user.message", "content").map(Content::Text),
     };
     if parts.is_empty() || parts.len() > MAX_CONTENT_PARTS {
-        return Err(invalid(format!("Field `content` must have 1 to {MAX_CONTENT_PARTS} parts")));
+        return Err(invalid(format!(
+            "Field `content` must have 1 to {MAX_CONTENT_PARTS} parts"
+        )));
     }
     for (i, part) in parts.iter().enumerate() {
         match part.get("type").and_then(Value::as_str) {
@@ -267,7 +276,10 @@ mod tests {
     #[test]
     fn parses_the_documents_messages() {
         let p = parse(r#"{"event":"user.create_session","timestamp":1}"#, None).unwrap();
-        assert_eq!(p.message, ClientMessage::CreateSession { agent_config: None });
+        assert_eq!(
+            p.message,
+            ClientMessage::CreateSession { agent_config: None }
+        );
         let p = parse(
             r#"{"event":"user.message","session_id":"s","content":"hi","timestamp":1}"#,
             None,
@@ -287,14 +299,28 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(matches!(p.message, ClientMessage::Message { on_busy: Some(OnBusy::Enqueue), .. }));
-        let e = parse(r#"{"event":"user.message","session_id":"s","content":"hi","on_busy":"later"}"#, None)
-            .err()
-            .unwrap();
-        assert_eq!((e.code, e.session_id.as_deref()), (ErrorCode::InvalidField, Some("s")));
+        assert!(matches!(
+            p.message,
+            ClientMessage::Message {
+                on_busy: Some(OnBusy::Enqueue),
+                ..
+            }
+        ));
+        let e = parse(
+            r#"{"event":"user.message","session_id":"s","content":"hi","on_busy":"later"}"#,
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            (e.code, e.session_id.as_deref()),
+            (ErrorCode::InvalidField, Some("s"))
+        );
         // Content parts: text and images by data URL or web URL; anything else is refused.
         let ok = r#"{"event":"user.message","session_id":"s","content":[{"type":"text","text":"What is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"low"}},{"type":"image_url","image_url":{"url":"https://example.com/a.jpg"}}]}"#;
-        assert!(matches!(parse(ok, None).unwrap().message, ClientMessage::Message { content: Content::Parts(p), .. } if p.len() == 3));
+        assert!(
+            matches!(parse(ok, None).unwrap().message, ClientMessage::Message { content: Content::Parts(p), .. } if p.len() == 3)
+        );
         for bad in [
             r#"[]"#,
             r#"[{"type":"audio","data":"x"}]"#,
@@ -305,7 +331,9 @@ mod tests {
             r#"[{"type":"image_url","image_url":{"url":"https://x/y","detail":"max"}}]"#,
         ] {
             let text = format!(r#"{{"event":"user.message","session_id":"s","content":{bad}}}"#);
-            let e = parse(&text, None).err().unwrap_or_else(|| panic!("accepted {bad}"));
+            let e = parse(&text, None)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {bad}"));
             assert_eq!(e.code, ErrorCode::InvalidField, "{bad}: {}", e.message);
         }
         let p = parse(r#"{"event":"user.cancel","session_id":"s"}"#, None).unwrap();
@@ -319,9 +347,18 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_problem() {
-        assert_eq!(parse("{nope", None).err().unwrap().code, ErrorCode::InvalidJson);
-        assert_eq!(parse("[1]", None).err().unwrap().code, ErrorCode::InvalidMessage);
-        assert_eq!(parse("{}", None).err().unwrap().code, ErrorCode::MissingEvent);
+        assert_eq!(
+            parse("{nope", None).err().unwrap().code,
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(
+            parse("[1]", None).err().unwrap().code,
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            parse("{}", None).err().unwrap().code,
+            ErrorCode::MissingEvent
+        );
         let e = parse(r#"{"event":"user.dance"}"#, None).err().unwrap();
         assert_eq!(e.code, ErrorCode::UnknownEvent);
         assert!(e.message.contains("user.dance"));

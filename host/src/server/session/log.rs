@@ -78,7 +78,10 @@ struct Inner {
 impl Drop for Session {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        self.budget.metrics.replay_bytes.sub(inner.replay_bytes as u64);
+        self.budget
+            .metrics
+            .replay_bytes
+            .sub(inner.replay_bytes as u64);
     }
 }
 
@@ -145,14 +148,28 @@ impl Session {
     /// Numbers `event`, keeps it for replay and sends it to the owning connection, if any.
     pub fn emit(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
-        self.emit_locked(&mut inner, event.name(), |seq| event.frame_in_session(&self.id, seq), metrics);
+        self.emit_locked(
+            &mut inner,
+            event.name(),
+            |seq| event.frame_in_session(&self.id, seq),
+            metrics,
+        );
     }
 
     /// [`Session::emit`] for a plugin's own custom event (a JSON object with `event`).
     pub fn emit_custom(&self, event: Map<String, Value>, metrics: &Metrics) {
         let mut inner = self.lock();
-        let name = event.get("event").and_then(Value::as_str).unwrap_or("").to_owned();
-        self.emit_locked(&mut inner, &name, |seq| custom_frame(event, &self.id, seq), metrics);
+        let name = event
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        self.emit_locked(
+            &mut inner,
+            &name,
+            |seq| custom_frame(event, &self.id, seq),
+            metrics,
+        );
     }
 
     /// Ends the run: emits `event` (final answer, error or interruption) and `agent.ready`, and
@@ -160,10 +177,19 @@ impl Session {
     /// is not told the agent is still running. The one way every run ends. When a message is
     /// queued, the session stays running instead (no `agent.ready`) and the next run's input
     /// and cancel token are returned.
-    pub fn finish_run(&self, event: &ServerEvent, metrics: &Metrics) -> Option<(Content, CancellationToken)> {
+    pub fn finish_run(
+        &self,
+        event: &ServerEvent,
+        metrics: &Metrics,
+    ) -> Option<(Content, CancellationToken)> {
         let mut inner = self.lock();
         inner.running = None;
-        self.emit_locked(&mut inner, event.name(), |seq| event.frame_in_session(&self.id, seq), metrics);
+        self.emit_locked(
+            &mut inner,
+            event.name(),
+            |seq| event.frame_in_session(&self.id, seq),
+            metrics,
+        );
         if let Some(next) = inner.queue.pop_front() {
             inner.queue_bytes -= next.size();
             let token = CancellationToken::new();
@@ -233,7 +259,9 @@ impl Session {
         match on_busy {
             OnBusy::Reject => return Admit::Busy,
             OnBusy::Enqueue => {
-                if inner.queue.len() >= MAX_QUEUED || inner.queue_bytes + content.size() > MAX_QUEUED_BYTES {
+                if inner.queue.len() >= MAX_QUEUED
+                    || inner.queue_bytes + content.size() > MAX_QUEUED_BYTES
+                {
                     return Admit::QueueFull;
                 }
             }
@@ -247,7 +275,12 @@ impl Session {
         inner.queue.push_back(content);
         let position = inner.queue.len();
         let queued = ServerEvent::MessageQueued { position };
-        self.emit_locked(&mut inner, queued.name(), |seq| queued.frame_in_session(&self.id, seq), metrics);
+        self.emit_locked(
+            &mut inner,
+            queued.name(),
+            |seq| queued.frame_in_session(&self.id, seq),
+            metrics,
+        );
         Admit::Queued
     }
 

@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-pub use log::{Admit, AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED, MAX_QUEUED_BYTES};
+pub use log::{
+    Admit, AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED,
+    MAX_QUEUED_BYTES,
+};
 pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
 
 use super::auth::constant_time_eq;
@@ -102,7 +105,9 @@ impl Sessions {
     /// Acts on one client message.
     pub async fn handle(self: &Arc<Self>, client: &mut Client, msg: ClientMessage) {
         match msg {
-            ClientMessage::CreateSession { agent_config } => self.create(client, agent_config).await,
+            ClientMessage::CreateSession { agent_config } => {
+                self.create(client, agent_config).await
+            }
             ClientMessage::Message {
                 session_id,
                 content,
@@ -237,7 +242,11 @@ impl Sessions {
         client.error(session_id, ErrorCode::TooManySessions, &why.to_string());
     }
 
-    async fn create(&self, client: &mut Client, agent_config: Option<serde_json::Map<String, serde_json::Value>>) {
+    async fn create(
+        &self,
+        client: &mut Client,
+        agent_config: Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
         let per_conn = self.config.max_sessions_per_connection;
         if self.owned_count(client) >= per_conn {
             return self.refuse(client, None, SessionRefusal::Connection(per_conn));
@@ -247,11 +256,12 @@ impl Sessions {
             return self.refuse(client, None, why);
         }
         let plugin = self.runtime.plugin.current();
-        let settings = match agent_config.map(|c| SessionSettings::from_request(&c, &plugin.manifest)) {
-            None => SessionSettings::default(),
-            Some(Ok(s)) => s,
-            Some(Err(why)) => return client.error(None, ErrorCode::InvalidField, &why),
-        };
+        let settings =
+            match agent_config.map(|c| SessionSettings::from_request(&c, &plugin.manifest)) {
+                None => SessionSettings::default(),
+                Some(Ok(s)) => s,
+                Some(Err(why)) => return client.error(None, ErrorCode::InvalidField, &why),
+            };
         let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
         let instance = match plugin.instantiate(timeout).await {
             Ok(Ok(i)) => i,
@@ -307,7 +317,13 @@ impl Sessions {
         );
     }
 
-    fn message(&self, client: &Client, session_id: &str, content: crate::llm::Content, on_busy: Option<OnBusy>) {
+    fn message(
+        &self,
+        client: &Client,
+        session_id: &str,
+        content: crate::llm::Content,
+        on_busy: Option<OnBusy>,
+    ) {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };
@@ -336,7 +352,11 @@ impl Sessions {
         let session = match self.store.get(session_id) {
             Some(s) if constant_time_eq(&s.resume_token, token) => s,
             _ => {
-                client.error(Some(session_id), ErrorCode::SessionNotFound, "Session not found");
+                client.error(
+                    Some(session_id),
+                    ErrorCode::SessionNotFound,
+                    "Session not found",
+                );
                 return;
             }
         };
@@ -345,7 +365,11 @@ impl Sessions {
         // and forth could each hold any number).
         let per_conn = self.config.max_sessions_per_connection;
         if !session.owned_by(client.conn.id) && self.owned_count(client) >= per_conn {
-            return self.refuse(client, Some(session_id), SessionRefusal::Connection(per_conn));
+            return self.refuse(
+                client,
+                Some(session_id),
+                SessionRefusal::Connection(per_conn),
+            );
         }
         client.sessions.insert(session_id.to_owned());
         let outcome = session.resume(client.conn.clone(), last_seq, &self.runtime.metrics);

@@ -7,7 +7,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::agent::AgentRuntime;
 use crate::plugin::reload::ReloadNotice;
 use crate::server::connections::Connections;
-use crate::server::protocol::{AgentInfo, Serving, ServerEvent};
+use crate::server::protocol::{AgentInfo, ServerEvent, Serving};
 
 /// Forwards reload notices to every connection until the plugin slot closes.
 pub async fn forward_reload_notices(runtime: Arc<AgentRuntime>, connections: Arc<Connections>) {

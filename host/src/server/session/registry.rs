@@ -31,9 +31,17 @@ pub enum SessionRefusal {
 impl std::fmt::Display for SessionRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SessionRefusal::Server(n) => write!(f, "Too many sessions on this server (limit {n}); close a session or try again later"),
-            SessionRefusal::Address(n) => write!(f, "Too many sessions from your address (limit {n}); close a session first"),
-            SessionRefusal::Connection(n) => write!(f, "Too many sessions on this connection (limit {n})"),
+            SessionRefusal::Server(n) => write!(
+                f,
+                "Too many sessions on this server (limit {n}); close a session or try again later"
+            ),
+            SessionRefusal::Address(n) => write!(
+                f,
+                "Too many sessions from your address (limit {n}); close a session first"
+            ),
+            SessionRefusal::Connection(n) => {
+                write!(f, "Too many sessions on this connection (limit {n})")
+            }
         }
     }
 }

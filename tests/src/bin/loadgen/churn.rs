@@ -7,8 +7,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::*;
 use crate::client::*;
+use crate::*;
 
 pub(crate) async fn churn_one(url: &str) -> Result<()> {
     let mut ws = connect(url).await?;
@@ -49,7 +49,11 @@ pub(crate) async fn churn_one(url: &str) -> Result<()> {
     bail!("connection closed mid-conversation")
 }
 
-pub(crate) async fn churn_batch(url: &str, n: usize, concurrency: usize) -> (usize, usize, Option<String>) {
+pub(crate) async fn churn_batch(
+    url: &str,
+    n: usize,
+    concurrency: usize,
+) -> (usize, usize, Option<String>) {
     let results: Vec<Result<()>> = futures_util::stream::iter(0..n)
         .map(|_| async move {
             tokio::time::timeout(Duration::from_secs(30), churn_one(url))

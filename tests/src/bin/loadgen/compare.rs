@@ -80,8 +80,15 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
             fp = f;
         }
     }
-    let ratio = if floor_eps > 0.0 { host_eps / floor_eps } else { 0.0 };
-    println!("\ncompare: {} sessions × {} chunks unpaced, best of {} rounds", a.sessions, a.tokens, a.rounds);
+    let ratio = if floor_eps > 0.0 {
+        host_eps / floor_eps
+    } else {
+        0.0
+    };
+    println!(
+        "\ncompare: {} sessions × {} chunks unpaced, best of {} rounds",
+        a.sessions, a.tokens, a.rounds
+    );
     println!("  host  {host_eps:>9.0} events/s");
     println!("  floor {floor_eps:>9.0} events/s");
     println!("  host / floor = {ratio:.2}  (target ≥ 0.85)");

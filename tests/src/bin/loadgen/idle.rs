@@ -6,8 +6,8 @@ use anyhow::Result;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::*;
 use crate::client::*;
+use crate::*;
 
 pub(crate) async fn idle(a: &IdleArgs) -> Result<Value> {
     let url = a.target.url.clone();

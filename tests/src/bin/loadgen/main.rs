@@ -177,7 +177,6 @@ struct SuiteArgs {
     short: bool,
 }
 
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();

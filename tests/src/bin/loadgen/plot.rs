@@ -1,8 +1,5 @@
 //! A small SVG line chart for `sweep`.
 
-
-
-
 /// A small line chart: latency percentiles (ms) against concurrent streaming sessions.
 /// (sessions, p50, p99, p99.9)
 pub(crate) type Point = (usize, f64, f64, f64);

@@ -9,12 +9,12 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::*;
-use crate::client::*;
-use crate::stream::*;
 use crate::churn::*;
-use crate::suite::*;
+use crate::client::*;
 use crate::plot::*;
+use crate::stream::*;
+use crate::suite::*;
+use crate::*;
 
 pub(crate) async fn soak_streamer(
     url: String,

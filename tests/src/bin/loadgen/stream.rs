@@ -12,8 +12,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::*;
 use crate::client::*;
+use crate::*;
 
 #[derive(Default)]
 pub(crate) struct StreamStats {
@@ -193,7 +193,12 @@ pub(crate) async fn stream(a: &StreamArgs) -> Result<Value> {
 
 /// Runs the stream scenario; with `blockers > 0`, that many extra sessions loop on a blocking
 /// tool call (`call:sleep`) during it.
-pub(crate) async fn stream_run(a: &StreamArgs, label: &str, blockers: usize, block_ms: u64) -> Result<Value> {
+pub(crate) async fn stream_run(
+    a: &StreamArgs,
+    label: &str,
+    blockers: usize,
+    block_ms: u64,
+) -> Result<Value> {
     let per = a.sessions_per_connection.max(1);
     let conns = a.sessions.div_ceil(per);
     let content = format!("bench:{}@{}", a.tokens, a.token_ms);

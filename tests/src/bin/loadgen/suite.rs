@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::*;
-use myagent_tests::{FakeLlm, Host};
+use crate::churn::*;
 use crate::idle::*;
 use crate::stream::*;
-use crate::churn::*;
+use crate::*;
+use myagent_tests::{FakeLlm, Host};
 
 /// fake-llm and fresh hosts, from the release binaries beside this executable, started with
 /// the shared test harness (`myagent_tests`): killed and cleaned up on drop.
@@ -32,8 +32,15 @@ impl Stack {
     /// A fresh host serving `lib{plugin}.so`; returns it and its WebSocket URL.
     pub(crate) fn host(&self, plugin: &str, extra: &[&str]) -> Result<(Host, String)> {
         let mut args = vec![
-            "--max-connections", "19500", "--no-watch", "--resume-window", "5",
-            "--llm-first-token-timeout", "60", "--llm-idle-timeout", "60",
+            "--max-connections",
+            "19500",
+            "--no-watch",
+            "--resume-window",
+            "5",
+            "--llm-first-token-timeout",
+            "60",
+            "--llm-idle-timeout",
+            "60",
         ];
         args.extend_from_slice(extra);
         let host = Host::launch(
