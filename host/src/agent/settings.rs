@@ -94,9 +94,11 @@ impl SessionSettings {
                         "`agent_config.temperature` {t} is outside {agent}'s range {lo}..={hi}"
                     ))
                 }
-                None => return Err(format!(
+                None => {
+                    return Err(format!(
                     "`agent_config.temperature`: {agent} does not let sessions set the temperature"
-                )),
+                ))
+                }
             }
         }
         if let Some(n) = self.max_steps {
