@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::stream::{finish_answer, StepStream};
+use super::stream::StepStream;
 use super::{AgentEvent, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Content, ToolCall, ToolSpec};
 use crate::plugin::HostErrorKind;
@@ -42,8 +42,8 @@ struct Plan {
 
 /// What one think step decided.
 enum Thought {
-    /// The model answered without tools (the answer, and what of it was streamed).
-    Answer(String, String),
+    /// The model answered without tools.
+    Answer(String),
     /// The model asked for these tool calls (its text alongside).
     Act(ChatResponse),
     /// The run cannot go on.
@@ -84,14 +84,11 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
     };
     let mut previous: Vec<String> = Vec::new();
     let mut nudge = false;
-    // The answer text streamed in this run (since its last reset).
-    let mut streamed = String::new();
     let outcome = 'run: {
         for step in 1..=plan.max_steps {
             let step_mark = memory.len();
             let resp = match think(ctx, &plan, memory, step, std::mem::take(&mut nudge)).await {
-                Thought::Answer(answer, sent) => {
-                    streamed = sent;
+                Thought::Answer(answer) => {
                     break 'run RunOutcome::Finished {
                         answer,
                         reason: FinishReason::Answer,
@@ -136,8 +133,20 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
             steps: max,
         }
     };
-    if let RunOutcome::Finished { answer, steps, .. } = &outcome {
-        finish_answer(ctx.sink, *steps, &streamed, answer);
+    // An answer from `terminate` or the step limit was never streamed (the step before it
+    // called tools, so its text went out as reasoning): it goes out as one piece.
+    if let RunOutcome::Finished {
+        answer,
+        reason,
+        steps,
+    } = &outcome
+    {
+        if *reason != FinishReason::Answer && !answer.is_empty() {
+            ctx.sink.emit(AgentEvent::Answer {
+                step: *steps,
+                text: answer.clone(),
+            });
+        }
     }
     close_turn(ctx, memory, turn_start, &outcome);
     trace(
@@ -224,11 +233,11 @@ async fn think(
         "prompt_tokens": resp.usage.map(|u| u.prompt_tokens), "completion_tokens": resp.usage.map(|u| u.completion_tokens),
         "tool_calls": resp.tool_calls.iter().map(|c| c.function.name.clone()).collect::<Vec<_>>()}),
     );
-    let sent = stream.finish(!resp.tool_calls.is_empty());
+    stream.finish(&resp.content, !resp.tool_calls.is_empty());
     let text = (!resp.content.is_empty()).then(|| resp.content.clone());
     memory.push(ChatMessage::assistant(text, resp.tool_calls.clone()));
     if resp.tool_calls.is_empty() {
-        Thought::Answer(resp.content, sent)
+        Thought::Answer(resp.content)
     } else {
         Thought::Act(resp)
     }

@@ -13,9 +13,12 @@
 //!   the text is sent again as reasoning.
 //!
 //! Reasoning the model streams separately (`reasoning_content`) always goes out as reasoning.
+//! Only the held start of a message is copied; the message itself is the model's response, so
+//! what is re-sent after a withdrawal comes from there ([`StepStream::finish`]).
 //!
 //! **Architecture Invariant:** the answer fragments a run sends after its last reset add up to
-//! the run's final answer ([`finish_answer`] sends what is missing).
+//! the run's final answer (a run that ends by `terminate` or `max_steps` sends its answer as one
+//! fragment: see `run_agent`).
 
 use super::{AgentEvent, EventSink};
 use crate::llm::Delta;
@@ -26,6 +29,8 @@ enum Mode {
     Holding,
     /// Streaming as the answer.
     Answer,
+    /// Streamed as the answer, then tool calls came: withdrawn; re-sent as reasoning at the end.
+    Withdrawn,
     /// Streaming as reasoning (tool calls follow).
     Reasoning,
 }
@@ -36,8 +41,8 @@ pub(super) struct StepStream<'a> {
     step: u32,
     holdback: usize,
     mode: Mode,
-    /// The message text so far (held, or sent as the answer).
-    text: String,
+    /// The start of the message while it is held (at most `holdback` characters and a delta).
+    held: String,
 }
 
 impl<'a> StepStream<'a> {
@@ -47,56 +52,63 @@ impl<'a> StepStream<'a> {
             step,
             holdback,
             mode: Mode::Holding,
-            text: String::new(),
+            held: String::new(),
         }
     }
 
     pub fn on(&mut self, delta: Delta<'_>) {
-        match delta {
-            Delta::Reasoning(t) => self.reasoning(t.to_owned()),
-            Delta::Text(t) => match self.mode {
-                Mode::Reasoning => self.reasoning(t.to_owned()),
-                Mode::Answer => {
-                    self.text.push_str(t);
-                    self.answer(t.to_owned());
+        match (delta, self.mode) {
+            (Delta::Reasoning(t), _) | (Delta::Text(t), Mode::Reasoning) => {
+                self.reasoning(t.to_owned())
+            }
+            (Delta::Text(t), Mode::Answer) => self.answer(t.to_owned()),
+            (Delta::Text(_), Mode::Withdrawn) => {} // re-sent whole at the end
+            (Delta::Text(t), Mode::Holding) => {
+                self.held.push_str(t);
+                if self.held.chars().count() >= self.holdback {
+                    self.mode = Mode::Answer;
+                    let text = std::mem::take(&mut self.held);
+                    self.answer(text);
                 }
-                Mode::Holding => {
-                    self.text.push_str(t);
-                    if self.text.chars().count() >= self.holdback.max(1) || self.holdback == 0 {
-                        self.mode = Mode::Answer;
-                        self.answer(self.text.clone());
-                    }
-                }
-            },
-            Delta::ToolCalls => self.become_reasoning(),
+            }
+            (Delta::ToolCalls, _) => self.tool_calls_follow(),
         }
     }
 
-    /// The message ended; `tool_calls` says whether it asked for any. Returns the text sent as
-    /// the answer (empty when it was reasoning).
-    pub fn finish(mut self, tool_calls: bool) -> String {
+    /// The message ended: `content` is all of its text, `tool_calls` whether it asked for any.
+    pub fn finish(mut self, content: &str, tool_calls: bool) {
         if tool_calls {
-            self.become_reasoning();
-            return String::new();
+            self.tool_calls_follow();
         }
-        if self.mode == Mode::Holding && !self.text.is_empty() {
-            self.answer(self.text.clone());
+        match self.mode {
+            Mode::Holding if !self.held.is_empty() => {
+                let text = std::mem::take(&mut self.held);
+                self.answer(text);
+            }
+            Mode::Withdrawn if tool_calls => self.reasoning(content.to_owned()),
+            // Text that went out as reasoning or was withdrawn, yet no call came: it is the answer.
+            Mode::Withdrawn | Mode::Reasoning if !tool_calls && !content.is_empty() => {
+                self.answer(content.to_owned())
+            }
+            _ => {}
         }
-        if self.mode == Mode::Reasoning {
-            return String::new();
-        }
-        self.text
     }
 
-    /// Tool calls follow: what was held (or streamed as the answer) is reasoning.
-    fn become_reasoning(&mut self) {
-        let previous = std::mem::replace(&mut self.mode, Mode::Reasoning);
-        if previous == Mode::Answer {
-            self.sink.emit(AgentEvent::AnswerReset { step: self.step });
-        }
-        if previous != Mode::Reasoning && !self.text.is_empty() {
-            let text = std::mem::take(&mut self.text);
-            self.reasoning(text);
+    /// Tool calls follow: what is held is reasoning; what streamed as the answer is withdrawn.
+    fn tool_calls_follow(&mut self) {
+        match self.mode {
+            Mode::Holding => {
+                self.mode = Mode::Reasoning;
+                if !self.held.is_empty() {
+                    let text = std::mem::take(&mut self.held);
+                    self.reasoning(text);
+                }
+            }
+            Mode::Answer => {
+                self.mode = Mode::Withdrawn;
+                self.sink.emit(AgentEvent::AnswerReset { step: self.step });
+            }
+            Mode::Withdrawn | Mode::Reasoning => {}
         }
     }
 
@@ -111,27 +123,6 @@ impl<'a> StepStream<'a> {
         self.sink.emit(AgentEvent::Answer {
             step: self.step,
             text,
-        });
-    }
-}
-
-/// At a run's end: makes the answer fragments sent (`streamed`, since the last reset) add up to
-/// `answer` — the rest of it, or a reset and the whole of it.
-pub(super) fn finish_answer(sink: &dyn EventSink, step: u32, streamed: &str, answer: &str) {
-    if streamed == answer {
-        return;
-    }
-    let rest = match answer.strip_prefix(streamed) {
-        Some(rest) => rest,
-        None => {
-            sink.emit(AgentEvent::AnswerReset { step });
-            answer
-        }
-    };
-    if !rest.is_empty() {
-        sink.emit(AgentEvent::Answer {
-            step,
-            text: rest.to_owned(),
         });
     }
 }
@@ -169,7 +160,7 @@ mod tests {
         assert!(rec.take().is_empty(), "held until known");
         s.on(Delta::ToolCalls);
         s.on(Delta::Text(" More."));
-        assert_eq!(s.finish(true), "");
+        s.finish("Let me look. More.", true);
         assert_eq!(rec.take(), ["R:Let me look.", "R: More."]);
     }
 
@@ -178,14 +169,14 @@ mod tests {
         let rec = Rec::default();
         let mut s = StepStream::new(&rec, 1, 10);
         s.on(Delta::Text("Sunny."));
-        assert_eq!(s.finish(false), "Sunny.");
+        s.finish("Sunny.", false);
         assert_eq!(rec.take(), ["A:Sunny."]);
 
         let mut s = StepStream::new(&rec, 2, 10);
         for t in ["Paris is ", "sunny ", "today."] {
             s.on(Delta::Text(t));
         }
-        assert_eq!(s.finish(false), "Paris is sunny today.");
+        s.finish("Paris is sunny today.", false);
         assert_eq!(rec.take(), ["A:Paris is sunny ", "A:today."]);
     }
 
@@ -197,7 +188,7 @@ mod tests {
         s.on(Delta::Text("I will check "));
         s.on(Delta::Text("the weather."));
         s.on(Delta::ToolCalls);
-        assert_eq!(s.finish(true), "");
+        s.finish("I will check the weather.", true);
         assert_eq!(
             rec.take(),
             [
@@ -212,19 +203,19 @@ mod tests {
         let mut s = StepStream::new(&rec, 1, 0);
         s.on(Delta::Text("a"));
         assert_eq!(rec.take(), ["A:a"]);
-        s.finish(false);
+        s.finish("a", false);
+        assert!(rec.take().is_empty());
     }
 
     #[test]
-    fn the_answer_fragments_always_add_up_to_the_final_answer() {
+    fn text_sent_as_reasoning_without_a_call_after_all_is_the_answer() {
+        // A stream that announced tool calls but delivered none: the answer pieces still add
+        // up to the response.
         let rec = Rec::default();
-        finish_answer(&rec, 1, "Hello", "Hello");
-        assert!(rec.take().is_empty());
-        finish_answer(&rec, 1, "", "Done: sunny");
-        assert_eq!(rec.take(), ["A:Done: sunny"]);
-        finish_answer(&rec, 1, "Hel", "Hello");
-        assert_eq!(rec.take(), ["A:lo"]);
-        finish_answer(&rec, 1, "Other", "Hello");
-        assert_eq!(rec.take(), ["reset", "A:Hello"]);
+        let mut s = StepStream::new(&rec, 1, 3);
+        s.on(Delta::Text("Hello"));
+        s.on(Delta::ToolCalls);
+        s.finish("Hello", false);
+        assert_eq!(rec.take(), ["A:Hello", "reset", "A:Hello"]);
     }
 }
