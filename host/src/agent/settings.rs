@@ -8,12 +8,17 @@ use crate::plugin::Manifest;
 use myagent_plugin_api::SessionOverrides;
 
 /// A session's own settings; `None` keeps the agent's.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Serialized as the client sees it in `agent.session_created` (unset fields left out).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SessionSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u32>,
     /// Appended to the system prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<String>,
 }
 
@@ -132,27 +137,6 @@ impl SessionSettings {
         }
         Ok(())
     }
-
-    /// The settings as the client sees them (in `agent.session_created`), `None` when default.
-    pub fn to_json(&self) -> Option<Value> {
-        if *self == SessionSettings::default() {
-            return None;
-        }
-        let mut m = Map::new();
-        if let Some(v) = &self.model {
-            m.insert("model".into(), v.clone().into());
-        }
-        if let Some(v) = self.temperature {
-            m.insert("temperature".into(), (v as f64).into());
-        }
-        if let Some(v) = self.max_steps {
-            m.insert("max_steps".into(), v.into());
-        }
-        if let Some(v) = &self.instructions {
-            m.insert("instructions".into(), v.clone().into());
-        }
-        Some(Value::Object(m))
-    }
 }
 
 #[cfg(test)]
@@ -210,7 +194,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.model.as_deref(), Some("b"));
-        assert_eq!(ok.to_json().unwrap()["max_steps"], 8);
+        let shown = serde_json::to_value(&ok).unwrap();
+        assert_eq!(
+            shown,
+            json!({"model": "b", "temperature": 0.25, "max_steps": 8, "instructions": "Be brief."})
+        );
         let bad = [
             (json!({"model": "c"}), "allowed: a, b"),
             (json!({"temperature": 1.5}), "range"),

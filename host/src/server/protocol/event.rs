@@ -164,7 +164,7 @@ pub enum ServerEvent {
         agent: AgentInfo,
         /// The session's own settings, when it asked for any.
         #[serde(skip_serializing_if = "Option::is_none")]
-        agent_config: Option<Value>,
+        agent_config: Option<crate::agent::SessionSettings>,
     },
     /// Sent before the replayed events (it carries no `seq`).
     #[serde(rename = "agent.session_resumed")]

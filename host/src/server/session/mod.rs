@@ -302,7 +302,7 @@ impl Sessions {
             &ServerEvent::SessionCreated {
                 resume_token: token,
                 agent,
-                agent_config: settings.to_json(),
+                agent_config: (settings != SessionSettings::default()).then_some(settings),
             },
             &self.runtime.metrics,
         );
