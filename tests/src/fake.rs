@@ -14,6 +14,17 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// The text of every message with `role` in a chat request the fake model received, in order.
+pub fn texts_of(request: &Value, role: &str) -> Vec<String> {
+    request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == role)
+        .filter_map(|m| m["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Server-wide options.
 #[derive(Clone, Default)]
 pub struct Options {

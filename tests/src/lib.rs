@@ -6,6 +6,7 @@ pub mod client;
 pub mod fake;
 
 pub use client::Client;
+pub use fake::texts_of;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

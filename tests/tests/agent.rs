@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use myagent_tests::{plugin_lib, Client, FakeLlm, Host, TempDir};
+use myagent_tests::{plugin_lib, texts_of, Client, FakeLlm, Host, TempDir};
 use serde_json::{json, Value};
 
 async fn setup(extra: &[&str]) -> (FakeLlm, Host, Client, String) {
@@ -14,13 +14,7 @@ async fn setup(extra: &[&str]) -> (FakeLlm, Host, Client, String) {
 }
 
 fn tool_messages(req: &Value) -> Vec<String> {
-    req["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| m["content"].as_str().unwrap().to_owned())
-        .collect()
+    texts_of(req, "tool")
 }
 
 #[tokio::test]

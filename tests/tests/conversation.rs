@@ -1,7 +1,7 @@
 //! Conversation features beyond the MyAgent design: double texting (`on_busy`: reject, enqueue,
 //! interrupt) and `user.get_history`. Each test starts its own host and fake model.
 
-use myagent_tests::{plugin_lib, Client, FakeLlm, Host};
+use myagent_tests::{plugin_lib, texts_of, Client, FakeLlm, Host};
 use serde_json::{json, Value};
 
 async fn setup(extra: &[&str]) -> (FakeLlm, Host, Client, String) {
@@ -24,16 +24,7 @@ async fn say(c: &mut Client, sid: &str, content: &str, on_busy: Option<&str>) {
 fn inputs(llm: &FakeLlm) -> Vec<String> {
     llm.requests()
         .iter()
-        .map(|r| {
-            r["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|m| m["role"] == "user")
-                .map(|m| m["content"].as_str().unwrap().to_owned())
-                .next_back()
-                .unwrap()
-        })
+        .map(|r| texts_of(r, "user").pop().expect("a user message"))
         .collect()
 }
 

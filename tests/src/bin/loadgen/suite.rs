@@ -95,19 +95,19 @@ pub(crate) async fn suite(a: &SuiteArgs) -> Result<Value> {
         ));
         results.push(r);
     }
+    // The paced streaming load, run twice: without and with the default answer hold-back.
+    let sessions = if s { 200 } else { 1_000 };
+    let paced = |url| StreamArgs {
+        target: Target { url },
+        sessions,
+        sessions_per_connection: 1,
+        tokens: if s { 100 } else { 250 },
+        token_ms: 20,
+        ramp_ms: 1000,
+    };
     {
         let (_host, url) = weather()?;
-        let sessions = if s { 200 } else { 1_000 };
-        let tokens = if s { 100 } else { 250 };
-        let r = stream(&StreamArgs {
-            target: Target { url },
-            sessions,
-            sessions_per_connection: 1,
-            tokens,
-            token_ms: 20,
-            ramp_ms: 1000,
-        })
-        .await?;
+        let r = stream(&paced(url)).await?;
         rows.push((
             format!("stream: host-added latency p50 / p99 ({sessions} sessions × 50 tok/s)"),
             format!(
@@ -131,16 +131,7 @@ pub(crate) async fn suite(a: &SuiteArgs) -> Result<Value> {
     {
         // The same load with the default hold-back: what it costs the first answer token.
         let (_host, url) = stack.host("weather_agent", &[])?;
-        let sessions = if s { 200 } else { 1_000 };
-        let mut r = stream(&StreamArgs {
-            target: Target { url },
-            sessions,
-            sessions_per_connection: 1,
-            tokens: if s { 100 } else { 250 },
-            token_ms: 20,
-            ramp_ms: 1000,
-        })
-        .await?;
+        let mut r = stream(&paced(url)).await?;
         rows.push((
             "stream, default answer hold-back: first token p99 / latency p99".into(),
             format!(
