@@ -215,6 +215,11 @@ async fn the_session_cap_holds_on_resume_and_replay_memory_is_bounded_overall() 
             "65536",
             "--replay-budget-bytes",
             "200000",
+            // The model stream below is unpaced (2,000 chunks at once): on a loaded machine the
+            // run can get 1,024 events ahead of the writer, which the default queue treats as a
+            // slow client (4008). That policy is tested elsewhere; here it would only add noise.
+            "--outbound-queue",
+            "100000",
         ],
     );
     // Two connections pass sessions back and forth: neither may end up with more than 2.
