@@ -333,6 +333,9 @@ async fn model_output_is_bounded_and_provider_errors_stay_in_the_log() {
         &plugin_lib("testkit_agent"),
         &llm,
         &[
+            // ~10,000 unpaced events before the limit: not a slow-client test (see above).
+            "--outbound-queue",
+            "100000",
             "--max-model-output",
             "65536",
             "--max-tokens",
