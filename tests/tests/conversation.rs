@@ -28,7 +28,8 @@ fn inputs(llm: &FakeLlm) -> Vec<String> {
         .collect()
 }
 
-const SLOW: &str = r#"{"text": "slow answer", "chunk_chars": 2, "delay_ms": 40}"#;
+/// ~1.8 s: long enough that messages sent meanwhile find the run busy, even on a loaded machine.
+const SLOW: &str = r#"{"text": "slow answer", "chunk_chars": 2, "delay_ms": 300}"#;
 
 #[tokio::test]
 async fn enqueued_messages_run_in_order_after_the_current_run() {
@@ -100,10 +101,18 @@ async fn interrupt_cancels_the_run_and_answers_the_new_message() {
 #[tokio::test]
 async fn the_queue_is_bounded_and_cancel_drops_it() {
     let (llm, _host, mut c, sid) = setup(&[]).await;
-    let slow: Value = serde_json::from_str(SLOW).unwrap();
-    llm.script(json!([slow]));
+    // Slow enough (~1.8 s) that the queueing below happens while it runs, even on a busy machine.
+    llm.script(json!([{"text": "slow answer", "chunk_chars": 2, "delay_ms": 300}]));
     say(&mut c, &sid, "one", None).await;
-    c.until("agent.thinking").await;
+    // The step starts before its model request leaves; wait until the model has it.
+    let t0 = std::time::Instant::now();
+    while llm.requests().is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the model was never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for i in 1..=4 {
         say(&mut c, &sid, &format!("q{i}"), Some("enqueue")).await;
         assert_eq!(c.until("agent.message_queued").await["position"], i);
@@ -127,11 +136,15 @@ async fn the_queue_is_bounded_and_cancel_drops_it() {
 
 #[tokio::test]
 async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
-    let (llm, host, mut c, sid) = setup(&[]).await;
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    // The second answer is longer than the answer hold-back, so it streams while the run goes on.
+    let second = "Second answer. ".repeat(12);
     llm.script(json!([
         {"text": "Checking.", "tool_calls": [{"name": "echo", "arguments": "{\"text\": \"hello\"}"}]},
         {"text": "The echo said hello."},
-        {"text": "Second answer.", "chunk_chars": 2, "delay_ms": 40}
+        {"text": second, "chunk_chars": 2, "delay_ms": 20}
     ]));
     c.ask(&sid, "first question").await;
     c.until("agent.ready").await;
@@ -155,15 +168,22 @@ async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
     c.until("agent.partial_answer").await;
     c.send(json!({"event": "user.get_history", "session_id": sid}))
         .await;
+    assert_eq!(
+        c.named("agent.final_answer").len(),
+        1,
+        "asked while the run goes on"
+    );
     let h = c.until("agent.history").await;
-    assert!(
-        c.named("agent.final_answer").len() == 2,
+    assert_eq!(
+        c.named("agent.final_answer").len(),
+        2,
         "history came before the run ended"
     );
     assert_eq!(h["messages"].as_array().unwrap().len(), 6);
-    assert_eq!(h["messages"][5]["content"], "Second answer.");
+    assert_eq!(h["messages"][5]["content"], second.as_str());
 
-    // A client that lost its state (a new connection) gets it after resuming; others cannot.
+    // A client that lost its state (a new connection) cannot read it without the session's
+    // token; after resuming it can.
     let mut other = Client::connect(&host.ws_url()).await;
     other.recv().await;
     other
@@ -172,6 +192,17 @@ async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
     assert_eq!(
         other.until("agent.error").await["code"],
         "session_not_found"
+    );
+    other
+        .send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": 0}))
+        .await;
+    other.until("agent.session_resumed").await;
+    other
+        .send(json!({"event": "user.get_history", "session_id": sid}))
+        .await;
+    assert_eq!(
+        other.until("agent.history").await["messages"],
+        h["messages"]
     );
 }
 
