@@ -235,6 +235,16 @@ fn http_request(method: &str, url: &str, body: &str) -> String {
 }
 
 /// A plain HTTP GET; returns the body (the status line is checked for 200).
+/// CPU time (user + system) process `pid` has used so far.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
 pub fn http_get(url: &str) -> String {
     let resp = http_request("GET", url, "");
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
@@ -355,12 +365,7 @@ impl Host {
 
     /// CPU time (user + system) the host process has used so far.
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.proc.pid())).unwrap();
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+        cpu_time_of(self.proc.pid())
     }
 
     /// Sends SIGTERM.

@@ -210,10 +210,28 @@ impl HttpModel {
         let mut stream = resp.bytes_stream();
         let mut wait = first;
         let started = Instant::now();
+        // The stall timer moves lazily: a chunk only notes its time, and the timer, when it
+        // fires, re-arms at (last chunk + wait) if that is still ahead. Re-arming it per chunk
+        // would take the timer wheel's lock twice per token.
+        let mut last = tokio::time::Instant::now();
+        let stall = tokio::time::sleep(wait);
+        tokio::pin!(stall);
         loop {
-            match tokio::time::timeout(wait, stream.next()).await {
-                Err(_) => return (Err(LlmError::Stalled(wait.as_millis() as u64)), None),
-                Ok(None) => {
+            let next = tokio::select! {
+                biased;
+                next = stream.next() => next,
+                () = &mut stall => {
+                    let due = last + wait;
+                    if due > tokio::time::Instant::now() {
+                        stall.as_mut().reset(due);
+                        continue;
+                    }
+                    return (Err(LlmError::Stalled(wait.as_millis() as u64)), None);
+                }
+            };
+            last = tokio::time::Instant::now();
+            match next {
+                None => {
                     // Some servers close without `[DONE]`; accept when the finish arrived.
                     if parser.has_finish() {
                         break;
@@ -225,7 +243,7 @@ impl HttpModel {
                         None,
                     );
                 }
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     return (
                         Err(LlmError::Malformed(format!(
                             "the stream broke off: {}",
@@ -234,14 +252,16 @@ impl HttpModel {
                         None,
                     )
                 }
-                Ok(Some(Ok(bytes))) => match parser.feed(&bytes, on_delta) {
+                Some(Ok(bytes)) => match parser.feed(&bytes, on_delta) {
                     Ok(true) => break,
                     Ok(false) => {}
                     Err(e) => return (Err(e), None),
                 },
             }
-            if parser.started {
+            if parser.started && wait != self.config.idle_timeout {
+                // Once, at the first token: from here on the idle limit applies.
                 wait = self.config.idle_timeout;
+                stall.as_mut().reset(last + wait);
             }
         }
         tracing::debug!(
