@@ -116,6 +116,12 @@ impl Agent {
             event_prefix: self.event_prefix.clone(),
             tool_context: wire::TOOL_CONTEXT_VERSION,
             session_overrides: self.session_overrides.clone(),
+            needs_approval: self
+                .tools
+                .iter()
+                .filter(|t| t.needs_approval())
+                .map(|t| t.name().to_owned())
+                .collect(),
             tools: self
                 .tools
                 .iter()

@@ -36,6 +36,10 @@ pub struct Manifest {
     /// default nothing.
     #[serde(default)]
     pub session_overrides: SessionOverrides,
+    /// Tools whose every call a person must approve first ([`crate::Tool::needs_approval`]).
+    /// Kept beside `tools`, not in them: a [`ToolSpec`] is what the model is sent.
+    #[serde(default)]
+    pub needs_approval: Vec<String>,
 }
 
 /// The limits within which a client may configure its own session (`agent_config` on

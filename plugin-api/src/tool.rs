@@ -144,4 +144,11 @@ pub trait Tool: Send + Sync + 'static {
         let _ = ctx;
         self.execute(args)
     }
+    /// True when a person must approve each call before it runs (sending mail, paying,
+    /// deleting): the host pauses the run, asks the client (`agent.tool_approval_required`) and
+    /// runs the tool only if it is approved; a denied or unanswered call reaches the model as a
+    /// failed result. Default: false.
+    fn needs_approval(&self) -> bool {
+        false
+    }
 }

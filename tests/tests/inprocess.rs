@@ -40,6 +40,8 @@ fn agent_config() -> AgentConfig {
         max_tool_output_chars: 8000,
         memory_budget_chars: 48_000,
         answer_holdback_chars: 80,
+        require_approval: Vec::new(),
+        approval_timeout: Duration::from_secs(5),
     }
 }
 
@@ -71,6 +73,7 @@ async fn run(
         instance,
         config: &config,
         sink: &sink,
+        approvals: &Default::default(),
         cancel,
         tracer: None,
         metrics: &metrics,
@@ -120,6 +123,7 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
             AgentEvent::Answer { .. } => "answer",
             AgentEvent::AnswerReset { .. } => "reset",
             AgentEvent::ToolCall { .. } => "call",
+            AgentEvent::ApprovalRequired { .. } => "approval",
             AgentEvent::ToolResult { .. } => "result",
         })
         .collect();

@@ -10,6 +10,7 @@
 //! **Architecture Invariant:** when [`run_agent`] returns — finished, failed or cancelled — the
 //! memory holds only complete turns: every assistant `tool_calls` message has all its replies.
 
+pub mod approval;
 pub mod memory;
 mod run;
 pub mod settings;
@@ -26,6 +27,7 @@ use crate::llm::Model;
 use crate::metrics::Metrics;
 use crate::plugin::reload::PluginSlot;
 use crate::plugin::{Instance, Manifest};
+pub use approval::{Approvals, Decision, PendingApproval};
 pub use memory::Memory;
 pub use myagent_plugin_api::TERMINATE_TOOL;
 pub use run::run_agent;
@@ -51,6 +53,14 @@ pub enum AgentEvent {
     AnswerReset { step: u32 },
     /// A tool call starts. `step_id` ties it to its result.
     ToolCall {
+        step: u32,
+        step_id: String,
+        tool: String,
+        args: Value,
+    },
+    /// A tool call waits for a person's approval (it follows the call's
+    /// [`AgentEvent::ToolCall`]; its [`AgentEvent::ToolResult`] comes after the decision).
+    ApprovalRequired {
         step: u32,
         step_id: String,
         tool: String,
@@ -106,6 +116,10 @@ pub struct AgentConfig {
     /// (then they are reasoning) or not (the answer); 0 streams every message as the answer
     /// at once (see `agent/stream.rs`).
     pub answer_holdback_chars: usize,
+    /// Tools the operator wants approved before every call (beside those the plugin marks).
+    pub require_approval: Vec<String>,
+    /// A call not decided within this is denied.
+    pub approval_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -115,6 +129,12 @@ impl AgentConfig {
             .tool_timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(self.tool_timeout)
+    }
+
+    /// True when every call of `tool` needs a person's approval first.
+    pub fn needs_approval(&self, manifest: &Manifest, tool: &str) -> bool {
+        manifest.needs_approval.iter().any(|t| t == tool)
+            || self.require_approval.iter().any(|t| t == tool)
     }
 }
 
@@ -137,6 +157,8 @@ pub struct RunContext<'a> {
     pub instance: &'a Instance,
     pub config: &'a AgentConfig,
     pub sink: &'a dyn EventSink,
+    /// Where calls that need approval wait for it (the session's).
+    pub approvals: &'a Approvals,
     pub cancel: &'a CancellationToken,
     pub tracer: Option<&'a TraceWriter>,
     pub metrics: &'a Arc<Metrics>,

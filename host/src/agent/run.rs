@@ -6,7 +6,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::stream::StepStream;
-use super::{AgentEvent, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
+use super::{
+    AgentEvent, Decision, FinishReason, Memory, PendingApproval, RunContext, RunOutcome,
+    INTERRUPTED_NOTE,
+};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Content, ToolCall, ToolSpec};
 use crate::plugin::HostErrorKind;
 use myagent_plugin_api::TERMINATE_TOOL;
@@ -303,6 +306,12 @@ async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> Vec<String>
         let t0 = Instant::now();
         let (success, text) = match parsed {
             Err(why) => (false, format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")),
+            Ok(args) if ctx.config.needs_approval(ctx.manifest, name) => {
+                match approve(ctx, step, &step_id, name, &args).await {
+                    Ok(()) => call_tool(ctx, name, args).await,
+                    Err(refusal) => (false, refusal),
+                }
+            }
             Ok(args) => call_tool(ctx, name, args).await,
         };
         ctx.metrics.tool_calls.inc();
@@ -316,6 +325,62 @@ async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> Vec<String>
         text
     });
     futures_util::future::join_all(futures).await
+}
+
+/// Asks the client to approve a call and waits (up to the approval timeout; a cancelled run
+/// drops the wait). `Err` is the text the model sees when the call may not run.
+async fn approve(
+    ctx: &RunContext<'_>,
+    step: u32,
+    step_id: &str,
+    name: &str,
+    args: &Value,
+) -> Result<(), String> {
+    let ask = ctx.approvals.ask(PendingApproval {
+        step_id: step_id.to_owned(),
+        tool: name.to_owned(),
+        args: args.clone(),
+        step,
+    });
+    ctx.sink.emit(AgentEvent::ApprovalRequired {
+        step,
+        step_id: step_id.to_owned(),
+        tool: name.to_owned(),
+        args: args.clone(),
+    });
+    let timeout = ctx.config.approval_timeout;
+    let decision = ask.wait(timeout).await;
+    let verdict = match &decision {
+        Some(d) if d.approved => "approved",
+        Some(_) => "denied",
+        None => "timed_out",
+    };
+    tracing::info!(
+        session_id = ctx.session_id,
+        tool = name,
+        step_id,
+        verdict,
+        "tool approval"
+    );
+    trace(
+        ctx,
+        json!({"kind": "tool_approval", "session_id": ctx.session_id, "step": step,
+        "step_id": step_id, "tool": name, "verdict": verdict,
+        "reason": decision.as_ref().and_then(|d| d.reason.clone())}),
+    );
+    match decision {
+        Some(Decision { approved: true, .. }) => Ok(()),
+        Some(Decision { reason, .. }) => Err(match reason.filter(|r| !r.trim().is_empty()) {
+            Some(why) => {
+                format!("Error: the user denied this call to `{name}` ({why}); it was not run.")
+            }
+            None => format!("Error: the user denied this call to `{name}`; it was not run."),
+        }),
+        None => Err(format!(
+            "Error: this call to `{name}` was not approved within {} s, so it was not run.",
+            timeout.as_secs()
+        )),
+    }
 }
 
 /// Model arguments must be a JSON object; an empty string counts as `{}`.

@@ -99,6 +99,13 @@ pub struct ServeArgs {
     /// Per tool call timeout, unless the plugin sets its own.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub tool_timeout: u64,
+    /// Every call of TOOL waits for a person's approval (`agent.tool_approval_required`, answered
+    /// by `user.tool_approval`) before it runs, beside the tools the plugin marks (repeatable).
+    #[arg(long = "require-approval", value_name = "TOOL")]
+    pub require_approval: Vec<String>,
+    /// A call that needs approval and gets no answer within this is denied.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub approval_timeout: u64,
     /// Tool outputs longer than this (characters) are truncated before the model sees them.
     #[arg(long, default_value_t = 8000)]
     pub max_tool_output: usize,

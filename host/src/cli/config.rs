@@ -121,6 +121,8 @@ pub fn agent_config(args: &ServeArgs) -> AgentConfig {
         max_tool_output_chars: args.max_tool_output.max(100),
         memory_budget_chars: args.memory_budget,
         answer_holdback_chars: args.answer_holdback,
+        require_approval: args.require_approval.clone(),
+        approval_timeout: Duration::from_secs(args.approval_timeout.max(1)),
     }
 }
 

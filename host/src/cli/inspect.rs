@@ -84,7 +84,11 @@ pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
     println!("next step prompt: {}", m.next_step_prompt);
     println!("tools ({}):", m.tools.len());
     for t in &m.tools {
-        println!("  {} — {}", t.name, t.description);
+        let approval = match m.needs_approval.contains(&t.name) {
+            true => " [needs approval]",
+            false => "",
+        };
+        println!("  {}{approval} — {}", t.name, t.description);
         let schema = serde_json::to_string_pretty(&t.parameters).unwrap_or_default();
         for line in schema.lines() {
             println!("      {line}");

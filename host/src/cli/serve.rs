@@ -30,13 +30,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let loaded = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
     let m = &loaded.manifest;
-    let tools: Vec<&str> = m.tools.iter().map(|t| t.name.as_str()).collect();
+    let agent_config = config::agent_config(&args);
+    let tools: Vec<String> = m
+        .tools
+        .iter()
+        .map(|t| match agent_config.needs_approval(m, &t.name) {
+            true => format!("{} (needs approval)", t.name),
+            false => t.name.clone(),
+        })
+        .collect();
     println!(
         "Loaded agent {} {} (tools: {})",
         m.name,
         m.version,
         tools.join(", ")
     );
+    for name in &args.require_approval {
+        if !m.tools.iter().any(|t| &t.name == name) {
+            eprintln!("warning: --require-approval {name}: the agent has no tool of that name (yet); it applies if a reloaded build adds one");
+        }
+    }
 
     let auth_tokens = config::auth_tokens(&args)?;
     if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {
@@ -69,7 +82,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = Arc::new(AgentRuntime {
         plugin: slot,
         model,
-        config: config::agent_config(&args),
+        config: agent_config,
         tracer,
         metrics: Arc::new(Metrics::default()),
     });

@@ -211,6 +211,10 @@ impl Tool for SendEmail {
             "body": {"type": "string"}
         }, "required": ["to", "subject", "body"]})
     }
+    /// Mail leaves the building: a person approves each one first.
+    fn needs_approval(&self) -> bool {
+        true
+    }
     fn execute(&self, args: Value) -> ToolResult {
         let field = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
         let (Some(to), Some(subject), Some(body)) = (field("to"), field("subject"), field("body"))

@@ -52,6 +52,32 @@ impl Tool for TagTool {
     }
 }
 
+/// Echoes `text`, but only once a person approved the call (counts its runs, so a test can
+/// tell a denied call never ran).
+struct Guarded;
+
+static GUARDED_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Tool for Guarded {
+    fn name(&self) -> &str {
+        "guarded"
+    }
+    fn description(&self) -> &str {
+        "Returns `text` and how many times it has run; every call needs approval."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"text": {"type": "string"}}})
+    }
+    fn execute(&self, args: Value) -> ToolResult {
+        let n = GUARDED_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let text = args.get("text").and_then(Value::as_str).unwrap_or("");
+        ToolResult::ok(format!("{text} (run {n})"))
+    }
+    fn needs_approval(&self) -> bool {
+        true
+    }
+}
+
 fn sleep_ms(args: &Value) -> ToolResult {
     let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(1000);
     std::thread::sleep(Duration::from_millis(ms));
@@ -110,6 +136,7 @@ pub fn testkit() -> Agent {
             description: "Returns 100 000 characters.",
             run: |_| ToolResult::ok("x".repeat(100_000)),
         })
+        .tool(Guarded)
         .tool(TagTool(format!("tag_{tag}")))
         .on_custom_event("testkit.", |ctx: &EventContext, event: Value| {
             if event["event"] == "testkit.panic" {

@@ -28,11 +28,12 @@ pub enum ErrorCode {
     RunFailed,
     CustomEventFailed,
     EventTooLarge,
+    ApprovalNotPending,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and fuzzing.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidMessage,
         ErrorCode::MissingEvent,
@@ -49,6 +50,7 @@ impl ErrorCode {
         ErrorCode::RunFailed,
         ErrorCode::CustomEventFailed,
         ErrorCode::EventTooLarge,
+        ErrorCode::ApprovalNotPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::RunFailed => "run_failed",
             ErrorCode::CustomEventFailed => "custom_event_failed",
             ErrorCode::EventTooLarge => "event_too_large",
+            ErrorCode::ApprovalNotPending => "approval_not_pending",
         }
     }
 }
@@ -118,6 +121,13 @@ pub struct ToolCallMeta {
     pub args: Value,
     /// Always "running" (the document's field).
     pub status: &'static str,
+    pub step: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalMeta {
+    pub tool: String,
+    pub args: Value,
     pub step: u32,
 }
 
@@ -172,6 +182,10 @@ pub enum ServerEvent {
         last_seq: u64,
         replayed: usize,
         recovered: bool,
+        /// Tool calls still waiting for a decision (present when there are any), whether or not
+        /// their `agent.tool_approval_required` was among the replayed events.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        pending_approvals: Vec<crate::agent::PendingApproval>,
     },
     #[serde(rename = "agent.session_closed")]
     SessionClosed,
@@ -190,6 +204,13 @@ pub enum ServerEvent {
         step_id: String,
         content: String,
         metadata: ToolCallMeta,
+    },
+    /// The call `step_id` waits for a person's approval (`user.tool_approval`).
+    #[serde(rename = "agent.tool_approval_required")]
+    ToolApprovalRequired {
+        step_id: String,
+        content: String,
+        metadata: ApprovalMeta,
     },
     #[serde(rename = "agent.tool_result")]
     ToolResult {
@@ -227,7 +248,7 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 impl ServerEvent {
     /// Every event name, in the order of the enum (checked against docs/protocol.md).
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 18] = [
         "system.connected",
         "system.plugin_reloaded",
         "system.plugin_reload_failed",
@@ -245,6 +266,7 @@ impl ServerEvent {
         "agent.ready",
         "agent.message_queued",
         "agent.history",
+        "agent.tool_approval_required",
     ];
 
     /// The `event` name.
@@ -267,6 +289,7 @@ impl ServerEvent {
             ServerEvent::Ready => 14,
             ServerEvent::MessageQueued { .. } => 15,
             ServerEvent::History { .. } => 16,
+            ServerEvent::ToolApprovalRequired { .. } => 17,
         };
         Self::NAMES[i]
     }

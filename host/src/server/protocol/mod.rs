@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 use crate::llm::Content;
 
 pub use event::{
-    custom_frame, AgentInfo, AnswerMeta, ErrorCode, FinalMeta, ServerEvent, Serving, ThinkingMeta,
-    ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
+    custom_frame, AgentInfo, AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, ServerEvent, Serving,
+    ThinkingMeta, ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
 };
 
 /// A message from a client, validated.
@@ -43,6 +43,13 @@ pub enum ClientMessage {
     },
     GetHistory {
         session_id: String,
+    },
+    /// A person's decision on a tool call that waits for approval.
+    ToolApproval {
+        session_id: String,
+        step_id: String,
+        approved: bool,
+        reason: Option<String>,
     },
     /// An event under the plugin's custom prefix, passed to its hook.
     Custom {
@@ -173,6 +180,40 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
                 })?,
             },
         },
+        "user.tool_approval" => {
+            let session_id = required_str(&obj, event, "session_id")?;
+            ClientMessage::ToolApproval {
+                step_id: required_str(&obj, event, "step_id").map_err(with_session)?,
+                approved: match obj.get("approved") {
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => {
+                        return Err(with_session(ProtocolError::new(
+                            ErrorCode::InvalidField,
+                            "Field `approved` of `user.tool_approval` must be true or false",
+                        )))
+                    }
+                    None => {
+                        return Err(with_session(ProtocolError::new(
+                            ErrorCode::MissingField,
+                            "Missing field `approved` for `user.tool_approval`",
+                        )))
+                    }
+                },
+                reason: match obj.get("reason") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(r)) if r.chars().count() <= MAX_REASON_CHARS => {
+                        Some(r.clone())
+                    }
+                    Some(_) => {
+                        return Err(with_session(ProtocolError::new(
+                            ErrorCode::InvalidField,
+                            format!("Field `reason` of `user.tool_approval` must be a string of at most {MAX_REASON_CHARS} characters"),
+                        )))
+                    }
+                },
+                session_id,
+            }
+        }
         other if custom_prefix.is_some_and(|p| !p.is_empty() && other.starts_with(p)) => {
             ClientMessage::Custom {
                 session_id: required_str(&obj, event, "session_id")?,
@@ -180,7 +221,7 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
             }
         }
         other => {
-            let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session, user.get_history".to_owned();
+            let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session, user.get_history, user.tool_approval".to_owned();
             if let Some(p) = custom_prefix.filter(|p| !p.is_empty()) {
                 known.push_str(&format!(", or a custom event starting with `{p}`"));
             }
@@ -192,6 +233,9 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
     };
     Ok(Parsed { message, token })
 }
+
+/// Characters in a `user.tool_approval`'s `reason`, at most (the model reads it).
+pub const MAX_REASON_CHARS: usize = 1000;
 
 /// Content parts in one message, at most.
 pub const MAX_CONTENT_PARTS: usize = 16;
@@ -343,6 +387,41 @@ mod tests {
                 session_id: "s".into()
             }
         );
+    }
+
+    #[test]
+    fn tool_approvals_need_a_step_and_a_boolean() {
+        let p = parse(
+            r#"{"event":"user.tool_approval","session_id":"s","step_id":"step1-0-c","approved":false,"reason":"not to them"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.message,
+            ClientMessage::ToolApproval {
+                session_id: "s".into(),
+                step_id: "step1-0-c".into(),
+                approved: false,
+                reason: Some("not to them".into()),
+            }
+        );
+        for (bad, code) in [
+            (r#""step_id":"x""#, ErrorCode::MissingField),
+            (r#""step_id":"x","approved":"yes""#, ErrorCode::InvalidField),
+            (r#""approved":true"#, ErrorCode::MissingField),
+            (
+                r#""step_id":"x","approved":true,"reason":7"#,
+                ErrorCode::InvalidField,
+            ),
+        ] {
+            let text = format!(r#"{{"event":"user.tool_approval","session_id":"s",{bad}}}"#);
+            let e = parse(&text, None).err().unwrap();
+            assert_eq!(
+                (e.code, e.session_id.as_deref()),
+                (code, Some("s")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

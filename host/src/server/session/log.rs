@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Memory, SessionSettings};
+use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
@@ -54,6 +54,8 @@ pub struct Session {
     pub client_ip: IpAddr,
     /// Locked by the run for its whole duration.
     pub agent: tokio::sync::Mutex<AgentSlot>,
+    /// Tool calls of the current run waiting for a person's approval.
+    pub approvals: Approvals,
     inner: Mutex<Inner>,
     replay_cap_bytes: usize,
     budget: Arc<ReplayBudget>,
@@ -135,6 +137,7 @@ impl Session {
             resume_token,
             client_ip,
             agent: tokio::sync::Mutex::new(slot),
+            approvals: Approvals::default(),
             inner: Mutex::new(inner),
             replay_cap_bytes,
             budget,
@@ -345,6 +348,7 @@ impl Session {
             last_seq: inner.seq,
             replayed: missed.len(),
             recovered,
+            pending_approvals: self.approvals.pending(),
         };
         conn.send_about(Some(&self.id), &header);
         conn.send_batch(missed);

@@ -25,7 +25,7 @@ use super::config::SessionConfig;
 use super::lifecycle::Lifecycle;
 use super::outbox::ConnHandle;
 use super::protocol::{AgentInfo, ClientMessage, ErrorCode, OnBusy, ServerEvent};
-use crate::agent::{AgentRuntime, Memory, SessionSettings};
+use crate::agent::{AgentRuntime, Decision, Memory, SessionSettings};
 
 /// A connection as sessions see it: where its events go, who it is, what it holds.
 pub struct Client {
@@ -158,6 +158,25 @@ impl Sessions {
                 resume_token,
                 last_seq,
             } => self.resume(client, &session_id, &resume_token, last_seq),
+            ClientMessage::ToolApproval {
+                session_id,
+                step_id,
+                approved,
+                reason,
+            } => {
+                let Some(session) = self.owned(client, &session_id) else {
+                    return;
+                };
+                // The run goes on with the call's result; nothing is sent in reply.
+                if session
+                    .approvals
+                    .decide(&step_id, Decision { approved, reason })
+                    .is_err()
+                {
+                    client.error(Some(&session_id), ErrorCode::ApprovalNotPending, &format!(
+                        "No tool call `{step_id}` is waiting for approval in this session (already decided, timed out, or its run ended)"));
+                }
+            }
             ClientMessage::Custom { session_id, event } => {
                 let Some(session) = self.owned(client, &session_id) else {
                     return;

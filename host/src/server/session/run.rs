@@ -11,7 +11,8 @@ use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, R
 use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::server::protocol::{
-    AnswerMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta, ToolResultMeta,
+    AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta,
+    ToolResultMeta,
 };
 
 /// Agent runs on `session`, one after another: `content`, then each message queued meanwhile.
@@ -56,6 +57,7 @@ async fn run_turn(
         instance,
         config: &runtime.config,
         sink: &sink,
+        approvals: &session.approvals,
         cancel: &cancel,
         tracer: runtime.tracer.as_ref(),
         metrics: &runtime.metrics,
@@ -185,6 +187,16 @@ impl EventSink for SessionSink<'_> {
                     status: "running",
                     step,
                 },
+            },
+            AgentEvent::ApprovalRequired {
+                step,
+                step_id,
+                tool,
+                args,
+            } => ServerEvent::ToolApprovalRequired {
+                step_id,
+                content: format!("Tool {tool} needs approval"),
+                metadata: ApprovalMeta { tool, args, step },
             },
             AgentEvent::ToolResult {
                 step,

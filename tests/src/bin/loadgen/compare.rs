@@ -79,8 +79,10 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
         let f = run(furl, a.paced_sessions, 250, 20).await?;
         let f_cpu = (cpu_time_of(floor_proc.pid()) - cpu0).as_secs_f64();
         drop(floor_proc);
-        paced.push(json!({"round": round, "host_p99_ms": p99(&h), "floor_p99_ms": p99(&f),
-            "host_cpu_s": h_cpu, "floor_cpu_s": f_cpu, "host": h, "floor": f}));
+        paced.push(
+            json!({"round": round, "host_p99_ms": p99(&h), "floor_p99_ms": p99(&f),
+            "host_cpu_s": h_cpu, "floor_cpu_s": f_cpu, "host": h, "floor": f}),
+        );
     }
     let ratio = if floor_eps > 0.0 {
         host_eps / floor_eps
