@@ -15,6 +15,8 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WEATHER_ONLY = process.env.WEATHER_ONLY === "1";
 // PAGE_SUFFIX: appended to the page URL (e.g. "#token=T" when the host requires tokens).
 const PAGE_SUFFIX = process.env.PAGE_SUFFIX || "";
+// APPROVALS=1: only the approval flow (the host runs with --require-approval get_weather).
+const APPROVALS = process.env.APPROVALS === "1";
 
 async function script(steps) {
   const r = await fetch(LLM_URL + "/_control/script", { method: "POST", body: JSON.stringify(steps) });
@@ -57,6 +59,46 @@ async function designClient(page) {
   assert.ok(logged.some((l) => /^Answer: .*Paris/.test(l)), "the design's client logs the answer: " + logged);
   console.log("ok - the design document's browser client works unchanged");
 }
+// A tool call that needs approval shows Approve / Deny on its box; the buttons decide it. A
+// call still waiting when the page reloads is asked again.
+async function approvals(page) {
+  const weather = (city) => ({ tool_calls: [{ name: "get_weather", arguments: JSON.stringify({ city }) }] });
+  await script([weather("Paris"), { text: "Paris is mild today." }, weather("Oslo"), { text: "I could not look it up." }]);
+  await page.fill("#input", "Weather in Paris?");
+  await page.click("#send");
+  await page.locator(".msg.tool .approval button.approve").waitFor({ timeout: 15000 });
+  assert.match(await page.locator(".msg.tool .approval .ask").textContent(), /get_weather/);
+  // Waiting survives a reload: the replayed request shows the buttons again.
+  await page.reload();
+  await page.locator("#status.connected").waitFor({ timeout: 10000 });
+  const approve = page.locator(".msg.tool .approval button.approve");
+  await approve.waitFor({ timeout: 10000 });
+  assert.equal(await approve.count(), 1, "one call waits after the reload");
+  await approve.click();
+  const first = page.locator(".msg.tool").first();
+  await first.locator(".result").waitFor({ timeout: 10000 });
+  assert.match(await first.locator(".result").textContent(), /Paris: .*°C/);
+  assert.match(await first.locator(".approval").textContent(), /approved/);
+  await page.waitForFunction(() => [...document.querySelectorAll(".msg.answer:not(.streaming)")].some((a) => a.textContent === "Paris is mild today."), null, { timeout: 10000 });
+  console.log("ok - Approve runs the waiting call, also after a page reload");
+
+  await page.waitForFunction(() => !document.querySelector("#send").disabled);
+  await page.fill("#input", "And in Oslo?");
+  await page.click("#send");
+  const deny = page.locator(".msg.tool").nth(1).locator(".approval button.deny");
+  await deny.waitFor({ timeout: 15000 });
+  await deny.click();
+  const second = page.locator(".msg.tool").nth(1);
+  await second.locator(".result").waitFor({ timeout: 10000 });
+  assert.ok(await second.evaluate((b) => b.classList.contains("failed")), "a denied call is shown as failed");
+  assert.match(await second.locator(".result").textContent(), /denied this call to `get_weather`/);
+  await page.waitForFunction(() => [...document.querySelectorAll(".msg.answer:not(.streaming)")].some((a) => a.textContent === "I could not look it up."), null, { timeout: 10000 });
+  const reqs = await (await fetch(LLM_URL + "/_control/requests")).json();
+  const toolReplies = reqs[reqs.length - 1].messages.filter((m) => m.role === "tool").map((m) => m.content);
+  assert.match(toolReplies[toolReplies.length - 1], /denied/, "the model is told the call was denied");
+  console.log("ok - Deny: the call does not run and the model is told");
+}
+
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -79,6 +121,11 @@ try {
   // A session is created on connect.
   await page.locator("nav button.session").first().waitFor();
   assert.match(await page.locator("#agent").textContent(), /weather/i);
+  if (APPROVALS) {
+    await approvals(page);
+    assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
+    throw "done";
+  }
 
   // 1. A weather question: thinking, the tool call with its arguments, its result, the answer.
   await page.fill("#input", "What's the weather in Paris?");

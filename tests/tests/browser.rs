@@ -122,3 +122,19 @@ fn web_client_with_a_token_in_the_fragment() {
         ],
     );
 }
+
+/// Tool approval in the page: Approve and Deny buttons on a call that waits (the operator
+/// requires approval of `get_weather`), and a call still waiting across a page reload.
+#[test]
+fn web_client_approves_and_denies_tool_calls() {
+    if skip() {
+        return;
+    }
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--require-approval", "get_weather"],
+    );
+    run_page_test(&host, &llm, &[("APPROVALS", "1".into())]);
+}
