@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
 [ -n "${SKIP_BUILD:-}" ] || ${CARGO:-cargo} build -q -j2 -p myagent-host -p weather_agent -p myagent-tests -p myagent-example-client
 PY=$(scripts/python-env.sh)
-cleanup() { kill "${HOST_PID:-}" "${LLM_PID:-}" "${DEMO_PID:-}" 2>/dev/null || true; }
+cleanup() { kill "${HOST_PID:-}" "${LLM_PID:-}" "${DEMO_PID:-}" "${APPROVE_PID:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 "$BIN/fake-llm" --port 0 > /tmp/myagent-fake-llm.$$ &
 LLM_PID=$!
@@ -33,6 +33,30 @@ else
 fi
 check "rust (tokio-tungstenite)" "$("$BIN/rust-client" "$URL" "What's the weather in Paris?")"
 
+# Tool approval: a host that requires approval of get_weather; each client approves with
+# --approve (the same run as above) and denies with --deny (the tool does not run; the model is
+# told, and its answer says so).
+"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch \
+  --require-approval get_weather --base-url "http://$LLM_ADDR/v1" > /tmp/myagent-approve.$$ 2>/dev/null &
+APPROVE_PID=$!
+for _ in $(seq 100); do grep -q "Serving on" /tmp/myagent-approve.$$ 2>/dev/null && break; sleep 0.1; done
+AURL="ws://127.0.0.1:$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' /tmp/myagent-approve.$$)"
+denied() { # name, output
+  echo "--- $1"; echo "$2"
+  echo "$2" | grep -q "approval: get_weather denied" && echo "$2" | grep -q "answer: .*denied this call to .get_weather." \
+    && ! echo "$2" | grep -q "Paris: .*°C" \
+    || { echo "$1: expected the call denied, not run, and an answer saying so" >&2; exit 1; }
+}
+Q="What's the weather in Paris?"
+check "python --approve" "$("$PY" examples/clients/python_client.py --approve "$AURL" "$Q")"
+denied "python --deny" "$("$PY" examples/clients/python_client.py --deny "$AURL" "$Q")"
+if [ -d examples/clients/node_modules/ws ]; then
+  check "node --approve" "$(node examples/clients/node_client.mjs --approve "$AURL" "$Q")"
+  denied "node --deny" "$(node examples/clients/node_client.mjs --deny "$AURL" "$Q")"
+fi
+check "rust --approve" "$("$BIN/rust-client" --approve "$AURL" "$Q")"
+denied "rust --deny" "$("$BIN/rust-client" --deny "$AURL" "$Q" </dev/null)"
+
 # What `make run` serves without a key (the demo recording): the document's own client, with its
 # own default question, and the document's example questions in Chinese and English.
 "$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch \
@@ -56,4 +80,4 @@ demo Shanghai "What's the weather like in Shanghai?"
 demo Beijing "How is the weather in Beijing today?"
 demo Paris "What's the weather in Paris?"
 echo "example clients: ok"
-rm -f /tmp/myagent-fake-llm.$$ /tmp/myagent-host.$$ /tmp/myagent-demo.$$
+rm -f /tmp/myagent-fake-llm.$$ /tmp/myagent-host.$$ /tmp/myagent-demo.$$ /tmp/myagent-approve.$$

@@ -1,7 +1,10 @@
 """The design document's Python client (the `websockets` library), unchanged in its flow:
 connect, create a session, send a message, print events until the final answer.
 
-    python3 examples/clients/python_client.py [ws://localhost:8080] ["查询上海天气"]
+    python3 examples/clients/python_client.py [--approve | --deny] [ws://localhost:8080] ["查询上海天气"]
+
+A tool call that needs approval (agent.tool_approval_required) is approved with --approve,
+denied with --deny, else asked about on the terminal (denied when there is none).
 
 As in the document, it asks "查询上海天气" ("look up the weather in Shanghai") by default;
 `make run` without a key answers it from the demo recording.
@@ -18,7 +21,26 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-async def main(url: str, question: str) -> None:
+async def decide(message: dict, policy: str) -> dict:
+    """The answer to an approval request: by `policy`, else the user's, on the terminal."""
+    tool, args = message["metadata"]["tool"], message["metadata"]["args"]
+    if policy == "ask" and sys.stdin.isatty():
+        reply = await asyncio.to_thread(input, f"approve {tool} {json.dumps(args)}? [y/N] ")
+        approved = reply.strip().lower() in ("y", "yes")
+    else:
+        approved = policy == "approve"
+    print("approval:", tool, "approved" if approved else "denied")
+    return {
+        "event": "user.tool_approval",
+        "session_id": message["session_id"],
+        "step_id": message["step_id"],
+        "approved": approved,
+        "reason": None if approved else "denied by the user of python_client.py",
+        "timestamp": now(),
+    }
+
+
+async def main(url: str, question: str, policy: str = "ask") -> None:
     reasoning = False  # in the middle of a streamed line of reasoning
 
     def say(*parts: object) -> None:
@@ -50,6 +72,9 @@ async def main(url: str, question: str) -> None:
                 say("thinking:", message["content"])
             elif event == "agent.tool_call":
                 say("tool call:", message["metadata"]["tool"], message["metadata"]["args"])
+            elif event == "agent.tool_approval_required":
+                say("approval required:", message["metadata"]["tool"], message["metadata"]["args"])
+                await ws.send(json.dumps(await decide(message, policy)))
             elif event == "agent.tool_result":
                 say("tool result:", message["content"])
             elif event == "agent.final_answer":
@@ -61,6 +86,12 @@ async def main(url: str, question: str) -> None:
 
 
 if __name__ == "__main__":
-    url = sys.argv[1] if len(sys.argv) > 1 else "ws://localhost:8080"
-    question = sys.argv[2] if len(sys.argv) > 2 else "查询上海天气"
-    asyncio.run(main(url, question))
+    flags = [a for a in sys.argv[1:] if a.startswith("--")]
+    rest = [a for a in sys.argv[1:] if not a.startswith("--")]
+    unknown = set(flags) - {"--approve", "--deny"}
+    if unknown or len(flags) > 1:
+        sys.exit(f"usage: {sys.argv[0]} [--approve | --deny] [URL] [QUESTION]")
+    policy = flags[0][2:] if flags else "ask"
+    url = rest[0] if rest else "ws://localhost:8080"
+    question = rest[1] if len(rest) > 1 else "查询上海天气"
+    asyncio.run(main(url, question, policy))

@@ -157,6 +157,11 @@ impl Tool for WordCount {{
             "required": ["text"]
         }})
     }}
+    // A tool with effects outside the conversation (sending mail, paying, deleting) can ask a
+    // person to approve each call first: the client gets `agent.tool_approval_required`.
+    // fn needs_approval(&self) -> bool {{
+    //     true
+    // }}
     fn execute(&self, args: Value) -> ToolResult {{
         match args.get("text").and_then(Value::as_str) {{
             Some(text) => ToolResult::ok(text.split_whitespace().count().to_string()),

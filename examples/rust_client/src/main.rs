@@ -1,7 +1,10 @@
 //! The design document's flow in Rust: connect, create a session, ask, print the agent's events
 //! until the final answer.
 //!
-//! `cargo run -p myagent-example-client -- [ws://localhost:8080] ["What's the weather in Paris?"]`
+//! `cargo run -p myagent-example-client -- [--approve | --deny] [ws://localhost:8080] ["What's the weather in Paris?"]`
+//!
+//! A tool call that needs approval (`agent.tool_approval_required`) is approved with `--approve`,
+//! denied with `--deny`, else asked about on the terminal (denied when there is none).`
 
 use std::io::Write;
 
@@ -11,10 +14,18 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "ws://localhost:8080".into());
+    let (flags, mut args): (Vec<String>, Vec<String>) =
+        std::env::args().skip(1).partition(|a| a.starts_with("--"));
+    let policy = match flags.as_slice() {
+        [] => Policy::Ask,
+        [f] if f == "--approve" => Policy::Approve,
+        [f] if f == "--deny" => Policy::Deny,
+        _ => return Err("usage: rust-client [--approve | --deny] [URL] [QUESTION]".into()),
+    };
+    args.reverse();
+    let url = args.pop().unwrap_or_else(|| "ws://localhost:8080".into());
     let question = args
-        .next()
+        .pop()
         .unwrap_or_else(|| "What's the weather in Paris?".into());
 
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
@@ -55,6 +66,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 m["metadata"]["tool"].as_str().unwrap_or_default(),
                 m["metadata"]["args"]
             ),
+            "agent.tool_approval_required" => {
+                let (tool, args) = (&m["metadata"]["tool"], &m["metadata"]["args"]);
+                println!(
+                    "approval required: {} {args}",
+                    tool.as_str().unwrap_or_default()
+                );
+                let approved = policy.decide(tool.as_str().unwrap_or_default(), args)?;
+                println!(
+                    "approval: {} {}",
+                    tool.as_str().unwrap_or_default(),
+                    if approved { "approved" } else { "denied" }
+                );
+                let mut reply = json!({"event": "user.tool_approval", "session_id": m["session_id"],
+                    "step_id": m["step_id"], "approved": approved});
+                if !approved {
+                    reply["reason"] = "denied by the user of rust-client".into();
+                }
+                ws.send(Message::text(reply.to_string())).await?;
+            }
             "agent.tool_result" => println!("tool result: {content}"),
             "agent.final_answer" => {
                 println!("answer: {content}");
@@ -66,4 +96,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Err("connection closed before the final answer".into())
+}
+
+/// What to do with a tool call that needs approval.
+enum Policy {
+    Approve,
+    Deny,
+    /// Ask on the terminal; deny when there is none.
+    Ask,
+}
+
+impl Policy {
+    fn decide(&self, tool: &str, args: &Value) -> std::io::Result<bool> {
+        use std::io::IsTerminal;
+        match self {
+            Policy::Approve => Ok(true),
+            Policy::Deny => Ok(false),
+            Policy::Ask if !std::io::stdin().is_terminal() => Ok(false),
+            Policy::Ask => {
+                print!("approve {tool} {args}? [y/N] ");
+                std::io::stdout().flush()?;
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Ok(matches!(line.trim().to_lowercase().as_str(), "y" | "yes"))
+            }
+        }
+    }
 }
