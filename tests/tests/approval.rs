@@ -73,11 +73,12 @@ async fn an_approved_call_runs_and_a_denied_one_does_not() {
     assert_eq!(r["metadata"]["status"], "failed");
     let denied = "Error: the user denied this call to `guarded` (not today); it was not run.";
     assert_eq!(r["content"], denied);
-    assert_eq!(last_tool_reply(&llm), denied);
     assert_eq!(
         c.until("agent.final_answer").await["content"],
         "Not sent, as you wish."
     );
+    // The model was told (its request for the answer came after the result).
+    assert_eq!(last_tool_reply(&llm), denied);
     // A decision for a call that no longer waits is a clear error; the session goes on.
     decide(&mut c, &sid, &ask["step_id"], true, None).await;
     let e = c.until("agent.error").await;
