@@ -182,12 +182,21 @@ async fn parallel_calls_wait_and_are_decided_independently() {
         {"text": "Mixed."},
     ]));
     c.ask(&sid, "three at once").await;
-    let first = c.until("agent.tool_approval_required").await;
-    let second = c.until("agent.tool_approval_required").await;
+    // Both guarded calls wait, and the call that needs no approval does not wait for them
+    // (the three run concurrently: these come in any order).
+    let (mut asks, mut free) = (Vec::new(), None);
+    while asks.len() < 2 || free.is_none() {
+        let e = c
+            .until_any(&["agent.tool_approval_required", "agent.tool_result"])
+            .await;
+        match e["event"] == "agent.tool_result" {
+            true => free = Some(e),
+            false => asks.push(e),
+        }
+    }
+    assert_eq!(free.unwrap()["content"], "free");
+    let (first, second) = (asks.remove(0), asks.remove(0));
     assert_ne!(first["step_id"], second["step_id"]);
-    // The call that needs no approval did not wait for the others.
-    let free = c.until("agent.tool_result").await;
-    assert_eq!(free["content"], "free");
     let (a, b) = match first["metadata"]["args"]["text"] == "a" {
         true => (first, second),
         false => (second, first),

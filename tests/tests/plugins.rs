@@ -59,7 +59,10 @@ fn inspect_shows_the_agent_and_tool_schemas() {
     // Mail leaves the building: the plugin marks send_email as needing approval.
     assert_eq!(m["needs_approval"], serde_json::json!(["send_email"]));
     let (ok, out, _) = host_cmd(&["inspect"], &plugin_lib("business_agent"));
-    assert!(ok && out.contains("send_email [needs approval] — "), "{out}");
+    assert!(
+        ok && out.contains("send_email [needs approval] — "),
+        "{out}"
+    );
 }
 
 #[test]
