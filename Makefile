@@ -26,7 +26,7 @@ run: build ## Serve the weather agent: web client http://localhost:8080/, WebSoc
 	fi
 
 test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSocket), browser (chromium), nginx, example clients, Autobahn conformance
-	@for d in tests/browser examples/clients; do \
+	@for d in tests/browser tests/mcp examples/clients; do \
 		[ -d $$d/node_modules ] || ! command -v npm >/dev/null || (cd $$d && npm ci --no-audit --no-fund --silent); \
 	done
 	$(CARGO) test -j$(JOBS) --workspace

@@ -1,12 +1,13 @@
 //! `myagent-host`: loads LLM agents from native plugins and serves them over WebSocket.
 //!
 //! The binary (`main.rs`) is thin glue over this library: [`plugin`] loads and hot-reloads agent
-//! plugins, [`agent`] runs the ReAct loop, [`llm`] talks to the model, [`server`] is the
+//! plugins, [`agent`] runs the ReAct loop, [`llm`] talks to the model, [`mcp`] to MCP tool servers, [`server`] is the
 //! WebSocket gateway and HTTP endpoints. See ARCHITECTURE.md.
 
 pub mod agent;
 pub mod journal;
 pub mod llm;
+pub mod mcp;
 pub mod metrics;
 pub mod plugin;
 pub mod scaffold;

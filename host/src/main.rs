@@ -42,7 +42,9 @@ pub(crate) fn fail(msg: &str) -> ExitCode {
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},hyper=info,reqwest=info,notify=info"))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default},hyper=info,reqwest=info,notify=info,rmcp=warn"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

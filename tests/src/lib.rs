@@ -161,6 +161,10 @@ impl Proc {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    pub fn stdout_text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -373,6 +377,14 @@ impl Host {
         // SAFETY: kill(2) with a pid we spawned and a valid signal number.
         unsafe {
             libc_kill(self.proc.pid() as i32, 15);
+        }
+    }
+
+    /// Sends SIGKILL: no clean-up code runs in the host.
+    pub fn kill9(&self) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe {
+            libc_kill(self.proc.pid() as i32, 9);
         }
     }
 }

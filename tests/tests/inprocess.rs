@@ -71,6 +71,7 @@ async fn run(
         manifest: &plugin.manifest,
         settings: &SessionSettings::default(),
         instance,
+        mcp: &Default::default(),
         config: &config,
         sink: &sink,
         approvals: &Default::default(),
@@ -244,6 +245,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     let runtime = Arc::new(AgentRuntime {
         plugin: PluginSlot::new(Arc::try_unwrap(plugin).ok().unwrap()),
         model: Model::Replay(ReplayModel::open(&recording(), Duration::ZERO).unwrap()),
+        mcp: Default::default(),
         config: agent_config(),
         tracer: None,
         metrics: Arc::new(Metrics::default()),

@@ -24,6 +24,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::llm::Model;
+use crate::mcp::McpHub;
 use crate::metrics::Metrics;
 use crate::plugin::reload::PluginSlot;
 use crate::plugin::{Instance, Manifest};
@@ -143,9 +144,29 @@ impl AgentConfig {
 pub struct AgentRuntime {
     pub plugin: Arc<PluginSlot>,
     pub model: Model,
+    /// Tools from MCP servers (`--mcp-config`), offered beside the plugin's.
+    pub mcp: Arc<McpHub>,
     pub config: AgentConfig,
     pub tracer: Option<TraceWriter>,
     pub metrics: Arc<Metrics>,
+}
+
+impl AgentRuntime {
+    /// The tools a run of `manifest`'s agent is offered (besides `terminate`): the plugin's,
+    /// then the MCP servers', as the model sees them.
+    pub fn tool_names(&self, manifest: &Manifest) -> Vec<String> {
+        manifest
+            .tools
+            .iter()
+            .map(|t| t.name.clone())
+            .chain(
+                self.mcp
+                    .exposed(&manifest.tools)
+                    .into_iter()
+                    .map(|e| e.name),
+            )
+            .collect()
+    }
 }
 
 /// Everything a run needs besides the session's memory.
@@ -155,6 +176,7 @@ pub struct RunContext<'a> {
     /// The session's own settings (`agent_config`), within the manifest's limits.
     pub settings: &'a SessionSettings,
     pub instance: &'a Instance,
+    pub mcp: &'a McpHub,
     pub config: &'a AgentConfig,
     pub sink: &'a dyn EventSink,
     /// Where calls that need approval wait for it (the session's).

@@ -68,6 +68,7 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
     );
 
     let mut tools = ctx.manifest.tools.clone();
+    tools.extend(ctx.mcp.specs(&ctx.manifest.tools));
     tools.push(terminate_spec());
     let settings = ctx.settings;
     let plan = Plan {
@@ -406,8 +407,8 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Runs one tool (the built-in `terminate`, or the plugin's through its instance). Returns
-/// (success, text for the model).
+/// Runs one tool (the built-in `terminate`, the plugin's through its instance, or an MCP
+/// server's). Returns (success, text for the model).
 async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, String) {
     if name == TERMINATE_TOOL {
         let text = |k: &str, default: &str| {
@@ -423,11 +424,24 @@ async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, Stri
         };
     }
     if !ctx.manifest.tools.iter().any(|t| t.name == name) {
+        if let Some(mcp) = ctx.mcp.find(&ctx.manifest.tools, name) {
+            return match mcp
+                .server
+                .call(&mcp.tool.name, args, ctx.config.tool_timeout)
+                .await
+            {
+                Ok((true, text)) => (true, text),
+                Ok((false, text)) => (false, format!("Error: {text}")),
+                Err(why) => (false, format!("Error: {why}")),
+            };
+        }
+        let offered = ctx.mcp.exposed(&ctx.manifest.tools);
         let known: Vec<&str> = ctx
             .manifest
             .tools
             .iter()
             .map(|t| t.name.as_str())
+            .chain(offered.iter().map(|e| e.name.as_str()))
             .chain([TERMINATE_TOOL])
             .collect();
         return (

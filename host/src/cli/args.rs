@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// Per tool call timeout, unless the plugin sets its own.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub tool_timeout: u64,
+    /// MCP servers whose tools the agent may use, in the editors' format:
+    /// {"mcpServers": {"NAME": {"command", "args", "env"} or {"url", "headers"}}}.
+    #[arg(long, value_name = "FILE")]
+    pub mcp_config: Option<PathBuf>,
     /// Every call of TOOL waits for a person's approval (`agent.tool_approval_required`, answered
     /// by `user.tool_approval`) before it runs, beside the tools the plugin marks (repeatable).
     #[arg(long = "require-approval", value_name = "TOOL")]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use myagent_host::agent::{AgentRuntime, TraceWriter};
 use myagent_host::llm::{HttpModel, Model, Recorder, ReplayModel};
+use myagent_host::mcp::{self, McpHub};
 use myagent_host::metrics::Metrics;
 use myagent_host::plugin::{self, copies::CopyDir, reload};
 use myagent_host::server;
@@ -77,11 +78,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if tokens == 0 && !local.ip().is_loopback() {
         eprintln!("warning: no --auth-token is set and {local} is reachable from other machines: anyone who can connect can use this agent (and your model key). Set --auth-token or MYAGENT_AUTH_TOKENS.");
     }
+    let mcp_stop = tokio_util::sync::CancellationToken::new();
+    let mcp = Arc::new(mcp_servers(&args, &loaded.manifest, &agent_config, &mcp_stop).await?);
     let slot = reload::PluginSlot::new(loaded);
     let _watch = watch(&args, copies, &slot)?;
     let runtime = Arc::new(AgentRuntime {
         plugin: slot,
         model,
+        mcp,
         config: agent_config,
         tracer,
         metrics: Arc::new(Metrics::default()),
@@ -97,8 +101,50 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("Authentication: {tokens} token(s) accepted");
     }
     server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
+    mcp_stop.cancel();
     println!("Stopped.");
     Ok(())
+}
+
+/// Connects to the MCP servers of `--mcp-config` (a bad file is a start-up error; a server that
+/// is down is retried in the background) and says what each offers.
+pub async fn mcp_servers(
+    args: &ServeArgs,
+    manifest: &plugin::Manifest,
+    agent: &myagent_host::agent::AgentConfig,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<McpHub> {
+    let Some(path) = &args.mcp_config else {
+        return Ok(McpHub::default());
+    };
+    let specs = mcp::config::load(path).map_err(anyhow::Error::msg)?;
+    let hub = McpHub::start(specs, stop.clone(), Duration::from_secs(20)).await;
+    let exposed = hub.exposed(&manifest.tools);
+    for server in hub.servers() {
+        let names: Vec<String> = exposed
+            .iter()
+            .filter(|e| Arc::ptr_eq(&e.server, server))
+            .map(|e| match agent.needs_approval(manifest, &e.name) {
+                true => format!("{} (needs approval)", e.name),
+                false => e.name.clone(),
+            })
+            .collect();
+        match server.down() {
+            None => println!(
+                "MCP server {} ({}): {} tools: {}",
+                server.name,
+                server.spec.describe(),
+                names.len(),
+                names.join(", ")
+            ),
+            Some(why) => eprintln!(
+                "warning: MCP server {} ({}) is not available: {why}; retrying in the background",
+                server.name,
+                server.spec.describe()
+            ),
+        }
+    }
+    Ok(hub)
 }
 
 /// The live model over HTTP, or a recording with `--replay`.

@@ -315,7 +315,7 @@ impl Sessions {
             name: m.name.clone(),
             version: m.version.clone(),
             generation: None,
-            tools: Some(m.tools.iter().map(|t| t.name.clone()).collect()),
+            tools: Some(self.runtime.tool_names(m)),
         };
         session.emit(
             &ServerEvent::SessionCreated {

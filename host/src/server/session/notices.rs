@@ -21,7 +21,7 @@ pub async fn forward_reload_notices(runtime: Arc<AgentRuntime>, connections: Arc
                         name: p.manifest.name.clone(),
                         version: p.manifest.version.clone(),
                         generation: Some(p.generation),
-                        tools: Some(p.manifest.tools.iter().map(|t| t.name.clone()).collect()),
+                        tools: Some(runtime.tool_names(&p.manifest)),
                     },
                 }
             }

@@ -55,6 +55,7 @@ async fn run_turn(
         manifest: &plugin.manifest,
         settings,
         instance,
+        mcp: &runtime.mcp,
         config: &runtime.config,
         sink: &sink,
         approvals: &session.approvals,

@@ -1,0 +1,170 @@
+//! Tools from Model Context Protocol servers (`--mcp-config FILE`), offered to the model beside
+//! the plugin's own and called through the same path (timeout, events, traces, truncation,
+//! approval). [`config`] reads the file, [`server`] keeps each server connected, and
+//! [`McpHub`] is what runs see: the tools on offer and where each call goes.
+//!
+//! Names: a server's tool keeps its own name unless another tool has it (the plugin's, the
+//! built-in `terminate`, or another server's); then it is offered as `SERVER__tool`.
+
+pub mod config;
+pub mod server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::llm::ToolSpec;
+pub use config::ServerSpec;
+pub use server::{McpServer, McpTool};
+
+/// The MCP servers of this host.
+#[derive(Default)]
+pub struct McpHub {
+    servers: Vec<Arc<McpServer>>,
+}
+
+/// One tool on offer: the name the model calls, and where it goes.
+pub struct Exposed {
+    pub name: String,
+    pub server: Arc<McpServer>,
+    pub tool: McpTool,
+}
+
+impl McpHub {
+    /// Connects to every server (in parallel); returns when each has connected and listed its
+    /// tools, or failed once, or `wait` passed. A server that failed keeps being retried.
+    pub async fn start(
+        specs: BTreeMap<String, ServerSpec>,
+        shutdown: CancellationToken,
+        wait: Duration,
+    ) -> McpHub {
+        let servers: Vec<Arc<McpServer>> = specs
+            .into_iter()
+            .map(|(name, spec)| McpServer::new(name, spec))
+            .collect();
+        futures_util::future::join_all(servers.iter().map(|s| s.start(shutdown.clone(), wait)))
+            .await;
+        McpHub { servers }
+    }
+
+    pub fn servers(&self) -> &[Arc<McpServer>] {
+        &self.servers
+    }
+
+    /// The tools offered beside `plugin_tools`, named as the model sees them.
+    pub fn exposed(&self, plugin_tools: &[ToolSpec]) -> Vec<Exposed> {
+        if self.servers.is_empty() {
+            return Vec::new();
+        }
+        let listed: Vec<(Arc<McpServer>, Vec<McpTool>)> = self
+            .servers
+            .iter()
+            .map(|s| (s.clone(), s.tools()))
+            .collect();
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for t in plugin_tools {
+            *count.entry(t.name.clone()).or_default() += 1;
+        }
+        *count
+            .entry(crate::agent::TERMINATE_TOOL.into())
+            .or_default() += 1;
+        for (_, tools) in &listed {
+            for t in tools {
+                *count.entry(model_name(&t.name)).or_default() += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for (server, tools) in listed {
+            for tool in tools {
+                let base = model_name(&tool.name);
+                let name = match count.get(&base).copied().unwrap_or(0) > 1 {
+                    true => model_name(&format!("{}__{}", server.name, tool.name)),
+                    false => base,
+                };
+                out.push(Exposed {
+                    name,
+                    server: server.clone(),
+                    tool,
+                });
+            }
+        }
+        out
+    }
+
+    /// The tool specs to offer the model beside the plugin's.
+    pub fn specs(&self, plugin_tools: &[ToolSpec]) -> Vec<ToolSpec> {
+        self.exposed(plugin_tools)
+            .into_iter()
+            .map(|e| ToolSpec {
+                name: e.name,
+                description: e.tool.description,
+                parameters: e.tool.parameters,
+            })
+            .collect()
+    }
+
+    /// Where a call to `name` goes, if it is an MCP tool.
+    pub fn find(&self, plugin_tools: &[ToolSpec], name: &str) -> Option<Exposed> {
+        self.exposed(plugin_tools)
+            .into_iter()
+            .find(|e| e.name == name)
+    }
+}
+
+/// A tool name the model accepts (`^[a-zA-Z0-9_-]{1,64}$`): other characters become `_`.
+fn model_name(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                true => c,
+                false => '_',
+            },
+        )
+        .collect();
+    s.truncate(64);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_kept_unless_they_clash() {
+        assert_eq!(model_name("get-sum"), "get-sum");
+        assert_eq!(model_name("a.b c"), "a_b_c");
+        assert_eq!(model_name(&"x".repeat(80)).len(), 64);
+        let hub = McpHub {
+            servers: vec![
+                McpServer::listed("a", &["echo", "get-sum", "get_weather"]),
+                McpServer::listed("b", &["echo", "only_b", "terminate"]),
+            ],
+        };
+        let plugin = [ToolSpec {
+            name: "get_weather".into(),
+            description: String::new(),
+            parameters: serde_json::json!({}),
+        }];
+        let names: Vec<String> = hub.exposed(&plugin).into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "a__echo",
+                "get-sum",
+                "a__get_weather",
+                "b__echo",
+                "only_b",
+                "b__terminate"
+            ]
+        );
+        let e = hub.find(&plugin, "b__echo").unwrap();
+        assert_eq!(
+            (e.server.name.as_str(), e.tool.name.as_str()),
+            ("b", "echo")
+        );
+        assert!(hub.find(&plugin, "get_weather").is_none());
+    }
+}
