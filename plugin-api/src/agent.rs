@@ -1,11 +1,13 @@
 //! The agent definition a plugin exports: [`Agent`] and its builder.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde_json::Value;
 
 use crate::{
-    wire, Manifest, SessionOverrides, Tool, ToolContext, ToolResult, ToolSpec, API_VERSION,
+    wire, Manifest, McpServer, SessionOverrides, Tool, ToolContext, ToolResult, ToolSpec,
+    API_VERSION,
 };
 
 /// Context given to a custom-event handler.
@@ -33,6 +35,7 @@ pub struct Agent {
     event_prefix: Option<String>,
     event_handler: Option<Box<EventHandler>>,
     session_overrides: SessionOverrides,
+    mcp_servers: BTreeMap<String, McpServer>,
 }
 
 impl Agent {
@@ -54,6 +57,7 @@ impl Agent {
                 event_prefix: None,
                 event_handler: None,
                 session_overrides: SessionOverrides::default(),
+                mcp_servers: BTreeMap::new(),
             },
         }
     }
@@ -116,6 +120,7 @@ impl Agent {
             event_prefix: self.event_prefix.clone(),
             tool_context: wire::TOOL_CONTEXT_VERSION,
             session_overrides: self.session_overrides.clone(),
+            mcp_servers: self.mcp_servers.clone(),
             needs_approval: self
                 .tools
                 .iter()
@@ -206,6 +211,13 @@ impl AgentBuilder {
     /// steps up to a bound, an extra instruction of bounded length. By default nothing.
     pub fn session_overrides(mut self, limits: SessionOverrides) -> Self {
         self.agent.session_overrides = limits;
+        self
+    }
+    /// Asks the host to connect to an MCP server and offer its tools beside this agent's own
+    /// (`name` prefixes them on a name clash, as `NAME__tool`). The operator's `--mcp-config`
+    /// wins when it names a server the same.
+    pub fn mcp_server(mut self, name: impl Into<String>, server: McpServer) -> Self {
+        self.agent.mcp_servers.insert(name.into(), server);
         self
     }
     /// Finishes the definition.

@@ -62,7 +62,7 @@ mod tool;
 pub mod wire;
 
 pub use agent::{Agent, AgentBuilder, EventContext};
-pub use manifest::{Manifest, SessionOverrides, ToolSpec, TERMINATE_TOOL};
+pub use manifest::{Manifest, McpServer, SessionOverrides, ToolSpec, TERMINATE_TOOL};
 pub use serde_json::{json, Map, Value};
 pub use tool::{Tool, ToolContext, ToolResult};
 

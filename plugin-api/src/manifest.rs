@@ -2,6 +2,8 @@
 //! both sides (the plugin serializes it, the host deserializes it), carried as JSON across the
 //! ABI so it can grow without an ABI change.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -40,6 +42,75 @@ pub struct Manifest {
     /// Kept beside `tools`, not in them: a [`ToolSpec`] is what the model is sent.
     #[serde(default)]
     pub needs_approval: Vec<String>,
+    /// MCP servers whose tools the agent wants beside its own (the operator's `--mcp-config`
+    /// wins on a name clash).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, McpServer>,
+}
+
+/// An MCP server a plugin asks the host to connect to, in the format of the operator's
+/// `--mcp-config` file (and of editors' `mcpServers` entries).
+///
+/// ```
+/// use myagent_plugin_api::McpServer;
+/// let files = McpServer::stdio("npx", ["-y", "@modelcontextprotocol/server-filesystem", "/srv/docs"]);
+/// let search = McpServer::http("http://127.0.0.1:3001/mcp").header("Authorization", "Bearer …");
+/// # let _ = (files, search);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum McpServer {
+    /// A server the host runs as its child process, speaking MCP on stdin/stdout.
+    Stdio {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// A streamable-HTTP server.
+    Http {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+impl McpServer {
+    pub fn stdio<I, S>(command: impl Into<String>, args: I) -> McpServer
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        McpServer::Stdio {
+            command: command.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    pub fn http(url: impl Into<String>) -> McpServer {
+        McpServer::Http {
+            url: url.into(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Sets an environment variable of a stdio server (no effect on an HTTP one).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> McpServer {
+        if let McpServer::Stdio { env, .. } = &mut self {
+            env.insert(key.into(), value.into());
+        }
+        self
+    }
+
+    /// Sets a header sent to an HTTP server (no effect on a stdio one).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> McpServer {
+        if let McpServer::Http { headers, .. } = &mut self {
+            headers.insert(name.into(), value.into());
+        }
+        self
+    }
 }
 
 /// The limits within which a client may configure its own session (`agent_config` on

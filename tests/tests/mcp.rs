@@ -416,3 +416,39 @@ async fn the_reference_server_over_streamable_http() {
     assert!(r[0]["content"].as_str().unwrap().contains('5'), "{}", r[0]);
     drop(server);
 }
+
+#[tokio::test]
+async fn a_plugin_names_its_own_servers_and_the_operators_file_wins() {
+    let server = bin("mcp-test-server");
+    let llm = FakeLlm::start();
+    // The plugin asks for `kit` (MCP_TEST_NAME=plugin).
+    let host = Host::start_with_env(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &[],
+        &[("TESTKIT_MCP_SERVER", server.as_path())],
+    );
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([call("whoami", json!({})), {"text": "ok"}]));
+    let (r, _) = turn(&mut c, &sid).await;
+    assert_eq!(r[0]["content"], "plugin");
+    drop(c);
+    drop(host);
+
+    // The operator's file names `kit` too: its definition is the one used.
+    let dir = TempDir::new("mcp-both");
+    let path = config(
+        &dir,
+        json!({"kit": {"command": server, "env": {"MCP_TEST_NAME": "operator"}}}),
+    );
+    let host = Host::start_with_env(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--mcp-config", path.to_str().unwrap()],
+        &[("TESTKIT_MCP_SERVER", server.as_path())],
+    );
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([call("whoami", json!({})), {"text": "ok"}]));
+    let (r, _) = turn(&mut c, &sid).await;
+    assert_eq!(r[0]["content"], "operator");
+}

@@ -106,21 +106,35 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to the MCP servers of `--mcp-config` (a bad file is a start-up error; a server that
-/// is down is retried in the background) and says what each offers.
+/// Connects to the MCP servers of `--mcp-config` and those the plugin names (a bad file is a
+/// start-up error; a server that is down is retried in the background) and says what each
+/// offers.
 pub async fn mcp_servers(
     args: &ServeArgs,
     manifest: &plugin::Manifest,
     agent: &myagent_host::agent::AgentConfig,
     stop: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<McpHub> {
-    let Some(path) = &args.mcp_config else {
-        return Ok(McpHub::default());
+    let mut specs = match &args.mcp_config {
+        Some(path) => mcp::config::load(path).map_err(anyhow::Error::msg)?,
+        None => Default::default(),
     };
-    let specs = mcp::config::load(path).map_err(anyhow::Error::msg)?;
-    let hub = McpHub::start(specs, stop.clone(), Duration::from_secs(20)).await;
+    let from_plugin = mcp::plugin_servers(manifest, &specs).map_err(anyhow::Error::msg)?;
+    specs.extend(from_plugin);
+    let hub = McpHub::start(specs, stop.clone(), mcp::START_WAIT).await;
+    report_mcp(&hub, &hub.servers(), manifest, agent);
+    Ok(hub)
+}
+
+/// Prints what each of `servers` offers (or why it is not available).
+pub fn report_mcp(
+    hub: &McpHub,
+    servers: &[Arc<mcp::McpServer>],
+    manifest: &plugin::Manifest,
+    agent: &myagent_host::agent::AgentConfig,
+) {
     let exposed = hub.exposed(&manifest.tools);
-    for server in hub.servers() {
+    for server in servers {
         let names: Vec<String> = exposed
             .iter()
             .filter(|e| Arc::ptr_eq(&e.server, server))
@@ -144,7 +158,6 @@ pub async fn mcp_servers(
             ),
         }
     }
-    Ok(hub)
 }
 
 /// The live model over HTTP, or a recording with `--replay`.

@@ -10,7 +10,7 @@ pub mod config;
 pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,8 @@ pub use server::{McpServer, McpTool};
 /// The MCP servers of this host.
 #[derive(Default)]
 pub struct McpHub {
-    servers: Vec<Arc<McpServer>>,
+    servers: RwLock<Vec<Arc<McpServer>>>,
+    shutdown: CancellationToken,
 }
 
 /// One tool on offer: the name the model calls, and where it goes.
@@ -32,37 +33,59 @@ pub struct Exposed {
     pub tool: McpTool,
 }
 
+/// How long start-up waits for servers to connect and list their tools.
+pub const START_WAIT: Duration = Duration::from_secs(20);
+
 impl McpHub {
     /// Connects to every server (in parallel); returns when each has connected and listed its
-    /// tools, or failed once, or `wait` passed. A server that failed keeps being retried.
+    /// tools, or failed once, or `wait` passed. A server that failed keeps being retried until
+    /// `shutdown`.
     pub async fn start(
         specs: BTreeMap<String, ServerSpec>,
         shutdown: CancellationToken,
         wait: Duration,
     ) -> McpHub {
-        let servers: Vec<Arc<McpServer>> = specs
-            .into_iter()
-            .map(|(name, spec)| McpServer::new(name, spec))
-            .collect();
-        futures_util::future::join_all(servers.iter().map(|s| s.start(shutdown.clone(), wait)))
-            .await;
-        McpHub { servers }
+        let hub = McpHub {
+            servers: RwLock::new(Vec::new()),
+            shutdown,
+        };
+        hub.add(specs, wait).await;
+        hub
     }
 
-    pub fn servers(&self) -> &[Arc<McpServer>] {
-        &self.servers
+    /// Starts the servers of `specs` not running yet (by name); returns their names.
+    pub async fn add(&self, specs: BTreeMap<String, ServerSpec>, wait: Duration) -> Vec<String> {
+        let new: Vec<Arc<McpServer>> = {
+            let mut servers = self.servers.write().unwrap_or_else(|p| p.into_inner());
+            let fresh: Vec<Arc<McpServer>> = specs
+                .into_iter()
+                .filter(|(name, _)| !servers.iter().any(|s| &s.name == name))
+                .map(|(name, spec)| McpServer::new(name, spec))
+                .collect();
+            servers.extend(fresh.iter().cloned());
+            servers.sort_by(|a, b| a.name.cmp(&b.name));
+            fresh
+        };
+        futures_util::future::join_all(new.iter().map(|s| s.start(self.shutdown.clone(), wait)))
+            .await;
+        new.iter().map(|s| s.name.clone()).collect()
+    }
+
+    pub fn servers(&self) -> Vec<Arc<McpServer>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The tools offered beside `plugin_tools`, named as the model sees them.
     pub fn exposed(&self, plugin_tools: &[ToolSpec]) -> Vec<Exposed> {
-        if self.servers.is_empty() {
+        let servers = self.servers();
+        if servers.is_empty() {
             return Vec::new();
         }
-        let listed: Vec<(Arc<McpServer>, Vec<McpTool>)> = self
-            .servers
-            .iter()
-            .map(|s| (s.clone(), s.tools()))
-            .collect();
+        let listed: Vec<(Arc<McpServer>, Vec<McpTool>)> =
+            servers.iter().map(|s| (s.clone(), s.tools())).collect();
         let mut count: HashMap<String, usize> = HashMap::new();
         for t in plugin_tools {
             *count.entry(t.name.clone()).or_default() += 1;
@@ -113,6 +136,21 @@ impl McpHub {
     }
 }
 
+/// The servers a plugin's manifest names, read like the operator's file (same checks); a
+/// server the operator's file names the same is left out (the operator wins).
+pub fn plugin_servers(
+    manifest: &crate::plugin::Manifest,
+    operator: &BTreeMap<String, ServerSpec>,
+) -> Result<BTreeMap<String, ServerSpec>, String> {
+    if manifest.mcp_servers.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let text = serde_json::json!({ "mcpServers": manifest.mcp_servers }).to_string();
+    let mut specs = config::parse(&text).map_err(|e| format!("the plugin's MCP servers: {e}"))?;
+    specs.retain(|name, _| !operator.contains_key(name));
+    Ok(specs)
+}
+
 /// A tool name the model accepts (`^[a-zA-Z0-9_-]{1,64}$`): other characters become `_`.
 fn model_name(name: &str) -> String {
     let mut s: String = name
@@ -138,10 +176,11 @@ mod tests {
         assert_eq!(model_name("a.b c"), "a_b_c");
         assert_eq!(model_name(&"x".repeat(80)).len(), 64);
         let hub = McpHub {
-            servers: vec![
+            servers: RwLock::new(vec![
                 McpServer::listed("a", &["echo", "get-sum", "get_weather"]),
                 McpServer::listed("b", &["echo", "only_b", "terminate"]),
-            ],
+            ]),
+            shutdown: CancellationToken::new(),
         };
         let plugin = [ToolSpec {
             name: "get_weather".into(),

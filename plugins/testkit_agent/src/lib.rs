@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use myagent_plugin_api::{
-    export_agent, json, Agent, EventContext, SessionOverrides, Tool, ToolResult, Value,
+    export_agent, json, Agent, EventContext, McpServer, SessionOverrides, Tool, ToolResult, Value,
 };
 
 struct FnTool {
@@ -90,7 +90,15 @@ pub fn testkit() -> Agent {
         panic!("testkit factory was told to panic");
     }
     let tag = option_env!("TESTKIT_TAG").unwrap_or("v1");
-    Agent::builder("testkit")
+    let mut agent = Agent::builder("testkit");
+    // `TESTKIT_MCP_SERVER`: the agent asks for this stdio MCP server, as `kit`.
+    if let Ok(command) = std::env::var("TESTKIT_MCP_SERVER") {
+        agent = agent.mcp_server(
+            "kit",
+            McpServer::stdio(command, Vec::<String>::new()).env("MCP_TEST_NAME", "plugin"),
+        );
+    }
+    agent
         .version(format!("0.1.0-{tag}"))
         .description("Tools for testing the host.")
         .system_prompt("You are a test agent.")

@@ -7,7 +7,8 @@
 //! - `slow` {ms}: answers after `ms` milliseconds (calls run concurrently);
 //! - `crash`: the process exits at once, mid-call;
 //! - `grow`: adds a tool `extra` and sends `notifications/tools/list_changed`;
-//! - `pid`: the server's process id.
+//! - `pid`: the server's process id;
+//! - `whoami`: `$MCP_TEST_NAME` (to tell two configurations apart).
 //!
 //! It prints `mcp-test-server: started (pid N)` on stderr, which the host logs.
 
@@ -46,6 +47,7 @@ fn tools() -> Vec<Value> {
         tool("crash", "Exits the server process mid-call.", json!({})),
         tool("grow", "Adds the tool `extra`.", json!({})),
         tool("pid", "The server's process id.", json!({})),
+        tool("whoami", "Says $MCP_TEST_NAME.", json!({})),
     ];
     if GROWN.load(Ordering::SeqCst) {
         t.push(tool("extra", "Added at run time by `grow`.", json!({})));
@@ -83,6 +85,7 @@ fn call(name: &str, args: &Value, out: &Arc<Mutex<std::io::Stdout>>) -> Value {
             text("added the tool `extra`", false)
         }
         "pid" => text(std::process::id().to_string(), false),
+        "whoami" => text(std::env::var("MCP_TEST_NAME").unwrap_or_default(), false),
         "extra" if GROWN.load(Ordering::SeqCst) => text("extra works", false),
         other => text(format!("unknown tool `{other}`"), true),
     }

@@ -16,6 +16,7 @@ pub async fn forward_reload_notices(runtime: Arc<AgentRuntime>, connections: Arc
         let event = match rx.recv().await {
             Ok(ReloadNotice::Reloaded(p)) => {
                 runtime.metrics.reloads.inc();
+                start_new_mcp_servers(&runtime, &p.manifest);
                 ServerEvent::PluginReloaded {
                     agent: AgentInfo {
                         name: p.manifest.name.clone(),
@@ -41,4 +42,23 @@ pub async fn forward_reload_notices(runtime: Arc<AgentRuntime>, connections: Arc
         };
         connections.broadcast(&event);
     }
+}
+
+/// A new build may name MCP servers the host does not run yet: they are started (in the
+/// background; their tools are offered once listed). Servers already running stay as they are.
+fn start_new_mcp_servers(runtime: &Arc<AgentRuntime>, manifest: &crate::plugin::Manifest) {
+    let specs = match crate::mcp::plugin_servers(manifest, &Default::default()) {
+        Ok(s) if s.is_empty() => return,
+        Ok(s) => s,
+        Err(e) => {
+            return tracing::warn!(error = %e, "the new build's MCP servers are not valid; not started")
+        }
+    };
+    let runtime = runtime.clone();
+    tokio::spawn(async move {
+        let started = runtime.mcp.add(specs, crate::mcp::START_WAIT).await;
+        if !started.is_empty() {
+            tracing::info!(servers = ?started, "MCP servers named by the new build started");
+        }
+    });
 }
