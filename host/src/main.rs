@@ -11,7 +11,11 @@ use cli::args::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Inspect { plugin, json } => cli::inspect::inspect(&plugin, json),
+        Command::Inspect {
+            plugin,
+            json,
+            mcp_config,
+        } => cli::inspect::inspect(&plugin, json, mcp_config.as_deref()),
         Command::New { path, api_path } => cli::inspect::new_plugin(&path, api_path),
         Command::Serve(args) => {
             init_logging(args.debug);

@@ -452,3 +452,46 @@ async fn a_plugin_names_its_own_servers_and_the_operators_file_wins() {
     let (r, _) = turn(&mut c, &sid).await;
     assert_eq!(r[0]["content"], "operator");
 }
+
+#[test]
+fn inspect_lists_the_mcp_tools_the_agent_would_be_offered() {
+    let dir = TempDir::new("mcp-inspect");
+    let path = config(
+        &dir,
+        json!({"own": own(), "gone": {"url": "http://127.0.0.1:9/mcp"}}),
+    );
+    let out = std::process::Command::new(bin("myagent-host"))
+        .arg("inspect")
+        .arg(plugin_lib("testkit_agent"))
+        .args(["--mcp-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("MCP server own (stdio: ") && text.contains("  own__echo — Returns `text`."),
+        "{text}"
+    );
+    assert!(
+        text.contains("MCP server gone (http: http://127.0.0.1:9/mcp): not available: "),
+        "{text}"
+    );
+    let out = std::process::Command::new(bin("myagent-host"))
+        .arg("inspect")
+        .arg(plugin_lib("testkit_agent"))
+        .args(["--json", "--mcp-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let own = v["mcp_tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server"] == "own")
+        .unwrap();
+    assert!(own["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "add"));
+}

@@ -32,6 +32,10 @@ pub enum Command {
         /// Print the manifest as JSON.
         #[arg(long)]
         json: bool,
+        /// Also connect to these MCP servers (and those the plugin names) and list their tools
+        /// as the agent would be offered them.
+        #[arg(long, value_name = "FILE")]
+        mcp_config: Option<PathBuf>,
     },
     /// Create a new agent plugin crate (Cargo.toml, an agent with one example tool, tests).
     New {

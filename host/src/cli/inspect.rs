@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use myagent_host::mcp::{self, McpHub};
 use myagent_host::plugin::{self, copies::CopyDir};
+use tokio_util::sync::CancellationToken;
 
 use super::config::default_state_dir;
 use crate::fail;
@@ -40,7 +42,7 @@ pub fn new_plugin(path: &Path, api_path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
+pub fn inspect(path: &Path, as_json: bool, mcp_config: Option<&Path>) -> ExitCode {
     let copies = match CopyDir::open(&default_state_dir()) {
         Ok(c) => c,
         Err(e) => return fail(&format!("cannot create the plugin copy directory: {e}")),
@@ -50,8 +52,24 @@ pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     let m = &p.manifest;
+    let mcp = match mcp_tools(m, mcp_config) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(m).unwrap_or_default());
+        let mut v = serde_json::to_value(m).unwrap_or_default();
+        if let Some(servers) = &mcp {
+            v["mcp_tools"] = serde_json::json!(servers
+                .iter()
+                .map(
+                    |s| serde_json::json!({"server": s.name, "spec": s.spec, "error": s.error,
+                    "tools": s.tools.iter().map(|(name, t)| serde_json::json!({
+                        "name": name, "description": t.description, "parameters": t.parameters}))
+                        .collect::<Vec<_>>()})
+                )
+                .collect::<Vec<_>>());
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     println!("agent:            {} {}", m.name, m.version);
@@ -94,5 +112,68 @@ pub fn inspect(path: &Path, as_json: bool) -> ExitCode {
             println!("      {line}");
         }
     }
+    for s in mcp.iter().flatten() {
+        match &s.error {
+            Some(e) => println!("MCP server {} ({}): not available: {e}", s.name, s.spec),
+            None => {
+                println!(
+                    "MCP server {} ({}): {} tools",
+                    s.name,
+                    s.spec,
+                    s.tools.len()
+                );
+                for (name, t) in &s.tools {
+                    println!("  {name} — {}", t.description);
+                }
+            }
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// What one MCP server offered `inspect`.
+struct Listed {
+    name: String,
+    spec: String,
+    error: Option<String>,
+    /// (the name the model sees, the tool)
+    tools: Vec<(String, mcp::McpTool)>,
+}
+
+/// Connects to the servers of `config` and those the plugin names, lists their tools (as the
+/// agent would be offered them), and disconnects. None when there are no servers.
+fn mcp_tools(m: &plugin::Manifest, config: Option<&Path>) -> Result<Option<Vec<Listed>>, String> {
+    let mut specs = match config {
+        Some(path) => mcp::config::load(path)?,
+        None => Default::default(),
+    };
+    specs.extend(mcp::plugin_servers(m, &specs)?);
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let stop = CancellationToken::new();
+    let listed = rt.block_on(async {
+        let hub = McpHub::start(specs, stop.clone(), mcp::START_WAIT).await;
+        let exposed = hub.exposed(&m.tools);
+        hub.servers()
+            .iter()
+            .map(|s| Listed {
+                name: s.name.clone(),
+                spec: s.spec.describe(),
+                error: s.down(),
+                tools: exposed
+                    .iter()
+                    .filter(|e| std::sync::Arc::ptr_eq(&e.server, s))
+                    .map(|e| (e.name.clone(), e.tool.clone()))
+                    .collect(),
+            })
+            .collect()
+    });
+    stop.cancel();
+    rt.shutdown_timeout(std::time::Duration::from_secs(3));
+    Ok(Some(listed))
 }
