@@ -178,6 +178,8 @@ pub fn agent() -> Agent {{
         .system_prompt("You are a helpful assistant. Use the word_count tool to count words.")
         .max_steps(5)
         .tool(WordCount)
+        // Tools from an MCP server, beside this agent's own (`use myagent_plugin_api::McpServer`):
+        // .mcp_server("files", McpServer::stdio("npx", ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]))
         .build()
 }}
 

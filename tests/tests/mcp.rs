@@ -173,6 +173,12 @@ async fn a_crashing_server_fails_only_its_call_and_is_restarted() {
         let (r, _) = turn(&mut c, &sid).await;
         if r[0]["metadata"]["status"] == "success" {
             assert_ne!(r[0]["content"].as_str().unwrap(), pid_before);
+            let metrics = host.http("/metrics");
+            assert!(
+                metrics.contains("myagent_mcp_server_up{server=\"own\"} 1")
+                    && metrics.contains("myagent_mcp_connections_total{server=\"own\"} 2"),
+                "{metrics}"
+            );
             break;
         }
         // Meanwhile the call fails at once, saying why.

@@ -128,6 +128,41 @@ impl McpHub {
             .collect()
     }
 
+    /// Prometheus lines per server: up (1/0), connections made (above 1: restarts), tools.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let servers = self.servers();
+        if servers.is_empty() {
+            return String::new();
+        }
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&McpServer) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for s in &servers {
+                let _ = writeln!(out, "{name}{{server=\"{}\"}} {}", s.name, value(s));
+            }
+        };
+        family(
+            "myagent_mcp_server_up",
+            "gauge",
+            "1 while the MCP server is connected",
+            &|s| u64::from(s.down().is_none()),
+        );
+        family(
+            "myagent_mcp_connections_total",
+            "counter",
+            "Connections made to the MCP server (more than one: it was restarted)",
+            &|s| s.connections.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        family(
+            "myagent_mcp_tools",
+            "gauge",
+            "Tools the MCP server lists",
+            &|s| s.tools().len() as u64,
+        );
+        out
+    }
+
     /// Where a call to `name` goes, if it is an MCP tool.
     pub fn find(&self, plugin_tools: &[ToolSpec], name: &str) -> Option<Exposed> {
         self.exposed(plugin_tools)

@@ -140,8 +140,10 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             r
         }
         (&Method::GET, "/metrics") => {
-            let generation = gw.deps.sessions.runtime().plugin.current().generation;
-            let body = gw.deps.metrics.render(generation);
+            let runtime = gw.deps.sessions.runtime();
+            let generation = runtime.plugin.current().generation;
+            let mut body = gw.deps.metrics.render(generation);
+            body.push_str(&runtime.mcp.render_metrics());
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (&Method::GET, "/" | "/index.html") => {

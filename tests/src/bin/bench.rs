@@ -2,6 +2,7 @@
 //!
 //!   myagent-bench tool-overhead   host→plugin tool call cost (direct, and via spawn_blocking as runs do)
 //!   myagent-bench reload          file replaced → `system.plugin_reloaded` received by a client
+//!   myagent-bench mcp-overhead    an MCP tool call (stdio) next to a plugin tool call, no-op tools
 //!   myagent-bench all
 //!
 //! Run with `make bench` (release build). Machines here are shared: read the numbers as a
@@ -104,18 +105,78 @@ async fn reload() {
     );
 }
 
+/// Sequential no-op calls: `echo` of the tests' own stdio MCP server (Rust) and of the
+/// reference server (Node.js, if installed in tests/mcp), as a run makes them
+/// (`McpServer::call`: JSON-RPC over the child's pipes, timeout), beside the plugin's `echo`.
+async fn mcp_overhead() {
+    use myagent_host::mcp::{config::ServerSpec, McpHub};
+    let mut specs = std::collections::BTreeMap::new();
+    specs.insert(
+        "own".to_string(),
+        ServerSpec::Stdio {
+            command: myagent_tests::bin("mcp-test-server").display().to_string(),
+            args: vec![],
+            env: Default::default(),
+        },
+    );
+    let js = workspace_root()
+        .join("tests/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if js.exists() {
+        specs.insert(
+            "everything".to_string(),
+            ServerSpec::Stdio {
+                command: "node".into(),
+                args: vec![js.display().to_string(), "stdio".into()],
+                env: Default::default(),
+            },
+        );
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let hub = McpHub::start(specs, stop.clone(), Duration::from_secs(30)).await;
+    for server in hub.servers() {
+        let (tool, args) = match server.name.as_str() {
+            "own" => ("echo", serde_json::json!({"text": "x"})),
+            _ => ("echo", serde_json::json!({"message": "x"})),
+        };
+        let n = 2_000;
+        let mut took = Vec::with_capacity(n);
+        for i in 0..n + 200 {
+            let t0 = Instant::now();
+            let r = server
+                .call(tool, args.clone(), Duration::from_secs(5))
+                .await
+                .expect("MCP call");
+            assert!(r.0, "{r:?}");
+            if i >= 200 {
+                took.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        took.sort_by(f64::total_cmp);
+        println!(
+            "mcp-overhead: `{tool}` on MCP server {} ({}): p50 {:.1} µs, p99 {:.1} µs per call over {n} calls",
+            server.name,
+            server.spec.describe(),
+            percentile(&took, 0.5),
+            percentile(&took, 0.99)
+        );
+    }
+    stop.cancel();
+}
+
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     match what.as_str() {
         "tool-overhead" => tool_overhead().await,
         "reload" => reload().await,
+        "mcp-overhead" => mcp_overhead().await,
         "all" => {
             tool_overhead().await;
+            mcp_overhead().await;
             reload().await;
         }
         other => {
-            eprintln!("unknown benchmark {other}; use tool-overhead, reload or all");
+            eprintln!("unknown benchmark {other}; use tool-overhead, mcp-overhead, reload or all");
             std::process::exit(2);
         }
     }
