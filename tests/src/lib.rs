@@ -331,8 +331,15 @@ impl Host {
                 &llm.base_url(),
             ])
             .args(["--model", "fake-model", "--state-dir"])
-            .arg(state.path())
-            .args(extra)
+            .arg(state.path());
+        // Each host its own session store (unless the test names one).
+        if !extra.contains(&"--store") {
+            cmd.arg("--store").arg(format!(
+                "sqlite:{}",
+                state.path().join("sessions.db").display()
+            ));
+        }
+        cmd.args(extra)
             .env_remove("OPENAI_API_KEY")
             .env_remove("MYAGENT_AUTH_TOKENS")
             .env("RUST_LOG", log);

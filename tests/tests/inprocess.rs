@@ -258,6 +258,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         replay_budget_bytes: 1 << 30,
         resume_window: Duration::from_millis(300),
         on_busy: myagent_host::server::protocol::OnBusy::Reject,
+        durable: None,
     };
     let sessions = Sessions::in_memory(config, runtime.clone(), Arc::new(Lifecycle::default()));
     let (mut a, out_a) = client("192.0.2.1", 1);

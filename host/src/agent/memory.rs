@@ -24,6 +24,15 @@ impl Memory {
         }
     }
 
+    /// A memory as it was saved (a durable session restored after a restart).
+    pub fn restore(budget_chars: usize, messages: Vec<ChatMessage>, dropped_turns: u64) -> Memory {
+        Memory {
+            messages,
+            budget_chars,
+            dropped_turns,
+        }
+    }
+
     pub fn messages(&self) -> &[ChatMessage] {
         &self.messages
     }

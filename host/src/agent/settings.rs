@@ -9,7 +9,7 @@ use myagent_plugin_api::SessionOverrides;
 
 /// A session's own settings; `None` keeps the agent's.
 /// Serialized as the client sees it in `agent.session_created` (unset fields left out).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SessionSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

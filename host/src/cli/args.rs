@@ -195,6 +195,14 @@ pub struct ServeArgs {
     pub ping_interval: u64,
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub pong_timeout: u64,
+    /// Where sessions are kept: `sqlite:PATH` (default: $XDG_STATE_HOME/myagent-host/sessions.db,
+    /// else ~/.local/state/...): they survive restarts and can be resumed within --session-ttl;
+    /// or `memory`: they end with the process.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// A stored session idle this long is deleted (default 7 days).
+    #[arg(long, default_value_t = 604_800, value_name = "SECS")]
+    pub session_ttl: u64,
     /// How long sessions (and their runs) wait for a client to resume after a disconnect.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub resume_window: u64,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use myagent_host::agent::AgentConfig;
 use myagent_host::llm::{ApiKey, LlmConfig};
+use myagent_host::server::session::Durable;
 use myagent_host::server::{ServerConfig, SessionConfig};
 
 use super::args::ServeArgs;
@@ -86,7 +87,55 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
     }
 }
 
-pub fn session_config(args: &ServeArgs) -> SessionConfig {
+/// Where sessions are stored by default: `$XDG_STATE_HOME/myagent-host/sessions.db`, else
+/// `~/.local/state/myagent-host/sessions.db`.
+pub fn default_store_path() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("myagent-host/sessions.db")
+}
+
+/// Opens the store `--store` names: `memory`, or `sqlite:PATH` (the default, at
+/// [`default_store_path`]).
+pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<Durable>>> {
+    let ttl = Duration::from_secs(args.session_ttl.max(1));
+    let path = match args.store.as_deref() {
+        None => default_store_path(),
+        Some("memory") => return Ok(None),
+        Some(url) => match url.strip_prefix("sqlite:") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => anyhow::bail!(
+                "--store {url}: expected `memory` or `sqlite:PATH` (redis:// is not supported yet)"
+            ),
+        },
+    };
+    let durable = Durable::open(&path, ttl).map_err(anyhow::Error::msg)?;
+    println!(
+        "Sessions: stored in {} (resumable for {} after they go idle; --store memory to keep them in memory only)",
+        path.display(),
+        human_duration(ttl)
+    );
+    Ok(Some(durable))
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s => format!("{s} s"),
+    }
+}
+
+pub fn session_config(args: &ServeArgs, durable: Option<std::sync::Arc<Durable>>) -> SessionConfig {
     let max_sessions = match args.max_sessions {
         0 => {
             let (n, worst, budget) =
@@ -111,6 +160,7 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
         },
         resume_window: Duration::from_secs(args.resume_window),
         on_busy: args.on_busy,
+        durable,
     }
 }
 

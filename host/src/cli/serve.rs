@@ -67,7 +67,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let server_config = config::server_config(&args, auth_tokens, raise_fd_limit());
-    let session_config = config::session_config(&args);
+    let durable = config::session_store(&args)?;
+    let session_config = config::session_config(&args, durable);
 
     let addr = format!("{}:{}", args.host, args.port);
     let listener = server::listen(&addr)

@@ -64,4 +64,6 @@ pub struct SessionConfig {
     pub resume_window: Duration,
     /// Double texting: what a message does while its session runs, unless it says (`on_busy`).
     pub on_busy: OnBusy,
+    /// Where sessions are kept beyond this process (`--store sqlite:PATH`); None: memory only.
+    pub durable: Option<std::sync::Arc<crate::server::session::Durable>>,
 }

@@ -29,11 +29,12 @@ pub enum ErrorCode {
     CustomEventFailed,
     EventTooLarge,
     ApprovalNotPending,
+    StoreUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and fuzzing.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidMessage,
         ErrorCode::MissingEvent,
@@ -51,6 +52,7 @@ impl ErrorCode {
         ErrorCode::CustomEventFailed,
         ErrorCode::EventTooLarge,
         ErrorCode::ApprovalNotPending,
+        ErrorCode::StoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::CustomEventFailed => "custom_event_failed",
             ErrorCode::EventTooLarge => "event_too_large",
             ErrorCode::ApprovalNotPending => "approval_not_pending",
+            ErrorCode::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -225,8 +228,14 @@ pub enum ServerEvent {
     },
     #[serde(rename = "agent.error")]
     Error { error: String, code: ErrorCode },
+    /// The run ended before its answer. `reason` is absent for a cancel (the client's, or an
+    /// interrupting message) and `host_lost` for a turn whose host stopped mid-run (found when a
+    /// durable session is resumed).
     #[serde(rename = "agent.interrupted")]
-    Interrupted,
+    Interrupted {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
     #[serde(rename = "agent.ready")]
     Ready,
     /// A message that arrived while the session was running waits (`on_busy`); `position` 1
@@ -285,7 +294,7 @@ impl ServerEvent {
             ServerEvent::ToolResult { .. } => 10,
             ServerEvent::FinalAnswer { .. } => 11,
             ServerEvent::Error { .. } => 12,
-            ServerEvent::Interrupted => 13,
+            ServerEvent::Interrupted { .. } => 13,
             ServerEvent::Ready => 14,
             ServerEvent::MessageQueued { .. } => 15,
             ServerEvent::History { .. } => 16,

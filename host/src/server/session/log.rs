@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::durable::Durable;
 use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::llm::Content;
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ pub struct Session {
     inner: Mutex<Inner>,
     replay_cap_bytes: usize,
     budget: Arc<ReplayBudget>,
+    /// Where the session's events are also written (a durable store), if anywhere.
+    durable: Option<Arc<Durable>>,
 }
 
 struct Inner {
@@ -112,6 +115,7 @@ pub enum ResumeOutcome {
 }
 
 impl Session {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
         resume_token: String,
@@ -120,6 +124,7 @@ impl Session {
         client_ip: IpAddr,
         replay_cap_bytes: usize,
         budget: Arc<ReplayBudget>,
+        durable: Option<Arc<Durable>>,
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
@@ -141,6 +146,32 @@ impl Session {
             inner: Mutex::new(inner),
             replay_cap_bytes,
             budget,
+            durable,
+        }
+    }
+
+    /// The durable store this session writes to, if any.
+    pub fn durable(&self) -> Option<&Arc<Durable>> {
+        self.durable.as_ref()
+    }
+
+    /// Puts back a restored session's log: its numbering goes on from the last event, and the
+    /// events (oldest first) are kept for replay within the usual limits.
+    pub fn restore_log(&self, events: Vec<(u64, String)>) {
+        let mut inner = self.lock();
+        for (seq, frame) in events {
+            inner.seq = inner.seq.max(seq);
+            let cost = frame.len() + EVENT_OVERHEAD;
+            inner.replay_bytes += cost;
+            self.budget.metrics.replay_bytes.add(cost as u64);
+            inner.replay.push_back((seq, Utf8Bytes::from(frame)));
+        }
+        while inner.replay_bytes > self.replay_cap_bytes && inner.replay.len() > 1 {
+            if let Some((_, old)) = inner.replay.pop_front() {
+                let freed = old.len() + EVENT_OVERHEAD;
+                inner.replay_bytes -= freed;
+                self.budget.metrics.replay_bytes.sub(freed as u64);
+            }
         }
     }
 
@@ -238,6 +269,9 @@ impl Session {
                 inner.replay_bytes -= freed;
                 self.budget.metrics.replay_bytes.sub(freed as u64);
             }
+        }
+        if let Some(d) = &self.durable {
+            d.event(&self.id, seq, &text);
         }
         if let Some(owner) = &inner.owner {
             owner.send(text);

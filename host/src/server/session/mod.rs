@@ -3,6 +3,7 @@
 //! ([`notices`]), and [`Sessions`], the one door connections knock on: a connection parses a
 //! client message and hands it to [`Sessions::handle`]; everything else happens here.
 
+pub mod durable;
 mod log;
 pub mod notices;
 pub mod registry;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
+pub use durable::Durable;
 pub use log::{
     Admit, AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED,
     MAX_QUEUED_BYTES,
@@ -120,9 +122,10 @@ impl Sessions {
                 // Idle: nothing to stop, and the answer is the same as for a stopped run (as
                 // in the MyAgent design) — outside the session's numbered log.
                 if !session.cancel() {
-                    client
-                        .conn
-                        .send_about(Some(&session_id), &ServerEvent::Interrupted);
+                    client.conn.send_about(
+                        Some(&session_id),
+                        &ServerEvent::Interrupted { reason: None },
+                    );
                 }
             }
             ClientMessage::GetHistory { session_id } => {
@@ -148,6 +151,9 @@ impl Sessions {
                 };
                 session.cancel();
                 self.remove(&session_id);
+                if let Some(d) = &self.config.durable {
+                    d.delete(&session_id);
+                }
                 client.sessions.remove(&session_id);
                 client
                     .conn
@@ -157,7 +163,23 @@ impl Sessions {
                 session_id,
                 resume_token,
                 last_seq,
-            } => self.resume(client, &session_id, &resume_token, last_seq),
+            } => {
+                let lost_turn = self
+                    .restore_if_stored(client, &session_id, &resume_token)
+                    .await;
+                self.resume(client, &session_id, &resume_token, last_seq);
+                if let Some(session) = lost_turn {
+                    // The turn its host never finished, closed in the session's log.
+                    let metrics = &self.runtime.metrics;
+                    session.emit(
+                        &ServerEvent::Interrupted {
+                            reason: Some("host_lost"),
+                        },
+                        metrics,
+                    );
+                    session.emit(&ServerEvent::Ready, metrics);
+                }
+            }
             ClientMessage::ToolApproval {
                 session_id,
                 step_id,
@@ -303,9 +325,13 @@ impl Sessions {
             client.ip,
             self.config.replay_buffer_bytes,
             self.budget.clone(),
+            self.config.durable.clone(),
         ));
         if let Err(why) = self.store.insert(session.clone()) {
             return self.refuse(client, None, why);
+        }
+        if let Some(d) = &self.config.durable {
+            d.create(&id, &token, &settings);
         }
         self.runtime.metrics.sessions.inc();
         self.runtime.metrics.sessions_total.inc();
@@ -365,6 +391,125 @@ impl Sessions {
             async move { run::run_turns(&runtime, &session, cancel, content).await }
                 .instrument(span),
         );
+    }
+
+    /// A session this process does not hold may be in the durable store (the host restarted,
+    /// or the resume window let it go from memory): with the right token it is rebuilt — memory,
+    /// settings, the tail of its log — on the current plugin build. A turn that was running
+    /// when its host stopped is closed now: recorded as interrupted, and the client gets
+    /// `agent.interrupted` with reason `host_lost` once it has resumed.
+    /// Returns the session when a lost turn is to be announced (after the resume's replay).
+    async fn restore_if_stored(
+        &self,
+        client: &mut Client,
+        session_id: &str,
+        token: &str,
+    ) -> Option<Arc<Session>> {
+        let durable = self.config.durable.clone()?;
+        if self.store.get(session_id).is_some() {
+            return None;
+        }
+        let id = session_id.to_owned();
+        let d = durable.clone();
+        let stored = match tokio::task::spawn_blocking(move || d.load(&id)).await {
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "session store read failed");
+                client.error(
+                    Some(session_id),
+                    ErrorCode::StoreUnavailable,
+                    &format!("Cannot resume: {e}"),
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "session store read failed");
+                client.error(
+                    Some(session_id),
+                    ErrorCode::StoreUnavailable,
+                    "Cannot resume: the session store read failed",
+                );
+                return None;
+            }
+        };
+        if !constant_time_eq(&stored.token_hash, &durable::hash_token(token)) {
+            return None; // the resume answers "Session not found"
+        }
+        if let Err(why) = self.store.room(client.ip) {
+            self.refuse(client, Some(session_id), why);
+            return None;
+        }
+        let plugin = self.runtime.plugin.current();
+        let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
+        let instance = match plugin.instantiate(timeout).await {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
+                self.factory_failed(client, &e);
+                return None;
+            }
+            Err(e) => {
+                self.factory_failed(client, &e);
+                return None;
+            }
+        };
+        let settings: SessionSettings = serde_json::from_str(&stored.settings).unwrap_or_default();
+        let settings = match settings.check(&plugin.manifest) {
+            Ok(()) => settings,
+            Err(_) => SessionSettings::default(),
+        };
+        #[derive(serde::Deserialize, Default)]
+        struct SavedMemory {
+            messages: Vec<crate::llm::ChatMessage>,
+            dropped_turns: u64,
+        }
+        let saved: SavedMemory = serde_json::from_str(&stored.memory).unwrap_or_default();
+        let mut memory = Memory::restore(
+            self.runtime.config.memory_budget_chars,
+            saved.messages,
+            saved.dropped_turns,
+        );
+        let lost_turn = stored
+            .running_input
+            .as_deref()
+            .and_then(|i| serde_json::from_str::<crate::llm::Content>(i).ok());
+        if let Some(input) = &lost_turn {
+            memory.push(crate::llm::ChatMessage::user(input.clone()));
+            memory.push(crate::llm::ChatMessage::assistant(
+                Some(crate::agent::INTERRUPTED_NOTE.into()),
+                Vec::new(),
+            ));
+            memory.trim();
+            durable.turn_end(session_id, &memory);
+        }
+        let slot = AgentSlot {
+            memory,
+            settings,
+            plugin: plugin.clone(),
+            instance,
+        };
+        let session = Arc::new(Session::new(
+            session_id.to_owned(),
+            token.to_owned(),
+            slot,
+            client.conn.clone(),
+            client.ip,
+            self.config.replay_buffer_bytes,
+            self.budget.clone(),
+            Some(durable.clone()),
+        ));
+        session.restore_log(stored.events);
+        if let Err(why) = self.store.insert(session.clone()) {
+            self.refuse(client, Some(session_id), why);
+            return None;
+        }
+        self.runtime.metrics.sessions.inc();
+        tracing::info!(
+            session_id,
+            lost_turn = lost_turn.is_some(),
+            "session restored from the store"
+        );
+        lost_turn.map(|_| session)
     }
 
     fn resume(&self, client: &mut Client, session_id: &str, token: &str, last_seq: u64) {

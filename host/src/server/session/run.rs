@@ -64,7 +64,15 @@ async fn run_turn(
         metrics: &runtime.metrics,
         session_id: &session.id,
     };
+    // A durable session notes the turn before it runs and the memory after: a host that
+    // stops in between leaves a turn its next resume closes as interrupted (`host_lost`).
+    if let Some(d) = session.durable() {
+        d.turn_start(&session.id, content);
+    }
     let outcome = run_agent(&ctx, memory, content).await;
+    if let Some(d) = session.durable() {
+        d.turn_end(&session.id, memory);
+    }
     session.finish_run(&final_event(outcome), &runtime.metrics)
 }
 
@@ -83,7 +91,7 @@ fn final_event(outcome: RunOutcome) -> ServerEvent {
             },
         },
         RunOutcome::Failed { message } => ServerEvent::error(ErrorCode::RunFailed, message),
-        RunOutcome::Cancelled => ServerEvent::Interrupted,
+        RunOutcome::Cancelled => ServerEvent::Interrupted { reason: None },
     }
 }
 

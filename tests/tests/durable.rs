@@ -1,0 +1,207 @@
+//! Durable sessions (`--store sqlite:PATH`): sessions outlive the host process. Real hosts,
+//! killed with SIGKILL and started again on the same store; real WebSocket clients resuming.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use myagent_tests::{bin, plugin_lib, texts_of, Client, FakeLlm, Host, TempDir};
+use serde_json::{json, Value};
+
+fn start(llm: &FakeLlm, store: &Path, extra: &[&str]) -> Host {
+    let url = format!("sqlite:{}", store.display());
+    let mut args = vec!["--store", url.as_str()];
+    args.extend_from_slice(extra);
+    Host::start(&plugin_lib("testkit_agent"), llm, &args)
+}
+
+async fn resume(host: &Host, sid: &str, token: &str, last_seq: u64) -> (Client, Value) {
+    let mut c = Client::connect(&host.ws_url()).await;
+    c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq}))
+        .await;
+    let e = c.until_any(&["agent.session_resumed", "agent.error"]).await;
+    (c, e)
+}
+
+#[tokio::test]
+async fn a_session_survives_kill_9_and_its_history_reaches_the_model() {
+    let dir = TempDir::new("durable");
+    let store = dir.path().join("sessions.db");
+    let llm = FakeLlm::start();
+    let host = start(&llm, &store, &[]);
+    assert!(host.proc.stdout_text().contains("Sessions: stored in"));
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "Noted: your name is Ada."}]));
+    c.ask(&sid, "My name is Ada.").await;
+    c.until("agent.final_answer").await;
+    let ready = c.until("agent.ready").await;
+    let last_seq = ready["seq"].as_u64().unwrap();
+    // The writer flushes every 50 ms; give it that, then kill without any clean-up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.kill9();
+    drop(c);
+    drop(host);
+
+    let host = start(&llm, &store, &[]);
+    let (mut c, resumed) = resume(&host, &sid, &token, last_seq).await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    assert_eq!(resumed["recovered"], true);
+    assert_eq!(resumed["last_seq"], last_seq);
+    // The numbering goes on; the conversation is remembered.
+    llm.script(json!([{"text": "You are Ada."}]));
+    c.ask(&sid, "What is my name?").await;
+    let answer = c.until("agent.final_answer").await;
+    assert_eq!(answer["content"], "You are Ada.");
+    assert_eq!(answer["seq"].as_u64().unwrap(), last_seq + 3); // thinking, partial, final
+    let req = llm.requests().pop().unwrap();
+    assert_eq!(
+        texts_of(&req, "user"),
+        ["My name is Ada.", "What is my name?"]
+    );
+    assert_eq!(texts_of(&req, "assistant"), ["Noted: your name is Ada."]);
+
+    // A client that lost everything resumes from 0 and gets the first turn's events back.
+    let (mut c2, resumed) = resume(&host, &sid, &token, 0).await;
+    assert_eq!(resumed["recovered"], true);
+    let first = c2.until("agent.final_answer").await;
+    assert_eq!(first["content"], "Noted: your name is Ada.");
+    // A wrong token is "not found", as for a live session.
+    let (_, wrong) = resume(&host, &sid, "not-the-token", 0).await;
+    assert_eq!(wrong["code"], "session_not_found");
+}
+
+#[tokio::test]
+async fn a_turn_cut_by_the_hosts_death_is_closed_as_interrupted_on_resume() {
+    let dir = TempDir::new("durable-lost");
+    let store = dir.path().join("sessions.db");
+    let llm = FakeLlm::start();
+    let host = start(&llm, &store, &[]);
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "a long answer ".repeat(100), "chunk_chars": 4, "delay_ms": 30}]));
+    c.ask(&sid, "Tell me a long story.").await;
+    let mut last = 0;
+    for _ in 0..5 {
+        last = c.until("agent.partial_answer").await["seq"]
+            .as_u64()
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.kill9();
+    drop(c);
+    drop(host);
+
+    let host = start(&llm, &store, &[]);
+    let (mut c, resumed) = resume(&host, &sid, &token, 0).await;
+    assert_eq!(resumed["event"], "agent.session_resumed");
+    assert!(resumed["last_seq"].as_u64().unwrap() >= last);
+    let interrupted = c.until("agent.interrupted").await;
+    assert_eq!(interrupted["metadata"], Value::Null);
+    assert_eq!(interrupted["reason"], "host_lost");
+    assert!(interrupted["seq"].as_u64().unwrap() > resumed["last_seq"].as_u64().unwrap());
+    c.until("agent.ready").await;
+    // The session goes on, and the model knows the last turn was cut.
+    llm.script(json!([{"text": "Sorry, where were we?"}]));
+    c.ask(&sid, "Go on.").await;
+    assert_eq!(
+        c.until("agent.final_answer").await["content"],
+        "Sorry, where were we?"
+    );
+    let req = llm.requests().pop().unwrap();
+    assert_eq!(texts_of(&req, "user"), ["Tell me a long story.", "Go on."]);
+    assert_eq!(
+        texts_of(&req, "assistant"),
+        ["(The user interrupted this response.)"]
+    );
+}
+
+#[tokio::test]
+async fn what_a_crash_loses_is_bounded_by_the_flush_interval() {
+    let dir = TempDir::new("durable-bound");
+    let store = dir.path().join("sessions.db");
+    let llm = FakeLlm::start();
+    let host = start(&llm, &store, &[]);
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "x".repeat(2000), "chunk_chars": 1, "delay_ms": 2}]));
+    c.ask(&sid, "stream").await;
+    // Receive for a while, noting when each event arrived, then kill mid-stream.
+    let mut seen: Vec<(u64, Instant)> = Vec::new();
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        if let Some(e) = c.recv_timeout(Duration::from_millis(200)).await {
+            if let Some(seq) = e["seq"].as_u64() {
+                seen.push((seq, Instant::now()));
+            }
+        }
+    }
+    let killed = Instant::now();
+    host.kill9();
+    drop(c);
+    drop(host);
+    let host = start(&llm, &store, &[]);
+    let (_, resumed) = resume(&host, &sid, &token, 0).await;
+    let stored_up_to = resumed["last_seq"].as_u64().unwrap();
+    // Every event the client had 300 ms before the kill was stored (the writer flushes every
+    // 50 ms; the margin is for a loaded machine).
+    let must = seen
+        .iter()
+        .filter(|(_, at)| killed.duration_since(*at) > Duration::from_millis(300))
+        .map(|(s, _)| *s)
+        .max()
+        .expect("events before the kill");
+    assert!(
+        stored_up_to >= must,
+        "stored up to {stored_up_to}, but the client had {must} 300 ms before the kill"
+    );
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_after_the_ttl_and_outlive_the_resume_window_within_it() {
+    let dir = TempDir::new("durable-ttl");
+    let store = dir.path().join("sessions.db");
+    let llm = FakeLlm::start();
+    // Gone from memory after 1 s, but still in the store.
+    let host = start(&llm, &store, &["--resume-window", "1"]);
+    let (c, sid, token) = Client::with_session(&host.ws_url()).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(host.http_health_sessions(), 0);
+    let (_, resumed) = resume(&host, &sid, &token, 0).await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    drop(host);
+
+    // With a TTL of 1 s, a session idle for longer is gone.
+    let host = start(&llm, &store, &["--session-ttl", "1"]);
+    let (c, sid, token) = Client::with_session(&host.ws_url()).await;
+    drop(c);
+    drop(host);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let host = start(&llm, &store, &["--session-ttl", "1"]);
+    let (_, e) = resume(&host, &sid, &token, 0).await;
+    assert_eq!(e["code"], "session_not_found", "{e}");
+}
+
+#[test]
+fn a_corrupt_store_is_a_clear_start_up_error() {
+    let dir = TempDir::new("durable-corrupt");
+    let store = dir.path().join("sessions.db");
+    std::fs::write(&store, "not a database, not at all; just text ".repeat(50)).unwrap();
+    let out = std::process::Command::new(bin("myagent-host"))
+        .arg("serve")
+        .arg(plugin_lib("testkit_agent"))
+        .args(["--port", "0", "--store"])
+        .arg(format!("sqlite:{}", store.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not usable") && err.contains("sessions.db"),
+        "{err}"
+    );
+    let out = std::process::Command::new(bin("myagent-host"))
+        .arg("serve")
+        .arg(plugin_lib("testkit_agent"))
+        .args(["--port", "0", "--store", "postgres://x"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `memory` or `sqlite:PATH`"));
+}
