@@ -4,9 +4,10 @@
 //! read only when a client resumes a session this process does not hold (after a restart, or
 //! after the resume window let it go from memory).
 //!
-//! Writes never wait on the disk: [`Durable`] hands them to one writer thread, which applies what
-//! has queued in one transaction at least every [`FLUSH_EVERY`]. A crash (even `kill -9`) loses
-//! at most the writes of the last flush interval; `synchronous=NORMAL` in WAL mode keeps the
+//! Writes never wait on the disk: [`Durable`] hands them to one writer thread, which gathers
+//! them for [`FLUSH_EVERY`] from the first and applies them in one transaction (a session's
+//! events of one interval as one row). A crash (even `kill -9`) loses at most the writes of the
+//! last interval; `synchronous=NORMAL` in WAL mode keeps the
 //! database itself consistent (a power cut can lose the last transactions, not corrupt it).
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The writer applies queued writes at least this often.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Events kept per session in the database (the newest); resume replays from these.
 pub const EVENTS_KEPT: u64 = 4096;
 
@@ -46,7 +47,7 @@ enum Op {
         at: i64,
     },
     Event {
-        id: String,
+        id: Arc<str>,
         seq: u64,
         frame: Utf8Bytes,
     },
@@ -99,6 +100,9 @@ fn open(path: &Path) -> Result<Connection, String> {
         db.busy_timeout(Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
+        // Rows are appended (rowid order), the index is small; 16 MiB of page cache keeps the
+        // pages being written in memory.
+        db.pragma_update(None, "cache_size", -16_000)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS sessions (
@@ -106,9 +110,10 @@ fn open(path: &Path) -> Result<Connection, String> {
                  memory TEXT NOT NULL DEFAULT '', running_input TEXT,
                  created INTEGER NOT NULL, last_active INTEGER NOT NULL);
              CREATE INDEX IF NOT EXISTS sessions_last_active ON sessions (last_active);
-             CREATE TABLE IF NOT EXISTS events (
-                 session TEXT NOT NULL, seq INTEGER NOT NULL, frame TEXT NOT NULL,
-                 PRIMARY KEY (session, seq)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS event_chunks (
+                 session TEXT NOT NULL, last_seq INTEGER NOT NULL, first_seq INTEGER NOT NULL,
+                 frames TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS event_chunks_session ON event_chunks (session, last_seq);
              INSERT OR IGNORE INTO meta VALUES ('schema', 1);",
         )?;
         db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
@@ -171,10 +176,10 @@ impl Durable {
         });
     }
 
-    /// An event of the session's log (the frame is shared, not copied).
-    pub fn event(&self, id: &str, seq: u64, frame: &Utf8Bytes) {
+    /// An event of the session's log (the id and the frame are shared, not copied).
+    pub fn event(&self, id: &Arc<str>, seq: u64, frame: &Utf8Bytes) {
         self.send(Op::Event {
-            id: id.to_owned(),
+            id: id.clone(),
             seq,
             frame: frame.clone(),
         });
@@ -239,13 +244,21 @@ impl Durable {
             if now() - last_active > self.ttl.as_secs() as i64 {
                 return Ok(None); // expired; the writer deletes it on its next sweep
             }
-            let mut stmt =
-                db.prepare("SELECT seq, frame FROM events WHERE session = ?1 ORDER BY seq")?;
-            let events = stmt
+            let mut stmt = db.prepare(
+                "SELECT first_seq, frames FROM event_chunks WHERE session = ?1 ORDER BY last_seq",
+            )?;
+            let chunks = stmt
                 .query_map([id], |r| {
                     Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            // A chunk holds consecutive events, one frame a line (frames are one-line JSON).
+            let mut events = Vec::new();
+            for (first, frames) in chunks {
+                for (i, frame) in frames.split('\n').enumerate() {
+                    events.push((first + i as u64, frame.to_owned()));
+                }
+            }
             Ok(Some(Stored {
                 token_hash,
                 settings,
@@ -268,7 +281,7 @@ impl Durable {
 fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
     let cutoff = now() - ttl.as_secs() as i64;
     db.execute(
-        "DELETE FROM events WHERE session IN (SELECT id FROM sessions WHERE last_active < ?1)",
+        "DELETE FROM event_chunks WHERE session IN (SELECT id FROM sessions WHERE last_active < ?1)",
         [cutoff],
     )?;
     db.execute("DELETE FROM sessions WHERE last_active < ?1", [cutoff])
@@ -279,15 +292,19 @@ fn writer(mut db: Connection, rx: mpsc::Receiver<Op>, ttl: Duration) {
     let mut batch: Vec<Op> = Vec::new();
     let mut last_sweep = std::time::Instant::now();
     loop {
-        match rx.recv_timeout(FLUSH_EVERY) {
+        // Wait for a first write, then let writes gather for one flush interval and take them
+        // all (a transaction per write would cost a WAL page write each): what a crash can lose
+        // is at most that interval. Sleeping rather than waiting on the channel means senders
+        // (the runs, on every event) never have to wake this thread.
+        match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(op) => {
+                let flush_now = matches!(op, Op::Flush(_));
                 batch.push(op);
-                // Take what else is queued, up to a bound, then write.
-                while batch.len() < 10_000 {
-                    match rx.try_recv() {
-                        Ok(op) => batch.push(op),
-                        Err(_) => break,
-                    }
+                if !flush_now {
+                    std::thread::sleep(FLUSH_EVERY);
+                }
+                while let Ok(op) = rx.try_recv() {
+                    batch.push(op);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -315,58 +332,94 @@ fn writer(mut db: Connection, rx: mpsc::Receiver<Op>, ttl: Duration) {
     }
 }
 
+/// A session's events of one batch, as one row: consecutive seqs, one frame a line.
+struct Chunk {
+    first: u64,
+    last: u64,
+    frames: String,
+}
+
+fn write_chunk(tx: &rusqlite::Transaction, id: &str, c: &Chunk) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![id, c.last as i64, c.first as i64, c.frames])?;
+    if c.last > EVENTS_KEPT {
+        tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1 AND last_seq <= ?2")?
+            .execute(params![id, (c.last - EVENTS_KEPT) as i64])?;
+    }
+    Ok(())
+}
+
 fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     let mut flushed = Vec::new();
-    // The newest seq written per session, to trim its older events once.
-    let mut newest: std::collections::HashMap<String, u64> = Default::default();
-    {
-        let mut insert_event = tx.prepare_cached(
-            "INSERT OR REPLACE INTO events (session, seq, frame) VALUES (?1, ?2, ?3)",
-        )?;
-        for op in batch {
-            match op {
-                Op::Create {
-                    id,
-                    token_hash,
-                    settings,
-                    at,
-                } => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active) VALUES (?1, ?2, ?3, ?4, ?4)",
-                        params![id, token_hash, settings, at],
-                    )?;
-                }
-                Op::Event { id, seq, frame } => {
-                    insert_event.execute(params![id, seq as i64, frame.as_str()])?;
-                    newest.insert(id, seq);
-                }
-                Op::TurnStart { id, input, at } => {
-                    tx.execute(
-                        "UPDATE sessions SET running_input = ?2, last_active = ?3 WHERE id = ?1",
-                        params![id, input, at],
-                    )?;
-                }
-                Op::TurnEnd { id, memory, at } => {
-                    tx.execute(
-                        "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 WHERE id = ?1",
-                        params![id, memory, at],
-                    )?;
-                }
-                Op::Delete { id } => {
-                    tx.execute("DELETE FROM events WHERE session = ?1", [&id])?;
-                    tx.execute("DELETE FROM sessions WHERE id = ?1", [&id])?;
-                    newest.remove(&id);
-                }
-                Op::Flush(done) => flushed.push(done),
+    // Events are gathered per session: one row each per batch (a token stream writes a few
+    // rows a second, not one per token), in the order sessions first appear.
+    let mut chunks: Vec<(Arc<str>, Chunk)> = Vec::new();
+    let mut index: std::collections::HashMap<Arc<str>, usize> = Default::default();
+    for op in batch {
+        match op {
+            Op::Create {
+                id,
+                token_hash,
+                settings,
+                at,
+            } => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    params![id, token_hash, settings, at],
+                )?;
             }
-        }
-        let mut trim = tx.prepare_cached("DELETE FROM events WHERE session = ?1 AND seq <= ?2")?;
-        for (id, seq) in &newest {
-            if *seq > EVENTS_KEPT {
-                trim.execute(params![id, (*seq - EVENTS_KEPT) as i64])?;
+            Op::Event { id, seq, frame } => {
+                let start = || Chunk {
+                    first: seq,
+                    last: seq,
+                    frames: frame.as_str().to_owned(),
+                };
+                match index.get(&id).copied() {
+                    Some(i) if chunks[i].1.last + 1 == seq => {
+                        let c = &mut chunks[i].1;
+                        c.frames.push('\n');
+                        c.frames.push_str(frame.as_str());
+                        c.last = seq;
+                    }
+                    // Not consecutive (it should not happen): what was gathered goes first.
+                    Some(i) => {
+                        write_chunk(&tx, &id, &chunks[i].1)?;
+                        chunks[i].1 = start();
+                    }
+                    None => {
+                        index.insert(id.clone(), chunks.len());
+                        chunks.push((id, start()));
+                    }
+                }
             }
+            Op::TurnStart { id, input, at } => {
+                tx.execute(
+                    "UPDATE sessions SET running_input = ?2, last_active = ?3 WHERE id = ?1",
+                    params![id, input, at],
+                )?;
+            }
+            Op::TurnEnd { id, memory, at } => {
+                tx.execute(
+                    "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 WHERE id = ?1",
+                    params![id, memory, at],
+                )?;
+            }
+            Op::Delete { id } => {
+                // Events gathered for it are not written (an empty chunk is skipped).
+                if let Some(&i) = index.get(id.as_str()) {
+                    chunks[i].1.frames.clear();
+                }
+                tx.execute("DELETE FROM event_chunks WHERE session = ?1", [&id])?;
+                tx.execute("DELETE FROM sessions WHERE id = ?1", [&id])?;
+            }
+            Op::Flush(done) => flushed.push(done),
         }
+    }
+    for (id, c) in chunks.iter().filter(|(_, c)| !c.frames.is_empty()) {
+        write_chunk(&tx, id, c)?;
     }
     tx.commit()?;
     for done in flushed {
@@ -386,15 +439,24 @@ mod tests {
         let path = dir.join("sessions.db");
         let d = Durable::open(&path, Duration::from_secs(3600)).unwrap();
         d.create("s1", "tok", &Default::default());
+        let sid: Arc<str> = Arc::from("s1");
         for seq in 1..=EVENTS_KEPT + 10 {
-            d.event("s1", seq, &Utf8Bytes::from(format!("{{\"seq\":{seq}}}")));
+            d.event(&sid, seq, &Utf8Bytes::from(format!("{{\"seq\":{seq}}}")));
+            if seq % 1000 == 0 {
+                d.flush(); // several chunks
+            }
         }
         d.turn_start("s1", &crate::llm::Content::Text("hi".into()));
         d.flush();
         let s = d.load("s1").unwrap().unwrap();
         assert_eq!(s.token_hash, hash_token("tok"));
-        assert_eq!(s.events.len() as u64, EVENTS_KEPT);
+        // Whole chunks are kept: at least the newest EVENTS_KEPT, in order, each with its seq.
+        let n = s.events.len() as u64;
+        assert!((EVENTS_KEPT..=EVENTS_KEPT + 1000).contains(&n), "{n}");
         assert_eq!(s.events.last().unwrap().0, EVENTS_KEPT + 10);
+        for (seq, frame) in &s.events {
+            assert_eq!(frame, &format!("{{\"seq\":{seq}}}"));
+        }
         assert_eq!(s.running_input.as_deref(), Some("\"hi\""));
         d.delete("s1");
         d.flush();

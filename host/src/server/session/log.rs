@@ -62,6 +62,8 @@ pub struct Session {
     budget: Arc<ReplayBudget>,
     /// Where the session's events are also written (a durable store), if anywhere.
     durable: Option<Arc<Durable>>,
+    /// The id, shared with the store's writer.
+    shared_id: Arc<str>,
 }
 
 struct Inner {
@@ -138,6 +140,7 @@ impl Session {
             instance: slot.instance.clone(),
         };
         Session {
+            shared_id: Arc::from(id.as_str()),
             id,
             resume_token,
             client_ip,
@@ -271,7 +274,7 @@ impl Session {
             }
         }
         if let Some(d) = &self.durable {
-            d.event(&self.id, seq, &text);
+            d.event(&self.shared_id, seq, &text);
         }
         if let Some(owner) = &inner.owner {
             owner.send(text);
