@@ -23,7 +23,7 @@ if [ ! -x "$WORK/py27/bin/wstest" ]; then
 fi
 cleanup() { kill "${HOST_PID:-}" 2>/dev/null || true; }
 trap cleanup EXIT
-"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --host 127.0.0.1 --port 0 --no-watch \
+"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --host 127.0.0.1 --port 0 --no-watch --store memory \
   --conformance-echo --replay examples/recordings/weather-demo.jsonl > "$WORK/host.log" 2>&1 &
 HOST_PID=$!
 for _ in $(seq 100); do grep -q "Serving on" "$WORK/host.log" 2>/dev/null && break; sleep 0.1; done

@@ -29,7 +29,9 @@ LLM=$(sed -n 's/listening on //p' $OUT/llm.log)
 # Their difference is the measured stream's cost (counters zeroed mid-run would misattribute
 # the calls in progress).
 profile() { # name, "measure" or ""
-  local server=(target/release/myagent-host serve target/release/libweather_agent.so --host 127.0.0.1 --port 0
+  # --store memory: the event path alone, comparable with earlier figures (the SQLite store's
+  # writer thread is measured by the load generator, docs/performance.md).
+  local server=(target/release/myagent-host serve target/release/libweather_agent.so --store memory --host 127.0.0.1 --port 0
     --no-watch --answer-holdback 0 --base-url "http://$LLM/v1" --shutdown-timeout 5)
   [ "${COST_TARGET:-host}" = floor ] && server=(target/release/myagent-floor --port 0 --base-url "http://$LLM/v1")
   valgrind --tool=callgrind --callgrind-out-file=$OUT/callgrind.$1 --dump-instr=no "${server[@]}" \

@@ -11,7 +11,7 @@ trap cleanup EXIT
 LLM_PID=$!
 for _ in $(seq 50); do grep -q listening /tmp/myagent-fake-llm.$$ 2>/dev/null && break; sleep 0.1; done
 LLM_ADDR=$(sed -n 's/listening on //p' /tmp/myagent-fake-llm.$$)
-"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch \
+"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch --store memory \
   --base-url "http://$LLM_ADDR/v1" > /tmp/myagent-host.$$ 2>/dev/null &
 HOST_PID=$!
 for _ in $(seq 100); do grep -q "Serving on" /tmp/myagent-host.$$ 2>/dev/null && break; sleep 0.1; done
@@ -36,7 +36,7 @@ check "rust (tokio-tungstenite)" "$("$BIN/rust-client" "$URL" "What's the weathe
 # Tool approval: a host that requires approval of get_weather; each client approves with
 # --approve (the same run as above) and denies with --deny (the tool does not run; the model is
 # told, and its answer says so).
-"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch \
+"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch --store memory \
   --require-approval get_weather --base-url "http://$LLM_ADDR/v1" > /tmp/myagent-approve.$$ 2>/dev/null &
 APPROVE_PID=$!
 for _ in $(seq 100); do grep -q "Serving on" /tmp/myagent-approve.$$ 2>/dev/null && break; sleep 0.1; done
@@ -59,7 +59,7 @@ denied "rust --deny" "$("$BIN/rust-client" --deny "$AURL" "$Q" </dev/null)"
 
 # What `make run` serves without a key (the demo recording): the document's own client, with its
 # own default question, and the document's example questions in Chinese and English.
-"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch \
+"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --port 0 --host 127.0.0.1 --no-watch --store memory \
   --replay examples/recordings/weather-demo.jsonl > /tmp/myagent-demo.$$ 2>/dev/null &
 DEMO_PID=$!
 for _ in $(seq 100); do grep -q "Serving on" /tmp/myagent-demo.$$ 2>/dev/null && break; sleep 0.1; done
