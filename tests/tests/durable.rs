@@ -205,3 +205,32 @@ fn a_corrupt_store_is_a_clear_start_up_error() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected `memory` or `sqlite:PATH`"));
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_closes_running_turns_before_it_exits() {
+    let dir = TempDir::new("durable-term");
+    let store = dir.path().join("sessions.db");
+    let llm = FakeLlm::start();
+    let mut host = start(&llm, &store, &[]);
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "a long answer ".repeat(100), "chunk_chars": 4, "delay_ms": 30}]));
+    c.ask(&sid, "Tell me a long story.").await;
+    c.until("agent.partial_answer").await;
+    host.terminate(); // SIGTERM: runs are interrupted, and their ends stored, before exit
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while host.proc.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the host did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
+    drop(host);
+
+    let host = start(&llm, &store, &[]);
+    let (mut c, resumed) = resume(&host, &sid, &token, 0).await;
+    assert_eq!(resumed["recovered"], true);
+    // The turn's end is the interruption the client saw, not a lost turn.
+    let e = c.until("agent.interrupted").await;
+    assert_eq!(e["reason"], Value::Null, "{e}");
+    c.until("agent.ready").await;
+    assert!(c.recv_timeout(Duration::from_millis(500)).await.is_none());
+}

@@ -68,7 +68,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let server_config = config::server_config(&args, auth_tokens, raise_fd_limit());
     let durable = config::session_store(&args)?;
-    let session_config = config::session_config(&args, durable);
+    let session_config = config::session_config(&args, durable.clone());
 
     let addr = format!("{}:{}", args.host, args.port);
     let listener = server::listen(&addr)
@@ -103,6 +103,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
     mcp_stop.cancel();
+    if let Some(d) = durable {
+        // What the interrupted runs wrote last (their ends) is on disk before we exit.
+        tokio::task::spawn_blocking(move || d.flush()).await.ok();
+    }
     println!("Stopped.");
     Ok(())
 }
