@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -69,7 +69,7 @@ enum Op {
 
 /// The handle the sessions write through.
 pub struct Durable {
-    tx: Mutex<mpsc::Sender<Op>>,
+    tx: mpsc::Sender<Op>,
     path: PathBuf,
     ttl: Duration,
 }
@@ -144,7 +144,7 @@ impl Durable {
         let db = open(path)?;
         let (tx, rx) = mpsc::channel();
         let durable = Arc::new(Durable {
-            tx: Mutex::new(tx),
+            tx,
             path: path.to_owned(),
             ttl,
         });
@@ -164,7 +164,7 @@ impl Durable {
     }
 
     fn send(&self, op: Op) {
-        let _ = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(op);
+        let _ = self.tx.send(op);
     }
 
     pub fn create(&self, id: &str, token: &str, settings: &crate::agent::SessionSettings) {
