@@ -10,6 +10,7 @@
 //! **Architecture Invariant:** when [`run_agent`] returns — finished, failed or cancelled — the
 //! memory holds only complete turns: every assistant `tool_calls` message has all its replies.
 
+mod act;
 pub mod approval;
 pub mod memory;
 mod run;

@@ -1,0 +1,236 @@
+//! Acting: one step's tool calls, run concurrently — approval where a tool needs it, the
+//! built-in `terminate`, the plugin's tools through its instance, MCP servers' tools — each
+//! reply truncated for the model and reported as events.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::run::trace;
+use super::{AgentEvent, Decision, PendingApproval, RunContext};
+use crate::llm::ToolCall;
+use crate::plugin::HostErrorKind;
+use myagent_plugin_api::TERMINATE_TOOL;
+
+/// Runs one step's tool calls concurrently; returns the text each reply carries, in call order.
+pub(super) async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> Vec<String> {
+    let futures = calls.iter().enumerate().map(|(i, call)| async move {
+        let step_id = format!("step{step}-{i}-{}", call.id);
+        let name = call.function.name.as_str();
+        let parsed = parse_arguments(&call.function.arguments);
+        let shown_args = parsed.clone().unwrap_or_else(|_| Value::String(call.function.arguments.clone()));
+        ctx.sink.emit(AgentEvent::ToolCall { step, step_id: step_id.clone(), tool: name.to_owned(), args: shown_args.clone() });
+        let t0 = Instant::now();
+        let (success, text) = match parsed {
+            Err(why) => (false, format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")),
+            Ok(args) if ctx.config.needs_approval(ctx.manifest, name) => {
+                match approve(ctx, step, &step_id, name, &args).await {
+                    Ok(()) => call_tool(ctx, name, args).await,
+                    Err(refusal) => (false, refusal),
+                }
+            }
+            Ok(args) => call_tool(ctx, name, args).await,
+        };
+        ctx.metrics.tool_calls.inc();
+        if !success {
+            ctx.metrics.tool_failures.inc();
+        }
+        let text = truncate_output(text, ctx.config.max_tool_output_chars);
+        trace(ctx, json!({"kind": "tool_call", "session_id": ctx.session_id, "step": step, "tool": name, "args": shown_args,
+            "duration_ms": t0.elapsed().as_millis() as u64, "success": success}));
+        ctx.sink.emit(AgentEvent::ToolResult { step, step_id, tool: name.to_owned(), content: text.clone(), success });
+        text
+    });
+    futures_util::future::join_all(futures).await
+}
+
+/// Asks the client to approve a call and waits (up to the approval timeout; a cancelled run
+/// drops the wait). `Err` is the text the model sees when the call may not run.
+async fn approve(
+    ctx: &RunContext<'_>,
+    step: u32,
+    step_id: &str,
+    name: &str,
+    args: &Value,
+) -> Result<(), String> {
+    let ask = ctx.approvals.ask(PendingApproval {
+        step_id: step_id.to_owned(),
+        tool: name.to_owned(),
+        args: args.clone(),
+        step,
+    });
+    ctx.sink.emit(AgentEvent::ApprovalRequired {
+        step,
+        step_id: step_id.to_owned(),
+        tool: name.to_owned(),
+        args: args.clone(),
+    });
+    let timeout = ctx.config.approval_timeout;
+    let decision = ask.wait(timeout).await;
+    let verdict = match &decision {
+        Some(d) if d.approved => "approved",
+        Some(_) => "denied",
+        None => "timed_out",
+    };
+    tracing::info!(
+        session_id = ctx.session_id,
+        tool = name,
+        step_id,
+        verdict,
+        "tool approval"
+    );
+    trace(
+        ctx,
+        json!({"kind": "tool_approval", "session_id": ctx.session_id, "step": step,
+        "step_id": step_id, "tool": name, "verdict": verdict,
+        "reason": decision.as_ref().and_then(|d| d.reason.clone())}),
+    );
+    match decision {
+        Some(Decision { approved: true, .. }) => Ok(()),
+        Some(Decision { reason, .. }) => Err(match reason.filter(|r| !r.trim().is_empty()) {
+            Some(why) => {
+                format!("Error: the user denied this call to `{name}` ({why}); it was not run.")
+            }
+            None => format!("Error: the user denied this call to `{name}`; it was not run."),
+        }),
+        None => Err(format!(
+            "Error: this call to `{name}` was not approved within {} s, so it was not run.",
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// Model arguments must be a JSON object; an empty string counts as `{}`.
+fn parse_arguments(raw: &str) -> Result<Value, String> {
+    if raw.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(other) => Err(format!("expected an object, got {}", type_name(&other))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Runs one tool (the built-in `terminate`, the plugin's through its instance, or an MCP
+/// server's). Returns (success, text for the model).
+async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, String) {
+    if name == TERMINATE_TOOL {
+        let text = |k: &str, default: &str| {
+            args.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_owned()
+        };
+        let (message, status) = (text("message", ""), text("status", "success"));
+        return match message.is_empty() {
+            true => (true, format!("The run ended with status {status}.")),
+            false => (true, message),
+        };
+    }
+    if !ctx.manifest.tools.iter().any(|t| t.name == name) {
+        if let Some(mcp) = ctx.mcp.find(&ctx.manifest.tools, name) {
+            return match mcp
+                .server
+                .call(&mcp.tool.name, args, ctx.config.tool_timeout)
+                .await
+            {
+                Ok((true, text)) => (true, text),
+                Ok((false, text)) => (false, format!("Error: {text}")),
+                Err(why) => (false, format!("Error: {why}")),
+            };
+        }
+        let offered = ctx.mcp.exposed(&ctx.manifest.tools);
+        let known: Vec<&str> = ctx
+            .manifest
+            .tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(offered.iter().map(|e| e.name.as_str()))
+            .chain([TERMINATE_TOOL])
+            .collect();
+        return (
+            false,
+            format!(
+                "Error: there is no tool named `{name}`. Available tools: {}.",
+                known.join(", ")
+            ),
+        );
+    }
+    let timeout = ctx.config.tool_timeout_for(ctx.manifest);
+    match ctx
+        .instance
+        .call_tool(name, args, timeout, ctx.metrics)
+        .await
+    {
+        Err(e) => match e.kind {
+            HostErrorKind::TimedOut(_) => {
+                ctx.metrics.tool_timeouts.inc();
+                let ms = timeout.as_millis();
+                (
+                    false,
+                    format!("Error: tool `{name}` timed out after {ms} ms."),
+                )
+            }
+            HostErrorKind::Crashed(why) => (false, format!("Error: tool `{name}` crashed: {why}")),
+        },
+        Ok(result) => {
+            if let Some(system) = &result.system {
+                tracing::info!(tool = name, system = %system, "tool system note");
+            }
+            match (result.error, result.output) {
+                (Some(err), _) => (false, format!("Error: {err}")),
+                (None, Some(out)) => (true, out),
+                (None, None) => (true, String::new()),
+            }
+        }
+    }
+}
+
+fn truncate_output(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!(
+        "\n[output truncated: {total} characters, showing the first {cut}]"
+    ));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_must_be_objects() {
+        assert!(parse_arguments("{\"a\":1}").is_ok());
+        assert_eq!(parse_arguments("").unwrap(), json!({}));
+        assert!(parse_arguments("{'city': 'Paris'}").is_err());
+        assert!(parse_arguments("[1]").unwrap_err().contains("an array"));
+    }
+
+    #[test]
+    fn truncation_marks_the_cut() {
+        let t = truncate_output("é".repeat(100), 51);
+        assert!(t.starts_with(&"é".repeat(25)));
+        assert!(t.contains("output truncated: 200 characters"));
+        assert_eq!(truncate_output("short".into(), 10), "short");
+    }
+}
