@@ -17,6 +17,11 @@ fn main() -> ExitCode {
             mcp_config,
         } => cli::inspect::inspect(&plugin, json, mcp_config.as_deref()),
         Command::New { path, api_path } => cli::inspect::new_plugin(&path, api_path),
+        Command::PluginWorker {
+            source,
+            socket_fd,
+            lib_fd,
+        } => myagent_host::plugin::worker::child::run(&source, socket_fd, lib_fd),
         Command::Serve(args) => {
             init_logging(args.debug);
             let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -142,3 +142,37 @@ impl Client {
         self.seen.iter().filter(|v| v["event"] == name).collect()
     }
 }
+
+/// Fault tests' witness: a session on its own connection whose whole answer must arrive, in
+/// order, with no error, whatever happens to other sessions meanwhile.
+pub const BYSTANDER_CHUNKS: usize = 150;
+
+/// Starts a session on its own connection streaming `BYSTANDER_CHUNKS` chunks 10 ms apart (1.5 s).
+pub async fn bystander(url: &str) -> tokio::task::JoinHandle<()> {
+    let (mut c, sid, _) = Client::with_session(url).await;
+    c.ask(&sid, &format!("bench:{BYSTANDER_CHUNKS}@10")).await;
+    c.until("agent.partial_answer").await;
+    tokio::spawn(async move {
+        let fin = c.until("agent.final_answer").await;
+        let text = fin["content"].as_str().unwrap();
+        assert_eq!(
+            text.matches('~').count(),
+            BYSTANDER_CHUNKS,
+            "the bystander's answer is incomplete"
+        );
+        let streamed: String = c
+            .named("agent.partial_answer")
+            .iter()
+            .map(|e| e["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            streamed, text,
+            "the bystander's stream lost or repeated a chunk"
+        );
+        assert!(
+            c.named("agent.error").is_empty(),
+            "the bystander saw an error: {:?}",
+            c.named("agent.error")
+        );
+    })
+}

@@ -4,41 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use myagent_tests::client::bystander;
 use myagent_tests::{plugin_lib, Client, FakeLlm, Host, TempDir};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-
-const BYSTANDER_CHUNKS: usize = 150;
-
-/// A session on its own connection streaming `BYSTANDER_CHUNKS` chunks 10 ms apart (1.5 s).
-async fn bystander(url: &str) -> JoinHandle<()> {
-    let (mut c, sid, _) = Client::with_session(url).await;
-    c.ask(&sid, &format!("bench:{BYSTANDER_CHUNKS}@10")).await;
-    c.until("agent.partial_answer").await;
-    tokio::spawn(async move {
-        let fin = c.until("agent.final_answer").await;
-        let text = fin["content"].as_str().unwrap();
-        assert_eq!(
-            text.matches('~').count(),
-            BYSTANDER_CHUNKS,
-            "the bystander's answer is incomplete"
-        );
-        let streamed: String = c
-            .named("agent.partial_answer")
-            .iter()
-            .map(|e| e["content"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            streamed, text,
-            "the bystander's stream lost or repeated a chunk"
-        );
-        assert!(
-            c.named("agent.error").is_empty(),
-            "the bystander saw an error: {:?}",
-            c.named("agent.error")
-        );
-    })
-}
 
 /// The session is usable after the fault.
 async fn still_works(c: &mut Client, sid: &str) {

@@ -184,6 +184,7 @@ async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, Stri
                 )
             }
             HostErrorKind::Crashed(why) => (false, format!("Error: tool `{name}` crashed: {why}")),
+            HostErrorKind::WorkerDied(why) => (false, format!("Error: {why}")),
         },
         Ok(result) => {
             if let Some(system) = &result.system {

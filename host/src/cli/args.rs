@@ -37,6 +37,16 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         mcp_config: Option<PathBuf>,
     },
+    /// Internal: the worker process a plugin build runs in (started by `serve` and `inspect`).
+    #[command(name = "__plugin-worker", hide = true)]
+    PluginWorker {
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long)]
+        socket_fd: i32,
+        #[arg(long)]
+        lib_fd: i32,
+    },
     /// Create a new agent plugin crate (Cargo.toml, an agent with one example tool, tests).
     New {
         /// Directory to create; its last component is the crate name (e.g. my_agent).
@@ -46,6 +56,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         api_path: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationArg {
+    Worker,
+    InProcess,
 }
 
 #[derive(Args)]
@@ -143,6 +159,23 @@ pub struct ServeArgs {
     /// Quiet time after a file change before reloading.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     pub reload_debounce_ms: u64,
+    /// Where plugin code runs: `worker` — a child process per build, so a crashing tool fails
+    /// only its call and replaced builds are unloaded — or `in-process` (a few µs less per
+    /// tool call; a native crash in the plugin takes the host down, builds stay mapped).
+    #[arg(long, value_enum, default_value_t = IsolationArg::Worker)]
+    pub isolation: IsolationArg,
+    /// Address-space limit of each plugin worker (RLIMIT_AS), in MiB; an allocation past it
+    /// fails (Rust plugins abort: the worker restarts).
+    #[arg(long, value_name = "MIB")]
+    pub worker_memory_limit: Option<u64>,
+    /// CPU-time limit of each plugin worker over its life (RLIMIT_CPU), in seconds; a worker
+    /// past it is killed and restarted.
+    #[arg(long, value_name = "SECS")]
+    pub worker_cpu_limit: Option<u64>,
+    /// After a reload, how long the old build's worker may keep serving the runs that started
+    /// on it before it is stopped.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub drain_timeout: u64,
 
     /// Open connections at most (kept below the file-descriptor limit).
     #[arg(long, default_value_t = 16_000)]

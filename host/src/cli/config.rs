@@ -11,9 +11,36 @@ use myagent_host::llm::{ApiKey, LlmConfig};
 use myagent_host::server::session::Durable;
 use myagent_host::server::{ServerConfig, SessionConfig};
 
-use super::args::ServeArgs;
+use super::args::{IsolationArg, ServeArgs};
+use myagent_host::plugin::{Isolation, WorkerOptions};
 
 /// Where loaded plugin copies go by default: `$XDG_RUNTIME_DIR` or the temp dir, per user.
+/// `--isolation` and the worker limits. `notices`: where workers report crashes.
+pub fn isolation(
+    args: &ServeArgs,
+    notices: Option<tokio::sync::broadcast::Sender<myagent_host::plugin::reload::ReloadNotice>>,
+) -> anyhow::Result<Isolation> {
+    Ok(match args.isolation {
+        IsolationArg::InProcess => Isolation::InProcess,
+        IsolationArg::Worker => Isolation::Worker(WorkerOptions {
+            exe: worker_exe(),
+            memory_limit: args
+                .worker_memory_limit
+                .map(|mib| mib.saturating_mul(1024 * 1024)),
+            cpu_limit: args.worker_cpu_limit,
+            drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+            notices,
+        }),
+    })
+}
+
+/// This binary: plugin workers are its hidden `__plugin-worker` subcommand. Named through
+/// `/proc/self/exe` (the forked child's is the host's): a host binary replaced on disk by a
+/// rebuild or an upgrade still starts workers of its own version.
+pub fn worker_exe() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
 pub fn default_state_dir() -> PathBuf {
     // An empty or relative XDG_RUNTIME_DIR is ignored (it would put the copies under the
     // working directory).

@@ -7,7 +7,7 @@ use myagent_host::mcp::{self, McpHub};
 use myagent_host::plugin::{self, copies::CopyDir};
 use tokio_util::sync::CancellationToken;
 
-use super::config::default_state_dir;
+use super::config::{default_state_dir, worker_exe};
 use crate::fail;
 
 pub fn new_plugin(path: &Path, api_path: Option<PathBuf>) -> ExitCode {
@@ -47,7 +47,25 @@ pub fn inspect(path: &Path, as_json: bool, mcp_config: Option<&Path>) -> ExitCod
         Ok(c) => c,
         Err(e) => return fail(&format!("cannot create the plugin copy directory: {e}")),
     };
-    let p = match plugin::load(path, &copies, 1) {
+    // Loaded in a worker process, as `serve` does: a factory that crashes is reported.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let loader = plugin::Loader {
+        copies: std::sync::Arc::new(copies),
+        isolation: plugin::Isolation::Worker(plugin::WorkerOptions {
+            exe: worker_exe(),
+            memory_limit: None,
+            cpu_limit: None,
+            drain_timeout: std::time::Duration::ZERO,
+            notices: None,
+        }),
+    };
+    let p = match rt.block_on(loader.load(path, 1)) {
         Ok(p) => p,
         Err(e) => return fail(&e.to_string()),
     };

@@ -25,11 +25,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         CopyDir::open(&state_dir)
             .with_context(|| format!("cannot use state directory {}", state_dir.display()))?,
     );
-    let loaded = {
-        let (p, c) = (args.plugin.clone(), copies.clone());
-        tokio::task::spawn_blocking(move || plugin::load(&p, &c, 1)).await?
-    };
-    let loaded = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notices = reload::notice_channel();
+    let loader = Arc::new(plugin::Loader {
+        copies,
+        isolation: config::isolation(&args, Some(notices.clone()))?,
+    });
+    let loaded = loader
+        .load(&args.plugin, 1)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let m = &loaded.manifest;
     let agent_config = config::agent_config(&args);
     let tools: Vec<String> = m
@@ -81,8 +85,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mcp_stop = tokio_util::sync::CancellationToken::new();
     let mcp = Arc::new(mcp_servers(&args, &loaded.manifest, &agent_config, &mcp_stop).await?);
-    let slot = reload::PluginSlot::new(loaded);
-    let _watch = watch(&args, copies, &slot)?;
+    let slot = reload::PluginSlot::with_notices(loaded, notices);
+    let _watch = watch(&args, loader, &slot)?;
     let runtime = Arc::new(AgentRuntime {
         plugin: slot,
         model,
@@ -190,7 +194,7 @@ fn model(args: &ServeArgs) -> anyhow::Result<Model> {
 /// returned value.
 fn watch(
     args: &ServeArgs,
-    copies: Arc<CopyDir>,
+    loader: Arc<plugin::Loader>,
     slot: &Arc<reload::PluginSlot>,
 ) -> anyhow::Result<Option<reload::ReloadHandle>> {
     if args.no_watch {
@@ -198,7 +202,7 @@ fn watch(
     }
     let w = reload::watch(
         args.plugin.clone(),
-        copies,
+        loader,
         slot.clone(),
         Duration::from_millis(args.reload_debounce_ms),
     )

@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,11 @@ pub struct Copy {
     pub load_path: PathBuf,
     /// The bytes written (what the ELF check reads).
     pub bytes: Vec<u8>,
+    /// The copy, open (read and write, close-on-exec): what `load_path` names, and what a
+    /// worker process is handed. Whoever `dlopen`s `load_path` in this process must never
+    /// close it (`into_raw_fd`): glibc finds libraries by name, so the name `/proc/self/fd/N`
+    /// must not come back for another build.
+    pub fd: OwnedFd,
 }
 
 pub struct CopyDir {
@@ -115,13 +120,12 @@ impl CopyDir {
             };
             file.write_all(&bytes)?;
             file.sync_data()?;
-            let fd = file.as_raw_fd();
-            // Never closed: the name `/proc/self/fd/N` must not come back for another build.
-            let _ = file.into_raw_fd();
+            let fd = OwnedFd::from(file);
             return Ok(Copy {
                 path: dest,
-                load_path: PathBuf::from(format!("/proc/self/fd/{fd}")),
+                load_path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
                 bytes,
+                fd,
             });
         }
     }

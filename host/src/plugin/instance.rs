@@ -14,6 +14,7 @@ use myagent_plugin_api::abi::AgentInstanceBox;
 use myagent_plugin_api::{wire, ToolResult};
 use serde_json::Value;
 
+use super::worker::RemoteInstance;
 use crate::metrics::Metrics;
 
 /// Which plugin build a call went to, for error messages: "weather-assistant 0.1.0".
@@ -41,9 +42,13 @@ pub struct HostError {
 pub enum HostErrorKind {
     #[error("timed out after {} ms", .0.as_millis())]
     TimedOut(Duration),
-    /// The thread running the call died (a panic that escaped the plugin's own guard).
+    /// The thread running the call died (a panic that escaped the plugin's own guard), or the
+    /// build's worker could not be reached.
     #[error("the call crashed: {0}")]
     Crashed(String),
+    /// The worker process running the call died; the text says how ("the plugin crashed: …").
+    #[error("{0}")]
+    WorkerDied(String),
 }
 
 /// The plugin answered with an error of its own (its factory or hook said no, or panicked and
@@ -58,10 +63,17 @@ pub struct PluginError {
 /// One session's agent instance. Cloning shares it; tools may run concurrently.
 #[derive(Clone)]
 pub struct Instance {
-    inner: Arc<AgentInstanceBox>,
+    inner: Inner,
     tag: Arc<PluginTag>,
     /// The plugin understands call envelopes and cancel events (see `plugin-api`'s `wire`).
     tool_context: bool,
+}
+
+/// Where the instance lives: loaded in this process, or in the build's worker.
+#[derive(Clone)]
+enum Inner {
+    Abi(Arc<AgentInstanceBox>),
+    Remote(Arc<RemoteInstance>),
 }
 
 /// Runs `f` on the blocking pool, waiting at most `timeout` (the thread is not stopped).
@@ -136,9 +148,31 @@ impl Instance {
         tool_context: bool,
     ) -> Instance {
         Instance {
-            inner: Arc::new(inner),
+            inner: Inner::Abi(Arc::new(inner)),
             tag,
             tool_context,
+        }
+    }
+
+    /// Wraps an instance living in the build's worker process.
+    pub(super) fn from_remote(
+        remote: RemoteInstance,
+        tag: Arc<PluginTag>,
+        tool_context: bool,
+    ) -> Instance {
+        Instance {
+            inner: Inner::Remote(Arc::new(remote)),
+            tag,
+            tool_context,
+        }
+    }
+
+    /// Whether the build this instance came from was unloaded (replaced by a reload, its
+    /// worker stopped): the session should move to the serving build.
+    pub fn is_retired(&self) -> bool {
+        match &self.inner {
+            Inner::Remote(r) => r.is_retired(),
+            Inner::Abi(_) => false,
         }
     }
 
@@ -166,6 +200,19 @@ impl Instance {
         } else {
             args.to_string()
         };
+        if let Inner::Remote(remote) = &self.inner {
+            let cancel = self.tool_context.then(|| wire::cancel_call(id));
+            return match remote
+                .call_tool(name, payload, timeout, metrics, cancel)
+                .await
+            {
+                Ok(json) => Ok(parse_tool_result(&json)),
+                Err(kind) => Err(HostError {
+                    plugin: self.tag.clone(),
+                    kind,
+                }),
+            };
+        }
         let state = Arc::new(AtomicU8::new(PENDING));
         let _in_flight = InFlight {
             instance: self.clone(),
@@ -213,6 +260,21 @@ impl Instance {
         event_json: String,
         timeout: Duration,
     ) -> Result<Result<Vec<Value>, PluginError>, HostError> {
+        if let Inner::Remote(remote) = &self.inner {
+            let r = remote
+                .handle_event(session_id, event_json, timeout)
+                .await
+                .map_err(|kind| HostError {
+                    plugin: self.tag.clone(),
+                    kind,
+                })?;
+            return Ok(r
+                .and_then(|json| parse_events(&json))
+                .map_err(|message| PluginError {
+                    plugin: self.tag.clone(),
+                    message,
+                }));
+        }
         let (instance, sid) = (self.clone(), session_id.to_owned());
         let r = on_blocking_pool(&self.tag, timeout, move || {
             instance.handle_event_blocking(&sid, &event_json)
@@ -226,15 +288,15 @@ impl Instance {
 
     /// Runs a tool on the calling thread — only from a blocking context (benchmarks measure it).
     /// `args_json` is what crosses the ABI: the bare arguments, or the call envelope.
+    /// In a worker, use [`Instance::call_tool`].
     pub fn call_tool_blocking(&self, name: &str, args_json: &str) -> ToolResult {
-        let out = self
-            .inner
-            .call_tool(RStr::from_str(name), RStr::from_str(args_json));
-        serde_json::from_str(out.as_str()).unwrap_or_else(|e| {
-            ToolResult::error(format!(
-                "the plugin returned an unreadable tool result: {e}"
-            ))
-        })
+        match &self.inner {
+            Inner::Abi(inner) => {
+                let out = inner.call_tool(RStr::from_str(name), RStr::from_str(args_json));
+                parse_tool_result(out.as_str())
+            }
+            Inner::Remote(_) => ToolResult::error("this instance runs in a worker process"),
+        }
     }
 
     fn handle_event_blocking(
@@ -242,17 +304,27 @@ impl Instance {
         session_id: &str,
         event_json: &str,
     ) -> Result<Vec<Value>, String> {
-        match self
-            .inner
-            .handle_event(RStr::from_str(session_id), RStr::from_str(event_json))
-        {
-            ROk(json) => match serde_json::from_str::<Value>(json.as_str()) {
-                Ok(Value::Array(events)) => Ok(events),
-                _ => Err(
-                    "the plugin's event handler returned something other than a JSON array".into(),
-                ),
-            },
+        let Inner::Abi(inner) = &self.inner else {
+            return Err("this instance runs in a worker process".into());
+        };
+        match inner.handle_event(RStr::from_str(session_id), RStr::from_str(event_json)) {
+            ROk(json) => parse_events(json.as_str()),
             RErr(e) => Err(e.into_string()),
         }
+    }
+}
+
+fn parse_tool_result(json: &str) -> ToolResult {
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        ToolResult::error(format!(
+            "the plugin returned an unreadable tool result: {e}"
+        ))
+    })
+}
+
+fn parse_events(json: &str) -> Result<Vec<Value>, String> {
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::Array(events)) => Ok(events),
+        _ => Err("the plugin's event handler returned something other than a JSON array".into()),
     }
 }

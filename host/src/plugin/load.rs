@@ -1,6 +1,7 @@
 //! Loading a plugin build: copy, ELF check, `dlopen`, version checks, the manifest, a first
 //! instance — each failure a [`LoadError`] meant to be shown to the user as is.
 
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use myagent_plugin_api::wire;
 
 use super::copies;
 use super::instance::{on_blocking_pool, HostError, Instance, PluginError, PluginTag};
+use super::worker::{RemoteInstance, RunGuard, StartError, Worker, WorkerOptions};
 
 /// Why a plugin could not be loaded. Each message is meant to be shown to the user as is.
 #[derive(Debug, thiserror::Error)]
@@ -46,38 +48,181 @@ pub enum LoadError {
     Factory(String),
     #[error("the plugin's manifest is invalid: {0}")]
     BadManifest(String),
+    /// The worker's own account of a failed load (the text of one of the errors above).
+    #[error("{0}")]
+    InWorker(String),
+    #[error("the plugin crashed while loading: {0}")]
+    Crashed(String),
+    #[error("cannot start a plugin worker: {0}")]
+    Worker(String),
 }
 
-/// A loaded, validated plugin build. Cheap to share; never unloaded (abi_stable keeps every
-/// library mapped for the life of the process).
+/// A loaded, validated plugin build. Cheap to share. In a worker (the default) the build lives
+/// in its own process and is unloaded with it; in process, abi_stable keeps every library
+/// mapped for the life of the process.
 pub struct Plugin {
     pub manifest: Manifest,
     /// "name version", carried by every error from this build.
     pub tag: Arc<PluginTag>,
-    module: PluginModule_Ref,
+    backend: Backend,
     /// The file the operator named (the one that is watched).
     pub source: PathBuf,
-    /// The unique copy that was actually `dlopen`ed.
+    /// The unique copy that was actually `dlopen`ed (by the host or by the build's worker).
     pub loaded_from: PathBuf,
     /// 1 for the first load, +1 for every successful reload.
     pub generation: u64,
 }
 
+enum Backend {
+    InProcess(PluginModule_Ref),
+    Worker(Arc<Worker>),
+}
+
+/// Where plugin code runs.
+#[derive(Clone, Debug)]
+pub enum Isolation {
+    /// In a worker process per build (the default): a crash fails the calls in flight, not the
+    /// host; old builds are really unloaded.
+    Worker(WorkerOptions),
+    /// In the host process: a few µs faster per call, but a plugin that crashes takes the host
+    /// down, and no build is ever unloaded.
+    InProcess,
+}
+
+/// Loads plugin builds through a copy directory, in the chosen [`Isolation`].
+pub struct Loader {
+    pub copies: Arc<copies::CopyDir>,
+    pub isolation: Isolation,
+}
+
+impl Loader {
+    /// Loads and validates `source` (see [`load`]): the manifest, and one instance from the
+    /// factory, so a broken build is refused before it replaces a working one.
+    pub async fn load(&self, source: &Path, generation: u64) -> Result<Plugin, LoadError> {
+        match &self.isolation {
+            Isolation::InProcess => {
+                let (src, copies) = (source.to_owned(), self.copies.clone());
+                tokio::task::spawn_blocking(move || load(&src, &copies, generation))
+                    .await
+                    .map_err(|e| LoadError::Factory(format!("the loader crashed: {e}")))?
+            }
+            Isolation::Worker(opts) => load_in_worker(source, &self.copies, opts, generation).await,
+        }
+    }
+}
+
+async fn load_in_worker(
+    source: &Path,
+    copies: &Arc<copies::CopyDir>,
+    opts: &WorkerOptions,
+    generation: u64,
+) -> Result<Plugin, LoadError> {
+    if !source.is_file() {
+        return Err(LoadError::NotFound(source.to_owned()));
+    }
+    let (src, cps) = (source.to_owned(), copies.clone());
+    let copy = tokio::task::spawn_blocking(move || cps.copy_in(&src))
+        .await
+        .map_err(|e| LoadError::Factory(format!("the loader crashed: {e}")))?
+        .map_err(|e| LoadError::Copy {
+            path: copies.dir().to_owned(),
+            source: e,
+        })?;
+    let copies::Copy {
+        path, bytes, fd, ..
+    } = copy;
+    if let Err(reason) = check_elf(&bytes) {
+        let _ = std::fs::remove_file(&path);
+        return Err(LoadError::NotALibrary {
+            path: source.to_owned(),
+            reason,
+        });
+    }
+    drop(bytes);
+    let started = Worker::start_build(opts.clone(), source, fd, path.clone(), generation).await;
+    let (first, seed) = match started {
+        Ok(s) => s,
+        Err((e, seed)) => {
+            seed.discard();
+            return Err(match e {
+                StartError::Spawn(why) => LoadError::Worker(why),
+                StartError::Load(text) => LoadError::InWorker(text),
+                StartError::Crashed(why) => LoadError::Crashed(why),
+            });
+        }
+    };
+    let manifest = parse_manifest(&first.manifest_json);
+    let tag = Arc::new(match &manifest {
+        Ok(m) => PluginTag {
+            name: m.name.clone(),
+            version: m.version.clone(),
+        },
+        Err(_) => PluginTag {
+            name: source.display().to_string(),
+            version: String::new(),
+        },
+    });
+    // From here the worker is owned: dropping it stops the process and removes the copy.
+    let worker = seed.into_worker(tag.clone(), first);
+    let manifest = manifest?;
+    let plugin = Plugin {
+        tag,
+        manifest,
+        backend: Backend::Worker(worker),
+        source: source.to_owned(),
+        loaded_from: path,
+        generation,
+    };
+    let Backend::Worker(w) = &plugin.backend else {
+        unreachable!()
+    };
+    match RemoteInstance::create(w, FACTORY_CHECK_TIMEOUT).await {
+        Ok(Ok(_first)) => Ok(plugin),
+        Ok(Err(message)) => Err(LoadError::Factory(message)),
+        Err(e) => Err(LoadError::Crashed(e.kind.to_string())),
+    }
+}
+
+/// How long the factory may take when a new build is checked.
+const FACTORY_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Plugin {
-    /// A fresh agent instance for one session: the plugin's factory, run on the blocking pool.
+    /// A fresh agent instance for one session: the plugin's factory, on the blocking pool or in
+    /// the build's worker.
     pub async fn instantiate(
         self: &Arc<Self>,
         timeout: Duration,
     ) -> Result<Result<Instance, PluginError>, HostError> {
-        let plugin = self.clone();
-        let r =
-            on_blocking_pool(&self.tag, timeout, move || plugin.new_instance_blocking()).await?;
-        Ok(r)
+        let tool_context = self.manifest.tool_context >= wire::TOOL_CONTEXT_VERSION;
+        match &self.backend {
+            Backend::InProcess(_) => {
+                let plugin = self.clone();
+                on_blocking_pool(&self.tag, timeout, move || plugin.new_instance_blocking()).await
+            }
+            Backend::Worker(w) => Ok(match RemoteInstance::create(w, timeout).await? {
+                Ok(remote) => Ok(Instance::from_remote(
+                    remote,
+                    self.tag.clone(),
+                    tool_context,
+                )),
+                Err(message) => Err(PluginError {
+                    plugin: self.tag.clone(),
+                    message,
+                }),
+            }),
+        }
     }
 
-    /// The factory, on the calling thread: only for the loader (itself on the blocking pool).
+    /// The factory, on the calling thread: only for the in-process loader (itself on the
+    /// blocking pool).
     pub(super) fn new_instance_blocking(&self) -> Result<Instance, PluginError> {
-        match (self.module.new_instance())() {
+        let Backend::InProcess(module) = &self.backend else {
+            return Err(PluginError {
+                plugin: self.tag.clone(),
+                message: "this build runs in a worker".into(),
+            });
+        };
+        match (module.new_instance())() {
             ROk(inner) => Ok(Instance::from_abi(
                 inner,
                 self.tag.clone(),
@@ -89,6 +234,39 @@ impl Plugin {
             }),
         }
     }
+
+    /// Marks a run as started on this build: a worker-served build is not retired while a run
+    /// holds one of these.
+    pub fn begin_run(&self) -> Option<RunGuard> {
+        match &self.backend {
+            Backend::Worker(w) => Some(w.begin_run()),
+            Backend::InProcess(_) => None,
+        }
+    }
+
+    /// This build was replaced: its worker stops once its runs end (bounded by the drain
+    /// timeout). In process, nothing can be unloaded.
+    pub fn retire_when_idle(&self) {
+        if let Backend::Worker(w) = &self.backend {
+            w.retire_when_idle();
+        }
+    }
+
+    /// "worker" or "in-process".
+    pub fn isolation(&self) -> &'static str {
+        match &self.backend {
+            Backend::Worker(_) => "worker",
+            Backend::InProcess(_) => "in-process",
+        }
+    }
+
+    /// The pid of the build's worker process, while one runs.
+    pub fn worker_pid(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::Worker(w) => w.pid(),
+            Backend::InProcess(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -97,6 +275,7 @@ impl std::fmt::Debug for Plugin {
             .field("name", &self.manifest.name)
             .field("version", &self.manifest.version)
             .field("generation", &self.generation)
+            .field("isolation", &self.isolation())
             .finish()
     }
 }
@@ -106,15 +285,14 @@ pub fn host_api_crate_version() -> String {
     PluginModule_Ref::VERSION_STRINGS.version.to_string()
 }
 
-/// Loads `copy` (a unique copy of `source`, see [`copies`]) and validates it: the ELF check on
-/// the bytes that were written, `dlopen` through the copy's open descriptor, version checks,
-/// the manifest, and one instance from the factory.
-fn load_copy(source: &Path, copy: &copies::Copy, generation: u64) -> Result<Plugin, LoadError> {
-    check_elf(&copy.bytes).map_err(|reason| LoadError::NotALibrary {
-        path: source.to_owned(),
-        reason,
-    })?;
-    let header = lib_header_from_path(&copy.load_path).map_err(|e| map_library_error(source, e))?;
+/// `dlopen`s the library at `load_path` and checks it is a plugin of this host's API: the
+/// root module, the versions, and the manifest's JSON. Used in process and by the worker
+/// (which sends the error's text back as is). `source` names the file in messages.
+pub(crate) fn open_module(
+    source: &Path,
+    load_path: &Path,
+) -> Result<(PluginModule_Ref, String), LoadError> {
+    let header = lib_header_from_path(load_path).map_err(|e| map_library_error(source, e))?;
     let module = header
         .init_root_module::<PluginModule_Ref>()
         .map_err(|e| map_library_error(source, e))?;
@@ -125,20 +303,36 @@ fn load_copy(source: &Path, copy: &copies::Copy, generation: u64) -> Result<Plug
             host: API_VERSION,
         });
     }
-    let json = match (module.manifest())() {
-        ROk(json) => json,
-        RErr(e) => return Err(LoadError::Factory(e.into_string())),
-    };
+    match (module.manifest())() {
+        ROk(json) => Ok((module, json.into_string())),
+        RErr(e) => Err(LoadError::Factory(e.into_string())),
+    }
+}
+
+fn parse_manifest(json: &str) -> Result<Manifest, LoadError> {
     let manifest: Manifest =
-        serde_json::from_str(json.as_str()).map_err(|e| LoadError::BadManifest(e.to_string()))?;
+        serde_json::from_str(json).map_err(|e| LoadError::BadManifest(e.to_string()))?;
     validate_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// Loads `copy` (a unique copy of `source`, see [`copies`]) in this process and validates it:
+/// the ELF check on the bytes that were written, `dlopen` through the copy's open descriptor,
+/// version checks, the manifest, and one instance from the factory.
+fn load_copy(source: &Path, copy: &copies::Copy, generation: u64) -> Result<Plugin, LoadError> {
+    check_elf(&copy.bytes).map_err(|reason| LoadError::NotALibrary {
+        path: source.to_owned(),
+        reason,
+    })?;
+    let (module, json) = open_module(source, &copy.load_path)?;
+    let manifest = parse_manifest(&json)?;
     let plugin = Plugin {
         tag: Arc::new(PluginTag {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
         }),
         manifest,
-        module,
+        backend: Backend::InProcess(module),
         source: source.to_owned(),
         loaded_from: copy.path.clone(),
         generation,
@@ -151,7 +345,7 @@ fn load_copy(source: &Path, copy: &copies::Copy, generation: u64) -> Result<Plug
     Ok(plugin)
 }
 
-/// Loads `source` through a fresh copy in `copies`.
+/// Loads `source` in this process, through a fresh copy in `copies`.
 pub fn load(source: &Path, copies: &copies::CopyDir, generation: u64) -> Result<Plugin, LoadError> {
     if !source.is_file() {
         return Err(LoadError::NotFound(source.to_owned()));
@@ -160,7 +354,10 @@ pub fn load(source: &Path, copies: &copies::CopyDir, generation: u64) -> Result<
         path: copies.dir().to_owned(),
         source: e,
     })?;
-    load_copy(source, &copy, generation)
+    let loaded = load_copy(source, &copy, generation);
+    // `dlopen`ed (or tried): the descriptor's name must never be reused (see `Copy::fd`).
+    let _ = copy.fd.into_raw_fd();
+    loaded
 }
 
 /// Checks that `data` is a complete 64-bit little-endian ELF shared object before `dlopen`

@@ -12,7 +12,9 @@ pub mod copies;
 mod instance;
 mod load;
 pub mod reload;
+pub mod worker;
 
 pub use instance::{HostError, HostErrorKind, Instance, PluginError, PluginTag};
-pub use load::{host_api_crate_version, load, LoadError, Plugin};
+pub use load::{host_api_crate_version, load, Isolation, LoadError, Loader, Plugin};
 pub use myagent_plugin_api::{Manifest, ToolSpec};
+pub use worker::{RunGuard, WorkerOptions};

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{broadcast, mpsc};
 
-use super::copies::CopyDir;
-use super::{load, Plugin};
+use super::{Loader, Plugin};
 
 /// What happened on a reload, for connected clients.
 #[derive(Clone, Debug)]
 pub enum ReloadNotice {
     Reloaded(Arc<Plugin>),
     Failed(String),
+    /// A build's worker process died (see `worker`); it restarts on the next call.
+    Crashed(super::worker::CrashReport),
 }
 
 /// The serving plugin build. Sessions take an `Arc` at the start of each run, so a run in
@@ -32,7 +33,15 @@ pub struct PluginSlot {
 
 impl PluginSlot {
     pub fn new(plugin: Plugin) -> Arc<PluginSlot> {
-        let (notices, _) = broadcast::channel(16);
+        Self::with_notices(plugin, notice_channel())
+    }
+
+    /// A slot whose notices go out on `notices` (made first with [`notice_channel`], so that
+    /// workers can report crashes on it from the first load).
+    pub fn with_notices(
+        plugin: Plugin,
+        notices: broadcast::Sender<ReloadNotice>,
+    ) -> Arc<PluginSlot> {
         Arc::new(PluginSlot {
             current: RwLock::new(Arc::new(plugin)),
             notices,
@@ -50,14 +59,24 @@ impl PluginSlot {
         self.notices.subscribe()
     }
 
+    /// Serves `plugin` from now on; the build it replaces is retired once its runs end.
     fn swap(&self, plugin: Arc<Plugin>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = plugin.clone();
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
+            plugin.clone(),
+        );
+        old.retire_when_idle();
         let _ = self.notices.send(ReloadNotice::Reloaded(plugin));
     }
 
     fn refuse(&self, reason: String) {
         let _ = self.notices.send(ReloadNotice::Failed(reason));
     }
+}
+
+/// The channel plugin notices (reloads, refusals, crashes) travel on.
+pub fn notice_channel() -> broadcast::Sender<ReloadNotice> {
+    broadcast::channel(16).0
 }
 
 fn file_hash(path: &Path) -> Option<u64> {
@@ -73,10 +92,10 @@ pub struct ReloadHandle {
     _task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts watching `source`; reloads go through `copies` into `slot`.
+/// Starts watching `source`; reloads go through `loader` into `slot`.
 pub fn watch(
     source: PathBuf,
-    copies: Arc<CopyDir>,
+    loader: Arc<Loader>,
     slot: Arc<PluginSlot>,
     debounce: Duration,
 ) -> notify::Result<ReloadHandle> {
@@ -101,7 +120,7 @@ pub fn watch(
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let task = tokio::spawn(reload_loop(source, copies, slot, debounce, rx));
+    let task = tokio::spawn(reload_loop(source, loader, slot, debounce, rx));
     Ok(ReloadHandle {
         _watcher: watcher,
         _task: task,
@@ -110,7 +129,7 @@ pub fn watch(
 
 async fn reload_loop(
     source: PathBuf,
-    copies: Arc<CopyDir>,
+    loader: Arc<Loader>,
     slot: Arc<PluginSlot>,
     debounce: Duration,
     mut rx: mpsc::Receiver<()>,
@@ -129,11 +148,9 @@ async fn reload_loop(
             continue;
         }
         last_hash = Some(hash);
-        let (src, cps, gen) = (source.clone(), copies.clone(), generation + 1);
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || load(&src, &cps, gen)).await;
-        match result {
-            Ok(Ok(plugin)) => {
+        match loader.load(&source, generation + 1).await {
+            Ok(plugin) => {
                 generation += 1;
                 tracing::info!(
                     agent = %plugin.manifest.name, version = %plugin.manifest.version, generation,
@@ -144,13 +161,9 @@ async fn reload_loop(
                 );
                 slot.swap(Arc::new(plugin));
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, "new plugin build refused; the previous build keeps serving");
                 slot.refuse(e.to_string());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "plugin reload task failed; the previous build keeps serving");
-                slot.refuse(format!("reload failed: {e}"));
             }
         }
     }

@@ -144,6 +144,7 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             let generation = runtime.plugin.current().generation;
             let mut body = gw.deps.metrics.render(generation);
             body.push_str(&runtime.mcp.render_metrics());
+            body.push_str(&crate::plugin::worker::render_metrics());
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (&Method::GET, "/" | "/index.html") => {
@@ -195,7 +196,8 @@ fn health(gw: &Gateway) -> Response<Body> {
         "active_sessions": gw.deps.sessions.count(),
         "connections": gw.deps.metrics.connections.get(),
         "uptime_seconds": gw.started.elapsed().as_secs(),
-        "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation},
+        "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation,
+            "isolation": plugin.isolation(), "worker_pid": plugin.worker_pid()},
     });
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE

@@ -78,6 +78,45 @@ impl Tool for Guarded {
     }
 }
 
+/// Crashes the process the way `how` says — the failures a plugin's native code can have that
+/// no panic guard catches: `stack_overflow`, `abort`, `segfault`, `exit`, `hang`.
+struct Crash;
+
+impl Tool for Crash {
+    fn name(&self) -> &str {
+        "native_crash"
+    }
+    fn description(&self) -> &str {
+        "Crashes the plugin's process (how: stack_overflow | abort | segfault | exit | hang)."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"how": {"type": "string"}}, "required": ["how"]})
+    }
+    fn execute(&self, args: Value) -> ToolResult {
+        match args.get("how").and_then(Value::as_str).unwrap_or("") {
+            "stack_overflow" => ToolResult::ok(format!("{}", recurse(1))),
+            "abort" => std::process::abort(),
+            "segfault" => {
+                // SAFETY: none; this is the bug being tested.
+                unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+                ToolResult::ok("unreachable")
+            }
+            "exit" => std::process::exit(0),
+            "hang" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            other => ToolResult::error(format!("unknown crash {other:?}")),
+        }
+    }
+}
+
+/// Infinite recursion the optimiser cannot turn into a loop.
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let pad = std::hint::black_box([n; 64]);
+    recurse(pad[0] + 1) + pad[63]
+}
+
 fn sleep_ms(args: &Value) -> ToolResult {
     let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(1000);
     std::thread::sleep(Duration::from_millis(ms));
@@ -88,6 +127,9 @@ fn sleep_ms(args: &Value) -> ToolResult {
 pub fn testkit() -> Agent {
     if std::env::var("TESTKIT_VARIANT").as_deref() == Ok("panic_factory") {
         panic!("testkit factory was told to panic");
+    }
+    if std::env::var("TESTKIT_VARIANT").as_deref() == Ok("abort_factory") {
+        std::process::abort();
     }
     let tag = option_env!("TESTKIT_TAG").unwrap_or("v1");
     let mut agent = Agent::builder("testkit");
@@ -145,6 +187,7 @@ pub fn testkit() -> Agent {
             run: |_| ToolResult::ok("x".repeat(100_000)),
         })
         .tool(Guarded)
+        .tool(Crash)
         .tool(TagTool(format!("tag_{tag}")))
         .on_custom_event("testkit.", |ctx: &EventContext, event: Value| {
             if event["event"] == "testkit.panic" {

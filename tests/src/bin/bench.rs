@@ -1,6 +1,6 @@
 //! `myagent-bench`: plugin benchmarks that print numbers.
 //!
-//!   myagent-bench tool-overhead   host→plugin tool call cost (direct, and via spawn_blocking as runs do)
+//!   myagent-bench tool-overhead   host→plugin tool call cost: in process (direct, via spawn_blocking as runs do) and in a worker process
 //!   myagent-bench reload          file replaced → `system.plugin_reloaded` received by a client
 //!   myagent-bench mcp-overhead    an MCP tool call (stdio) next to a plugin tool call, no-op tools
 //!   myagent-bench all
@@ -65,6 +65,106 @@ async fn tool_overhead() {
     println!("tool-overhead: direct ABI call (args JSON in, ToolResult JSON out, panic guard): {direct:.2} µs/call over {n} calls");
     println!("tool-overhead: blocking-pool hop + ABI call (spawn_blocking, no deadline or guard):   {hop:.2} µs/call over {n2} calls");
     println!("tool-overhead: as a run calls it (Instance::call_tool: blocking pool, deadline, cancel guard): {pooled:.2} µs/call over {n2} calls");
+    let (p50, p99) = call_latency(&inst, &metrics).await;
+    println!("tool-overhead: in process, per call: p50 {p50:.1} µs, p99 {p99:.1} µs");
+
+    // The same build in a worker process (the default `--isolation worker`), the worker being
+    // the host binary next to this one (release under `make bench`).
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("myagent-host")))
+        .filter(|e| e.exists())
+        .unwrap_or_else(|| myagent_tests::bin("myagent-host"));
+    let loader = plugin::Loader {
+        copies: std::sync::Arc::new(CopyDir::open(dir.path()).unwrap()),
+        isolation: plugin::Isolation::Worker(plugin::WorkerOptions {
+            exe: exe.clone(),
+            memory_limit: None,
+            cpu_limit: None,
+            drain_timeout: Duration::from_secs(1),
+            notices: None,
+        }),
+    };
+    let p = std::sync::Arc::new(
+        loader
+            .load(&plugin_lib("testkit_agent"), 1)
+            .await
+            .expect("load testkit in a worker"),
+    );
+    let remote = p
+        .instantiate(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let (p50, p99) = call_latency(&remote, &metrics).await;
+    println!(
+        "tool-overhead: in a worker process ({}), per call: p50 {p50:.1} µs, p99 {p99:.1} µs",
+        exe.display()
+    );
+    // Concurrent calls: 8 at a time, as parallel tool calls of several sessions make them.
+    let n3 = 20_000;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (i, m) = (remote.clone(), metrics.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n3 / 8 {
+                i.call_tool(
+                    "echo",
+                    serde_json::json!({"text": "x"}),
+                    Duration::from_secs(5),
+                    &m,
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "tool-overhead: in a worker process, 8 concurrent callers: {:.0} calls/s",
+        n3 as f64 / t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Sequential `echo` calls as a run makes them (from a task on the runtime, as runs are);
+/// (p50, p99) in µs.
+async fn call_latency(
+    inst: &myagent_host::plugin::Instance,
+    metrics: &std::sync::Arc<myagent_host::metrics::Metrics>,
+) -> (f64, f64) {
+    let (inst, metrics) = (inst.clone(), metrics.clone());
+    tokio::spawn(async move { call_latency_here(&inst, &metrics).await })
+        .await
+        .unwrap()
+}
+
+async fn call_latency_here(
+    inst: &myagent_host::plugin::Instance,
+    metrics: &std::sync::Arc<myagent_host::metrics::Metrics>,
+) -> (f64, f64) {
+    let n = 20_000;
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n + 1_000 {
+        let t0 = Instant::now();
+        let r = inst
+            .call_tool(
+                "echo",
+                serde_json::json!({"text": "x"}),
+                Duration::from_secs(5),
+                metrics,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.output.as_deref(), Some("x"));
+        if i >= 1_000 {
+            took.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    took.sort_by(f64::total_cmp);
+    (percentile(&took, 0.5), percentile(&took, 0.99))
 }
 
 async fn reload() {

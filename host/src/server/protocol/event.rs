@@ -168,6 +168,16 @@ pub enum ServerEvent {
     PluginReloaded { agent: AgentInfo },
     #[serde(rename = "system.plugin_reload_failed")]
     PluginReloadFailed { error: String, serving: Serving },
+    /// A plugin build's worker process died (the calls in flight on it failed); it restarts
+    /// for the next call, after `restart_in_ms`.
+    #[serde(rename = "system.plugin_crashed")]
+    PluginCrashed {
+        agent: AgentInfo,
+        reason: String,
+        /// Crashes of this build so far.
+        crashes: u64,
+        restart_in_ms: u64,
+    },
     /// A missing or wrong token; the connection closes with 1008.
     #[serde(rename = "auth.error")]
     AuthError { error: String },
@@ -257,7 +267,7 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 impl ServerEvent {
     /// Every event name, in the order of the enum (checked against docs/protocol.md).
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "system.connected",
         "system.plugin_reloaded",
         "system.plugin_reload_failed",
@@ -276,6 +286,7 @@ impl ServerEvent {
         "agent.message_queued",
         "agent.history",
         "agent.tool_approval_required",
+        "system.plugin_crashed",
     ];
 
     /// The `event` name.
@@ -299,6 +310,7 @@ impl ServerEvent {
             ServerEvent::MessageQueued { .. } => 15,
             ServerEvent::History { .. } => 16,
             ServerEvent::ToolApprovalRequired { .. } => 17,
+            ServerEvent::PluginCrashed { .. } => 18,
         };
         Self::NAMES[i]
     }

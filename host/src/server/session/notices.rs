@@ -1,4 +1,4 @@
-//! Plugin reload notices: every connection hears about a new build or a refused one.
+//! Plugin notices: every connection hears about a new build, a refused one, or a crashed worker.
 
 use std::sync::Arc;
 
@@ -37,6 +37,17 @@ pub async fn forward_reload_notices(runtime: Arc<AgentRuntime>, connections: Arc
                     },
                 }
             }
+            Ok(ReloadNotice::Crashed(c)) => ServerEvent::PluginCrashed {
+                agent: AgentInfo {
+                    name: c.plugin.name.clone(),
+                    version: c.plugin.version.clone(),
+                    generation: Some(c.generation),
+                    tools: None,
+                },
+                reason: c.reason,
+                crashes: c.crashes,
+                restart_in_ms: c.restart_in.as_millis() as u64,
+            },
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return,
         };

@@ -40,6 +40,8 @@ async fn run_turn(
 ) -> Option<(Content, CancellationToken)> {
     let mut slot = session.agent.lock().await;
     swap_build(runtime, session, &mut slot).await;
+    // The build's worker is kept until this run ends, even if a reload replaces the build.
+    let _on_build = slot.plugin.begin_run();
     let AgentSlot {
         memory,
         settings,
@@ -125,7 +127,17 @@ async fn swap_build(runtime: &AgentRuntime, session: &Session, slot: &mut AgentS
 
 /// A custom client event, handed to the plugin's hook; what it returns goes back as events.
 pub(super) async fn custom_event(runtime: &AgentRuntime, session: &Session, event: Value) {
-    let instance = session.instance();
+    let mut instance = session.instance();
+    if instance.is_retired() {
+        // Idle since a reload unloaded its build: a fresh agent from the serving build (the
+        // session's next run swaps its slot the same way).
+        let current = runtime.plugin.current();
+        let timeout = runtime.config.tool_timeout_for(&current.manifest);
+        if let Ok(Ok(fresh)) = current.instantiate(timeout).await {
+            session.set_instance(&fresh);
+            instance = fresh;
+        }
+    }
     let timeout = runtime
         .config
         .tool_timeout_for(&runtime.plugin.current().manifest);

@@ -1,0 +1,261 @@
+//! Plugin builds in worker processes (the default `--isolation worker`): native crashes of
+//! plugin code — stack overflow, abort, segfault, exit, a tool that never returns — fail only
+//! the call in flight while a bystander session streams on; the next call runs on a restarted
+//! worker. And hot reloads really unload old builds.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use myagent_tests::client::bystander;
+use myagent_tests::{bin, plugin_lib, Client, FakeLlm, Host, TempDir};
+use serde_json::Value;
+
+fn health(host: &Host) -> Value {
+    serde_json::from_str(&host.http("/health")).unwrap()
+}
+
+fn worker_pid(host: &Host) -> Option<u64> {
+    health(host)["plugin"]["worker_pid"].as_u64()
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        if ppid == pid {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One crash mode: the crashing call fails with `expect` in its text, the bystander finishes
+/// untouched, clients hear `system.plugin_crashed`, and the session's next call works on a new
+/// worker process.
+async fn crash_is_contained(how: &str, expect: &str) {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let before = worker_pid(&host).expect("a worker serves the plugin");
+    assert!(children_of(host.proc.pid()).contains(&(before as u32)));
+    let by = bystander(&host.ws_url()).await;
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+
+    c.ask(&sid, &format!(r#"call:native_crash {{"how": "{how}"}}"#))
+        .await;
+    let r = c.until("agent.tool_result").await;
+    assert_eq!(r["metadata"]["status"], "failed", "{how}: {r}");
+    let text = r["content"].as_str().unwrap();
+    assert!(text.contains(expect), "{how}: {text}");
+    c.until_any(&["agent.final_answer", "agent.error"]).await;
+    let crashed = match c.named("system.plugin_crashed").first() {
+        Some(v) => (*v).clone(),
+        None => c.until("system.plugin_crashed").await,
+    };
+    assert_eq!(crashed["agent"]["name"], "testkit", "{crashed}");
+    assert_eq!(crashed["crashes"], 1, "{crashed}");
+    let reason = crashed["reason"].as_str().unwrap();
+    assert!(reason.contains("`native_crash`"), "{reason}");
+
+    // The host is alive, and the next call runs on a restarted worker.
+    c.ask(&sid, r#"call:echo {"text": "alive"}"#).await;
+    let r = c.until("agent.tool_result").await;
+    assert_eq!(r["metadata"]["status"], "success", "{how}: {r}");
+    assert_eq!(r["content"], "alive");
+    c.until("agent.final_answer").await;
+    let after = worker_pid(&host).expect("restarted");
+    assert_ne!(before, after, "{how}: the worker was not restarted");
+    assert_eq!(host.metric("myagent_plugin_worker_crashes_total"), 1);
+    assert_eq!(host.metric("myagent_plugin_workers"), 1);
+    by.await.expect("the bystander's answer was disturbed");
+    println!("{how}: {text}");
+}
+
+#[tokio::test]
+async fn a_stack_overflow_in_a_tool_fails_only_that_call() {
+    crash_is_contained(
+        "stack_overflow",
+        "the plugin crashed: stack overflow in tool `native_crash`;",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn abort_in_a_tool_fails_only_that_call() {
+    crash_is_contained(
+        "abort",
+        "the plugin crashed: abort (SIGABRT) in tool `native_crash`",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_segfault_in_a_tool_fails_only_that_call() {
+    crash_is_contained(
+        "segfault",
+        "the plugin crashed: segmentation fault (SIGSEGV) in tool `native_crash`",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn exit_in_a_tool_fails_only_that_call() {
+    crash_is_contained(
+        "exit",
+        "the plugin crashed: exit(0) called in tool `native_crash`",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_tool_that_never_returns_is_timed_out_and_its_worker_replaced() {
+    // The call fails at the tool timeout (2 s for testkit); the worker is stopped 2 s later.
+    crash_is_contained("hang", "timed out after 2000 ms").await;
+}
+
+#[tokio::test]
+async fn a_hundred_reloads_leave_no_old_build_behind() {
+    let dir = TempDir::new("unload");
+    let served = dir.path().join("libtestkit_agent.so");
+    let build = std::fs::read(plugin_lib("testkit_agent")).unwrap();
+    std::fs::write(&served, &build).unwrap();
+    let llm = FakeLlm::start();
+    let host = Host::start(&served, &llm, &["--reload-debounce-ms", "30"]);
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    c.ask(&sid, r#"call:echo {"text": "v0"}"#).await;
+    c.until("agent.final_answer").await;
+    let host_pid = host.proc.pid();
+
+    // Each reload a distinct file (the same code plus a trailing counter), renamed into place
+    // as cargo does; the session stays connected and runs now and then.
+    let reload = |i: u32| {
+        let tmp = dir.path().join(".next.so");
+        let mut bytes = build.clone();
+        bytes.extend_from_slice(&i.to_le_bytes());
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::rename(&tmp, &served).unwrap();
+    };
+    let total_rss = || -> u64 {
+        rss_kib(host_pid) + children_of(host_pid).into_iter().map(rss_kib).sum::<u64>()
+    };
+    let settle = || async {
+        // Old workers exit once no run is on them (none is: the session is idle).
+        let t0 = Instant::now();
+        while children_of(host_pid).len() != 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "old workers still running: {:?}",
+                children_of(host_pid)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    for i in 0..5 {
+        reload(i);
+        c.until("system.plugin_reloaded").await;
+    }
+    settle().await;
+    let start = total_rss();
+    let mut pids = HashSet::new();
+    let t0 = Instant::now();
+    for i in 5..105 {
+        reload(i);
+        let notice = c.until("system.plugin_reloaded").await;
+        assert_eq!(notice["agent"]["generation"], i + 2);
+        if let Some(p) = worker_pid(&host) {
+            pids.insert(p);
+        }
+        if i % 20 == 0 {
+            c.ask(&sid, &format!(r#"call:echo {{"text": "at {i}"}}"#))
+                .await;
+            let r = c.until("agent.tool_result").await;
+            assert_eq!(r["metadata"]["status"], "success", "{r}");
+            c.until("agent.final_answer").await;
+        }
+    }
+    let took = t0.elapsed();
+    settle().await;
+    let end = total_rss();
+    println!(
+        "100 reloads in {:.1} s: host + worker RSS {} → {} KiB ({:+} KiB); {} distinct workers",
+        took.as_secs_f64(),
+        start,
+        end,
+        end as i64 - start as i64,
+        pids.len()
+    );
+    assert!(pids.len() >= 90, "a worker per build: {}", pids.len());
+    assert!(
+        end < start + 20 * 1024,
+        "RSS grew by {} KiB over 100 reloads",
+        end - start
+    );
+    // The host maps no plugin copy; one copy is left on disk (the serving build's).
+    let maps = std::fs::read_to_string(format!("/proc/{host_pid}/maps")).unwrap();
+    assert!(
+        !maps.contains("libtestkit_agent"),
+        "the host mapped a plugin"
+    );
+    let copies: Vec<_> = std::fs::read_dir(host.state.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".so"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    // The connected session goes on, on the newest build.
+    c.ask(&sid, r#"call:echo {"text": "last"}"#).await;
+    assert_eq!(c.until("agent.tool_result").await["content"], "last");
+    c.until("agent.final_answer").await;
+}
+
+#[tokio::test]
+async fn in_process_isolation_still_serves() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--isolation", "in-process"],
+    );
+    let h = health(&host);
+    assert_eq!(h["plugin"]["isolation"], "in-process");
+    assert!(h["plugin"]["worker_pid"].is_null());
+    assert!(children_of(host.proc.pid()).is_empty());
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    c.ask(&sid, r#"call:echo {"text": "here"}"#).await;
+    assert_eq!(c.until("agent.tool_result").await["content"], "here");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", host.proc.pid())).unwrap();
+    assert!(maps.contains("libtestkit_agent"));
+}
+
+#[test]
+fn inspect_reports_a_factory_that_crashes() {
+    let out = std::process::Command::new(bin("myagent-host"))
+        .args(["inspect"])
+        .arg(plugin_lib("testkit_agent"))
+        .env("TESTKIT_VARIANT", "abort_factory")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: the plugin crashed while loading: abort (SIGABRT)"),
+        "{err}"
+    );
+}
