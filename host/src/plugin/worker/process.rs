@@ -1,0 +1,377 @@
+//! One worker process: starting it (descriptors, limits, the hello), talking to it (requests
+//! and their replies by id), and its death — what it was, and failing what was in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::oneshot;
+
+use super::frame::{self, Reply, Request};
+use super::{lock, Worker, WorkerOptions, HELLO_TIMEOUT, LIVE, STARTED, STDERR_KEPT};
+use crate::metrics::Metrics;
+
+/// A started worker process, before its build's [`Worker`] exists (the first start).
+pub struct Started {
+    pub(super) conn: Arc<Conn>,
+    pub(super) rd: Reader,
+    pub(super) child: tokio::process::Child,
+    pub(super) stderr: tokio::task::JoinHandle<()>,
+    pub(super) ring: Arc<Mutex<VecDeque<String>>>,
+    pub manifest_json: String,
+}
+
+pub(super) type Reader = tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>;
+
+/// Why a worker could not be started or did not load the build.
+#[derive(Debug)]
+pub enum StartError {
+    /// The process could not be started at all.
+    Spawn(String),
+    /// The build did not load; the worker's own message (a `LoadError`'s text).
+    Load(String),
+    /// The worker died or went silent while loading.
+    Crashed(String),
+}
+
+/// One worker process.
+pub(super) struct Conn {
+    pub(super) epoch: u64,
+    pub(super) pid: u32,
+    pub(super) started: Instant,
+    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    pub(super) pending: Mutex<HashMap<u64, Pending>>,
+    pub(super) next_id: AtomicU64,
+    dead: AtomicBool,
+    /// Set when the host stops the process (hung call: the reason; retirement: expected).
+    kill_reason: Mutex<Option<String>>,
+    expected_exit: AtomicBool,
+}
+
+pub(super) struct Pending {
+    pub(super) tx: oneshot::Sender<Result<Reply, String>>,
+    pub(super) tool: Option<String>,
+    /// Given up by its caller while running: counted in `tools_abandoned` until it ends.
+    pub(super) abandoned: Option<Arc<Metrics>>,
+}
+
+impl Conn {
+    pub(super) fn is_alive(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+    }
+
+    /// Sends `req` (built with the call id) and returns the id and the reply's receiver.
+    pub(super) async fn request(
+        &self,
+        make: impl FnOnce(u64) -> Request,
+        tool: Option<&str>,
+    ) -> Result<(u64, oneshot::Receiver<Result<Reply, String>>), String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if !self.is_alive() {
+                return Err("the plugin worker has stopped".into());
+            }
+            pending.insert(
+                id,
+                Pending {
+                    tx,
+                    tool: tool.map(str::to_owned),
+                    abandoned: None,
+                },
+            );
+        }
+        let bytes = frame::encode(&make(id));
+        if let Err(e) = self.wr.lock().await.write_all(&bytes).await {
+            lock(&self.pending).remove(&id);
+            return Err(format!("cannot reach the plugin worker: {e}"));
+        }
+        Ok((id, rx))
+    }
+
+    /// Sends a request whose reply nobody waits for.
+    pub(super) async fn send_only(&self, req: Request) {
+        let bytes = frame::encode(&req);
+        let _ = self.wr.lock().await.write_all(&bytes).await;
+    }
+
+    pub(super) fn kill(&self, reason: Option<String>) {
+        if !self.is_alive() {
+            return;
+        }
+        match reason {
+            Some(r) => *lock(&self.kill_reason) = Some(r),
+            None => self.expected_exit.store(true, Ordering::Release),
+        }
+        // The pid is ours until the reader task reaps it, which happens only after `dead`.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// Starts a worker process for the library open at `lib` and waits for its hello.
+pub async fn start(
+    opts: &WorkerOptions,
+    source: &Path,
+    lib: &OwnedFd,
+    epoch: u64,
+) -> Result<Started, StartError> {
+    let (host_end, child_end) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Spawn(e.to_string()))?;
+    let (sock_fd, lib_fd) = (child_end.as_raw_fd(), lib.as_raw_fd());
+    let mut cmd = tokio::process::Command::new(&opts.exe);
+    cmd.arg("__plugin-worker")
+        .arg("--source")
+        .arg(source)
+        .arg("--socket-fd")
+        .arg(sock_fd.to_string())
+        .arg("--lib-fd")
+        .arg(lib_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let (mem, cpu) = (opts.memory_limit, opts.cpu_limit);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The two descriptors the worker needs survive exec (they are close-on-exec here).
+            for fd in [sock_fd, lib_fd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // The worker never outlives the host (even a SIGKILLed one).
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            if let Some(bytes) = mem {
+                let l = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &l);
+            }
+            if let Some(secs) = cpu {
+                // SIGXCPU at the soft limit; SIGKILL a second later if it is ignored.
+                let l = libc::rlimit {
+                    rlim_cur: secs,
+                    rlim_max: secs + 1,
+                };
+                libc::setrlimit(libc::RLIMIT_CPU, &l);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| StartError::Spawn(format!("cannot start {}: {e}", opts.exe.display())))?;
+    drop(child_end);
+    STARTED.fetch_add(1, Ordering::Relaxed);
+    LIVE.fetch_add(1, Ordering::Relaxed);
+    let pid = child.id().unwrap_or(0);
+    let label = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ring: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    if let Some(out) = child.stdout.take() {
+        let label = label.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(plugin = %label, worker_pid = pid, "stdout: {line}");
+            }
+        });
+    }
+    let stderr = match child.stderr.take() {
+        Some(err) => {
+            let ring = ring.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!(plugin = %label, worker_pid = pid, "stderr: {line}");
+                    let mut r = lock(&ring);
+                    if r.len() == STDERR_KEPT {
+                        r.pop_front();
+                    }
+                    r.push_back(line);
+                }
+            })
+        }
+        None => tokio::spawn(async {}),
+    };
+    host_end
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Spawn(e.to_string()))?;
+    let stream =
+        tokio::net::UnixStream::from_std(host_end).map_err(|e| StartError::Spawn(e.to_string()))?;
+    let (rd, wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame_async(&mut rd)).await;
+    let hello: Option<Reply> = match hello {
+        Ok(Ok(Some(buf))) => serde_json::from_slice(&buf).ok(),
+        Ok(_) => None,
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return Err(StartError::Crashed(format!(
+                "the plugin worker did not load the build within {} s",
+                HELLO_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    let manifest_json = match hello {
+        Some(Reply { ok: Some(m), .. }) => m,
+        Some(Reply { err: Some(e), .. }) => {
+            let _ = child.wait().await;
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return Err(StartError::Load(e));
+        }
+        _ => {
+            // Died while loading (a crashing constructor or factory, a bad library).
+            let status = child.wait().await.ok();
+            let _ = tokio::time::timeout(Duration::from_millis(500), stderr).await;
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return Err(StartError::Crashed(describe_death(status, &lock(&ring))));
+        }
+    };
+    let conn = Arc::new(Conn {
+        epoch,
+        pid,
+        started: Instant::now(),
+        wr: tokio::sync::Mutex::new(wr),
+        pending: Mutex::default(),
+        next_id: AtomicU64::new(1),
+        dead: AtomicBool::new(false),
+        kill_reason: Mutex::default(),
+        expected_exit: AtomicBool::new(false),
+    });
+    Ok(Started {
+        conn,
+        rd,
+        child,
+        stderr,
+        ring,
+        manifest_json,
+    })
+}
+
+/// What a dead worker's exit status and last stderr lines say happened: "stack overflow",
+/// "segmentation fault (SIGSEGV) (last output: …)".
+fn describe_death(status: Option<std::process::ExitStatus>, stderr: &VecDeque<String>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let said = |needle: &str| stderr.iter().any(|l| l.contains(needle));
+    // Rust's runtime names these on stderr before it aborts: that says more than SIGABRT.
+    if said("has overflowed its stack") {
+        return "stack overflow".into();
+    }
+    if said("memory allocation of") {
+        return "out of memory".into();
+    }
+    let what = match status.map(|s| (s.signal(), s.code())) {
+        Some((Some(libc::SIGSEGV), _)) => "segmentation fault (SIGSEGV)".into(),
+        Some((Some(libc::SIGBUS), _)) => "bus error (SIGBUS)".into(),
+        Some((Some(libc::SIGABRT), _)) => "abort (SIGABRT)".into(),
+        Some((Some(libc::SIGILL), _)) => "illegal instruction (SIGILL)".into(),
+        Some((Some(libc::SIGFPE), _)) => "arithmetic error (SIGFPE)".into(),
+        Some((Some(libc::SIGXCPU), _)) => "CPU time limit reached (SIGXCPU)".into(),
+        Some((Some(libc::SIGKILL), _)) => "killed (SIGKILL)".into(),
+        Some((Some(sig), _)) => format!("killed by signal {sig}"),
+        Some((None, Some(code))) => format!("exit({code}) called"),
+        _ => "the worker ended".into(),
+    };
+    match stderr.back() {
+        Some(last) if !last.trim().is_empty() => {
+            let last: String = last.chars().take(200).collect();
+            format!("{what} (last output: {last})")
+        }
+        _ => what,
+    }
+}
+
+/// Reads a worker's replies until it dies, then fails what was in flight and reports why.
+pub(super) async fn read_replies(
+    conn: Arc<Conn>,
+    mut rd: Reader,
+    mut child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<()>,
+    ring: Arc<Mutex<VecDeque<String>>>,
+    worker: Weak<Worker>,
+) {
+    let broken = loop {
+        match frame::read_frame_async(&mut rd).await {
+            Ok(Some(buf)) => match serde_json::from_slice::<Reply>(&buf) {
+                Ok(reply) => {
+                    let p = lock(&conn.pending).remove(&reply.id);
+                    if let Some(p) = p {
+                        if let Some(m) = &p.abandoned {
+                            m.tools_abandoned.dec();
+                            tracing::info!(tool = ?p.tool, "abandoned call returned");
+                        }
+                        let _ = p.tx.send(Ok(reply));
+                    }
+                }
+                Err(e) => break Some(format!("it sent an unreadable reply: {e}")),
+            },
+            Ok(None) => break None,
+            Err(e) => break Some(format!("its socket failed: {e}")),
+        }
+    };
+    conn.dead.store(true, Ordering::Release);
+    if broken.is_some() {
+        let _ = child.start_kill();
+    }
+    // The socket closed: the process is exiting (or closed fd 3 and lives on — stop it).
+    let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            let _ = child.start_kill();
+            child.wait().await.ok()
+        }
+    };
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_millis(500), stderr).await;
+    let expected = conn.expected_exit.load(Ordering::Acquire);
+    // A hung call's reason names its tool already.
+    let hung = lock(&conn.kill_reason).take();
+    let names_tool = hung.is_some();
+    let reason = hung
+        .or(broken)
+        .unwrap_or_else(|| describe_death(status, &lock(&ring)));
+    let in_flight: Vec<Pending> = lock(&conn.pending).drain().map(|(_, p)| p).collect();
+    let tools: Vec<String> = in_flight.iter().filter_map(|p| p.tool.clone()).collect();
+    let text = |tool: Option<&str>| {
+        match (tool, tools.len()) {
+        _ if expected => "this build of the plugin was unloaded after a reload".to_owned(),
+        (Some(t), 1) => format!("the plugin crashed: {reason} in tool `{t}`; its worker is restarted for the next call"),
+        (Some(t), _) => format!("the plugin crashed: {reason} while tool `{t}` and {} other call(s) were running; its worker is restarted for the next call", tools.len() - 1),
+        (None, _) => format!("the plugin crashed: {reason}; its worker is restarted for the next call"),
+    }
+    };
+    for p in in_flight {
+        if let Some(m) = &p.abandoned {
+            m.tools_abandoned.dec();
+        }
+        let _ = p.tx.send(Err(text(p.tool.as_deref())));
+    }
+    if expected {
+        return;
+    }
+    let reason = match tools.as_slice() {
+        [t] if !names_tool => format!("{reason} in tool `{t}`"),
+        _ => reason,
+    };
+    if let Some(w) = worker.upgrade() {
+        if !w.is_retired() {
+            w.crashed(reason, conn.started.elapsed());
+        }
+    }
+}
