@@ -1,7 +1,8 @@
 //! Plugin builds in worker processes (the default `--isolation worker`): native crashes of
 //! plugin code — stack overflow, abort, segfault, exit, a tool that never returns — fail only
 //! the call in flight while a bystander session streams on; the next call runs on a restarted
-//! worker. And hot reloads really unload old builds.
+//! worker. Repeated crashes back off, limits apply, workers die with the host, and hot
+//! reloads really unload old builds.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -258,4 +259,83 @@ fn inspect_reports_a_factory_that_crashes() {
         err.contains("error: the plugin crashed while loading: abort (SIGABRT)"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn repeated_crashes_back_off_and_are_counted() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    let mut notices = Vec::new();
+    for _ in 0..2 {
+        c.ask(&sid, r#"call:native_crash {"how": "abort"}"#).await;
+        c.until("agent.ready").await;
+        notices.push(match c.named("system.plugin_crashed").get(notices.len()) {
+            Some(v) => (*v).clone(),
+            None => c.until("system.plugin_crashed").await,
+        });
+    }
+    // The first crash restarts at once; the second, soon after, waits the first back-off step.
+    assert_eq!(notices[0]["crashes"], 1);
+    assert_eq!(notices[0]["restart_in_ms"], 0);
+    assert_eq!(notices[1]["crashes"], 2);
+    assert_eq!(notices[1]["restart_in_ms"], 250);
+    let t0 = Instant::now();
+    c.ask(&sid, r#"call:echo {"text": "after two"}"#).await;
+    let r = c.until("agent.tool_result").await;
+    assert_eq!(r["content"], "after two", "{r}");
+    println!(
+        "first call after the second crash: {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(host.metric("myagent_plugin_worker_crashes_total"), 2);
+    assert_eq!(host.metric("myagent_plugin_worker_starts_total"), 3);
+}
+
+#[tokio::test]
+async fn a_worker_over_its_memory_limit_fails_the_call_not_the_host() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--worker-memory-limit", "1024"],
+    );
+    let pid = worker_pid(&host).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))
+        .unwrap();
+    assert!(line.contains(&(1024u64 << 20).to_string()), "{line}");
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    c.ask(&sid, r#"call:native_crash {"how": "oom"}"#).await;
+    let r = c.until("agent.tool_result").await;
+    let text = r["content"].as_str().unwrap();
+    assert!(
+        text.contains("the plugin crashed: out of memory in tool `native_crash`"),
+        "{text}"
+    );
+    c.until("agent.ready").await;
+    c.ask(&sid, r#"call:echo {"text": "fine"}"#).await;
+    assert_eq!(c.until("agent.tool_result").await["content"], "fine");
+}
+
+#[tokio::test]
+async fn workers_never_outlive_a_killed_host() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let pid = worker_pid(&host).unwrap();
+    host.kill9();
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "worker {pid} outlived its host"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -79,7 +79,8 @@ impl Tool for Guarded {
 }
 
 /// Crashes the process the way `how` says — the failures a plugin's native code can have that
-/// no panic guard catches: `stack_overflow`, `abort`, `segfault`, `exit`, `hang`.
+/// no panic guard catches: `stack_overflow`, `abort`, `segfault`, `exit`, `hang`, and `oom`
+/// (an allocation past the worker's memory limit).
 struct Crash;
 
 impl Tool for Crash {
@@ -87,7 +88,7 @@ impl Tool for Crash {
         "native_crash"
     }
     fn description(&self) -> &str {
-        "Crashes the plugin's process (how: stack_overflow | abort | segfault | exit | hang)."
+        "Crashes the plugin's process (how: stack_overflow | abort | segfault | exit | hang | oom)."
     }
     fn parameters(&self) -> Value {
         json!({"type": "object", "properties": {"how": {"type": "string"}}, "required": ["how"]})
@@ -102,6 +103,14 @@ impl Tool for Crash {
                 ToolResult::ok("unreachable")
             }
             "exit" => std::process::exit(0),
+            "oom" => {
+                // 4 GiB at once: past any --worker-memory-limit the tests set.
+                let big: Vec<u8> = Vec::with_capacity(4 << 30);
+                ToolResult::ok(format!(
+                    "allocated {}",
+                    std::hint::black_box(big).capacity()
+                ))
+            }
             "hang" => loop {
                 std::thread::sleep(Duration::from_secs(3600));
             },

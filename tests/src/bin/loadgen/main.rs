@@ -175,6 +175,10 @@ struct SuiteArgs {
     /// The quick version (what `make bench` runs): fewer connections and sessions.
     #[arg(long)]
     short: bool,
+    /// An extra argument for every host the suite starts (repeatable), e.g.
+    /// `--host-arg=--isolation --host-arg=in-process`.
+    #[arg(long = "host-arg", allow_hyphen_values = true)]
+    host_args: Vec<String>,
 }
 
 #[tokio::main]

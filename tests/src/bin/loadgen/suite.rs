@@ -17,6 +17,8 @@ use myagent_tests::{FakeLlm, Host};
 pub(crate) struct Stack {
     pub(crate) dir: PathBuf,
     pub(crate) llm: FakeLlm,
+    /// Passed to every host (the suite's `--host-arg`).
+    pub(crate) host_args: Vec<String>,
 }
 
 impl Stack {
@@ -26,7 +28,11 @@ impl Stack {
             .context("exe dir")?
             .to_owned();
         let llm = FakeLlm::start_at(&dir.join("fake-llm"), &["--port", "0"]);
-        Ok(Stack { dir, llm })
+        Ok(Stack {
+            dir,
+            llm,
+            host_args: Vec::new(),
+        })
     }
 
     /// A fresh host serving `lib{plugin}.so`; returns it and its WebSocket URL.
@@ -43,6 +49,7 @@ impl Stack {
             "60",
         ];
         args.extend_from_slice(extra);
+        args.extend(self.host_args.iter().map(String::as_str));
         let host = Host::launch(
             &self.dir.join("myagent-host"),
             &self.dir.join(format!("lib{plugin}.so")),
@@ -57,7 +64,8 @@ impl Stack {
 }
 
 pub(crate) async fn suite(a: &SuiteArgs) -> Result<Value> {
-    let stack = Stack::start()?;
+    let mut stack = Stack::start()?;
+    stack.host_args = a.host_args.clone();
     let s = a.short;
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut results = Vec::new();
