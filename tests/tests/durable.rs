@@ -203,7 +203,8 @@ fn a_corrupt_store_is_a_clear_start_up_error() {
         .args(["--port", "0", "--store", "postgres://x"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `memory` or `sqlite:PATH`"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("expected `memory`, `sqlite:PATH` or `redis://HOST:PORT[/DB]`"));
 }
 
 #[tokio::test]

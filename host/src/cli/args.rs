@@ -230,7 +230,9 @@ pub struct ServeArgs {
     pub pong_timeout: u64,
     /// Where sessions are kept: `sqlite:PATH` (default: $XDG_STATE_HOME/myagent-host/sessions.db,
     /// else ~/.local/state/...): they survive restarts and can be resumed within --session-ttl;
-    /// or `memory`: they end with the process.
+    /// `redis://HOST:PORT[/DB]`: the same, shared by several hosts (any host serves any
+    /// session, a turn running on one is followed from another); or `memory`: they end with
+    /// the process.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
     /// A stored session idle this long is deleted (default 7 days).

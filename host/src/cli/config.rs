@@ -137,10 +137,18 @@ pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<D
     let path = match args.store.as_deref() {
         None => default_store_path(),
         Some("memory") => return Ok(None),
+        Some(url) if url.starts_with("redis://") => {
+            let durable = Durable::open_redis(url, ttl).map_err(anyhow::Error::msg)?;
+            println!(
+                "Sessions: stored in {url}, shared with every host using it (resumable for {} after they go idle)",
+                human_duration(ttl)
+            );
+            return Ok(Some(durable));
+        }
         Some(url) => match url.strip_prefix("sqlite:") {
             Some(p) if !p.is_empty() => PathBuf::from(p),
             _ => anyhow::bail!(
-                "--store {url}: expected `memory` or `sqlite:PATH` (redis:// is not supported yet)"
+                "--store {url}: expected `memory`, `sqlite:PATH` or `redis://HOST:PORT[/DB]`"
             ),
         },
     };

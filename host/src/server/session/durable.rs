@@ -37,9 +37,16 @@ pub struct Stored {
     pub running_input: Option<String>,
     /// The newest events, oldest first: (seq, frame).
     pub events: Vec<(u64, String)>,
+    /// Redis: the host whose lease says the session's turn is running there now (not this
+    /// host; an expired lease is no lease).
+    pub running_on: Option<String>,
+    /// Redis: the host that last took the session (made it, ran a turn, or restored it).
+    pub host: Option<String>,
+    /// Redis: the id of the newest event's stream entry (to follow the stream from).
+    pub last_entry: Option<String>,
 }
 
-enum Op {
+pub(super) enum Op {
     Create {
         id: String,
         token_hash: String,
@@ -64,19 +71,34 @@ enum Op {
     Delete {
         id: String,
     },
+    /// This host now serves the session (Redis: the session's `host`).
+    Claim {
+        id: String,
+    },
     Flush(mpsc::Sender<()>),
 }
 
 /// The handle the sessions write through.
 pub struct Durable {
     tx: mpsc::Sender<Op>,
-    path: PathBuf,
+    backend: Backend,
     ttl: Duration,
+    /// This process, as named in leases and the sessions it takes (Redis).
+    host_id: String,
+}
+
+enum Backend {
+    Sqlite(PathBuf),
+    Redis {
+        client: redis::Client,
+        url: String,
+        cancels: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    },
 }
 
 impl std::fmt::Debug for Durable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Durable({})", self.path.display())
+        write!(f, "Durable({})", self.describe())
     }
 }
 
@@ -145,8 +167,9 @@ impl Durable {
         let (tx, rx) = mpsc::channel();
         let durable = Arc::new(Durable {
             tx,
-            path: path.to_owned(),
+            backend: Backend::Sqlite(path.to_owned()),
             ttl,
+            host_id: uuid::Uuid::new_v4().to_string(),
         });
         let expired = durable.expire_now(&db);
         if expired > 0 {
@@ -159,8 +182,109 @@ impl Durable {
         Ok(durable)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Connects to the Redis at `url` (`redis://HOST:PORT[/DB]`) and starts the writer and
+    /// the cancel listener. An unreachable server is an error.
+    pub fn open_redis(url: &str, ttl: Duration) -> Result<Arc<Durable>, String> {
+        let client =
+            redis::Client::open(url).map_err(|e| format!("--store {url}: not a Redis URL: {e}"))?;
+        let mut conn =
+            super::durable_redis::connect(&client).map_err(|e| format!("--store {url}: {e}"))?;
+        redis::cmd("PING")
+            .query::<String>(&mut conn)
+            .map_err(|e| format!("--store {url}: the server does not answer PING: {e}"))?;
+        let host_id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = mpsc::channel();
+        let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel();
+        let durable = Arc::new(Durable {
+            tx,
+            backend: Backend::Redis {
+                client: client.clone(),
+                url: url.to_owned(),
+                cancels: std::sync::Mutex::new(Some(cancel_rx)),
+            },
+            ttl,
+            host_id: host_id.clone(),
+        });
+        let c = client.clone();
+        std::thread::Builder::new()
+            .name("session-store".into())
+            .spawn(move || super::durable_redis::writer(c, rx, ttl, host_id))
+            .map_err(|e| format!("cannot start the session store's writer: {e}"))?;
+        std::thread::Builder::new()
+            .name("session-cancels".into())
+            .spawn(move || super::durable_redis::listen_for_cancels(client, cancel_tx))
+            .map_err(|e| format!("cannot start the session store's listener: {e}"))?;
+        Ok(durable)
+    }
+
+    /// "sqlite:PATH" or the Redis URL.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Backend::Redis { url, .. } => url.clone(),
+        }
+    }
+
+    /// Shared by several hosts (Redis): sessions may be served, and turns run, elsewhere.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis { .. })
+    }
+
+    /// This process's name in the store.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Session ids whose running turn another host was asked to cancel (Redis; taken once).
+    pub fn take_cancels(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        match &self.backend {
+            Backend::Redis { cancels, .. } => cancels.lock().ok()?.take(),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Asks whichever host runs session `id`'s turn to cancel it (Redis; blocking).
+    pub fn publish_cancel(&self, id: &str) -> Result<(), String> {
+        match &self.backend {
+            Backend::Redis { client, .. } => super::durable_redis::publish_cancel(client, id),
+            Backend::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// Events after stream entry `after`, and whether the turn's lease is held (Redis;
+    /// blocking): what a host following another's turn reads.
+    pub fn follow(
+        &self,
+        id: &str,
+        after: Option<&str>,
+    ) -> Result<super::durable_redis::Followed, String> {
+        match &self.backend {
+            Backend::Redis { client, .. } => {
+                let mut c = super::durable_redis::connect(client)?;
+                super::durable_redis::events_after(&mut c, id, after)
+                    .map_err(|e| format!("the session store is unavailable: {e}"))
+            }
+            Backend::Sqlite(_) => Ok((false, Vec::new())),
+        }
+    }
+
+    /// This host serves session `id` from now on (Redis: other hosts holding an old copy in
+    /// memory restore it on their next resume).
+    pub fn claim(&self, id: &str) {
+        self.send(Op::Claim { id: id.to_owned() });
+    }
+
+    /// Which host last took session `id` (Redis; blocking). `Ok(None)`: unknown or SQLite.
+    pub fn holder(&self, id: &str) -> Result<Option<String>, String> {
+        match &self.backend {
+            Backend::Redis { client, .. } => {
+                use redis::Commands;
+                let mut c = super::durable_redis::connect(client)?;
+                c.hget(super::durable_redis::session_key(id), "host")
+                    .map_err(|e| format!("the session store is unavailable: {e}"))
+            }
+            Backend::Sqlite(_) => Ok(None),
+        }
     }
 
     fn send(&self, op: Op) {
@@ -216,8 +340,14 @@ impl Durable {
     /// Reads session `id` (on a thread that may block). `Ok(None)`: the store has no such
     /// session (never made, closed, or expired).
     pub fn load(&self, id: &str) -> Result<Option<Stored>, String> {
+        let path = match &self.backend {
+            Backend::Sqlite(p) => p,
+            Backend::Redis { client, .. } => {
+                return super::durable_redis::load(client, id, &self.host_id)
+            }
+        };
         let db = Connection::open_with_flags(
-            &self.path,
+            path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| format!("the session store is unavailable: {e}"))?;
@@ -265,6 +395,9 @@ impl Durable {
                 memory,
                 running_input,
                 events,
+                running_on: None,
+                host: None,
+                last_entry: None,
             }))
         };
         read().map_err(|e| format!("the session store is unavailable: {e}"))
@@ -415,6 +548,7 @@ fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
                 tx.execute("DELETE FROM event_chunks WHERE session = ?1", [&id])?;
                 tx.execute("DELETE FROM sessions WHERE id = ?1", [&id])?;
             }
+            Op::Claim { .. } => {}
             Op::Flush(done) => flushed.push(done),
         }
     }

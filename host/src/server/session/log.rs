@@ -282,6 +282,100 @@ impl Session {
         }
     }
 
+    /// An event another host emitted in this session (followed from the shared store), with
+    /// that host's `seq`: kept for replay and sent to the owning connection, unless the client
+    /// saw it already (`seq` ≤ `floor`, its `last_seq` when it resumed here) or it is not newer
+    /// than what this copy has. Not written back to the store (it is there).
+    pub fn append_foreign(&self, seq: u64, frame: String, floor: u64, metrics: &Metrics) {
+        let mut inner = self.lock();
+        self.append_foreign_locked(&mut inner, seq, frame, floor, metrics);
+    }
+
+    fn append_foreign_locked(
+        &self,
+        inner: &mut Inner,
+        seq: u64,
+        frame: String,
+        floor: u64,
+        metrics: &Metrics,
+    ) {
+        if seq <= inner.seq && !inner.replay.is_empty() {
+            return;
+        }
+        inner.seq = seq;
+        let text = Utf8Bytes::from(frame);
+        let cost = text.len() + EVENT_OVERHEAD;
+        inner.replay_bytes += cost;
+        self.budget.metrics.replay_bytes.add(cost as u64);
+        inner.replay.push_back((seq, text.clone()));
+        while (inner.replay_bytes > self.replay_cap_bytes || self.budget.over())
+            && inner.replay.len() > 1
+        {
+            if let Some((_, old)) = inner.replay.pop_front() {
+                let freed = old.len() + EVENT_OVERHEAD;
+                inner.replay_bytes -= freed;
+                self.budget.metrics.replay_bytes.sub(freed as u64);
+            }
+        }
+        if seq > floor {
+            if let Some(owner) = &inner.owner {
+                owner.send(text);
+                metrics.events_sent.inc();
+            }
+        }
+    }
+
+    /// Marks the session busy while another host runs its turn (this host follows it): messages
+    /// meanwhile follow `on_busy`; cancelling the token is how a cancel reaches the follower.
+    pub fn begin_follow(&self) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.lock().running = Some(token.clone());
+        token
+    }
+
+    /// The followed turn ended: the session is idle here — then its `agent.ready` goes out: the
+    /// other host's (`ready`: its seq and frame, held back until now so that a message sent on
+    /// seeing it is not refused as busy), or one of ours. Returns the next queued message
+    /// (already marked running) to run here, if any.
+    pub fn end_follow(
+        &self,
+        ready: Option<(u64, String)>,
+        floor: u64,
+        metrics: &Metrics,
+    ) -> Option<(Content, CancellationToken)> {
+        let mut inner = self.lock();
+        inner.running = None;
+        let next = inner.queue.pop_front().map(|next| {
+            inner.queue_bytes -= next.size();
+            let token = CancellationToken::new();
+            inner.running = Some(token.clone());
+            (next, token)
+        });
+        match ready {
+            Some((seq, frame)) => {
+                self.append_foreign_locked(&mut inner, seq, frame, floor, metrics)
+            }
+            None if next.is_none() => self.emit_locked(
+                &mut inner,
+                "agent.ready",
+                |seq| ServerEvent::Ready.frame_in_session(&self.id, seq),
+                metrics,
+            ),
+            None => {}
+        }
+        next
+    }
+
+    /// The last `seq` of this copy's log.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Whether a run (or a followed turn) is in progress here.
+    pub fn is_running(&self) -> bool {
+        self.lock().running.is_some()
+    }
+
     /// True when `conn_id` owns the session now.
     pub fn owned_by(&self, conn_id: u64) -> bool {
         self.lock().owner.as_ref().is_some_and(|o| o.id == conn_id)

@@ -4,10 +4,13 @@
 //! client message and hands it to [`Sessions::handle`]; everything else happens here.
 
 pub mod durable;
+mod durable_redis;
+mod follow;
 mod log;
 pub mod notices;
 pub mod registry;
 mod restore;
+use restore::Restored;
 mod run;
 
 use std::collections::HashSet;
@@ -87,13 +90,35 @@ impl Sessions {
             limit: config.replay_budget_bytes,
             metrics: runtime.metrics.clone(),
         });
-        Arc::new(Sessions {
+        let sessions = Arc::new(Sessions {
             store,
             budget,
             config,
             runtime,
             lifecycle,
-        })
+        });
+        // A shared store: cancels of turns running here, asked for on other hosts.
+        if let Some(mut cancels) = sessions
+            .config
+            .durable
+            .as_ref()
+            .and_then(|d| d.take_cancels())
+        {
+            let weak = Arc::downgrade(&sessions);
+            tokio::spawn(async move {
+                while let Some(id) = cancels.recv().await {
+                    let Some(sessions) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Some(s) = sessions.store.get(&id) {
+                        if s.cancel() {
+                            tracing::info!(session_id = %id, "turn cancelled from another host");
+                        }
+                    }
+                }
+            });
+        }
+        sessions
     }
 
     /// Sessions alive now (attached or waiting for a resume).
@@ -165,20 +190,27 @@ impl Sessions {
                 resume_token,
                 last_seq,
             } => {
-                let lost_turn = self
+                self.forget_if_taken_elsewhere(&session_id).await;
+                let restored = self
                     .restore_if_stored(client, &session_id, &resume_token)
                     .await;
                 self.resume(client, &session_id, &resume_token, last_seq);
-                if let Some(session) = lost_turn {
-                    // The turn its host never finished, closed in the session's log.
-                    let metrics = &self.runtime.metrics;
-                    session.emit(
-                        &ServerEvent::Interrupted {
-                            reason: Some("host_lost"),
-                        },
-                        metrics,
-                    );
-                    session.emit(&ServerEvent::Ready, metrics);
+                match restored {
+                    Restored::LostTurn(session) => {
+                        // The turn its host never finished, closed in the session's log.
+                        let metrics = &self.runtime.metrics;
+                        session.emit(
+                            &ServerEvent::Interrupted {
+                                reason: Some("host_lost"),
+                            },
+                            metrics,
+                        );
+                        session.emit(&ServerEvent::Ready, metrics);
+                    }
+                    Restored::Follow { session, after } => {
+                        self.follow(session, after, last_seq);
+                    }
+                    Restored::None => {}
                 }
             }
             ClientMessage::ToolApproval {

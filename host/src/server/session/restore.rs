@@ -10,7 +10,74 @@ use crate::agent::{Memory, SessionSettings};
 use crate::server::auth::constant_time_eq;
 use crate::server::protocol::ErrorCode;
 
+/// What resuming found in the store.
+pub(super) enum Restored {
+    /// Nothing restored (held here already, not stored, refused): the resume goes on as usual.
+    None,
+    /// Restored; its turn's host is gone: announce the lost turn after the replay.
+    LostTurn(Arc<Session>),
+    /// Restored while its turn runs on another host: follow that turn from the store after
+    /// the replay (from stream entry `after`).
+    Follow {
+        session: Arc<Session>,
+        after: Option<String>,
+    },
+}
+
+/// A session's memory as the store keeps it.
+pub(super) fn memory_from(stored: &str, budget_chars: usize) -> Memory {
+    #[derive(serde::Deserialize, Default)]
+    struct SavedMemory {
+        messages: Vec<crate::llm::ChatMessage>,
+        dropped_turns: u64,
+    }
+    let saved: SavedMemory = serde_json::from_str(stored).unwrap_or_default();
+    Memory::restore(budget_chars, saved.messages, saved.dropped_turns)
+}
+
+/// `memory` with `input`'s turn recorded as interrupted (its host stopped mid-turn).
+pub(super) fn close_lost_turn(memory: &mut Memory, input: &str) -> bool {
+    let Ok(input) = serde_json::from_str::<crate::llm::Content>(input) else {
+        return false;
+    };
+    memory.push(crate::llm::ChatMessage::user(input));
+    memory.push(crate::llm::ChatMessage::assistant(
+        Some(crate::agent::INTERRUPTED_NOTE.into()),
+        Vec::new(),
+    ));
+    memory.trim();
+    true
+}
+
 impl Sessions {
+    /// A shared store: a copy of `session_id` held here may be stale — another host took the
+    /// session since (a client moved there, ran turns). Such a copy, idle, is let go, so the
+    /// resume restores the store's.
+    pub(super) async fn forget_if_taken_elsewhere(&self, session_id: &str) {
+        let Some(durable) = self.config.durable.clone().filter(|d| d.is_shared()) else {
+            return;
+        };
+        let Some(held) = self.store.get(session_id) else {
+            return;
+        };
+        if held.is_running() {
+            return; // running here: this host is the one that took it last
+        }
+        let id = session_id.to_owned();
+        let d = durable.clone();
+        let holder = tokio::task::spawn_blocking(move || d.holder(&id)).await;
+        if let Ok(Ok(Some(h))) = holder {
+            if h != durable.host_id() {
+                tracing::info!(
+                    session_id,
+                    "session taken by another host since; restoring it from the store"
+                );
+                held.cancel();
+                self.remove(session_id);
+            }
+        }
+    }
+
     /// A session this process does not hold may be in the durable store (the host restarted,
     /// or the resume window let it go from memory): with the right token it is rebuilt — memory,
     /// settings, the tail of its log — on the current plugin build. A turn that was running
@@ -22,16 +89,18 @@ impl Sessions {
         client: &mut Client,
         session_id: &str,
         token: &str,
-    ) -> Option<Arc<Session>> {
-        let durable = self.config.durable.clone()?;
+    ) -> Restored {
+        let Some(durable) = self.config.durable.clone() else {
+            return Restored::None;
+        };
         if self.store.get(session_id).is_some() {
-            return None;
+            return Restored::None;
         }
         let id = session_id.to_owned();
         let d = durable.clone();
         let stored = match tokio::task::spawn_blocking(move || d.load(&id)).await {
             Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => return None,
+            Ok(Ok(None)) => return Restored::None,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "session store read failed");
                 client.error(
@@ -39,7 +108,7 @@ impl Sessions {
                     ErrorCode::StoreUnavailable,
                     &format!("Cannot resume: {e}"),
                 );
-                return None;
+                return Restored::None;
             }
             Err(e) => {
                 tracing::error!(error = %e, "session store read failed");
@@ -48,15 +117,15 @@ impl Sessions {
                     ErrorCode::StoreUnavailable,
                     "Cannot resume: the session store read failed",
                 );
-                return None;
+                return Restored::None;
             }
         };
         if !constant_time_eq(&stored.token_hash, &durable::hash_token(token)) {
-            return None; // the resume answers "Session not found"
+            return Restored::None; // the resume answers "Session not found"
         }
         if let Err(why) = self.store.room(client.ip) {
             self.refuse(client, Some(session_id), why);
-            return None;
+            return Restored::None;
         }
         let plugin = self.runtime.plugin.current();
         let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
@@ -64,11 +133,11 @@ impl Sessions {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
                 self.factory_failed(client, &e);
-                return None;
+                return Restored::None;
             }
             Err(e) => {
                 self.factory_failed(client, &e);
-                return None;
+                return Restored::None;
             }
         };
         let settings: SessionSettings = serde_json::from_str(&stored.settings).unwrap_or_default();
@@ -76,30 +145,17 @@ impl Sessions {
             Ok(()) => settings,
             Err(_) => SessionSettings::default(),
         };
-        #[derive(serde::Deserialize, Default)]
-        struct SavedMemory {
-            messages: Vec<crate::llm::ChatMessage>,
-            dropped_turns: u64,
-        }
-        let saved: SavedMemory = serde_json::from_str(&stored.memory).unwrap_or_default();
-        let mut memory = Memory::restore(
-            self.runtime.config.memory_budget_chars,
-            saved.messages,
-            saved.dropped_turns,
-        );
-        let lost_turn = stored
-            .running_input
-            .as_deref()
-            .and_then(|i| serde_json::from_str::<crate::llm::Content>(i).ok());
-        if let Some(input) = &lost_turn {
-            memory.push(crate::llm::ChatMessage::user(input.clone()));
-            memory.push(crate::llm::ChatMessage::assistant(
-                Some(crate::agent::INTERRUPTED_NOTE.into()),
-                Vec::new(),
-            ));
-            memory.trim();
+        let mut memory = memory_from(&stored.memory, self.runtime.config.memory_budget_chars);
+        // A turn still running on another host (its lease is alive) is followed, not lost.
+        let follow = stored.running_input.is_some() && stored.running_on.is_some();
+        let lost_turn = match (&stored.running_input, follow) {
+            (Some(input), false) => close_lost_turn(&mut memory, input),
+            _ => false,
+        };
+        if lost_turn {
             durable.turn_end(session_id, &memory);
         }
+        durable.claim(session_id);
         let slot = AgentSlot {
             memory,
             settings,
@@ -119,14 +175,24 @@ impl Sessions {
         session.restore_log(stored.events);
         if let Err(why) = self.store.insert(session.clone()) {
             self.refuse(client, Some(session_id), why);
-            return None;
+            return Restored::None;
         }
         self.runtime.metrics.sessions.inc();
         tracing::info!(
             session_id,
-            lost_turn = lost_turn.is_some(),
+            lost_turn,
+            following = ?stored.running_on,
             "session restored from the store"
         );
-        lost_turn.map(|_| session)
+        if follow {
+            Restored::Follow {
+                session,
+                after: stored.last_entry,
+            }
+        } else if lost_turn {
+            Restored::LostTurn(session)
+        } else {
+            Restored::None
+        }
     }
 }
