@@ -400,3 +400,58 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// A `redis-server` of our own on a free loopback port, without persistence; killed on drop.
+/// `Redis::start` is None (and says why) where redis-server is not installed, unless
+/// `MYAGENT_REQUIRE_REDIS=1` (CI) makes that a failure.
+pub struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    /// None (with a message) where redis-server is not installed, unless CI requires it.
+    pub fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                if std::env::var("MYAGENT_REQUIRE_REDIS").as_deref() == Ok("1") {
+                    panic!("redis-server is required (MYAGENT_REQUIRE_REDIS=1): {e}");
+                }
+                eprintln!("SKIPPED: redis-server not found ({e}); install it (apt-get install redis-server) to run the multi-host tests");
+                return None;
+            }
+        };
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Redis { child, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}

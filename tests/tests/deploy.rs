@@ -41,25 +41,32 @@ struct Nginx {
 
 impl Nginx {
     fn start(nginx: &str, upstream_port: u16, tls: Option<(&Path, &Path)>) -> Nginx {
+        Self::start_conf(nginx, "nginx.conf", &[("agent:8080", upstream_port)], tls)
+    }
+
+    /// `conf` from deploy/, its upstream servers (`name:port` as shipped) pointed at `ports`.
+    fn start_conf(
+        nginx: &str,
+        conf: &str,
+        upstreams: &[(&str, u16)],
+        tls: Option<(&Path, &Path)>,
+    ) -> Nginx {
         let root = workspace_root().join("deploy");
         let dir = TempDir::new("nginx");
         let d = dir.path().display();
-        let shipped = std::fs::read_to_string(root.join("nginx.conf")).unwrap();
+        let shipped = std::fs::read_to_string(root.join(conf)).unwrap();
         let snippet = "include /etc/nginx/snippets/myagent-proxy.conf;";
-        assert!(
-            shipped.contains("server agent:8080;")
-                && shipped.contains("listen 80;")
-                && shipped.contains(snippet)
-        );
+        assert!(shipped.contains("listen 80;") && shipped.contains(snippet));
         let port = free_port();
         let local_snippet = format!("include {d}/proxy.conf;");
-        let site = shipped
-            .replace(
-                "server agent:8080;",
-                &format!("server 127.0.0.1:{upstream_port};"),
-            )
+        let mut site = shipped
             .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
             .replace(snippet, &local_snippet);
+        for (name, upstream_port) in upstreams {
+            let server = format!("server {name}");
+            assert!(site.contains(&server), "{conf} has no `{server}`");
+            site = site.replace(&server, &format!("server 127.0.0.1:{upstream_port}"));
+        }
         std::fs::write(dir.path().join("site.conf"), site).unwrap();
         std::fs::copy(root.join("nginx-proxy.conf"), dir.path().join("proxy.conf")).unwrap();
         let mut includes = format!("include {d}/site.conf;");
@@ -281,4 +288,73 @@ async fn nginx_tls_config_serves_wss_with_a_certificate() {
     assert!(untrusted.is_err());
     // Plain HTTP keeps working beside it.
     assert!(http_get(&format!("http://{}/health", nginx.addr)).contains("healthy"));
+}
+
+/// deploy/nginx-multi.conf in front of two hosts sharing one Redis: a client that reconnects
+/// through nginx lands on the other host and its session goes on there, history and all.
+#[tokio::test]
+async fn nginx_in_front_of_two_hosts_sharing_sessions_through_redis() {
+    let Some(nginx) = nginx_or_skip("nginx_in_front_of_two_hosts_sharing_sessions_through_redis")
+    else {
+        return;
+    };
+    let Some(redis) = myagent_tests::Redis::start() else {
+        return;
+    };
+    let conf = std::fs::read_to_string(workspace_root().join("deploy/nginx-multi.conf")).unwrap();
+    // No directive pins a client to a host.
+    let directives: Vec<&str> = conf
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    for sticky in ["ip_hash", "sticky", "hash "] {
+        assert!(
+            !directives.iter().any(|l| l.starts_with(sticky)),
+            "nginx-multi.conf pins clients ({sticky})"
+        );
+    }
+    let llm = FakeLlm::start();
+    let url = redis.url();
+    let store = ["--store", url.as_str()];
+    let a = Host::start(&plugin_lib("testkit_agent"), &llm, &store);
+    let b = Host::start(&plugin_lib("testkit_agent"), &llm, &store);
+    let nginx = Nginx::start_conf(
+        &nginx,
+        "nginx-multi.conf",
+        &[("agent-a:8080", a.port), ("agent-b:8080", b.port)],
+        None,
+    );
+    let ws = format!("ws://{}", nginx.addr);
+    // The first client holds one host; least_conn sends the next connection to the other.
+    let (mut first, sid, token) = Client::with_session(&ws).await;
+    llm.script(serde_json::json!([{"text": "Noted: plum."}]));
+    first.ask(&sid, "Remember plum.").await;
+    let last_seq = first.until("agent.ready").await["seq"].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs = |h: &Host| h.metric("myagent_runs_started_total");
+    let (on_a, on_b) = (runs(&a), runs(&b));
+    assert_eq!(on_a + on_b, 1);
+
+    let mut second = Client::connect(&ws).await;
+    second
+        .send(serde_json::json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq}))
+        .await;
+    let resumed = second
+        .until_any(&["agent.session_resumed", "agent.error"])
+        .await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    llm.script(serde_json::json!([{"text": "It was plum."}]));
+    second.ask(&sid, "Which fruit?").await;
+    assert_eq!(
+        second.until("agent.final_answer").await["content"],
+        "It was plum."
+    );
+    // That turn ran on the other host, with the first turn in its history.
+    assert_eq!((runs(&a) - on_a, runs(&b) - on_b), (on_b, on_a));
+    let req = llm.requests().pop().unwrap();
+    assert_eq!(
+        myagent_tests::texts_of(&req, "user"),
+        ["Remember plum.", "Which fruit?"]
+    );
 }

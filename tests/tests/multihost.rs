@@ -3,65 +3,11 @@
 //! WebSocket clients that move from one host to another — between turns, in the middle of a
 //! streaming turn, with a cancel, and after the host running the turn was killed.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use myagent_tests::{plugin_lib, texts_of, Client, FakeLlm, Host};
+use myagent_tests::{plugin_lib, texts_of, Client, FakeLlm, Host, Redis};
 use serde_json::{json, Value};
-
-/// A `redis-server` of our own; killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    /// None (with a message) where redis-server is not installed, unless CI requires it.
-    fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                if std::env::var("MYAGENT_REQUIRE_REDIS").as_deref() == Ok("1") {
-                    panic!("redis-server is required (MYAGENT_REQUIRE_REDIS=1): {e}");
-                }
-                eprintln!("SKIPPED: redis-server not found ({e}); install it (apt-get install redis-server) to run the multi-host tests");
-                return None;
-            }
-        };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Redis { child, port })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
 
 fn host(llm: &FakeLlm, redis: &Redis, extra: &[&str]) -> Host {
     let url = redis.url();
