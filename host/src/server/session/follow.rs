@@ -26,6 +26,7 @@ impl Sessions {
             return;
         };
         let runtime = self.runtime.clone();
+        let shutdown = self.lifecycle.shutdown.clone();
         let budget_chars = runtime.config.memory_budget_chars;
         self.lifecycle.runs.spawn(async move {
             let metrics = runtime.metrics.clone();
@@ -37,6 +38,12 @@ impl Sessions {
             tracing::info!(session_id = %id, "following a turn running on another host");
             // The other host's `agent.ready` when the turn ended there; None: that host is gone.
             let ready = loop {
+                if shutdown.is_cancelled() {
+                    // This host stops; the turn goes on where it runs (the client resumes
+                    // elsewhere). Not a cancel.
+                    tracing::info!(session_id = %id, "shutting down: no longer following");
+                    return;
+                }
                 if token.is_cancelled() && !cancel_sent {
                     cancel_sent = true;
                     let (d, sid) = (durable.clone(), id.clone());
@@ -77,6 +84,7 @@ impl Sessions {
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
                     _ = token.cancelled(), if !cancel_sent => {}
+                    _ = shutdown.cancelled() => {}
                 }
             };
             // The turn's end (or its host's loss) as the store has it: the memory it left.
