@@ -102,6 +102,16 @@ impl Client {
         }
     }
 
+    /// Connects to `url` and resumes session `sid`; returns the client and the answer (the
+    /// `agent.session_resumed` header or an `agent.error`).
+    pub async fn resume(url: &str, sid: &str, token: &str, last_seq: u64) -> (Client, Value) {
+        let mut c = Client::connect(url).await;
+        c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq}))
+            .await;
+        let e = c.until_any(&["agent.session_resumed", "agent.error"]).await;
+        (c, e)
+    }
+
     /// Connects, reads `system.connected`, creates a session; returns (client, session_id, token).
     pub async fn with_session(url: &str) -> (Client, String, String) {
         let mut c = Client::connect(url).await;

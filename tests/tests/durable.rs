@@ -15,11 +15,7 @@ fn start(llm: &FakeLlm, store: &Path, extra: &[&str]) -> Host {
 }
 
 async fn resume(host: &Host, sid: &str, token: &str, last_seq: u64) -> (Client, Value) {
-    let mut c = Client::connect(&host.ws_url()).await;
-    c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq}))
-        .await;
-    let e = c.until_any(&["agent.session_resumed", "agent.error"]).await;
-    (c, e)
+    Client::resume(&host.ws_url(), sid, token, last_seq).await
 }
 
 #[tokio::test]

@@ -420,6 +420,26 @@ fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
     db.execute("DELETE FROM sessions WHERE last_active < ?1", [cutoff])
 }
 
+/// A writer's wait: up to `wait` for a first write, then [`FLUSH_EVERY`] for more (not at all
+/// when it is a flush), then everything queued, into `batch`. False once every sender is gone.
+pub(super) fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>, wait: Duration) -> bool {
+    match rx.recv_timeout(wait) {
+        Ok(op) => {
+            let flush_now = matches!(op, Op::Flush(_));
+            batch.push(op);
+            if !flush_now {
+                std::thread::sleep(FLUSH_EVERY);
+            }
+            while let Ok(op) = rx.try_recv() {
+                batch.push(op);
+            }
+            true
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => true,
+        Err(mpsc::RecvTimeoutError::Disconnected) => false,
+    }
+}
+
 /// The writer thread: applies queued writes in one transaction per flush interval.
 fn writer(mut db: Connection, rx: mpsc::Receiver<Op>, ttl: Duration) {
     let mut batch: Vec<Op> = Vec::new();
@@ -429,22 +449,9 @@ fn writer(mut db: Connection, rx: mpsc::Receiver<Op>, ttl: Duration) {
         // all (a transaction per write would cost a WAL page write each): what a crash can lose
         // is at most that interval. Sleeping rather than waiting on the channel means senders
         // (the runs, on every event) never have to wake this thread.
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(op) => {
-                let flush_now = matches!(op, Op::Flush(_));
-                batch.push(op);
-                if !flush_now {
-                    std::thread::sleep(FLUSH_EVERY);
-                }
-                while let Ok(op) = rx.try_recv() {
-                    batch.push(op);
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = apply(&mut db, std::mem::take(&mut batch));
-                return;
-            }
+        if !gather(&rx, &mut batch, Duration::from_secs(60)) {
+            let _ = apply(&mut db, std::mem::take(&mut batch));
+            return;
         }
         if !batch.is_empty() {
             if let Err(e) = apply(&mut db, std::mem::take(&mut batch)) {

@@ -6,7 +6,7 @@
 //! renewing it). Every key expires after `--session-ttl` without activity. Cancels for a turn
 //! running on another host travel on the channel [`CANCEL_CHANNEL`].
 //!
-//! Writes are batched like SQLite's: one pipeline per [`FLUSH_EVERY`] interval, from one
+//! Writes are batched like SQLite's: one pipeline per 100 ms interval (`FLUSH_EVERY`), from one
 //! writer thread.
 
 use std::collections::HashSet;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use super::durable::{Op, Stored, EVENTS_KEPT, FLUSH_EVERY};
+use super::durable::{gather, Op, Stored, EVENTS_KEPT};
 
 /// How long a running turn's lease outlives its host's last renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -60,24 +60,11 @@ pub fn writer(client: redis::Client, rx: mpsc::Receiver<Op>, ttl: Duration, host
         } else {
             RENEW_EVERY
         };
-        match rx.recv_timeout(wait) {
-            Ok(op) => {
-                let flush_now = matches!(op, Op::Flush(_));
-                batch.push(op);
-                if !flush_now {
-                    std::thread::sleep(FLUSH_EVERY);
-                }
-                while let Ok(op) = rx.try_recv() {
-                    batch.push(op);
-                }
+        if !gather(&rx, &mut batch, wait) {
+            if let Some(c) = conn.as_mut() {
+                let _ = apply(c, std::mem::take(&mut batch), ttl, &host, &mut running);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if let Some(c) = conn.as_mut() {
-                    let _ = apply(c, std::mem::take(&mut batch), ttl, &host, &mut running);
-                }
-                return;
-            }
+            return;
         }
         if conn.is_none() {
             match connect(&client) {

@@ -260,10 +260,23 @@ impl Session {
             );
             text = error.frame_in_session(&self.id, seq);
         }
+        self.keep_for_replay(inner, seq, text.clone());
+        if let Some(d) = &self.durable {
+            d.event(&self.shared_id, seq, &text);
+        }
+        if let Some(owner) = &inner.owner {
+            owner.send(text);
+            metrics.events_sent.inc();
+        }
+    }
+
+    /// Keeps `text` in the replay buffer, dropping the oldest events past the session's cap or
+    /// the host's replay budget.
+    fn keep_for_replay(&self, inner: &mut Inner, seq: u64, text: Utf8Bytes) {
         let cost = text.len() + EVENT_OVERHEAD;
         inner.replay_bytes += cost;
         self.budget.metrics.replay_bytes.add(cost as u64);
-        inner.replay.push_back((seq, text.clone()));
+        inner.replay.push_back((seq, text));
         while (inner.replay_bytes > self.replay_cap_bytes || self.budget.over())
             && inner.replay.len() > 1
         {
@@ -272,13 +285,6 @@ impl Session {
                 inner.replay_bytes -= freed;
                 self.budget.metrics.replay_bytes.sub(freed as u64);
             }
-        }
-        if let Some(d) = &self.durable {
-            d.event(&self.shared_id, seq, &text);
-        }
-        if let Some(owner) = &inner.owner {
-            owner.send(text);
-            metrics.events_sent.inc();
         }
     }
 
@@ -304,19 +310,7 @@ impl Session {
         }
         inner.seq = seq;
         let text = Utf8Bytes::from(frame);
-        let cost = text.len() + EVENT_OVERHEAD;
-        inner.replay_bytes += cost;
-        self.budget.metrics.replay_bytes.add(cost as u64);
-        inner.replay.push_back((seq, text.clone()));
-        while (inner.replay_bytes > self.replay_cap_bytes || self.budget.over())
-            && inner.replay.len() > 1
-        {
-            if let Some((_, old)) = inner.replay.pop_front() {
-                let freed = old.len() + EVENT_OVERHEAD;
-                inner.replay_bytes -= freed;
-                self.budget.metrics.replay_bytes.sub(freed as u64);
-            }
-        }
+        self.keep_for_replay(inner, seq, text.clone());
         if seq > floor {
             if let Some(owner) = &inner.owner {
                 owner.send(text);
