@@ -1,21 +1,21 @@
-//! Sessions that outlive the process (`--store sqlite:PATH`): each session's resume token
-//! (hashed), settings, conversation memory, whether a turn is running, and the tail of its event
-//! log, in SQLite (WAL). Live sessions stay in memory as before; this is written behind them and
-//! read only when a client resumes a session this process does not hold (after a restart, or
-//! after the resume window let it go from memory).
+//! Sessions that outlive the process: each session's resume token (hashed), settings,
+//! conversation memory, whether a turn is running, and the tail of its event log — in SQLite
+//! (`--store sqlite:PATH`, the default; `durable_sqlite.rs`) or in Redis, shared by several hosts
+//! (`--store redis://…`; `durable_redis.rs`). Live sessions stay in memory as before; this is
+//! written behind them and read when a client resumes a session this process does not hold
+//! (after a restart, after the resume window let it go from memory, or made on another host).
 //!
-//! Writes never wait on the disk: [`Durable`] hands them to one writer thread, which gathers
-//! them for [`FLUSH_EVERY`] from the first and applies them in one transaction (a session's
-//! events of one interval as one row). A crash (even `kill -9`) loses at most the writes of the
-//! last interval; `synchronous=NORMAL` in WAL mode keeps the
-//! database itself consistent (a power cut can lose the last transactions, not corrupt it).
+//! Writes never wait on the store: [`Durable`] hands them (as [`Op`]s) to one writer thread,
+//! which gathers them for [`FLUSH_EVERY`] from the first and applies them at once (one SQLite
+//! transaction, one Redis pipeline). A crash (even `kill -9`) loses at most the writes of the
+//! last interval; `synchronous=NORMAL` in WAL mode keeps the SQLite database itself consistent
+//! (a power cut can lose the last transactions, not corrupt it).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -23,8 +23,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Events kept per session in the database (the newest); resume replays from these.
 pub const EVENTS_KEPT: u64 = 4096;
-
-const SCHEMA_VERSION: i64 = 1;
 
 /// A session as the store has it.
 #[derive(Debug, Clone)]
@@ -102,7 +100,7 @@ impl std::fmt::Debug for Durable {
     }
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -115,46 +113,6 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn open(path: &Path) -> Result<Connection, String> {
-    let db = Connection::open(path)
-        .map_err(|e| format!("cannot open the session store {}: {e}", path.display()))?;
-    let setup = || -> rusqlite::Result<i64> {
-        db.busy_timeout(Duration::from_secs(5))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        // Rows are appended (rowid order), the index is small; 16 MiB of page cache keeps the
-        // pages being written in memory.
-        db.pragma_update(None, "cache_size", -16_000)?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS sessions (
-                 id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, settings TEXT NOT NULL,
-                 memory TEXT NOT NULL DEFAULT '', running_input TEXT,
-                 created INTEGER NOT NULL, last_active INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS sessions_last_active ON sessions (last_active);
-             CREATE TABLE IF NOT EXISTS event_chunks (
-                 session TEXT NOT NULL, last_seq INTEGER NOT NULL, first_seq INTEGER NOT NULL,
-                 frames TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS event_chunks_session ON event_chunks (session, last_seq);
-             INSERT OR IGNORE INTO meta VALUES ('schema', 1);",
-        )?;
-        db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-            r.get(0)
-        })
-    };
-    match setup() {
-        Ok(SCHEMA_VERSION) => Ok(db),
-        Ok(v) => Err(format!(
-            "the session store {} has schema version {v}; this host knows {SCHEMA_VERSION}",
-            path.display()
-        )),
-        Err(e) => Err(format!(
-            "the session store {} is not usable: {e} (move it away to start with an empty one)",
-            path.display()
-        )),
-    }
-}
-
 impl Durable {
     /// Opens (or creates) the store at `path` and starts its writer. Sessions idle longer than
     /// `ttl` are deleted now and then hourly. A file that is not a usable store is an error.
@@ -163,7 +121,7 @@ impl Durable {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let db = open(path)?;
+        let db = super::durable_sqlite::open(path)?;
         let (tx, rx) = mpsc::channel();
         let durable = Arc::new(Durable {
             tx,
@@ -171,13 +129,13 @@ impl Durable {
             ttl,
             host_id: uuid::Uuid::new_v4().to_string(),
         });
-        let expired = durable.expire_now(&db);
+        let expired = super::durable_sqlite::expire_now(&db, ttl);
         if expired > 0 {
             tracing::info!(expired, "sessions idle longer than --session-ttl deleted");
         }
         std::thread::Builder::new()
             .name("session-store".into())
-            .spawn(move || writer(db, rx, ttl))
+            .spawn(move || super::durable_sqlite::writer(db, rx, ttl))
             .map_err(|e| format!("cannot start the session store's writer: {e}"))?;
         Ok(durable)
     }
@@ -346,78 +304,8 @@ impl Durable {
                 return super::durable_redis::load(client, id, &self.host_id)
             }
         };
-        let db = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| format!("the session store is unavailable: {e}"))?;
-        let _ = db.busy_timeout(Duration::from_secs(5));
-        let read = || -> rusqlite::Result<Option<Stored>> {
-            let row = db
-                .query_row(
-                    "SELECT token_hash, settings, memory, running_input, last_active FROM sessions WHERE id = ?1",
-                    [id],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Option<String>>(3)?,
-                            r.get::<_, i64>(4)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((token_hash, settings, memory, running_input, last_active)) = row else {
-                return Ok(None);
-            };
-            if now() - last_active > self.ttl.as_secs() as i64 {
-                return Ok(None); // expired; the writer deletes it on its next sweep
-            }
-            let mut stmt = db.prepare(
-                "SELECT first_seq, frames FROM event_chunks WHERE session = ?1 ORDER BY last_seq",
-            )?;
-            let chunks = stmt
-                .query_map([id], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            // A chunk holds consecutive events, one frame a line (frames are one-line JSON).
-            let mut events = Vec::new();
-            for (first, frames) in chunks {
-                for (i, frame) in frames.split('\n').enumerate() {
-                    events.push((first + i as u64, frame.to_owned()));
-                }
-            }
-            Ok(Some(Stored {
-                token_hash,
-                settings,
-                memory,
-                running_input,
-                events,
-                running_on: None,
-                host: None,
-                last_entry: None,
-            }))
-        };
-        read().map_err(|e| format!("the session store is unavailable: {e}"))
+        super::durable_sqlite::load(path, id, self.ttl)
     }
-
-    fn expire_now(&self, db: &Connection) -> usize {
-        expire(db, self.ttl).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "expiring old sessions failed");
-            0
-        })
-    }
-}
-
-fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
-    let cutoff = now() - ttl.as_secs() as i64;
-    db.execute(
-        "DELETE FROM event_chunks WHERE session IN (SELECT id FROM sessions WHERE last_active < ?1)",
-        [cutoff],
-    )?;
-    db.execute("DELETE FROM sessions WHERE last_active < ?1", [cutoff])
 }
 
 /// A writer's wait: up to `wait` for a first write, then [`FLUSH_EVERY`] for more (not at all
@@ -438,135 +326,6 @@ pub(super) fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>, wait: Duratio
         Err(mpsc::RecvTimeoutError::Timeout) => true,
         Err(mpsc::RecvTimeoutError::Disconnected) => false,
     }
-}
-
-/// The writer thread: applies queued writes in one transaction per flush interval.
-fn writer(mut db: Connection, rx: mpsc::Receiver<Op>, ttl: Duration) {
-    let mut batch: Vec<Op> = Vec::new();
-    let mut last_sweep = std::time::Instant::now();
-    loop {
-        // Wait for a first write, then let writes gather for one flush interval and take them
-        // all (a transaction per write would cost a WAL page write each): what a crash can lose
-        // is at most that interval. Sleeping rather than waiting on the channel means senders
-        // (the runs, on every event) never have to wake this thread.
-        if !gather(&rx, &mut batch, Duration::from_secs(60)) {
-            let _ = apply(&mut db, std::mem::take(&mut batch));
-            return;
-        }
-        if !batch.is_empty() {
-            if let Err(e) = apply(&mut db, std::mem::take(&mut batch)) {
-                tracing::error!(error = %e, "writing to the session store failed; those writes are lost");
-            }
-        }
-        if last_sweep.elapsed() > Duration::from_secs(3600) {
-            last_sweep = std::time::Instant::now();
-            if let Ok(n) = expire(&db, ttl) {
-                if n > 0 {
-                    tracing::info!(
-                        expired = n,
-                        "sessions idle longer than --session-ttl deleted"
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// A session's events of one batch, as one row: consecutive seqs, one frame a line.
-struct Chunk {
-    first: u64,
-    last: u64,
-    frames: String,
-}
-
-fn write_chunk(tx: &rusqlite::Transaction, id: &str, c: &Chunk) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![id, c.last as i64, c.first as i64, c.frames])?;
-    if c.last > EVENTS_KEPT {
-        tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1 AND last_seq <= ?2")?
-            .execute(params![id, (c.last - EVENTS_KEPT) as i64])?;
-    }
-    Ok(())
-}
-
-fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
-    let tx = db.transaction()?;
-    let mut flushed = Vec::new();
-    // Events are gathered per session: one row each per batch (a token stream writes a few
-    // rows a second, not one per token), in the order sessions first appear.
-    let mut chunks: Vec<(Arc<str>, Chunk)> = Vec::new();
-    let mut index: std::collections::HashMap<Arc<str>, usize> = Default::default();
-    for op in batch {
-        match op {
-            Op::Create {
-                id,
-                token_hash,
-                settings,
-                at,
-            } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active) VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![id, token_hash, settings, at],
-                )?;
-            }
-            Op::Event { id, seq, frame } => {
-                let start = || Chunk {
-                    first: seq,
-                    last: seq,
-                    frames: frame.as_str().to_owned(),
-                };
-                match index.get(&id).copied() {
-                    Some(i) if chunks[i].1.last + 1 == seq => {
-                        let c = &mut chunks[i].1;
-                        c.frames.push('\n');
-                        c.frames.push_str(frame.as_str());
-                        c.last = seq;
-                    }
-                    // Not consecutive (it should not happen): what was gathered goes first.
-                    Some(i) => {
-                        write_chunk(&tx, &id, &chunks[i].1)?;
-                        chunks[i].1 = start();
-                    }
-                    None => {
-                        index.insert(id.clone(), chunks.len());
-                        chunks.push((id, start()));
-                    }
-                }
-            }
-            Op::TurnStart { id, input, at } => {
-                tx.execute(
-                    "UPDATE sessions SET running_input = ?2, last_active = ?3 WHERE id = ?1",
-                    params![id, input, at],
-                )?;
-            }
-            Op::TurnEnd { id, memory, at } => {
-                tx.execute(
-                    "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 WHERE id = ?1",
-                    params![id, memory, at],
-                )?;
-            }
-            Op::Delete { id } => {
-                // Events gathered for it are not written (an empty chunk is skipped).
-                if let Some(&i) = index.get(id.as_str()) {
-                    chunks[i].1.frames.clear();
-                }
-                tx.execute("DELETE FROM event_chunks WHERE session = ?1", [&id])?;
-                tx.execute("DELETE FROM sessions WHERE id = ?1", [&id])?;
-            }
-            Op::Claim { .. } => {}
-            Op::Flush(done) => flushed.push(done),
-        }
-    }
-    for (id, c) in chunks.iter().filter(|(_, c)| !c.frames.is_empty()) {
-        write_chunk(&tx, id, c)?;
-    }
-    tx.commit()?;
-    for done in flushed {
-        let _ = done.send(());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

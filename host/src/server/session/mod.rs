@@ -5,6 +5,7 @@
 
 pub mod durable;
 mod durable_redis;
+mod durable_sqlite;
 mod follow;
 mod log;
 pub mod notices;
