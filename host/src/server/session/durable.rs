@@ -308,6 +308,43 @@ impl Durable {
     }
 }
 
+impl Op {
+    fn session(&self) -> Option<&str> {
+        match self {
+            Op::Create { id, .. }
+            | Op::TurnStart { id, .. }
+            | Op::TurnEnd { id, .. }
+            | Op::Delete { id }
+            | Op::Claim { id } => Some(id),
+            Op::Event { id, .. } => Some(id),
+            Op::Flush(_) => None,
+        }
+    }
+}
+
+/// Drops the writes of a batch that its own deletes undo: a session made, used and closed
+/// within one interval (a short conversation, a churning client) costs the store one delete.
+pub(super) fn coalesce(batch: &mut Vec<Op>) {
+    let mut last_delete: std::collections::HashMap<String, usize> = Default::default();
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Delete { id } = op {
+            last_delete.insert(id.clone(), i);
+        }
+    }
+    if last_delete.is_empty() {
+        return;
+    }
+    let mut i = 0;
+    batch.retain(|op| {
+        let keep = match op.session().and_then(|id| last_delete.get(id)) {
+            Some(&d) => i >= d,
+            None => true,
+        };
+        i += 1;
+        keep
+    });
+}
+
 /// A writer's wait: up to `wait` for a first write, then [`FLUSH_EVERY`] for more (not at all
 /// when it is a flush), then everything queued, into `batch`. False once every sender is gone.
 pub(super) fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>, wait: Duration) -> bool {
@@ -321,6 +358,7 @@ pub(super) fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>, wait: Duratio
             while let Ok(op) = rx.try_recv() {
                 batch.push(op);
             }
+            coalesce(batch);
             true
         }
         Err(mpsc::RecvTimeoutError::Timeout) => true,
@@ -331,6 +369,37 @@ pub(super) fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>, wait: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_made_and_closed_within_one_batch_costs_one_delete() {
+        let ev = |id: &str, seq| Op::Event {
+            id: Arc::from(id),
+            seq,
+            frame: Utf8Bytes::from("{}"),
+        };
+        let mut batch = vec![
+            Op::Create {
+                id: "a".into(),
+                token_hash: String::new(),
+                settings: String::new(),
+                at: 0,
+            },
+            ev("a", 1),
+            ev("b", 7),
+            Op::Delete { id: "a".into() },
+            ev("b", 8),
+        ];
+        coalesce(&mut batch);
+        let kinds: Vec<String> = batch
+            .iter()
+            .map(|op| match op {
+                Op::Delete { id } => format!("delete {id}"),
+                Op::Event { id, seq, .. } => format!("event {id} {seq}"),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(kinds, ["event b 7", "delete a", "event b 8"]);
+    }
 
     #[test]
     fn a_session_round_trips_and_its_events_are_bounded() {

@@ -1,7 +1,8 @@
 //! The session store on Redis (`--store redis://HOST:PORT[/DB]`), for several hosts sharing
 //! sessions. Per session: a hash `myagent:session:{id}` (token hash, settings, memory, the
 //! running turn's input, the host that last took it), a stream `myagent:events:{id}` (one entry
-//! per event: `seq`, `frame`; trimmed to about [`EVENTS_KEPT`]) and, while a turn runs, a lease
+//! per write interval: `seq` of its first event and `frames`, one a line; trimmed to about
+//! [`ENTRIES_KEPT`] entries) and, while a turn runs, a lease
 //! `myagent:lease:{id}` naming the host that runs it (expires [`LEASE`] after its host stops
 //! renewing it). Every key expires after `--session-ttl` without activity. Cancels for a turn
 //! running on another host travel on the channel [`CANCEL_CHANNEL`].
@@ -15,13 +16,17 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use super::durable::{gather, Op, Stored, EVENTS_KEPT};
+use super::durable::{gather, Op, Stored};
 
 /// How long a running turn's lease outlives its host's last renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
 /// Renewal period of the leases of this host's running turns.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 pub const CANCEL_CHANNEL: &str = "myagent:cancel";
+/// Stream entries kept per session (`MAXLEN ~`): an entry is one session's events of one
+/// write interval, so at least this many of its newest events are kept, and at most ~100 s of
+/// a continuously streaming session.
+const ENTRIES_KEPT: u64 = 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What following a stream reads: whether the turn's lease is held, and the new events as
@@ -107,6 +112,44 @@ fn release_flushes(batch: &mut Vec<Op>) {
     }
 }
 
+/// A session's consecutive events of one batch: one stream entry (`seq` of the first, the
+/// frames one a line — frames are one-line JSON).
+struct Chunk {
+    id: std::sync::Arc<str>,
+    first: u64,
+    last: u64,
+    frames: String,
+}
+
+impl Chunk {
+    fn start(
+        id: std::sync::Arc<str>,
+        seq: u64,
+        frame: &tokio_tungstenite::tungstenite::Utf8Bytes,
+    ) -> Chunk {
+        Chunk {
+            id,
+            first: seq,
+            last: seq,
+            frames: frame.as_str().to_owned(),
+        }
+    }
+}
+
+fn xadd(p: &mut redis::Pipeline, c: &Chunk) {
+    p.cmd("XADD")
+        .arg(events_key(&c.id))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(ENTRIES_KEPT)
+        .arg("*")
+        .arg("seq")
+        .arg(c.first)
+        .arg("frames")
+        .arg(&c.frames)
+        .ignore();
+}
+
 fn apply(
     c: &mut redis::Connection,
     batch: Vec<Op>,
@@ -118,6 +161,10 @@ fn apply(
     let mut p = redis::pipe();
     let mut flushed = Vec::new();
     let mut touched: HashSet<String> = HashSet::new();
+    // A session's events of one batch are one stream entry (a token stream adds a few entries
+    // a second, not one per token), written after the batch's other commands.
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut index: std::collections::HashMap<std::sync::Arc<str>, usize> = Default::default();
     for op in batch {
         match op {
             Op::Create {
@@ -141,17 +188,23 @@ fn apply(
                 touched.insert(id);
             }
             Op::Event { id, seq, frame } => {
-                p.cmd("XADD")
-                    .arg(events_key(&id))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(EVENTS_KEPT)
-                    .arg("*")
-                    .arg("seq")
-                    .arg(seq)
-                    .arg("frame")
-                    .arg(frame.as_str())
-                    .ignore();
+                match index.get(&id).copied() {
+                    Some(i) if chunks[i].last + 1 == seq => {
+                        let c = &mut chunks[i];
+                        c.frames.push('\n');
+                        c.frames.push_str(frame.as_str());
+                        c.last = seq;
+                    }
+                    // Not consecutive (it should not happen): what was gathered goes first.
+                    Some(i) => {
+                        xadd(&mut p, &chunks[i]);
+                        chunks[i] = Chunk::start(id.clone(), seq, &frame);
+                    }
+                    None => {
+                        index.insert(id.clone(), chunks.len());
+                        chunks.push(Chunk::start(id.clone(), seq, &frame));
+                    }
+                }
                 touched.insert(id.to_string());
             }
             Op::TurnStart { id, input, .. } => {
@@ -187,6 +240,10 @@ fn apply(
                 touched.insert(id);
             }
             Op::Delete { id } => {
+                // Events gathered for it are not written (an empty chunk is skipped).
+                if let Some(&i) = index.get(id.as_str()) {
+                    chunks[i].frames.clear();
+                }
                 p.cmd("DEL")
                     .arg(session_key(&id))
                     .arg(events_key(&id))
@@ -205,6 +262,9 @@ fn apply(
             }
             Op::Flush(done) => flushed.push(done),
         }
+    }
+    for c in chunks.iter().filter(|c| !c.frames.is_empty()) {
+        xadd(&mut p, c);
     }
     for id in &touched {
         p.cmd("EXPIRE").arg(session_key(id)).arg(ttl).ignore();
@@ -270,20 +330,22 @@ pub fn events_after(
                 continue;
             };
             let entry_id: String = redis::from_redis_value(entry_id.clone()).unwrap_or_default();
-            let (mut seq, mut frame) = (None, None);
+            let (mut first, mut frames) = (None, None);
             for pair in kv.chunks(2) {
                 if let [k, v] = pair {
                     let k: String = redis::from_redis_value(k.clone()).unwrap_or_default();
                     let v: String = redis::from_redis_value(v.clone()).unwrap_or_default();
                     match k.as_str() {
-                        "seq" => seq = v.parse::<u64>().ok(),
-                        "frame" => frame = Some(v),
+                        "seq" => first = v.parse::<u64>().ok(),
+                        "frames" => frames = Some(v),
                         _ => {}
                     }
                 }
             }
-            if let (Some(s), Some(f)) = (seq, frame) {
-                out.push((entry_id, s, f));
+            if let (Some(first), Some(frames)) = (first, frames) {
+                for (i, f) in frames.split('\n').enumerate() {
+                    out.push((entry_id.clone(), first + i as u64, f.to_owned()));
+                }
             }
         }
     }
