@@ -140,7 +140,8 @@ pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<D
         Some(url) if url.starts_with("redis://") => {
             let durable = Durable::open_redis(url, ttl).map_err(anyhow::Error::msg)?;
             println!(
-                "Sessions: stored in {url}, shared with every host using it (resumable for {} after they go idle)",
+                "Sessions: stored in {}, shared with every host using it (resumable for {} after they go idle)",
+                durable.describe(),
                 human_duration(ttl)
             );
             return Ok(Some(durable));

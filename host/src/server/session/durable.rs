@@ -107,6 +107,18 @@ pub(super) fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// `url` with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// A resume token as stored: SHA-256, hex.
 pub fn hash_token(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
@@ -143,8 +155,11 @@ impl Durable {
     /// Connects to the Redis at `url` (`redis://HOST:PORT[/DB]`) and starts the writer and
     /// the cancel listener. An unreachable server is an error.
     pub fn open_redis(url: &str, ttl: Duration) -> Result<Arc<Durable>, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("--store {url}: not a Redis URL: {e}"))?;
+        let shown = redact_url(url);
+        let url_for_client = url;
+        let url = shown.as_str();
+        let client = redis::Client::open(url_for_client)
+            .map_err(|e| format!("--store {url}: not a Redis URL: {e}"))?;
         let mut conn =
             super::durable_redis::connect(&client).map_err(|e| format!("--store {url}: {e}"))?;
         redis::cmd("PING")
@@ -369,6 +384,19 @@ pub(super) fn gather(rx: &mpsc::Receiver<Op>, batch: &mut Vec<Op>, wait: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_store_urls_are_not_shown() {
+        assert_eq!(
+            redact_url("redis://:s3cret@db:6379/2"),
+            "redis://:***@db:6379/2"
+        );
+        assert_eq!(
+            redact_url("redis://app:s3cret@db:6379"),
+            "redis://app:***@db:6379"
+        );
+        assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
+    }
 
     #[test]
     fn a_session_made_and_closed_within_one_batch_costs_one_delete() {
