@@ -76,6 +76,10 @@ pub(super) enum Op {
     Flush(mpsc::Sender<()>),
 }
 
+/// A connection to the store kept by a reader that reads often (a followed turn).
+#[derive(Default)]
+pub struct StoreConn(Option<redis::Connection>);
+
 /// The handle the sessions write through.
 pub struct Durable {
     tx: mpsc::Sender<Op>,
@@ -225,17 +229,24 @@ impl Durable {
     }
 
     /// Events after stream entry `after`, and whether the turn's lease is held (Redis;
-    /// blocking): what a host following another's turn reads.
+    /// blocking): what a host following another's turn reads, every 50 ms — over `conn`, kept
+    /// between reads (made on first use, dropped after a failure).
     pub fn follow(
         &self,
+        conn: &mut StoreConn,
         id: &str,
         after: Option<&str>,
     ) -> Result<super::durable_redis::Followed, String> {
         match &self.backend {
             Backend::Redis { client, .. } => {
-                let mut c = super::durable_redis::connect(client)?;
-                super::durable_redis::events_after(&mut c, id, after)
-                    .map_err(|e| format!("the session store is unavailable: {e}"))
+                let c = match &mut conn.0 {
+                    Some(c) => c,
+                    empty => empty.insert(super::durable_redis::connect(client)?),
+                };
+                super::durable_redis::events_after(c, id, after).map_err(|e| {
+                    conn.0 = None;
+                    format!("the session store is unavailable: {e}")
+                })
             }
             Backend::Sqlite(_) => Ok((false, Vec::new())),
         }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::durable::StoreConn;
 use super::log::Session;
 use super::restore::{close_lost_turn, memory_from};
 use super::{run, Sessions};
@@ -35,6 +36,7 @@ impl Sessions {
             let mut after = after;
             let mut cancel_sent = false;
             let mut quiet_since: Option<Instant> = None;
+            let mut conn = StoreConn::default();
             tracing::info!(session_id = %id, "following a turn running on another host");
             // The other host's `agent.ready` when the turn ended there; None: that host is gone.
             let ready = loop {
@@ -53,8 +55,16 @@ impl Sessions {
                     }
                 }
                 let (d, sid, from) = (durable.clone(), id.clone(), after.clone());
-                let read =
-                    tokio::task::spawn_blocking(move || d.follow(&sid, from.as_deref())).await;
+                let mut sc = std::mem::take(&mut conn);
+                let read = tokio::task::spawn_blocking(move || {
+                    let r = d.follow(&mut sc, &sid, from.as_deref());
+                    (sc, r)
+                })
+                .await
+                .map(|(sc, r)| {
+                    conn = sc;
+                    r
+                });
                 let (leased, events) = match read {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
