@@ -289,6 +289,19 @@ impl ServerEvent {
         "system.plugin_crashed",
     ];
 
+    /// The `event` name of an encoded frame (one this module wrote — on this host or, for a
+    /// session followed from a shared store, on another); None if it has none.
+    pub fn name_of_frame(frame: &str) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            event: std::borrow::Cow<'a, str>,
+        }
+        serde_json::from_str::<Head>(frame)
+            .ok()
+            .map(|h| h.event.into_owned())
+    }
+
     /// The `event` name.
     pub fn name(&self) -> &'static str {
         let i = match self {
@@ -381,6 +394,21 @@ pub fn custom_frame(mut event: Map<String, Value>, session_id: &str, seq: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_of_an_encoded_frame_is_read_back() {
+        let frame = ServerEvent::Ready.frame_in_session("s", 7);
+        assert_eq!(
+            ServerEvent::name_of_frame(&frame).as_deref(),
+            Some(ServerEvent::Ready.name())
+        );
+        let other = ServerEvent::Interrupted { reason: None }.frame_in_session("s", 8);
+        assert_eq!(
+            ServerEvent::name_of_frame(&other).as_deref(),
+            Some("agent.interrupted")
+        );
+        assert_eq!(ServerEvent::name_of_frame("not json"), None);
+    }
 
     #[test]
     fn every_event_and_error_code_is_documented_and_named_as_it_serializes() {

@@ -77,7 +77,7 @@ impl Sessions {
                 let mut ready = None;
                 for (entry, seq, frame) in events {
                     after = Some(entry);
-                    if frame.starts_with(r#"{"event":"agent.ready""#) {
+                    if ServerEvent::name_of_frame(&frame).as_deref() == Some(ServerEvent::Ready.name()) {
                         ready = Some((seq, frame));
                         break;
                     }
