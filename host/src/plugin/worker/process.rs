@@ -27,6 +27,11 @@ pub struct Started {
     pub manifest_json: String,
 }
 
+/// How long a dead worker's stderr may take to reach its end (EOF comes once the process is
+/// gone; its last lines say what killed it — "has overflowed its stack", "memory allocation …
+/// failed"): on a loaded machine the reader task can be well behind.
+const STDERR_DRAIN: Duration = Duration::from_secs(3);
+
 pub(super) type Reader = tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>;
 
 /// Why a worker could not be started or did not load the build.
@@ -238,7 +243,7 @@ pub async fn start(
         _ => {
             // Died while loading (a crashing constructor or factory, a bad library).
             let status = child.wait().await.ok();
-            let _ = tokio::time::timeout(Duration::from_millis(500), stderr).await;
+            let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
             LIVE.fetch_sub(1, Ordering::Relaxed);
             return Err(StartError::Crashed(describe_death(status, &lock(&ring))));
         }
@@ -338,7 +343,7 @@ pub(super) async fn read_replies(
         }
     };
     LIVE.fetch_sub(1, Ordering::Relaxed);
-    let _ = tokio::time::timeout(Duration::from_millis(500), stderr).await;
+    let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
     let expected = conn.expected_exit.load(Ordering::Acquire);
     // A hung call's reason names its tool already.
     let hung = lock(&conn.kill_reason).take();
