@@ -165,22 +165,20 @@ async fn load_in_worker(
     // From here the worker is owned: dropping it stops the process and removes the copy.
     let worker = seed.into_worker(tag.clone(), first);
     let manifest = manifest?;
-    let plugin = Plugin {
+    // A factory that works for the manifest can still fail later; prove it once now.
+    match RemoteInstance::create(&worker, FACTORY_CHECK_TIMEOUT).await {
+        Ok(Ok(_first)) => {}
+        Ok(Err(message)) => return Err(LoadError::Factory(message)),
+        Err(e) => return Err(LoadError::Crashed(e.kind.to_string())),
+    }
+    Ok(Plugin {
         tag,
         manifest,
         backend: Backend::Worker(worker),
         source: source.to_owned(),
         loaded_from: path,
         generation,
-    };
-    let Backend::Worker(w) = &plugin.backend else {
-        unreachable!()
-    };
-    match RemoteInstance::create(w, FACTORY_CHECK_TIMEOUT).await {
-        Ok(Ok(_first)) => Ok(plugin),
-        Ok(Err(message)) => Err(LoadError::Factory(message)),
-        Err(e) => Err(LoadError::Crashed(e.kind.to_string())),
-    }
+    })
 }
 
 /// How long the factory may take when a new build is checked.

@@ -49,6 +49,16 @@ pub struct Reply {
     pub err: Option<String>,
 }
 
+impl Reply {
+    /// `ok`'s text, or `err`'s (the plugin's or the worker's own no).
+    pub fn into_result(self) -> Result<String, String> {
+        match self {
+            Reply { ok: Some(out), .. } => Ok(out),
+            Reply { err, .. } => Err(err.unwrap_or_default()),
+        }
+    }
+}
+
 /// `msg` as one frame (length prefix included).
 pub fn encode(msg: &impl Serialize) -> Vec<u8> {
     let mut out = vec![0u8; 4];

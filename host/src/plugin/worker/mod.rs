@@ -19,7 +19,7 @@ pub mod frame;
 mod process;
 mod remote;
 
-pub use process::{start, StartError, Started};
+pub use process::{StartError, Started};
 pub use remote::RemoteInstance;
 
 use std::os::fd::OwnedFd;
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, Notify};
 
-use self::process::{read_replies, Conn};
+use self::process::{read_replies, start, Conn};
 use super::instance::{HostErrorKind, PluginTag};
 use super::reload::ReloadNotice;
 
@@ -139,10 +139,6 @@ impl Worker {
             Ok(s) => Ok((s, seed)),
             Err(e) => Err((e, seed)),
         }
-    }
-
-    pub fn tag(&self) -> &Arc<PluginTag> {
-        &self.tag
     }
 
     /// The running process's pid, if one runs.

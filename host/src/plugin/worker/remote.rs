@@ -20,10 +20,6 @@ pub struct RemoteInstance {
 }
 
 impl RemoteInstance {
-    pub fn worker(&self) -> &Arc<Worker> {
-        &self.worker
-    }
-
     /// A new instance from the build's factory. `Ok(Err(message))`: the factory said no.
     pub async fn create(
         worker: &Arc<Worker>,
@@ -80,28 +76,17 @@ impl RemoteInstance {
         metrics: &Arc<Metrics>,
         cancel: Option<String>,
     ) -> Result<String, HostErrorKind> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let (conn, inst) = self.bind(deadline, timeout).await?;
         let tool = name.to_owned();
-        let reply = exchange(
-            &conn,
-            |id| Request::Call {
+        self.request(timeout, Some(name), Some(metrics), cancel, |id, inst| {
+            Request::Call {
                 id,
                 inst,
                 tool,
                 args: payload,
-            },
-            Some(name),
-            deadline,
-            timeout,
-            Some(metrics),
-            cancel.map(|event| (inst, event)),
-        )
-        .await?;
-        match reply {
-            Reply { ok: Some(out), .. } => Ok(out),
-            Reply { err, .. } => Err(HostErrorKind::Crashed(err.unwrap_or_default())),
-        }
+            }
+        })
+        .await?
+        .map_err(HostErrorKind::Crashed)
     }
 
     /// A custom event for the plugin's hook: `Ok(Ok(json))` the events it returned.
@@ -111,28 +96,39 @@ impl RemoteInstance {
         event_json: String,
         timeout: Duration,
     ) -> Result<Result<String, String>, HostErrorKind> {
+        let session = session_id.to_owned();
+        self.request(timeout, None, None, None, |id, inst| Request::Event {
+            id,
+            inst,
+            session,
+            event: event_json,
+        })
+        .await
+    }
+
+    /// One request to this instance (`make` gets the call id and the instance id) on its
+    /// worker, within `timeout`: the reply's text, or the plugin's error.
+    async fn request(
+        &self,
+        timeout: Duration,
+        tool: Option<&str>,
+        metrics: Option<&Arc<Metrics>>,
+        cancel: Option<String>,
+        make: impl FnOnce(u64, u64) -> Request,
+    ) -> Result<Result<String, String>, HostErrorKind> {
         let deadline = tokio::time::Instant::now() + timeout;
         let (conn, inst) = self.bind(deadline, timeout).await?;
-        let session = session_id.to_owned();
         let reply = exchange(
             &conn,
-            |id| Request::Event {
-                id,
-                inst,
-                session,
-                event: event_json,
-            },
-            None,
+            |id| make(id, inst),
+            tool,
             deadline,
             timeout,
-            None,
-            None,
+            metrics,
+            cancel.map(|event| (inst, event)),
         )
         .await?;
-        Ok(match reply {
-            Reply { ok: Some(out), .. } => Ok(out),
-            Reply { err, .. } => Err(err.unwrap_or_default()),
-        })
+        Ok(reply.into_result())
     }
 
     /// Whether the build this instance came from was unloaded (a reload replaced it).
@@ -170,12 +166,10 @@ async fn instantiate(
         None,
     )
     .await?;
-    Ok(match reply {
-        Reply { ok: Some(id), .. } => id
-            .parse()
-            .map_err(|_| format!("the worker returned a bad instance id {id:?}")),
-        Reply { err, .. } => Err(err.unwrap_or_default()),
-    })
+    Ok(reply.into_result().and_then(|id| {
+        id.parse()
+            .map_err(|_| format!("the worker returned a bad instance id {id:?}"))
+    }))
 }
 
 /// One request and its reply, at most until `deadline`. A request given up (timeout, or this
