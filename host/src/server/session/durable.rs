@@ -38,8 +38,6 @@ pub struct Stored {
     /// Redis: the host whose lease says the session's turn is running there now (not this
     /// host; an expired lease is no lease).
     pub running_on: Option<String>,
-    /// Redis: the host that last took the session (made it, ran a turn, or restored it).
-    pub host: Option<String>,
     /// Redis: the id of the newest event's stream entry (to follow the stream from).
     pub last_entry: Option<String>,
 }
@@ -369,6 +367,73 @@ pub(super) fn coalesce(batch: &mut Vec<Op>) {
         i += 1;
         keep
     });
+}
+
+/// A session's consecutive events of one batch, stored as one unit (an SQLite row, a Redis
+/// stream entry): the first `seq` and the frames, one a line (frames are one-line JSON). A token
+/// stream writes a few of these a second, not one per token.
+pub(super) struct Chunk {
+    pub id: Arc<str>,
+    pub first: u64,
+    pub last: u64,
+    pub frames: String,
+}
+
+impl Chunk {
+    /// The events of a stored chunk, with their `seq`s.
+    pub fn events(first: u64, frames: &str) -> impl Iterator<Item = (u64, &str)> {
+        frames
+            .split('\n')
+            .enumerate()
+            .map(move |(i, f)| (first + i as u64, f))
+    }
+}
+
+/// A batch's events gathered per session, in the order sessions first appear.
+#[derive(Default)]
+pub(super) struct Chunks {
+    list: Vec<Chunk>,
+    index: std::collections::HashMap<Arc<str>, usize>,
+}
+
+impl Chunks {
+    /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (it
+    /// should not happen), the chunk gathered so far is returned, to be written first.
+    pub fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
+        let start = || Chunk {
+            id: id.clone(),
+            first: seq,
+            last: seq,
+            frames: frame.to_owned(),
+        };
+        match self.index.get(id).copied() {
+            Some(i) if self.list[i].last + 1 == seq => {
+                let c = &mut self.list[i];
+                c.frames.push('\n');
+                c.frames.push_str(frame);
+                c.last = seq;
+                None
+            }
+            Some(i) => Some(std::mem::replace(&mut self.list[i], start())),
+            None => {
+                self.index.insert(id.clone(), self.list.len());
+                self.list.push(start());
+                None
+            }
+        }
+    }
+
+    /// A deleted session's gathered events are not written.
+    pub fn discard(&mut self, id: &str) {
+        if let Some(&i) = self.index.get(id) {
+            self.list[i].frames.clear();
+        }
+    }
+
+    /// The chunks to write.
+    pub fn into_chunks(self) -> impl Iterator<Item = Chunk> {
+        self.list.into_iter().filter(|c| !c.frames.is_empty())
+    }
 }
 
 /// A writer's wait: up to `wait` for a first write, then [`FLUSH_EVERY`] for more (not at all

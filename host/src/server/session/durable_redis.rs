@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
-use super::durable::{gather, Op, Stored};
+use super::durable::{gather, Chunk, Chunks, Op, Stored};
 
 /// How long a running turn's lease outlives its host's last renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -112,30 +112,7 @@ fn release_flushes(batch: &mut Vec<Op>) {
     }
 }
 
-/// A session's consecutive events of one batch: one stream entry (`seq` of the first, the
-/// frames one a line — frames are one-line JSON).
-struct Chunk {
-    id: std::sync::Arc<str>,
-    first: u64,
-    last: u64,
-    frames: String,
-}
-
-impl Chunk {
-    fn start(
-        id: std::sync::Arc<str>,
-        seq: u64,
-        frame: &tokio_tungstenite::tungstenite::Utf8Bytes,
-    ) -> Chunk {
-        Chunk {
-            id,
-            first: seq,
-            last: seq,
-            frames: frame.as_str().to_owned(),
-        }
-    }
-}
-
+/// A session's events of one batch as one stream entry.
 fn xadd(p: &mut redis::Pipeline, c: &Chunk) {
     p.cmd("XADD")
         .arg(events_key(&c.id))
@@ -161,10 +138,8 @@ fn apply(
     let mut p = redis::pipe();
     let mut flushed = Vec::new();
     let mut touched: HashSet<String> = HashSet::new();
-    // A session's events of one batch are one stream entry (a token stream adds a few entries
-    // a second, not one per token), written after the batch's other commands.
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let mut index: std::collections::HashMap<std::sync::Arc<str>, usize> = Default::default();
+    // A session's events of the batch are one stream entry, written after its other commands.
+    let mut chunks = Chunks::default();
     for op in batch {
         match op {
             Op::Create {
@@ -188,22 +163,8 @@ fn apply(
                 touched.insert(id);
             }
             Op::Event { id, seq, frame } => {
-                match index.get(&id).copied() {
-                    Some(i) if chunks[i].last + 1 == seq => {
-                        let c = &mut chunks[i];
-                        c.frames.push('\n');
-                        c.frames.push_str(frame.as_str());
-                        c.last = seq;
-                    }
-                    // Not consecutive (it should not happen): what was gathered goes first.
-                    Some(i) => {
-                        xadd(&mut p, &chunks[i]);
-                        chunks[i] = Chunk::start(id.clone(), seq, &frame);
-                    }
-                    None => {
-                        index.insert(id.clone(), chunks.len());
-                        chunks.push(Chunk::start(id.clone(), seq, &frame));
-                    }
+                if let Some(earlier) = chunks.add(&id, seq, frame.as_str()) {
+                    xadd(&mut p, &earlier);
                 }
                 touched.insert(id.to_string());
             }
@@ -240,10 +201,7 @@ fn apply(
                 touched.insert(id);
             }
             Op::Delete { id } => {
-                // Events gathered for it are not written (an empty chunk is skipped).
-                if let Some(&i) = index.get(id.as_str()) {
-                    chunks[i].frames.clear();
-                }
+                chunks.discard(&id);
                 p.cmd("DEL")
                     .arg(session_key(&id))
                     .arg(events_key(&id))
@@ -263,8 +221,8 @@ fn apply(
             Op::Flush(done) => flushed.push(done),
         }
     }
-    for c in chunks.iter().filter(|c| !c.frames.is_empty()) {
-        xadd(&mut p, c);
+    for c in chunks.into_chunks() {
+        xadd(&mut p, &c);
     }
     for id in &touched {
         p.cmd("EXPIRE").arg(session_key(id)).arg(ttl).ignore();
@@ -298,7 +256,6 @@ pub fn load(client: &redis::Client, id: &str, me: &str) -> Result<Option<Stored>
         running_input: fields.get("running_input").cloned(),
         events,
         running_on: lease.filter(|h| h != me),
-        host: fields.get("host").cloned(),
         last_entry,
     }))
 }
@@ -343,8 +300,8 @@ pub fn events_after(
                 }
             }
             if let (Some(first), Some(frames)) = (first, frames) {
-                for (i, f) in frames.split('\n').enumerate() {
-                    out.push((entry_id.clone(), first + i as u64, f.to_owned()));
+                for (seq, f) in Chunk::events(first, &frames) {
+                    out.push((entry_id.clone(), seq, f.to_owned()));
                 }
             }
         }

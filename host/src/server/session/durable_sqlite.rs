@@ -3,12 +3,11 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::durable::{gather, now, Op, Stored, EVENTS_KEPT};
+use super::durable::{gather, now, Chunk, Chunks, Op, Stored, EVENTS_KEPT};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -98,13 +97,11 @@ pub(super) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        // A chunk holds consecutive events, one frame a line (frames are one-line JSON).
-        let mut events = Vec::new();
-        for (first, frames) in chunks {
-            for (i, frame) in frames.split('\n').enumerate() {
-                events.push((first + i as u64, frame.to_owned()));
-            }
-        }
+        let events = chunks
+            .iter()
+            .flat_map(|(first, frames)| Chunk::events(*first, frames))
+            .map(|(seq, f)| (seq, f.to_owned()))
+            .collect();
         Ok(Some(Stored {
             token_hash,
             settings,
@@ -112,7 +109,6 @@ pub(super) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored
             running_input,
             events,
             running_on: None,
-            host: None,
             last_entry: None,
         }))
     };
@@ -160,14 +156,8 @@ pub(super) fn writer(mut db: Connection, rx: mpsc::Receiver<Op>, ttl: Duration) 
     }
 }
 
-/// A session's events of one batch, as one row: consecutive seqs, one frame a line.
-struct Chunk {
-    first: u64,
-    last: u64,
-    frames: String,
-}
-
-fn write_chunk(tx: &rusqlite::Transaction, id: &str, c: &Chunk) -> rusqlite::Result<()> {
+fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
+    let id = &*c.id;
     tx.prepare_cached(
         "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -182,10 +172,8 @@ fn write_chunk(tx: &rusqlite::Transaction, id: &str, c: &Chunk) -> rusqlite::Res
 fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     let mut flushed = Vec::new();
-    // Events are gathered per session: one row each per batch (a token stream writes a few
-    // rows a second, not one per token), in the order sessions first appear.
-    let mut chunks: Vec<(Arc<str>, Chunk)> = Vec::new();
-    let mut index: std::collections::HashMap<Arc<str>, usize> = Default::default();
+    // A session's events of the batch are one row.
+    let mut chunks = Chunks::default();
     for op in batch {
         match op {
             Op::Create {
@@ -200,27 +188,8 @@ fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
                 )?;
             }
             Op::Event { id, seq, frame } => {
-                let start = || Chunk {
-                    first: seq,
-                    last: seq,
-                    frames: frame.as_str().to_owned(),
-                };
-                match index.get(&id).copied() {
-                    Some(i) if chunks[i].1.last + 1 == seq => {
-                        let c = &mut chunks[i].1;
-                        c.frames.push('\n');
-                        c.frames.push_str(frame.as_str());
-                        c.last = seq;
-                    }
-                    // Not consecutive (it should not happen): what was gathered goes first.
-                    Some(i) => {
-                        write_chunk(&tx, &id, &chunks[i].1)?;
-                        chunks[i].1 = start();
-                    }
-                    None => {
-                        index.insert(id.clone(), chunks.len());
-                        chunks.push((id, start()));
-                    }
+                if let Some(earlier) = chunks.add(&id, seq, frame.as_str()) {
+                    write_chunk(&tx, &earlier)?;
                 }
             }
             Op::TurnStart { id, input, at } => {
@@ -236,10 +205,7 @@ fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
                 )?;
             }
             Op::Delete { id } => {
-                // Events gathered for it are not written (an empty chunk is skipped).
-                if let Some(&i) = index.get(id.as_str()) {
-                    chunks[i].1.frames.clear();
-                }
+                chunks.discard(&id);
                 tx.execute("DELETE FROM event_chunks WHERE session = ?1", [&id])?;
                 tx.execute("DELETE FROM sessions WHERE id = ?1", [&id])?;
             }
@@ -247,8 +213,8 @@ fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
             Op::Flush(done) => flushed.push(done),
         }
     }
-    for (id, c) in chunks.iter().filter(|(_, c)| !c.frames.is_empty()) {
-        write_chunk(&tx, id, c)?;
+    for c in chunks.into_chunks() {
+        write_chunk(&tx, &c)?;
     }
     tx.commit()?;
     for done in flushed {

@@ -220,26 +220,36 @@ impl Session {
         metrics: &Metrics,
     ) -> Option<(Content, CancellationToken)> {
         let mut inner = self.lock();
-        inner.running = None;
         self.emit_locked(
             &mut inner,
             event.name(),
             |seq| event.frame_in_session(&self.id, seq),
             metrics,
         );
-        if let Some(next) = inner.queue.pop_front() {
-            inner.queue_bytes -= next.size();
-            let token = CancellationToken::new();
-            inner.running = Some(token.clone());
-            return Some((next, token));
+        let next = Self::next_queued(&mut inner);
+        if next.is_none() {
+            self.emit_ready(&mut inner, metrics);
         }
+        next
+    }
+
+    /// The run is over: the next queued message, marked running, if one waits.
+    fn next_queued(inner: &mut Inner) -> Option<(Content, CancellationToken)> {
+        inner.running = None;
+        let next = inner.queue.pop_front()?;
+        inner.queue_bytes -= next.size();
+        let token = CancellationToken::new();
+        inner.running = Some(token.clone());
+        Some((next, token))
+    }
+
+    fn emit_ready(&self, inner: &mut Inner, metrics: &Metrics) {
         self.emit_locked(
-            &mut inner,
-            "agent.ready",
+            inner,
+            ServerEvent::Ready.name(),
             |seq| ServerEvent::Ready.frame_in_session(&self.id, seq),
             metrics,
         );
-        None
     }
 
     fn emit_locked(
@@ -305,8 +315,8 @@ impl Session {
         floor: u64,
         metrics: &Metrics,
     ) {
-        if seq <= inner.seq && !inner.replay.is_empty() {
-            return;
+        if seq <= inner.seq {
+            return; // this copy has it (restored from the store, or read twice)
         }
         inner.seq = seq;
         let text = Utf8Bytes::from(frame);
@@ -338,31 +348,15 @@ impl Session {
         metrics: &Metrics,
     ) -> Option<(Content, CancellationToken)> {
         let mut inner = self.lock();
-        inner.running = None;
-        let next = inner.queue.pop_front().map(|next| {
-            inner.queue_bytes -= next.size();
-            let token = CancellationToken::new();
-            inner.running = Some(token.clone());
-            (next, token)
-        });
+        let next = Self::next_queued(&mut inner);
         match ready {
             Some((seq, frame)) => {
                 self.append_foreign_locked(&mut inner, seq, frame, floor, metrics)
             }
-            None if next.is_none() => self.emit_locked(
-                &mut inner,
-                "agent.ready",
-                |seq| ServerEvent::Ready.frame_in_session(&self.id, seq),
-                metrics,
-            ),
+            None if next.is_none() => self.emit_ready(&mut inner, metrics),
             None => {}
         }
         next
-    }
-
-    /// The last `seq` of this copy's log.
-    pub fn last_seq(&self) -> u64 {
-        self.lock().seq
     }
 
     /// Whether a run (or a followed turn) is in progress here.
