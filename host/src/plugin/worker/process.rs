@@ -23,7 +23,7 @@ pub struct Started {
     pub(super) rd: Reader,
     pub(super) child: tokio::process::Child,
     pub(super) stderr: tokio::task::JoinHandle<()>,
-    pub(super) ring: Arc<Mutex<VecDeque<String>>>,
+    pub(super) ring: Arc<Mutex<StderrTail>>,
     pub manifest_json: String,
 }
 
@@ -185,7 +185,7 @@ pub async fn start(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let ring: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let ring: Arc<Mutex<StderrTail>> = Arc::default();
     if let Some(out) = child.stdout.take() {
         let label = label.clone();
         tokio::spawn(async move {
@@ -202,11 +202,7 @@ pub async fn start(
                 let mut lines = tokio::io::BufReader::new(err).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     tracing::warn!(plugin = %label, worker_pid = pid, "stderr: {line}");
-                    let mut r = lock(&ring);
-                    if r.len() == STDERR_KEPT {
-                        r.pop_front();
-                    }
-                    r.push_back(line);
+                    lock(&ring).push(line);
                 }
             })
         }
@@ -269,17 +265,51 @@ pub async fn start(
     })
 }
 
-/// What a dead worker's exit status and last stderr lines say happened: "stack overflow",
-/// "segmentation fault (SIGSEGV) (last output: …)".
-fn describe_death(status: Option<std::process::ExitStatus>, stderr: &VecDeque<String>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    let said = |needle: &str| stderr.iter().any(|l| l.contains(needle));
-    // Rust's runtime names these on stderr before it aborts: that says more than SIGABRT.
-    if said("has overflowed its stack") {
-        return "stack overflow".into();
+/// What a worker's stderr said last, kept to explain its death: the line in which Rust's runtime
+/// named how it ended the process (kept however much follows it — a backtrace can be long), and
+/// the last lines that are not backtrace.
+#[derive(Default)]
+pub(super) struct StderrTail {
+    cause: Option<&'static str>,
+    lines: VecDeque<String>,
+}
+
+impl StderrTail {
+    /// Rust's runtime says these on stderr before it aborts: they say more than SIGABRT.
+    const CAUSES: [(&'static str, &'static str); 2] = [
+        ("has overflowed its stack", "stack overflow"),
+        ("memory allocation of", "out of memory"),
+    ];
+
+    fn push(&mut self, line: String) {
+        if self.cause.is_none() {
+            self.cause = Self::CAUSES
+                .iter()
+                .find(|(needle, _)| line.contains(needle))
+                .map(|(_, cause)| *cause);
+        }
+        let t = line.trim_start();
+        let backtrace = t.len() != line.len()
+            || t.starts_with("stack backtrace:")
+            || t.starts_with("note: ")
+            || t.split_once(':')
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+        if backtrace {
+            return;
+        }
+        if self.lines.len() == STDERR_KEPT {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
     }
-    if said("memory allocation of") {
-        return "out of memory".into();
+}
+
+/// What a dead worker's exit status and stderr say happened: "stack overflow",
+/// "segmentation fault (SIGSEGV) (last output: …)".
+fn describe_death(status: Option<std::process::ExitStatus>, stderr: &StderrTail) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(cause) = stderr.cause {
+        return cause.into();
     }
     let what = match status.map(|s| (s.signal(), s.code())) {
         Some((Some(libc::SIGSEGV), _)) => "segmentation fault (SIGSEGV)".into(),
@@ -293,7 +323,7 @@ fn describe_death(status: Option<std::process::ExitStatus>, stderr: &VecDeque<St
         Some((None, Some(code))) => format!("exit({code}) called"),
         _ => "the worker ended".into(),
     };
-    match stderr.back() {
+    match stderr.lines.back() {
         Some(last) if !last.trim().is_empty() => {
             let last: String = last.chars().take(200).collect();
             format!("{what} (last output: {last})")
@@ -308,7 +338,7 @@ pub(super) async fn read_replies(
     mut rd: Reader,
     mut child: tokio::process::Child,
     stderr: tokio::task::JoinHandle<()>,
-    ring: Arc<Mutex<VecDeque<String>>>,
+    ring: Arc<Mutex<StderrTail>>,
     worker: Weak<Worker>,
 ) {
     let broken = loop {
@@ -378,5 +408,33 @@ pub(super) async fn read_replies(
         if !w.is_retired() {
             w.crashed(reason, conn.started.elapsed());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_death_is_named_by_the_runtime_line_even_under_a_long_backtrace() {
+        let mut tail = StderrTail::default();
+        tail.push("memory allocation of 4294967296 bytes failed".into());
+        tail.push("stack backtrace:".into());
+        for i in 0..40 {
+            tail.push(format!("  {i}: some::frame"));
+            tail.push("             at ./src/lib.rs:1:1".into());
+        }
+        tail.push("note: Some details are omitted, run with `RUST_BACKTRACE=full`".into());
+        assert_eq!(describe_death(None, &tail), "out of memory");
+
+        let mut tail = StderrTail::default();
+        tail.push("plugin: opening the database".into());
+        tail.push("stack backtrace:".into());
+        tail.push("   0: __rustc::rust_begin_unwind".into());
+        let what = describe_death(None, &tail);
+        assert_eq!(
+            what,
+            "the worker ended (last output: plugin: opening the database)"
+        );
     }
 }
