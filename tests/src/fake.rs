@@ -60,6 +60,9 @@ pub struct Step {
     pub reset: bool,
     /// Answer with one `chat.completion` JSON object instead of a stream.
     pub non_streaming: bool,
+    /// Send this SSE body as is (a provider's stream shape, from `tests/fixtures/providers/`),
+    /// one event (up to a blank line) per write, `delay_ms` apart.
+    pub raw_sse: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -315,6 +318,13 @@ async fn respond(step: Step, request: &Value, opts: &Options) -> Response<Body> 
         }
         return r;
     }
+    if let Some(raw) = &step.raw_sse {
+        let chunks: Vec<Chunk> = raw
+            .split_inclusive("\n\n")
+            .map(|e| Chunk::Data(e.to_owned()))
+            .collect();
+        return stream_response(chunks, step.delay_ms.unwrap_or(opts.token_delay_ms));
+    }
     let usage = json!({"prompt_tokens": request["messages"].as_array().map_or(0, |m| m.len() * 10), "completion_tokens": step.text.len() / 4 + 1});
     if step.non_streaming {
         let calls: Vec<Value> = step.tool_calls.iter().enumerate().map(|(i, c)| json!({"id": format!("call_{i}"), "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect();
@@ -391,7 +401,11 @@ async fn respond(step: Step, request: &Value, opts: &Options) -> Response<Body> 
             }
         }
     }
-    let delay = Duration::from_millis(step.delay_ms.unwrap_or(opts.token_delay_ms));
+    stream_response(chunks, step.delay_ms.unwrap_or(opts.token_delay_ms))
+}
+
+fn stream_response(chunks: Vec<Chunk>, delay_ms: u64) -> Response<Body> {
+    let delay = Duration::from_millis(delay_ms);
     let stream = futures_util::stream::iter(chunks).then(move |c| async move {
         match c {
             Chunk::Data(s) => {

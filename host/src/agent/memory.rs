@@ -59,6 +59,14 @@ impl Memory {
         self.messages.truncate(len);
     }
 
+    /// Drops the reasoning kept on this turn's messages (from `from`): providers want it back
+    /// only within the turn that made it.
+    pub fn forget_reasoning(&mut self, from: usize) {
+        for m in self.messages.iter_mut().skip(from) {
+            m.reasoning_content = None;
+        }
+    }
+
     fn weight(&self) -> usize {
         self.messages.iter().map(ChatMessage::weight).sum()
     }
@@ -126,6 +134,7 @@ mod tests {
                 name: "t".into(),
                 arguments: "{}".into(),
             },
+            extra_content: None,
         }
     }
 

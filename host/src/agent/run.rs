@@ -199,11 +199,26 @@ async fn think(
     };
     let t0 = Instant::now();
     let mut stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
-    let mut on_delta = |d: crate::llm::Delta<'_>| stream.on(d);
-    let resp = tokio::select! {
-        biased;
-        _ = ctx.cancel.cancelled() => return Thought::Stop(RunOutcome::Cancelled),
-        r = ctx.model.chat(&req, &mut on_delta) => r,
+    let mut resp = call_model(ctx, &req, &mut stream).await;
+    if let Some(Err(e)) = &resp {
+        if e.is_malformed_tool_call() {
+            // The provider refused the tool call the model produced (Groq `tool_use_failed`):
+            // once more, with the error shown to the model, as other agent frameworks do.
+            tracing::info!(session_id = ctx.session_id, step, error = %e, "malformed tool call; retrying once");
+            ctx.metrics.llm_errors.inc();
+            stream.abandon();
+            stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
+            let mut retry = req.clone();
+            retry.messages.push(ChatMessage::user(format!(
+                "Your last tool call was rejected: {}. Call the tool again with arguments that \
+                 match its schema, or answer without it.",
+                crate::llm::shown(&e.to_string(), 300)
+            )));
+            resp = call_model(ctx, &retry, &mut stream).await;
+        }
+    }
+    let Some(resp) = resp else {
+        return Thought::Stop(RunOutcome::Cancelled);
     };
     let latency = t0.elapsed();
     ctx.metrics.llm_calls.inc();
@@ -236,11 +251,29 @@ async fn think(
     );
     stream.finish(&resp.content, !resp.tool_calls.is_empty());
     let text = (!resp.content.is_empty()).then(|| resp.content.clone());
-    memory.push(ChatMessage::assistant(text, resp.tool_calls.clone()));
+    let mut message = ChatMessage::assistant(text, resp.tool_calls.clone());
+    if !resp.tool_calls.is_empty() && !resp.reasoning_content.is_empty() {
+        message.reasoning_content = Some(resp.reasoning_content.clone());
+    }
+    memory.push(message);
     if resp.tool_calls.is_empty() {
         Thought::Answer(resp.content)
     } else {
         Thought::Act(resp)
+    }
+}
+
+/// One model call streaming into `stream`; `None` when the run was cancelled meanwhile.
+async fn call_model(
+    ctx: &RunContext<'_>,
+    req: &ChatRequest,
+    stream: &mut StepStream<'_>,
+) -> Option<Result<ChatResponse, crate::llm::LlmError>> {
+    let mut on_delta = |d: crate::llm::Delta<'_>| stream.on(d);
+    tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => None,
+        r = ctx.model.chat(req, &mut on_delta) => Some(r),
     }
 }
 
@@ -273,6 +306,7 @@ fn record_results(
 
 /// Leaves memory well formed for the next turn, whatever the outcome.
 fn close_turn(ctx: &RunContext<'_>, memory: &mut Memory, turn_start: usize, outcome: &RunOutcome) {
+    memory.forget_reasoning(0);
     match outcome {
         RunOutcome::Finished { .. } => ctx.metrics.runs_finished.inc(),
         RunOutcome::Failed { .. } => {

@@ -94,6 +94,13 @@ impl<'a> StepStream<'a> {
         }
     }
 
+    /// The call is given up (it will be made again): an answer it streamed is withdrawn.
+    pub fn abandon(self) {
+        if self.mode == Mode::Answer {
+            self.sink.emit(AgentEvent::AnswerReset { step: self.step });
+        }
+    }
+
     /// Tool calls follow: what is held is reasoning; what streamed as the answer is withdrawn.
     fn tool_calls_follow(&mut self) {
         match self.mode {

@@ -268,7 +268,7 @@ impl HttpModel {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model stream complete"
         );
-        (std::mem::take(parser).finish(), None)
+        (std::mem::take(parser).finish_with(on_delta), None)
     }
 }
 

@@ -93,6 +93,11 @@ pub struct ChatMessage {
     pub tool_calls: Vec<ToolCall>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// The step's `reasoning_content`, kept on an assistant message with tool calls and sent
+    /// back (DeepSeek's thinking mode refuses the next request without it); only where the
+    /// model sent it in that field, and only until the turn ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 impl ChatMessage {
@@ -102,6 +107,7 @@ impl ChatMessage {
             content: Some(Content::Text(text.into())),
             tool_calls: vec![],
             tool_call_id: None,
+            reasoning_content: None,
         }
     }
     pub fn user(content: impl Into<Content>) -> Self {
@@ -110,6 +116,7 @@ impl ChatMessage {
             content: Some(content.into()),
             tool_calls: vec![],
             tool_call_id: None,
+            reasoning_content: None,
         }
     }
     pub fn assistant(text: Option<String>, tool_calls: Vec<ToolCall>) -> Self {
@@ -118,6 +125,7 @@ impl ChatMessage {
             content: text.map(Content::Text),
             tool_calls,
             tool_call_id: None,
+            reasoning_content: None,
         }
     }
     pub fn tool(call_id: &str, text: impl Into<String>) -> Self {
@@ -126,6 +134,7 @@ impl ChatMessage {
             content: Some(Content::Text(text.into())),
             tool_calls: vec![],
             tool_call_id: Some(call_id.into()),
+            reasoning_content: None,
         }
     }
     /// The text of the message, if any.
@@ -142,6 +151,7 @@ impl ChatMessage {
                 .iter()
                 .map(|c| c.function.name.len() + c.function.arguments.len())
                 .sum::<usize>()
+            + self.reasoning_content.as_ref().map_or(0, String::len)
             + 16
     }
 }
@@ -162,6 +172,10 @@ pub struct ToolCall {
     #[serde(rename = "type", default = "function_type")]
     pub kind: String,
     pub function: FunctionCall,
+    /// Provider-specific fields of the call the provider needs back on the next request
+    /// (Gemini: `{"google": {"thought_signature": …}}`), kept as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_content: Option<serde_json::Value>,
 }
 
 fn function_type() -> String {
@@ -211,17 +225,27 @@ impl ChatRequest {
     }
 }
 
-/// Token counts reported by the model.
+/// Token counts reported by the model. `completion_tokens` includes reasoning tokens (as
+/// OpenAI counts them; added where a provider reports them apart, as xAI does).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Input tokens served from the provider's cache (`prompt_tokens_details.cached_tokens`).
+    #[serde(default)]
+    pub cached_tokens: u64,
+    /// Output tokens spent reasoning (`completion_tokens_details.reasoning_tokens`).
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 /// A complete model answer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatResponse {
     pub content: String,
+    /// What the model streamed as `reasoning_content` (empty when none, or sent otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reasoning_content: String,
     #[serde(default)]
     pub tool_calls: Vec<ToolCall>,
     #[serde(default)]
@@ -241,8 +265,12 @@ pub enum LlmError {
     Connect(String),
     #[error("the model sent no data for {0} ms (stalled)")]
     Stalled(u64),
-    #[error("the model reported an error mid-stream: {0}")]
-    Stream(String),
+    /// The provider's error object mid-stream: its `code` (or `type`) and message.
+    #[error("the model reported an error mid-stream{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Stream {
+        code: Option<String>,
+        message: String,
+    },
     #[error("the model sent a malformed response: {0}")]
     Malformed(String),
     #[error("{0}")]
@@ -268,10 +296,38 @@ impl LlmError {
                     last.public()
                 )
             }
-            LlmError::Stream(_) => "the model reported an error mid-stream".into(),
+            LlmError::Stream { code, message } => format!(
+                "the model reported an error mid-stream{}: {}",
+                code.as_deref()
+                    .map(|c| format!(" ({})", shown(c, 40)))
+                    .unwrap_or_default(),
+                shown(message, 200)
+            ),
             LlmError::Connect(_) => "cannot reach the model endpoint (connection failed)".into(),
             other => other.to_string(),
         }
+    }
+
+    /// A provider's mid-stream `{"error": {...}}`: `code` (a string, or else `type`; Groq
+    /// `tool_use_failed`) and `message`.
+    pub fn stream_error(err: &serde_json::Value) -> LlmError {
+        let message = err
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| err.to_string());
+        let code = ["code", "type"].iter().find_map(|k| match err.get(*k) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        });
+        LlmError::Stream { code, message }
+    }
+
+    /// True when the model produced a tool call the provider refused as malformed (Groq's
+    /// `tool_use_failed`): worth one more try with the error shown to the model.
+    pub fn is_malformed_tool_call(&self) -> bool {
+        matches!(self, LlmError::Stream { code: Some(c), .. } if c == "tool_use_failed")
     }
 
     /// True for failures the official client retries (before any output was streamed).
@@ -282,6 +338,32 @@ impl LlmError {
             _ => false,
         }
     }
+}
+
+/// A provider's text made safe to show a client: at most `max` characters, one line, with
+/// URLs and anything that looks like a key or token (a long unbroken run of letters, digits,
+/// `-` and `_`, or `sk-…`) replaced by `…`.
+pub fn shown(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        let bare = word.trim_matches(|c: char| !c.is_alphanumeric());
+        let secretish = word.contains("://")
+            || bare.starts_with("sk-")
+            || (bare.len() >= 24
+                && bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && bare.chars().any(|c| c.is_ascii_digit()));
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(if secretish { "…" } else { word });
+    }
+    if out.chars().count() > max {
+        out = out.chars().take(max).collect();
+        out.push('…');
+    }
+    out
 }
 
 /// The model backend a host uses.
@@ -328,5 +410,18 @@ impl ApiKey {
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn provider_text_shown_to_clients_is_bounded_and_secret_free() {
+        let t = super::shown(
+            "Invalid key sk-abc123 for https://api.example.com/v1 (org org_9f8e7d6c5b4a3f2e1d0c9b8a)",
+            200,
+        );
+        assert_eq!(t, "Invalid key … for … (org …");
+        assert_eq!(super::shown(&"word ".repeat(100), 20).chars().count(), 21);
     }
 }
