@@ -1,8 +1,9 @@
 //! `myagent-host`: loads LLM agents from native plugins and serves them over WebSocket.
 //!
-//! The binary (`main.rs`) is thin glue over this library: [`plugin`] loads and hot-reloads agent
-//! plugins, [`agent`] runs the ReAct loop, [`llm`] talks to the model, [`mcp`] to MCP tool servers, [`server`] is the
-//! WebSocket gateway and HTTP endpoints. See ARCHITECTURE.md.
+//! The binary (`main.rs`) is thin glue over this library: [`server`] is the WebSocket door and
+//! HTTP endpoints, [`session`] the session engine every door drives, [`store`] where sessions
+//! outlive the process, [`agent`] runs the ReAct loop, [`llm`] talks to the model, [`plugin`]
+//! loads and hot-reloads agent plugins, [`mcp`] talks to MCP tool servers. See ARCHITECTURE.md.
 
 pub mod agent;
 pub mod journal;
@@ -11,7 +12,10 @@ pub mod mcp;
 pub mod metrics;
 pub mod plugin;
 pub mod scaffold;
+pub mod secret;
 pub mod server;
+pub mod session;
+pub mod store;
 pub mod time;
 
 /// Seconds since the Unix epoch, with millisecond precision (trace records' `ts`).

@@ -15,11 +15,8 @@ use myagent_host::agent::{
 use myagent_host::llm::{Model, ReplayModel};
 use myagent_host::metrics::Metrics;
 use myagent_host::plugin::{self, copies::CopyDir, reload::PluginSlot, Instance, Plugin};
-use myagent_host::server::lifecycle::Lifecycle;
 use myagent_host::server::outbox::{ConnHandle, Outbox};
-use myagent_host::server::protocol::ClientMessage;
-use myagent_host::server::session::{Client, Sessions};
-use myagent_host::server::SessionConfig;
+use myagent_host::session::{Client, Lifecycle, SessionConfig, Sessions};
 use myagent_tests::{plugin_lib, workspace_root, TempDir};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -217,7 +214,10 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
 /// A connection as the registry sees it: its outbox, read directly.
 fn client(ip: &str, id: u64) -> (Client, Arc<Outbox>) {
     let (handle, out): (ConnHandle, Arc<Outbox>) = Outbox::new(id, 1024);
-    (Client::new(handle, ip.parse::<IpAddr>().unwrap()), out)
+    (
+        Client::new(Arc::new(handle), ip.parse::<IpAddr>().unwrap()),
+        out,
+    )
 }
 
 fn drain(out: &Outbox) -> Vec<Value> {
@@ -257,18 +257,20 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         replay_buffer_bytes: 64 * 1024,
         replay_budget_bytes: 1 << 30,
         resume_window: Duration::from_millis(300),
-        on_busy: myagent_host::server::protocol::OnBusy::Reject,
-        durable: None,
+        on_busy: myagent_host::session::event::OnBusy::Reject,
     };
-    let sessions = Sessions::in_memory(config, runtime.clone(), Arc::new(Lifecycle::default()));
+    let sessions = Sessions::new(
+        config,
+        None,
+        runtime.clone(),
+        Arc::new(Lifecycle::default()),
+    );
     let (mut a, out_a) = client("192.0.2.1", 1);
     let (mut b, out_b) = client("192.0.2.2", 2);
 
     // Caps: two per address, three in all.
     for _ in 0..3 {
-        sessions
-            .handle(&mut a, ClientMessage::CreateSession { agent_config: None })
-            .await;
+        sessions.create(&mut a, None).await;
     }
     let events = drain(&out_a);
     let created: Vec<&Value> = events
@@ -277,12 +279,8 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         .collect();
     assert_eq!(created.len(), 2);
     assert_eq!(events.last().unwrap()["code"], "too_many_sessions");
-    sessions
-        .handle(&mut b, ClientMessage::CreateSession { agent_config: None })
-        .await;
-    sessions
-        .handle(&mut b, ClientMessage::CreateSession { agent_config: None })
-        .await;
+    sessions.create(&mut b, None).await;
+    sessions.create(&mut b, None).await;
     let events = drain(&out_b);
     assert_eq!(events[0]["event"], "agent.session_created");
     assert!(
@@ -295,16 +293,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     // A turn runs and every event goes to the owner, numbered from 1.
     let sid = created[0]["session_id"].as_str().unwrap().to_owned();
     let token = created[0]["resume_token"].as_str().unwrap().to_owned();
-    sessions
-        .handle(
-            &mut a,
-            ClientMessage::Message {
-                session_id: sid.clone(),
-                content: "What's the weather in Paris?".into(),
-                on_busy: None,
-            },
-        )
-        .await;
+    sessions.message(&a, &sid, "What's the weather in Paris?".into(), None);
     let run = until(&out_a, "agent.ready").await;
     let seqs: Vec<u64> = run
         .iter()
@@ -319,26 +308,10 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     assert!(run.iter().any(|e| e["event"] == "agent.final_answer"));
 
     // Another connection may not touch it without the token...
-    sessions
-        .handle(
-            &mut b,
-            ClientMessage::Cancel {
-                session_id: sid.clone(),
-            },
-        )
-        .await;
+    sessions.cancel(&b, &sid);
     assert_eq!(drain(&out_b)[0]["code"], "session_not_found");
     // ...but with it, resumes and gets the whole log replayed.
-    sessions
-        .handle(
-            &mut b,
-            ClientMessage::Resume {
-                session_id: sid.clone(),
-                resume_token: token,
-                last_seq: 0,
-            },
-        )
-        .await;
+    sessions.resume_session(&mut b, &sid, &token, 0).await;
     let replay = drain(&out_b);
     assert_eq!(replay[0]["event"], "agent.session_resumed");
     assert_eq!(replay[0]["recovered"], true);

@@ -24,12 +24,25 @@ impl Memory {
         }
     }
 
-    /// A memory as it was saved (a durable session restored after a restart).
-    pub fn restore(budget_chars: usize, messages: Vec<ChatMessage>, dropped_turns: u64) -> Memory {
+    /// The memory as the session store keeps it — the one definition of that format:
+    /// `{"messages": [...], "dropped_turns": N}`.
+    pub fn to_stored(&self) -> String {
+        serde_json::json!({"messages": self.messages, "dropped_turns": self.dropped_turns})
+            .to_string()
+    }
+
+    /// A memory from [`Memory::to_stored`]'s text (empty or unreadable: an empty memory).
+    pub fn from_stored(stored: &str, budget_chars: usize) -> Memory {
+        #[derive(serde::Deserialize, Default)]
+        struct Saved {
+            messages: Vec<ChatMessage>,
+            dropped_turns: u64,
+        }
+        let saved: Saved = serde_json::from_str(stored).unwrap_or_default();
         Memory {
-            messages,
+            messages: saved.messages,
             budget_chars,
-            dropped_turns,
+            dropped_turns: saved.dropped_turns,
         }
     }
 

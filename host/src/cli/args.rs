@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use myagent_host::server::protocol::OnBusy;
+use myagent_host::session::event::OnBusy;
 
 #[derive(Parser)]
 #[command(
@@ -238,6 +238,14 @@ pub struct ServeArgs {
     /// A stored session idle this long is deleted (default 7 days).
     #[arg(long, default_value_t = 604_800, value_name = "SECS")]
     pub session_ttl: u64,
+    /// Bytes of writes kept while the session store is unreachable, stalled or full, retried
+    /// until it takes them; past it, streamed events are dropped first (MiB).
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub store_buffer: usize,
+    /// An acknowledgement (`agent.session_created`, `agent.ready`) waits at most this long for
+    /// the store to commit what it acknowledges, then is sent anyway (milliseconds).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub store_ack_timeout: u64,
     /// How long sessions (and their runs) wait for a client to resume after a disconnect.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub resume_window: u64,

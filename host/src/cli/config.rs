@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use myagent_host::agent::AgentConfig;
 use myagent_host::llm::{ApiKey, LlmConfig};
-use myagent_host::server::session::Durable;
-use myagent_host::server::{ServerConfig, SessionConfig};
+use myagent_host::server::ServerConfig;
+use myagent_host::session::SessionConfig;
+use myagent_host::store::{Store, StoreOptions};
 
 use super::args::{IsolationArg, ServeArgs};
 use myagent_host::plugin::{Isolation, WorkerOptions};
@@ -132,13 +133,18 @@ pub fn default_store_path() -> PathBuf {
 
 /// Opens the store `--store` names: `memory`, or `sqlite:PATH` (the default, at
 /// [`default_store_path`]).
-pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<Durable>>> {
+pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<Store>>> {
     let ttl = Duration::from_secs(args.session_ttl.max(1));
+    let opts = StoreOptions {
+        ttl,
+        buffer_bytes: args.store_buffer.max(1) << 20,
+        ack_timeout: Duration::from_millis(args.store_ack_timeout),
+    };
     let path = match args.store.as_deref() {
         None => default_store_path(),
         Some("memory") => return Ok(None),
         Some(url) if url.starts_with("redis://") => {
-            let durable = Durable::open_redis(url, ttl).map_err(anyhow::Error::msg)?;
+            let durable = Store::open_redis(url, &opts)?;
             println!(
                 "Sessions: stored in {}, shared with every host using it (resumable for {} after they go idle)",
                 durable.describe(),
@@ -153,7 +159,7 @@ pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<D
             ),
         },
     };
-    let durable = Durable::open(&path, ttl).map_err(anyhow::Error::msg)?;
+    let durable = Store::open_sqlite(&path, &opts)?;
     println!(
         "Sessions: stored in {} (resumable for {} after they go idle; --store memory to keep them in memory only)",
         path.display(),
@@ -171,7 +177,7 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
-pub fn session_config(args: &ServeArgs, durable: Option<std::sync::Arc<Durable>>) -> SessionConfig {
+pub fn session_config(args: &ServeArgs) -> SessionConfig {
     let max_sessions = match args.max_sessions {
         0 => {
             let (n, worst, budget) =
@@ -196,7 +202,6 @@ pub fn session_config(args: &ServeArgs, durable: Option<std::sync::Arc<Durable>>
         },
         resume_window: Duration::from_secs(args.resume_window),
         on_busy: args.on_busy,
-        durable,
     }
 }
 

@@ -71,8 +71,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let server_config = config::server_config(&args, auth_tokens, raise_fd_limit());
-    let durable = config::session_store(&args)?;
-    let session_config = config::session_config(&args, durable.clone());
+    let store = config::session_store(&args)?;
+    let session_config = config::session_config(&args);
 
     let addr = format!("{}:{}", args.host, args.port);
     let listener = server::listen(&addr)
@@ -96,7 +96,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::default()),
     });
     let shutdown_timeout = server_config.shutdown_timeout;
-    let gateway = server::gateway(server_config, session_config, runtime);
+    let gateway = server::gateway(server_config, session_config, store.clone(), runtime);
     println!(
         "Serving on ws://{h}:{p} (web client: http://{h}:{p}/ · health: http://{h}:{p}/health)",
         h = args.host,
@@ -107,9 +107,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
     mcp_stop.cancel();
-    if let Some(d) = durable {
-        // What the interrupted runs wrote last (their ends) is on disk before we exit.
-        tokio::task::spawn_blocking(move || d.flush()).await.ok();
+    if let Some(d) = store {
+        // What the interrupted runs wrote last (their ends) is in the store before we exit.
+        tokio::task::spawn_blocking(move || d.flush_blocking(Duration::from_secs(10)))
+            .await
+            .ok();
     }
     println!("Stopped.");
     Ok(())

@@ -5,6 +5,8 @@
 use hyper::header;
 use hyper::Request;
 
+pub use crate::secret::constant_time_eq;
+
 /// Who may connect.
 pub struct Auth {
     tokens: Vec<String>,
@@ -181,15 +183,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// String equality that takes as long for a near miss as for a far one (tokens).
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::protocol::OnBusy;
-
 /// Connections, HTTP and shutdown.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -46,24 +44,4 @@ pub struct ServerConfig {
     /// Serve a WebSocket echo on `/_echo` (same stack and limits), for conformance testing
     /// with the Autobahn fuzzing client.
     pub conformance_echo: bool,
-}
-
-/// Sessions: caps, resume, replay.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    /// Sessions alive at once (attached or waiting for a resume), over all clients.
-    pub max_sessions: usize,
-    /// Sessions per client address at most (0: no limit).
-    pub max_sessions_per_ip: usize,
-    pub max_sessions_per_connection: usize,
-    /// Bytes of past events kept per session for resume (with per-event overhead).
-    pub replay_buffer_bytes: usize,
-    /// Bytes of past events kept by all sessions together.
-    pub replay_budget_bytes: usize,
-    /// How long a session (and its run) outlives its connection, waiting for a resume.
-    pub resume_window: Duration,
-    /// Double texting: what a message does while its session runs, unless it says (`on_busy`).
-    pub on_busy: OnBusy,
-    /// Where sessions are kept beyond this process (`--store sqlite:PATH`); None: memory only.
-    pub durable: Option<std::sync::Arc<crate::server::session::Durable>>,
 }

@@ -19,11 +19,10 @@ use super::auth::{Auth, Credentials};
 use super::config::ServerConfig;
 use super::connections::{Connections, IpSlot};
 use super::gate::{Gate, GateKey};
-use super::lifecycle::Lifecycle;
 use super::outbox::Outbox;
 use super::protocol::{self, AgentInfo, ErrorCode, ServerEvent};
-use super::session::{Client, Sessions};
 use crate::metrics::Metrics;
+use crate::session::{Client, Lifecycle, Sessions};
 
 /// Close code for a client that does not read fast enough (its events stay resumable).
 pub const CLOSE_SLOW_CLIENT: u16 = 4008;
@@ -88,7 +87,7 @@ pub async fn serve(
     let (handle, out) = Outbox::new(id, deps.config.outbound_queue);
     deps.connections.register(handle.clone());
     let mut attached = Attached {
-        client: Client::new(handle, ip_slot.ip),
+        client: Client::new(Arc::new(handle), ip_slot.ip),
         deps: deps.clone(),
         _ip_slot: ip_slot,
     };
@@ -118,7 +117,7 @@ struct Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.deps.connections.unregister(self.client.conn.id);
+        self.deps.connections.unregister(self.client.id());
         self.deps.sessions.release(&self.client);
     }
 }
@@ -239,7 +238,7 @@ async fn serve_loop(
                     Some(Ok(Message::Binary(_))) if !authed => refuse_auth(client),
                     Some(Ok(Message::Binary(b))) => {
                         deps.metrics.client_errors.inc();
-                        client.conn.send_about(None, &ServerEvent::error(ErrorCode::BinaryFrame,
+                        client.send_about(None, &ServerEvent::error(ErrorCode::BinaryFrame,
                             format!("Binary frames are not supported ({} bytes ignored); send JSON text frames", b.len())));
                         Flow::Continue
                     }
@@ -318,7 +317,7 @@ async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: 
     }
     if text.len() > max {
         deps.metrics.client_errors.inc();
-        client.conn.send_about(
+        client.send_about(
             None,
             &ServerEvent::error(
                 ErrorCode::MessageTooLarge,
@@ -344,9 +343,7 @@ async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: 
         Err(e) => {
             deps.metrics.client_errors.inc();
             let session = e.session_id.as_deref();
-            client
-                .conn
-                .send_about(session, &ServerEvent::error(e.code, e.message));
+            client.send_about(session, &ServerEvent::error(e.code, e.message));
             return Flow::Continue;
         }
     };
@@ -356,11 +353,11 @@ async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: 
             _ => return refuse_auth(client),
         }
     }
-    deps.sessions.handle(client, parsed.message).await;
+    super::dispatch::dispatch(&deps.sessions, client, parsed.message).await;
     Flow::Continue
 }
 
 fn refuse_auth(client: &Client) -> Flow {
-    client.conn.send_event(&auth_error());
+    client.sub.send(auth_error().frame());
     Flow::Close(CloseCode::Policy, "Invalid token")
 }

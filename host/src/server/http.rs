@@ -145,6 +145,9 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             let mut body = gw.deps.metrics.render(generation);
             body.push_str(&runtime.mcp.render_metrics());
             body.push_str(&crate::plugin::worker::render_metrics());
+            if let Some(store) = gw.deps.sessions.store() {
+                store.render_metrics(&mut body);
+            }
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (&Method::GET, "/" | "/index.html") => {
@@ -190,7 +193,7 @@ fn health(gw: &Gateway) -> Response<Body> {
     let plugin = gw.deps.sessions.runtime().plugin.current();
     // While draining, load balancers should send new clients elsewhere.
     let draining = gw.deps.lifecycle.shutdown.is_cancelled();
-    let body = json!({
+    let mut body = json!({
         "status": if draining { "shutting_down" } else { "healthy" },
         "timestamp": crate::time::Timestamp::now(),
         "active_sessions": gw.deps.sessions.count(),
@@ -199,6 +202,10 @@ fn health(gw: &Gateway) -> Response<Body> {
         "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation,
             "isolation": plugin.isolation(), "worker_pid": plugin.worker_pid()},
     });
+    // The store: `ok`, or `degraded` while writes fail (buffered and retried; the host serves on).
+    if let Some(store) = gw.deps.sessions.store() {
+        body["store"] = json!(store.health());
+    }
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

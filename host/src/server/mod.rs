@@ -1,6 +1,7 @@
-//! The WebSocket gateway: the accept loop, HTTP endpoints on the same port ([`http`]), one task
-//! per WebSocket ([`connection`], transport only), sessions ([`session`]), and graceful
-//! shutdown. Nothing in the submodules reaches back up into this file: it only wires them.
+//! The WebSocket door: the accept loop, HTTP endpoints on the same port ([`http`]), one task
+//! per WebSocket ([`connection`], transport only) whose requests become calls on the session
+//! engine ([`dispatch`], `crate::session`), plugin notices to every connection ([`notices`]),
+//! and graceful shutdown. Nothing in the submodules reaches back up into this file: it only wires them.
 //!
 //! Shutdown goes in three steps (as in mini-redis): detect (the `shutdown` future passed to
 //! [`run`]), tell (`Lifecycle::shutdown` stops accepting and runs are cancelled; then
@@ -11,12 +12,12 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod connections;
+mod dispatch;
 pub mod gate;
 pub mod http;
-pub mod lifecycle;
+mod notices;
 pub mod outbox;
 pub mod protocol;
-pub mod session;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,18 +26,20 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::agent::AgentRuntime;
+use crate::session::{Lifecycle, SessionConfig, Sessions};
+use crate::store::Store;
 pub use auth::Auth;
-pub use config::{ServerConfig, SessionConfig};
+pub use config::ServerConfig;
 use connection::ConnDeps;
 use connections::Connections;
 use http::Gateway;
-use lifecycle::Lifecycle;
-use session::Sessions;
 
-/// Builds the gateway's parts for `runtime`: sessions in memory, the connection registry.
+/// Builds the gateway's parts for `runtime`: the session engine (over `store`, if sessions
+/// outlive the process), the connection registry.
 pub fn gateway(
     config: ServerConfig,
     sessions: SessionConfig,
+    store: Option<Arc<Store>>,
     runtime: Arc<AgentRuntime>,
 ) -> Arc<Gateway> {
     let metrics = runtime.metrics.clone();
@@ -47,7 +50,7 @@ pub fn gateway(
         config.allowed_hosts.clone(),
     ));
     let connections = Connections::new(config.max_connections_per_ip, metrics.clone());
-    let sessions = Sessions::in_memory(sessions, runtime, lifecycle.clone());
+    let sessions = Sessions::new(sessions, store, runtime, lifecycle.clone());
     Arc::new(Gateway {
         deps: ConnDeps {
             config: Arc::new(config),
@@ -89,7 +92,7 @@ pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
     let deps = &gw.deps;
-    let reload_task = tokio::spawn(session::notices::forward_reload_notices(
+    let reload_task = tokio::spawn(notices::forward_reload_notices(
         deps.sessions.runtime().clone(),
         deps.connections.clone(),
     ));

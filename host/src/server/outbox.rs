@@ -116,3 +116,15 @@ impl ConnHandle {
         self.out.wake.notify_one();
     }
 }
+
+impl crate::session::Subscriber for ConnHandle {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn send(&self, frame: Utf8Bytes) {
+        ConnHandle::send(self, frame)
+    }
+    fn send_batch(&self, frames: Vec<Utf8Bytes>) {
+        ConnHandle::send_batch(self, frames)
+    }
+}

@@ -5,15 +5,15 @@
 //! **Architecture Invariant:** every server frame is built from a [`ServerEvent`] here (or is a
 //! plugin's own custom event); no other module writes event JSON by hand.
 
-mod event;
-
 use serde_json::{Map, Value};
 
 use crate::llm::Content;
 
-pub use event::{
-    custom_frame, AgentInfo, AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, ServerEvent, Serving,
-    ThinkingMeta, ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
+// What the server sends is the session engine's own event type; this door encodes nothing
+// by hand.
+pub use crate::session::event::{
+    custom_frame, AgentInfo, AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, OnBusy, ServerEvent,
+    Serving, ThinkingMeta, ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
 };
 
 /// A message from a client, validated.
@@ -56,18 +56,6 @@ pub enum ClientMessage {
         session_id: String,
         event: Value,
     },
-}
-
-/// Double texting: what a `user.message` does when the session is already running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum OnBusy {
-    /// Refuse it (`already_running`), as the MyAgent design does.
-    #[default]
-    Reject,
-    /// Run it after the current run (and any queued before it).
-    Enqueue,
-    /// Cancel the current run (and the queue), then run it.
-    Interrupt,
 }
 
 /// Why a client message was refused. `code` is stable for programs; the text is for people.

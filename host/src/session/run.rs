@@ -6,14 +6,14 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::event::{
+    AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta,
+    ToolResultMeta,
+};
 use super::log::{AgentSlot, Session};
 use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
 use crate::llm::Content;
 use crate::metrics::Metrics;
-use crate::server::protocol::{
-    AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta,
-    ToolResultMeta,
-};
 
 /// Agent runs on `session`, one after another: `content`, then each message queued meanwhile.
 pub(super) async fn run_turns(
@@ -68,14 +68,28 @@ async fn run_turn(
     };
     // A durable session notes the turn before it runs and the memory after: a host that
     // stops in between leaves a turn its next resume closes as interrupted (`host_lost`).
-    if let Some(d) = session.durable() {
-        d.turn_start(&session.id, content);
+    let store = session.store();
+    if let Some(d) = store {
+        d.turn_start(
+            &session.id,
+            serde_json::to_string(content).unwrap_or_default(),
+        );
     }
     let outcome = run_agent(&ctx, memory, content).await;
-    if let Some(d) = session.durable() {
-        d.turn_end(&session.id, memory);
+    let Some(d) = store else {
+        return session.finish_run(&final_event(outcome), &runtime.metrics, false);
+    };
+    // Acknowledged means durable: `agent.ready` reaches the client once the turn's end (its
+    // events, the memory) is committed, or `--store-ack-timeout` passed.
+    d.turn_end(&session.id, memory.to_stored());
+    let next = session.finish_run(&final_event(outcome), &runtime.metrics, true);
+    if next.is_none() {
+        if let Err(e) = d.commit().await {
+            tracing::warn!(session_id = %session.id, error = %e, "turn acknowledged before the store confirmed it");
+        }
+        session.release(&runtime.metrics);
     }
-    session.finish_run(&final_event(outcome), &runtime.metrics)
+    next
 }
 
 /// How a run's end reads to the client: the one route for every way a run ends.

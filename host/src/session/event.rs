@@ -1,4 +1,4 @@
-//! What the server sends: [`ServerEvent`] and the [`ErrorCode`] on every error, and how each
+//! What the session engine publishes (and every door encodes from): [`ServerEvent`] and the [`ErrorCode`] on every error, and how each
 //! becomes a frame (a session's events also get `session_id` and `seq`; every frame a
 //! `timestamp`).
 
@@ -7,6 +7,18 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::time::Timestamp;
+
+/// Double texting: what a `user.message` does when the session is already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnBusy {
+    /// Refuse it (`already_running`), as the MyAgent design does.
+    #[default]
+    Reject,
+    /// Run it after the current run (and any queued before it).
+    Enqueue,
+    /// Cancel the current run (and the queue), then run it.
+    Interrupt,
+}
 
 /// The stable code on every `agent.error` (docs/protocol.md, "Error codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -412,7 +424,7 @@ mod tests {
 
     #[test]
     fn every_event_and_error_code_is_documented_and_named_as_it_serializes() {
-        let doc = include_str!("../../../../docs/protocol.md");
+        let doc = include_str!("../../../docs/protocol.md");
         // Each event has a row in the "Server → client" table.
         let table = doc
             .split("## Server → client")

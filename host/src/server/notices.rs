@@ -4,13 +4,16 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
 
+use super::connections::Connections;
+use super::protocol::{AgentInfo, ServerEvent, Serving};
 use crate::agent::AgentRuntime;
 use crate::plugin::reload::ReloadNotice;
-use crate::server::connections::Connections;
-use crate::server::protocol::{AgentInfo, ServerEvent, Serving};
 
 /// Forwards reload notices to every connection until the plugin slot closes.
-pub async fn forward_reload_notices(runtime: Arc<AgentRuntime>, connections: Arc<Connections>) {
+pub(crate) async fn forward_reload_notices(
+    runtime: Arc<AgentRuntime>,
+    connections: Arc<Connections>,
+) {
     let mut rx = runtime.plugin.subscribe();
     loop {
         let event = match rx.recv().await {

@@ -1,19 +1,61 @@
-//! The session store in SQLite (`--store sqlite:PATH`, the default): the schema, the writer
-//! thread's transactions (a session's events of one interval as one row) and the reads.
+//! The session store in SQLite (`--store sqlite:PATH`, the default): the schema, the writer's
+//! transactions (a session's events of one batch as one row) and the reads. WAL mode with
+//! `synchronous=NORMAL` keeps the database consistent through a crash (a power cut can lose the
+//! last transactions, not corrupt it).
 
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::durable::{gather, now, Chunk, Chunks, Op, Stored, EVENTS_KEPT};
+use super::batch::{Chunk, Chunks};
+use super::{now, Backend, Op, StoreError, Stored, EVENTS_KEPT};
 
 const SCHEMA_VERSION: i64 = 1;
+/// Idle sessions past the TTL are deleted this often (and at start).
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-pub(super) fn open(path: &Path) -> Result<Connection, String> {
-    let db = Connection::open(path)
-        .map_err(|e| format!("cannot open the session store {}: {e}", path.display()))?;
+/// The writer's side: one connection, one transaction per batch.
+pub(crate) struct SqliteBackend {
+    db: Connection,
+    ttl: Duration,
+    last_sweep: Instant,
+}
+
+impl SqliteBackend {
+    /// Opens (or creates) the store at `path`; a file that is not a usable store is an error.
+    pub(crate) fn open(path: &Path, ttl: Duration) -> Result<SqliteBackend, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let db = open(path)?;
+        let backend = SqliteBackend {
+            db,
+            ttl,
+            last_sweep: Instant::now(),
+        };
+        match expire(&backend.db, ttl) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                expired = n,
+                "sessions idle longer than --session-ttl deleted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "expiring old sessions failed"),
+        }
+        Ok(backend)
+    }
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let shown = path.display().to_string();
+    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+        path: shown.clone(),
+        reason: e.to_string(),
+    };
+    let db = Connection::open(path).map_err(corrupt)?;
     let setup = || -> rusqlite::Result<i64> {
         db.busy_timeout(Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -40,32 +82,26 @@ pub(super) fn open(path: &Path) -> Result<Connection, String> {
     };
     match setup() {
         Ok(SCHEMA_VERSION) => Ok(db),
-        Ok(v) => Err(format!(
-            "the session store {} has schema version {v}; this host knows {SCHEMA_VERSION}",
-            path.display()
-        )),
-        Err(e) => Err(format!(
-            "the session store {} is not usable: {e} (move it away to start with an empty one)",
-            path.display()
-        )),
+        Ok(found) => Err(StoreError::Schema {
+            path: shown,
+            found,
+            known: SCHEMA_VERSION,
+        }),
+        Err(e) => Err(corrupt(e)),
     }
 }
 
-/// Sessions idle longer than `ttl` deleted now; how many.
-pub(super) fn expire_now(db: &Connection, ttl: Duration) -> usize {
-    expire(db, ttl).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "expiring old sessions failed");
-        0
-    })
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
 }
 
-/// Reads session `id` from the store at `path`.
-pub(super) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored>, String> {
+/// Reads session `id` from the store at `path` (on a thread that may block).
+pub(crate) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored>, StoreError> {
     let db = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| format!("the session store is unavailable: {e}"))?;
+    .map_err(unavailable)?;
     let _ = db.busy_timeout(Duration::from_secs(5));
     let read = || -> rusqlite::Result<Option<Stored>> {
         let row = db
@@ -97,11 +133,16 @@ pub(super) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let events = chunks
+        let mut events: Vec<(u64, String)> = Vec::new();
+        for (seq, f) in chunks
             .iter()
             .flat_map(|(first, frames)| Chunk::events(*first, frames))
-            .map(|(seq, f)| (seq, f.to_owned()))
-            .collect();
+        {
+            // A chunk written twice (a retried batch whose first commit did land) is read once.
+            if events.last().is_none_or(|(last, _)| seq > *last) {
+                events.push((seq, f.to_owned()));
+            }
+        }
         Ok(Some(Stored {
             token_hash,
             settings,
@@ -112,7 +153,7 @@ pub(super) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored
             last_entry: None,
         }))
     };
-    read().map_err(|e| format!("the session store is unavailable: {e}"))
+    read().map_err(unavailable)
 }
 
 fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
@@ -122,38 +163,6 @@ fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
         [cutoff],
     )?;
     db.execute("DELETE FROM sessions WHERE last_active < ?1", [cutoff])
-}
-
-/// The writer thread: applies queued writes in one transaction per flush interval.
-pub(super) fn writer(mut db: Connection, rx: mpsc::Receiver<Op>, ttl: Duration) {
-    let mut batch: Vec<Op> = Vec::new();
-    let mut last_sweep = std::time::Instant::now();
-    loop {
-        // Wait for a first write, then let writes gather for one flush interval and take them
-        // all (a transaction per write would cost a WAL page write each): what a crash can lose
-        // is at most that interval. Sleeping rather than waiting on the channel means senders
-        // (the runs, on every event) never have to wake this thread.
-        if !gather(&rx, &mut batch, Duration::from_secs(60)) {
-            let _ = apply(&mut db, std::mem::take(&mut batch));
-            return;
-        }
-        if !batch.is_empty() {
-            if let Err(e) = apply(&mut db, std::mem::take(&mut batch)) {
-                tracing::error!(error = %e, "writing to the session store failed; those writes are lost");
-            }
-        }
-        if last_sweep.elapsed() > Duration::from_secs(3600) {
-            last_sweep = std::time::Instant::now();
-            if let Ok(n) = expire(&db, ttl) {
-                if n > 0 {
-                    tracing::info!(
-                        expired = n,
-                        "sessions idle longer than --session-ttl deleted"
-                    );
-                }
-            }
-        }
-    }
 }
 
 fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
@@ -169,9 +178,30 @@ fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
+impl Backend for SqliteBackend {
+    fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError> {
+        apply(&mut self.db, batch).map_err(unavailable)
+    }
+
+    fn tick(&mut self) -> Result<(), StoreError> {
+        if self.last_sweep.elapsed() < SWEEP_EVERY {
+            return Ok(());
+        }
+        self.last_sweep = Instant::now();
+        let n = expire(&self.db, self.ttl).map_err(unavailable)?;
+        if n > 0 {
+            tracing::info!(
+                expired = n,
+                "sessions idle longer than --session-ttl deleted"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One transaction (rolled back whole on any error, so the batch can be retried).
+fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
-    let mut flushed = Vec::new();
     // A session's events of the batch are one row.
     let mut chunks = Chunks::default();
     for op in batch {
@@ -182,43 +212,40 @@ fn apply(db: &mut Connection, batch: Vec<Op>) -> rusqlite::Result<()> {
                 settings,
                 at,
             } => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active) VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![id, token_hash, settings, at],
-                )?;
+                )?
+                .execute(params![id, token_hash, settings, at])?;
             }
             Op::Event { id, seq, frame } => {
-                if let Some(earlier) = chunks.add(&id, seq, frame.as_str()) {
+                if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
                     write_chunk(&tx, &earlier)?;
                 }
             }
             Op::TurnStart { id, input, at } => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE sessions SET running_input = ?2, last_active = ?3 WHERE id = ?1",
-                    params![id, input, at],
-                )?;
+                )?
+                .execute(params![id, input, at])?;
             }
             Op::TurnEnd { id, memory, at } => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 WHERE id = ?1",
-                    params![id, memory, at],
-                )?;
+                )?
+                .execute(params![id, memory, at])?;
             }
             Op::Delete { id } => {
-                chunks.discard(&id);
-                tx.execute("DELETE FROM event_chunks WHERE session = ?1", [&id])?;
-                tx.execute("DELETE FROM sessions WHERE id = ?1", [&id])?;
+                chunks.discard(id);
+                tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1")?
+                    .execute([id])?;
+                tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                    .execute([id])?;
             }
-            Op::Claim { .. } => {}
-            Op::Flush(done) => flushed.push(done),
+            Op::Claim { .. } | Op::Ack(_) => {}
         }
     }
     for c in chunks.into_chunks() {
         write_chunk(&tx, &c)?;
     }
-    tx.commit()?;
-    for done in flushed {
-        let _ = done.send(());
-    }
-    Ok(())
+    tx.commit()
 }

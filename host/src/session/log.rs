@@ -14,13 +14,13 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::durable::Durable;
+use super::event::{custom_frame, ErrorCode, OnBusy, ServerEvent, MAX_EVENT_BYTES};
+use super::subscriber::{send_about, Sub};
 use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
-use crate::server::outbox::ConnHandle;
-use crate::server::protocol::{custom_frame, ErrorCode, OnBusy, ServerEvent, MAX_EVENT_BYTES};
+use crate::store::Store;
 
 /// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
 /// allocator rounding (measured: a full 256 KiB buffer of small events held ~611 KiB).
@@ -60,14 +60,14 @@ pub struct Session {
     inner: Mutex<Inner>,
     replay_cap_bytes: usize,
     budget: Arc<ReplayBudget>,
-    /// Where the session's events are also written (a durable store), if anywhere.
-    durable: Option<Arc<Durable>>,
+    /// Where the session's events are also written (the session store), if anywhere.
+    store: Option<Arc<Store>>,
     /// The id, shared with the store's writer.
     shared_id: Arc<str>,
 }
 
 struct Inner {
-    owner: Option<ConnHandle>,
+    owner: Option<Sub>,
     seq: u64,
     replay: VecDeque<(u64, Utf8Bytes)>,
     replay_bytes: usize,
@@ -80,6 +80,10 @@ struct Inner {
     epoch: u64,
     /// The instance custom events go to (the latest one a run used).
     instance: Instance,
+    /// Events from this `seq` on are held back — not sent, not replayed — until
+    /// [`Session::release`]: an acknowledgement (`agent.session_created`, `agent.ready`) waits
+    /// for the store to commit what it acknowledges.
+    withheld_from: Option<u64>,
 }
 
 impl Drop for Session {
@@ -122,11 +126,11 @@ impl Session {
         id: String,
         resume_token: String,
         slot: AgentSlot,
-        owner: ConnHandle,
+        owner: Sub,
         client_ip: IpAddr,
         replay_cap_bytes: usize,
         budget: Arc<ReplayBudget>,
-        durable: Option<Arc<Durable>>,
+        store: Option<Arc<Store>>,
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
@@ -138,6 +142,7 @@ impl Session {
             queue_bytes: 0,
             epoch: 0,
             instance: slot.instance.clone(),
+            withheld_from: None,
         };
         Session {
             shared_id: Arc::from(id.as_str()),
@@ -149,19 +154,22 @@ impl Session {
             inner: Mutex::new(inner),
             replay_cap_bytes,
             budget,
-            durable,
+            store,
         }
     }
 
-    /// The durable store this session writes to, if any.
-    pub fn durable(&self) -> Option<&Arc<Durable>> {
-        self.durable.as_ref()
+    /// The session store this session writes to, if any.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
-    /// Puts back a restored session's log: its numbering goes on from the last event, and the
+    /// Puts back a restored session's log: its numbering goes on from the last event — or from
+    /// `floor`, the last `seq` the resuming client saw, if the store lost the newest events (a
+    /// crash within the write-behind interval), so that no number is given out twice — and the
     /// events (oldest first) are kept for replay within the usual limits.
-    pub fn restore_log(&self, events: Vec<(u64, String)>) {
+    pub fn restore_log(&self, events: Vec<(u64, String)>, floor: u64) {
         let mut inner = self.lock();
+        inner.seq = floor;
         for (seq, frame) in events {
             inner.seq = inner.seq.max(seq);
             let cost = frame.len() + EVENT_OVERHEAD;
@@ -193,6 +201,38 @@ impl Session {
         );
     }
 
+    /// [`Session::emit`], but the event (and any after it) reaches the client only at
+    /// [`Session::release`] — once the store has committed what it acknowledges.
+    pub fn emit_held(&self, event: &ServerEvent, metrics: &Metrics) {
+        let mut inner = self.lock();
+        let next = inner.seq + 1;
+        inner.withheld_from.get_or_insert(next);
+        self.emit_locked(
+            &mut inner,
+            event.name(),
+            |seq| event.frame_in_session(&self.id, seq),
+            metrics,
+        );
+    }
+
+    /// Sends the held-back events (in order) to the owning connection.
+    pub fn release(&self, metrics: &Metrics) {
+        let mut inner = self.lock();
+        let Some(from) = inner.withheld_from.take() else {
+            return;
+        };
+        let held: Vec<Utf8Bytes> = inner
+            .replay
+            .iter()
+            .filter(|(s, _)| *s >= from)
+            .map(|(_, t)| t.clone())
+            .collect();
+        if let Some(owner) = &inner.owner {
+            metrics.events_sent.add(held.len() as u64);
+            owner.send_batch(held);
+        }
+    }
+
     /// [`Session::emit`] for a plugin's own custom event (a JSON object with `event`).
     pub fn emit_custom(&self, event: Map<String, Value>, metrics: &Metrics) {
         let mut inner = self.lock();
@@ -214,10 +254,12 @@ impl Session {
     /// is not told the agent is still running. The one way every run ends. When a message is
     /// queued, the session stays running instead (no `agent.ready`) and the next run's input
     /// and cancel token are returned.
+    /// With `hold_ready`, `agent.ready` is held back until [`Session::release`].
     pub fn finish_run(
         &self,
         event: &ServerEvent,
         metrics: &Metrics,
+        hold_ready: bool,
     ) -> Option<(Content, CancellationToken)> {
         let mut inner = self.lock();
         self.emit_locked(
@@ -228,6 +270,10 @@ impl Session {
         );
         let next = Self::next_queued(&mut inner);
         if next.is_none() {
+            if hold_ready {
+                let next = inner.seq + 1;
+                inner.withheld_from.get_or_insert(next);
+            }
             self.emit_ready(&mut inner, metrics);
         }
         next
@@ -271,8 +317,11 @@ impl Session {
             text = error.frame_in_session(&self.id, seq);
         }
         self.keep_for_replay(inner, seq, text.clone());
-        if let Some(d) = &self.durable {
+        if let Some(d) = &self.store {
             d.event(&self.shared_id, seq, &text);
+        }
+        if inner.withheld_from.is_some() {
+            return; // sent by `release`
         }
         if let Some(owner) = &inner.owner {
             owner.send(text);
@@ -321,7 +370,7 @@ impl Session {
         inner.seq = seq;
         let text = Utf8Bytes::from(frame);
         self.keep_for_replay(inner, seq, text.clone());
-        if seq > floor {
+        if seq > floor && inner.withheld_from.is_none() {
             if let Some(owner) = &inner.owner {
                 owner.send(text);
                 metrics.events_sent.inc();
@@ -366,7 +415,10 @@ impl Session {
 
     /// True when `conn_id` owns the session now.
     pub fn owned_by(&self, conn_id: u64) -> bool {
-        self.lock().owner.as_ref().is_some_and(|o| o.id == conn_id)
+        self.lock()
+            .owner
+            .as_ref()
+            .is_some_and(|o| o.id() == conn_id)
     }
 
     /// Admits a message: starts a run when idle; else follows `on_busy` (and says so with an
@@ -432,7 +484,7 @@ impl Session {
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
     pub fn detach(&self, conn_id: u64) -> Option<u64> {
         let mut inner = self.lock();
-        if inner.owner.as_ref().map(|o| o.id) != Some(conn_id) {
+        if inner.owner.as_ref().map(|o| o.id()) != Some(conn_id) {
             return None;
         }
         inner.owner = None;
@@ -448,28 +500,30 @@ impl Session {
 
     /// Attaches `conn` and replays every event after `last_seq`, atomically with respect to
     /// new events: `agent.session_resumed` first, then the replayed events, then live ones.
-    pub fn resume(&self, conn: ConnHandle, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
+    pub fn resume(&self, conn: Sub, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
         let mut inner = self.lock();
         inner.epoch += 1;
         let first_available = inner
             .replay
             .front()
             .map_or(inner.seq.saturating_add(1), |(s, _)| *s);
+        // Held-back events are not replayed: `release` sends them to whoever owns it then.
+        let shown_to = inner.withheld_from.map_or(inner.seq, |w| w - 1);
         let missed: Vec<Utf8Bytes> = inner
             .replay
             .iter()
-            .filter(|(s, _)| *s > last_seq)
+            .filter(|(s, _)| *s > last_seq && *s <= shown_to)
             .map(|(_, t)| t.clone())
             .collect();
         let recovered = last_seq.saturating_add(1) >= first_available || last_seq >= inner.seq;
         metrics.events_sent.add(missed.len() as u64);
         let header = ServerEvent::SessionResumed {
-            last_seq: inner.seq,
+            last_seq: shown_to,
             replayed: missed.len(),
             recovered,
             pending_approvals: self.approvals.pending(),
         };
-        conn.send_about(Some(&self.id), &header);
+        send_about(&*conn, Some(&self.id), &header);
         conn.send_batch(missed);
         inner.owner = Some(conn);
         if recovered {

@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::durable::StoreConn;
+use super::event::ServerEvent;
 use super::log::Session;
-use super::restore::{close_lost_turn, memory_from};
+use super::restore::close_lost_turn;
 use super::{run, Sessions};
-use crate::server::protocol::ServerEvent;
+use crate::agent::Memory;
+use crate::store::FollowConn;
 
 /// How often the store is read while following.
 const POLL: Duration = Duration::from_millis(50);
@@ -23,7 +24,7 @@ const GONE_AFTER: Duration = Duration::from_secs(1);
 impl Sessions {
     /// Follows `session`'s turn from stream entry `after`; the client has seen up to `floor`.
     pub(super) fn follow(&self, session: Arc<Session>, after: Option<String>, floor: u64) {
-        let Some(durable) = self.config.durable.clone() else {
+        let Some(durable) = self.store.clone().filter(|d| d.shared().is_some()) else {
             return;
         };
         let runtime = self.runtime.clone();
@@ -36,7 +37,8 @@ impl Sessions {
             let mut after = after;
             let mut cancel_sent = false;
             let mut quiet_since: Option<Instant> = None;
-            let mut conn = StoreConn::default();
+            let mut conn = FollowConn::default();
+            let Some(shared) = durable.shared() else { return };
             tracing::info!(session_id = %id, "following a turn running on another host");
             // The other host's `agent.ready` when the turn ended there; None: that host is gone.
             let ready = loop {
@@ -48,30 +50,16 @@ impl Sessions {
                 }
                 if token.is_cancelled() && !cancel_sent {
                     cancel_sent = true;
-                    let (d, sid) = (durable.clone(), id.clone());
-                    let sent = tokio::task::spawn_blocking(move || d.publish_cancel(&sid)).await;
-                    if !matches!(sent, Ok(Ok(()))) {
+                    if shared.publish_cancel(&id).await.is_err() {
                         tracing::warn!(session_id = %id, "could not pass the cancel on to the host running the turn");
                     }
                 }
-                let (d, sid, from) = (durable.clone(), id.clone(), after.clone());
-                let mut sc = std::mem::take(&mut conn);
-                let read = tokio::task::spawn_blocking(move || {
-                    let r = d.follow(&mut sc, &sid, from.as_deref());
-                    (sc, r)
-                })
-                .await
-                .map(|(sc, r)| {
-                    conn = sc;
-                    r
-                });
-                let (leased, events) = match read {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => {
+                let (leased, events) = match shared.follow(&mut conn, &id, after.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
                         tracing::warn!(session_id = %id, error = %e, "following a turn: store read failed");
                         (true, Vec::new())
                     }
-                    Err(_) => (true, Vec::new()),
                 };
                 let got = !events.is_empty();
                 let mut ready = None;
@@ -98,10 +86,8 @@ impl Sessions {
                 }
             };
             // The turn's end (or its host's loss) as the store has it: the memory it left.
-            let (d, sid) = (durable.clone(), id.clone());
-            let stored = tokio::task::spawn_blocking(move || d.load(&sid)).await;
-            let stored = match stored {
-                Ok(Ok(Some(s))) => s,
+            let stored = match durable.load(&id).await {
+                Ok(Some(s)) => s,
                 _ => {
                     tracing::error!(session_id = %id, "the followed session is gone from the store");
                     session.end_follow(ready, floor, &metrics);
@@ -111,12 +97,12 @@ impl Sessions {
             let finished = ready.is_some();
             {
                 let mut slot = session.agent.lock().await;
-                slot.memory = memory_from(&stored.memory, budget_chars);
+                slot.memory = Memory::from_stored(&stored.memory, budget_chars);
                 if !finished {
                     if let Some(input) = &stored.running_input {
                         close_lost_turn(&mut slot.memory, input);
                     }
-                    durable.turn_end(&id, &slot.memory);
+                    durable.turn_end(&id, slot.memory.to_stored());
                 }
             }
             if !finished {

@@ -1,66 +1,44 @@
-//! Sessions, end to end: the registry ([`registry`]: create, find, caps), each session's
-//! numbered event log ([`log`]), running a turn and custom events ([`run`]), reload notices
-//! ([`notices`]), and [`Sessions`], the one door connections knock on: a connection parses a
-//! client message and hands it to [`Sessions::handle`]; everything else happens here.
+//! The session engine, which knows no transport: the registry ([`registry`]: create, find,
+//! caps), each session's numbered event log ([`log`]), running a turn and custom events
+//! ([`run`]), restoring from the store ([`restore`]) and following a turn on another host
+//! ([`follow`]), and [`Sessions`], with one method per request a client can make. Doors (the
+//! WebSocket connection, AG-UI, A2A) turn their requests into these calls and receive the
+//! events as a [`Subscriber`]; the engine never reaches into a door.
 
-pub mod durable;
-mod durable_redis;
-mod durable_sqlite;
+pub mod config;
+pub mod event;
 mod follow;
+mod lifecycle;
 mod log;
-pub mod notices;
 pub mod registry;
 mod restore;
-use restore::Restored;
 mod run;
+mod subscriber;
 
-use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use tracing::Instrument;
 
-pub use durable::Durable;
+pub use config::SessionConfig;
+pub use lifecycle::Lifecycle;
 pub use log::{
     Admit, AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED,
     MAX_QUEUED_BYTES,
 };
 pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
+pub use subscriber::{send_about, Client, Sub, Subscriber};
 
-use super::auth::constant_time_eq;
-use super::config::SessionConfig;
-use super::lifecycle::Lifecycle;
-use super::outbox::ConnHandle;
-use super::protocol::{AgentInfo, ClientMessage, ErrorCode, OnBusy, ServerEvent};
 use crate::agent::{AgentRuntime, Decision, Memory, SessionSettings};
-
-/// A connection as sessions see it: where its events go, who it is, what it holds.
-pub struct Client {
-    pub conn: ConnHandle,
-    /// The client's address (behind a trusted proxy: from `X-Forwarded-For`).
-    pub ip: IpAddr,
-    /// Sessions this connection created or resumed (some may have moved on).
-    sessions: HashSet<String>,
-}
-
-impl Client {
-    pub fn new(conn: ConnHandle, ip: IpAddr) -> Client {
-        Client {
-            conn,
-            ip,
-            sessions: HashSet::new(),
-        }
-    }
-
-    fn error(&self, session_id: Option<&str>, code: ErrorCode, text: &str) {
-        self.conn
-            .send_about(session_id, &ServerEvent::error(code, text));
-    }
-}
+use crate::secret::constant_time_eq;
+use crate::store::Store;
+use event::{AgentInfo, ErrorCode, OnBusy, ServerEvent};
+use restore::Restored;
 
 /// Every session of this host, and what they need to run.
 pub struct Sessions {
-    store: Box<dyn SessionStore>,
+    registry: Box<dyn SessionStore>,
+    /// Where sessions outlive the process (`--store`); None: memory only.
+    store: Option<Arc<Store>>,
     config: SessionConfig,
     budget: Arc<ReplayBudget>,
     runtime: Arc<AgentRuntime>,
@@ -69,8 +47,10 @@ pub struct Sessions {
 
 impl Sessions {
     /// Sessions kept in memory (they end with the process).
-    pub fn in_memory(
+    /// Sessions held in memory, and written to `store` when there is one.
+    pub fn new(
         config: SessionConfig,
+        store: Option<Arc<Store>>,
         runtime: Arc<AgentRuntime>,
         lifecycle: Arc<Lifecycle>,
     ) -> Arc<Sessions> {
@@ -78,12 +58,19 @@ impl Sessions {
             max_sessions: config.max_sessions,
             max_per_ip: config.max_sessions_per_ip,
         };
-        Self::with_store(Box::new(MemoryStore::new(caps)), config, runtime, lifecycle)
+        Self::with_registry(
+            Box::new(MemoryStore::new(caps)),
+            config,
+            store,
+            runtime,
+            lifecycle,
+        )
     }
 
-    pub fn with_store(
-        store: Box<dyn SessionStore>,
+    pub fn with_registry(
+        registry: Box<dyn SessionStore>,
         config: SessionConfig,
+        store: Option<Arc<Store>>,
         runtime: Arc<AgentRuntime>,
         lifecycle: Arc<Lifecycle>,
     ) -> Arc<Sessions> {
@@ -92,6 +79,7 @@ impl Sessions {
             metrics: runtime.metrics.clone(),
         });
         let sessions = Arc::new(Sessions {
+            registry,
             store,
             budget,
             config,
@@ -100,10 +88,10 @@ impl Sessions {
         });
         // A shared store: cancels of turns running here, asked for on other hosts.
         if let Some(mut cancels) = sessions
-            .config
-            .durable
+            .store
             .as_ref()
-            .and_then(|d| d.take_cancels())
+            .and_then(|d| d.shared())
+            .and_then(|s| s.take_cancels())
         {
             let weak = Arc::downgrade(&sessions);
             tokio::spawn(async move {
@@ -111,7 +99,7 @@ impl Sessions {
                     let Some(sessions) = weak.upgrade() else {
                         return;
                     };
-                    if let Some(s) = sessions.store.get(&id) {
+                    if let Some(s) = sessions.registry.get(&id) {
                         if s.cancel() {
                             tracing::info!(session_id = %id, "turn cancelled from another host");
                         }
@@ -124,134 +112,127 @@ impl Sessions {
 
     /// Sessions alive now (attached or waiting for a resume).
     pub fn count(&self) -> usize {
-        self.store.len()
+        self.registry.len()
+    }
+
+    /// The session store, if sessions outlive the process.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
     }
 
     pub fn runtime(&self) -> &Arc<AgentRuntime> {
         &self.runtime
     }
 
-    /// Acts on one client message.
-    pub async fn handle(self: &Arc<Self>, client: &mut Client, msg: ClientMessage) {
-        match msg {
-            ClientMessage::CreateSession { agent_config } => {
-                self.create(client, agent_config).await
-            }
-            ClientMessage::Message {
-                session_id,
-                content,
-                on_busy,
-            } => self.message(client, &session_id, content, on_busy),
-            ClientMessage::Cancel { session_id } => {
-                let Some(session) = self.owned(client, &session_id) else {
-                    return;
-                };
-                // Idle: nothing to stop, and the answer is the same as for a stopped run (as
-                // in the MyAgent design) — outside the session's numbered log.
-                if !session.cancel() {
-                    client.conn.send_about(
-                        Some(&session_id),
-                        &ServerEvent::Interrupted { reason: None },
-                    );
-                }
-            }
-            ClientMessage::GetHistory { session_id } => {
-                let Some(session) = self.owned(client, &session_id) else {
-                    return;
-                };
-                // The memory is the run's while it runs: answer once it is free (between turns),
-                // so the history holds whole turns only.
-                let conn = client.conn.clone();
-                self.lifecycle.runs.spawn(async move {
-                    let slot = session.agent.lock().await;
-                    let history = ServerEvent::History {
-                        messages: slot.memory.messages().to_vec(),
-                        dropped_turns: slot.memory.dropped_turns(),
-                    };
-                    drop(slot);
-                    conn.send_about(Some(&session.id), &history);
-                });
-            }
-            ClientMessage::CloseSession { session_id } => {
-                let Some(session) = self.owned(client, &session_id) else {
-                    return;
-                };
-                session.cancel();
-                self.remove(&session_id);
-                if let Some(d) = &self.config.durable {
-                    d.delete(&session_id);
-                }
-                client.sessions.remove(&session_id);
-                client
-                    .conn
-                    .send_about(Some(&session_id), &ServerEvent::SessionClosed);
-            }
-            ClientMessage::Resume {
-                session_id,
-                resume_token,
-                last_seq,
-            } => {
-                self.forget_if_taken_elsewhere(&session_id).await;
-                let restored = self
-                    .restore_if_stored(client, &session_id, &resume_token)
-                    .await;
-                self.resume(client, &session_id, &resume_token, last_seq);
-                match restored {
-                    Restored::LostTurn(session) => {
-                        // The turn its host never finished, closed in the session's log.
-                        let metrics = &self.runtime.metrics;
-                        session.emit(
-                            &ServerEvent::Interrupted {
-                                reason: Some("host_lost"),
-                            },
-                            metrics,
-                        );
-                        session.emit(&ServerEvent::Ready, metrics);
-                    }
-                    Restored::Follow { session, after } => {
-                        self.follow(session, after, last_seq);
-                    }
-                    Restored::None => {}
-                }
-            }
-            ClientMessage::ToolApproval {
-                session_id,
-                step_id,
-                approved,
-                reason,
-            } => {
-                let Some(session) = self.owned(client, &session_id) else {
-                    return;
-                };
-                // The run goes on with the call's result; nothing is sent in reply.
-                if session
-                    .approvals
-                    .decide(&step_id, Decision { approved, reason })
-                    .is_err()
-                {
-                    client.error(Some(&session_id), ErrorCode::ApprovalNotPending, &format!(
-                        "No tool call `{step_id}` is waiting for approval in this session (already decided, timed out, or its run ended)"));
-                }
-            }
-            ClientMessage::Custom { session_id, event } => {
-                let Some(session) = self.owned(client, &session_id) else {
-                    return;
-                };
-                let runtime = self.runtime.clone();
-                self.lifecycle
-                    .runs
-                    .spawn(async move { run::custom_event(&runtime, &session, event).await });
-            }
+    /// `user.cancel`: stops the running turn. Idle, there is nothing to stop, and the answer
+    /// is the same as for a stopped run (as in the MyAgent design) — outside the numbered log.
+    pub fn cancel(&self, client: &Client, session_id: &str) {
+        let Some(session) = self.owned(client, session_id) else {
+            return;
+        };
+        if !session.cancel() {
+            client.send_about(Some(session_id), &ServerEvent::Interrupted { reason: None });
         }
+    }
+
+    /// `user.get_history`: the memory is the run's while it runs, so the answer comes once it
+    /// is free (between turns) and holds whole turns only.
+    pub fn history(&self, client: &Client, session_id: &str) {
+        let Some(session) = self.owned(client, session_id) else {
+            return;
+        };
+        let sub = client.sub.clone();
+        self.lifecycle.runs.spawn(async move {
+            let slot = session.agent.lock().await;
+            let history = ServerEvent::History {
+                messages: slot.memory.messages().to_vec(),
+                dropped_turns: slot.memory.dropped_turns(),
+            };
+            drop(slot);
+            send_about(&*sub, Some(&session.id), &history);
+        });
+    }
+
+    /// `user.close_session`: ends the session here and in the store.
+    pub fn close(&self, client: &mut Client, session_id: &str) {
+        let Some(session) = self.owned(client, session_id) else {
+            return;
+        };
+        session.cancel();
+        self.remove(session_id);
+        if let Some(d) = &self.store {
+            d.delete(session_id);
+        }
+        client.sessions.remove(session_id);
+        client.send_about(Some(session_id), &ServerEvent::SessionClosed);
+    }
+
+    /// `user.resume_session`: re-attaches (restoring from the store a session this process
+    /// does not hold) and replays what the client missed after `last_seq`.
+    pub async fn resume_session(
+        self: &Arc<Self>,
+        client: &mut Client,
+        session_id: &str,
+        resume_token: &str,
+        last_seq: u64,
+    ) {
+        self.forget_if_taken_elsewhere(session_id).await;
+        let restored = self
+            .restore_if_stored(client, session_id, resume_token, last_seq)
+            .await;
+        self.resume(client, session_id, resume_token, last_seq);
+        match restored {
+            Restored::LostTurn(session) => {
+                // The turn its host never finished, closed in the session's log.
+                let metrics = &self.runtime.metrics;
+                session.emit(
+                    &ServerEvent::Interrupted {
+                        reason: Some("host_lost"),
+                    },
+                    metrics,
+                );
+                session.emit(&ServerEvent::Ready, metrics);
+            }
+            Restored::Follow { session, after } => {
+                self.follow(session, after, last_seq);
+            }
+            Restored::None => {}
+        }
+    }
+
+    /// `user.tool_approval`: the run goes on with the call's result; nothing is sent in reply.
+    pub fn approve(&self, client: &Client, session_id: &str, step_id: &str, decision: Decision) {
+        let Some(session) = self.owned(client, session_id) else {
+            return;
+        };
+        if session.approvals.decide(step_id, decision).is_err() {
+            client.error(Some(session_id), ErrorCode::ApprovalNotPending, &format!(
+                "No tool call `{step_id}` is waiting for approval in this session (already decided, timed out, or its run ended)"));
+        }
+    }
+
+    /// A custom client event, handed to the plugin's hook.
+    pub fn custom(&self, client: &Client, session_id: &str, event: serde_json::Value) {
+        let Some(session) = self.owned(client, session_id) else {
+            return;
+        };
+        let runtime = self.runtime.clone();
+        self.lifecycle
+            .runs
+            .spawn(async move { run::custom_event(&runtime, &session, event).await });
     }
 
     /// The connection is gone: its sessions wait `resume_window` for a resume, then end.
     pub fn release(self: &Arc<Self>, client: &Client) {
         for id in &client.sessions {
-            let Some(session) = self.store.get(id) else {
+            let Some(session) = self.registry.get(id) else {
                 continue;
             };
-            let Some(epoch) = session.detach(client.conn.id) else {
+            let Some(epoch) = session.detach(client.id()) else {
                 continue;
             };
             if self.lifecycle.shutdown.is_cancelled() {
@@ -276,19 +257,19 @@ impl Sessions {
 
     /// Shutdown: cancels every running run; returns how many were running.
     pub fn cancel_all(&self) -> usize {
-        self.store.all().iter().filter(|s| s.cancel()).count()
+        self.registry.all().iter().filter(|s| s.cancel()).count()
     }
 
     fn remove(&self, id: &str) {
-        if self.store.remove(id).is_some() {
+        if self.registry.remove(id).is_some() {
             self.runtime.metrics.sessions.dec();
         }
     }
 
     /// The session `id` if this connection owns it; otherwise answers "Session not found".
     fn owned(&self, client: &Client, id: &str) -> Option<Arc<Session>> {
-        match self.store.get(id) {
-            Some(s) if s.owned_by(client.conn.id) => Some(s),
+        match self.registry.get(id) {
+            Some(s) if s.owned_by(client.id()) => Some(s),
             _ => {
                 client.error(Some(id), ErrorCode::SessionNotFound, "Session not found");
                 None
@@ -301,9 +282,9 @@ impl Sessions {
             .sessions
             .iter()
             .filter(|id| {
-                self.store
+                self.registry
                     .get(id)
-                    .is_some_and(|s| s.owned_by(client.conn.id))
+                    .is_some_and(|s| s.owned_by(client.id()))
             })
             .count()
     }
@@ -317,7 +298,9 @@ impl Sessions {
         client.error(session_id, ErrorCode::TooManySessions, &why.to_string());
     }
 
-    async fn create(
+    /// `user.create_session`: a new session with its own `agent_config`, within the
+    /// plugin's limits; acknowledged (`agent.session_created`) once the store has it.
+    pub async fn create(
         &self,
         client: &mut Client,
         agent_config: Option<serde_json::Map<String, serde_json::Value>>,
@@ -327,7 +310,7 @@ impl Sessions {
             return self.refuse(client, None, SessionRefusal::Connection(per_conn));
         }
         // Refuse before the plugin's factory runs; checked again, atomically, on insert.
-        if let Err(why) = self.store.room(client.ip) {
+        if let Err(why) = self.registry.room(client.ip) {
             return self.refuse(client, None, why);
         }
         let plugin = self.runtime.plugin.current();
@@ -355,17 +338,21 @@ impl Sessions {
             id.clone(),
             token.clone(),
             slot,
-            client.conn.clone(),
+            client.sub.clone(),
             client.ip,
             self.config.replay_buffer_bytes,
             self.budget.clone(),
-            self.config.durable.clone(),
+            self.store.clone(),
         ));
-        if let Err(why) = self.store.insert(session.clone()) {
+        if let Err(why) = self.registry.insert(session.clone()) {
             return self.refuse(client, None, why);
         }
-        if let Some(d) = &self.config.durable {
-            d.create(&id, &token, &settings);
+        if let Some(d) = &self.store {
+            d.create(
+                &id,
+                crate::store::hash_token(&token),
+                serde_json::to_string(&settings).unwrap_or_default(),
+            );
         }
         self.runtime.metrics.sessions.inc();
         self.runtime.metrics.sessions_total.inc();
@@ -377,14 +364,23 @@ impl Sessions {
             generation: None,
             tools: Some(self.runtime.tool_names(m)),
         };
-        session.emit(
-            &ServerEvent::SessionCreated {
-                resume_token: token,
-                agent,
-                agent_config: (settings != SessionSettings::default()).then_some(settings),
-            },
-            &self.runtime.metrics,
-        );
+        let created = ServerEvent::SessionCreated {
+            resume_token: token,
+            agent,
+            agent_config: (settings != SessionSettings::default()).then_some(settings),
+        };
+        match &self.store {
+            // Acknowledged means durable: the client hears of the session once it is stored
+            // (or `--store-ack-timeout` passed; then the write stays buffered).
+            Some(store) => {
+                session.emit_held(&created, &self.runtime.metrics);
+                if let Err(e) = store.commit().await {
+                    tracing::warn!(session_id = %session.id, error = %e, "session created before the store confirmed it");
+                }
+                session.release(&self.runtime.metrics);
+            }
+            None => session.emit(&created, &self.runtime.metrics),
+        }
     }
 
     fn factory_failed(&self, client: &Client, e: &dyn std::fmt::Display) {
@@ -396,7 +392,8 @@ impl Sessions {
         );
     }
 
-    fn message(
+    /// `user.message`: starts a turn, or follows `on_busy` while one runs.
+    pub fn message(
         &self,
         client: &Client,
         session_id: &str,
@@ -428,7 +425,7 @@ impl Sessions {
     }
 
     fn resume(&self, client: &mut Client, session_id: &str, token: &str, last_seq: u64) {
-        let session = match self.store.get(session_id) {
+        let session = match self.registry.get(session_id) {
             Some(s) if constant_time_eq(&s.resume_token, token) => s,
             _ => {
                 client.error(
@@ -443,7 +440,7 @@ impl Sessions {
         // connection took over is a new one for it (else two connections passing sessions back
         // and forth could each hold any number).
         let per_conn = self.config.max_sessions_per_connection;
-        if !session.owned_by(client.conn.id) && self.owned_count(client) >= per_conn {
+        if !session.owned_by(client.id()) && self.owned_count(client) >= per_conn {
             return self.refuse(
                 client,
                 Some(session_id),
@@ -451,7 +448,7 @@ impl Sessions {
             );
         }
         client.sessions.insert(session_id.to_owned());
-        let outcome = session.resume(client.conn.clone(), last_seq, &self.runtime.metrics);
+        let outcome = session.resume(client.sub.clone(), last_seq, &self.runtime.metrics);
         if let ResumeOutcome::Gap { first_available } = outcome {
             client.error(Some(session_id), ErrorCode::ResumeGap, &format!(
                 "Cannot fully resume: events {}..{} are no longer in the replay buffer; later events were replayed",

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use super::durable;
+use super::event::ErrorCode;
 use super::log::{AgentSlot, Session};
 use super::{Client, Sessions};
 use crate::agent::{Memory, SessionSettings};
-use crate::server::auth::constant_time_eq;
-use crate::server::protocol::ErrorCode;
+use crate::secret::constant_time_eq;
+use crate::store::hash_token;
 
 /// What resuming found in the store.
 pub(super) enum Restored {
@@ -22,17 +22,6 @@ pub(super) enum Restored {
         session: Arc<Session>,
         after: Option<String>,
     },
-}
-
-/// A session's memory as the store keeps it.
-pub(super) fn memory_from(stored: &str, budget_chars: usize) -> Memory {
-    #[derive(serde::Deserialize, Default)]
-    struct SavedMemory {
-        messages: Vec<crate::llm::ChatMessage>,
-        dropped_turns: u64,
-    }
-    let saved: SavedMemory = serde_json::from_str(stored).unwrap_or_default();
-    Memory::restore(budget_chars, saved.messages, saved.dropped_turns)
 }
 
 /// `memory` with `input`'s turn recorded as interrupted (its host stopped mid-turn).
@@ -54,20 +43,17 @@ impl Sessions {
     /// session since (a client moved there, ran turns). Such a copy, idle, is let go, so the
     /// resume restores the store's.
     pub(super) async fn forget_if_taken_elsewhere(&self, session_id: &str) {
-        let Some(durable) = self.config.durable.clone().filter(|d| d.is_shared()) else {
+        let Some(shared) = self.store.as_ref().and_then(|d| d.shared()) else {
             return;
         };
-        let Some(held) = self.store.get(session_id) else {
+        let Some(held) = self.registry.get(session_id) else {
             return;
         };
         if held.is_running() {
             return; // running here: this host is the one that took it last
         }
-        let id = session_id.to_owned();
-        let d = durable.clone();
-        let holder = tokio::task::spawn_blocking(move || d.holder(&id)).await;
-        if let Ok(Ok(Some(h))) = holder {
-            if h != durable.host_id() {
+        if let Ok(Some(h)) = shared.holder(session_id).await {
+            if h != shared.host_id() {
                 tracing::info!(
                     session_id,
                     "session taken by another host since; restoring it from the store"
@@ -89,19 +75,18 @@ impl Sessions {
         client: &mut Client,
         session_id: &str,
         token: &str,
+        last_seq: u64,
     ) -> Restored {
-        let Some(durable) = self.config.durable.clone() else {
+        let Some(durable) = self.store.clone() else {
             return Restored::None;
         };
-        if self.store.get(session_id).is_some() {
+        if self.registry.get(session_id).is_some() {
             return Restored::None;
         }
-        let id = session_id.to_owned();
-        let d = durable.clone();
-        let stored = match tokio::task::spawn_blocking(move || d.load(&id)).await {
-            Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => return Restored::None,
-            Ok(Err(e)) => {
+        let stored = match durable.load(session_id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Restored::None,
+            Err(e) => {
                 tracing::error!(error = %e, "session store read failed");
                 client.error(
                     Some(session_id),
@@ -110,20 +95,11 @@ impl Sessions {
                 );
                 return Restored::None;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "session store read failed");
-                client.error(
-                    Some(session_id),
-                    ErrorCode::StoreUnavailable,
-                    "Cannot resume: the session store read failed",
-                );
-                return Restored::None;
-            }
         };
-        if !constant_time_eq(&stored.token_hash, &durable::hash_token(token)) {
+        if !constant_time_eq(&stored.token_hash, &hash_token(token)) {
             return Restored::None; // the resume answers "Session not found"
         }
-        if let Err(why) = self.store.room(client.ip) {
+        if let Err(why) = self.registry.room(client.ip) {
             self.refuse(client, Some(session_id), why);
             return Restored::None;
         }
@@ -145,7 +121,8 @@ impl Sessions {
             Ok(()) => settings,
             Err(_) => SessionSettings::default(),
         };
-        let mut memory = memory_from(&stored.memory, self.runtime.config.memory_budget_chars);
+        let mut memory =
+            Memory::from_stored(&stored.memory, self.runtime.config.memory_budget_chars);
         // A turn still running on another host (its lease is alive) is followed, not lost.
         let follow = stored.running_input.is_some() && stored.running_on.is_some();
         let lost_turn = match (&stored.running_input, follow) {
@@ -153,7 +130,7 @@ impl Sessions {
             _ => false,
         };
         if lost_turn {
-            durable.turn_end(session_id, &memory);
+            durable.turn_end(session_id, memory.to_stored());
         }
         durable.claim(session_id);
         let slot = AgentSlot {
@@ -166,14 +143,14 @@ impl Sessions {
             session_id.to_owned(),
             token.to_owned(),
             slot,
-            client.conn.clone(),
+            client.sub.clone(),
             client.ip,
             self.config.replay_buffer_bytes,
             self.budget.clone(),
             Some(durable.clone()),
         ));
-        session.restore_log(stored.events);
-        if let Err(why) = self.store.insert(session.clone()) {
+        session.restore_log(stored.events, last_seq);
+        if let Err(why) = self.registry.insert(session.clone()) {
             self.refuse(client, Some(session_id), why);
             return Restored::None;
         }

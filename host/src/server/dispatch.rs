@@ -1,0 +1,40 @@
+//! The WebSocket door's requests, each turned into one call on the session engine.
+
+use std::sync::Arc;
+
+use super::protocol::ClientMessage;
+use crate::agent::Decision;
+use crate::session::{Client, Sessions};
+
+/// Acts on one parsed client message.
+pub(crate) async fn dispatch(sessions: &Arc<Sessions>, client: &mut Client, msg: ClientMessage) {
+    match msg {
+        ClientMessage::CreateSession { agent_config } => {
+            sessions.create(client, agent_config).await
+        }
+        ClientMessage::Message {
+            session_id,
+            content,
+            on_busy,
+        } => sessions.message(client, &session_id, content, on_busy),
+        ClientMessage::Cancel { session_id } => sessions.cancel(client, &session_id),
+        ClientMessage::GetHistory { session_id } => sessions.history(client, &session_id),
+        ClientMessage::CloseSession { session_id } => sessions.close(client, &session_id),
+        ClientMessage::Resume {
+            session_id,
+            resume_token,
+            last_seq,
+        } => {
+            sessions
+                .resume_session(client, &session_id, &resume_token, last_seq)
+                .await
+        }
+        ClientMessage::ToolApproval {
+            session_id,
+            step_id,
+            approved,
+            reason,
+        } => sessions.approve(client, &session_id, &step_id, Decision { approved, reason }),
+        ClientMessage::Custom { session_id, event } => sessions.custom(client, &session_id, event),
+    }
+}

@@ -1,0 +1,135 @@
+//! Shaping a batch of writes before a backend applies it: writes its own deletes undo are
+//! dropped, and a session's consecutive events become one stored unit (an SQLite row, a Redis
+//! stream entry) — a token stream writes a few of these a second, not one per token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Op;
+
+/// Drops the writes of a batch that its own deletes undo: a session made, used and closed
+/// within one batch (a short conversation, a churning client) costs the store one delete.
+pub(crate) fn coalesce(batch: &mut Vec<Op>) {
+    let mut last_delete: HashMap<String, usize> = HashMap::new();
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Delete { id } = op {
+            last_delete.insert(id.clone(), i);
+        }
+    }
+    if last_delete.is_empty() {
+        return;
+    }
+    let mut i = 0;
+    batch.retain(|op| {
+        let keep = match op.session().and_then(|id| last_delete.get(id)) {
+            Some(&d) => i >= d,
+            None => true,
+        };
+        i += 1;
+        keep
+    });
+}
+
+/// A session's consecutive events of one batch, stored as one unit: the first `seq` and the
+/// frames, one a line (frames are one-line JSON).
+pub(crate) struct Chunk {
+    pub id: Arc<str>,
+    pub first: u64,
+    pub last: u64,
+    pub frames: String,
+}
+
+impl Chunk {
+    /// The events of a stored chunk, with their `seq`s.
+    pub fn events(first: u64, frames: &str) -> impl Iterator<Item = (u64, &str)> {
+        frames
+            .split('\n')
+            .enumerate()
+            .map(move |(i, f)| (first + i as u64, f))
+    }
+}
+
+/// A batch's events gathered per session, in the order sessions first appear.
+#[derive(Default)]
+pub(crate) struct Chunks {
+    list: Vec<Chunk>,
+    index: HashMap<Arc<str>, usize>,
+}
+
+impl Chunks {
+    /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (an
+    /// event dropped by the buffer bound), the chunk gathered so far is returned, to be written
+    /// first.
+    pub fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
+        let start = || Chunk {
+            id: id.clone(),
+            first: seq,
+            last: seq,
+            frames: frame.to_owned(),
+        };
+        match self.index.get(id).copied() {
+            Some(i) if self.list[i].last + 1 == seq => {
+                let c = &mut self.list[i];
+                c.frames.push('\n');
+                c.frames.push_str(frame);
+                c.last = seq;
+                None
+            }
+            Some(i) => Some(std::mem::replace(&mut self.list[i], start())),
+            None => {
+                self.index.insert(id.clone(), self.list.len());
+                self.list.push(start());
+                None
+            }
+        }
+    }
+
+    /// A deleted session's gathered events are not written.
+    pub fn discard(&mut self, id: &str) {
+        if let Some(&i) = self.index.get(id) {
+            self.list[i].frames.clear();
+        }
+    }
+
+    /// The chunks to write.
+    pub fn into_chunks(self) -> impl Iterator<Item = Chunk> {
+        self.list.into_iter().filter(|c| !c.frames.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    #[test]
+    fn a_session_made_and_closed_within_one_batch_costs_one_delete() {
+        let ev = |id: &str, seq| Op::Event {
+            id: Arc::from(id),
+            seq,
+            frame: Utf8Bytes::from("{}"),
+        };
+        let mut batch = vec![
+            Op::Create {
+                id: "a".into(),
+                token_hash: String::new(),
+                settings: String::new(),
+                at: 0,
+            },
+            ev("a", 1),
+            ev("b", 7),
+            Op::Delete { id: "a".into() },
+            ev("b", 8),
+        ];
+        coalesce(&mut batch);
+        let kinds: Vec<String> = batch
+            .iter()
+            .map(|op| match op {
+                Op::Delete { id } => format!("delete {id}"),
+                Op::Event { id, seq, .. } => format!("event {id} {seq}"),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(kinds, ["event b 7", "delete a", "event b 8"]);
+    }
+}

@@ -1,0 +1,515 @@
+//! The session store: what outlives the process — each session's resume token (hashed),
+//! settings, conversation memory, the running turn's input, and the tail of its event log — in
+//! SQLite (`--store sqlite:PATH`, the default; [`sqlite`]) or in Redis, shared by several hosts
+//! (`--store redis://…`; [`redis`]). Live sessions stay in memory; this is written behind them
+//! and read when a client resumes a session this process does not hold.
+//!
+//! **The one seam.** Sessions talk to the store only through [`Store`]: writes are handed (as
+//! [`Op`]s) to one writer thread ([`writer`]) that applies them in batches through a
+//! [`Backend`] — the one loop both stores share; reads are async and hop to the blocking pool
+//! here, not at the call sites. Features only a shared store has (following a turn on another
+//! host, cancels between hosts, which host holds a session) are the [`Shared`] capability,
+//! which only the Redis backend offers ([`Store::shared`]).
+//!
+//! **Acknowledged means durable.** Events stream write-behind (a crash loses at most one
+//! [`FLUSH_EVERY`] interval of them), but [`Store::commit`] — awaited before a client is told a
+//! session exists (`agent.session_created`) or a turn is done (`agent.ready`) — makes the writer
+//! commit now and answers once everything sent before it is written: group commit, one commit
+//! for every acknowledgement waiting at that moment. It waits at most `--store-ack-timeout`.
+//!
+//! **Outages lose nothing within a bound.** A write that fails stays in the writer's buffer, in
+//! order, and is retried with back-off until the store takes it; the buffer is bounded
+//! (`--store-buffer`): past it, streamed events are dropped before session and turn records,
+//! each drop counted. [`Store::health`] says `ok` or `degraded`.
+
+mod batch;
+pub mod redis;
+pub mod sqlite;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub use redis::{FollowConn, Followed, Shared};
+use writer::State;
+pub use writer::StoreHealth;
+
+/// The writer gathers writes for this long from the first (unless an acknowledgement waits).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Events kept per session in the store (the newest); resume replays from these.
+pub const EVENTS_KEPT: u64 = 4096;
+
+/// Why the store could not do something. Shown to operators (and, for `Unavailable`, to a
+/// client as `store_unavailable`); never carries a password.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer or refused the operation (down, stalled, disk full).
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store's file is not a store this host can use.
+    #[error("the session store {path} is not usable: {reason} (move it away to start with an empty one)")]
+    Corrupt { path: String, reason: String },
+    /// The store was written by another version of the host.
+    #[error("the session store {path} has schema version {found}; this host knows {known}")]
+    Schema {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    /// A stored entry that cannot be read (logged and counted; the rest of the session is read).
+    #[error("a stored entry of session {session} is malformed: {reason}")]
+    BadEntry { session: String, reason: String },
+    /// `--store` names no store this host can open.
+    #[error("--store {0}")]
+    Config(String),
+    /// The store's threads could not start.
+    #[error("cannot start the session store: {0}")]
+    Start(String),
+    /// An acknowledgement waited `--store-ack-timeout` for its write (which stays buffered).
+    #[error("the session store did not confirm the write within {0} ms; it stays buffered")]
+    AckTimeout(u64),
+}
+
+/// A session as the store has it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub token_hash: String,
+    /// `SessionSettings` as JSON.
+    pub settings: String,
+    /// The memory as `Memory::to_stored` wrote it; empty before the first turn ended.
+    pub memory: String,
+    /// The input of the turn that was running when its host stopped (JSON), if any.
+    pub running_input: Option<String>,
+    /// The newest events, oldest first: (seq, frame).
+    pub events: Vec<(u64, String)>,
+    /// Redis: the host whose lease says the session's turn is running there now (not this
+    /// host; an expired lease is no lease).
+    pub running_on: Option<String>,
+    /// Redis: the id of the newest event's stream entry (to follow the stream from).
+    pub last_entry: Option<String>,
+}
+
+/// One write, as the writer thread receives it.
+pub(crate) enum Op {
+    Create {
+        id: String,
+        token_hash: String,
+        settings: String,
+        at: i64,
+    },
+    Event {
+        id: Arc<str>,
+        seq: u64,
+        frame: Utf8Bytes,
+    },
+    TurnStart {
+        id: String,
+        input: String,
+        at: i64,
+    },
+    TurnEnd {
+        id: String,
+        memory: String,
+        at: i64,
+    },
+    Delete {
+        id: String,
+    },
+    /// This host now serves the session (Redis: the session's `host`).
+    Claim {
+        id: String,
+    },
+    /// Answered once every write before it is applied.
+    Ack(Acker),
+}
+
+/// Who waits for an [`Op::Ack`].
+pub(crate) enum Acker {
+    Async(tokio::sync::oneshot::Sender<()>),
+    Blocking(mpsc::Sender<()>),
+}
+
+impl Acker {
+    fn done(self) {
+        match self {
+            Acker::Async(tx) => {
+                let _ = tx.send(());
+            }
+            Acker::Blocking(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+impl Op {
+    fn session(&self) -> Option<&str> {
+        match self {
+            Op::Create { id, .. }
+            | Op::TurnStart { id, .. }
+            | Op::TurnEnd { id, .. }
+            | Op::Delete { id }
+            | Op::Claim { id } => Some(id),
+            Op::Event { id, .. } => Some(id),
+            Op::Ack(_) => None,
+        }
+    }
+
+    /// What the op holds in memory while it waits, about.
+    fn size(&self) -> usize {
+        64 + match self {
+            Op::Create {
+                id,
+                token_hash,
+                settings,
+                ..
+            } => id.len() + token_hash.len() + settings.len(),
+            Op::Event { frame, .. } => frame.len(),
+            Op::TurnStart { id, input, .. } => id.len() + input.len(),
+            Op::TurnEnd { id, memory, .. } => id.len() + memory.len(),
+            Op::Delete { id } | Op::Claim { id } => id.len(),
+            Op::Ack(_) => 0,
+        }
+    }
+}
+
+/// One store's writes: applied in one transaction (SQLite) or one atomic pipeline (Redis), all
+/// or nothing, so a failed batch can be retried whole.
+pub(crate) trait Backend: Send + 'static {
+    fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError>;
+    /// Periodic work between batches (lease renewal, expiry sweeps).
+    fn tick(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// How long the writer may wait for a write before calling [`Backend::tick`].
+    fn idle_wait(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// Where and how the store keeps sessions.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Idle sessions are deleted after this long.
+    pub ttl: Duration,
+    /// Bytes of unwritten writes kept while the store is unreachable (`--store-buffer`).
+    pub buffer_bytes: usize,
+    /// An acknowledgement waits at most this long for its write (`--store-ack-timeout`).
+    pub ack_timeout: Duration,
+}
+
+/// The handle sessions write and read through.
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    state: Arc<State>,
+    reads: Reads,
+    shared: Option<Shared>,
+    ack_timeout: Duration,
+}
+
+enum Reads {
+    Sqlite {
+        path: std::path::PathBuf,
+        ttl: Duration,
+    },
+    Redis,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.describe())
+    }
+}
+
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `url` with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A resume token as stored: SHA-256, hex.
+pub fn hash_token(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Opens (or creates) the SQLite store at `path` and starts its writer. A file that is not
+    /// a usable store is an error.
+    pub fn open_sqlite(path: &Path, opts: &StoreOptions) -> Result<Arc<Store>, StoreError> {
+        let backend = sqlite::SqliteBackend::open(path, opts.ttl)?;
+        let reads = Reads::Sqlite {
+            path: path.to_owned(),
+            ttl: opts.ttl,
+        };
+        let state = Arc::new(State::new(
+            format!("sqlite:{}", path.display()),
+            opts.buffer_bytes,
+        ));
+        Self::start(backend, reads, None, opts, state)
+    }
+
+    /// Connects to the Redis at `url` (`redis://HOST:PORT[/DB]`) and starts the writer and the
+    /// cancel listener. An unreachable server is an error.
+    pub fn open_redis(url: &str, opts: &StoreOptions) -> Result<Arc<Store>, StoreError> {
+        let host_id = uuid::Uuid::new_v4().to_string();
+        let state = Arc::new(State::new(redact_url(url), opts.buffer_bytes));
+        let (backend, shared) = redis::open(url, opts.ttl, &host_id, state.clone())?;
+        Self::start(backend, Reads::Redis, Some(shared), opts, state)
+    }
+
+    fn start(
+        backend: impl Backend,
+        reads: Reads,
+        shared: Option<Shared>,
+        opts: &StoreOptions,
+        state: Arc<State>,
+    ) -> Result<Arc<Store>, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        writer::spawn(backend, rx, state.clone())?;
+        Ok(Arc::new(Store {
+            tx,
+            state,
+            reads,
+            shared,
+            ack_timeout: opts.ack_timeout,
+        }))
+    }
+
+    /// "sqlite:PATH" or the Redis URL (password hidden).
+    pub fn describe(&self) -> String {
+        self.state.name.clone()
+    }
+
+    /// The several-hosts features, when the store is shared (Redis).
+    pub fn shared(&self) -> Option<&Shared> {
+        self.shared.as_ref()
+    }
+
+    /// The store as `/health` and `/metrics` show it.
+    pub fn health(&self) -> StoreHealth {
+        self.state.health()
+    }
+
+    fn send(&self, op: Op) {
+        let size = op.size();
+        // Past the buffer bound, streamed events are the first to go (counted); records are
+        // always handed over (the writer's bound drops them last).
+        if matches!(op, Op::Event { .. }) && self.state.over_bound(size) {
+            self.state.dropped_events.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.state.queued(size);
+        if self.tx.send(op).is_err() {
+            self.state.unqueued(size);
+        }
+    }
+
+    pub fn create(&self, id: &str, token_hash: String, settings: String) {
+        self.send(Op::Create {
+            id: id.to_owned(),
+            token_hash,
+            settings,
+            at: now(),
+        });
+    }
+
+    /// An event of the session's log (the id and the frame are shared, not copied).
+    pub fn event(&self, id: &Arc<str>, seq: u64, frame: &Utf8Bytes) {
+        self.send(Op::Event {
+            id: id.clone(),
+            seq,
+            frame: frame.clone(),
+        });
+    }
+
+    /// A turn starts with `input` (JSON): a host that stops before its end leaves it to be
+    /// closed as lost.
+    pub fn turn_start(&self, id: &str, input: String) {
+        self.send(Op::TurnStart {
+            id: id.to_owned(),
+            input,
+            at: now(),
+        });
+    }
+
+    /// A turn ended; `memory` is the conversation after it (`Memory::to_stored`).
+    pub fn turn_end(&self, id: &str, memory: String) {
+        self.send(Op::TurnEnd {
+            id: id.to_owned(),
+            memory,
+            at: now(),
+        });
+    }
+
+    pub fn delete(&self, id: &str) {
+        self.send(Op::Delete { id: id.to_owned() });
+    }
+
+    /// This host serves session `id` from now on (Redis: other hosts holding an old copy in
+    /// memory restore it on their next resume).
+    pub fn claim(&self, id: &str) {
+        self.send(Op::Claim { id: id.to_owned() });
+    }
+
+    /// Waits until every write sent so far is applied — the writer commits now rather than at
+    /// its next tick — or `--store-ack-timeout` passed (then the writes stay buffered).
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = std::time::Instant::now();
+        self.send(Op::Ack(Acker::Async(tx)));
+        self.state.wake_writer();
+        let r = match tokio::time::timeout(self.ack_timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Unavailable("the writer stopped".into())),
+            Err(_) => {
+                self.state.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::AckTimeout(self.ack_timeout.as_millis() as u64))
+            }
+        };
+        self.state.ack_wait.observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    /// [`Store::commit`] from a thread that may block (tests, shutdown), waiting up to `wait`.
+    pub fn flush_blocking(&self, wait: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Ack(Acker::Blocking(tx)));
+        self.state.wake_writer();
+        rx.recv_timeout(wait).is_ok()
+    }
+
+    /// Reads session `id`. `Ok(None)`: the store has no such session (never made, closed, or
+    /// expired).
+    pub async fn load(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        let id = id.to_owned();
+        match &self.reads {
+            Reads::Sqlite { path, ttl } => {
+                let (path, ttl) = (path.clone(), *ttl);
+                blocking(move || sqlite::load(&path, &id, ttl)).await
+            }
+            Reads::Redis => match &self.shared {
+                Some(shared) => shared.load(&id).await,
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The store's lines of `/metrics`.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.state.render(out);
+    }
+}
+
+/// Runs a blocking store call on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("the read failed: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_store_urls_are_not_shown() {
+        assert_eq!(
+            redact_url("redis://:s3cret@db:6379/2"),
+            "redis://:***@db:6379/2"
+        );
+        assert_eq!(
+            redact_url("redis://app:s3cret@db:6379"),
+            "redis://app:***@db:6379"
+        );
+        assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
+    }
+
+    fn opts() -> StoreOptions {
+        StoreOptions {
+            ttl: Duration::from_secs(3600),
+            buffer_bytes: 64 << 20,
+            ack_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_round_trips_and_its_events_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("store-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sessions.db");
+        let d = Store::open_sqlite(&path, &opts()).unwrap();
+        d.create("s1", hash_token("tok"), "{}".into());
+        let sid: Arc<str> = Arc::from("s1");
+        for seq in 1..=EVENTS_KEPT + 10 {
+            d.event(&sid, seq, &Utf8Bytes::from(format!("{{\"seq\":{seq}}}")));
+            if seq % 1000 == 0 {
+                d.commit().await.unwrap(); // several chunks
+            }
+        }
+        d.turn_start("s1", "\"hi\"".into());
+        d.commit().await.unwrap();
+        let s = d.load("s1").await.unwrap().unwrap();
+        assert_eq!(s.token_hash, hash_token("tok"));
+        // Whole chunks are kept: at least the newest EVENTS_KEPT, in order, each with its seq.
+        let n = s.events.len() as u64;
+        assert!((EVENTS_KEPT..=EVENTS_KEPT + 1000).contains(&n), "{n}");
+        assert_eq!(s.events.last().unwrap().0, EVENTS_KEPT + 10);
+        for (seq, frame) in &s.events {
+            assert_eq!(frame, &format!("{{\"seq\":{seq}}}"));
+        }
+        assert_eq!(s.running_input.as_deref(), Some("\"hi\""));
+        d.delete("s1");
+        assert!(d.flush_blocking(Duration::from_secs(5)));
+        assert!(d.load("s1").await.unwrap().is_none());
+        // Not a store: a clear error.
+        std::fs::write(
+            dir.join("junk.db"),
+            b"this is not a database, just some text...",
+        )
+        .unwrap();
+        let e = Store::open_sqlite(&dir.join("junk.db"), &opts())
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("is not usable"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_does_not_wait_for_the_tick() {
+        let dir = std::env::temp_dir().join(format!("store-ack-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = Store::open_sqlite(&dir.join("s.db"), &opts()).unwrap();
+        // 20 acknowledgements one after the other: waiting for the writer's tick each time
+        // would take 20 intervals (2 s); committing at once takes a few ms each.
+        let t = std::time::Instant::now();
+        for i in 0..20 {
+            d.create(&format!("s{i}"), "h".into(), "{}".into());
+            d.commit().await.unwrap();
+        }
+        assert!(t.elapsed() < FLUSH_EVERY * 15, "{:?}", t.elapsed());
+        assert!(d.load("s19").await.unwrap().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

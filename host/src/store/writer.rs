@@ -1,0 +1,571 @@
+//! The one writer loop both stores share: gather writes, apply them through a [`Backend`] in one
+//! batch, and — when the store fails — keep them, in order, within a bound, retrying with
+//! back-off until it takes them.
+//!
+//! The loop sleeps through a [`FLUSH_EVERY`] interval after the first write of a batch (so the
+//! runs, sending an event per token, never have to wake it), unless an acknowledgement is
+//! waiting: [`State::wake_writer`] unparks it and it commits at once (group commit).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::batch::coalesce;
+use super::{Backend, Op, StoreError, FLUSH_EVERY};
+use crate::metrics::Histogram;
+
+/// First retry after a failed write, and the longest wait between retries.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// While the store stays away, a summary is logged at most this often.
+const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+/// What the writer and the handle share.
+pub(crate) struct State {
+    pub name: String,
+    limit: usize,
+    /// Set by a waiting acknowledgement: commit now.
+    urgent: AtomicBool,
+    writer: OnceLock<std::thread::Thread>,
+    /// Bytes sent to the writer and not yet taken into its buffer, and bytes in its buffer.
+    queued_bytes: AtomicUsize,
+    buffered_bytes: AtomicUsize,
+    /// When the oldest unwritten write in the buffer arrived (ms since `epoch`; 0: none).
+    oldest_ms: AtomicU64,
+    epoch: Instant,
+    up: AtomicBool,
+    pub dropped_events: AtomicU64,
+    pub dropped_records: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub ack_timeouts: AtomicU64,
+    pub bad_entries: AtomicU64,
+    /// Seconds acknowledgements waited.
+    pub ack_wait: Histogram,
+}
+
+/// The store as `/health` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreHealth {
+    /// "ok", or "degraded" while writes fail (they are buffered and retried).
+    pub state: &'static str,
+    pub buffered_bytes: usize,
+    /// Age of the oldest write not yet in the store.
+    pub oldest_unwritten_ms: u64,
+    pub dropped_events: u64,
+    pub dropped_records: u64,
+}
+
+impl State {
+    pub fn new(name: String, limit: usize) -> State {
+        State {
+            name,
+            limit: limit.max(1 << 20),
+            urgent: AtomicBool::new(false),
+            writer: OnceLock::new(),
+            queued_bytes: AtomicUsize::new(0),
+            buffered_bytes: AtomicUsize::new(0),
+            oldest_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            up: AtomicBool::new(true),
+            dropped_events: AtomicU64::new(0),
+            dropped_records: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            ack_timeouts: AtomicU64::new(0),
+            bad_entries: AtomicU64::new(0),
+            ack_wait: Histogram::default(),
+        }
+    }
+
+    /// Whether `size` more bytes would pass the buffer bound.
+    pub fn over_bound(&self, size: usize) -> bool {
+        self.queued_bytes.load(Ordering::Relaxed)
+            + self.buffered_bytes.load(Ordering::Relaxed)
+            + size
+            > self.limit
+    }
+
+    pub fn queued(&self, size: usize) {
+        self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    pub fn unqueued(&self, size: usize) {
+        self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// An acknowledgement waits: the writer commits now instead of at its next tick.
+    pub fn wake_writer(&self) {
+        self.urgent.store(true, Ordering::Release);
+        if let Some(t) = self.writer.get() {
+            t.unpark();
+        }
+    }
+
+    fn oldest_age(&self) -> Duration {
+        match self.oldest_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => self
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        StoreHealth {
+            state: if self.up.load(Ordering::Relaxed) {
+                "ok"
+            } else {
+                "degraded"
+            },
+            buffered_bytes: self.queued_bytes.load(Ordering::Relaxed)
+                + self.buffered_bytes.load(Ordering::Relaxed),
+            oldest_unwritten_ms: self.oldest_age().as_millis() as u64,
+            dropped_events: self.dropped_events.load(Ordering::Relaxed),
+            dropped_records: self.dropped_records.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The store's lines of `/metrics`.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let h = self.health();
+        let counters: [(&str, &str, &str, f64); 8] = [
+            (
+                "myagent_store_up",
+                "gauge",
+                "1 while the session store takes writes, 0 while they fail (buffered and retried)",
+                u8::from(h.state == "ok") as f64,
+            ),
+            (
+                "myagent_store_buffered_bytes",
+                "gauge",
+                "bytes of writes not yet in the session store",
+                h.buffered_bytes as f64,
+            ),
+            (
+                "myagent_store_oldest_unwritten_seconds",
+                "gauge",
+                "age of the oldest write not yet in the session store",
+                h.oldest_unwritten_ms as f64 / 1000.0,
+            ),
+            (
+                "myagent_store_dropped_events_total",
+                "counter",
+                "streamed events dropped by the --store-buffer bound",
+                h.dropped_events as f64,
+            ),
+            (
+                "myagent_store_dropped_records_total",
+                "counter",
+                "session and turn records dropped by the --store-buffer bound",
+                h.dropped_records as f64,
+            ),
+            (
+                "myagent_store_write_errors_total",
+                "counter",
+                "failed write attempts (each retried)",
+                self.write_errors.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "myagent_store_ack_timeouts_total",
+                "counter",
+                "acknowledgements sent after --store-ack-timeout without their write confirmed",
+                self.ack_timeouts.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "myagent_store_bad_entries_total",
+                "counter",
+                "stored entries that could not be read (logged, skipped)",
+                self.bad_entries.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, kind, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        self.ack_wait.render(
+            out,
+            "myagent_store_ack_wait_seconds",
+            "time an acknowledgement (session created, turn done) waited for its commit",
+        );
+    }
+}
+
+/// Starts the writer thread.
+pub(crate) fn spawn(
+    backend: impl Backend,
+    rx: mpsc::Receiver<Op>,
+    state: std::sync::Arc<State>,
+) -> Result<(), StoreError> {
+    let st = state.clone();
+    let handle = std::thread::Builder::new()
+        .name("session-store".into())
+        .spawn(move || {
+            Writer {
+                backend,
+                rx,
+                state: st,
+                pending: Vec::new(),
+                pending_bytes: 0,
+                retry_at: None,
+                backoff: RETRY_FIRST,
+                outage: None,
+            }
+            .run()
+        })
+        .map_err(|e| StoreError::Start(e.to_string()))?;
+    let _ = state.writer.set(handle.thread().clone());
+    Ok(())
+}
+
+/// A stretch of time the store refused writes.
+struct Outage {
+    since: Instant,
+    last_summary: Instant,
+    error: String,
+}
+
+struct Writer<B: Backend> {
+    backend: B,
+    rx: mpsc::Receiver<Op>,
+    state: std::sync::Arc<State>,
+    /// Writes taken from the channel and not yet in the store, in order.
+    pending: Vec<Op>,
+    pending_bytes: usize,
+    /// After a failure: not before this.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    outage: Option<Outage>,
+}
+
+impl<B: Backend> Writer<B> {
+    fn run(mut self) {
+        loop {
+            let wait = match self.retry_at {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => self.backend.idle_wait(),
+            };
+            match self.rx.recv_timeout(wait) {
+                Ok(op) => {
+                    let urgent = matches!(op, Op::Ack(_));
+                    self.take(op);
+                    if !urgent {
+                        self.gather_window();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.drain();
+                    self.attempt();
+                    return;
+                }
+            }
+            self.drain();
+            self.state.urgent.store(false, Ordering::Release);
+            if self.retry_at.is_none_or(|at| Instant::now() >= at) {
+                self.attempt();
+            }
+            if self.outage.is_none() {
+                if let Err(e) = self.backend.tick() {
+                    tracing::debug!(error = %e, "session store: periodic work failed");
+                }
+            }
+        }
+    }
+
+    /// Lets writes gather for one interval, unless an acknowledgement asks to commit now.
+    fn gather_window(&self) {
+        let deadline = Instant::now() + FLUSH_EVERY;
+        while !self.state.urgent.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    fn take(&mut self, op: Op) {
+        let size = op.size();
+        self.state.unqueued(size);
+        if self.pending.is_empty() {
+            self.state.oldest_ms.store(
+                (self.state.epoch.elapsed().as_millis() as u64).max(1),
+                Ordering::Relaxed,
+            );
+        }
+        self.pending_bytes += size;
+        self.pending.push(op);
+    }
+
+    fn drain(&mut self) {
+        while let Ok(op) = self.rx.try_recv() {
+            self.take(op);
+        }
+        coalesce(&mut self.pending);
+        self.pending_bytes = self.pending.iter().map(Op::size).sum();
+        self.bound();
+        self.state
+            .buffered_bytes
+            .store(self.pending_bytes, Ordering::Relaxed);
+    }
+
+    /// Past the bound: the oldest streamed events go first, then the oldest records.
+    fn bound(&mut self) {
+        let limit = self.state.limit;
+        if self.pending_bytes <= limit {
+            return;
+        }
+        for events_only in [true, false] {
+            let mut excess = self.pending_bytes.saturating_sub(limit);
+            let (mut events, mut records) = (0u64, 0u64);
+            self.pending.retain(|op| {
+                if excess == 0 || matches!(op, Op::Ack(_)) {
+                    return true;
+                }
+                let is_event = matches!(op, Op::Event { .. });
+                if events_only && !is_event {
+                    return true;
+                }
+                excess = excess.saturating_sub(op.size());
+                if is_event {
+                    events += 1;
+                } else {
+                    records += 1;
+                }
+                false
+            });
+            self.state
+                .dropped_events
+                .fetch_add(events, Ordering::Relaxed);
+            self.state
+                .dropped_records
+                .fetch_add(records, Ordering::Relaxed);
+            self.pending_bytes = self.pending.iter().map(Op::size).sum();
+            if self.pending_bytes <= limit {
+                return;
+            }
+        }
+    }
+
+    /// Applies the buffer; on failure keeps it and schedules a retry.
+    fn attempt(&mut self) {
+        let has_writes = self.pending.iter().any(|op| !matches!(op, Op::Ack(_)));
+        let result = if has_writes {
+            self.backend.apply(&self.pending)
+        } else {
+            Ok(())
+        };
+        match result {
+            Ok(()) => self.written(),
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn written(&mut self) {
+        let count = self.pending.len();
+        for op in self.pending.drain(..) {
+            if let Op::Ack(a) = op {
+                a.done();
+            }
+        }
+        self.pending_bytes = 0;
+        self.state.buffered_bytes.store(0, Ordering::Relaxed);
+        self.state.oldest_ms.store(0, Ordering::Relaxed);
+        self.retry_at = None;
+        self.backoff = RETRY_FIRST;
+        if let Some(o) = self.outage.take() {
+            self.state.up.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                store = %self.state.name,
+                after_secs = o.since.elapsed().as_secs(),
+                written = count,
+                dropped_events = self.state.dropped_events.load(Ordering::Relaxed),
+                dropped_records = self.state.dropped_records.load(Ordering::Relaxed),
+                "session store is back: the writes buffered meanwhile are written"
+            );
+        }
+    }
+
+    fn failed(&mut self, e: StoreError) {
+        self.state.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.state.up.store(false, Ordering::Relaxed);
+        let now = Instant::now();
+        match &mut self.outage {
+            None => {
+                tracing::error!(
+                    store = %self.state.name, error = %e,
+                    buffer_limit_mib = self.state.limit >> 20,
+                    "session store unavailable: writes are buffered and retried"
+                );
+                self.outage = Some(Outage {
+                    since: now,
+                    last_summary: now,
+                    error: e.to_string(),
+                });
+            }
+            Some(o) => {
+                o.error = e.to_string();
+                if o.last_summary.elapsed() >= SUMMARY_EVERY {
+                    o.last_summary = now;
+                    tracing::warn!(
+                        store = %self.state.name, error = %o.error,
+                        for_secs = o.since.elapsed().as_secs(),
+                        buffered_bytes = self.pending_bytes,
+                        dropped_events = self.state.dropped_events.load(Ordering::Relaxed),
+                        dropped_records = self.state.dropped_records.load(Ordering::Relaxed),
+                        "session store still unavailable"
+                    );
+                }
+            }
+        }
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Acker, Op};
+    use super::*;
+    use std::sync::{Arc, Mutex as StdMutex};
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    /// A backend that fails while `down` and records what it applied.
+    struct Flaky {
+        down: Arc<AtomicBool>,
+        applied: Arc<StdMutex<Vec<String>>>,
+    }
+
+    impl Backend for Flaky {
+        fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            let mut a = self.applied.lock().unwrap();
+            for op in batch {
+                match op {
+                    Op::Create { id, .. } => a.push(format!("create {id}")),
+                    Op::Event { id, seq, .. } => a.push(format!("event {id} {seq}")),
+                    Op::TurnEnd { id, .. } => a.push(format!("end {id}")),
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn event(seq: u64, bytes: usize) -> Op {
+        Op::Event {
+            id: Arc::from("s"),
+            seq,
+            frame: Utf8Bytes::from("x".repeat(bytes)),
+        }
+    }
+
+    #[test]
+    fn failed_writes_are_kept_in_order_and_written_when_the_store_is_back() {
+        let down = Arc::new(AtomicBool::new(true));
+        let applied = Arc::new(StdMutex::new(Vec::new()));
+        let state = Arc::new(State::new("test".into(), 64 << 20));
+        let (tx, rx) = mpsc::channel();
+        spawn(
+            Flaky {
+                down: down.clone(),
+                applied: applied.clone(),
+            },
+            rx,
+            state.clone(),
+        )
+        .unwrap();
+        let send = |op: Op| {
+            state.queued(op.size());
+            tx.send(op).unwrap();
+        };
+        send(Op::Create {
+            id: "s".into(),
+            token_hash: "h".into(),
+            settings: "{}".into(),
+            at: 0,
+        });
+        send(event(1, 10));
+        let (ack, acked) = mpsc::channel();
+        send(Op::Ack(Acker::Blocking(ack)));
+        state.wake_writer();
+        assert!(
+            acked.recv_timeout(Duration::from_millis(600)).is_err(),
+            "not while down"
+        );
+        assert_eq!(state.health().state, "degraded");
+        assert!(state.health().buffered_bytes > 0);
+        send(event(2, 10));
+        send(Op::TurnEnd {
+            id: "s".into(),
+            memory: "m".into(),
+            at: 0,
+        });
+        down.store(false, Ordering::SeqCst);
+        acked.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (ack, acked) = mpsc::channel();
+        send(Op::Ack(Acker::Blocking(ack)));
+        state.wake_writer();
+        acked.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            *applied.lock().unwrap(),
+            ["create s", "event s 1", "event s 2", "end s"]
+        );
+        let h = state.health();
+        assert_eq!((h.state, h.buffered_bytes, h.dropped_events), ("ok", 0, 0));
+    }
+
+    #[test]
+    fn past_the_bound_events_go_before_records_and_every_drop_is_counted() {
+        let down = Arc::new(AtomicBool::new(true));
+        let applied = Arc::new(StdMutex::new(Vec::new()));
+        let state = Arc::new(State::new("test".into(), 1 << 20));
+        let (tx, rx) = mpsc::channel();
+        spawn(
+            Flaky {
+                down: down.clone(),
+                applied: applied.clone(),
+            },
+            rx,
+            state.clone(),
+        )
+        .unwrap();
+        // 40 records of 40 KiB and 400 events of 10 KiB: ~5.6 MiB against a 1 MiB bound.
+        for i in 0..40u64 {
+            let op = Op::TurnEnd {
+                id: format!("r{i}"),
+                memory: "m".repeat(40 << 10),
+                at: 0,
+            };
+            state.queued(op.size());
+            tx.send(op).unwrap();
+            for j in 0..10 {
+                let op = event(i * 10 + j + 1, 10 << 10);
+                state.queued(op.size());
+                tx.send(op).unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        let h = state.health();
+        assert!(h.buffered_bytes <= 1 << 20, "{h:?}");
+        assert_eq!(
+            h.dropped_events, 400,
+            "every event dropped before any record: {h:?}"
+        );
+        assert!(h.dropped_records > 0 && h.dropped_records < 40, "{h:?}");
+        down.store(false, Ordering::SeqCst);
+        let (ack, acked) = mpsc::channel();
+        tx.send(Op::Ack(Acker::Blocking(ack))).unwrap();
+        state.wake_writer();
+        acked.recv_timeout(Duration::from_secs(10)).unwrap();
+        let a = applied.lock().unwrap();
+        // The newest records are the ones kept.
+        assert_eq!(a.last().map(String::as_str), Some("end r39"));
+        assert_eq!(a.len() as u64 + h.dropped_records, 40);
+    }
+}
