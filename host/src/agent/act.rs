@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::run::trace;
+use super::trace::trace;
 use super::{AgentEvent, Decision, PendingApproval, RunContext};
 use crate::llm::ToolCall;
 use crate::plugin::HostErrorKind;

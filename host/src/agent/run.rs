@@ -3,10 +3,11 @@
 
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::act::act;
 use super::stream::StepStream;
+use super::trace::trace;
 use super::{AgentEvent, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Content, ToolSpec};
 use myagent_plugin_api::TERMINATE_TOOL;
@@ -157,14 +158,6 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
         "outcome": match &outcome { RunOutcome::Finished { reason, .. } => reason.as_str(), RunOutcome::Failed { .. } => "error", RunOutcome::Cancelled => "cancelled" }}),
     );
     outcome
-}
-
-pub(super) fn trace(ctx: &RunContext<'_>, record: Value) {
-    if ctx.manifest.enable_tracing {
-        if let Some(t) = ctx.tracer {
-            t.write(record);
-        }
-    }
 }
 
 /// One model call with the conversation so far; its text streams out as it comes.

@@ -25,3 +25,12 @@ impl TraceWriter {
         self.journal.append(&record.to_string());
     }
 }
+
+/// Writes `record` to the trace file when the plugin asked for traces.
+pub(super) fn trace(ctx: &super::RunContext<'_>, record: Value) {
+    if ctx.manifest.enable_tracing {
+        if let Some(t) = ctx.tracer {
+            t.write(record);
+        }
+    }
+}

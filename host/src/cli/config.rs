@@ -30,7 +30,11 @@ pub fn isolation(
                 .map(|mib| mib.saturating_mul(1024 * 1024)),
             cpu_limit: args.worker_cpu_limit,
             drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
-            notices,
+            on_crash: notices.map(|n| {
+                myagent_host::plugin::worker::CrashSink::new(move |c| {
+                    let _ = n.send(myagent_host::plugin::reload::ReloadNotice::Crashed(c));
+                })
+            }),
         }),
     })
 }

@@ -62,7 +62,7 @@ pub fn inspect(path: &Path, as_json: bool, mcp_config: Option<&Path>) -> ExitCod
             memory_limit: None,
             cpu_limit: None,
             drain_timeout: std::time::Duration::ZERO,
-            notices: None,
+            on_crash: None,
         }),
     };
     let p = match rt.block_on(loader.load(path, 1)) {

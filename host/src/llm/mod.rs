@@ -7,6 +7,7 @@
 pub mod http;
 pub mod replay;
 pub mod sse;
+mod wire;
 
 use serde::{Deserialize, Serialize};
 

@@ -91,7 +91,7 @@ impl McpHub {
             *count.entry(t.name.clone()).or_default() += 1;
         }
         *count
-            .entry(crate::agent::TERMINATE_TOOL.into())
+            .entry(myagent_plugin_api::TERMINATE_TOOL.into())
             .or_default() += 1;
         for (_, tools) in &listed {
             for t in tools {

@@ -14,51 +14,10 @@ use myagent_plugin_api::abi::AgentInstanceBox;
 use myagent_plugin_api::{wire, ToolResult};
 use serde_json::Value;
 
+use super::error::on_blocking_pool;
+pub use super::error::{HostError, HostErrorKind, PluginError, PluginTag};
 use super::worker::RemoteInstance;
 use crate::metrics::Metrics;
-
-/// Which plugin build a call went to, for error messages: "weather-assistant 0.1.0".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginTag {
-    pub name: String,
-    pub version: String,
-}
-
-impl std::fmt::Display for PluginTag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.name, self.version)
-    }
-}
-
-/// The host got no answer from the plugin.
-#[derive(Debug, thiserror::Error)]
-#[error("plugin {plugin}: {kind}")]
-pub struct HostError {
-    pub plugin: Arc<PluginTag>,
-    pub kind: HostErrorKind,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HostErrorKind {
-    #[error("timed out after {} ms", .0.as_millis())]
-    TimedOut(Duration),
-    /// The thread running the call died (a panic that escaped the plugin's own guard), or the
-    /// build's worker could not be reached.
-    #[error("the call crashed: {0}")]
-    Crashed(String),
-    /// The worker process running the call died; the text says how ("the plugin crashed: …").
-    #[error("{0}")]
-    WorkerDied(String),
-}
-
-/// The plugin answered with an error of its own (its factory or hook said no, or panicked and
-/// caught it).
-#[derive(Debug, thiserror::Error)]
-#[error("plugin {plugin}: {message}")]
-pub struct PluginError {
-    pub plugin: Arc<PluginTag>,
-    pub message: String,
-}
 
 /// One session's agent instance. Cloning shares it; tools may run concurrently.
 #[derive(Clone)]
@@ -74,23 +33,6 @@ pub struct Instance {
 enum Inner {
     Abi(Arc<AgentInstanceBox>),
     Remote(Arc<RemoteInstance>),
-}
-
-/// Runs `f` on the blocking pool, waiting at most `timeout` (the thread is not stopped).
-pub(super) async fn on_blocking_pool<T: Send + 'static>(
-    tag: &Arc<PluginTag>,
-    timeout: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, HostError> {
-    let fail = |kind| HostError {
-        plugin: tag.clone(),
-        kind,
-    };
-    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(f)).await {
-        Err(_) => Err(fail(HostErrorKind::TimedOut(timeout))),
-        Ok(Err(join)) => Err(fail(HostErrorKind::Crashed(join.to_string()))),
-        Ok(Ok(v)) => Ok(v),
-    }
 }
 
 // The life of one tool call on the blocking pool (see `Instance::call_tool`).

@@ -9,12 +9,16 @@
 //! through [`Instance`] or [`Plugin::instantiate`] (or the loader, itself on the blocking pool).
 
 pub mod copies;
+mod error;
 mod instance;
 mod load;
+mod module;
 pub mod reload;
 pub mod worker;
 
-pub use instance::{HostError, HostErrorKind, Instance, PluginError, PluginTag};
-pub use load::{host_api_crate_version, load, Isolation, LoadError, Loader, Plugin};
+pub use error::{HostError, HostErrorKind, PluginError, PluginTag};
+pub use instance::Instance;
+pub use load::{load, Isolation, Loader, Plugin};
+pub use module::{host_api_crate_version, LoadError};
 pub use myagent_plugin_api::{Manifest, ToolSpec};
 pub use worker::{RunGuard, WorkerOptions};

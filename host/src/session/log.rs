@@ -347,67 +347,6 @@ impl Session {
         }
     }
 
-    /// An event another host emitted in this session (followed from the shared store), with
-    /// that host's `seq`: kept for replay and sent to the owning connection, unless the client
-    /// saw it already (`seq` ≤ `floor`, its `last_seq` when it resumed here) or it is not newer
-    /// than what this copy has. Not written back to the store (it is there).
-    pub fn append_foreign(&self, seq: u64, frame: String, floor: u64, metrics: &Metrics) {
-        let mut inner = self.lock();
-        self.append_foreign_locked(&mut inner, seq, frame, floor, metrics);
-    }
-
-    fn append_foreign_locked(
-        &self,
-        inner: &mut Inner,
-        seq: u64,
-        frame: String,
-        floor: u64,
-        metrics: &Metrics,
-    ) {
-        if seq <= inner.seq {
-            return; // this copy has it (restored from the store, or read twice)
-        }
-        inner.seq = seq;
-        let text = Utf8Bytes::from(frame);
-        self.keep_for_replay(inner, seq, text.clone());
-        if seq > floor && inner.withheld_from.is_none() {
-            if let Some(owner) = &inner.owner {
-                owner.send(text);
-                metrics.events_sent.inc();
-            }
-        }
-    }
-
-    /// Marks the session busy while another host runs its turn (this host follows it): messages
-    /// meanwhile follow `on_busy`; cancelling the token is how a cancel reaches the follower.
-    pub fn begin_follow(&self) -> CancellationToken {
-        let token = CancellationToken::new();
-        self.lock().running = Some(token.clone());
-        token
-    }
-
-    /// The followed turn ended: the session is idle here — then its `agent.ready` goes out: the
-    /// other host's (`ready`: its seq and frame, held back until now so that a message sent on
-    /// seeing it is not refused as busy), or one of ours. Returns the next queued message
-    /// (already marked running) to run here, if any.
-    pub fn end_follow(
-        &self,
-        ready: Option<(u64, String)>,
-        floor: u64,
-        metrics: &Metrics,
-    ) -> Option<(Content, CancellationToken)> {
-        let mut inner = self.lock();
-        let next = Self::next_queued(&mut inner);
-        match ready {
-            Some((seq, frame)) => {
-                self.append_foreign_locked(&mut inner, seq, frame, floor, metrics)
-            }
-            None if next.is_none() => self.emit_ready(&mut inner, metrics),
-            None => {}
-        }
-        next
-    }
-
     /// Whether a run (or a followed turn) is in progress here.
     pub fn is_running(&self) -> bool {
         self.lock().running.is_some()
@@ -533,3 +472,5 @@ impl Session {
         }
     }
 }
+
+mod foreign;

@@ -23,8 +23,10 @@
 //! each drop counted. [`Store::health`] says `ok` or `degraded`.
 
 mod batch;
-pub mod redis;
-pub mod sqlite;
+mod health;
+mod redis;
+mod shared;
+mod sqlite;
 mod writer;
 
 use std::path::Path;
@@ -35,9 +37,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-pub use redis::{FollowConn, Followed, Shared};
-use writer::State;
-pub use writer::StoreHealth;
+use health::State;
+pub use health::StoreHealth;
+pub use redis::Followed;
+pub use shared::{FollowConn, Shared};
 
 /// The writer gathers writes for this long from the first (unless an acknowledgement waits).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -272,7 +275,7 @@ impl Store {
     pub fn open_redis(url: &str, opts: &StoreOptions) -> Result<Arc<Store>, StoreError> {
         let host_id = uuid::Uuid::new_v4().to_string();
         let state = Arc::new(State::new(redact_url(url), opts.buffer_bytes));
-        let (backend, shared) = redis::open(url, opts.ttl, &host_id, state.clone())?;
+        let (backend, shared) = shared::open(url, opts.ttl, &host_id, state.clone())?;
         Self::start(backend, Reads::Redis, Some(shared), opts, state)
     }
 
@@ -429,87 +432,4 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_in_store_urls_are_not_shown() {
-        assert_eq!(
-            redact_url("redis://:s3cret@db:6379/2"),
-            "redis://:***@db:6379/2"
-        );
-        assert_eq!(
-            redact_url("redis://app:s3cret@db:6379"),
-            "redis://app:***@db:6379"
-        );
-        assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
-    }
-
-    fn opts() -> StoreOptions {
-        StoreOptions {
-            ttl: Duration::from_secs(3600),
-            buffer_bytes: 64 << 20,
-            ack_timeout: Duration::from_secs(1),
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_session_round_trips_and_its_events_are_bounded() {
-        let dir = std::env::temp_dir().join(format!("store-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("sessions.db");
-        let d = Store::open_sqlite(&path, &opts()).unwrap();
-        d.create("s1", hash_token("tok"), "{}".into());
-        let sid: Arc<str> = Arc::from("s1");
-        for seq in 1..=EVENTS_KEPT + 10 {
-            d.event(&sid, seq, &Utf8Bytes::from(format!("{{\"seq\":{seq}}}")));
-            if seq % 1000 == 0 {
-                d.commit().await.unwrap(); // several chunks
-            }
-        }
-        d.turn_start("s1", "\"hi\"".into());
-        d.commit().await.unwrap();
-        let s = d.load("s1").await.unwrap().unwrap();
-        assert_eq!(s.token_hash, hash_token("tok"));
-        // Whole chunks are kept: at least the newest EVENTS_KEPT, in order, each with its seq.
-        let n = s.events.len() as u64;
-        assert!((EVENTS_KEPT..=EVENTS_KEPT + 1000).contains(&n), "{n}");
-        assert_eq!(s.events.last().unwrap().0, EVENTS_KEPT + 10);
-        for (seq, frame) in &s.events {
-            assert_eq!(frame, &format!("{{\"seq\":{seq}}}"));
-        }
-        assert_eq!(s.running_input.as_deref(), Some("\"hi\""));
-        d.delete("s1");
-        assert!(d.flush_blocking(Duration::from_secs(5)));
-        assert!(d.load("s1").await.unwrap().is_none());
-        // Not a store: a clear error.
-        std::fs::write(
-            dir.join("junk.db"),
-            b"this is not a database, just some text...",
-        )
-        .unwrap();
-        let e = Store::open_sqlite(&dir.join("junk.db"), &opts())
-            .err()
-            .unwrap();
-        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
-        assert!(e.to_string().contains("is not usable"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_commit_does_not_wait_for_the_tick() {
-        let dir = std::env::temp_dir().join(format!("store-ack-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let d = Store::open_sqlite(&dir.join("s.db"), &opts()).unwrap();
-        // 20 acknowledgements one after the other: waiting for the writer's tick each time
-        // would take 20 intervals (2 s); committing at once takes a few ms each.
-        let t = std::time::Instant::now();
-        for i in 0..20 {
-            d.create(&format!("s{i}"), "h".into(), "{}".into());
-            d.commit().await.unwrap();
-        }
-        assert!(t.elapsed() < FLUSH_EVERY * 15, "{:?}", t.elapsed());
-        assert!(d.load("s19").await.unwrap().is_some());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

@@ -9,15 +9,12 @@
 //! A batch is one `MULTI`/`EXEC` pipeline (all or nothing, so a failed one is retried whole);
 //! a stream entry that cannot be read is logged and counted, never silently skipped.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use redis::Commands;
-
 use super::batch::{Chunk, Chunks};
-use super::writer::State;
-use super::{blocking, redact_url, Backend, Op, StoreError, Stored};
+use super::health::State;
+use super::{Backend, Op, StoreError};
 
 /// How long a running turn's lease outlives its host's last renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -27,7 +24,7 @@ pub const CANCEL_CHANNEL: &str = "myagent:cancel";
 /// Stream entries kept per session (`MAXLEN ~`): an entry is one session's events of one
 /// write batch, so at least this many of its newest events are kept.
 const ENTRIES_KEPT: u64 = 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The session hash's fields.
 pub mod field {
@@ -45,22 +42,22 @@ pub mod entry {
     pub const FRAMES: &str = "frames";
 }
 
-fn session_key(id: &str) -> String {
+pub(super) fn session_key(id: &str) -> String {
     format!("myagent:session:{id}")
 }
-fn events_key(id: &str) -> String {
+pub(super) fn events_key(id: &str) -> String {
     format!("myagent:events:{id}")
 }
-fn lease_key(id: &str) -> String {
+pub(super) fn lease_key(id: &str) -> String {
     format!("myagent:lease:{id}")
 }
 
-fn unavailable(e: redis::RedisError) -> StoreError {
+pub(super) fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
 /// A connection with timeouts (a store that stops answering is an error, not a hang).
-fn connect(client: &redis::Client) -> Result<redis::Connection, StoreError> {
+pub(super) fn connect(client: &redis::Client) -> Result<redis::Connection, StoreError> {
     let conn = client
         .get_connection_with_timeout(IO_TIMEOUT)
         .map_err(|e| StoreError::Unavailable(format!("cannot reach it: {e}")))?;
@@ -69,53 +66,15 @@ fn connect(client: &redis::Client) -> Result<redis::Connection, StoreError> {
     Ok(conn)
 }
 
-/// Connects (an unreachable server is an error), starts the cancel listener, and returns the
-/// writer's backend and the several-hosts capability.
-pub(crate) fn open(
-    url: &str,
-    ttl: Duration,
-    host_id: &str,
-    state: Arc<State>,
-) -> Result<(RedisBackend, Shared), StoreError> {
-    let shown = redact_url(url);
-    let client = redis::Client::open(url)
-        .map_err(|e| StoreError::Config(format!("{shown}: not a Redis URL: {e}")))?;
-    let mut conn = connect(&client).map_err(|e| StoreError::Config(format!("{shown}: {e}")))?;
-    redis::cmd("PING").query::<String>(&mut conn).map_err(|e| {
-        StoreError::Config(format!("{shown}: the server does not answer PING: {e}"))
-    })?;
-    let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel();
-    let c = client.clone();
-    std::thread::Builder::new()
-        .name("session-cancels".into())
-        .spawn(move || listen_for_cancels(c, cancel_tx))
-        .map_err(|e| StoreError::Start(e.to_string()))?;
-    let backend = RedisBackend {
-        client: client.clone(),
-        conn: Some(conn),
-        ttl,
-        host: host_id.to_owned(),
-        running: HashSet::new(),
-        renewed: Instant::now(),
-    };
-    let shared = Shared {
-        client,
-        host_id: host_id.to_owned(),
-        cancels: Mutex::new(Some(cancel_rx)),
-        state,
-    };
-    Ok((backend, shared))
-}
-
 /// The writer's side: one connection (re-made after a failure), one pipeline per batch, and
 /// the leases of the turns running here.
 pub(crate) struct RedisBackend {
-    client: redis::Client,
-    conn: Option<redis::Connection>,
-    ttl: Duration,
-    host: String,
-    running: HashSet<String>,
-    renewed: Instant,
+    pub(super) client: redis::Client,
+    pub(super) conn: Option<redis::Connection>,
+    pub(super) ttl: Duration,
+    pub(super) host: String,
+    pub(super) running: HashSet<String>,
+    pub(super) renewed: Instant,
 }
 
 impl RedisBackend {
@@ -293,7 +252,7 @@ fn xadd(p: &mut redis::Pipeline, c: &Chunk) {
 }
 
 /// One stream entry: its id, the `seq` of its first event and its frames.
-fn decode_entry(v: &redis::Value) -> Result<(String, u64, String), String> {
+pub(super) fn decode_entry(v: &redis::Value) -> Result<(String, u64, String), String> {
     let redis::Value::Array(parts) = v else {
         return Err("not an array".into());
     };
@@ -336,125 +295,10 @@ fn decode_entry(v: &redis::Value) -> Result<(String, u64, String), String> {
 /// (stream entry id, seq, frame).
 pub type Followed = (bool, Vec<(String, u64, String)>);
 
-/// A connection kept by a reader that reads often (a followed turn); made on first use,
-/// dropped after a failure.
-#[derive(Default)]
-pub struct FollowConn(Option<redis::Connection>);
-
-/// What only a shared store offers: following a turn that runs on another host, passing
-/// cancels between hosts, knowing which host holds a session.
-pub struct Shared {
-    client: redis::Client,
-    host_id: String,
-    cancels: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
-    state: Arc<State>,
-}
-
-impl Shared {
-    /// This process, as named in leases and the sessions it takes.
-    pub fn host_id(&self) -> &str {
-        &self.host_id
-    }
-
-    /// Session ids whose running turn another host was asked to cancel (taken once).
-    pub fn take_cancels(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
-        self.cancels.lock().ok()?.take()
-    }
-
-    /// Asks whichever host runs session `id`'s turn to cancel it.
-    pub async fn publish_cancel(&self, id: &str) -> Result<(), StoreError> {
-        let (client, id) = (self.client.clone(), id.to_owned());
-        blocking(move || {
-            let mut c = connect(&client)?;
-            redis::cmd("PUBLISH")
-                .arg(CANCEL_CHANNEL)
-                .arg(id)
-                .query::<()>(&mut c)
-                .map_err(unavailable)
-        })
-        .await
-    }
-
-    /// Which host last took session `id` (`None`: not stored).
-    pub async fn holder(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let (client, id) = (self.client.clone(), id.to_owned());
-        blocking(move || {
-            connect(&client)?
-                .hget(session_key(&id), field::HOST)
-                .map_err(unavailable)
-        })
-        .await
-    }
-
-    /// Events of session `id` after stream entry `after`, and whether its turn's lease is
-    /// held — what a host following another's turn reads, every 50 ms, over `conn`.
-    pub async fn follow(
-        &self,
-        conn: &mut FollowConn,
-        id: &str,
-        after: Option<String>,
-    ) -> Result<Followed, StoreError> {
-        let (client, id, state) = (self.client.clone(), id.to_owned(), self.state.clone());
-        let mut held = conn.0.take();
-        let (held, r) = tokio::task::spawn_blocking(move || {
-            let c = match &mut held {
-                Some(c) => c,
-                empty => match connect(&client) {
-                    Ok(c) => empty.insert(c),
-                    Err(e) => return (None, Err(e)),
-                },
-            };
-            let r = events_after(c, &id, after.as_deref(), &state).map_err(unavailable);
-            (if r.is_ok() { held } else { None }, r)
-        })
-        .await
-        .unwrap_or_else(|e| (None, Err(StoreError::Unavailable(e.to_string()))));
-        conn.0 = held;
-        r
-    }
-
-    /// Reads session `id` (a lease held by another host means its turn still runs there).
-    pub(crate) async fn load(&self, id: &str) -> Result<Option<Stored>, StoreError> {
-        let (client, id, me, state) = (
-            self.client.clone(),
-            id.to_owned(),
-            self.host_id.clone(),
-            self.state.clone(),
-        );
-        blocking(move || load(&client, &id, &me, &state)).await
-    }
-}
-
-fn load(
-    client: &redis::Client,
-    id: &str,
-    me: &str,
-    state: &State,
-) -> Result<Option<Stored>, StoreError> {
-    let mut c = connect(client)?;
-    let mut fields: HashMap<String, String> = c.hgetall(session_key(id)).map_err(unavailable)?;
-    let Some(token_hash) = fields.remove(field::TOKEN_HASH) else {
-        return Ok(None);
-    };
-    let (_, entries) = events_after(&mut c, id, None, state).map_err(unavailable)?;
-    let last_entry = entries.last().map(|(e, _, _)| e.clone());
-    let events = entries.into_iter().map(|(_, seq, f)| (seq, f)).collect();
-    let lease: Option<String> = c.get(lease_key(id)).map_err(unavailable)?;
-    Ok(Some(Stored {
-        token_hash,
-        settings: fields.remove(field::SETTINGS).unwrap_or_default(),
-        memory: fields.remove(field::MEMORY).unwrap_or_default(),
-        running_input: fields.remove(field::RUNNING_INPUT),
-        events,
-        running_on: lease.filter(|h| h != me),
-        last_entry,
-    }))
-}
-
 /// Events of session `id` after stream entry `after` (`None`: from the start), oldest first
 /// and each `seq` once (a retried batch may have landed twice), as (entry id, seq, frame); and
 /// whether its turn's lease is still held (by any host).
-fn events_after(
+pub(super) fn events_after(
     c: &mut redis::Connection,
     id: &str,
     after: Option<&str>,
@@ -495,37 +339,6 @@ fn events_after(
     }
     let leased: bool = redis::cmd("EXISTS").arg(lease_key(id)).query(c)?;
     Ok((leased, out))
-}
-
-/// Listens for cancels of turns (sent by other hosts whose client asked) and hands the session
-/// ids to `tx`. Reconnects after a failure.
-fn listen_for_cancels(client: redis::Client, tx: tokio::sync::mpsc::UnboundedSender<String>) {
-    let failing = std::cell::Cell::new(false);
-    loop {
-        let run = || -> redis::RedisResult<()> {
-            let mut conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
-            let mut pubsub = conn.as_pubsub();
-            pubsub.subscribe(CANCEL_CHANNEL)?;
-            failing.set(false);
-            loop {
-                let msg = pubsub.get_message()?;
-                let id: String = msg.get_payload()?;
-                if tx.send(id).is_err() {
-                    return Ok(());
-                }
-            }
-        };
-        match run() {
-            Ok(()) => return,
-            Err(e) => {
-                // Said once per outage, not once a second.
-                if !failing.replace(true) {
-                    tracing::warn!(error = %e, "session store: cancel channel lost; reconnecting");
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

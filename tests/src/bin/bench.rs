@@ -82,7 +82,7 @@ async fn tool_overhead() {
             memory_limit: None,
             cpu_limit: None,
             drain_timeout: Duration::from_secs(1),
-            notices: None,
+            on_crash: None,
         }),
     };
     let p = std::sync::Arc::new(

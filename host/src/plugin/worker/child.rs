@@ -175,7 +175,7 @@ pub fn run(source: &Path, socket_fd: RawFd, lib_fd: RawFd) -> std::process::Exit
         let _ = frame::write_frame(&mut &writer, &reply);
     };
     let lib = format!("/proc/self/fd/{lib_fd}");
-    let (module, manifest) = match crate::plugin::load::open_module(source, Path::new(&lib)) {
+    let (module, manifest) = match crate::plugin::module::open_module(source, Path::new(&lib)) {
         Ok(loaded) => loaded,
         Err(e) => {
             hello(err(0, e.to_string()));

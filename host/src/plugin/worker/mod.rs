@@ -8,7 +8,7 @@
 //! flight on it — each with a text naming what happened — and is started again on the next
 //! call, after a back-off when crashes repeat. Agent instances are re-created on the new
 //! process as they are next used (their in-memory state is lost, as after a reload). Each
-//! crash is reported (`ReloadNotice::Crashed` → `system.plugin_crashed`, /metrics).
+//! crash is reported (`ReloadNotice::Crashed` via `WorkerOptions::on_crash` → `system.plugin_crashed`, /metrics).
 //!
 //! Here: a build's supervision (restarts, back-off, retirement after a reload, run guards);
 //! `process.rs`: one process (start, requests, death); `remote.rs`: instances and one
@@ -28,11 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
 use self::process::{read_replies, start, Conn};
-use super::instance::{HostErrorKind, PluginTag};
-use super::reload::ReloadNotice;
+use super::error::{HostErrorKind, PluginTag};
 
 /// How long a call may overrun its timeout before its worker is considered hung and stopped
 /// (a cooperative tool has been told to stop at the timeout; this is for one that cannot).
@@ -58,8 +57,24 @@ pub struct WorkerOptions {
     pub cpu_limit: Option<u64>,
     /// After a reload, how long the old build's worker waits for its runs to end.
     pub drain_timeout: Duration,
-    /// Where crashes are reported (the plugin slot's notice channel).
-    pub notices: Option<broadcast::Sender<ReloadNotice>>,
+    /// Where crashes are reported (the serving binary passes them on as plugin notices).
+    pub on_crash: Option<CrashSink>,
+}
+
+/// Receives each [`CrashReport`].
+#[derive(Clone)]
+pub struct CrashSink(Arc<dyn Fn(CrashReport) + Send + Sync>);
+
+impl CrashSink {
+    pub fn new(f: impl Fn(CrashReport) + Send + Sync + 'static) -> CrashSink {
+        CrashSink(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for CrashSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CrashSink")
+    }
 }
 
 /// Processes, crashes and restarts, over all builds (for /metrics).
@@ -281,14 +296,14 @@ impl Worker {
         };
         tracing::error!(plugin = %self.tag, generation = self.generation, crashes, %reason,
             restart_in_ms = restart_in.as_millis() as u64, "plugin worker crashed; other sessions are unaffected");
-        if let Some(n) = &self.opts.notices {
-            let _ = n.send(ReloadNotice::Crashed(CrashReport {
+        if let Some(sink) = &self.opts.on_crash {
+            (sink.0)(CrashReport {
                 plugin: self.tag.clone(),
                 generation: self.generation,
                 reason,
                 crashes,
                 restart_in,
-            }));
+            });
         }
     }
 }

@@ -9,7 +9,7 @@ use super::frame::{Reply, Request};
 use super::process::Conn;
 use super::{lock, Worker, HANG_GRACE};
 use crate::metrics::Metrics;
-use crate::plugin::instance::{HostError, HostErrorKind};
+use crate::plugin::error::{HostError, HostErrorKind};
 
 /// An agent instance living in a worker; re-created on a restarted process when next used.
 pub struct RemoteInstance {

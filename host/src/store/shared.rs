@@ -1,0 +1,199 @@
+//! What only a shared store (Redis) offers: following a turn that runs on another host,
+//! passing cancels between hosts, knowing which host holds a session — and opening one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+
+use super::health::State;
+use super::redis::{
+    connect, events_after, field, lease_key, session_key, unavailable, Followed, RedisBackend,
+    CANCEL_CHANNEL, IO_TIMEOUT,
+};
+use super::{blocking, redact_url, StoreError, Stored};
+
+/// Connects (an unreachable server is an error), starts the cancel listener, and returns the
+/// writer's backend and the several-hosts capability.
+pub(crate) fn open(
+    url: &str,
+    ttl: Duration,
+    host_id: &str,
+    state: Arc<State>,
+) -> Result<(RedisBackend, Shared), StoreError> {
+    let shown = redact_url(url);
+    let client = redis::Client::open(url)
+        .map_err(|e| StoreError::Config(format!("{shown}: not a Redis URL: {e}")))?;
+    let mut conn = connect(&client).map_err(|e| StoreError::Config(format!("{shown}: {e}")))?;
+    redis::cmd("PING").query::<String>(&mut conn).map_err(|e| {
+        StoreError::Config(format!("{shown}: the server does not answer PING: {e}"))
+    })?;
+    let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel();
+    let c = client.clone();
+    std::thread::Builder::new()
+        .name("session-cancels".into())
+        .spawn(move || listen_for_cancels(c, cancel_tx))
+        .map_err(|e| StoreError::Start(e.to_string()))?;
+    let backend = RedisBackend {
+        client: client.clone(),
+        conn: Some(conn),
+        ttl,
+        host: host_id.to_owned(),
+        running: HashSet::new(),
+        renewed: Instant::now(),
+    };
+    let shared = Shared {
+        client,
+        host_id: host_id.to_owned(),
+        cancels: Mutex::new(Some(cancel_rx)),
+        state,
+    };
+    Ok((backend, shared))
+}
+
+/// A connection kept by a reader that reads often (a followed turn); made on first use,
+/// dropped after a failure.
+#[derive(Default)]
+pub struct FollowConn(Option<redis::Connection>);
+
+/// What only a shared store offers: following a turn that runs on another host, passing
+/// cancels between hosts, knowing which host holds a session.
+pub struct Shared {
+    client: redis::Client,
+    host_id: String,
+    cancels: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    state: Arc<State>,
+}
+
+impl Shared {
+    /// This process, as named in leases and the sessions it takes.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Session ids whose running turn another host was asked to cancel (taken once).
+    pub fn take_cancels(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        self.cancels.lock().ok()?.take()
+    }
+
+    /// Asks whichever host runs session `id`'s turn to cancel it.
+    pub async fn publish_cancel(&self, id: &str) -> Result<(), StoreError> {
+        let (client, id) = (self.client.clone(), id.to_owned());
+        blocking(move || {
+            let mut c = connect(&client)?;
+            redis::cmd("PUBLISH")
+                .arg(CANCEL_CHANNEL)
+                .arg(id)
+                .query::<()>(&mut c)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Which host last took session `id` (`None`: not stored).
+    pub async fn holder(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let (client, id) = (self.client.clone(), id.to_owned());
+        blocking(move || {
+            connect(&client)?
+                .hget(session_key(&id), field::HOST)
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Events of session `id` after stream entry `after`, and whether its turn's lease is
+    /// held — what a host following another's turn reads, every 50 ms, over `conn`.
+    pub async fn follow(
+        &self,
+        conn: &mut FollowConn,
+        id: &str,
+        after: Option<String>,
+    ) -> Result<Followed, StoreError> {
+        let (client, id, state) = (self.client.clone(), id.to_owned(), self.state.clone());
+        let mut held = conn.0.take();
+        let (held, r) = tokio::task::spawn_blocking(move || {
+            let c = match &mut held {
+                Some(c) => c,
+                empty => match connect(&client) {
+                    Ok(c) => empty.insert(c),
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let r = events_after(c, &id, after.as_deref(), &state).map_err(unavailable);
+            (if r.is_ok() { held } else { None }, r)
+        })
+        .await
+        .unwrap_or_else(|e| (None, Err(StoreError::Unavailable(e.to_string()))));
+        conn.0 = held;
+        r
+    }
+
+    /// Reads session `id` (a lease held by another host means its turn still runs there).
+    pub(crate) async fn load(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        let (client, id, me, state) = (
+            self.client.clone(),
+            id.to_owned(),
+            self.host_id.clone(),
+            self.state.clone(),
+        );
+        blocking(move || load(&client, &id, &me, &state)).await
+    }
+}
+
+fn load(
+    client: &redis::Client,
+    id: &str,
+    me: &str,
+    state: &State,
+) -> Result<Option<Stored>, StoreError> {
+    let mut c = connect(client)?;
+    let mut fields: HashMap<String, String> = c.hgetall(session_key(id)).map_err(unavailable)?;
+    let Some(token_hash) = fields.remove(field::TOKEN_HASH) else {
+        return Ok(None);
+    };
+    let (_, entries) = events_after(&mut c, id, None, state).map_err(unavailable)?;
+    let last_entry = entries.last().map(|(e, _, _)| e.clone());
+    let events = entries.into_iter().map(|(_, seq, f)| (seq, f)).collect();
+    let lease: Option<String> = c.get(lease_key(id)).map_err(unavailable)?;
+    Ok(Some(Stored {
+        token_hash,
+        settings: fields.remove(field::SETTINGS).unwrap_or_default(),
+        memory: fields.remove(field::MEMORY).unwrap_or_default(),
+        running_input: fields.remove(field::RUNNING_INPUT),
+        events,
+        running_on: lease.filter(|h| h != me),
+        last_entry,
+    }))
+}
+
+/// Listens for cancels of turns (sent by other hosts whose client asked) and hands the session
+/// ids to `tx`. Reconnects after a failure.
+fn listen_for_cancels(client: redis::Client, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+    let failing = std::cell::Cell::new(false);
+    loop {
+        let run = || -> redis::RedisResult<()> {
+            let mut conn = client.get_connection_with_timeout(IO_TIMEOUT)?;
+            let mut pubsub = conn.as_pubsub();
+            pubsub.subscribe(CANCEL_CHANNEL)?;
+            failing.set(false);
+            loop {
+                let msg = pubsub.get_message()?;
+                let id: String = msg.get_payload()?;
+                if tx.send(id).is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        match run() {
+            Ok(()) => return,
+            Err(e) => {
+                // Said once per outage, not once a second.
+                if !failing.replace(true) {
+                    tracing::warn!(error = %e, "session store: cancel channel lost; reconnecting");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
