@@ -454,4 +454,39 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// Kills the server (as a crash would); [`Redis::restart`] brings an empty one back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new, empty server on the same port (a Redis without persistence after a
+    /// restart).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let t0 = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis-server did not restart"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGSTOP (`true`: a stalled server, connections accepted, nothing answered) or SIGCONT.
+    pub fn pause(&self, stopped: bool) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe {
+            libc_kill(self.child.id() as i32, if stopped { 19 } else { 18 });
+        }
+    }
 }

@@ -60,7 +60,7 @@ pub(super) fn unavailable(e: redis::RedisError) -> StoreError {
 pub(super) fn connect(client: &redis::Client) -> Result<redis::Connection, StoreError> {
     let conn = client
         .get_connection_with_timeout(IO_TIMEOUT)
-        .map_err(|e| StoreError::Unavailable(format!("cannot reach it: {e}")))?;
+        .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
     let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
     let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
     Ok(conn)
@@ -86,11 +86,11 @@ impl RedisBackend {
     }
 
     fn query(&mut self, p: &redis::Pipeline) -> Result<(), StoreError> {
-        let r = p.query::<()>(self.conn()?);
+        let r = run_pipeline(self.conn()?, p);
         if r.is_err() {
-            self.conn = None;
+            self.conn = None; // replies may be left unread: never reuse it
         }
-        r.map_err(unavailable)
+        r
     }
 }
 
@@ -137,6 +137,31 @@ impl Backend for RedisBackend {
             RENEW_EVERY
         }
     }
+}
+
+/// Sends `p` and reads its replies, giving up at the first failure. (redis-rs's own pipeline
+/// query reads every reply even after one timed out, so a stalled server held the writer for
+/// one I/O timeout per command.) A refused transaction is an error.
+fn run_pipeline(c: &mut redis::Connection, p: &redis::Pipeline) -> Result<(), StoreError> {
+    c.send_packed_command(&p.get_packed_pipeline())
+        .map_err(unavailable)?;
+    let replies = p.len() + if p.is_transaction() { 2 } else { 0 };
+    for i in 0..replies {
+        match c.recv_response().map_err(unavailable)? {
+            redis::Value::ServerError(e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the server refused a write: {e:?}"
+                )))
+            }
+            redis::Value::Nil if p.is_transaction() && i + 1 == replies => {
+                return Err(StoreError::Unavailable(
+                    "the transaction was aborted".into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A batch as one atomic pipeline, and how many commands it holds.

@@ -25,7 +25,11 @@ pub(crate) fn open(
     let shown = redact_url(url);
     let client = redis::Client::open(url)
         .map_err(|e| StoreError::Config(format!("{shown}: not a Redis URL: {e}")))?;
-    let mut conn = connect(&client).map_err(|e| StoreError::Config(format!("{shown}: {e}")))?;
+    let mut conn = client
+        .get_connection_with_timeout(IO_TIMEOUT)
+        .map_err(|e| StoreError::Config(format!("{shown}: cannot reach the session store: {e}")))?;
+    let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
     redis::cmd("PING").query::<String>(&mut conn).map_err(|e| {
         StoreError::Config(format!("{shown}: the server does not answer PING: {e}"))
     })?;
