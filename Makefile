@@ -25,10 +25,12 @@ run: build ## Serve the weather agent: web client http://localhost:8080/, WebSoc
 		$(BIN)/myagent-host serve $(PLUGIN) --port $(PORT) --replay $(DEMO_RECORDING); \
 	fi
 
-test: ## Run every test: unit, end-to-end (real host, plugins, fake model, WebSocket), browser (chromium), nginx, example clients, Autobahn conformance
+test: ## Run every test: formatting and lints, unit, end-to-end (real host, plugins, fake model, WebSocket), browser (chromium), nginx, example clients, Autobahn conformance
 	@for d in tests/browser tests/mcp examples/clients; do \
 		[ -d $$d/node_modules ] || ! command -v npm >/dev/null || (cd $$d && npm ci --no-audit --no-fund --silent); \
 	done
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy -j$(JOBS) --workspace --all-targets -- -D warnings
 	$(CARGO) test -j$(JOBS) --workspace
 	./scripts/example-clients.sh
 	./scripts/autobahn.sh

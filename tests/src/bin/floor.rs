@@ -16,7 +16,7 @@ use anyhow::Result;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use myagent_host::time::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -146,7 +146,42 @@ async fn serve(mut stream: TcpStream, model: Arc<Model>) {
     CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// A chunk as the floor reads it: only the text of the first choice, borrowed from the line
+/// (as the host's parser does: no `Value` tree).
+#[derive(Deserialize)]
+struct ChunkIn<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<ChoiceIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceIn<'a> {
+    #[serde(borrow, default)]
+    delta: Option<DeltaIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// One `agent.partial_answer` frame, serialised directly (the host's bytes: event, content,
+/// metadata, session_id, seq, timestamp).
+fn partial(session: &str, seq: u64, text: &str) -> String {
+    serde_json::to_string(&Partial {
+        event: "agent.partial_answer",
+        content: text,
+        metadata: Step { step: 1 },
+        session_id: session,
+        seq,
+        timestamp: Timestamp::now(),
+    })
+    .unwrap_or_default()
+}
+
 /// Streams one answer from the model to the client: a frame per token, a batch per read.
+/// Lines are parsed in place; only a line split across reads is copied.
 async fn relay(
     model: Arc<Model>,
     tx: mpsc::UnboundedSender<Vec<String>>,
@@ -156,49 +191,52 @@ async fn relay(
     let body = json!({"model": "floor", "stream": true, "messages": [{"role": "user", "content": content}]});
     let mut seq = 1u64;
     let mut answer = String::new();
-    let mut line = Vec::new();
+    let mut partial_line: Vec<u8> = Vec::new();
+    let mut done = false;
+    // A data line's text, if it carries some: Some(None) at `[DONE]`.
+    let text_of = |line: &[u8]| -> Option<Option<String>> {
+        let data = line.strip_prefix(b"data: ")?;
+        if data == b"[DONE]" {
+            return Some(None);
+        }
+        let chunk: ChunkIn<'_> = serde_json::from_slice(data).ok()?;
+        let text = chunk.choices.into_iter().next()?.delta?.content?;
+        (!text.is_empty()).then(|| Some(text.into_owned()))
+    };
     if let Ok(resp) = model.http.post(&model.url).json(&body).send().await {
         let mut bytes = resp.bytes_stream();
-        'read: while let Some(Ok(chunk)) = bytes.next().await {
+        while let Some(Ok(chunk)) = bytes.next().await {
             let mut batch = Vec::new();
-            for &b in chunk.iter() {
-                if b != b'\n' {
-                    line.push(b);
-                    continue;
-                }
-                let data = std::mem::take(&mut line);
-                let Some(data) = data.strip_prefix(b"data: ") else {
-                    continue;
+            let mut rest: &[u8] = &chunk;
+            while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+                let (line, tail) = rest.split_at(i);
+                rest = &tail[1..];
+                let got = if partial_line.is_empty() {
+                    text_of(line)
+                } else {
+                    partial_line.extend_from_slice(line);
+                    let whole = std::mem::take(&mut partial_line);
+                    text_of(&whole)
                 };
-                if data == b"[DONE]" {
-                    if !batch.is_empty() {
-                        let _ = tx.send(std::mem::take(&mut batch));
+                match got {
+                    Some(Some(text)) => {
+                        seq += 1;
+                        batch.push(partial(&session, seq, &text));
+                        answer.push_str(&text);
                     }
-                    break 'read;
+                    Some(None) => {
+                        done = true;
+                        break;
+                    }
+                    None => {}
                 }
-                let Ok(v) = serde_json::from_slice::<Value>(data) else {
-                    continue;
-                };
-                let Some(text) = v["choices"][0]["delta"]["content"].as_str() else {
-                    continue;
-                };
-                if text.is_empty() {
-                    continue;
-                }
-                seq += 1;
-                answer.push_str(text);
-                let frame = Partial {
-                    event: "agent.partial_answer",
-                    content: text,
-                    metadata: Step { step: 1 },
-                    session_id: &session,
-                    seq,
-                    timestamp: Timestamp::now(),
-                };
-                batch.push(serde_json::to_string(&frame).unwrap_or_default());
             }
+            partial_line.extend_from_slice(rest);
             if !batch.is_empty() && tx.send(batch).is_err() {
                 return;
+            }
+            if done {
+                break;
             }
         }
     }
