@@ -37,7 +37,7 @@ run() { # store
   local port; port=$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' "$DIR/host.log")
   local t0; t0=$(ticks /proc/$HOST/stat)
   target/release/myagent-loadgen stream --url "ws://127.0.0.1:$port" --sessions "$SESSIONS" \
-    --tokens "$TOKENS" --token-ms "$TOKEN_MS" --ramp-ms 200 | grep -E "final answers|latency per"
+    --tokens "$TOKENS" --token-ms "$TOKEN_MS" --ramp-ms 200 | grep -E "final answers|latency per|agent.ready"
   local writer=0
   for t in /proc/$HOST/task/*; do [ "$(cat "$t/comm")" = session-store ] && writer=$(ticks "$t/stat"); done
   echo "  --store ${1%%:*}: host CPU $(( $(ticks /proc/$HOST/stat) - t0 )) ticks (store writer thread $writer)"

@@ -156,6 +156,33 @@ async fn a_cancel_sent_to_another_host_stops_the_turn() {
 }
 
 #[tokio::test]
+async fn a_follower_that_leaves_does_not_cancel_the_turn() {
+    // Security round 3, item 14: ending a follow never cancels the turn on the other host.
+    let Some(redis) = Redis::start() else { return };
+    let llm = FakeLlm::start();
+    let a = host(&llm, &redis, &[]);
+    let b = host(&llm, &redis, &["--resume-window", "1"]);
+    let (mut c, sid, token) = Client::with_session(&a.ws_url()).await;
+    c.ask(&sid, "bench:120@25").await; // 3 s
+    let first = c.until("agent.partial_answer").await;
+    drop(c);
+    let (mut c, _) = resume(&b, &sid, &token, first["seq"].as_u64().unwrap()).await;
+    c.until("agent.partial_answer").await; // following on B
+    drop(c); // B's client goes; B's resume window (1 s) passes mid-turn
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        b.proc.stderr_text().contains("no longer following"),
+        "{}",
+        b.proc.stderr_text()
+    );
+    // The turn finishes on A, uncancelled, and a client back on A gets its whole answer.
+    let (mut c, _) = resume(&a, &sid, &token, first["seq"].as_u64().unwrap()).await;
+    let fin = c.until("agent.final_answer").await;
+    assert_eq!(fin["metadata"]["reason"], "answer", "{fin}");
+    assert_eq!(a.metric("myagent_runs_cancelled_total"), 0);
+}
+
+#[tokio::test]
 async fn a_host_killed_mid_turn_is_taken_over_by_another() {
     let Some(redis) = Redis::start() else { return };
     let llm = FakeLlm::start();

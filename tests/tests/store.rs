@@ -264,3 +264,77 @@ async fn sqlite_on_a_full_disk_buffers_and_writes_once_space_is_back() {
     drop(h);
     drop(disk);
 }
+
+/// Whether `haystack` holds `needle` anywhere.
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn no_stored_byte_holds_a_live_resume_token() {
+    // Security round 3, item 1: the token reaches the creating client only.
+    let dir = TempDir::new("store-token");
+    let db = dir.path().join("s.db");
+    let llm = FakeLlm::start();
+    let h = host(&llm, &format!("sqlite:{}", db.display()), &[]);
+    let (mut c, sid, token) = Client::with_session(&h.ws_url()).await;
+    let created = c.named("agent.session_created")[0].clone();
+    assert_eq!(created["resume_token"], token.as_str());
+    llm.script(json!([{"text": "ok"}]));
+    c.ask(&sid, "hello").await;
+    c.until("agent.ready").await;
+    for f in ["s.db", "s.db-wal"] {
+        let bytes = std::fs::read(dir.path().join(f)).unwrap_or_default();
+        assert!(!holds(&bytes, &token), "{f} holds the resume token");
+    }
+    // A client resuming from 0 gets the event back, without the token; the token still works.
+    let (mut c2, resumed) = Client::resume(&h.ws_url(), &sid, &token, 0).await;
+    assert_eq!(resumed["event"], "agent.session_resumed");
+    let replayed = c2.until("agent.session_created").await;
+    assert_eq!(replayed["seq"], 1);
+    assert!(replayed.get("resume_token").is_none(), "{replayed}");
+
+    // The same on Redis: nothing under our keys holds it.
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let cli = |args: &[&str]| {
+        Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli")
+            .stdout
+    };
+    // A stream an earlier version wrote, token in clear: scrubbed when a host opens the store.
+    let old = "feedfacefeedfacefeedfacefeedface";
+    let frame = format!("{{\"event\":\"agent.session_created\",\"resume_token\":\"{old}\",\"agent\":{{}},\"session_id\":\"old\",\"seq\":1}}");
+    cli(&[
+        "XADD",
+        "myagent:events:old",
+        "5-0",
+        "seq",
+        "1",
+        "frames",
+        &frame,
+    ]);
+    let h = host(&llm, &redis.url(), &[]);
+    let kept = cli(&["XRANGE", "myagent:events:old", "-", "+"]);
+    assert!(!holds(&kept, old) && holds(&kept, "5-0") && holds(&kept, "agent.session_created"));
+    let (mut c, sid, token) = Client::with_session(&h.ws_url()).await;
+    llm.script(json!([{"text": "ok"}]));
+    c.ask(&sid, "hello").await;
+    c.until("agent.ready").await;
+    let keys = String::from_utf8(cli(&["--scan", "--pattern", "myagent:*"])).unwrap();
+    assert!(keys.contains(&sid), "{keys}");
+    for key in keys.lines() {
+        let kind = String::from_utf8(cli(&["TYPE", key])).unwrap();
+        let dump = match kind.trim() {
+            "stream" => cli(&["XRANGE", key, "-", "+"]),
+            "hash" => cli(&["HGETALL", key]),
+            _ => cli(&["GET", key]),
+        };
+        assert!(!holds(&dump, &token), "{key} holds the resume token");
+    }
+}

@@ -195,7 +195,10 @@ pub enum ServerEvent {
     AuthError { error: String },
     #[serde(rename = "agent.session_created")]
     SessionCreated {
-        resume_token: String,
+        /// Only in the frame the creating client receives: the numbered log — replayed to a
+        /// resuming client, written to the store — holds the event without it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
         agent: AgentInfo,
         /// The session's own settings, when it asked for any.
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -48,6 +48,11 @@ impl Sessions {
                     tracing::info!(session_id = %id, "shutting down: no longer following");
                     return;
                 }
+                if token.is_cancelled() && session.has_left() {
+                    // The client here left: the turn goes on where it runs. Not a cancel.
+                    tracing::info!(session_id = %id, "the client left: no longer following");
+                    return;
+                }
                 if token.is_cancelled() && !cancel_sent {
                     cancel_sent = true;
                     if shared.publish_cancel(&id).await.is_err() {

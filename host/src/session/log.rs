@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{custom_frame, ErrorCode, OnBusy, ServerEvent, MAX_EVENT_BYTES};
-use super::subscriber::{send_about, Sub};
+use super::subscriber::Sub;
 use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::llm::Content;
 use crate::metrics::Metrics;
@@ -84,6 +84,12 @@ struct Inner {
     /// [`Session::release`]: an acknowledgement (`agent.session_created`, `agent.ready`) waits
     /// for the store to commit what it acknowledges.
     withheld_from: Option<u64>,
+    /// This host follows a turn running on another host, and its client has left: the follow
+    /// ends without cancelling that turn.
+    left: bool,
+    /// A held event's frame for the owner only (with a secret the log does not keep): its seq
+    /// and bytes, sent by `release` in place of the logged frame.
+    live_frame: Option<(u64, Utf8Bytes)>,
 }
 
 impl Drop for Session {
@@ -143,6 +149,8 @@ impl Session {
             epoch: 0,
             instance: slot.instance.clone(),
             withheld_from: None,
+            left: false,
+            live_frame: None,
         };
         Session {
             shared_id: Arc::from(id.as_str()),
@@ -215,17 +223,37 @@ impl Session {
         );
     }
 
+    /// [`Session::emit_held`] for an event whose live form carries a secret (the resume token
+    /// of `agent.session_created`): `logged` is numbered, kept for replay and written to the
+    /// store; the owner receives `live`, with the same `seq`, at [`Session::release`].
+    pub fn emit_held_secret(&self, logged: &ServerEvent, live: &ServerEvent, metrics: &Metrics) {
+        let mut inner = self.lock();
+        let seq = inner.seq + 1;
+        inner.withheld_from.get_or_insert(seq);
+        inner.live_frame = Some((seq, live.frame_in_session(&self.id, seq)));
+        self.emit_locked(
+            &mut inner,
+            logged.name(),
+            |seq| logged.frame_in_session(&self.id, seq),
+            metrics,
+        );
+    }
+
     /// Sends the held-back events (in order) to the owning connection.
     pub fn release(&self, metrics: &Metrics) {
         let mut inner = self.lock();
         let Some(from) = inner.withheld_from.take() else {
             return;
         };
+        let live = inner.live_frame.take();
         let held: Vec<Utf8Bytes> = inner
             .replay
             .iter()
             .filter(|(s, _)| *s >= from)
-            .map(|(_, t)| t.clone())
+            .map(|(s, t)| match &live {
+                Some((at, frame)) if at == s => frame.clone(),
+                _ => t.clone(),
+            })
             .collect();
         if let Some(owner) = &inner.owner {
             metrics.events_sent.add(held.len() as u64);
@@ -419,58 +447,7 @@ impl Session {
             None => false,
         }
     }
-
-    /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
-    pub fn detach(&self, conn_id: u64) -> Option<u64> {
-        let mut inner = self.lock();
-        if inner.owner.as_ref().map(|o| o.id()) != Some(conn_id) {
-            return None;
-        }
-        inner.owner = None;
-        inner.epoch += 1;
-        Some(inner.epoch)
-    }
-
-    /// True when the session is still detached since the detach that returned `epoch`.
-    pub fn still_detached(&self, epoch: u64) -> bool {
-        let inner = self.lock();
-        inner.owner.is_none() && inner.epoch == epoch
-    }
-
-    /// Attaches `conn` and replays every event after `last_seq`, atomically with respect to
-    /// new events: `agent.session_resumed` first, then the replayed events, then live ones.
-    pub fn resume(&self, conn: Sub, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
-        let mut inner = self.lock();
-        inner.epoch += 1;
-        let first_available = inner
-            .replay
-            .front()
-            .map_or(inner.seq.saturating_add(1), |(s, _)| *s);
-        // Held-back events are not replayed: `release` sends them to whoever owns it then.
-        let shown_to = inner.withheld_from.map_or(inner.seq, |w| w - 1);
-        let missed: Vec<Utf8Bytes> = inner
-            .replay
-            .iter()
-            .filter(|(s, _)| *s > last_seq && *s <= shown_to)
-            .map(|(_, t)| t.clone())
-            .collect();
-        let recovered = last_seq.saturating_add(1) >= first_available || last_seq >= inner.seq;
-        metrics.events_sent.add(missed.len() as u64);
-        let header = ServerEvent::SessionResumed {
-            last_seq: shown_to,
-            replayed: missed.len(),
-            recovered,
-            pending_approvals: self.approvals.pending(),
-        };
-        send_about(&*conn, Some(&self.id), &header);
-        conn.send_batch(missed);
-        inner.owner = Some(conn);
-        if recovered {
-            ResumeOutcome::Recovered
-        } else {
-            ResumeOutcome::Gap { first_available }
-        }
-    }
 }
 
+mod attach;
 mod foreign;

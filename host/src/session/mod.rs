@@ -247,7 +247,7 @@ impl Sessions {
                     _ = this.lifecycle.shutdown.cancelled() => {}
                 }
                 if session.still_detached(epoch) {
-                    session.cancel();
+                    session.leave();
                     this.remove(&session.id);
                     tracing::debug!(session_id = %session.id, "session expired without resume");
                 }
@@ -364,23 +364,28 @@ impl Sessions {
             generation: None,
             tools: Some(self.runtime.tool_names(m)),
         };
-        let created = ServerEvent::SessionCreated {
-            resume_token: token,
-            agent,
-            agent_config: (settings != SessionSettings::default()).then_some(settings),
+        let agent_config = (settings != SessionSettings::default()).then_some(settings);
+        // The resume token reaches this client only: the log (replay, store) keeps the event
+        // without it — a copy of the store must not let anyone resume the session.
+        let logged = ServerEvent::SessionCreated {
+            resume_token: None,
+            agent: agent.clone(),
+            agent_config: agent_config.clone(),
         };
-        match &self.store {
-            // Acknowledged means durable: the client hears of the session once it is stored
-            // (or `--store-ack-timeout` passed; then the write stays buffered).
-            Some(store) => {
-                session.emit_held(&created, &self.runtime.metrics);
-                if let Err(e) = store.commit().await {
-                    tracing::warn!(session_id = %session.id, error = %e, "session created before the store confirmed it");
-                }
-                session.release(&self.runtime.metrics);
+        let live = ServerEvent::SessionCreated {
+            resume_token: Some(token),
+            agent,
+            agent_config,
+        };
+        session.emit_held_secret(&logged, &live, &self.runtime.metrics);
+        // Acknowledged means durable: the client hears of the session once it is stored (or
+        // `--store-ack-timeout` passed; then the write stays buffered).
+        if let Some(store) = &self.store {
+            if let Err(e) = store.commit().await {
+                tracing::warn!(session_id = %session.id, error = %e, "session created before the store confirmed it");
             }
-            None => session.emit(&created, &self.runtime.metrics),
         }
+        session.release(&self.runtime.metrics);
     }
 
     fn factory_failed(&self, client: &Client, e: &dyn std::fmt::Display) {

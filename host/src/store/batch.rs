@@ -97,10 +97,47 @@ impl Chunks {
     }
 }
 
+/// `frames` without any `"resume_token":"…"` member (stores written before the token was kept
+/// out of the log held it in `agent.session_created`); None when there is none.
+pub(crate) fn strip_resume_tokens(frames: &str) -> Option<String> {
+    const KEY: &str = "\"resume_token\":\"";
+    if !frames.contains(KEY) {
+        return None;
+    }
+    let mut out = String::with_capacity(frames.len());
+    let mut rest = frames;
+    while let Some(at) = rest.find(KEY) {
+        let value = &rest[at + KEY.len()..];
+        let Some(end) = value.find('"') else { break };
+        let mut after = &value[end + 1..];
+        let mut before = &rest[..at];
+        // Take one comma with the member: the one after it, else the one before it.
+        if let Some(a) = after.strip_prefix(',') {
+            after = a;
+        } else if let Some(b) = before.strip_suffix(',') {
+            before = b;
+        }
+        out.push_str(before);
+        rest = after;
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    #[test]
+    fn resume_tokens_are_stripped_from_stored_frames() {
+        let f = "{\"event\":\"agent.session_created\",\"resume_token\":\"abc\",\"agent\":{}}\n{\"x\":1,\"resume_token\":\"d\"}";
+        assert_eq!(
+            strip_resume_tokens(f).unwrap(),
+            "{\"event\":\"agent.session_created\",\"agent\":{}}\n{\"x\":1}"
+        );
+        assert_eq!(strip_resume_tokens("{\"a\":1}"), None);
+    }
 
     #[test]
     fn a_session_made_and_closed_within_one_batch_costs_one_delete() {

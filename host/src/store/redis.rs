@@ -142,7 +142,10 @@ impl Backend for RedisBackend {
 /// Sends `p` and reads its replies, giving up at the first failure. (redis-rs's own pipeline
 /// query reads every reply even after one timed out, so a stalled server held the writer for
 /// one I/O timeout per command.) A refused transaction is an error.
-fn run_pipeline(c: &mut redis::Connection, p: &redis::Pipeline) -> Result<(), StoreError> {
+pub(super) fn run_pipeline(
+    c: &mut redis::Connection,
+    p: &redis::Pipeline,
+) -> Result<(), StoreError> {
     c.send_packed_command(&p.get_packed_pipeline())
         .map_err(unavailable)?;
     let replies = p.len() + if p.is_transaction() { 2 } else { 0 };
@@ -273,6 +276,18 @@ fn xadd(p: &mut redis::Pipeline, c: &Chunk) {
         .arg(c.first)
         .arg(entry::FRAMES)
         .arg(&c.frames)
+        .ignore();
+}
+
+/// A stream entry as written: `seq` of its first event and the frames.
+pub(super) fn xadd_at(p: &mut redis::Pipeline, key: &str, id: &str, first: u64, frames: &str) {
+    p.cmd("XADD")
+        .arg(key)
+        .arg(id)
+        .arg(entry::SEQ)
+        .arg(first)
+        .arg(entry::FRAMES)
+        .arg(frames)
         .ignore();
 }
 

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use redis::Commands;
 
+use super::batch::strip_resume_tokens;
 use super::health::State;
 use super::redis::{
-    connect, events_after, field, lease_key, session_key, unavailable, Followed, RedisBackend,
-    CANCEL_CHANNEL, IO_TIMEOUT,
+    connect, decode_entry, events_after, field, lease_key, run_pipeline, session_key, unavailable,
+    xadd_at, Followed, RedisBackend, CANCEL_CHANNEL, IO_TIMEOUT,
 };
 use super::{blocking, redact_url, StoreError, Stored};
 
@@ -30,6 +31,14 @@ pub(crate) fn open(
         .map_err(|e| StoreError::Config(format!("{shown}: cannot reach the session store: {e}")))?;
     let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
     let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+    match scrub_resume_tokens(&mut conn) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            streams = n,
+            "resume tokens removed from stored events (written by an earlier version)"
+        ),
+        Err(e) => tracing::error!(error = %e, "removing stored resume tokens failed"),
+    }
     redis::cmd("PING").query::<String>(&mut conn).map_err(|e| {
         StoreError::Config(format!("{shown}: the server does not answer PING: {e}"))
     })?;
@@ -200,4 +209,49 @@ fn listen_for_cancels(client: redis::Client, tx: tokio::sync::mpsc::UnboundedSen
             }
         }
     }
+}
+
+/// Rewrites the event streams that hold a resume token in clear (an earlier version stored
+/// `agent.session_created` whole): each is replaced in one transaction, its entry ids and its
+/// expiry kept. Returns how many streams changed.
+fn scrub_resume_tokens(c: &mut redis::Connection) -> Result<usize, StoreError> {
+    let keys: Vec<String> = c
+        .scan_match::<_, String>("myagent:events:*")
+        .map_err(unavailable)?
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    let mut changed = 0;
+    for key in keys {
+        let raw: redis::Value = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(c)
+            .map_err(unavailable)?;
+        let redis::Value::Array(raw) = raw else {
+            continue;
+        };
+        let entries: Vec<(String, u64, String)> =
+            raw.iter().filter_map(|e| decode_entry(e).ok()).collect();
+        if !entries
+            .iter()
+            .any(|(_, _, f)| f.contains("\"resume_token\":\""))
+        {
+            continue;
+        }
+        let ttl: i64 = c.pttl(&key).map_err(unavailable)?;
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("DEL").arg(&key).ignore();
+        for (id, first, frames) in &entries {
+            let clean = strip_resume_tokens(frames);
+            xadd_at(&mut p, &key, id, *first, clean.as_deref().unwrap_or(frames));
+        }
+        if ttl > 0 {
+            p.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+        }
+        run_pipeline(c, &p)?;
+        changed += 1;
+    }
+    Ok(changed)
 }

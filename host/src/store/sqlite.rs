@@ -8,18 +8,45 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::batch::{Chunk, Chunks};
+use super::batch::{strip_resume_tokens, Chunk, Chunks};
 use super::{now, Backend, Op, StoreError, Stored, EVENTS_KEPT};
 
 const SCHEMA_VERSION: i64 = 1;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// The writer's side: one connection, one transaction per batch.
+/// How often the WAL is checkpointed into the database (from its own thread and connection).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The writer's side: one connection, one transaction per batch. Checkpoints (which fsync) run
+/// on their own thread, so a commit an acknowledgement waits for is only a WAL append.
 pub(crate) struct SqliteBackend {
     db: Connection,
     ttl: Duration,
     last_sweep: Instant,
+    /// Tells the checkpoint thread to stop when the writer is gone.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Checkpoints the WAL every second (PASSIVE: never blocks the writer) until `stop`.
+fn checkpointer(path: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let Ok(db) = Connection::open(&path) else {
+        return;
+    };
+    let _ = db.busy_timeout(Duration::from_millis(100));
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "session store checkpoint failed; retried");
+        }
+    }
+    let _ = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
 impl SqliteBackend {
@@ -32,10 +59,32 @@ impl SqliteBackend {
             })?;
         }
         let db = open(path)?;
+        match scrub_resume_tokens(&db) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                rows = n,
+                "resume tokens removed from stored events (written by an earlier version)"
+            ),
+            Err(e) => tracing::error!(error = %e, "removing stored resume tokens failed"),
+        }
+        // The writer never checkpoints (an fsync inside a commit an acknowledgement waits
+        // for); the checkpoint thread does.
+        db.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (path.to_owned(), stop.clone());
+        std::thread::Builder::new()
+            .name("session-store-checkpoint".into())
+            .spawn(move || checkpointer(p, s))
+            .map_err(|e| StoreError::Start(e.to_string()))?;
         let backend = SqliteBackend {
             db,
             ttl,
             last_sweep: Instant::now(),
+            stop,
         };
         match expire(&backend.db, ttl) {
             Ok(0) => {}
@@ -89,6 +138,35 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         }),
         Err(e) => Err(corrupt(e)),
     }
+}
+
+/// Rewrites stored event rows that hold a resume token in clear (an earlier version stored
+/// `agent.session_created` whole), with `secure_delete` so the old bytes are overwritten and
+/// the WAL truncated after; returns how many rows changed.
+fn scrub_resume_tokens(db: &Connection) -> rusqlite::Result<usize> {
+    let rows: Vec<(i64, String)> = db
+        .prepare(
+            "SELECT rowid, frames FROM event_chunks WHERE frames LIKE '%\"resume_token\":\"%'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    db.pragma_update(None, "secure_delete", "ON")?;
+    let mut n = 0;
+    for (rowid, frames) in rows {
+        if let Some(clean) = strip_resume_tokens(&frames) {
+            db.execute(
+                "UPDATE event_chunks SET frames = ?1 WHERE rowid = ?2",
+                params![clean, rowid],
+            )?;
+            n += 1;
+        }
+    }
+    db.pragma_update(None, "secure_delete", "OFF")?;
+    db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(n)
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -248,4 +326,45 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
         write_chunk(&tx, &c)?;
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_tokens_written_by_an_earlier_version_are_scrubbed_on_open() {
+        let dir = std::env::temp_dir().join(format!("sqlite-scrub-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("s.db");
+        let token = "0123456789abcdef0123456789abcdef";
+        {
+            let b = SqliteBackend::open(&path, Duration::from_secs(3600)).unwrap();
+            let frames = format!(
+                "{{\"event\":\"agent.session_created\",\"resume_token\":\"{token}\",\"agent\":{{}},\"session_id\":\"s\",\"seq\":1}}"
+            );
+            b.db.execute(
+                "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES ('s', 1, 1, ?1)",
+                [frames],
+            )
+            .unwrap();
+        }
+        let b = SqliteBackend::open(&path, Duration::from_secs(3600)).unwrap();
+        let frames: String =
+            b.db.query_row("SELECT frames FROM event_chunks", [], |r| r.get(0))
+                .unwrap();
+        assert!(
+            frames.contains("agent.session_created") && !frames.contains(token),
+            "{frames}"
+        );
+        drop(b);
+        for f in ["s.db", "s.db-wal"] {
+            let bytes = std::fs::read(dir.join(f)).unwrap_or_default();
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "{f} still holds the token"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -98,7 +98,7 @@ fn frames_are_byte_identical_to_a_flattened_wrapper() {
         },
         ServerEvent::error(ErrorCode::InvalidJson, "bad"),
         ServerEvent::SessionCreated {
-            resume_token: "t".into(),
+            resume_token: Some("t".into()),
             agent: AgentInfo {
                 name: "n".into(),
                 version: "1".into(),

@@ -44,8 +44,32 @@ impl Session {
     /// meanwhile follow `on_busy`; cancelling the token is how a cancel reaches the follower.
     pub fn begin_follow(&self) -> CancellationToken {
         let token = CancellationToken::new();
-        self.lock().running = Some(token.clone());
+        let mut inner = self.lock();
+        inner.running = Some(token.clone());
+        inner.left = false;
         token
+    }
+
+    /// The session's client left (its resume window passed, or the host stops): a run here is
+    /// cancelled, but a turn followed from another host is only let go — it goes on there, for
+    /// whoever resumes it next. True when something was running.
+    pub fn leave(&self) -> bool {
+        let mut inner = self.lock();
+        inner.left = true;
+        inner.queue.clear();
+        inner.queue_bytes = 0;
+        match &inner.running {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the client left (see [`Session::leave`]).
+    pub fn has_left(&self) -> bool {
+        self.lock().left
     }
 
     /// The followed turn ended: the session is idle here — then its `agent.ready` goes out: the

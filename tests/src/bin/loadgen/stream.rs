@@ -19,8 +19,12 @@ use crate::*;
 pub(crate) struct StreamStats {
     latency: Option<Histogram<u64>>,
     ttfe: Option<Histogram<u64>>,
+    /// From a session's `agent.final_answer` to its `agent.ready`: what the acknowledgement
+    /// (the store's commit) adds.
+    ack: Option<Histogram<u64>>,
     events: u64,
     finals: u64,
+    readies: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -39,8 +43,13 @@ impl StreamStats {
             .get_or_insert_with(hist)
             .add(o.ttfe.unwrap_or_else(hist))
             .ok();
+        self.ack
+            .get_or_insert_with(hist)
+            .add(o.ack.unwrap_or_else(hist))
+            .ok();
         self.events += o.events;
         self.finals += o.finals;
+        self.readies += o.readies;
         self.errors += o.errors;
         if self.first_error.is_none() {
             self.first_error = o.first_error;
@@ -78,8 +87,10 @@ pub(crate) async fn stream_connection(
     let mut st = StreamStats {
         latency: Some(hist()),
         ttfe: Some(hist()),
+        ack: Some(hist()),
         ..Default::default()
     };
+    let mut final_at: std::collections::HashMap<String, Instant> = Default::default();
     let fail = |st: &mut StreamStats, e: String| {
         st.errors += 1;
         st.first_error.get_or_insert(e);
@@ -127,7 +138,7 @@ pub(crate) async fn stream_connection(
     let mut sent_at: std::collections::HashMap<String, (Instant, bool)> = Default::default();
     let total = pending.len();
     let end = tokio::time::Instant::from_std(t0) + deadline;
-    while st.finals + st.errors < total as u64 {
+    while st.readies + st.errors < total as u64 {
         let next_start = pending
             .last()
             .map(|p| tokio::time::Instant::from_std(t0 + p.0));
@@ -172,6 +183,17 @@ pub(crate) async fn stream_connection(
             }
         } else if text.contains("\"agent.final_answer\"") {
             st.finals += 1;
+            if let Some(sid) = session_of(text) {
+                final_at.insert(sid.to_owned(), Instant::now());
+            }
+        } else if text.contains("\"agent.ready\"") {
+            st.readies += 1;
+            if let Some(at) = session_of(text).and_then(|sid| final_at.remove(sid)) {
+                st.ack
+                    .as_mut()
+                    .unwrap()
+                    .saturating_record(at.elapsed().as_micros().max(1) as u64);
+            }
         } else if text.contains("\"agent.error\"") {
             fail(&mut st, text.to_owned());
         }
@@ -293,6 +315,7 @@ pub(crate) async fn stream_run(
     let (rss1, _) = host_stats(&a.target.url).await?;
     let lat = total.latency.unwrap_or_else(hist);
     let ttfe = total.ttfe.unwrap_or_else(hist);
+    let ack = total.ack.unwrap_or_else(hist);
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let eps = total.events as f64 / took.as_secs_f64();
     println!(
@@ -321,12 +344,20 @@ pub(crate) async fn stream_run(
         mib(rss1),
         if blockers > 0 { format!("; {} blocking tool calls completed", blocker_calls.load(Ordering::Relaxed)) } else { String::new() }
     );
+    println!(
+        "{label}: agent.final_answer → agent.ready (the acknowledgement, n={}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ack.len(),
+        ms(&ack, 0.5),
+        ms(&ack, 0.99),
+        ack.max() as f64 / 1000.0
+    );
     Ok(json!({
         "scenario": label, "sessions": a.sessions, "sessions_per_connection": per, "tokens": a.tokens, "token_ms": a.token_ms,
         "final_answers": total.finals, "errors": total.errors, "first_error": total.first_error,
         "secs": took.as_secs_f64(), "events": total.events, "events_per_sec": eps,
         "latency_ms": {"n": lat.len(), "p50": ms(&lat, 0.5), "p99": ms(&lat, 0.99), "p999": ms(&lat, 0.999), "max": lat.max() as f64 / 1000.0},
         "first_event_ms": {"p50": ms(&ttfe, 0.5), "p99": ms(&ttfe, 0.99)},
+        "ack_ms": {"n": ack.len(), "p50": ms(&ack, 0.5), "p99": ms(&ack, 0.99), "max": ack.max() as f64 / 1000.0},
         "host_rss_before": rss0, "host_rss_after": rss1,
         "blockers": blockers, "blocking_calls": blocker_calls.load(Ordering::Relaxed),
     }))

@@ -1,0 +1,64 @@
+//! Who a session's events go to: detaching when a connection goes, and resuming — the owner
+//! attached and the missed events replayed under the session's lock, so nothing is lost or
+//! sent twice between the replay and the live events.
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{ResumeOutcome, Session};
+use crate::metrics::Metrics;
+use crate::session::event::ServerEvent;
+use crate::session::subscriber::{send_about, Sub};
+
+impl Session {
+    /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
+    pub fn detach(&self, conn_id: u64) -> Option<u64> {
+        let mut inner = self.lock();
+        if inner.owner.as_ref().map(|o| o.id()) != Some(conn_id) {
+            return None;
+        }
+        inner.owner = None;
+        inner.epoch += 1;
+        Some(inner.epoch)
+    }
+
+    /// True when the session is still detached since the detach that returned `epoch`.
+    pub fn still_detached(&self, epoch: u64) -> bool {
+        let inner = self.lock();
+        inner.owner.is_none() && inner.epoch == epoch
+    }
+
+    /// Attaches `conn` and replays every event after `last_seq`, atomically with respect to
+    /// new events: `agent.session_resumed` first, then the replayed events, then live ones.
+    pub fn resume(&self, conn: Sub, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        let first_available = inner
+            .replay
+            .front()
+            .map_or(inner.seq.saturating_add(1), |(s, _)| *s);
+        // Held-back events are not replayed: `release` sends them to whoever owns it then.
+        let shown_to = inner.withheld_from.map_or(inner.seq, |w| w - 1);
+        let missed: Vec<Utf8Bytes> = inner
+            .replay
+            .iter()
+            .filter(|(s, _)| *s > last_seq && *s <= shown_to)
+            .map(|(_, t)| t.clone())
+            .collect();
+        let recovered = last_seq.saturating_add(1) >= first_available || last_seq >= inner.seq;
+        metrics.events_sent.add(missed.len() as u64);
+        let header = ServerEvent::SessionResumed {
+            last_seq: shown_to,
+            replayed: missed.len(),
+            recovered,
+            pending_approvals: self.approvals.pending(),
+        };
+        send_about(&*conn, Some(&self.id), &header);
+        conn.send_batch(missed);
+        inner.owner = Some(conn);
+        if recovered {
+            ResumeOutcome::Recovered
+        } else {
+            ResumeOutcome::Gap { first_available }
+        }
+    }
+}
