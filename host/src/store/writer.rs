@@ -193,18 +193,23 @@ impl<B: Backend> Writer<B> {
 
     fn written(&mut self) {
         let count = self.pending.len();
-        for op in self.pending.drain(..) {
-            if let Op::Ack(a) = op {
-                a.done();
-            }
-        }
+        let done = std::mem::take(&mut self.pending);
+        // The state first, then the acknowledgements: whoever they wake sees it up to date.
         self.pending_bytes = 0;
         self.state.buffered_bytes.store(0, Ordering::Relaxed);
         self.state.oldest_ms.store(0, Ordering::Relaxed);
         self.retry_at = None;
         self.backoff = RETRY_FIRST;
-        if let Some(o) = self.outage.take() {
+        let was_out = self.outage.is_some();
+        if was_out {
             self.state.up.store(true, Ordering::Relaxed);
+        }
+        for op in done {
+            if let Op::Ack(a) = op {
+                a.done();
+            }
+        }
+        if let Some(o) = self.outage.take() {
             tracing::warn!(
                 store = %self.state.name,
                 after_secs = o.since.elapsed().as_secs(),
@@ -378,7 +383,11 @@ mod tests {
                 tx.send(op).unwrap();
             }
         }
-        std::thread::sleep(Duration::from_millis(400));
+        // Wait until the writer has taken everything in (and applied its bound).
+        let t0 = std::time::Instant::now();
+        while state.health().dropped_events < 400 && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let h = state.health();
         assert!(h.buffered_bytes <= 1 << 20, "{h:?}");
         assert_eq!(
