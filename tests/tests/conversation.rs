@@ -173,11 +173,23 @@ async fn get_history_returns_the_conversation_with_tool_calls_and_results() {
         1,
         "asked while the run goes on"
     );
+    // One waiting request per session (security round 3, item 3): more are refused at once
+    // instead of queueing without bound behind the turn.
+    for _ in 0..3 {
+        c.send(json!({"event": "user.get_history", "session_id": sid}))
+            .await;
+        assert_eq!(c.until("agent.error").await["code"], "history_pending");
+    }
     let h = c.until("agent.history").await;
     assert_eq!(
         c.named("agent.final_answer").len(),
         2,
         "history came before the run ended"
+    );
+    assert_eq!(
+        c.named("agent.history").len(),
+        2,
+        "the first turn's and the one waiting request's"
     );
     assert_eq!(h["messages"].as_array().unwrap().len(), 6);
     assert_eq!(h["messages"][5]["content"], second.as_str());

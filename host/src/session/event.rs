@@ -42,11 +42,12 @@ pub enum ErrorCode {
     EventTooLarge,
     ApprovalNotPending,
     StoreUnavailable,
+    HistoryPending,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and fuzzing.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidMessage,
         ErrorCode::MissingEvent,
@@ -65,6 +66,7 @@ impl ErrorCode {
         ErrorCode::EventTooLarge,
         ErrorCode::ApprovalNotPending,
         ErrorCode::StoreUnavailable,
+        ErrorCode::HistoryPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +89,7 @@ impl ErrorCode {
             ErrorCode::EventTooLarge => "event_too_large",
             ErrorCode::ApprovalNotPending => "approval_not_pending",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::HistoryPending => "history_pending",
         }
     }
 }

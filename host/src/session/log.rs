@@ -57,6 +57,9 @@ pub struct Session {
     pub agent: tokio::sync::Mutex<AgentSlot>,
     /// Tool calls of the current run waiting for a person's approval.
     pub approvals: Approvals,
+    /// A `user.get_history` waits for the running turn (one at a time: each waiting request
+    /// holds memory until the turn ends).
+    pub history_pending: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
     replay_cap_bytes: usize,
     budget: Arc<ReplayBudget>,
@@ -159,6 +162,7 @@ impl Session {
             client_ip,
             agent: tokio::sync::Mutex::new(slot),
             approvals: Approvals::default(),
+            history_pending: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(inner),
             replay_cap_bytes,
             budget,

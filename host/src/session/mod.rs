@@ -145,6 +145,14 @@ impl Sessions {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };
+        use std::sync::atomic::Ordering;
+        if session.history_pending.swap(true, Ordering::AcqRel) {
+            return client.error(
+                Some(session_id),
+                ErrorCode::HistoryPending,
+                "A history request for this session is already waiting for its turn to end",
+            );
+        }
         let sub = client.sub.clone();
         self.lifecycle.runs.spawn(async move {
             let slot = session.agent.lock().await;
@@ -153,6 +161,7 @@ impl Sessions {
                 dropped_turns: slot.memory.dropped_turns(),
             };
             drop(slot);
+            session.history_pending.store(false, Ordering::Release);
             send_about(&*sub, Some(&session.id), &history);
         });
     }

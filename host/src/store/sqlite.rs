@@ -15,38 +15,17 @@ const SCHEMA_VERSION: i64 = 1;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// How often the WAL is checkpointed into the database (from its own thread and connection).
+/// How often the writer checkpoints the WAL into the database (between batches).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// The writer's side: one connection, one transaction per batch. Checkpoints (which fsync) run
-/// on their own thread, so a commit an acknowledgement waits for is only a WAL append.
+/// The writer's side: one connection, one transaction per batch. The writer checkpoints the
+/// WAL itself once a second between batches (right after a commit, so the checkpoint completes
+/// and the WAL restarts instead of growing), never inside a commit an acknowledgement waits for.
 pub(crate) struct SqliteBackend {
     db: Connection,
     ttl: Duration,
     last_sweep: Instant,
-    /// Tells the checkpoint thread to stop when the writer is gone.
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for SqliteBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// Checkpoints the WAL every second (PASSIVE: never blocks the writer) until `stop`.
-fn checkpointer(path: std::path::PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let Ok(db) = Connection::open(&path) else {
-        return;
-    };
-    let _ = db.busy_timeout(Duration::from_millis(100));
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "session store checkpoint failed; retried");
-        }
-    }
-    let _ = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    last_checkpoint: Instant,
 }
 
 impl SqliteBackend {
@@ -67,24 +46,18 @@ impl SqliteBackend {
             ),
             Err(e) => tracing::error!(error = %e, "removing stored resume tokens failed"),
         }
-        // The writer never checkpoints (an fsync inside a commit an acknowledgement waits
-        // for); the checkpoint thread does.
+        // No checkpoint inside a commit (an fsync an acknowledgement would wait for): `tick`
+        // runs them between batches.
         db.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| StoreError::Corrupt {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (p, s) = (path.to_owned(), stop.clone());
-        std::thread::Builder::new()
-            .name("session-store-checkpoint".into())
-            .spawn(move || checkpointer(p, s))
-            .map_err(|e| StoreError::Start(e.to_string()))?;
         let backend = SqliteBackend {
             db,
             ttl,
             last_sweep: Instant::now(),
-            stop,
+            last_checkpoint: Instant::now(),
         };
         match expire(&backend.db, ttl) {
             Ok(0) => {}
@@ -109,9 +82,10 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         db.busy_timeout(Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        // Rows are appended (rowid order), the index is small; 16 MiB of page cache keeps the
-        // pages being written in memory.
-        db.pragma_update(None, "cache_size", -16_000)?;
+        // Rows are appended (rowid order), the index is small: 4 MiB of page cache keeps the
+        // pages being written in memory (16 MiB kept the host's memory growing for minutes as
+        // a busy store's cache filled).
+        db.pragma_update(None, "cache_size", -4_000)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS sessions (
@@ -262,6 +236,12 @@ impl Backend for SqliteBackend {
     }
 
     fn tick(&mut self) -> Result<(), StoreError> {
+        if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.last_checkpoint = Instant::now();
+            self.db
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(unavailable)?;
+        }
         if self.last_sweep.elapsed() < SWEEP_EVERY {
             return Ok(());
         }
