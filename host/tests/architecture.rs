@@ -23,24 +23,26 @@ fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// Every `.rs` file below `dir`, sorted.
+fn rs_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(rs_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Every library source file (the binary's `main.rs` and `cli/` are another crate) and the
 /// module it is.
 fn library_files() -> Vec<(PathBuf, ModPath)> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
     let root = src_dir();
-    let mut files = Vec::new();
-    walk(&root, &mut files);
-    files.sort();
-    files
+    rs_files(&root)
         .into_iter()
         .filter_map(|f| {
             let rel = f.strip_prefix(&root).unwrap().with_extension("");
@@ -344,18 +346,7 @@ fn the_cycle_check_finds_circles() {
 #[test]
 fn no_source_file_is_over_500_lines() {
     let root = src_dir();
-    let mut files = Vec::new();
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
-    walk(&root, &mut files);
+    let files = rs_files(&root);
     let long: Vec<String> = files
         .iter()
         .map(|f| (f, std::fs::read_to_string(f).unwrap().lines().count()))

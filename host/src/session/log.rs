@@ -205,12 +205,7 @@ impl Session {
     /// Numbers `event`, keeps it for replay and sends it to the owning connection, if any.
     pub fn emit(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
-        self.emit_locked(
-            &mut inner,
-            event.name(),
-            |seq| event.frame_in_session(&self.id, seq),
-            metrics,
-        );
+        self.emit_event_locked(&mut inner, event, metrics);
     }
 
     /// [`Session::emit`], but the event (and any after it) reaches the client only at
@@ -219,12 +214,7 @@ impl Session {
         let mut inner = self.lock();
         let next = inner.seq + 1;
         inner.withheld_from.get_or_insert(next);
-        self.emit_locked(
-            &mut inner,
-            event.name(),
-            |seq| event.frame_in_session(&self.id, seq),
-            metrics,
-        );
+        self.emit_event_locked(&mut inner, event, metrics);
     }
 
     /// [`Session::emit_held`] for an event whose live form carries a secret (the resume token
@@ -235,12 +225,7 @@ impl Session {
         let seq = inner.seq + 1;
         inner.withheld_from.get_or_insert(seq);
         inner.live_frame = Some((seq, live.frame_in_session(&self.id, seq)));
-        self.emit_locked(
-            &mut inner,
-            logged.name(),
-            |seq| logged.frame_in_session(&self.id, seq),
-            metrics,
-        );
+        self.emit_event_locked(&mut inner, logged, metrics);
     }
 
     /// Sends the held-back events (in order) to the owning connection.
@@ -294,12 +279,7 @@ impl Session {
         hold_ready: bool,
     ) -> Option<(Content, CancellationToken)> {
         let mut inner = self.lock();
-        self.emit_locked(
-            &mut inner,
-            event.name(),
-            |seq| event.frame_in_session(&self.id, seq),
-            metrics,
-        );
+        self.emit_event_locked(&mut inner, event, metrics);
         let next = Self::next_queued(&mut inner);
         if next.is_none() {
             if hold_ready {
@@ -322,10 +302,14 @@ impl Session {
     }
 
     fn emit_ready(&self, inner: &mut Inner, metrics: &Metrics) {
+        self.emit_event_locked(inner, &ServerEvent::Ready, metrics);
+    }
+
+    fn emit_event_locked(&self, inner: &mut Inner, event: &ServerEvent, metrics: &Metrics) {
         self.emit_locked(
             inner,
-            ServerEvent::Ready.name(),
-            |seq| ServerEvent::Ready.frame_in_session(&self.id, seq),
+            event.name(),
+            |seq| event.frame_in_session(&self.id, seq),
             metrics,
         );
     }
@@ -420,12 +404,7 @@ impl Session {
         inner.queue.push_back(content);
         let position = inner.queue.len();
         let queued = ServerEvent::MessageQueued { position };
-        self.emit_locked(
-            &mut inner,
-            queued.name(),
-            |seq| queued.frame_in_session(&self.id, seq),
-            metrics,
-        );
+        self.emit_event_locked(&mut inner, &queued, metrics);
         Admit::Queued
     }
 

@@ -290,6 +290,27 @@ mod tests {
         }
     }
 
+    type Started = (
+        Arc<AtomicBool>,
+        Arc<StdMutex<Vec<String>>>,
+        Arc<State>,
+        mpsc::Sender<Op>,
+    );
+
+    /// A writer over a store that is down, with a buffer of `limit` bytes.
+    fn start_down(limit: usize) -> Started {
+        let down = Arc::new(AtomicBool::new(true));
+        let applied = Arc::new(StdMutex::new(Vec::new()));
+        let state = Arc::new(State::new("test".into(), limit));
+        let (tx, rx) = mpsc::channel();
+        let backend = Flaky {
+            down: down.clone(),
+            applied: applied.clone(),
+        };
+        spawn(backend, rx, state.clone()).unwrap();
+        (down, applied, state, tx)
+    }
+
     fn event(seq: u64, bytes: usize) -> Op {
         Op::Event {
             id: Arc::from("s"),
@@ -300,19 +321,7 @@ mod tests {
 
     #[test]
     fn failed_writes_are_kept_in_order_and_written_when_the_store_is_back() {
-        let down = Arc::new(AtomicBool::new(true));
-        let applied = Arc::new(StdMutex::new(Vec::new()));
-        let state = Arc::new(State::new("test".into(), 64 << 20));
-        let (tx, rx) = mpsc::channel();
-        spawn(
-            Flaky {
-                down: down.clone(),
-                applied: applied.clone(),
-            },
-            rx,
-            state.clone(),
-        )
-        .unwrap();
+        let (down, applied, state, tx) = start_down(64 << 20);
         let send = |op: Op| {
             state.queued(op.size());
             tx.send(op).unwrap();
@@ -355,19 +364,7 @@ mod tests {
 
     #[test]
     fn past_the_bound_events_go_before_records_and_every_drop_is_counted() {
-        let down = Arc::new(AtomicBool::new(true));
-        let applied = Arc::new(StdMutex::new(Vec::new()));
-        let state = Arc::new(State::new("test".into(), 1 << 20));
-        let (tx, rx) = mpsc::channel();
-        spawn(
-            Flaky {
-                down: down.clone(),
-                applied: applied.clone(),
-            },
-            rx,
-            state.clone(),
-        )
-        .unwrap();
+        let (down, applied, state, tx) = start_down(1 << 20);
         // 40 records of 40 KiB and 400 events of 10 KiB: ~5.6 MiB against a 1 MiB bound.
         for i in 0..40u64 {
             let op = Op::TurnEnd {

@@ -54,17 +54,8 @@ impl Session {
     /// cancelled, but a turn followed from another host is only let go — it goes on there, for
     /// whoever resumes it next. True when something was running.
     pub fn leave(&self) -> bool {
-        let mut inner = self.lock();
-        inner.left = true;
-        inner.queue.clear();
-        inner.queue_bytes = 0;
-        match &inner.running {
-            Some(token) => {
-                token.cancel();
-                true
-            }
-            None => false,
-        }
+        self.lock().left = true;
+        self.cancel()
     }
 
     /// Whether the client left (see [`Session::leave`]).
