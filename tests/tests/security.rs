@@ -467,3 +467,23 @@ async fn the_plugin_copy_directory_is_private_and_a_swapped_copy_is_never_loaded
         0o700
     );
 }
+
+#[tokio::test]
+async fn the_web_page_cannot_be_framed_and_runs_only_its_own_script() {
+    // Security round 3, item 13 (headers): a page any site could frame could be clicked into
+    // approving a tool call.
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let resp = myagent_tests::http_get_raw(&format!("http://127.0.0.1:{}/", host.port));
+    let head = resp.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    for needed in [
+        "x-frame-options: deny",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "content-security-policy: default-src 'none'; script-src 'sha256-",
+        "frame-ancestors 'none'",
+        "connect-src 'self'",
+    ] {
+        assert!(head.contains(needed), "{needed} missing in:\n{head}");
+    }
+}
