@@ -487,3 +487,59 @@ async fn the_web_page_cannot_be_framed_and_runs_only_its_own_script() {
         assert!(head.contains(needed), "{needed} missing in:\n{head}");
     }
 }
+
+#[tokio::test]
+async fn with_tokens_required_health_keeps_process_details_behind_the_metrics_token() {
+    // Security round 3, item 13: `/health` showed the worker's pid to anyone; `/metrics` open
+    // with tokens required, and nothing said so.
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--auth-token", "t0k3n-for-the-test"],
+    );
+    let anyone: serde_json::Value = serde_json::from_str(&host.http("/health")).unwrap();
+    assert_eq!(anyone["status"], "healthy");
+    assert!(anyone["plugin"]["worker_pid"].is_null(), "{anyone}");
+    assert!(
+        host.proc
+            .stderr_text()
+            .contains("/metrics is open to anyone"),
+        "{}",
+        host.proc.stderr_text()
+    );
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &[
+            "--auth-token",
+            "t0k3n-for-the-test",
+            "--metrics-token",
+            "m3trics",
+        ],
+    );
+    let port = host.port;
+    let get = |auth: Option<&str>| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let extra = auth
+            .map(|a| format!("Authorization: Bearer {a}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert!(get(None)["plugin"]["worker_pid"].is_null());
+    assert!(get(Some("m3trics"))["plugin"]["worker_pid"]
+        .as_u64()
+        .is_some());
+    assert!(!host
+        .proc
+        .stderr_text()
+        .contains("/metrics is open to anyone"));
+}

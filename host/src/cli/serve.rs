@@ -104,6 +104,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     if tokens > 0 {
         println!("Authentication: {tokens} token(s) accepted");
+        if args
+            .metrics_token
+            .as_deref()
+            .is_none_or(|t| t.trim().is_empty())
+        {
+            eprintln!("warning: tokens are required for WebSockets but /metrics is open to anyone who can reach the port; set --metrics-token (or MYAGENT_METRICS_TOKEN)");
+        }
     }
     server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
     mcp_stop.cancel();

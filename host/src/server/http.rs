@@ -129,7 +129,14 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
         (&Method::GET, "/_echo") if is_upgrade && gw.deps.config.conformance_echo => {
             upgrade_echo(req, &gw.deps, slot)
         }
-        (&Method::GET, "/health") => health(gw),
+        (&Method::GET, "/health") => {
+            // With tokens required, process details (the worker's pid) only for the holder of
+            // the metrics token; the status stays open for load balancers.
+            let cfg = &gw.deps.config;
+            let details = cfg.auth_tokens.is_empty()
+                || (cfg.metrics_token.is_some() && metrics_allowed(&req, cfg));
+            health(gw, details)
+        }
         (&Method::GET, "/metrics") if !metrics_allowed(&req, &gw.deps.config) => {
             let mut r = text(
                 StatusCode::UNAUTHORIZED,
@@ -245,7 +252,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-fn health(gw: &Gateway) -> Response<Body> {
+fn health(gw: &Gateway, details: bool) -> Response<Body> {
     let plugin = gw.deps.sessions.runtime().plugin.current();
     // While draining, load balancers should send new clients elsewhere.
     let draining = gw.deps.lifecycle.shutdown.is_cancelled();
@@ -258,6 +265,9 @@ fn health(gw: &Gateway) -> Response<Body> {
         "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation,
             "isolation": plugin.isolation(), "worker_pid": plugin.worker_pid()},
     });
+    if !details {
+        body["plugin"]["worker_pid"] = serde_json::Value::Null;
+    }
     // The store: `ok`, or `degraded` while writes fail (buffered and retried; the host serves on).
     if let Some(store) = gw.deps.sessions.store() {
         body["store"] = json!(store.health());
