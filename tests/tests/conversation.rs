@@ -310,10 +310,32 @@ async fn content_parts_with_images_reach_the_model_as_sent() {
         json!([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]),
         json!([{"type": "input_audio", "input_audio": {"data": "AAAA"}}]),
         json!([]),
+        // Security round 3, item 12: a self-hosted model server could fetch these from inside
+        // the operator's network (`--image-urls public`, the default).
+        json!([{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/"}}]),
+        json!([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:6379/x.png"}}]),
+        json!([{"type": "image_url", "image_url": {"url": "http://[::ffff:10.0.0.1]/x.png"}}]),
     ] {
         c.send(json!({"event": "user.message", "session_id": sid, "content": bad}))
             .await;
         let e = c.until("agent.error").await;
         assert_eq!(e["code"], "invalid_field", "{bad}: {e}");
     }
+    let requests = llm.requests().len();
+    // A public URL goes through; `--image-urls data` refuses it too.
+    llm.script(json!([{"text": "A cat."}]));
+    let public =
+        json!([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]);
+    c.send(json!({"event": "user.message", "session_id": sid, "content": public}))
+        .await;
+    assert_eq!(c.until("agent.final_answer").await["content"], "A cat.");
+    assert_eq!(
+        llm.requests().len(),
+        requests + 1,
+        "refused URLs never reached the model"
+    );
+    let (_llm2, _host2, mut c2, sid2) = setup(&["--image-urls", "data"]).await;
+    c2.send(json!({"event": "user.message", "session_id": sid2, "content": public}))
+        .await;
+    assert_eq!(c2.until("agent.error").await["code"], "invalid_field");
 }

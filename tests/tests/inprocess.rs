@@ -258,6 +258,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         replay_budget_bytes: 1 << 30,
         resume_window: Duration::from_millis(300),
         on_busy: myagent_host::session::event::OnBusy::Reject,
+        image_urls: myagent_host::session::ImageUrls::Public,
     };
     let sessions = Sessions::new(
         config,

@@ -254,6 +254,10 @@ pub struct ServeArgs {
     /// run and answer it instead.
     #[arg(long, value_enum, default_value_t = OnBusy::Reject)]
     pub on_busy: OnBusy,
+    /// Which image URLs a message may pass on to the model: `data` (only `data:` URLs),
+    /// `public` (also http(s) URLs whose host is not loopback, private or link-local) or `any`.
+    #[arg(long, value_enum, default_value_t = myagent_host::session::ImageUrls::Public)]
+    pub image_urls: myagent_host::session::ImageUrls,
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub shutdown_timeout: u64,
 

@@ -206,6 +206,7 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
         },
         resume_window: Duration::from_secs(args.resume_window),
         on_busy: args.on_busy,
+        image_urls: args.image_urls,
     }
 }
 

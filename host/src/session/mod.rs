@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
-pub use config::SessionConfig;
+pub use config::{ImageUrls, SessionConfig};
 pub use lifecycle::Lifecycle;
 pub use log::{
     Admit, AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED,
@@ -417,6 +417,9 @@ impl Sessions {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };
+        if let Err(why) = self.config.image_urls.check(&content) {
+            return client.error(Some(session_id), ErrorCode::InvalidField, &why);
+        }
         let on_busy = on_busy.unwrap_or(self.config.on_busy);
         let (content, cancel) = match session.admit(content, on_busy, &self.runtime.metrics) {
             Admit::Start(content, cancel) => (content, cancel),
