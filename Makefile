@@ -29,8 +29,12 @@ test: ## Run every test: formatting and lints, unit, end-to-end (real host, plug
 	@for d in tests/browser tests/mcp examples/clients; do \
 		[ -d $$d/node_modules ] || ! command -v npm >/dev/null || (cd $$d && npm ci --no-audit --no-fund --silent); \
 	done
-	$(CARGO) fmt --all --check
-	$(CARGO) clippy -j$(JOBS) --workspace --all-targets -- -D warnings
+	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 || \
+		! command -v rustup >/dev/null || rustup component add rustfmt clippy || true
+	@if $(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1; then \
+		$(CARGO) fmt --all --check && $(CARGO) clippy -j$(JOBS) --workspace --all-targets -- -D warnings; \
+	elif [ "$$MYAGENT_REQUIRE_LINTS" = 1 ]; then echo "rustfmt and clippy are required (MYAGENT_REQUIRE_LINTS=1)"; exit 1; \
+	else echo "SKIPPED: formatting and lint checks (install them: rustup component add rustfmt clippy)"; fi
 	$(CARGO) test -j$(JOBS) --workspace
 	./scripts/example-clients.sh
 	./scripts/autobahn.sh

@@ -120,6 +120,43 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Every counter and gauge: (name, kind, help, value).
+    fn values(
+        &self,
+        plugin_generation: u64,
+    ) -> [(&'static str, &'static str, &'static str, u64); 28] {
+        [
+            ("myagent_connections", "gauge", "Open WebSocket connections.", self.connections.get()),
+            ("myagent_connections_total", "counter", "WebSocket connections accepted.", self.connections_total.get()),
+            ("myagent_connections_refused_total", "counter", "Connections refused (cap, auth, origin).", self.connections_refused.get()),
+            ("myagent_connections_refused_per_ip_total", "counter", "WebSocket upgrades refused by the per-address connection limit (HTTP 429).", self.connections_refused_per_ip.get()),
+            ("myagent_header_timeouts_total", "counter", "Connections closed for not sending request headers or finishing the handshake in time.", self.header_timeouts.get()),
+            ("myagent_sessions_refused_total", "counter", "Sessions refused by the global or per-address session limit.", self.sessions_refused.get()),
+            ("myagent_replay_bytes", "gauge", "Bytes held in all sessions' replay buffers, per-event overhead included.", self.replay_bytes.get()),
+            ("myagent_sessions", "gauge", "Live agent sessions.", self.sessions.get()),
+            ("myagent_sessions_total", "counter", "Sessions created.", self.sessions_total.get()),
+            ("myagent_runs_started_total", "counter", "Agent runs started.", self.runs_started.get()),
+            ("myagent_runs_finished_total", "counter", "Agent runs that produced a final answer.", self.runs_finished.get()),
+            ("myagent_runs_failed_total", "counter", "Agent runs that ended in an error.", self.runs_failed.get()),
+            ("myagent_runs_cancelled_total", "counter", "Agent runs cancelled.", self.runs_cancelled.get()),
+            ("myagent_events_sent_total", "counter", "Server events queued to clients.", self.events_sent.get()),
+            ("myagent_client_errors_total", "counter", "Bad client messages answered with an error.", self.client_errors.get()),
+            ("myagent_slow_client_disconnects_total", "counter", "Connections closed because their outbound queue was full.", self.slow_client_disconnects.get()),
+            ("myagent_tool_calls_total", "counter", "Tool calls.", self.tool_calls.get()),
+            ("myagent_tool_failures_total", "counter", "Tool calls that failed.", self.tool_failures.get()),
+            ("myagent_tool_timeouts_total", "counter", "Tool calls that timed out.", self.tool_timeouts.get()),
+            ("myagent_tools_abandoned", "gauge", "Tool calls given up on (timeout, cancel, shutdown) whose thread is still running.", self.tools_abandoned.get()),
+            ("myagent_tools_abandoned_total", "counter", "Tool calls given up on while their thread was still running.", self.tools_abandoned_total.get()),
+            ("myagent_llm_calls_total", "counter", "Model calls.", self.llm_calls.get()),
+            ("myagent_llm_errors_total", "counter", "Model calls that failed.", self.llm_errors.get()),
+            ("myagent_llm_prompt_tokens_total", "counter", "Prompt tokens reported by the model.", self.llm_prompt_tokens.get()),
+            ("myagent_llm_completion_tokens_total", "counter", "Completion tokens reported by the model.", self.llm_completion_tokens.get()),
+            ("myagent_plugin_reloads_total", "counter", "Successful plugin hot reloads.", self.reloads.get()),
+            ("myagent_plugin_reload_failures_total", "counter", "Plugin builds refused on reload.", self.reload_failures.get()),
+            ("myagent_plugin_generation", "gauge", "Generation of the serving plugin build.", plugin_generation),
+        ]
+    }
+
     pub fn render(&self, plugin_generation: u64) -> String {
         let mut out = String::with_capacity(4096);
         let mut one = |name: &str, kind: &str, help: &str, v: u64| {
@@ -128,174 +165,9 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         };
-        one(
-            "myagent_connections",
-            "gauge",
-            "Open WebSocket connections.",
-            self.connections.get(),
-        );
-        one(
-            "myagent_connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            self.connections_total.get(),
-        );
-        one(
-            "myagent_connections_refused_total",
-            "counter",
-            "Connections refused (cap, auth, origin).",
-            self.connections_refused.get(),
-        );
-        one(
-            "myagent_connections_refused_per_ip_total",
-            "counter",
-            "WebSocket upgrades refused by the per-address connection limit (HTTP 429).",
-            self.connections_refused_per_ip.get(),
-        );
-        one(
-            "myagent_header_timeouts_total",
-            "counter",
-            "Connections closed for not sending request headers or finishing the handshake in time.",
-            self.header_timeouts.get(),
-        );
-        one(
-            "myagent_sessions_refused_total",
-            "counter",
-            "Sessions refused by the global or per-address session limit.",
-            self.sessions_refused.get(),
-        );
-        one(
-            "myagent_replay_bytes",
-            "gauge",
-            "Bytes held in all sessions' replay buffers, per-event overhead included.",
-            self.replay_bytes.get(),
-        );
-        one(
-            "myagent_sessions",
-            "gauge",
-            "Live agent sessions.",
-            self.sessions.get(),
-        );
-        one(
-            "myagent_sessions_total",
-            "counter",
-            "Sessions created.",
-            self.sessions_total.get(),
-        );
-        one(
-            "myagent_runs_started_total",
-            "counter",
-            "Agent runs started.",
-            self.runs_started.get(),
-        );
-        one(
-            "myagent_runs_finished_total",
-            "counter",
-            "Agent runs that produced a final answer.",
-            self.runs_finished.get(),
-        );
-        one(
-            "myagent_runs_failed_total",
-            "counter",
-            "Agent runs that ended in an error.",
-            self.runs_failed.get(),
-        );
-        one(
-            "myagent_runs_cancelled_total",
-            "counter",
-            "Agent runs cancelled.",
-            self.runs_cancelled.get(),
-        );
-        one(
-            "myagent_events_sent_total",
-            "counter",
-            "Server events queued to clients.",
-            self.events_sent.get(),
-        );
-        one(
-            "myagent_client_errors_total",
-            "counter",
-            "Bad client messages answered with an error.",
-            self.client_errors.get(),
-        );
-        one(
-            "myagent_slow_client_disconnects_total",
-            "counter",
-            "Connections closed because their outbound queue was full.",
-            self.slow_client_disconnects.get(),
-        );
-        one(
-            "myagent_tool_calls_total",
-            "counter",
-            "Tool calls.",
-            self.tool_calls.get(),
-        );
-        one(
-            "myagent_tool_failures_total",
-            "counter",
-            "Tool calls that failed.",
-            self.tool_failures.get(),
-        );
-        one(
-            "myagent_tool_timeouts_total",
-            "counter",
-            "Tool calls that timed out.",
-            self.tool_timeouts.get(),
-        );
-        one(
-            "myagent_tools_abandoned",
-            "gauge",
-            "Tool calls given up on (timeout, cancel, shutdown) whose thread is still running.",
-            self.tools_abandoned.get(),
-        );
-        one(
-            "myagent_tools_abandoned_total",
-            "counter",
-            "Tool calls given up on while their thread was still running.",
-            self.tools_abandoned_total.get(),
-        );
-        one(
-            "myagent_llm_calls_total",
-            "counter",
-            "Model calls.",
-            self.llm_calls.get(),
-        );
-        one(
-            "myagent_llm_errors_total",
-            "counter",
-            "Model calls that failed.",
-            self.llm_errors.get(),
-        );
-        one(
-            "myagent_llm_prompt_tokens_total",
-            "counter",
-            "Prompt tokens reported by the model.",
-            self.llm_prompt_tokens.get(),
-        );
-        one(
-            "myagent_llm_completion_tokens_total",
-            "counter",
-            "Completion tokens reported by the model.",
-            self.llm_completion_tokens.get(),
-        );
-        one(
-            "myagent_plugin_reloads_total",
-            "counter",
-            "Successful plugin hot reloads.",
-            self.reloads.get(),
-        );
-        one(
-            "myagent_plugin_reload_failures_total",
-            "counter",
-            "Plugin builds refused on reload.",
-            self.reload_failures.get(),
-        );
-        one(
-            "myagent_plugin_generation",
-            "gauge",
-            "Generation of the serving plugin build.",
-            plugin_generation,
-        );
+        for (name, kind, help, v) in self.values(plugin_generation) {
+            one(name, kind, help, v);
+        }
         if let Some(rss) = resident_memory_bytes() {
             one(
                 "process_resident_memory_bytes",
