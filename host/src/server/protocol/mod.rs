@@ -94,132 +94,143 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
         ));
     };
     let token = obj.get("token").and_then(Value::as_str).map(str::to_owned);
-    let event = match obj.get("event") {
-        Some(Value::String(e)) => e.as_str(),
-        Some(_) => {
-            return Err(ProtocolError::new(
-                ErrorCode::InvalidMessage,
-                "Field `event` must be a string",
-            ))
+    let event = event_name(&obj)?;
+    // Errors about a message that names its session say which session.
+    let session_id = obj.get("session_id").and_then(Value::as_str);
+    let message = message(&obj, event, custom_prefix).map_err(|mut e| {
+        if e.session_id.is_none() {
+            e.session_id = session_id.map(str::to_owned);
         }
-        None => {
-            return Err(ProtocolError::new(
-                ErrorCode::MissingEvent,
-                "Missing field `event`",
-            ))
-        }
-    };
-    let session_id = obj
-        .get("session_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let with_session = |mut e: ProtocolError| {
-        e.session_id = session_id.clone();
         e
-    };
-    let message = match event {
+    })?;
+    Ok(Parsed { message, token })
+}
+
+fn event_name(obj: &Map<String, Value>) -> Result<&str, ProtocolError> {
+    match obj.get("event") {
+        Some(Value::String(e)) => Ok(e.as_str()),
+        Some(_) => Err(ProtocolError::new(
+            ErrorCode::InvalidMessage,
+            "Field `event` must be a string",
+        )),
+        None => Err(ProtocolError::new(
+            ErrorCode::MissingEvent,
+            "Missing field `event`",
+        )),
+    }
+}
+
+/// One message of type `event`: one arm per event, its fields read by the helpers below.
+fn message(
+    obj: &Map<String, Value>,
+    event: &str,
+    custom_prefix: Option<&str>,
+) -> Result<ClientMessage, ProtocolError> {
+    let session = || required_str(obj, event, "session_id");
+    Ok(match event {
         "user.create_session" => ClientMessage::CreateSession {
-            agent_config: match obj.get("agent_config") {
-                None | Some(Value::Null) => None,
-                Some(Value::Object(m)) => Some(m.clone()),
-                Some(_) => {
-                    return Err(ProtocolError::new(
-                        ErrorCode::InvalidField,
-                        "Field `agent_config` must be an object",
-                    ))
-                }
-            },
+            agent_config: agent_config(obj)?,
         },
         "user.message" => ClientMessage::Message {
-            session_id: required_str(&obj, event, "session_id")?,
-            content: content(&obj).map_err(with_session)?,
-            on_busy: match obj.get("on_busy") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if s == "reject" => Some(OnBusy::Reject),
-                Some(Value::String(s)) if s == "enqueue" => Some(OnBusy::Enqueue),
-                Some(Value::String(s)) if s == "interrupt" => Some(OnBusy::Interrupt),
-                Some(_) => {
-                    return Err(with_session(ProtocolError::new(
-                        ErrorCode::InvalidField,
-                        "Field `on_busy` must be \"reject\", \"enqueue\" or \"interrupt\"",
-                    )))
-                }
-            },
+            session_id: session()?,
+            content: content(obj)?,
+            on_busy: on_busy(obj)?,
         },
         "user.cancel" => ClientMessage::Cancel {
-            session_id: required_str(&obj, event, "session_id")?,
+            session_id: session()?,
         },
         "user.close_session" => ClientMessage::CloseSession {
-            session_id: required_str(&obj, event, "session_id")?,
+            session_id: session()?,
         },
         "user.get_history" => ClientMessage::GetHistory {
-            session_id: required_str(&obj, event, "session_id")?,
+            session_id: session()?,
         },
         "user.resume_session" => ClientMessage::Resume {
-            session_id: required_str(&obj, event, "session_id")?,
-            resume_token: required_str(&obj, event, "resume_token").map_err(with_session)?,
-            last_seq: match obj.get("last_seq") {
-                None | Some(Value::Null) => 0,
-                Some(v) => v.as_u64().ok_or_else(|| {
-                    with_session(ProtocolError::new(
-                        ErrorCode::InvalidField,
-                        "Field `last_seq` must be a non-negative integer",
-                    ))
-                })?,
-            },
+            session_id: session()?,
+            resume_token: required_str(obj, event, "resume_token")?,
+            last_seq: last_seq(obj)?,
         },
-        "user.tool_approval" => {
-            let session_id = required_str(&obj, event, "session_id")?;
-            ClientMessage::ToolApproval {
-                step_id: required_str(&obj, event, "step_id").map_err(with_session)?,
-                approved: match obj.get("approved") {
-                    Some(Value::Bool(b)) => *b,
-                    Some(_) => {
-                        return Err(with_session(ProtocolError::new(
-                            ErrorCode::InvalidField,
-                            "Field `approved` of `user.tool_approval` must be true or false",
-                        )))
-                    }
-                    None => {
-                        return Err(with_session(ProtocolError::new(
-                            ErrorCode::MissingField,
-                            "Missing field `approved` for `user.tool_approval`",
-                        )))
-                    }
-                },
-                reason: match obj.get("reason") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(r)) if r.chars().count() <= MAX_REASON_CHARS => {
-                        Some(r.clone())
-                    }
-                    Some(_) => {
-                        return Err(with_session(ProtocolError::new(
-                            ErrorCode::InvalidField,
-                            format!("Field `reason` of `user.tool_approval` must be a string of at most {MAX_REASON_CHARS} characters"),
-                        )))
-                    }
-                },
-                session_id,
-            }
-        }
+        "user.tool_approval" => ClientMessage::ToolApproval {
+            session_id: session()?,
+            step_id: required_str(obj, event, "step_id")?,
+            approved: approved(obj)?,
+            reason: reason(obj)?,
+        },
         other if custom_prefix.is_some_and(|p| !p.is_empty() && other.starts_with(p)) => {
             ClientMessage::Custom {
-                session_id: required_str(&obj, event, "session_id")?,
+                session_id: session()?,
                 event: Value::Object(obj.clone()),
             }
         }
-        other => {
-            let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session, user.get_history, user.tool_approval".to_owned();
-            if let Some(p) = custom_prefix.filter(|p| !p.is_empty()) {
-                known.push_str(&format!(", or a custom event starting with `{p}`"));
-            }
-            return Err(with_session(ProtocolError::new(
-                ErrorCode::UnknownEvent,
-                format!("Unknown event `{other}`; expected {known}"),
-            )));
-        }
-    };
-    Ok(Parsed { message, token })
+        other => return Err(unknown_event(other, custom_prefix)),
+    })
+}
+
+fn invalid(message: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(ErrorCode::InvalidField, message)
+}
+
+fn agent_config(obj: &Map<String, Value>) -> Result<Option<Map<String, Value>>, ProtocolError> {
+    match obj.get("agent_config") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m.clone())),
+        Some(_) => Err(invalid("Field `agent_config` must be an object")),
+    }
+}
+
+fn on_busy(obj: &Map<String, Value>) -> Result<Option<OnBusy>, ProtocolError> {
+    match obj.get("on_busy") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s == "reject" => Ok(Some(OnBusy::Reject)),
+        Some(Value::String(s)) if s == "enqueue" => Ok(Some(OnBusy::Enqueue)),
+        Some(Value::String(s)) if s == "interrupt" => Ok(Some(OnBusy::Interrupt)),
+        Some(_) => Err(invalid(
+            "Field `on_busy` must be \"reject\", \"enqueue\" or \"interrupt\"",
+        )),
+    }
+}
+
+fn last_seq(obj: &Map<String, Value>) -> Result<u64, ProtocolError> {
+    match obj.get("last_seq") {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid("Field `last_seq` must be a non-negative integer")),
+    }
+}
+
+fn approved(obj: &Map<String, Value>) -> Result<bool, ProtocolError> {
+    match obj.get("approved") {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(invalid(
+            "Field `approved` of `user.tool_approval` must be true or false",
+        )),
+        None => Err(ProtocolError::new(
+            ErrorCode::MissingField,
+            "Missing field `approved` for `user.tool_approval`",
+        )),
+    }
+}
+
+fn reason(obj: &Map<String, Value>) -> Result<Option<String>, ProtocolError> {
+    match obj.get("reason") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(r)) if r.chars().count() <= MAX_REASON_CHARS => Ok(Some(r.clone())),
+        Some(_) => Err(invalid(format!(
+            "Field `reason` of `user.tool_approval` must be a string of at most {MAX_REASON_CHARS} characters"
+        ))),
+    }
+}
+
+fn unknown_event(other: &str, custom_prefix: Option<&str>) -> ProtocolError {
+    let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session, user.get_history, user.tool_approval".to_owned();
+    if let Some(p) = custom_prefix.filter(|p| !p.is_empty()) {
+        known.push_str(&format!(", or a custom event starting with `{p}`"));
+    }
+    ProtocolError::new(
+        ErrorCode::UnknownEvent,
+        format!("Unknown event `{other}`; expected {known}"),
+    )
 }
 
 /// Characters in a `user.tool_approval`'s `reason`, at most (the model reads it).
