@@ -168,26 +168,8 @@ impl HttpModel {
             Ok(Err(e)) => return (Err(classify(e)), None),
             Ok(Ok(r)) => r,
         };
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = retry_after(resp.headers());
-            let text = tokio::time::timeout(first, read_capped(resp, MAX_ERROR_BODY))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| text.chars().take(300).collect());
-            return (
-                Err(LlmError::Status {
-                    status: status.as_u16(),
-                    message,
-                }),
-                retry_after,
-            );
+        if !resp.status().is_success() {
+            return refused(resp, first).await;
         }
         let is_json = resp
             .headers()
@@ -195,18 +177,35 @@ impl HttpModel {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json {
-            // The JSON envelope around the answer is small; allow it beside the output limit.
-            let limit = self.config.max_output_bytes.saturating_add(64 * 1024);
-            let bytes = match tokio::time::timeout(first, read_capped(resp, limit)).await {
-                Err(_) => return (Err(LlmError::Stalled(first.as_millis() as u64)), None),
-                Ok(Err(e)) => return (Err(e), None),
-                Ok(Ok(b)) => b,
-            };
-            return (
-                StreamParser::whole(&bytes, self.config.max_output_bytes, on_delta),
-                None,
-            );
+            return (self.whole(resp, on_delta).await, None);
         }
+        (self.stream(resp, parser, on_delta).await, None)
+    }
+
+    /// A non-streamed answer (some servers ignore `stream: true`).
+    async fn whole(
+        &self,
+        resp: reqwest::Response,
+        on_delta: &mut OnDelta<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let first = self.config.first_token_timeout;
+        // The JSON envelope around the answer is small; allow it beside the output limit.
+        let limit = self.config.max_output_bytes.saturating_add(64 * 1024);
+        let bytes = match tokio::time::timeout(first, read_capped(resp, limit)).await {
+            Err(_) => return Err(LlmError::Stalled(first.as_millis() as u64)),
+            Ok(r) => r?,
+        };
+        StreamParser::whole(&bytes, self.config.max_output_bytes, on_delta)
+    }
+
+    /// The answer's stream, under the first-token and then the idle limit.
+    async fn stream(
+        &self,
+        resp: reqwest::Response,
+        parser: &mut StreamParser,
+        on_delta: &mut OnDelta<'_>,
+    ) -> Result<ChatResponse, LlmError> {
+        let first = self.config.first_token_timeout;
         let mut stream = resp.bytes_stream();
         let mut wait = first;
         let started = Instant::now();
@@ -226,7 +225,7 @@ impl HttpModel {
                         stall.as_mut().reset(due);
                         continue;
                     }
-                    return (Err(LlmError::Stalled(wait.as_millis() as u64)), None);
+                    return Err(LlmError::Stalled(wait.as_millis() as u64));
                 }
             };
             last = tokio::time::Instant::now();
@@ -236,26 +235,20 @@ impl HttpModel {
                     if parser.has_finish() {
                         break;
                     }
-                    return (
-                        Err(LlmError::Malformed(
-                            "the stream ended before the answer was complete".into(),
-                        )),
-                        None,
-                    );
+                    return Err(LlmError::Malformed(
+                        "the stream ended before the answer was complete".into(),
+                    ));
                 }
                 Some(Err(e)) => {
-                    return (
-                        Err(LlmError::Malformed(format!(
-                            "the stream broke off: {}",
-                            without_url(&e)
-                        ))),
-                        None,
-                    )
+                    return Err(LlmError::Malformed(format!(
+                        "the stream broke off: {}",
+                        without_url(&e)
+                    )))
                 }
                 Some(Ok(bytes)) => match parser.feed(&bytes, on_delta) {
                     Ok(true) => break,
                     Ok(false) => {}
-                    Err(e) => return (Err(e), None),
+                    Err(e) => return Err(e),
                 },
             }
             if parser.started && wait != self.config.idle_timeout {
@@ -268,8 +261,32 @@ impl HttpModel {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model stream complete"
         );
-        (std::mem::take(parser).finish_with(on_delta), None)
+        std::mem::take(parser).finish_with(on_delta)
     }
+}
+
+/// An error status: the error, and the server's requested retry delay.
+async fn refused(
+    resp: reqwest::Response,
+    first: Duration,
+) -> (Result<ChatResponse, LlmError>, Option<Duration>) {
+    let status = resp.status();
+    let retry_after = retry_after(resp.headers());
+    let text = tokio::time::timeout(first, read_capped(resp, MAX_ERROR_BODY))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.chars().take(300).collect());
+    let error = LlmError::Status {
+        status: status.as_u16(),
+        message,
+    };
+    (Err(error), retry_after)
 }
 
 fn classify(e: reqwest::Error) -> LlmError {
