@@ -48,6 +48,8 @@ enum Flow {
     Close(CloseCode, &'static str),
     /// The socket stopped taking writes: drop it without a close frame.
     Drop,
+    /// The peer is gone (or closed): stop.
+    End,
 }
 
 /// Runs one write (or flush) under `limit`. A peer that stops reading fills the socket buffer
@@ -140,23 +142,7 @@ async fn serve_loop(
         return;
     }
     let mut authed = credentials == Credentials::Accepted;
-    let plugin = deps.sessions.runtime().plugin.current();
-    let hello = ServerEvent::Connected {
-        connection_id: cid.to_string(),
-        agent: AgentInfo {
-            name: plugin.manifest.name.clone(),
-            version: plugin.manifest.version.clone(),
-            generation: None,
-            tools: None,
-        },
-        auth_required: !authed,
-        max_message_bytes: deps.config.max_message_bytes,
-    };
-    drop(plugin);
-    if within(limit, sink.send(Message::Text(hello.frame())))
-        .await
-        .is_err()
-    {
+    if !greet(&mut sink, deps, cid, authed).await {
         return;
     }
     // A client that has not authenticated within this is closed (1008), pings or not.
@@ -185,7 +171,7 @@ async fn serve_loop(
                     match within(limit, write_batch(&mut sink, out)).await {
                         Ok(()) => Flow::Continue,
                         Err(true) => Flow::Drop,
-                        Err(false) => break,
+                        Err(false) => Flow::End,
                     }
                 }
             }
@@ -197,33 +183,15 @@ async fn serve_loop(
                     match within(limit, sink.send(Message::Ping(Default::default()))).await {
                         Ok(()) => Flow::Continue,
                         Err(true) => Flow::Drop,
-                        Err(false) => break,
+                        Err(false) => Flow::End,
                     }
                 }
             }
             msg = stream.next() => {
                 last_seen = Instant::now();
                 match msg {
-                    None => break,
-                    Some(Err(e)) => {
-                        use tokio_tungstenite::tungstenite::Error as E;
-                        match e {
-                            E::Capacity(c) => {
-                                tracing::info!(connection_id = %cid, error = %c, "frame over the hard size limit");
-                                Flow::Close(CloseCode::Size, "message too big")
-                            }
-                            E::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                                deps.metrics.connections_refused.inc();
-                                tracing::info!(connection_id = %cid, error = %e, "unauthenticated client over its input limit; dropped");
-                                break;
-                            }
-                            E::ConnectionClosed | E::AlreadyClosed | E::Io(_) => break,
-                            other => {
-                                tracing::info!(connection_id = %cid, error = %other, "protocol error");
-                                Flow::Close(CloseCode::Protocol, "protocol error")
-                            }
-                        }
-                    }
+                    None => Flow::End,
+                    Some(Err(e)) => read_failed(e, deps, cid),
                     // Boxed: the dispatch future is large and only lives while a message is handled.
                     Some(Ok(Message::Text(text))) => {
                         let was = authed;
@@ -242,20 +210,71 @@ async fn serve_loop(
                             format!("Binary frames are not supported ({} bytes ignored); send JSON text frames", b.len())));
                         Flow::Continue
                     }
-                    Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Close(_))) => Flow::End,
                     Some(Ok(_)) => Flow::Continue, // ping (auto-answered) / pong
                 }
             }
         };
-        if let Flow::Drop = flow {
+        if !matches!(flow, Flow::Continue) {
+            return end(flow, &mut sink, out, deps, cid).await;
+        }
+    }
+}
+
+/// Sends `system.connected`; false when the peer is already gone.
+async fn greet(sink: &mut Sink, deps: &ConnDeps, cid: uuid::Uuid, authed: bool) -> bool {
+    let plugin = deps.sessions.runtime().plugin.current();
+    let hello = ServerEvent::Connected {
+        connection_id: cid.to_string(),
+        agent: AgentInfo {
+            name: plugin.manifest.name.clone(),
+            version: plugin.manifest.version.clone(),
+            generation: None,
+            tools: None,
+        },
+        auth_required: !authed,
+        max_message_bytes: deps.config.max_message_bytes,
+    };
+    drop(plugin);
+    let limit = deps.config.write_timeout;
+    within(limit, sink.send(Message::Text(hello.frame())))
+        .await
+        .is_ok()
+}
+
+/// What a failed read means for the connection.
+fn read_failed(e: tokio_tungstenite::tungstenite::Error, deps: &ConnDeps, cid: uuid::Uuid) -> Flow {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Capacity(c) => {
+            tracing::info!(connection_id = %cid, error = %c, "frame over the hard size limit");
+            Flow::Close(CloseCode::Size, "message too big")
+        }
+        E::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            deps.metrics.connections_refused.inc();
+            tracing::info!(connection_id = %cid, error = %e, "unauthenticated client over its input limit; dropped");
+            Flow::End
+        }
+        E::ConnectionClosed | E::AlreadyClosed | E::Io(_) => Flow::End,
+        other => {
+            tracing::info!(connection_id = %cid, error = %other, "protocol error");
+            Flow::Close(CloseCode::Protocol, "protocol error")
+        }
+    }
+}
+
+/// Ends the connection as `flow` says: dropped (it stopped reading), closed with a code after
+/// what was queued (e.g. `auth.error`), or simply over.
+async fn end(flow: Flow, sink: &mut Sink, out: &Outbox, deps: &ConnDeps, cid: uuid::Uuid) {
+    let limit = deps.config.write_timeout;
+    match flow {
+        Flow::Drop => {
             deps.metrics.slow_client_disconnects.inc();
             tracing::warn!(connection_id = %cid, timeout_ms = limit.as_millis() as u64,
                 "client stopped reading (a write timed out); dropping it (its sessions stay resumable)");
-            break;
         }
-        if let Flow::Close(code, reason) = flow {
-            // Deliver what was queued before the close (e.g. `auth.error`), except to a client
-            // that is being dropped for not reading.
+        Flow::Close(code, reason) => {
+            // Not to a client that is being dropped for not reading.
             if !out.is_slow() {
                 let drain = async {
                     while let Some(t) = out.pop() {
@@ -266,9 +285,9 @@ async fn serve_loop(
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(drain)).await;
             }
-            let _ = within(limit, Box::pin(close(&mut sink, code, reason))).await;
-            break;
+            let _ = within(limit, Box::pin(close(sink, code, reason))).await;
         }
+        Flow::Continue | Flow::End => {}
     }
 }
 
