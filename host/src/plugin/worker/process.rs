@@ -131,7 +131,78 @@ pub async fn start(
 ) -> Result<Started, StartError> {
     let (host_end, child_end) =
         std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Spawn(e.to_string()))?;
-    let (sock_fd, lib_fd) = (child_end.as_raw_fd(), lib.as_raw_fd());
+    let mut child = command(opts, source, child_end.as_raw_fd(), lib.as_raw_fd())
+        .spawn()
+        .map_err(|e| StartError::Spawn(format!("cannot start {}: {e}", opts.exe.display())))?;
+    drop(child_end);
+    STARTED.fetch_add(1, Ordering::Relaxed);
+    LIVE.fetch_add(1, Ordering::Relaxed);
+    let pid = child.id().unwrap_or(0);
+    let ring: Arc<Mutex<StderrTail>> = Arc::default();
+    let stderr = forward_output(&mut child, source, pid, &ring);
+    host_end
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Spawn(e.to_string()))?;
+    let stream =
+        tokio::net::UnixStream::from_std(host_end).map_err(|e| StartError::Spawn(e.to_string()))?;
+    let (rd, wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
+    let manifest_json = match hello(&mut rd).await {
+        Ok(m) => m,
+        Err(e) => {
+            let e = match e {
+                Hello::TimedOut => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    StartError::Crashed(format!(
+                        "the plugin worker did not load the build within {} s",
+                        HELLO_TIMEOUT.as_secs()
+                    ))
+                }
+                Hello::Refused(e) => {
+                    let _ = child.wait().await;
+                    StartError::Load(e)
+                }
+                Hello::Died => {
+                    // Died while loading (a crashing constructor or factory, a bad library).
+                    let status = child.wait().await.ok();
+                    let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
+                    StartError::Crashed(describe_death(status, &lock(&ring)))
+                }
+            };
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let conn = Arc::new(Conn {
+        epoch,
+        pid,
+        started: Instant::now(),
+        wr: tokio::sync::Mutex::new(wr),
+        pending: Mutex::default(),
+        next_id: AtomicU64::new(1),
+        dead: AtomicBool::new(false),
+        kill_reason: Mutex::default(),
+        expected_exit: AtomicBool::new(false),
+    });
+    Ok(Started {
+        conn,
+        rd,
+        child,
+        stderr,
+        ring,
+        manifest_json,
+    })
+}
+
+/// The worker's command line: the hidden subcommand, the two descriptors it inherits, and its
+/// limits (set between fork and exec).
+fn command(
+    opts: &WorkerOptions,
+    source: &Path,
+    sock_fd: i32,
+    lib_fd: i32,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&opts.exe);
     cmd.arg("__plugin-worker")
         .arg("--source")
@@ -174,18 +245,21 @@ pub async fn start(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| StartError::Spawn(format!("cannot start {}: {e}", opts.exe.display())))?;
-    drop(child_end);
-    STARTED.fetch_add(1, Ordering::Relaxed);
-    LIVE.fetch_add(1, Ordering::Relaxed);
-    let pid = child.id().unwrap_or(0);
+    cmd
+}
+
+/// The worker's stdout and stderr to the host's log, tagged with the plugin file and pid;
+/// stderr's tail also into `ring`. Returns the stderr reader's task.
+fn forward_output(
+    child: &mut tokio::process::Child,
+    source: &Path,
+    pid: u32,
+    ring: &Arc<Mutex<StderrTail>>,
+) -> tokio::task::JoinHandle<()> {
     let label = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let ring: Arc<Mutex<StderrTail>> = Arc::default();
     if let Some(out) = child.stdout.take() {
         let label = label.clone();
         tokio::spawn(async move {
@@ -195,7 +269,7 @@ pub async fn start(
             }
         });
     }
-    let stderr = match child.stderr.take() {
+    match child.stderr.take() {
         Some(err) => {
             let ring = ring.clone();
             tokio::spawn(async move {
@@ -207,62 +281,34 @@ pub async fn start(
             })
         }
         None => tokio::spawn(async {}),
+    }
+}
+
+/// Why no manifest came in the worker's first frame.
+enum Hello {
+    TimedOut,
+    /// The worker's own account of a failed load.
+    Refused(String),
+    /// The socket closed (or said nothing readable): the worker died loading.
+    Died,
+}
+
+/// The worker's first frame: the manifest's JSON, or why there is none.
+async fn hello(
+    rd: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Result<String, Hello> {
+    let frame = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame_async(rd))
+        .await
+        .map_err(|_| Hello::TimedOut)?;
+    let reply: Option<Reply> = match frame {
+        Ok(Some(buf)) => serde_json::from_slice(&buf).ok(),
+        _ => None,
     };
-    host_end
-        .set_nonblocking(true)
-        .map_err(|e| StartError::Spawn(e.to_string()))?;
-    let stream =
-        tokio::net::UnixStream::from_std(host_end).map_err(|e| StartError::Spawn(e.to_string()))?;
-    let (rd, wr) = stream.into_split();
-    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame_async(&mut rd)).await;
-    let hello: Option<Reply> = match hello {
-        Ok(Ok(Some(buf))) => serde_json::from_slice(&buf).ok(),
-        Ok(_) => None,
-        Err(_) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            LIVE.fetch_sub(1, Ordering::Relaxed);
-            return Err(StartError::Crashed(format!(
-                "the plugin worker did not load the build within {} s",
-                HELLO_TIMEOUT.as_secs()
-            )));
-        }
-    };
-    let manifest_json = match hello {
-        Some(Reply { ok: Some(m), .. }) => m,
-        Some(Reply { err: Some(e), .. }) => {
-            let _ = child.wait().await;
-            LIVE.fetch_sub(1, Ordering::Relaxed);
-            return Err(StartError::Load(e));
-        }
-        _ => {
-            // Died while loading (a crashing constructor or factory, a bad library).
-            let status = child.wait().await.ok();
-            let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
-            LIVE.fetch_sub(1, Ordering::Relaxed);
-            return Err(StartError::Crashed(describe_death(status, &lock(&ring))));
-        }
-    };
-    let conn = Arc::new(Conn {
-        epoch,
-        pid,
-        started: Instant::now(),
-        wr: tokio::sync::Mutex::new(wr),
-        pending: Mutex::default(),
-        next_id: AtomicU64::new(1),
-        dead: AtomicBool::new(false),
-        kill_reason: Mutex::default(),
-        expected_exit: AtomicBool::new(false),
-    });
-    Ok(Started {
-        conn,
-        rd,
-        child,
-        stderr,
-        ring,
-        manifest_json,
-    })
+    match reply {
+        Some(Reply { ok: Some(m), .. }) => Ok(m),
+        Some(Reply { err: Some(e), .. }) => Err(Hello::Refused(e)),
+        _ => Err(Hello::Died),
+    }
 }
 
 /// What a worker's stderr said last, kept to explain its death: the line in which Rust's runtime
