@@ -7,7 +7,7 @@
 //! - the import direction between the top-level modules: door (`server`) → `session` →
 //!   (`agent`, `store`), `agent` → (`llm`, `plugin`, `mcp`), and the shared leaves below;
 //!   nothing points back up;
-//! - no source file over 500 lines;
+//! - no source file over 500 lines, no function over 100 (tests aside);
 //! - every source file is named in ARCHITECTURE.md's code map.
 //!
 //! The parser is deliberately small: it reads `crate::`, `super::` and `self::` paths (with
@@ -387,4 +387,64 @@ fn every_source_file_is_in_the_code_map() {
         missing.is_empty(),
         "not in ARCHITECTURE.md's code map: {missing:?}"
     );
+}
+
+/// Functions of more than `max` lines of code (blank and comment lines aside) in `text`, outside
+/// `#[cfg(test)]` modules: (name, line, lines). A function ends at the first `}` line at its
+/// own indentation.
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let test_mod = lines
+        .iter()
+        .position(|l| l.trim() == "#[cfg(test)]")
+        .unwrap_or(lines.len());
+    let mut out = Vec::new();
+    for (i, line) in lines[..test_mod].iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let sig = trimmed
+            .trim_start_matches("pub ")
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub(super) ")
+            .trim_start_matches("async ")
+            .trim_start_matches("unsafe ");
+        let Some(rest) = sig.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let close = format!("{}}}", " ".repeat(indent));
+        if let Some(len) = lines[i + 1..].iter().position(|l| *l == close) {
+            // Lines of code: blank lines and comments do not count.
+            let code = lines[i..i + len + 2]
+                .iter()
+                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"))
+                .count();
+            if code > max {
+                out.push((name, i + 1, code));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_is_over_100_lines() {
+    let root = src_dir();
+    let long: Vec<String> = rs_files(&root)
+        .iter()
+        .filter(|f| !f.ends_with("tests.rs"))
+        .flat_map(|f| {
+            let rel = f.strip_prefix(&root).unwrap().display().to_string();
+            long_functions(&std::fs::read_to_string(f).unwrap(), 100)
+                .into_iter()
+                .map(move |(name, line, n)| format!("{rel}:{line} {name} ({n} lines)"))
+        })
+        .collect();
+    assert!(long.is_empty(), "functions over 100 lines: {long:?}");
+    // The checker itself.
+    let f = "fn a() {\n".to_owned() + &"    x();\n".repeat(120) + "}\n";
+    assert_eq!(long_functions(&f, 100), [("a".to_string(), 1, 122)]);
 }

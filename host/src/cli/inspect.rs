@@ -42,19 +42,15 @@ pub fn new_plugin(path: &Path, api_path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-pub fn inspect(path: &Path, as_json: bool, mcp_config: Option<&Path>) -> ExitCode {
-    let copies = match CopyDir::open(&default_state_dir()) {
-        Ok(c) => c,
-        Err(e) => return fail(&format!("cannot create the plugin copy directory: {e}")),
-    };
-    // Loaded in a worker process, as `serve` does: a factory that crashes is reported.
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// Loads the plugin in a worker process, as `serve` does: a factory that crashes is reported.
+/// The runtime the worker runs under is returned with it (it lives as long as the plugin).
+fn load_in_worker(path: &Path) -> Result<(tokio::runtime::Runtime, plugin::Plugin), String> {
+    let copies = CopyDir::open(&default_state_dir())
+        .map_err(|e| format!("cannot create the plugin copy directory: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
-    };
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let loader = plugin::Loader {
         copies: std::sync::Arc::new(copies),
         isolation: plugin::Isolation::Worker(plugin::WorkerOptions {
@@ -65,9 +61,16 @@ pub fn inspect(path: &Path, as_json: bool, mcp_config: Option<&Path>) -> ExitCod
             on_crash: None,
         }),
     };
-    let p = match rt.block_on(loader.load(path, 1)) {
-        Ok(p) => p,
-        Err(e) => return fail(&e.to_string()),
+    let p = rt
+        .block_on(loader.load(path, 1))
+        .map_err(|e| e.to_string())?;
+    Ok((rt, p))
+}
+
+pub fn inspect(path: &Path, as_json: bool, mcp_config: Option<&Path>) -> ExitCode {
+    let (_rt, p) = match load_in_worker(path) {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(&e),
     };
     let m = &p.manifest;
     let mcp = match mcp_tools(m, mcp_config) {

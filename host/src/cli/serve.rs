@@ -34,34 +34,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .load(&args.plugin, 1)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let m = &loaded.manifest;
     let agent_config = config::agent_config(&args);
-    let tools: Vec<String> = m
-        .tools
-        .iter()
-        .map(|t| match agent_config.needs_approval(m, &t.name) {
-            true => format!("{} (needs approval)", t.name),
-            false => t.name.clone(),
-        })
-        .collect();
-    println!(
-        "Loaded agent {} {} (tools: {})",
-        m.name,
-        m.version,
-        tools.join(", ")
-    );
-    for name in &args.require_approval {
-        if !m.tools.iter().any(|t| &t.name == name) {
-            eprintln!("warning: --require-approval {name}: the agent has no tool of that name (yet); it applies if a reloaded build adds one");
-        }
-    }
-
+    describe_agent(&args, &loaded.manifest, &agent_config);
     let auth_tokens = config::auth_tokens(&args)?;
     if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {
         eprintln!("warning: a token given with --auth-token is visible to every user of this machine (ps, /proc); prefer MYAGENT_AUTH_TOKENS or --auth-token-file");
     }
     let model = model(&args)?;
-    let model_name = m.model.clone().unwrap_or_else(|| args.model.clone());
+    let model_name = loaded
+        .manifest
+        .model
+        .clone()
+        .unwrap_or_else(|| args.model.clone());
     println!("Model: {model_name} via {}", model.describe());
     let tracer = match &args.trace_file {
         Some(p) => Some(
@@ -281,4 +265,32 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.unwrap_or(());
+}
+
+/// Says which agent was loaded and its tools, and warns about `--require-approval` names the
+/// agent does not have.
+fn describe_agent(
+    args: &ServeArgs,
+    m: &plugin::Manifest,
+    agent_config: &myagent_host::agent::AgentConfig,
+) {
+    let tools: Vec<String> = m
+        .tools
+        .iter()
+        .map(|t| match agent_config.needs_approval(m, &t.name) {
+            true => format!("{} (needs approval)", t.name),
+            false => t.name.clone(),
+        })
+        .collect();
+    println!(
+        "Loaded agent {} {} (tools: {})",
+        m.name,
+        m.version,
+        tools.join(", ")
+    );
+    for name in &args.require_approval {
+        if !m.tools.iter().any(|t| &t.name == name) {
+            eprintln!("warning: --require-approval {name}: the agent has no tool of that name (yet); it applies if a reloaded build adds one");
+        }
+    }
 }

@@ -310,29 +310,10 @@ fn upgrade(
             "origin not allowed\n".into(),
         );
     }
-    let version_ok = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v == "13");
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "text/plain",
-            "missing Sec-WebSocket-Key\n".into(),
-        );
+    let key = match handshake_key(&req) {
+        Ok(key) => key,
+        Err(refusal) => return *refusal,
     };
-    if !version_ok {
-        let mut r = text(
-            StatusCode::UPGRADE_REQUIRED,
-            "text/plain",
-            "unsupported WebSocket version\n".into(),
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
     let credentials = deps.auth.check_request(&req);
     let forwarded = req
         .headers()
@@ -385,6 +366,35 @@ fn upgrade(
     };
     deps.lifecycle.conns.spawn(fut);
     switching_protocols(&key)
+}
+
+/// The request's `Sec-WebSocket-Key`, or the answer to a request that is not a version-13
+/// WebSocket handshake.
+fn handshake_key(req: &Request<Incoming>) -> Result<HeaderValue, Box<Response<Body>>> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "missing Sec-WebSocket-Key\n".into(),
+        )));
+    };
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    if !version_ok {
+        let mut r = text(
+            StatusCode::UPGRADE_REQUIRED,
+            "text/plain",
+            "unsupported WebSocket version\n".into(),
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(Box::new(r));
+    }
+    Ok(key)
 }
 
 /// `/_echo` (with `--conformance-echo`): the same WebSocket stack and limits, echoing every

@@ -329,11 +329,8 @@ impl Sessions {
                 Some(Ok(s)) => s,
                 Some(Err(why)) => return client.error(None, ErrorCode::InvalidField, &why),
             };
-        let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
-        let instance = match plugin.instantiate(timeout).await {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => return self.factory_failed(client, &e),
-            Err(e) => return self.factory_failed(client, &e),
+        let Some(instance) = self.instantiate(client, &plugin).await else {
+            return;
         };
         let id = uuid::Uuid::new_v4().to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -395,6 +392,26 @@ impl Sessions {
             }
         }
         session.release(&self.runtime.metrics);
+    }
+
+    /// A new agent instance from `plugin`'s factory; a failure is told to `client`.
+    async fn instantiate(
+        &self,
+        client: &Client,
+        plugin: &Arc<crate::plugin::Plugin>,
+    ) -> Option<crate::plugin::Instance> {
+        let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
+        match plugin.instantiate(timeout).await {
+            Ok(Ok(i)) => Some(i),
+            Ok(Err(e)) => {
+                self.factory_failed(client, &e);
+                None
+            }
+            Err(e) => {
+                self.factory_failed(client, &e);
+                None
+            }
+        }
     }
 
     fn factory_failed(&self, client: &Client, e: &dyn std::fmt::Display) {

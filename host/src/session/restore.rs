@@ -104,17 +104,8 @@ impl Sessions {
             return Restored::None;
         }
         let plugin = self.runtime.plugin.current();
-        let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
-        let instance = match plugin.instantiate(timeout).await {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => {
-                self.factory_failed(client, &e);
-                return Restored::None;
-            }
-            Err(e) => {
-                self.factory_failed(client, &e);
-                return Restored::None;
-            }
+        let Some(instance) = self.instantiate(client, &plugin).await else {
+            return Restored::None;
         };
         let settings: SessionSettings = serde_json::from_str(&stored.settings).unwrap_or_default();
         let settings = match settings.check(&plugin.manifest) {
