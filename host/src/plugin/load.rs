@@ -18,7 +18,7 @@ use super::error::{on_blocking_pool, HostError, PluginError, PluginTag};
 use super::instance::Instance;
 use super::module::open_module;
 pub use super::module::LoadError;
-use super::worker::{RemoteInstance, RunGuard, StartError, Worker, WorkerOptions};
+use super::worker::{RemoteInstance, RunGuard, Worker, WorkerOptions};
 
 /// A loaded, validated plugin build. Cheap to share. In a worker (the default) the build lives
 /// in its own process and is unloaded with it; in process, abi_stable keeps every library
@@ -107,11 +107,7 @@ async fn load_in_worker(
         Ok(s) => s,
         Err((e, seed)) => {
             seed.discard();
-            return Err(match e {
-                StartError::Spawn(why) => LoadError::Worker(why),
-                StartError::Load(text) => LoadError::InWorker(text),
-                StartError::Crashed(why) => LoadError::Crashed(why),
-            });
+            return Err(e);
         }
     };
     let manifest = parse_manifest(&first.manifest_json);

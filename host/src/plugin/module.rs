@@ -9,12 +9,16 @@ use abi_stable::std_types::{RErr, ROk};
 use myagent_plugin_api::abi::PluginModule_Ref;
 use myagent_plugin_api::API_VERSION;
 
-/// Why a plugin could not be loaded. Each message is meant to be shown to the user as is.
-#[derive(Debug, thiserror::Error)]
+/// Why a plugin could not be loaded. Each message is meant to be shown to the user as is. A
+/// worker sends the one it met in its hello (serialised), so the host reports it unchanged.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LoadError {
     #[error("plugin file not found: {0}")]
     NotFound(PathBuf),
+    /// Only the host copies builds; a worker never sends this one.
     #[error("could not copy the plugin to {path}: {source}")]
+    #[serde(skip)]
     Copy {
         path: PathBuf,
         source: std::io::Error,
@@ -39,9 +43,6 @@ pub enum LoadError {
     Factory(String),
     #[error("the plugin's manifest is invalid: {0}")]
     BadManifest(String),
-    /// The worker's own account of a failed load (the text of one of the errors above).
-    #[error("{0}")]
-    InWorker(String),
     #[error("the plugin crashed while loading: {0}")]
     Crashed(String),
     #[error("cannot start a plugin worker: {0}")]

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use abi_stable::std_types::{RErr, ROk, RStr};
 use myagent_plugin_api::abi::{AgentInstanceBox, PluginModule_Ref};
 
-use super::frame::{self, Reply, Request};
+use super::frame::{self, Answer, Hello, InstanceId, Reply, Request};
+use crate::plugin::module::LoadError;
 
 /// Stack of the threads that run plugin code (the host's blocking pool gives 2 MiB; a worker
 /// can afford the main thread's 8 MiB, only what is touched is committed).
@@ -25,7 +26,7 @@ const STACK: usize = 8 * 1024 * 1024;
 /// Threads kept waiting for the next request once a burst is over.
 const KEEP_READY: usize = 2;
 
-type Instances = Mutex<HashMap<u64, Arc<AgentInstanceBox>>>;
+type Instances = Mutex<HashMap<InstanceId, Arc<AgentInstanceBox>>>;
 
 /// What the worker's threads share. Threads take turns as the *reader* (leader/followers): the
 /// one that reads a request runs it itself, while the next waiting thread takes over reading —
@@ -97,21 +98,23 @@ fn thread_main(sh: Arc<Shared>, may_leave: bool) {
 }
 
 fn handle(sh: &Shared, request: Request) {
-    let instance = |id: u64, inst: u64| match lock(&sh.instances).get(&inst) {
-        Some(i) => Ok(i.clone()),
-        None => Err(err(id, format!("no agent instance {inst} in this worker"))),
+    let instance = |inst: InstanceId| {
+        lock(&sh.instances)
+            .get(&inst)
+            .cloned()
+            .ok_or_else(|| format!("no agent instance {inst} in this worker"))
     };
     match request {
         Request::Instantiate { id } => {
-            let reply = match (sh.module.new_instance())() {
+            let result = match (sh.module.new_instance())() {
                 ROk(inst) => {
                     let n = sh.next_instance.fetch_add(1, Ordering::Relaxed);
                     lock(&sh.instances).insert(n, Arc::new(inst));
-                    ok(id, n.to_string())
+                    Ok(Answer::Instance(n))
                 }
-                RErr(e) => err(id, e.into_string()),
+                RErr(e) => Err(e.into_string()),
             };
-            sh.send(reply);
+            sh.send(Reply { id, result });
         }
         Request::Call {
             id,
@@ -119,15 +122,11 @@ fn handle(sh: &Shared, request: Request) {
             tool,
             args,
         } => {
-            let reply = match instance(id, inst) {
-                Ok(i) => ok(
-                    id,
-                    i.call_tool(RStr::from_str(&tool), RStr::from_str(&args))
-                        .into_string(),
-                ),
-                Err(reply) => reply,
-            };
-            sh.send(reply);
+            let result = instance(inst).map(|i| {
+                i.call_tool(RStr::from_str(&tool), RStr::from_str(&args))
+                    .into_string()
+            });
+            sh.send(Reply::json(id, result));
         }
         Request::Event {
             id,
@@ -135,15 +134,20 @@ fn handle(sh: &Shared, request: Request) {
             session,
             event,
         } => {
-            let reply = match instance(id, inst) {
-                Ok(i) => match i.handle_event(RStr::from_str(&session), RStr::from_str(&event)) {
-                    ROk(json) => ok(id, json.into_string()),
-                    RErr(e) => err(id, e.into_string()),
-                },
-                Err(reply) => reply,
-            };
-            // A cancel (`session` empty) expects no answer, but one does no harm.
-            sh.send(reply);
+            let result = instance(inst).and_then(|i| {
+                match i.handle_event(RStr::from_str(&session), RStr::from_str(&event)) {
+                    ROk(json) => Ok(json.into_string()),
+                    RErr(e) => Err(e.into_string()),
+                }
+            });
+            sh.send(Reply::json(id, result));
+        }
+        Request::Cancel { inst, event } => {
+            // The plugin API delivers a cancel to the instance's hook, with no session; what
+            // the hook returns is not wanted.
+            if let Ok(i) = instance(inst) {
+                let _ = i.handle_event(RStr::from_str(""), RStr::from_str(&event));
+            }
         }
         Request::Drop { inst } => {
             let gone = lock(&sh.instances).remove(&inst);
@@ -171,18 +175,18 @@ pub fn run(source: &Path, socket_fd: RawFd, lib_fd: RawFd) -> std::process::Exit
             return std::process::ExitCode::FAILURE;
         }
     };
-    let hello = |reply: Reply| {
-        let _ = frame::write_frame(&mut &writer, &reply);
+    let hello = |manifest: Result<String, LoadError>| {
+        let _ = frame::write_frame(&mut &writer, &Hello { manifest });
     };
     let lib = format!("/proc/self/fd/{lib_fd}");
     let (module, manifest) = match crate::plugin::module::open_module(source, Path::new(&lib)) {
         Ok(loaded) => loaded,
         Err(e) => {
-            hello(err(0, e.to_string()));
+            hello(Err(e));
             return std::process::ExitCode::SUCCESS;
         }
     };
-    hello(ok(0, manifest));
+    hello(Ok(manifest));
     let shared = Arc::new(Shared {
         module,
         reader: Mutex::new(std::io::BufReader::with_capacity(64 * 1024, sock)),
@@ -198,20 +202,4 @@ pub fn run(source: &Path, socket_fd: RawFd, lib_fd: RawFd) -> std::process::Exit
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn ok(id: u64, s: String) -> Reply {
-    Reply {
-        id,
-        ok: Some(s),
-        err: None,
-    }
-}
-
-fn err(id: u64, s: String) -> Reply {
-    Reply {
-        id,
-        ok: None,
-        err: Some(s),
-    }
 }

@@ -1,8 +1,8 @@
 //! The worker protocol: length-prefixed JSON frames over a Unix socket pair — a little-endian
-//! `u32` length, then that many bytes of one JSON object. The host sends [`Request`]s, the
-//! worker answers each (except `drop`) with a [`Reply`] carrying the request's `id`; replies
-//! come in any order (calls run concurrently). The first frame from the worker is the hello:
-//! id 0, `ok` the manifest JSON or `err` why the build did not load.
+//! `u32` length, then that many bytes of one JSON object. The first frame from the worker is
+//! its [`Hello`]: the build's manifest, or the typed reason it did not load. Then the host sends
+//! [`Request`]s and the worker answers each that has an `id` with a [`Reply`] carrying that id;
+//! replies come in any order (calls run concurrently). `drop` and `cancel` have no reply.
 //!
 //! Strings the ABI already carries as JSON (arguments, results, events, the manifest) travel
 //! as JSON strings inside the frame, untouched: the worker never parses what the plugin said.
@@ -12,55 +12,95 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::plugin::module::LoadError;
+
 /// A frame larger than this is a protocol error (the worker is stopped). Tool outputs are
 /// truncated by the host long before this; it only bounds a broken peer.
-pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// An agent instance's number inside one worker process.
+pub(crate) type InstanceId = u64;
+
+/// The worker's first frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    /// The manifest's JSON, or why the build did not load — the same error an in-process load
+    /// gives, so the operator reads the same message either way.
+    pub(crate) manifest: Result<String, LoadError>,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Run the factory; `ok` is the new instance's id (decimal).
+pub(crate) enum Request {
+    /// Run the factory; the reply is [`Answer::Instance`], or the factory's error.
     Instantiate { id: u64 },
-    /// Run a tool; `ok` is the `ToolResult` JSON the plugin returned.
+    /// Run a tool; the reply is the `ToolResult` JSON the plugin returned.
     Call {
         id: u64,
-        inst: u64,
+        inst: InstanceId,
         tool: String,
         args: String,
     },
-    /// A custom event (or the reserved cancel event); `ok` is the JSON array of events to send
-    /// back, `err` the plugin's error.
+    /// A custom event; the reply is the JSON array of events to send back, or the plugin's
+    /// error.
     Event {
         id: u64,
-        inst: u64,
+        inst: InstanceId,
         session: String,
         event: String,
     },
+    /// Ask a running call of this instance to stop (the plugin API's cancel event, which the
+    /// instance's event hook receives). No reply: the call itself still answers.
+    Cancel { inst: InstanceId, event: String },
     /// The host no longer uses this instance. No reply.
-    Drop { inst: u64 },
+    Drop { inst: InstanceId },
 }
 
+/// The answer to one request: what the plugin returned, or its error (or the worker's own
+/// "no", such as an unknown instance) — nothing else.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Reply {
-    pub id: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ok: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub err: Option<String>,
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) result: Result<Answer, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Answer {
+    /// A new instance's id (the answer to `instantiate`).
+    Instance(InstanceId),
+    /// The plugin's JSON (a tool result, the events a hook returned).
+    Json(String),
 }
 
 impl Reply {
-    /// `ok`'s text, or `err`'s (the plugin's or the worker's own no).
-    pub fn into_result(self) -> Result<String, String> {
-        match self {
-            Reply { ok: Some(out), .. } => Ok(out),
-            Reply { err, .. } => Err(err.unwrap_or_default()),
+    pub(crate) fn json(id: u64, result: Result<String, String>) -> Reply {
+        Reply {
+            id,
+            result: result.map(Answer::Json),
+        }
+    }
+
+    /// The plugin's JSON, or its error; an instance id where JSON was expected is a broken
+    /// worker, reported as an error.
+    pub(crate) fn into_json(self) -> Result<String, String> {
+        match self.result? {
+            Answer::Json(s) => Ok(s),
+            Answer::Instance(n) => Err(format!("the worker answered with instance {n}, not JSON")),
+        }
+    }
+
+    /// The new instance's id, or the factory's error.
+    pub(crate) fn into_instance(self) -> Result<InstanceId, String> {
+        match self.result? {
+            Answer::Instance(n) => Ok(n),
+            Answer::Json(_) => Err("the worker answered with JSON, not an instance id".into()),
         }
     }
 }
 
 /// `msg` as one frame (length prefix included).
-pub fn encode(msg: &impl Serialize) -> Vec<u8> {
+pub(crate) fn encode(msg: &impl Serialize) -> Vec<u8> {
     let mut out = vec![0u8; 4];
     // Serializing these plain structs into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, msg);
@@ -70,12 +110,12 @@ pub fn encode(msg: &impl Serialize) -> Vec<u8> {
 }
 
 /// Writes one frame (blocking).
-pub fn write_frame(w: &mut impl Write, msg: &impl Serialize) -> std::io::Result<()> {
+pub(crate) fn write_frame(w: &mut impl Write, msg: &impl Serialize) -> std::io::Result<()> {
     w.write_all(&encode(msg))
 }
 
 /// Reads one frame (blocking); `None` at a clean end of stream.
-pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -92,7 +132,7 @@ pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
 }
 
 /// Reads one frame; `None` at a clean end of stream.
-pub async fn read_frame_async(
+pub(crate) async fn read_frame_async(
     r: &mut (impl AsyncRead + Unpin),
 ) -> std::io::Result<Option<Vec<u8>>> {
     let len = match r.read_u32_le().await {
@@ -136,5 +176,24 @@ mod tests {
         assert!(read_frame(&mut short).is_err());
         let mut huge = &(u32::MAX).to_le_bytes()[..];
         assert!(read_frame(&mut huge).is_err());
+    }
+
+    #[test]
+    fn replies_and_hellos_are_typed_on_the_wire() {
+        let back = |r: &Reply| -> Reply { serde_json::from_slice(&encode(r)[4..]).unwrap() };
+        assert_eq!(back(&Reply::json(3, Ok("{}".into()))).into_json(), Ok("{}".into()));
+        assert_eq!(back(&Reply::json(3, Err("no".into()))).into_json(), Err("no".into()));
+        let inst = Reply { id: 1, result: Ok(Answer::Instance(9)) };
+        assert_eq!(back(&inst).into_instance(), Ok(9));
+        assert!(back(&inst).into_json().is_err());
+        // A reply with both or neither is not a reply.
+        assert!(serde_json::from_str::<Reply>(r#"{"id":1}"#).is_err());
+        assert!(serde_json::from_str::<Reply>(r#"{"id":1,"result":{"Ok":{"json":"a"},"Err":"b"}}"#).is_err());
+        let hello = Hello { manifest: Err(LoadError::ApiVersion { plugin: 1, host: 2 }) };
+        let hello: Hello = serde_json::from_slice(&encode(&hello)[4..]).unwrap();
+        assert!(matches!(hello.manifest, Err(LoadError::ApiVersion { plugin: 1, host: 2 })));
+        let cancel = Request::Cancel { inst: 4, event: "{}".into() };
+        let cancel: Request = serde_json::from_slice(&encode(&cancel)[4..]).unwrap();
+        assert!(matches!(cancel, Request::Cancel { inst: 4, .. }));
     }
 }

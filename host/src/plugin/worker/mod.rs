@@ -19,7 +19,7 @@ pub mod frame;
 mod process;
 mod remote;
 
-pub use process::{StartError, Started};
+pub use process::Started;
 pub use remote::RemoteInstance;
 
 use std::os::fd::OwnedFd;
@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 
 use self::process::{read_replies, start, Conn};
 use super::error::{HostErrorKind, PluginTag};
+use super::module::LoadError;
 
 /// How long a call may overrun its timeout before its worker is considered hung and stopped
 /// (a cooperative tool has been told to stop at the timeout; this is for one that cannot).
@@ -141,7 +142,7 @@ impl Worker {
         lib: OwnedFd,
         copy_path: PathBuf,
         generation: u64,
-    ) -> Result<(Started, WorkerSeed), (StartError, WorkerSeed)> {
+    ) -> Result<(Started, WorkerSeed), (LoadError, WorkerSeed)> {
         let started = start(&opts, source, &lib, 1).await;
         let seed = WorkerSeed {
             opts,
@@ -247,9 +248,7 @@ impl Worker {
                 Ok(self.adopt(started))
             }
             Err(e) => {
-                let why = match e {
-                    StartError::Spawn(s) | StartError::Load(s) | StartError::Crashed(s) => s,
-                };
+                let why = e.to_string();
                 self.crashed(format!("it could not be restarted: {why}"), Duration::ZERO);
                 Err(HostErrorKind::Crashed(format!(
                     "the plugin worker could not be restarted: {why}"

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::frame::{self, Reply, Request};
 use super::{lock, Worker, WorkerOptions, HELLO_TIMEOUT, LIVE, STARTED, STDERR_KEPT};
 use crate::metrics::Metrics;
+use crate::plugin::module::LoadError;
 
 /// A started worker process, before its build's [`Worker`] exists (the first start).
 pub struct Started {
@@ -34,17 +35,6 @@ const STDERR_DRAIN: Duration = Duration::from_secs(3);
 
 pub(super) type Reader = tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>;
 
-/// Why a worker could not be started or did not load the build.
-#[derive(Debug)]
-pub enum StartError {
-    /// The process could not be started at all.
-    Spawn(String),
-    /// The build did not load; the worker's own message (a `LoadError`'s text).
-    Load(String),
-    /// The worker died or went silent while loading.
-    Crashed(String),
-}
-
 /// One worker process.
 pub(super) struct Conn {
     pub(super) epoch: u64,
@@ -52,7 +42,7 @@ pub(super) struct Conn {
     pub(super) started: Instant,
     wr: tokio::sync::Mutex<OwnedWriteHalf>,
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
-    pub(super) next_id: AtomicU64,
+    next_id: AtomicU64,
     dead: AtomicBool,
     /// Set when the host stops the process (hung call: the reason; retirement: expected).
     kill_reason: Mutex<Option<String>>,
@@ -128,12 +118,12 @@ pub async fn start(
     source: &Path,
     lib: &OwnedFd,
     epoch: u64,
-) -> Result<Started, StartError> {
+) -> Result<Started, LoadError> {
     let (host_end, child_end) =
-        std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Spawn(e.to_string()))?;
+        std::os::unix::net::UnixStream::pair().map_err(|e| LoadError::Worker(e.to_string()))?;
     let mut child = command(opts, source, child_end.as_raw_fd(), lib.as_raw_fd())
         .spawn()
-        .map_err(|e| StartError::Spawn(format!("cannot start {}: {e}", opts.exe.display())))?;
+        .map_err(|e| LoadError::Worker(format!("cannot start {}: {e}", opts.exe.display())))?;
     drop(child_end);
     STARTED.fetch_add(1, Ordering::Relaxed);
     LIVE.fetch_add(1, Ordering::Relaxed);
@@ -142,9 +132,9 @@ pub async fn start(
     let stderr = forward_output(&mut child, source, pid, &ring);
     host_end
         .set_nonblocking(true)
-        .map_err(|e| StartError::Spawn(e.to_string()))?;
+        .map_err(|e| LoadError::Worker(e.to_string()))?;
     let stream =
-        tokio::net::UnixStream::from_std(host_end).map_err(|e| StartError::Spawn(e.to_string()))?;
+        tokio::net::UnixStream::from_std(host_end).map_err(|e| LoadError::Worker(e.to_string()))?;
     let (rd, wr) = stream.into_split();
     let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
     let manifest_json = match hello(&mut rd).await {
@@ -154,20 +144,20 @@ pub async fn start(
                 Hello::TimedOut => {
                     let _ = child.start_kill();
                     let _ = child.wait().await;
-                    StartError::Crashed(format!(
+                    LoadError::Crashed(format!(
                         "the plugin worker did not load the build within {} s",
                         HELLO_TIMEOUT.as_secs()
                     ))
                 }
                 Hello::Refused(e) => {
                     let _ = child.wait().await;
-                    StartError::Load(e)
+                    e
                 }
                 Hello::Died => {
                     // Died while loading (a crashing constructor or factory, a bad library).
                     let status = child.wait().await.ok();
                     let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
-                    StartError::Crashed(describe_death(status, &lock(&ring)))
+                    LoadError::Crashed(describe_death(status, &lock(&ring)))
                 }
             };
             LIVE.fetch_sub(1, Ordering::Relaxed);
@@ -288,7 +278,7 @@ fn forward_output(
 enum Hello {
     TimedOut,
     /// The worker's own account of a failed load.
-    Refused(String),
+    Refused(LoadError),
     /// The socket closed (or said nothing readable): the worker died loading.
     Died,
 }
@@ -300,14 +290,13 @@ async fn hello(
     let frame = tokio::time::timeout(HELLO_TIMEOUT, frame::read_frame_async(rd))
         .await
         .map_err(|_| Hello::TimedOut)?;
-    let reply: Option<Reply> = match frame {
+    let hello: Option<frame::Hello> = match frame {
         Ok(Some(buf)) => serde_json::from_slice(&buf).ok(),
         _ => None,
     };
-    match reply {
-        Some(Reply { ok: Some(m), .. }) => Ok(m),
-        Some(Reply { err: Some(e), .. }) => Err(Hello::Refused(e)),
-        _ => Err(Hello::Died),
+    match hello {
+        Some(frame::Hello { manifest }) => manifest.map_err(Hello::Refused),
+        None => Err(Hello::Died),
     }
 }
 

@@ -1,11 +1,10 @@
 //! Agent instances living in a worker, and one request's life: its reply, its timeout, and —
 //! given up while running — the cancel and the hang watchdog.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::frame::{Reply, Request};
+use super::frame::{InstanceId, Reply, Request};
 use super::process::Conn;
 use super::{lock, Worker, HANG_GRACE};
 use crate::metrics::Metrics;
@@ -15,8 +14,8 @@ use crate::plugin::error::{HostError, HostErrorKind};
 pub struct RemoteInstance {
     worker: Arc<Worker>,
     /// (process epoch, instance id in that process).
-    bound: tokio::sync::Mutex<Option<(u64, u64)>>,
-    last: Mutex<Option<(Weak<Conn>, u64)>>,
+    bound: tokio::sync::Mutex<Option<(u64, InstanceId)>>,
+    last: Mutex<Option<(Weak<Conn>, InstanceId)>>,
 }
 
 impl RemoteInstance {
@@ -128,7 +127,7 @@ impl RemoteInstance {
             cancel.map(|event| (inst, event)),
         )
         .await?;
-        Ok(reply.into_result())
+        Ok(reply.into_json())
     }
 
     /// Whether the build this instance came from was unloaded (a reload replaced it).
@@ -155,7 +154,7 @@ async fn instantiate(
     conn: &Arc<Conn>,
     deadline: tokio::time::Instant,
     timeout: Duration,
-) -> Result<Result<u64, String>, HostErrorKind> {
+) -> Result<Result<InstanceId, String>, HostErrorKind> {
     let reply = exchange(
         conn,
         |id| Request::Instantiate { id },
@@ -166,10 +165,7 @@ async fn instantiate(
         None,
     )
     .await?;
-    Ok(reply.into_result().and_then(|id| {
-        id.parse()
-            .map_err(|_| format!("the worker returned a bad instance id {id:?}"))
-    }))
+    Ok(reply.into_instance())
 }
 
 /// One request and its reply, at most until `deadline`. A request given up (timeout, or this
@@ -182,7 +178,7 @@ async fn exchange(
     deadline: tokio::time::Instant,
     timeout: Duration,
     metrics: Option<&Arc<Metrics>>,
-    cancel: Option<(u64, String)>,
+    cancel: Option<(InstanceId, String)>,
 ) -> Result<Reply, HostErrorKind> {
     let (id, rx) = conn
         .request(make, tool)
@@ -229,7 +225,7 @@ struct GiveUp {
     timeout: Duration,
     what: String,
     metrics: Option<Arc<Metrics>>,
-    cancel: Option<(u64, String)>,
+    cancel: Option<(InstanceId, String)>,
 }
 
 impl Drop for GiveUp {
@@ -266,14 +262,7 @@ impl Drop for GiveUp {
         );
         rt.spawn(async move {
             if let Some((inst, event)) = cancel {
-                let cid = conn.next_id.fetch_add(1, Ordering::Relaxed);
-                conn.send_only(Request::Event {
-                    id: cid,
-                    inst,
-                    session: String::new(),
-                    event,
-                })
-                .await;
+                conn.send_only(Request::Cancel { inst, event }).await;
             }
             tokio::time::sleep_until(at).await;
             if lock(&conn.pending).contains_key(&id) {
