@@ -109,15 +109,6 @@ impl Instance {
         }
     }
 
-    /// Whether the build this instance came from was unloaded (replaced by a reload, its
-    /// worker stopped): the session should move to the serving build.
-    pub fn is_retired(&self) -> bool {
-        match &self.inner {
-            Inner::Remote(r) => r.is_retired(),
-            Inner::Abi(_) => false,
-        }
-    }
-
     /// The plugin build this instance came from.
     pub fn tag(&self) -> &Arc<PluginTag> {
         &self.tag

@@ -44,6 +44,15 @@ pub struct AgentSlot {
     pub memory: Memory,
     /// The session's own settings (`agent_config`).
     pub settings: SessionSettings,
+    /// The build generation `settings` were last checked against (a reload may narrow what
+    /// a build allows; the next run checks again).
+    pub checked_for: u64,
+}
+
+/// The build a session talks to and its agent instance in it — held in one place (the
+/// session), taken by a run for its length and by a custom event for its call.
+#[derive(Clone)]
+pub struct Bound {
     pub plugin: Arc<Plugin>,
     pub instance: Instance,
 }
@@ -81,8 +90,8 @@ struct Inner {
     queue_bytes: usize,
     /// Bumped on every detach/attach, so a stale expiry timer does nothing.
     epoch: u64,
-    /// The instance custom events go to (the latest one a run used).
-    instance: Instance,
+    /// The build and agent instance runs and custom events go to.
+    bound: Bound,
     /// Events from this `seq` on are held back — not sent, not replayed — until
     /// [`Session::release`]: an acknowledgement (`agent.session_created`, `agent.ready`) waits
     /// for the store to commit what it acknowledges.
@@ -135,6 +144,7 @@ impl Session {
         id: String,
         resume_token: String,
         slot: AgentSlot,
+        bound: Bound,
         owner: Sub,
         client_ip: IpAddr,
         replay_cap_bytes: usize,
@@ -150,7 +160,7 @@ impl Session {
             queue: VecDeque::new(),
             queue_bytes: 0,
             epoch: 0,
-            instance: slot.instance.clone(),
+            bound,
             withheld_from: None,
             left: false,
             live_frame: None,
@@ -408,13 +418,13 @@ impl Session {
         Admit::Queued
     }
 
-    /// The instance a hot reload switched the session to (custom events go there too).
-    pub fn set_instance(&self, instance: &Instance) {
-        self.lock().instance = instance.clone();
+    /// Binds the session to another build's instance (a hot reload).
+    pub fn set_bound(&self, bound: &Bound) {
+        self.lock().bound = bound.clone();
     }
 
-    pub fn instance(&self) -> Instance {
-        self.lock().instance.clone()
+    pub fn bound(&self) -> Bound {
+        self.lock().bound.clone()
     }
 
     /// Cancels the running run and drops any queued messages; false when none is running.

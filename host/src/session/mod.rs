@@ -22,7 +22,7 @@ use tracing::Instrument;
 pub use config::{ImageUrls, SessionConfig};
 pub use lifecycle::Lifecycle;
 pub use log::{
-    Admit, AgentSlot, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED,
+    Admit, AgentSlot, Bound, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED,
     MAX_QUEUED_BYTES,
 };
 pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
@@ -337,6 +337,9 @@ impl Sessions {
         let slot = AgentSlot {
             memory: Memory::new(self.runtime.config.memory_budget_chars),
             settings: settings.clone(),
+            checked_for: plugin.generation,
+        };
+        let bound = Bound {
             plugin: plugin.clone(),
             instance,
         };
@@ -344,6 +347,7 @@ impl Sessions {
             id.clone(),
             token.clone(),
             slot,
+            bound,
             client.sub.clone(),
             client.ip,
             self.config.replay_buffer_bytes,

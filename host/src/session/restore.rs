@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::event::ErrorCode;
-use super::log::{AgentSlot, Session};
+use super::log::{AgentSlot, Bound, Session};
 use super::{Client, Sessions};
 use crate::agent::{Memory, SessionSettings};
 use crate::secret::constant_time_eq;
@@ -127,6 +127,9 @@ impl Sessions {
         let slot = AgentSlot {
             memory,
             settings,
+            checked_for: plugin.generation,
+        };
+        let bound = Bound {
             plugin: plugin.clone(),
             instance,
         };
@@ -134,6 +137,7 @@ impl Sessions {
             session_id.to_owned(),
             token.to_owned(),
             slot,
+            bound,
             client.sub.clone(),
             client.ip,
             self.config.replay_buffer_bytes,

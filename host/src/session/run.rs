@@ -10,7 +10,7 @@ use super::event::{
     AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta,
     ToolResultMeta,
 };
-use super::log::{AgentSlot, Session};
+use super::log::{Bound, Session};
 use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
 use crate::llm::Content;
 use crate::metrics::Metrics;
@@ -39,15 +39,19 @@ async fn run_turn(
     content: &Content,
 ) -> Option<(Content, CancellationToken)> {
     let mut slot = session.agent.lock().await;
-    swap_build(runtime, session, &mut slot).await;
+    let Bound { plugin, instance } = bound_to_current(runtime, session).await;
+    if slot.checked_for != plugin.generation {
+        if let Err(why) = slot.settings.check(&plugin.manifest) {
+            tracing::warn!(session_id = %session.id, reason = %why,
+                "the new build does not allow this session's agent_config; using the agent's own settings");
+            slot.settings = Default::default();
+        }
+        slot.checked_for = plugin.generation;
+    }
     // The build's worker is kept until this run ends, even if a reload replaces the build.
-    let _on_build = slot.plugin.begin_run();
-    let AgentSlot {
-        memory,
-        settings,
-        plugin,
-        instance,
-    } = &mut *slot;
+    let _on_build = plugin.begin_run();
+    let slot = &mut *slot;
+    let (memory, settings) = (&mut slot.memory, &slot.settings);
     let sink = SessionSink {
         session,
         metrics: &runtime.metrics,
@@ -56,7 +60,7 @@ async fn run_turn(
         model: &runtime.model,
         manifest: &plugin.manifest,
         settings,
-        instance,
+        instance: &instance,
         mcp: &runtime.mcp,
         config: &runtime.config,
         sink: &sink,
@@ -111,50 +115,43 @@ fn final_event(outcome: RunOutcome) -> ServerEvent {
     }
 }
 
-/// Hot reload: the conversation is kept, the agent comes from the new build (if its factory
-/// works; else the session keeps the old one).
-async fn swap_build(runtime: &AgentRuntime, session: &Session, slot: &mut AgentSlot) {
+/// Hot reload: the session's binding, moved to the serving build if a reload replaced the one
+/// it has (the conversation is kept; if the new build's factory fails, the old build stays).
+async fn bound_to_current(runtime: &AgentRuntime, session: &Session) -> Bound {
+    let bound = session.bound();
     let current = runtime.plugin.current();
-    if current.generation == slot.plugin.generation {
-        return;
+    if current.generation == bound.plugin.generation {
+        return bound;
     }
     let timeout = runtime.config.tool_timeout_for(&current.manifest);
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::error!(session_id = %session.id, error = %e,
+            "new plugin build failed to create an agent; keeping the old one");
+    };
     match current.instantiate(timeout).await {
         Ok(Ok(instance)) => {
-            if let Err(why) = slot.settings.check(&current.manifest) {
-                tracing::warn!(session_id = %session.id, reason = %why,
-                    "the new build does not allow this session's agent_config; using the agent's own settings");
-                slot.settings = Default::default();
-            }
-            session.set_instance(&instance);
-            slot.plugin = current;
-            slot.instance = instance;
+            let fresh = Bound {
+                plugin: current,
+                instance,
+            };
+            session.set_bound(&fresh);
+            fresh
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "new plugin build failed to create an agent; keeping the old one")
+            failed(&e);
+            bound
         }
         Err(e) => {
-            tracing::error!(error = %e, "new plugin build failed to create an agent; keeping the old one")
+            failed(&e);
+            bound
         }
     }
 }
 
 /// A custom client event, handed to the plugin's hook; what it returns goes back as events.
 pub(super) async fn custom_event(runtime: &AgentRuntime, session: &Session, event: Value) {
-    let mut instance = session.instance();
-    if instance.is_retired() {
-        // Idle since a reload unloaded its build: a fresh agent from the serving build (the
-        // session's next run swaps its slot the same way).
-        let current = runtime.plugin.current();
-        let timeout = runtime.config.tool_timeout_for(&current.manifest);
-        if let Ok(Ok(fresh)) = current.instantiate(timeout).await {
-            session.set_instance(&fresh);
-            instance = fresh;
-        }
-    }
-    let timeout = runtime
-        .config
-        .tool_timeout_for(&runtime.plugin.current().manifest);
+    let Bound { plugin, instance } = bound_to_current(runtime, session).await;
+    let timeout = runtime.config.tool_timeout_for(&plugin.manifest);
     let failed = |e: &dyn std::fmt::Display| {
         let text = format!("Custom event failed: {e}");
         session.emit(

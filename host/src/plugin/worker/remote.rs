@@ -129,11 +129,6 @@ impl RemoteInstance {
         .await?;
         Ok(reply.into_json())
     }
-
-    /// Whether the build this instance came from was unloaded (a reload replaced it).
-    pub fn is_retired(&self) -> bool {
-        self.worker.is_retired()
-    }
 }
 
 impl Drop for RemoteInstance {
