@@ -6,6 +6,7 @@
 //! loads and hot-reloads agent plugins, [`mcp`] talks to MCP tool servers. See ARCHITECTURE.md.
 
 pub mod agent;
+pub mod backoff;
 pub mod journal;
 pub mod llm;
 pub mod mcp;

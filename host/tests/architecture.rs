@@ -294,6 +294,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("journal", 1),
     ("metrics", 0),
     ("time", 0),
+    ("backoff", 0),
     ("secret", 0),
 ];
 

@@ -19,6 +19,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 use super::config::ServerSpec;
 
 /// How long connecting and the MCP handshake may take.
@@ -119,7 +121,7 @@ impl McpServer {
     }
 
     async fn supervise(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while !shutdown.is_cancelled() {
             let began = Instant::now();
             let reason = match self.connect().await {
@@ -141,16 +143,13 @@ impl McpServer {
             if shutdown.is_cancelled() {
                 return;
             }
-            if began.elapsed() >= STABLE {
-                backoff = MIN_BACKOFF;
-            }
-            tracing::warn!(mcp_server = %self.name, reason = %reason, retry_in_ms = backoff.as_millis() as u64,
+            let wait = backoff.failed_after(began.elapsed(), STABLE);
+            tracing::warn!(mcp_server = %self.name, reason = %reason, retry_in_ms = wait.as_millis() as u64,
                 "MCP server unavailable; reconnecting");
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

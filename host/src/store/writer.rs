@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::batch::coalesce;
 use super::health::State;
 use super::{Backend, Op, StoreError, FLUSH_EVERY};
+use crate::backoff::Backoff;
 
 /// First retry after a failed write, and the longest wait between retries.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -37,7 +38,7 @@ pub(crate) fn spawn(
                 pending: Vec::new(),
                 pending_bytes: 0,
                 retry_at: None,
-                backoff: RETRY_FIRST,
+                backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
                 outage: None,
             }
             .run()
@@ -63,7 +64,7 @@ struct Writer<B: Backend> {
     pending_bytes: usize,
     /// After a failure: not before this.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     outage: Option<Outage>,
 }
 
@@ -199,7 +200,7 @@ impl<B: Backend> Writer<B> {
         self.state.buffered_bytes.store(0, Ordering::Relaxed);
         self.state.oldest_ms.store(0, Ordering::Relaxed);
         self.retry_at = None;
-        self.backoff = RETRY_FIRST;
+        self.backoff.reset();
         let was_out = self.outage.is_some();
         if was_out {
             self.state.up.store(true, Ordering::Relaxed);
@@ -253,8 +254,7 @@ impl<B: Backend> Writer<B> {
                 }
             }
         }
-        self.retry_at = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        self.retry_at = Some(now + self.backoff.failed());
     }
 }
 

@@ -181,18 +181,38 @@ mod tests {
     #[test]
     fn replies_and_hellos_are_typed_on_the_wire() {
         let back = |r: &Reply| -> Reply { serde_json::from_slice(&encode(r)[4..]).unwrap() };
-        assert_eq!(back(&Reply::json(3, Ok("{}".into()))).into_json(), Ok("{}".into()));
-        assert_eq!(back(&Reply::json(3, Err("no".into()))).into_json(), Err("no".into()));
-        let inst = Reply { id: 1, result: Ok(Answer::Instance(9)) };
+        assert_eq!(
+            back(&Reply::json(3, Ok("{}".into()))).into_json(),
+            Ok("{}".into())
+        );
+        assert_eq!(
+            back(&Reply::json(3, Err("no".into()))).into_json(),
+            Err("no".into())
+        );
+        let inst = Reply {
+            id: 1,
+            result: Ok(Answer::Instance(9)),
+        };
         assert_eq!(back(&inst).into_instance(), Ok(9));
         assert!(back(&inst).into_json().is_err());
         // A reply with both or neither is not a reply.
         assert!(serde_json::from_str::<Reply>(r#"{"id":1}"#).is_err());
-        assert!(serde_json::from_str::<Reply>(r#"{"id":1,"result":{"Ok":{"json":"a"},"Err":"b"}}"#).is_err());
-        let hello = Hello { manifest: Err(LoadError::ApiVersion { plugin: 1, host: 2 }) };
+        assert!(serde_json::from_str::<Reply>(
+            r#"{"id":1,"result":{"Ok":{"json":"a"},"Err":"b"}}"#
+        )
+        .is_err());
+        let hello = Hello {
+            manifest: Err(LoadError::ApiVersion { plugin: 1, host: 2 }),
+        };
         let hello: Hello = serde_json::from_slice(&encode(&hello)[4..]).unwrap();
-        assert!(matches!(hello.manifest, Err(LoadError::ApiVersion { plugin: 1, host: 2 })));
-        let cancel = Request::Cancel { inst: 4, event: "{}".into() };
+        assert!(matches!(
+            hello.manifest,
+            Err(LoadError::ApiVersion { plugin: 1, host: 2 })
+        ));
+        let cancel = Request::Cancel {
+            inst: 4,
+            event: "{}".into(),
+        };
         let cancel: Request = serde_json::from_slice(&encode(&cancel)[4..]).unwrap();
         assert!(matches!(cancel, Request::Cancel { inst: 4, .. }));
     }

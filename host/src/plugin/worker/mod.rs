@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use self::process::{read_replies, start, Conn};
 use super::error::{HostErrorKind, PluginTag};
 use super::module::LoadError;
+use crate::backoff::Backoff;
 
 /// How long a call may overrun its timeout before its worker is considered hung and stopped
 /// (a cooperative tool has been told to stop at the timeout; this is for one that cannot).
@@ -108,9 +109,9 @@ pub struct CrashReport {
     pub restart_in: Duration,
 }
 
-struct Backoff {
+struct Restarts {
     next_start: Instant,
-    delay: Duration,
+    backoff: Backoff,
 }
 
 /// One plugin build served by worker processes (one at a time).
@@ -125,7 +126,7 @@ pub struct Worker {
     current: Mutex<Option<Arc<Conn>>>,
     /// Held while a process is being started, so only one is.
     starting: tokio::sync::Mutex<()>,
-    backoff: Mutex<Backoff>,
+    backoff: Mutex<Restarts>,
     crashes: AtomicU64,
     epochs: AtomicU64,
     retired: AtomicBool,
@@ -285,12 +286,8 @@ impl Worker {
         let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
         let restart_in = {
             let mut b = lock(&self.backoff);
-            if lived >= STABLE_AFTER {
-                b.delay = Duration::ZERO;
-            }
-            let wait = b.delay;
+            let wait = b.backoff.failed_after(lived, STABLE_AFTER);
             b.next_start = Instant::now() + wait;
-            b.delay = (wait * 2).clamp(BACKOFF_FIRST, BACKOFF_MAX);
             wait
         };
         tracing::error!(plugin = %self.tag, generation = self.generation, crashes, %reason,
@@ -336,9 +333,9 @@ impl WorkerSeed {
             generation: self.generation,
             current: Mutex::new(None),
             starting: tokio::sync::Mutex::new(()),
-            backoff: Mutex::new(Backoff {
+            backoff: Mutex::new(Restarts {
                 next_start: Instant::now(),
-                delay: Duration::ZERO,
+                backoff: Backoff::immediate_then(BACKOFF_FIRST, BACKOFF_MAX),
             }),
             crashes: AtomicU64::new(0),
             epochs: AtomicU64::new(1),
