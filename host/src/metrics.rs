@@ -117,6 +117,16 @@ pub struct Metrics {
     pub llm_latency: Histogram,
     pub reloads: Counter,
     pub reload_failures: Counter,
+    /// Plugin worker processes running, started and crashed, over all builds.
+    pub plugin_workers: Gauge,
+    pub plugin_worker_starts: Counter,
+    pub plugin_worker_crashes: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics { .. }")
+    }
 }
 
 impl Metrics {
@@ -124,7 +134,7 @@ impl Metrics {
     fn values(
         &self,
         plugin_generation: u64,
-    ) -> [(&'static str, &'static str, &'static str, u64); 28] {
+    ) -> [(&'static str, &'static str, &'static str, u64); 31] {
         [
             ("myagent_connections", "gauge", "Open WebSocket connections.", self.connections.get()),
             ("myagent_connections_total", "counter", "WebSocket connections accepted.", self.connections_total.get()),
@@ -154,6 +164,9 @@ impl Metrics {
             ("myagent_plugin_reloads_total", "counter", "Successful plugin hot reloads.", self.reloads.get()),
             ("myagent_plugin_reload_failures_total", "counter", "Plugin builds refused on reload.", self.reload_failures.get()),
             ("myagent_plugin_generation", "gauge", "Generation of the serving plugin build.", plugin_generation),
+            ("myagent_plugin_workers", "gauge", "Plugin worker processes running.", self.plugin_workers.get()),
+            ("myagent_plugin_worker_starts_total", "counter", "Plugin worker processes started (first starts, reloads and restarts).", self.plugin_worker_starts.get()),
+            ("myagent_plugin_worker_crashes_total", "counter", "Plugin worker processes that died unasked (crash, exit, or stopped because a call hung).", self.plugin_worker_crashes.get()),
         ]
     }
 

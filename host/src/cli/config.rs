@@ -20,6 +20,7 @@ use myagent_host::plugin::{Isolation, WorkerOptions};
 pub fn isolation(
     args: &ServeArgs,
     notices: Option<tokio::sync::broadcast::Sender<myagent_host::plugin::reload::ReloadNotice>>,
+    metrics: &std::sync::Arc<myagent_host::metrics::Metrics>,
 ) -> anyhow::Result<Isolation> {
     Ok(match args.isolation {
         IsolationArg::InProcess => Isolation::InProcess,
@@ -35,6 +36,7 @@ pub fn isolation(
                     let _ = n.send(myagent_host::plugin::reload::ReloadNotice::Crashed(c));
                 })
             }),
+            metrics: metrics.clone(),
         }),
     })
 }

@@ -59,6 +59,7 @@ fn load_in_worker(path: &Path) -> Result<(tokio::runtime::Runtime, plugin::Plugi
             cpu_limit: None,
             drain_timeout: std::time::Duration::ZERO,
             on_crash: None,
+            metrics: Default::default(),
         }),
     };
     let p = rt

@@ -26,9 +26,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot use state directory {}", state_dir.display()))?,
     );
     let notices = reload::notice_channel();
+    let metrics = Arc::new(Metrics::default());
     let loader = Arc::new(plugin::Loader {
         copies,
-        isolation: config::isolation(&args, Some(notices.clone()))?,
+        isolation: config::isolation(&args, Some(notices.clone()), &metrics)?,
     });
     let loaded = loader
         .load(&args.plugin, 1)
@@ -77,7 +78,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mcp,
         config: agent_config,
         tracer,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
     });
     let shutdown_timeout = server_config.shutdown_timeout;
     let gateway = server::gateway(server_config, session_config, store.clone(), runtime);

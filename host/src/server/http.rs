@@ -152,7 +152,6 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             let generation = runtime.plugin.current().generation;
             let mut body = gw.deps.metrics.render(generation);
             body.push_str(&runtime.mcp.render_metrics());
-            body.push_str(&crate::plugin::worker::render_metrics());
             if let Some(store) = gw.deps.sessions.store() {
                 store.render_metrics(&mut body);
             }

@@ -83,6 +83,7 @@ async fn tool_overhead() {
             cpu_limit: None,
             drain_timeout: Duration::from_secs(1),
             on_crash: None,
+            metrics: metrics.clone(),
         }),
     };
     let p = std::sync::Arc::new(

@@ -34,6 +34,7 @@ use self::process::{read_replies, start, Conn};
 use super::error::{HostErrorKind, PluginTag};
 use super::module::LoadError;
 use crate::backoff::Backoff;
+use crate::metrics::Metrics;
 
 /// How long a call may overrun its timeout before its worker is considered hung and stopped
 /// (a cooperative tool has been told to stop at the timeout; this is for one that cannot).
@@ -61,6 +62,8 @@ pub struct WorkerOptions {
     pub drain_timeout: Duration,
     /// Where crashes are reported (the serving binary passes them on as plugin notices).
     pub on_crash: Option<CrashSink>,
+    /// Where processes, starts and crashes are counted (`myagent_plugin_worker*`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Receives each [`CrashReport`].
@@ -77,24 +80,6 @@ impl std::fmt::Debug for CrashSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CrashSink")
     }
-}
-
-/// Processes, crashes and restarts, over all builds (for /metrics).
-static LIVE: AtomicU64 = AtomicU64::new(0);
-static STARTED: AtomicU64 = AtomicU64::new(0);
-static CRASHES: AtomicU64 = AtomicU64::new(0);
-
-/// The worker lines of /metrics.
-pub fn render_metrics() -> String {
-    let mut out = String::new();
-    for (name, kind, help, v) in [
-        ("myagent_plugin_workers", "gauge", "Plugin worker processes running.", LIVE.load(Ordering::Relaxed)),
-        ("myagent_plugin_worker_starts_total", "counter", "Plugin worker processes started (first starts, reloads and restarts).", STARTED.load(Ordering::Relaxed)),
-        ("myagent_plugin_worker_crashes_total", "counter", "Plugin worker processes that died unasked (crash, exit, or stopped because a call hung).", CRASHES.load(Ordering::Relaxed)),
-    ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
-    }
-    out
 }
 
 /// A crash, as told to clients.
@@ -282,7 +267,7 @@ impl Worker {
 
     /// Counts a crash, sets the back-off, tells clients.
     fn crashed(&self, reason: String, lived: Duration) {
-        CRASHES.fetch_add(1, Ordering::Relaxed);
+        self.opts.metrics.plugin_worker_crashes.inc();
         let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
         let restart_in = {
             let mut b = lock(&self.backoff);

@@ -14,7 +14,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
 use super::frame::{self, Reply, Request};
-use super::{lock, Worker, WorkerOptions, HELLO_TIMEOUT, LIVE, STARTED, STDERR_KEPT};
+use super::{lock, Worker, WorkerOptions, HELLO_TIMEOUT, STDERR_KEPT};
 use crate::metrics::Metrics;
 use crate::plugin::module::LoadError;
 
@@ -47,6 +47,7 @@ pub(super) struct Conn {
     /// Set when the host stops the process (hung call: the reason; retirement: expected).
     kill_reason: Mutex<Option<String>>,
     expected_exit: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 pub(super) struct Pending {
@@ -125,8 +126,9 @@ pub async fn start(
         .spawn()
         .map_err(|e| LoadError::Worker(format!("cannot start {}: {e}", opts.exe.display())))?;
     drop(child_end);
-    STARTED.fetch_add(1, Ordering::Relaxed);
-    LIVE.fetch_add(1, Ordering::Relaxed);
+    let metrics = opts.metrics.clone();
+    metrics.plugin_worker_starts.inc();
+    metrics.plugin_workers.inc();
     let pid = child.id().unwrap_or(0);
     let ring: Arc<Mutex<StderrTail>> = Arc::default();
     let stderr = forward_output(&mut child, source, pid, &ring);
@@ -160,7 +162,7 @@ pub async fn start(
                     LoadError::Crashed(describe_death(status, &lock(&ring)))
                 }
             };
-            LIVE.fetch_sub(1, Ordering::Relaxed);
+            metrics.plugin_workers.dec();
             return Err(e);
         }
     };
@@ -174,6 +176,7 @@ pub async fn start(
         dead: AtomicBool::new(false),
         kill_reason: Mutex::default(),
         expected_exit: AtomicBool::new(false),
+        metrics,
     });
     Ok(Started {
         conn,
@@ -407,7 +410,7 @@ pub(super) async fn read_replies(
             child.wait().await.ok()
         }
     };
-    LIVE.fetch_sub(1, Ordering::Relaxed);
+    conn.metrics.plugin_workers.dec();
     let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
     let expected = conn.expected_exit.load(Ordering::Acquire);
     // A hung call's reason names its tool already.
