@@ -5,6 +5,8 @@
 //! outlive the process, [`agent`] runs the ReAct loop, [`llm`] talks to the model, [`plugin`]
 //! loads and hot-reloads agent plugins, [`mcp`] talks to MCP tool servers. See ARCHITECTURE.md.
 
+#![warn(unreachable_pub)]
+
 pub mod agent;
 pub mod backoff;
 pub mod journal;

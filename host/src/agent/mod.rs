@@ -11,12 +11,12 @@
 //! memory holds only complete turns: every assistant `tool_calls` message has all its replies.
 
 mod act;
-pub mod approval;
-pub mod memory;
+pub(crate) mod approval;
+pub(crate) mod memory;
 mod run;
-pub mod settings;
+pub(crate) mod settings;
 mod stream;
-pub mod trace;
+pub(crate) mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -46,7 +46,7 @@ pub(super) struct StepStream<'a> {
 }
 
 impl<'a> StepStream<'a> {
-    pub fn new(sink: &'a dyn EventSink, step: u32, holdback: usize) -> Self {
+    pub(super) fn new(sink: &'a dyn EventSink, step: u32, holdback: usize) -> Self {
         StepStream {
             sink,
             step,
@@ -56,7 +56,7 @@ impl<'a> StepStream<'a> {
         }
     }
 
-    pub fn on(&mut self, delta: Delta<'_>) {
+    pub(super) fn on(&mut self, delta: Delta<'_>) {
         match (delta, self.mode) {
             (Delta::Reasoning(t), _) | (Delta::Text(t), Mode::Reasoning) => {
                 self.reasoning(t.to_owned())
@@ -76,7 +76,7 @@ impl<'a> StepStream<'a> {
     }
 
     /// The message ended: `content` is all of its text, `tool_calls` whether it asked for any.
-    pub fn finish(mut self, content: &str, tool_calls: bool) {
+    pub(super) fn finish(mut self, content: &str, tool_calls: bool) {
         if tool_calls {
             self.tool_calls_follow();
         }
@@ -95,7 +95,7 @@ impl<'a> StepStream<'a> {
     }
 
     /// The call is given up (it will be made again): an answer it streamed is withdrawn.
-    pub fn abandon(self) {
+    pub(super) fn abandon(self) {
         if self.mode == Mode::Answer {
             self.sink.emit(AgentEvent::AnswerReset { step: self.step });
         }

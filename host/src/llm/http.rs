@@ -48,7 +48,7 @@ async fn read_capped(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, L
 }
 
 /// `url` with any `user:password@` and query string replaced, for logs and banners.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

@@ -4,8 +4,8 @@
 //! Covers OpenAI, DeepSeek, vLLM, Ollama, llama.cpp server and LM Studio: they all speak this
 //! wire format. The API key is held in [`ApiKey`], whose `Debug` never prints it.
 
-pub mod http;
-pub mod replay;
+pub(crate) mod http;
+pub(crate) mod replay;
 pub mod sse;
 mod wire;
 

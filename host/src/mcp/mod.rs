@@ -7,7 +7,7 @@
 //! built-in `terminate`, or another server's); then it is offered as `SERVER__tool`.
 
 pub mod config;
-pub mod server;
+pub(crate) mod server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

@@ -15,7 +15,7 @@ use myagent_plugin_api::{wire, ToolResult};
 use serde_json::Value;
 
 use super::error::on_blocking_pool;
-pub use super::error::{HostError, HostErrorKind, PluginError, PluginTag};
+pub(super) use super::error::{HostError, HostErrorKind, PluginError, PluginTag};
 use super::worker::RemoteInstance;
 use crate::metrics::Metrics;
 

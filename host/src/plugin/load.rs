@@ -17,7 +17,7 @@ use super::copies;
 use super::error::{on_blocking_pool, HostError, PluginError, PluginTag};
 use super::instance::Instance;
 use super::module::open_module;
-pub use super::module::LoadError;
+pub(super) use super::module::LoadError;
 use super::worker::{RemoteInstance, RunGuard, Worker, WorkerOptions};
 
 /// A loaded, validated plugin build. Cheap to share. In a worker (the default) the build lives

@@ -5,7 +5,7 @@
 use hyper::header;
 use hyper::Request;
 
-pub use crate::secret::constant_time_eq;
+pub(crate) use crate::secret::constant_time_eq;
 
 /// Who may connect.
 pub struct Auth {

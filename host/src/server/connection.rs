@@ -25,9 +25,9 @@ use crate::metrics::Metrics;
 use crate::session::{Client, Lifecycle, Sessions};
 
 /// Close code for a client that does not read fast enough (its events stay resumable).
-pub const CLOSE_SLOW_CLIENT: u16 = 4008;
+pub(crate) const CLOSE_SLOW_CLIENT: u16 = 4008;
 /// Close code for a peer that stopped answering pings.
-pub const CLOSE_KEEPALIVE: u16 = 4000;
+pub(crate) const CLOSE_KEEPALIVE: u16 = 4000;
 
 type Ws = WebSocketStream<Gate<TokioIo<Upgraded>>>;
 type Sink = SplitSink<Ws, Message>;
@@ -78,7 +78,7 @@ async fn within<T>(
 /// Serves one upgraded WebSocket until it closes. `credentials` is what the upgrade request
 /// carried (`gate` opens the byte gate once a first message authenticates); `ip_slot` the
 /// client's place under the per-address limit, held until it closes.
-pub async fn serve(
+pub(crate) async fn serve(
     ws: Ws,
     deps: ConnDeps,
     credentials: Credentials,

@@ -17,15 +17,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Opens a [`Gate`] (the connection authenticated).
 #[derive(Clone)]
-pub struct GateKey(Arc<AtomicBool>);
+pub(crate) struct GateKey(Arc<AtomicBool>);
 
 impl GateKey {
-    pub fn open(&self) {
+    pub(crate) fn open(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 }
 
-pub struct Gate<S> {
+pub(crate) struct Gate<S> {
     inner: S,
     open: Arc<AtomicBool>,
     frame_limit: u64,
@@ -44,12 +44,12 @@ enum Scan {
 
 impl<S> Gate<S> {
     /// A gate that is already open (authenticated connections, the echo endpoint).
-    pub fn open(inner: S) -> Gate<S> {
+    pub(crate) fn open(inner: S) -> Gate<S> {
         Gate::closed(inner, 0, 0).0.opened()
     }
 
     /// A closed gate and its key.
-    pub fn closed(inner: S, frame_limit: u64, total_limit: u64) -> (Gate<S>, GateKey) {
+    pub(crate) fn closed(inner: S, frame_limit: u64, total_limit: u64) -> (Gate<S>, GateKey) {
         let open = Arc::new(AtomicBool::new(false));
         let gate = Gate {
             inner,

@@ -33,11 +33,11 @@ const PRE_AUTH_FRAME: u64 = 8 * 1024;
 const PRE_AUTH_TOTAL: u64 = 32 * 1024;
 
 /// The web client (one self-contained page, no build step), served at `/`.
-pub const WEB_CLIENT: &str = include_str!("web/index.html");
+pub(crate) const WEB_CLIENT: &str = include_str!("web/index.html");
 
 /// A slot under the connection cap, held by the HTTP connection and, after an upgrade, by the
 /// WebSocket connection it became.
-pub type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
+pub(crate) type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 /// What the HTTP side serves from: the connection dependencies and the start time.
 pub struct Gateway {
@@ -49,7 +49,7 @@ pub struct Gateway {
 ///
 /// Each request's headers must arrive within `header_read_timeout` — also on an idle keep-alive
 /// connection — or the connection is closed and its slot freed (no slowloris).
-pub async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, slot: Slot) {
+pub(crate) async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, slot: Slot) {
     let io = TokioIo::new(stream);
     let metrics = gw.deps.metrics.clone();
     let header_timeout = gw.deps.config.header_read_timeout;
@@ -87,7 +87,7 @@ pub async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, s
 /// The client's address: the peer's, or — when the peer is a trusted proxy — the right-most
 /// `X-Forwarded-For` entry that is not a trusted proxy itself (left-most entries are whatever
 /// the client chose to send, so they are never believed).
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
     if !trusted.contains(&peer) {
         return peer;
     }

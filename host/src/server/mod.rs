@@ -8,13 +8,13 @@
 //! `Lifecycle::close_all` makes every connection flush and send a 1001 close), wait (task
 //! trackers, bounded by `ServerConfig::shutdown_timeout`).
 
-pub mod auth;
-pub mod config;
-pub mod connection;
-pub mod connections;
+pub(crate) mod auth;
+pub(crate) mod config;
+pub(crate) mod connection;
+pub(crate) mod connections;
 mod dispatch;
-pub mod gate;
-pub mod http;
+pub(crate) mod gate;
+pub(crate) mod http;
 mod notices;
 pub mod outbox;
 pub mod protocol;

@@ -5,12 +5,12 @@
 //! WebSocket connection, AG-UI, A2A) turn their requests into these calls and receive the
 //! events as a [`Subscriber`]; the engine never reaches into a door.
 
-pub mod config;
+pub(crate) mod config;
 pub mod event;
 mod follow;
 mod lifecycle;
 mod log;
-pub mod registry;
+pub(crate) mod registry;
 mod restore;
 mod run;
 mod subscriber;

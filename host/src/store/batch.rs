@@ -41,7 +41,7 @@ pub(crate) struct Chunk {
 
 impl Chunk {
     /// The events of a stored chunk, with their `seq`s.
-    pub fn events(first: u64, frames: &str) -> impl Iterator<Item = (u64, &str)> {
+    pub(super) fn events(first: u64, frames: &str) -> impl Iterator<Item = (u64, &str)> {
         frames
             .split('\n')
             .enumerate()
@@ -60,7 +60,7 @@ impl Chunks {
     /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (an
     /// event dropped by the buffer bound), the chunk gathered so far is returned, to be written
     /// first.
-    pub fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
+    pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
         let start = || Chunk {
             id: id.clone(),
             first: seq,
@@ -85,14 +85,14 @@ impl Chunks {
     }
 
     /// A deleted session's gathered events are not written.
-    pub fn discard(&mut self, id: &str) {
+    pub(super) fn discard(&mut self, id: &str) {
         if let Some(&i) = self.index.get(id) {
             self.list[i].frames.clear();
         }
     }
 
     /// The chunks to write.
-    pub fn into_chunks(self) -> impl Iterator<Item = Chunk> {
+    pub(super) fn into_chunks(self) -> impl Iterator<Item = Chunk> {
         self.list.into_iter().filter(|c| !c.frames.is_empty())
     }
 }

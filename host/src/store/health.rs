@@ -43,7 +43,7 @@ pub struct StoreHealth {
 }
 
 impl State {
-    pub fn new(name: String, limit: usize) -> State {
+    pub(super) fn new(name: String, limit: usize) -> State {
         State {
             name,
             limit: limit.max(1 << 20),
@@ -64,23 +64,23 @@ impl State {
     }
 
     /// Whether `size` more bytes would pass the buffer bound.
-    pub fn over_bound(&self, size: usize) -> bool {
+    pub(super) fn over_bound(&self, size: usize) -> bool {
         self.queued_bytes.load(Ordering::Relaxed)
             + self.buffered_bytes.load(Ordering::Relaxed)
             + size
             > self.limit
     }
 
-    pub fn queued(&self, size: usize) {
+    pub(super) fn queued(&self, size: usize) {
         self.queued_bytes.fetch_add(size, Ordering::Relaxed);
     }
 
-    pub fn unqueued(&self, size: usize) {
+    pub(super) fn unqueued(&self, size: usize) {
         self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
     /// An acknowledgement waits: the writer commits now instead of at its next tick.
-    pub fn wake_writer(&self) {
+    pub(super) fn wake_writer(&self) {
         self.urgent.store(true, Ordering::Release);
         if let Some(t) = self.writer.get() {
             t.unpark();
@@ -97,7 +97,7 @@ impl State {
         }
     }
 
-    pub fn health(&self) -> StoreHealth {
+    pub(super) fn health(&self) -> StoreHealth {
         StoreHealth {
             state: if self.up.load(Ordering::Relaxed) {
                 "ok"
@@ -113,7 +113,7 @@ impl State {
     }
 
     /// The store's lines of `/metrics`.
-    pub fn render(&self, out: &mut String) {
+    pub(super) fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let h = self.health();
         let counters: [(&str, &str, &str, f64); 8] = [

@@ -17,29 +17,29 @@ use super::health::State;
 use super::{Backend, Op, StoreError};
 
 /// How long a running turn's lease outlives its host's last renewal.
-pub const LEASE: Duration = Duration::from_secs(5);
+pub(super) const LEASE: Duration = Duration::from_secs(5);
 /// Renewal period of the leases of this host's running turns.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
-pub const CANCEL_CHANNEL: &str = "myagent:cancel";
+pub(super) const CANCEL_CHANNEL: &str = "myagent:cancel";
 /// Stream entries kept per session (`MAXLEN ~`): an entry is one session's events of one
 /// write batch, so at least this many of its newest events are kept.
 const ENTRIES_KEPT: u64 = 1024;
 pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The session hash's fields.
-pub mod field {
-    pub const TOKEN_HASH: &str = "token_hash";
-    pub const SETTINGS: &str = "settings";
-    pub const MEMORY: &str = "memory";
-    pub const RUNNING_INPUT: &str = "running_input";
+pub(super) mod field {
+    pub(crate) const TOKEN_HASH: &str = "token_hash";
+    pub(crate) const SETTINGS: &str = "settings";
+    pub(crate) const MEMORY: &str = "memory";
+    pub(crate) const RUNNING_INPUT: &str = "running_input";
     /// The host that last took the session.
-    pub const HOST: &str = "host";
+    pub(crate) const HOST: &str = "host";
 }
 
 /// An event stream entry's fields.
-pub mod entry {
-    pub const SEQ: &str = "seq";
-    pub const FRAMES: &str = "frames";
+pub(super) mod entry {
+    pub(crate) const SEQ: &str = "seq";
+    pub(crate) const FRAMES: &str = "frames";
 }
 
 pub(super) fn session_key(id: &str) -> String {

@@ -15,7 +15,7 @@
 //! request's life (timeout, cancel, hang watchdog); `child.rs`: the worker's own side.
 
 pub mod child;
-pub mod frame;
+pub(crate) mod frame;
 mod process;
 mod remote;
 

@@ -114,7 +114,7 @@ impl Conn {
 }
 
 /// Starts a worker process for the library open at `lib` and waits for its hello.
-pub async fn start(
+pub(super) async fn start(
     opts: &WorkerOptions,
     source: &Path,
     lib: &OwnedFd,
