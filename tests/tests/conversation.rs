@@ -282,7 +282,15 @@ async fn content_parts_with_images_reach_the_model_as_sent() {
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": image, "detail": "low"}}
     ]);
-    c.send(json!({"event": "user.message", "session_id": sid, "content": parts}))
+    // Security round 3, item 2: fields the host does not validate are not kept — not sent to
+    // the model, not stored, not weighed as nothing against the memory budget.
+    let zeros = vec![0; 10_000]; // 20 KB on the wire, ~320 KB as JSON values
+    let pad = "x".repeat(10_000);
+    let padded = json!([
+        {"type": "text", "text": "What is this?", "pad": zeros},
+        {"type": "image_url", "image_url": {"url": image, "detail": "low", "pad": pad}, "more": pad}
+    ]);
+    c.send(json!({"event": "user.message", "session_id": sid, "content": padded}))
         .await;
     assert_eq!(
         c.until("agent.final_answer").await["content"],
@@ -296,7 +304,10 @@ async fn content_parts_with_images_reach_the_model_as_sent() {
         .find(|m| m["role"] == "user")
         .unwrap()
         .clone();
-    assert_eq!(user["content"], parts, "passed through unchanged");
+    assert_eq!(
+        user["content"], parts,
+        "passed through as validated, extra fields dropped"
+    );
     // The history keeps the parts too.
     c.send(json!({"event": "user.get_history", "session_id": sid}))
         .await;

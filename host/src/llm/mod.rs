@@ -30,12 +30,41 @@ pub enum Delta<'a> {
 pub type OnDelta<'a> = dyn FnMut(Delta<'_>) + Send + 'a;
 
 /// A message's content: text, or (a user's message) OpenAI content parts — `{"type": "text",
-/// "text"}` and `{"type": "image_url", "image_url": {"url"}}` — passed to the model as given.
+/// "text"}` and `{"type": "image_url", "image_url": {"url", "detail"?}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
-    Parts(Vec<serde_json::Value>),
+    Parts(Vec<Part>),
+}
+
+/// One content part, holding only the fields the host validated: whatever else a client put
+/// in a part is not kept, sent to the model or stored (a part weighs exactly what it holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    /// `auto`, `low` or `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Part {
+    /// Bytes it holds (text, or the URL and detail — data URLs included), plus its framing.
+    pub fn size(&self) -> usize {
+        32 + match self {
+            Part::Text { text } => text.len(),
+            Part::ImageUrl { image_url } => {
+                image_url.url.len() + image_url.detail.as_ref().map_or(0, String::len)
+            }
+        }
+    }
 }
 
 impl Content {
@@ -45,7 +74,10 @@ impl Content {
             Content::Text(t) => t.into(),
             Content::Parts(parts) => parts
                 .iter()
-                .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                .filter_map(|p| match p {
+                    Part::Text { text } => Some(text.as_str()),
+                    Part::ImageUrl { .. } => None,
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
                 .into(),
@@ -56,19 +88,20 @@ impl Content {
     pub fn size(&self) -> usize {
         match self {
             Content::Text(t) => t.len(),
-            Content::Parts(parts) => parts
-                .iter()
-                .map(|p| {
-                    p.get("text")
-                        .and_then(serde_json::Value::as_str)
-                        .map_or(0, str::len)
-                        + p.pointer("/image_url/url")
-                            .and_then(serde_json::Value::as_str)
-                            .map_or(0, str::len)
-                        + 32
-                })
-                .sum(),
+            Content::Parts(parts) => parts.iter().map(Part::size).sum(),
         }
+    }
+
+    /// The image URLs among the parts.
+    pub fn image_urls(&self) -> impl Iterator<Item = &str> {
+        let parts = match self {
+            Content::Text(_) => &[][..],
+            Content::Parts(p) => &p[..],
+        };
+        parts.iter().filter_map(|p| match p {
+            Part::ImageUrl { image_url } => Some(image_url.url.as_str()),
+            Part::Text { .. } => None,
+        })
     }
 }
 

@@ -41,13 +41,7 @@ pub enum ImageUrls {
 impl ImageUrls {
     /// Why `content` may not go to the model, if it may not.
     pub fn check(self, content: &crate::llm::Content) -> Result<(), String> {
-        let crate::llm::Content::Parts(parts) = content else {
-            return Ok(());
-        };
-        for url in parts
-            .iter()
-            .filter_map(|p| p.pointer("/image_url/url").and_then(|u| u.as_str()))
-        {
+        for url in content.image_urls() {
             if url.starts_with("data:") || self == ImageUrls::Any {
                 continue;
             }
@@ -127,9 +121,12 @@ mod tests {
     use crate::llm::Content;
 
     fn img(url: &str) -> Content {
-        Content::Parts(vec![
-            serde_json::json!({"type": "image_url", "image_url": {"url": url}}),
-        ])
+        Content::Parts(vec![crate::llm::Part::ImageUrl {
+            image_url: crate::llm::ImageUrl {
+                url: url.into(),
+                detail: None,
+            },
+        }])
     }
 
     #[test]

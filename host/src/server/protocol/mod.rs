@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::llm::Content;
+use crate::llm::{Content, ImageUrl, Part};
 
 // What the server sends is the session engine's own event type; this door encodes nothing
 // by hand.
@@ -254,40 +254,54 @@ fn content(obj: &Map<String, Value>) -> Result<Content, ProtocolError> {
             "Field `content` must have 1 to {MAX_CONTENT_PARTS} parts"
         )));
     }
-    for (i, part) in parts.iter().enumerate() {
-        match part.get("type").and_then(Value::as_str) {
-            Some("text") if part.get("text").is_some_and(Value::is_string) => {}
-            Some("text") => return Err(invalid(format!("`content[{i}]`: a text part needs a string `text`"))),
-            Some("image_url") => {
-                let url = part.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
-                let data = url
-                    .strip_prefix("data:image/")
-                    .and_then(|rest| rest.split_once(";base64,"))
-                    .is_some_and(|(kind, b64)| {
-                        ["png", "jpeg", "jpg", "gif", "webp"].contains(&kind)
-                            && !b64.is_empty()
-                            && b64.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
-                    });
-                let web = url.starts_with("https://") || url.starts_with("http://");
-                if !data && !web {
-                    return Err(invalid(format!(
-                        "`content[{i}].image_url.url` must be a data:image/(png|jpeg|gif|webp);base64, URL or an http(s) URL"
-                    )));
-                }
-                match part.pointer("/image_url/detail") {
-                    None => {}
-                    Some(Value::String(d)) if ["auto", "low", "high"].contains(&d.as_str()) => {}
-                    Some(_) => return Err(invalid(format!("`content[{i}].image_url.detail` must be auto, low or high"))),
-                }
-            }
-            _ => {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| content_part(i, part))
+        .collect::<Result<_, _>>()
+        .map(Content::Parts)
+}
+
+/// One content part, rebuilt from its validated fields only (anything else in it is dropped).
+fn content_part(i: usize, part: &Value) -> Result<Part, ProtocolError> {
+    let invalid = |m: String| ProtocolError::new(ErrorCode::InvalidField, m);
+    match part.get("type").and_then(Value::as_str) {
+        Some("text") => match part.get("text") {
+            Some(Value::String(text)) => Ok(Part::Text { text: text.clone() }),
+            _ => Err(invalid(format!("`content[{i}]`: a text part needs a string `text`"))),
+        },
+        Some("image_url") => {
+            let url = part.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
+            let data = url
+                .strip_prefix("data:image/")
+                .and_then(|rest| rest.split_once(";base64,"))
+                .is_some_and(|(kind, b64)| {
+                    ["png", "jpeg", "jpg", "gif", "webp"].contains(&kind)
+                        && !b64.is_empty()
+                        && b64.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+                });
+            let web = url.starts_with("https://") || url.starts_with("http://");
+            if !data && !web {
                 return Err(invalid(format!(
-                    "`content[{i}]` must be a text or image_url part ({{\"type\": \"text\", \"text\": ...}} or {{\"type\": \"image_url\", \"image_url\": {{\"url\": ...}}}})"
-                )))
+                    "`content[{i}].image_url.url` must be a data:image/(png|jpeg|gif|webp);base64, URL or an http(s) URL"
+                )));
             }
+            let detail = match part.pointer("/image_url/detail") {
+                None => None,
+                Some(Value::String(d)) if ["auto", "low", "high"].contains(&d.as_str()) => Some(d.clone()),
+                Some(_) => return Err(invalid(format!("`content[{i}].image_url.detail` must be auto, low or high"))),
+            };
+            Ok(Part::ImageUrl {
+                image_url: ImageUrl {
+                    url: url.to_owned(),
+                    detail,
+                },
+            })
         }
+        _ => Err(invalid(format!(
+            "`content[{i}]` must be a text or image_url part ({{\"type\": \"text\", \"text\": ...}} or {{\"type\": \"image_url\", \"image_url\": {{\"url\": ...}}}})"
+        ))),
     }
-    Ok(Content::Parts(parts.clone()))
 }
 
 fn required_str(
