@@ -14,6 +14,7 @@ pub mod llm;
 pub mod mcp;
 pub mod metrics;
 pub mod plugin;
+pub mod private;
 pub mod scaffold;
 pub mod secret;
 pub mod server;

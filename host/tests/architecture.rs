@@ -295,6 +295,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("time", 0),
     ("backoff", 0),
+    ("private", 0),
     ("secret", 0),
 ];
 

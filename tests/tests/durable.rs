@@ -231,3 +231,79 @@ async fn a_graceful_shutdown_closes_running_turns_before_it_exits() {
     c.until("agent.ready").await;
     assert!(c.recv_timeout(Duration::from_millis(500)).await.is_none());
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+/// `serve` with `--store sqlite:PATH` (or the default when `store` is None), expected to refuse
+/// to start: its stderr.
+fn refused(store: Option<&Path>, env_remove: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(bin("myagent-host"));
+    cmd.arg("serve")
+        .arg(plugin_lib("testkit_agent"))
+        .args(["--host", "127.0.0.1", "--port", "0"]);
+    if let Some(s) = store {
+        cmd.arg("--store").arg(format!("sqlite:{}", s.display()));
+    }
+    for v in env_remove {
+        cmd.env_remove(v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "the host started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Security round 3, item 5: the store holds conversations, so only its user may read it.
+#[tokio::test]
+async fn the_store_is_private_to_its_user_and_never_follows_a_symlink() {
+    let dir = TempDir::new("durable-private");
+    let store = dir.path().join("state/sub/sessions.db");
+    let llm = FakeLlm::start();
+    let host = start(&llm, &store, &[]);
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "stored"}]));
+    c.ask(&sid, "hello").await;
+    c.until("agent.ready").await;
+    let sub = store.parent().unwrap();
+    assert_eq!(mode(sub), 0o700, "the store's directory");
+    for f in ["sessions.db", "sessions.db-wal", "sessions.db-shm"] {
+        assert_eq!(mode(&sub.join(f)), 0o600, "{f}");
+    }
+    drop(host);
+    // A store an older host left open to others is closed on start.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(start(&llm, &store, &[]));
+    assert_eq!(mode(sub), 0o700);
+    assert_eq!(mode(&store), 0o600);
+
+    // Symlinks — the file, its WAL, the directory — are refused, not followed.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "someone else's file").unwrap();
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(&victim, linked.join("s.db")).unwrap();
+    let err = refused(Some(&linked.join("s.db")), &[]);
+    assert!(err.contains("symlink") && err.contains("s.db"), "{err}");
+    let wal = dir.path().join("wal");
+    std::fs::create_dir(&wal).unwrap();
+    std::os::unix::fs::symlink(&victim, wal.join("s.db-wal")).unwrap();
+    let err = refused(Some(&wal.join("s.db")), &[]);
+    assert!(err.contains("symlink") && err.contains("s.db-wal"), "{err}");
+    std::os::unix::fs::symlink(sub, dir.path().join("dirlink")).unwrap();
+    let err = refused(Some(&dir.path().join("dirlink/s.db")), &[]);
+    assert!(err.contains("symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "someone else's file"
+    );
+    // A shared directory such as /tmp is not a place for it.
+    let err = refused(Some(&std::env::temp_dir().join("myagent-shared.db")), &[]);
+    assert!(err.contains("shared"), "{err}");
+    // No HOME and no XDG_STATE_HOME: no temp-directory fallback.
+    let err = refused(None, &["HOME", "XDG_STATE_HOME"]);
+    assert!(err.contains("no private place"), "{err}");
+}

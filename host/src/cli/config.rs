@@ -122,8 +122,8 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
 }
 
 /// Where sessions are stored by default: `$XDG_STATE_HOME/myagent-host/sessions.db`, else
-/// `~/.local/state/myagent-host/sessions.db`.
-pub fn default_store_path() -> PathBuf {
+/// `~/.local/state/myagent-host/sessions.db` — never a shared temporary directory.
+pub fn default_store_path() -> anyhow::Result<PathBuf> {
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -133,8 +133,12 @@ pub fn default_store_path() -> PathBuf {
                 .filter(|p| p.is_absolute())
                 .map(|h| h.join(".local/state"))
         })
-        .unwrap_or_else(std::env::temp_dir);
-    state.join("myagent-host/sessions.db")
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "neither XDG_STATE_HOME nor HOME is set to an absolute path, so there is no private place for the session store: set one, or pass --store sqlite:PATH (or --store memory)"
+            )
+        })?;
+    Ok(state.join("myagent-host/sessions.db"))
 }
 
 /// Opens the store `--store` names: `memory`, or `sqlite:PATH` (the default, at
@@ -147,7 +151,7 @@ pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<S
         ack_timeout: Duration::from_millis(args.store_ack_timeout),
     };
     let path = match args.store.as_deref() {
-        None => default_store_path(),
+        None => default_store_path()?,
         Some("memory") => return Ok(None),
         Some(url) if url.starts_with("redis://") => {
             let durable = Store::open_redis(url, &opts)?;

@@ -15,7 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,33 +43,7 @@ impl CopyDir {
     /// Creates (or reuses) `dir` — which must be private to this user — and removes copies
     /// left by earlier runs of the host.
     pub fn open(dir: &Path) -> std::io::Result<CopyDir> {
-        if !dir.is_absolute() {
-            return Err(refuse(dir, "must be an absolute path"));
-        }
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        let meta = std::fs::symlink_metadata(dir)?;
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
-        if meta.file_type().is_symlink() || !meta.is_dir() {
-            return Err(refuse(dir, "is not a directory (a symlink is refused)"));
-        }
-        if meta.uid() != uid {
-            return Err(refuse(
-                dir,
-                &format!("belongs to uid {}, not to this user ({uid})", meta.uid()),
-            ));
-        }
-        if meta.mode() & 0o077 != 0 {
-            // Ours but open to others (an older host made it 0755): close it.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+        crate::private::private_dir(dir, "plugin copy directory")?;
         let me = std::process::id();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
@@ -131,13 +105,6 @@ impl CopyDir {
     }
 }
 
-fn refuse(dir: &Path, why: &str) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::PermissionDenied,
-        format!("plugin copy directory {} {why}", dir.display()),
-    )
-}
-
 /// `libx-myagent1234-7.so` → Some(1234).
 fn copy_owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_suffix(".so")?;
@@ -149,6 +116,7 @@ fn copy_owner_pid(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_directory_must_be_private_and_ours() {

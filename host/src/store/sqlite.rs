@@ -31,13 +31,23 @@ pub(crate) struct SqliteBackend {
 impl SqliteBackend {
     /// Opens (or creates) the store at `path`; a file that is not a usable store is an error.
     pub(crate) fn open(path: &Path, ttl: Duration) -> Result<SqliteBackend, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
-                path: path.display().to_string(),
-                reason: format!("cannot create {}: {e}", dir.display()),
-            })?;
+        let private = |e: std::io::Error| StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        // The store holds conversations: a directory only we can enter, files only we can read
+        // (SQLite's -wal and -shm made 0600 before it opens them; none through a symlink).
+        let absolute = std::path::absolute(path).map_err(private)?;
+        if let Some(dir) = absolute.parent() {
+            crate::private::private_dir(dir, "session store directory").map_err(private)?;
         }
-        let db = open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = absolute.clone().into_os_string();
+            name.push(suffix);
+            crate::private::private_file(Path::new(&name), "session store file")
+                .map_err(private)?;
+        }
+        let db = open(&absolute)?;
         match scrub_resume_tokens(&db) {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
