@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod journal;
+pub mod lines;
 pub mod llm;
 pub mod mcp;
 pub mod metrics;

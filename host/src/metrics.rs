@@ -121,6 +121,8 @@ pub struct Metrics {
     pub plugin_workers: Gauge,
     pub plugin_worker_starts: Counter,
     pub plugin_worker_crashes: Counter,
+    /// Bytes of plugin workers' stdout/stderr lines past 8 KiB, dropped.
+    pub plugin_worker_output_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,7 +136,7 @@ impl Metrics {
     fn values(
         &self,
         plugin_generation: u64,
-    ) -> [(&'static str, &'static str, &'static str, u64); 31] {
+    ) -> [(&'static str, &'static str, &'static str, u64); 32] {
         [
             ("myagent_connections", "gauge", "Open WebSocket connections.", self.connections.get()),
             ("myagent_connections_total", "counter", "WebSocket connections accepted.", self.connections_total.get()),
@@ -167,6 +169,7 @@ impl Metrics {
             ("myagent_plugin_workers", "gauge", "Plugin worker processes running.", self.plugin_workers.get()),
             ("myagent_plugin_worker_starts_total", "counter", "Plugin worker processes started (first starts, reloads and restarts).", self.plugin_worker_starts.get()),
             ("myagent_plugin_worker_crashes_total", "counter", "Plugin worker processes that died unasked (crash, exit, or stopped because a call hung).", self.plugin_worker_crashes.get()),
+            ("myagent_plugin_worker_output_dropped_bytes_total", "counter", "Bytes of plugin workers' stdout/stderr lines past 8 KiB, dropped.", self.plugin_worker_output_dropped.get()),
         ]
     }
 

@@ -155,6 +155,12 @@ impl McpHub {
             &|s| s.connections.load(std::sync::atomic::Ordering::Relaxed),
         );
         family(
+            "myagent_mcp_stderr_dropped_bytes_total",
+            "counter",
+            "Bytes of the MCP server's stderr lines past 8 KiB, dropped",
+            &|s| s.stderr_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        family(
             "myagent_mcp_tools",
             "gauge",
             "Tools the MCP server lists",

@@ -15,11 +15,11 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::lines::{BoundedLines, MAX_LINE};
 
 use super::config::ServerSpec;
 
@@ -60,6 +60,8 @@ pub struct McpServer {
     attempted: Notify,
     /// Connections made (the first included): more than one means restarts.
     pub connections: AtomicU64,
+    /// Bytes of stderr lines past [`MAX_LINE`] dropped (a stdio server).
+    pub stderr_dropped: Arc<AtomicU64>,
 }
 
 /// Receives the server's notifications; only the tool list's changes matter here.
@@ -88,6 +90,7 @@ impl McpServer {
             relist: Arc::new(Notify::new()),
             attempted: Notify::new(),
             connections: AtomicU64::new(0),
+            stderr_dropped: Arc::default(),
         })
     }
 
@@ -236,11 +239,12 @@ impl McpServer {
                         .spawn()
                         .map_err(|e| format!("cannot start `{command}`: {e}"))?;
                     if let Some(stderr) = stderr {
-                        let name = self.name.clone();
+                        let (name, dropped) = (self.name.clone(), self.stderr_dropped.clone());
                         tokio::spawn(async move {
-                            let mut lines = tokio::io::BufReader::new(stderr).lines();
-                            while let Ok(Some(line)) = lines.next_line().await {
-                                tracing::info!(mcp_server = %name, "stderr: {line}");
+                            let mut lines = BoundedLines::new(stderr, MAX_LINE);
+                            while let Some(line) = lines.next_line().await {
+                                dropped.fetch_add(line.dropped as u64, Ordering::Relaxed);
+                                tracing::info!(mcp_server = %name, "stderr: {}", line.text);
                             }
                         });
                     }

@@ -132,6 +132,27 @@ fn sleep_ms(args: &Value) -> ToolResult {
     ToolResult::ok(format!("slept {ms} ms"))
 }
 
+/// A plugin that floods its output: megabytes without a newline, and a huge answer.
+fn flood(args: &Value) -> ToolResult {
+    use std::io::Write;
+    let n = |k: &str| args.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+    let chunk = vec![b'z'; 1 << 20];
+    for (bytes, mut out) in [
+        (n("stderr"), Box::new(std::io::stderr()) as Box<dyn Write>),
+        (n("stdout"), Box::new(std::io::stdout())),
+    ] {
+        let mut left = bytes;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            let _ = out.write_all(&chunk[..k]);
+            left -= k;
+        }
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+    ToolResult::ok("r".repeat(n("result")))
+}
+
 /// The factory.
 pub fn testkit() -> Agent {
     if std::env::var("TESTKIT_VARIANT").as_deref() == Ok("panic_factory") {
@@ -189,6 +210,11 @@ pub fn testkit() -> Agent {
             name: "sleep",
             description: "Sleeps `ms` milliseconds.",
             run: sleep_ms,
+        })
+        .tool(FnTool {
+            name: "flood",
+            description: "Writes `stderr` bytes to stderr and `stdout` bytes to stdout without a newline, then returns `result` bytes.",
+            run: flood,
         })
         .tool(FnTool {
             name: "long_output",

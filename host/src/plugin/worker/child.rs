@@ -43,7 +43,7 @@ struct Shared {
 
 impl Shared {
     fn send(&self, reply: Reply) {
-        let frame = frame::encode(&reply);
+        let frame = reply.bounded();
         let mut w = lock(&self.writer);
         if std::io::Write::write_all(&mut *w, &frame).is_err() {
             // The host is gone.

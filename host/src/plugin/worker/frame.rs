@@ -14,9 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::plugin::module::LoadError;
 
-/// A frame larger than this is a protocol error (the worker is stopped). Tool outputs are
-/// truncated by the host long before this; it only bounds a broken peer.
-pub(crate) const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// A frame larger than this is a protocol error (the worker is stopped). The worker never
+/// sends one: a plugin's answer that would not fit becomes an error reply (see
+/// [`Reply::bounded`]), so the host holds at most this much of any one answer.
+pub(crate) const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// An agent instance's number inside one worker process.
 pub(crate) type InstanceId = u64;
@@ -79,6 +80,36 @@ impl Reply {
             id,
             result: result.map(Answer::Json),
         }
+    }
+
+    /// This reply as one frame, or — if the plugin's answer would make it larger than
+    /// [`MAX_FRAME`] — an error reply saying so (the answer is dropped, not copied).
+    pub(crate) fn bounded(self) -> Vec<u8> {
+        let size = match &self.result {
+            Ok(Answer::Json(s)) | Err(s) => s.len(),
+            Ok(Answer::Instance(_)) => 0,
+        };
+        // Escaping can make the frame larger than the string: checked again once encoded.
+        let frame = if size <= MAX_FRAME {
+            encode(&self)
+        } else {
+            Vec::new()
+        };
+        if !frame.is_empty() && frame.len() - 4 <= MAX_FRAME {
+            return frame;
+        }
+        let what = if self.result.is_ok() {
+            "answer"
+        } else {
+            "error"
+        };
+        encode(&Reply {
+            id: self.id,
+            result: Err(format!(
+                "the plugin's {what} ({size} bytes) is over the {} MiB a worker may send; it was dropped",
+                MAX_FRAME >> 20
+            )),
+        })
     }
 
     /// The plugin's JSON, or its error; an instance id where JSON was expected is a broken

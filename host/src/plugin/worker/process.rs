@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
 use super::frame::{self, Reply, Request};
 use super::{lock, Worker, WorkerOptions, HELLO_TIMEOUT, STDERR_KEPT};
+use crate::lines::{BoundedLines, MAX_LINE};
 use crate::metrics::Metrics;
 use crate::plugin::module::LoadError;
 
@@ -131,7 +132,7 @@ pub(super) async fn start(
     metrics.plugin_workers.inc();
     let pid = child.id().unwrap_or(0);
     let ring: Arc<Mutex<StderrTail>> = Arc::default();
-    let stderr = forward_output(&mut child, source, pid, &ring);
+    let stderr = forward_output(&mut child, source, pid, &ring, &metrics);
     host_end
         .set_nonblocking(true)
         .map_err(|e| LoadError::Worker(e.to_string()))?;
@@ -248,28 +249,35 @@ fn forward_output(
     source: &Path,
     pid: u32,
     ring: &Arc<Mutex<StderrTail>>,
+    metrics: &Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     let label = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some(out) = child.stdout.take() {
-        let label = label.clone();
+        let (label, metrics) = (label.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(plugin = %label, worker_pid = pid, "stdout: {line}");
+            let mut lines = BoundedLines::new(out, MAX_LINE);
+            while let Some(line) = lines.next_line().await {
+                metrics
+                    .plugin_worker_output_dropped
+                    .add(line.dropped as u64);
+                tracing::info!(plugin = %label, worker_pid = pid, "stdout: {}", line.text);
             }
         });
     }
     match child.stderr.take() {
         Some(err) => {
-            let ring = ring.clone();
+            let (ring, metrics) = (ring.clone(), metrics.clone());
             tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::warn!(plugin = %label, worker_pid = pid, "stderr: {line}");
-                    lock(&ring).push(line);
+                let mut lines = BoundedLines::new(err, MAX_LINE);
+                while let Some(line) = lines.next_line().await {
+                    metrics
+                        .plugin_worker_output_dropped
+                        .add(line.dropped as u64);
+                    tracing::warn!(plugin = %label, worker_pid = pid, "stderr: {}", line.text);
+                    lock(&ring).push(line.text);
                 }
             })
         }
