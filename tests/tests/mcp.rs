@@ -501,3 +501,54 @@ fn inspect_lists_the_mcp_tools_the_agent_would_be_offered() {
         .iter()
         .any(|t| t["name"] == "add"));
 }
+
+/// Security round 3, item 4: a server that announces a tool of the same name later neither
+/// renames the tool approval was asked for nor escapes approval itself: names stay with the
+/// tools they were given to (the newcomer is prefixed), `--require-approval` follows a tool's
+/// identity (its own name or `SERVER__tool`), and the approval request names the server.
+#[tokio::test]
+async fn a_late_name_clash_neither_renames_nor_unguards_an_approved_tool() {
+    let late = json!({"command": bin("mcp-test-server"),
+        "env": {"MCP_TEST_TOOLS": "grow", "MCP_TEST_GROW_NAME": "add"}});
+    let (llm, host, _dir) = host_with(
+        json!({"files": own(), "late": late}),
+        &["--require-approval", "add"],
+    )
+    .await;
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    // `late` (whose `grow` came second, so is prefixed) announces its own `add`.
+    llm.script(json!([call("late__grow", json!({})), {"text": "grown"}]));
+    let (results, _) = turn(&mut c, &sid).await;
+    assert_eq!(results[0]["metadata"]["status"], "success", "{results:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        llm.script(json!([{"text": "listing"}]));
+        turn(&mut c, &sid).await;
+        let offered = names_offered(&llm.requests().pop().unwrap());
+        if offered.contains(&"late__add".to_owned()) {
+            assert!(offered.contains(&"add".to_owned()), "{offered:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "late's add never offered: {offered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `add` is still files' tool, and still asks first (denied: it does not run).
+    for (tool, server) in [("add", "files"), ("late__add", "late")] {
+        llm.script(json!([call(tool, json!({"a": 1, "b": 2})), {"text": "done"}]));
+        c.ask(&sid, "go").await;
+        let ask = c.until("agent.tool_approval_required").await;
+        assert_eq!(ask["metadata"]["tool"], tool, "{ask}");
+        assert_eq!(ask["metadata"]["server"], server, "{ask}");
+        assert!(ask["content"].as_str().unwrap().contains(server), "{ask}");
+        c.send(json!({"event": "user.tool_approval", "session_id": sid,
+            "step_id": ask["step_id"], "approved": false}))
+            .await;
+        let r = c.until("agent.tool_result").await;
+        assert_eq!(r["metadata"]["status"], "failed", "{r}");
+        assert!(r["content"].as_str().unwrap().contains("denied"), "{r}");
+        c.until("agent.ready").await;
+    }
+}

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::trace::trace;
 use super::{AgentEvent, Decision, PendingApproval, RunContext};
 use crate::llm::ToolCall;
+use crate::mcp::{Exposed, McpHub};
 use crate::plugin::HostErrorKind;
 use myagent_plugin_api::TERMINATE_TOOL;
 
@@ -21,15 +22,19 @@ pub(super) async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> 
         let shown_args = parsed.clone().unwrap_or_else(|_| Value::String(call.function.arguments.clone()));
         ctx.sink.emit(AgentEvent::ToolCall { step, step_id: step_id.clone(), tool: name.to_owned(), args: shown_args.clone() });
         let t0 = Instant::now();
+        // An MCP server's tool is known by its identity (server, own name), not only by the
+        // name it is offered under: approval follows it however it is named.
+        let mcp = mcp_tool(ctx, name);
+        let needs_approval = ctx.config.needs_approval(ctx.manifest, name)
+            || mcp.as_ref().is_some_and(|e| McpHub::named_in(e, &ctx.config.require_approval));
+        let server = mcp.as_ref().map(|e| e.server.name.as_str());
         let (success, text) = match parsed {
             Err(why) => (false, format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")),
-            Ok(args) if ctx.config.needs_approval(ctx.manifest, name) => {
-                match approve(ctx, step, &step_id, name, &args).await {
-                    Ok(()) => call_tool(ctx, name, args).await,
-                    Err(refusal) => (false, refusal),
-                }
-            }
-            Ok(args) => call_tool(ctx, name, args).await,
+            Ok(args) if needs_approval => match approve(ctx, step, &step_id, (name, server), &args).await {
+                Ok(()) => call_tool(ctx, name, args, mcp.as_ref()).await,
+                Err(refusal) => (false, refusal),
+            },
+            Ok(args) => call_tool(ctx, name, args, mcp.as_ref()).await,
         };
         ctx.metrics.tool_calls.inc();
         if !success {
@@ -50,7 +55,7 @@ async fn approve(
     ctx: &RunContext<'_>,
     step: u32,
     step_id: &str,
-    name: &str,
+    (name, server): (&str, Option<&str>),
     args: &Value,
 ) -> Result<(), String> {
     let ask = ctx.approvals.ask(PendingApproval {
@@ -63,6 +68,7 @@ async fn approve(
         step,
         step_id: step_id.to_owned(),
         tool: name.to_owned(),
+        server: server.map(str::to_owned),
         args: args.clone(),
     });
     let timeout = ctx.config.approval_timeout;
@@ -123,9 +129,22 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Runs one tool (the built-in `terminate`, the plugin's through its instance, or an MCP
-/// server's). Returns (success, text for the model).
-async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, String) {
+/// The MCP server's tool `name` stands for, if it is one (a plugin tool of that name wins).
+fn mcp_tool(ctx: &RunContext<'_>, name: &str) -> Option<Exposed> {
+    if name == TERMINATE_TOOL || ctx.manifest.tools.iter().any(|t| t.name == name) {
+        return None;
+    }
+    ctx.mcp.find(&ctx.manifest.tools, name)
+}
+
+/// Runs one tool (the built-in `terminate`, the plugin's through its instance, or `mcp`, the
+/// MCP server's it stands for). Returns (success, text for the model).
+async fn call_tool(
+    ctx: &RunContext<'_>,
+    name: &str,
+    args: Value,
+    mcp: Option<&Exposed>,
+) -> (bool, String) {
     if name == TERMINATE_TOOL {
         let text = |k: &str, default: &str| {
             args.get(k)
@@ -140,7 +159,7 @@ async fn call_tool(ctx: &RunContext<'_>, name: &str, args: Value) -> (bool, Stri
         };
     }
     if !ctx.manifest.tools.iter().any(|t| t.name == name) {
-        if let Some(mcp) = ctx.mcp.find(&ctx.manifest.tools, name) {
+        if let Some(mcp) = mcp {
             return match mcp
                 .server
                 .call(&mcp.tool.name, args, ctx.config.tool_timeout)

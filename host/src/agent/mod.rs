@@ -66,6 +66,8 @@ pub enum AgentEvent {
         step: u32,
         step_id: String,
         tool: String,
+        /// The MCP server the tool comes from (none: the plugin's own).
+        server: Option<String>,
         args: Value,
     },
     /// A tool call ended.

@@ -3,13 +3,17 @@
 //! approval). [`config`] reads the file, [`server`] keeps each server connected, and
 //! [`McpHub`] is what runs see: the tools on offer and where each call goes.
 //!
-//! Names: a server's tool keeps its own name unless another tool has it (the plugin's, the
-//! built-in `terminate`, or another server's); then it is offered as `SERVER__tool`.
+//! Names: a server's tool is offered under its own name unless another tool has it already
+//! (the plugin's, the built-in `terminate`, or another server's tool seen first); then it is
+//! offered as `SERVER__tool`. A name once given stays with its tool: a newcomer that clashes
+//! gets the prefix, so `--require-approval` and the model's habits never lose their target
+//! (only a plugin tool of the same name, which always wins, moves a server's tool to its
+//! prefixed name).
 
 pub mod config;
 pub(crate) mod server;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,6 +28,8 @@ pub use server::{McpServer, McpTool};
 pub struct McpHub {
     servers: RwLock<Vec<Arc<McpServer>>>,
     shutdown: CancellationToken,
+    /// The name each (server, tool) was first offered under.
+    names: std::sync::Mutex<HashMap<(String, String), String>>,
 }
 
 /// One tool on offer: the name the model calls, and where it goes.
@@ -48,6 +54,7 @@ impl McpHub {
         let hub = McpHub {
             servers: RwLock::new(Vec::new()),
             shutdown,
+            names: Default::default(),
         };
         hub.add(specs, wait).await;
         hub
@@ -78,42 +85,72 @@ impl McpHub {
             .clone()
     }
 
-    /// The tools offered beside `plugin_tools`, named as the model sees them.
+    /// The tools offered beside `plugin_tools`, named as the model sees them (in the servers'
+    /// and their lists' order).
     pub fn exposed(&self, plugin_tools: &[ToolSpec]) -> Vec<Exposed> {
         let servers = self.servers();
         if servers.is_empty() {
             return Vec::new();
         }
-        let listed: Vec<(Arc<McpServer>, Vec<McpTool>)> =
-            servers.iter().map(|s| (s.clone(), s.tools())).collect();
-        let mut count: HashMap<String, usize> = HashMap::new();
-        for t in plugin_tools {
-            *count.entry(t.name.clone()).or_default() += 1;
-        }
-        *count
-            .entry(myagent_plugin_api::TERMINATE_TOOL.into())
-            .or_default() += 1;
-        for (_, tools) in &listed {
-            for t in tools {
-                *count.entry(model_name(&t.name)).or_default() += 1;
+        let listed: Vec<(Arc<McpServer>, McpTool)> = servers
+            .iter()
+            .flat_map(|s| s.tools().into_iter().map(move |t| (s.clone(), t)))
+            .collect();
+        let reserved: HashSet<String> = plugin_tools
+            .iter()
+            .map(|t| t.name.clone())
+            .chain([myagent_plugin_api::TERMINATE_TOOL.to_owned()])
+            .collect();
+        let mut taken = reserved.clone();
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let key = |s: &McpServer, t: &McpTool| (s.name.clone(), t.name.clone());
+        // Names given before keep their tools (unless a plugin tool has taken one).
+        let mut chosen: Vec<Option<String>> = listed
+            .iter()
+            .map(|(s, t)| {
+                names
+                    .get(&key(s, t))
+                    .filter(|n| !reserved.contains(*n) && taken.insert((*n).clone()))
+                    .cloned()
+            })
+            .collect();
+        // Newcomers: their own name if free, else the server's prefix.
+        for ((server, tool), name) in listed.iter().zip(chosen.iter_mut()) {
+            if name.is_some() {
+                continue;
             }
-        }
-        let mut out = Vec::new();
-        for (server, tools) in listed {
-            for tool in tools {
-                let base = model_name(&tool.name);
-                let name = match count.get(&base).copied().unwrap_or(0) > 1 {
-                    true => model_name(&format!("{}__{}", server.name, tool.name)),
-                    false => base,
-                };
-                out.push(Exposed {
-                    name,
-                    server: server.clone(),
-                    tool,
-                });
+            let own = model_name(&tool.name);
+            let mut pick = match taken.contains(&own) {
+                false => own,
+                true => model_name(&format!("{}__{}", server.name, tool.name)),
+            };
+            let prefixed = pick.clone();
+            let mut n = 2;
+            while taken.contains(&pick) {
+                pick = format!("{}_{n}", &prefixed[..prefixed.len().min(60)]);
+                n += 1;
             }
+            taken.insert(pick.clone());
+            names.insert(key(server, tool), pick.clone());
+            *name = Some(pick);
         }
-        out
+        listed
+            .into_iter()
+            .zip(chosen)
+            .map(|((server, tool), name)| Exposed {
+                name: name.unwrap_or_default(),
+                server,
+                tool,
+            })
+            .collect()
+    }
+
+    /// Whether `--require-approval` names this MCP tool: by the name it is offered under, its
+    /// own name, or `SERVER__tool` (both spellings work whatever the tool is offered as).
+    pub fn named_in(e: &Exposed, list: &[String]) -> bool {
+        let prefixed = model_name(&format!("{}__{}", e.server.name, e.tool.name));
+        list.iter()
+            .any(|n| *n == e.name || *n == e.tool.name || *n == prefixed)
     }
 
     /// The tool specs to offer the model beside the plugin's.
@@ -222,6 +259,7 @@ mod tests {
                 McpServer::listed("b", &["echo", "only_b", "terminate"]),
             ]),
             shutdown: CancellationToken::new(),
+            names: Default::default(),
         };
         let plugin = [ToolSpec {
             name: "get_weather".into(),
@@ -232,7 +270,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "a__echo",
+                "echo",
                 "get-sum",
                 "a__get_weather",
                 "b__echo",
@@ -240,7 +278,35 @@ mod tests {
                 "b__terminate"
             ]
         );
+        // A newcomer that clashes is the one prefixed: the names given stay with their tools.
+        hub.servers
+            .write()
+            .unwrap()
+            .insert(0, McpServer::listed("0", &["get-sum", "echo", "new"]));
+        let names: Vec<String> = hub.exposed(&plugin).into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "0__get-sum",
+                "0__echo",
+                "new",
+                "echo",
+                "get-sum",
+                "a__get_weather",
+                "b__echo",
+                "only_b",
+                "b__terminate"
+            ]
+        );
+        let e = hub.find(&plugin, "echo").unwrap();
+        assert_eq!(e.server.name, "a");
+        let flag = |f: &str| McpHub::named_in(&e, &[f.to_owned()]);
+        assert!(flag("echo") && flag("a__echo") && !flag("b__echo"));
         let e = hub.find(&plugin, "b__echo").unwrap();
+        assert!(
+            McpHub::named_in(&e, &["echo".to_owned()]),
+            "the tool's own name"
+        );
         assert_eq!(
             (e.server.name.as_str(), e.tool.name.as_str()),
             ("b", "echo")

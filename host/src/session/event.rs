@@ -145,6 +145,9 @@ pub struct ToolCallMeta {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApprovalMeta {
     pub tool: String,
+    /// The MCP server the tool comes from; absent for the plugin's own tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     pub args: Value,
     pub step: u32,
 }

@@ -224,11 +224,20 @@ impl EventSink for SessionSink<'_> {
                 step,
                 step_id,
                 tool,
+                server,
                 args,
             } => ServerEvent::ToolApprovalRequired {
                 step_id,
-                content: format!("Tool {tool} needs approval"),
-                metadata: ApprovalMeta { tool, args, step },
+                content: match &server {
+                    Some(s) => format!("Tool {tool} (MCP server {s}) needs approval"),
+                    None => format!("Tool {tool} needs approval"),
+                },
+                metadata: ApprovalMeta {
+                    tool,
+                    server,
+                    args,
+                    step,
+                },
             },
             AgentEvent::ToolResult {
                 step,

@@ -6,11 +6,13 @@
 //! - `fail`: a tool error (`isError: true`);
 //! - `slow` {ms}: answers after `ms` milliseconds (calls run concurrently);
 //! - `crash`: the process exits at once, mid-call;
-//! - `grow`: adds a tool `extra` and sends `notifications/tools/list_changed`;
+//! - `grow`: adds a tool `extra` (or `$MCP_TEST_GROW_NAME`) and sends
+//!   `notifications/tools/list_changed`;
 //! - `pid`: the server's process id;
 //! - `whoami`: `$MCP_TEST_NAME` (to tell two configurations apart).
 //!
-//! It prints `mcp-test-server: started (pid N)` on stderr, which the host logs.
+//! `$MCP_TEST_TOOLS` (comma-separated) lists only those tools. It prints `mcp-test-server:
+//! started (pid N)` on stderr, which the host logs.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,10 +51,22 @@ fn tools() -> Vec<Value> {
         tool("pid", "The server's process id.", json!({})),
         tool("whoami", "Says $MCP_TEST_NAME.", json!({})),
     ];
+    if let Ok(only) = std::env::var("MCP_TEST_TOOLS") {
+        t.retain(|x| only.split(',').any(|o| x["name"] == o));
+    }
     if GROWN.load(Ordering::SeqCst) {
-        t.push(tool("extra", "Added at run time by `grow`.", json!({})));
+        t.push(tool(
+            &grown_name(),
+            "Added at run time by `grow`.",
+            json!({}),
+        ));
     }
     t
+}
+
+/// The tool `grow` adds.
+fn grown_name() -> String {
+    std::env::var("MCP_TEST_GROW_NAME").unwrap_or_else(|_| "extra".into())
 }
 
 fn text(s: impl Into<String>, is_error: bool) -> Value {
@@ -86,7 +100,9 @@ fn call(name: &str, args: &Value, out: &Arc<Mutex<std::io::Stdout>>) -> Value {
         }
         "pid" => text(std::process::id().to_string(), false),
         "whoami" => text(std::env::var("MCP_TEST_NAME").unwrap_or_default(), false),
-        "extra" if GROWN.load(Ordering::SeqCst) => text("extra works", false),
+        name if GROWN.load(Ordering::SeqCst) && name == grown_name() => {
+            text(format!("{name} works"), false)
+        }
         other => text(format!("unknown tool `{other}`"), true),
     }
 }
