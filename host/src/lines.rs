@@ -36,11 +36,7 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
         self.buf.clear();
         let mut dropped = 0usize;
         let mut any = false;
-        loop {
-            let avail = match self.r.fill_buf().await {
-                Ok(a) => a,
-                Err(_) => break,
-            };
+        while let Ok(avail) = self.r.fill_buf().await {
             if avail.is_empty() {
                 break;
             }
