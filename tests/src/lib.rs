@@ -268,12 +268,9 @@ pub fn http_post(url: &str, body: &str) -> String {
 
 /// The port in the host's start-up line `Serving on ws://HOST:PORT (...)`.
 pub fn serving_port(line: &str) -> Option<u16> {
-    line.split(':')
-        .nth(2)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    // "Serving on ws://127.0.0.1:8080 (…" or "Serving on ws://[::]:8080 (…"
+    let url = line.split("ws://").nth(1)?.split_whitespace().next()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 /// A running `myagent-host serve`.

@@ -194,6 +194,45 @@ async fn per_address_connection_cap_answers_429_and_ignores_untrusted_forwarding
         .is_err());
 }
 
+/// Security round 3, item 6: a trusted proxy that appends its own `X-Forwarded-For` line (after
+/// the one the client sent) is read right — every line, the right-most untrusted entry — and a
+/// local proxy reaching a dual-stack listener as `::ffff:127.0.0.1` matches `--trusted-proxy
+/// 127.0.0.0/8`: clients behind it neither choose their address nor share one budget.
+#[tokio::test]
+async fn a_proxys_own_header_line_and_a_dual_stack_peer_are_read_right() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[
+            "--host",
+            "::",
+            "--max-connections-per-ip",
+            "2",
+            "--trusted-proxy",
+            "127.0.0.0/8",
+        ],
+    );
+    let through_proxy = |spoof: &str, real: &str| {
+        let mut req = host.ws_url().into_client_request().unwrap();
+        let h = req.headers_mut();
+        h.append("x-forwarded-for", spoof.parse().unwrap());
+        h.append("x-forwarded-for", real.parse().unwrap());
+        req
+    };
+    let _a = connected(through_proxy("10.0.0.1", "203.0.113.9")).await;
+    let _b = connected(through_proxy("10.0.0.2", "203.0.113.9")).await;
+    match Client::connect_req(through_proxy("10.0.0.3", "203.0.113.9")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        Err(e) => panic!("expected HTTP 429, got {e}"),
+        Ok(_) => panic!("the client chose its address with its own header line"),
+    }
+    // Another client behind the same proxy has its own budget.
+    let _c = connected(through_proxy("10.0.0.1", "203.0.113.10")).await;
+    let _d = connected(through_proxy("10.0.0.1", "203.0.113.10")).await;
+    assert_eq!(host.metric("myagent_connections_refused_per_ip_total"), 1);
+}
+
 const ENDLESS: &str =
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
 

@@ -1,7 +1,6 @@
 //! The command line, as clap sees it. Every setting's default lives here, once (README.md's
 //! table repeats them for readers); `config.rs` turns these into the library's config structs.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -194,10 +193,11 @@ pub struct ServeArgs {
     /// Sessions per client address (0 = no limit).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_sessions_per_ip: usize,
-    /// A reverse proxy whose X-Forwarded-For header is believed (repeatable), e.g. 127.0.0.1
-    /// for an nginx on the same machine. From other peers the header is ignored.
-    #[arg(long = "trusted-proxy", value_name = "IP")]
-    pub trusted_proxies: Vec<IpAddr>,
+    /// A reverse proxy whose X-Forwarded-For header is believed (repeatable): an address
+    /// (127.0.0.1 for an nginx on the same machine) or a range (10.0.0.0/8). From other peers
+    /// the header is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP[/BITS]")]
+    pub trusted_proxies: Vec<myagent_host::server::ProxyRange>,
     /// Request headers (and the WebSocket handshake) must arrive within this, or the
     /// connection is closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]

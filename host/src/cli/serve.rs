@@ -84,7 +84,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let gateway = server::gateway(server_config, session_config, store.clone(), runtime);
     println!(
         "Serving on ws://{h}:{p} (web client: http://{h}:{p}/ · health: http://{h}:{p}/health)",
-        h = args.host,
+        // An IPv6 address is bracketed in a URL.
+        h = match args.host.contains(':') {
+            true => format!("[{}]", args.host),
+            false => args.host.clone(),
+        },
         p = local.port(),
     );
     if tokens > 0 {

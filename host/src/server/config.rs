@@ -1,7 +1,6 @@
 //! The gateway's limits and policies. Built by the CLI from its arguments (where every default
 //! lives, documented in README.md); there is no `Default` here on purpose.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 /// Connections, HTTP and shutdown.
@@ -12,7 +11,7 @@ pub struct ServerConfig {
     /// WebSocket connections per client address at most (0: no limit); more get HTTP 429.
     pub max_connections_per_ip: usize,
     /// Peers whose `X-Forwarded-For` is believed (a reverse proxy such as nginx).
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<crate::server::forwarded::ProxyRange>,
     /// An HTTP request's headers must arrive within this (slowloris); also bounds the time from
     /// the `101 Switching Protocols` answer to a working WebSocket.
     pub header_read_timeout: Duration,

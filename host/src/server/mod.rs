@@ -13,6 +13,7 @@ pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod connections;
 mod dispatch;
+pub(crate) mod forwarded;
 pub(crate) mod gate;
 pub(crate) mod http;
 mod notices;
@@ -32,6 +33,7 @@ pub use auth::Auth;
 pub use config::ServerConfig;
 use connection::ConnDeps;
 use connections::Connections;
+pub use forwarded::ProxyRange;
 use http::Gateway;
 
 /// Builds the gateway's parts for `runtime`: the session engine (over `store`, if sessions
