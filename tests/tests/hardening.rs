@@ -388,3 +388,80 @@ async fn a_hanging_event_hook_times_out_and_a_second_signal_exits_at_once() {
     let status = host.proc.child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
 }
+
+fn threads_of(pid: u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Security round 3, item 7: custom events cannot fan out without bound — 4 per session wait
+/// for the plugin's hook (more: `too_many_requests`), and one worker runs at most 64 calls
+/// with 256 waiting (more: refused as busy), so its threads stay bounded and it keeps serving.
+#[tokio::test]
+async fn custom_events_are_bounded_per_session_and_per_worker() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let health: Value = serde_json::from_str(&host.http("/health")).unwrap();
+    let worker = health["plugin"]["worker_pid"].as_u64().expect("a worker");
+    let sleep =
+        |sid: &str| json!({"event": "testkit.sleep", "session_id": sid, "data": {"ms": 1500}});
+
+    // One session, 50 at once: 4 are run, 46 refused.
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    for _ in 0..50 {
+        c.send(sleep(&sid)).await;
+    }
+    let (mut pongs, mut refused) = (0, 0);
+    while pongs + refused < 50 {
+        let e = c.until_any(&["testkit.pong", "agent.error"]).await;
+        match e["event"].as_str() {
+            Some("testkit.pong") => pongs += 1,
+            _ => {
+                assert_eq!(e["code"], "too_many_requests", "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((pongs, refused), (4, 46));
+
+    // 100 sessions × 4: more than the worker's 64 places and 256 waiting.
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(Client::with_session(&host.ws_url()).await);
+    }
+    for (c, sid, _) in clients.iter_mut() {
+        for _ in 0..4 {
+            c.send(sleep(sid)).await;
+        }
+    }
+    let mut most_threads = 0;
+    let (mut busy, mut answered) = (0, 0);
+    for (c, _, _) in clients.iter_mut() {
+        for _ in 0..4 {
+            most_threads = most_threads.max(threads_of(worker));
+            let e = c.until_any(&["testkit.pong", "agent.error"]).await;
+            answered += 1;
+            if e["event"] == "agent.error" {
+                assert_eq!(e["code"], "custom_event_failed", "{e}");
+                if e["error"].as_str().unwrap().contains("busy") {
+                    busy += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(answered, 400);
+    assert!(busy >= 400 - 64 - 256, "only {busy} refused as busy");
+    assert!(
+        most_threads <= 64 + 8,
+        "the worker ran {most_threads} threads"
+    );
+    // The worker was never lost, and serves the next event at once.
+    assert_eq!(host.metric("myagent_plugin_worker_crashes_total"), 0);
+    c.send(json!({"event": "testkit.ping", "session_id": sid}))
+        .await;
+    c.until("testkit.pong").await;
+}

@@ -203,7 +203,9 @@ async fn call_tool(
                 )
             }
             HostErrorKind::Crashed(why) => (false, format!("Error: tool `{name}` crashed: {why}")),
-            HostErrorKind::WorkerDied(why) => (false, format!("Error: {why}")),
+            HostErrorKind::WorkerDied(why) | HostErrorKind::Busy(why) => {
+                (false, format!("Error: {why}"))
+            }
         },
         Ok(result) => {
             if let Some(system) = &result.system {

@@ -35,6 +35,10 @@ pub enum HostErrorKind {
     /// The worker process running the call died; the text says how ("the plugin crashed: …").
     #[error("{0}")]
     WorkerDied(String),
+    /// The build's worker has as many calls running and waiting as it may; this one was
+    /// refused without running.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// The plugin answered with an error of its own (its factory or hook said no, or panicked and

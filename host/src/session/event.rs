@@ -43,11 +43,12 @@ pub enum ErrorCode {
     ApprovalNotPending,
     StoreUnavailable,
     HistoryPending,
+    TooManyRequests,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and fuzzing.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidMessage,
         ErrorCode::MissingEvent,
@@ -67,6 +68,7 @@ impl ErrorCode {
         ErrorCode::ApprovalNotPending,
         ErrorCode::StoreUnavailable,
         ErrorCode::HistoryPending,
+        ErrorCode::TooManyRequests,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +92,7 @@ impl ErrorCode {
             ErrorCode::ApprovalNotPending => "approval_not_pending",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::HistoryPending => "history_pending",
+            ErrorCode::TooManyRequests => "too_many_requests",
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct Session {
     /// A `user.get_history` waits for the running turn (one at a time: each waiting request
     /// holds memory until the turn ends).
     pub history_pending: std::sync::atomic::AtomicBool,
+    /// Custom events of this session waiting for the plugin's hook (at most
+    /// [`MAX_CUSTOM_IN_FLIGHT`]).
+    pub custom_in_flight: std::sync::atomic::AtomicUsize,
     inner: Mutex<Inner>,
     replay_cap_bytes: usize,
     budget: Arc<ReplayBudget>,
@@ -113,6 +116,9 @@ impl Drop for Session {
             .sub(inner.replay_bytes as u64);
     }
 }
+
+/// Custom events one session may have waiting for the plugin's hook; more are refused.
+pub const MAX_CUSTOM_IN_FLIGHT: usize = 4;
 
 /// Messages a session keeps waiting behind its run, at most (count and bytes).
 pub const MAX_QUEUED: usize = 4;
@@ -173,6 +179,7 @@ impl Session {
             agent: tokio::sync::Mutex::new(slot),
             approvals: Approvals::default(),
             history_pending: std::sync::atomic::AtomicBool::new(false),
+            custom_in_flight: std::sync::atomic::AtomicUsize::new(0),
             inner: Mutex::new(inner),
             replay_cap_bytes,
             budget,

@@ -22,8 +22,8 @@ use tracing::Instrument;
 pub use config::{ImageUrls, SessionConfig};
 pub use lifecycle::Lifecycle;
 pub use log::{
-    Admit, AgentSlot, Bound, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD, MAX_QUEUED,
-    MAX_QUEUED_BYTES,
+    Admit, AgentSlot, Bound, ReplayBudget, ResumeOutcome, Session, EVENT_OVERHEAD,
+    MAX_CUSTOM_IN_FLIGHT, MAX_QUEUED, MAX_QUEUED_BYTES,
 };
 pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
 pub use subscriber::{send_about, Client, Sub, Subscriber};
@@ -229,10 +229,24 @@ impl Sessions {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };
+        if session
+            .custom_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            >= MAX_CUSTOM_IN_FLIGHT
+        {
+            session
+                .custom_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return client.error(Some(session_id), ErrorCode::TooManyRequests, &format!(
+                "{MAX_CUSTOM_IN_FLIGHT} custom events of this session are waiting for the agent already; send this one when one of them has been answered"));
+        }
         let runtime = self.runtime.clone();
-        self.lifecycle
-            .runs
-            .spawn(async move { run::custom_event(&runtime, &session, event).await });
+        self.lifecycle.runs.spawn(async move {
+            run::custom_event(&runtime, &session, event).await;
+            session
+                .custom_in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
     }
 
     /// The connection is gone: its sessions wait `resume_window` for a resume, then end.

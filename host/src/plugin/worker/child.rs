@@ -52,7 +52,8 @@ impl Shared {
     }
 }
 
-fn spawn_thread(shared: &Arc<Shared>) {
+/// Starts another reader thread; false if the system refused (out of threads or memory).
+fn spawn_thread(shared: &Arc<Shared>) -> bool {
     shared.ready.fetch_add(1, Ordering::AcqRel);
     let sh = shared.clone();
     let spawned = std::thread::Builder::new()
@@ -60,9 +61,11 @@ fn spawn_thread(shared: &Arc<Shared>) {
         .stack_size(STACK)
         .spawn(move || thread_main(sh, true));
     if let Err(e) = spawned {
+        shared.ready.fetch_sub(1, Ordering::AcqRel);
         eprintln!("myagent worker: cannot start a thread: {e}");
-        std::process::exit(70);
+        return false;
     }
+    true
 }
 
 /// Read a request, make sure another thread reads the next, run it, reply; again. A thread
@@ -80,21 +83,39 @@ fn thread_main(sh: Arc<Shared>, may_leave: bool) {
                 std::process::exit(0);
             }
         };
-        if sh.ready.fetch_sub(1, Ordering::AcqRel) == 1 {
-            spawn_thread(&sh);
-        }
-        match serde_json::from_slice::<Request>(&frame) {
-            Ok(request) => handle(&sh, request),
+        let request = match serde_json::from_slice::<Request>(&frame) {
+            Ok(request) => request,
             Err(e) => {
                 eprintln!("myagent worker: unreadable request: {e}");
                 std::process::exit(65);
             }
+        };
+        if sh.ready.fetch_sub(1, Ordering::AcqRel) == 1 && !spawn_thread(&sh) {
+            // Nobody else would read while this runs: refuse it (the worker goes on for the
+            // calls already running) and stay the reader.
+            refuse(&sh, request);
+            sh.ready.fetch_add(1, Ordering::AcqRel);
+            continue;
         }
+        handle(&sh, request);
         if may_leave && sh.ready.load(Ordering::Acquire) >= KEEP_READY {
             return;
         }
         sh.ready.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+/// Answers a request with an error instead of running it (no thread can be spared for it).
+fn refuse(sh: &Shared, request: Request) {
+    let id = match request {
+        Request::Instantiate { id } | Request::Call { id, .. } | Request::Event { id, .. } => id,
+        // Quick, and nothing waits for their answer.
+        other @ (Request::Cancel { .. } | Request::Drop { .. }) => return handle(sh, other),
+    };
+    sh.send(Reply {
+        id,
+        result: Err("the plugin's worker cannot start another thread (too many calls at once); this call was not run".into()),
+    });
 }
 
 fn handle(sh: &Shared, request: Request) {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -49,10 +49,39 @@ pub(super) struct Conn {
     kill_reason: Mutex<Option<String>>,
     expected_exit: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Places for calls in the worker ([`MAX_IN_FLIGHT`]) and the calls waiting for one.
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// Calls one worker runs at once (each holds one of its threads); more wait, in order.
+pub(super) const MAX_IN_FLIGHT: usize = 64;
+/// Calls that may wait for one of those places; beyond, a call is refused at once.
+pub(super) const MAX_WAITING: usize = 256;
+
+/// Why a request was not sent.
+pub(super) enum NotSent {
+    /// The worker is gone or unreachable.
+    Gone(String),
+    /// The worker's places and its queue are full.
+    Busy(String),
+    /// The caller's deadline passed while it waited for a place.
+    TimedOut,
+}
+
+/// One of the worker's waiting places, given back however the wait ends.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub(super) struct Pending {
     pub(super) tx: oneshot::Sender<Result<Reply, String>>,
+    /// The call's place in the worker, held until its reply (or the worker's end).
+    _slot: tokio::sync::OwnedSemaphorePermit,
     pub(super) tool: Option<String>,
     /// Given up by its caller while running: counted in `tools_abandoned` until it ends.
     pub(super) abandoned: Option<Arc<Metrics>>,
@@ -63,23 +92,27 @@ impl Conn {
         !self.dead.load(Ordering::Acquire)
     }
 
-    /// Sends `req` (built with the call id) and returns the id and the reply's receiver.
+    /// Sends `req` (built with the call id) once the worker has a place for it (waiting at
+    /// most until `deadline`), and returns the id and the reply's receiver.
     pub(super) async fn request(
         &self,
         make: impl FnOnce(u64) -> Request,
         tool: Option<&str>,
-    ) -> Result<(u64, oneshot::Receiver<Result<Reply, String>>), String> {
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, oneshot::Receiver<Result<Reply, String>>), NotSent> {
+        let slot = self.place(deadline).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
             if !self.is_alive() {
-                return Err("the plugin worker has stopped".into());
+                return Err(NotSent::Gone("the plugin worker has stopped".into()));
             }
             pending.insert(
                 id,
                 Pending {
                     tx,
+                    _slot: slot,
                     tool: tool.map(str::to_owned),
                     abandoned: None,
                 },
@@ -88,9 +121,34 @@ impl Conn {
         let bytes = frame::encode(&make(id));
         if let Err(e) = self.wr.lock().await.write_all(&bytes).await {
             lock(&self.pending).remove(&id);
-            return Err(format!("cannot reach the plugin worker: {e}"));
+            return Err(NotSent::Gone(format!(
+                "cannot reach the plugin worker: {e}"
+            )));
         }
         Ok((id, rx))
+    }
+
+    /// A place for one call: at once, or after waiting in order — unless [`MAX_WAITING`]
+    /// calls wait already (refused: the worker is flooded) or `deadline` passes.
+    async fn place(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, NotSent> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(NotSent::Busy(format!(
+                "the plugin is busy: {MAX_IN_FLIGHT} calls are running in its worker and {MAX_WAITING} are waiting; this one was not run"
+            )));
+        }
+        let _waiting = Waiting(&self.waiting);
+        match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(NotSent::Gone("the plugin worker has stopped".into())),
+            Err(_) => Err(NotSent::TimedOut),
+        }
     }
 
     /// Sends a request whose reply nobody waits for.
@@ -178,6 +236,8 @@ pub(super) async fn start(
         kill_reason: Mutex::default(),
         expected_exit: AtomicBool::new(false),
         metrics,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        waiting: AtomicUsize::new(0),
     });
     Ok(Started {
         conn,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::frame::{InstanceId, Reply, Request};
-use super::process::Conn;
+use super::process::{Conn, NotSent};
 use super::{lock, Worker, HANG_GRACE};
 use crate::metrics::Metrics;
 use crate::plugin::error::{HostError, HostErrorKind};
@@ -176,9 +176,13 @@ async fn exchange(
     cancel: Option<(InstanceId, String)>,
 ) -> Result<Reply, HostErrorKind> {
     let (id, rx) = conn
-        .request(make, tool)
+        .request(make, tool, deadline)
         .await
-        .map_err(HostErrorKind::Crashed)?;
+        .map_err(|e| match e {
+            NotSent::Gone(why) => HostErrorKind::Crashed(why),
+            NotSent::Busy(why) => HostErrorKind::Busy(why),
+            NotSent::TimedOut => HostErrorKind::TimedOut(timeout),
+        })?;
     let mut guard = GiveUp {
         conn: conn.clone(),
         id,
