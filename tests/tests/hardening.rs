@@ -465,3 +465,47 @@ async fn custom_events_are_bounded_per_session_and_per_worker() {
         .await;
     c.until("testkit.pong").await;
 }
+
+/// Security round 3, item 8: a client that interrupts in a loop cannot turn each message into a
+/// model request — messages are rate-limited per session (`too_many_requests` past the
+/// budget), and a burst of interrupting messages settles on the last one before it calls.
+#[tokio::test]
+async fn an_interrupt_storm_costs_few_model_calls() {
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--on-busy", "interrupt", "--max-runs-per-minute", "20"],
+    );
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    // The first streams for seconds; the others interrupt it, and each other.
+    c.ask(&sid, "bench:200@20").await;
+    c.until("agent.partial_answer").await;
+    for i in 1..100 {
+        c.send(json!({"event": "user.message", "session_id": sid, "content": format!("say:answer {i}")}))
+            .await;
+    }
+    let mut refused = 0;
+    let last = loop {
+        let e = c.until_any(&["agent.error", "agent.final_answer"]).await;
+        if e["event"] == "agent.error" {
+            assert_eq!(e["code"], "too_many_requests", "{e}");
+            assert!(
+                e["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("this session may send 20 a minute"),
+                "{e}"
+            );
+            refused += 1;
+            continue;
+        }
+        break e;
+    };
+    assert_eq!(refused, 80, "20 a minute: the rest refused");
+    // The 20 admitted messages interrupted each other; only the last one was answered, and the
+    // model was asked a handful of times, not 20.
+    assert_eq!(last["content"], "answer 19", "{last}");
+    let calls = llm.requests().len();
+    assert!(calls <= 3, "{calls} model calls for one burst");
+}

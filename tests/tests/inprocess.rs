@@ -259,6 +259,8 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         resume_window: Duration::from_millis(300),
         on_busy: myagent_host::session::event::OnBusy::Reject,
         image_urls: myagent_host::session::ImageUrls::Public,
+        max_runs_per_minute: 60,
+        max_runs_per_minute_per_ip: 0,
     };
     let sessions = Sessions::new(
         config,

@@ -258,6 +258,14 @@ pub struct ServeArgs {
     /// `public` (also http(s) URLs whose host is not loopback, private or link-local) or `any`.
     #[arg(long, value_enum, default_value_t = myagent_host::session::ImageUrls::Public)]
     pub image_urls: myagent_host::session::ImageUrls,
+    /// Messages one session may send a minute — each can start a full-context model call
+    /// (a burst of this many, then one every 60/N s; more: too_many_requests). 0: no limit.
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    pub max_runs_per_minute: u32,
+    /// The same over all sessions of one client address (0: no limit). Behind a proxy, set
+    /// --trusted-proxy so that the address is the client's.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_runs_per_minute_per_ip: u32,
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub shutdown_timeout: u64,
 

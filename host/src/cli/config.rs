@@ -213,6 +213,8 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
         resume_window: Duration::from_secs(args.resume_window),
         on_busy: args.on_busy,
         image_urls: args.image_urls,
+        max_runs_per_minute: args.max_runs_per_minute,
+        max_runs_per_minute_per_ip: args.max_runs_per_minute_per_ip,
     }
 }
 

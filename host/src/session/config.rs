@@ -23,6 +23,10 @@ pub struct SessionConfig {
     pub on_busy: OnBusy,
     /// Which image URLs a message's content parts may carry to the model (`--image-urls`).
     pub image_urls: ImageUrls,
+    /// Messages one session may send a minute (each may start a model call); 0: no limit.
+    pub max_runs_per_minute: u32,
+    /// Messages one client address may send a minute, over its sessions; 0: no limit.
+    pub max_runs_per_minute_per_ip: u32,
 }
 
 /// Which image URLs the host passes on to the model provider. The host never fetches them; a

@@ -105,6 +105,8 @@ struct Inner {
     /// A held event's frame for the owner only (with a secret the log does not keep): its seq
     /// and bytes, sent by `release` in place of the logged frame.
     live_frame: Option<(u64, Utf8Bytes)>,
+    /// Messages this session may still send (`--max-runs-per-minute`); None until the first.
+    runs: Option<super::rate::Bucket>,
 }
 
 impl Drop for Session {
@@ -170,6 +172,7 @@ impl Session {
             withheld_from: None,
             left: false,
             live_frame: None,
+            runs: None,
         };
         Session {
             shared_id: Arc::from(id.as_str()),
@@ -423,6 +426,19 @@ impl Session {
         let queued = ServerEvent::MessageQueued { position };
         self.emit_event_locked(&mut inner, &queued, metrics);
         Admit::Queued
+    }
+
+    /// Takes one of the messages the session may send this minute (`per_minute` 0: no limit);
+    /// when none is left, how long until one is.
+    pub fn take_run_token(&self, per_minute: u32) -> Result<(), std::time::Duration> {
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        self.lock()
+            .runs
+            .get_or_insert_with(|| super::rate::Bucket::full(per_minute, now))
+            .take(per_minute, now)
     }
 
     /// Binds the session to another build's instance (a hot reload).

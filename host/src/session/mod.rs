@@ -6,10 +6,12 @@
 //! events as a [`Subscriber`]; the engine never reaches into a door.
 
 pub(crate) mod config;
+mod create;
 pub mod event;
 mod follow;
 mod lifecycle;
 mod log;
+pub(crate) mod rate;
 pub(crate) mod registry;
 mod restore;
 mod run;
@@ -28,10 +30,10 @@ pub use log::{
 pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
 pub use subscriber::{send_about, Client, Sub, Subscriber};
 
-use crate::agent::{AgentRuntime, Decision, Memory, SessionSettings};
+use crate::agent::{AgentRuntime, Decision};
 use crate::secret::constant_time_eq;
 use crate::store::Store;
-use event::{AgentInfo, ErrorCode, OnBusy, ServerEvent};
+use event::{ErrorCode, OnBusy, ServerEvent};
 use restore::Restored;
 
 /// Every session of this host, and what they need to run.
@@ -43,6 +45,8 @@ pub struct Sessions {
     budget: Arc<ReplayBudget>,
     runtime: Arc<AgentRuntime>,
     lifecycle: Arc<Lifecycle>,
+    /// Messages a minute, per session and per client address.
+    limits: rate::RunLimits,
 }
 
 impl Sessions {
@@ -78,6 +82,10 @@ impl Sessions {
             limit: config.replay_budget_bytes,
             metrics: runtime.metrics.clone(),
         });
+        let limits = rate::RunLimits::new(
+            config.max_runs_per_minute,
+            config.max_runs_per_minute_per_ip,
+        );
         let sessions = Arc::new(Sessions {
             registry,
             store,
@@ -85,6 +93,7 @@ impl Sessions {
             config,
             runtime,
             lifecycle,
+            limits,
         });
         // A shared store: cancels of turns running here, asked for on other hosts.
         if let Some(mut cancels) = sessions
@@ -321,126 +330,6 @@ impl Sessions {
         client.error(session_id, ErrorCode::TooManySessions, &why.to_string());
     }
 
-    /// `user.create_session`: a new session with its own `agent_config`, within the
-    /// plugin's limits; acknowledged (`agent.session_created`) once the store has it.
-    pub async fn create(
-        &self,
-        client: &mut Client,
-        agent_config: Option<serde_json::Map<String, serde_json::Value>>,
-    ) {
-        let per_conn = self.config.max_sessions_per_connection;
-        if self.owned_count(client) >= per_conn {
-            return self.refuse(client, None, SessionRefusal::Connection(per_conn));
-        }
-        // Refuse before the plugin's factory runs; checked again, atomically, on insert.
-        if let Err(why) = self.registry.room(client.ip) {
-            return self.refuse(client, None, why);
-        }
-        let plugin = self.runtime.plugin.current();
-        let settings =
-            match agent_config.map(|c| SessionSettings::from_request(&c, &plugin.manifest)) {
-                None => SessionSettings::default(),
-                Some(Ok(s)) => s,
-                Some(Err(why)) => return client.error(None, ErrorCode::InvalidField, &why),
-            };
-        let Some(instance) = self.instantiate(client, &plugin).await else {
-            return;
-        };
-        let id = uuid::Uuid::new_v4().to_string();
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let slot = AgentSlot {
-            memory: Memory::new(self.runtime.config.memory_budget_chars),
-            settings: settings.clone(),
-            checked_for: plugin.generation,
-        };
-        let bound = Bound {
-            plugin: plugin.clone(),
-            instance,
-        };
-        let session = Arc::new(Session::new(
-            id.clone(),
-            token.clone(),
-            slot,
-            bound,
-            client.sub.clone(),
-            client.ip,
-            self.config.replay_buffer_bytes,
-            self.budget.clone(),
-            self.store.clone(),
-        ));
-        if let Err(why) = self.registry.insert(session.clone()) {
-            return self.refuse(client, None, why);
-        }
-        if let Some(d) = &self.store {
-            d.create(
-                &id,
-                crate::store::hash_token(&token),
-                serde_json::to_string(&settings).unwrap_or_default(),
-            );
-        }
-        self.runtime.metrics.sessions.inc();
-        self.runtime.metrics.sessions_total.inc();
-        client.sessions.insert(id);
-        let m = &plugin.manifest;
-        let agent = AgentInfo {
-            name: m.name.clone(),
-            version: m.version.clone(),
-            generation: None,
-            tools: Some(self.runtime.tool_names(m)),
-        };
-        let agent_config = (settings != SessionSettings::default()).then_some(settings);
-        // The resume token reaches this client only: the log (replay, store) keeps the event
-        // without it — a copy of the store must not let anyone resume the session.
-        let logged = ServerEvent::SessionCreated {
-            resume_token: None,
-            agent: agent.clone(),
-            agent_config: agent_config.clone(),
-        };
-        let live = ServerEvent::SessionCreated {
-            resume_token: Some(token),
-            agent,
-            agent_config,
-        };
-        session.emit_held_secret(&logged, &live, &self.runtime.metrics);
-        // Acknowledged means durable: the client hears of the session once it is stored (or
-        // `--store-ack-timeout` passed; then the write stays buffered).
-        if let Some(store) = &self.store {
-            if let Err(e) = store.commit().await {
-                tracing::warn!(session_id = %session.id, error = %e, "session created before the store confirmed it");
-            }
-        }
-        session.release(&self.runtime.metrics);
-    }
-
-    /// A new agent instance from `plugin`'s factory; a failure is told to `client`.
-    async fn instantiate(
-        &self,
-        client: &Client,
-        plugin: &Arc<crate::plugin::Plugin>,
-    ) -> Option<crate::plugin::Instance> {
-        let timeout = self.runtime.config.tool_timeout_for(&plugin.manifest);
-        match plugin.instantiate(timeout).await {
-            Ok(Ok(i)) => Some(i),
-            Ok(Err(e)) => {
-                self.factory_failed(client, &e);
-                None
-            }
-            Err(e) => {
-                self.factory_failed(client, &e);
-                None
-            }
-        }
-    }
-
-    fn factory_failed(&self, client: &Client, e: &dyn std::fmt::Display) {
-        tracing::error!(error = %e, "plugin factory failed");
-        client.error(
-            None,
-            ErrorCode::PluginError,
-            &format!("The agent could not be created: {e}"),
-        );
-    }
-
     /// `user.message`: starts a turn, or follows `on_busy` while one runs.
     pub fn message(
         &self,
@@ -454,6 +343,27 @@ impl Sessions {
         };
         if let Err(why) = self.config.image_urls.check(&content) {
             return client.error(Some(session_id), ErrorCode::InvalidField, &why);
+        }
+        // Each message can start a full-context model call: a storm is cut here, before it
+        // cancels or queues anything.
+        let limits = &self.limits;
+        let refused = match session.take_run_token(limits.per_session) {
+            Err(wait) => Some((wait, "this session", limits.per_session)),
+            Ok(()) => limits
+                .take_ip(client.ip)
+                .err()
+                .map(|wait| (wait, "your address", limits.per_ip)),
+        };
+        if let Some((wait, whose, n)) = refused {
+            self.runtime.metrics.client_errors.inc();
+            return client.error(
+                Some(session_id),
+                ErrorCode::TooManyRequests,
+                &format!(
+                    "Too many messages: {whose} may send {n} a minute; try again in {:.1} s",
+                    wait.as_secs_f64()
+                ),
+            );
         }
         let on_busy = on_busy.unwrap_or(self.config.on_busy);
         let (content, cancel) = match session.admit(content, on_busy, &self.runtime.metrics) {

@@ -15,6 +15,10 @@ use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, R
 use crate::llm::Content;
 use crate::metrics::Metrics;
 
+/// After an interrupt, how long the interrupting message waits before its turn calls the model:
+/// a burst of interrupting messages settles on the last one, and only that one makes a call.
+pub(crate) const INTERRUPT_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Agent runs on `session`, one after another: `content`, then each message queued meanwhile.
 pub(super) async fn run_turns(
     runtime: &AgentRuntime,
@@ -23,9 +27,18 @@ pub(super) async fn run_turns(
     mut content: Content,
 ) {
     loop {
+        let ended = cancel.clone();
         match run_turn(runtime, session, cancel, &content).await {
             Some((next, token)) => (content, cancel) = (next, token),
             None => return,
+        }
+        if ended.is_cancelled() {
+            // Interrupted: if another message interrupts within the settle time, this one
+            // ends as interrupted before its model call (the cancelled run never calls).
+            tokio::select! {
+                _ = tokio::time::sleep(INTERRUPT_SETTLE) => {}
+                _ = cancel.cancelled() => {}
+            }
         }
     }
 }

@@ -11,11 +11,13 @@
 //! crash is reported (`ReloadNotice::Crashed` via `WorkerOptions::on_crash` → `system.plugin_crashed`, /metrics).
 //!
 //! Here: a build's supervision (restarts, back-off, retirement after a reload, run guards);
-//! `process.rs`: one process (start, requests, death); `remote.rs`: instances and one
-//! request's life (timeout, cancel, hang watchdog); `child.rs`: the worker's own side.
+//! `process.rs`: one process (start, requests and their places, death); `output.rs`: its
+//! stdout/stderr (forwarded, bounded; the tail that explains a death); `remote.rs`: instances
+//! and one request's life (timeout, cancel, hang watchdog); `child.rs`: the worker's own side.
 
 pub mod child;
 pub(crate) mod frame;
+mod output;
 mod process;
 mod remote;
 
