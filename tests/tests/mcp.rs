@@ -552,3 +552,41 @@ async fn a_late_name_clash_neither_renames_nor_unguards_an_approved_tool() {
         c.until("agent.ready").await;
     }
 }
+
+/// Security round 3, item 11: a server that lists 60,000 tools, or one with a huge schema, does
+/// not get them offered on every model call — per server at most 128 tools and 512 KiB, a tool
+/// at most 32 KiB, a listing at most 16 pages (and its stderr lines are cut like a worker's).
+#[tokio::test]
+async fn a_server_listing_too_much_is_bounded() {
+    let flood = json!({"command": bin("mcp-test-server"),
+        "env": {"MCP_TEST_MANY": "60000", "MCP_TEST_BIG_SCHEMA": "100000"}});
+    let (llm, host, _dir) = host_with(json!({"flood": flood}), &[]).await;
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "fine"}]));
+    let (_, answer) = turn(&mut c, &sid).await;
+    assert_eq!(answer, "fine");
+    let req = llm.requests().pop().unwrap();
+    let offered = names_offered(&req);
+    let from_flood = offered
+        .iter()
+        .filter(|n| n.starts_with("many_") || n.starts_with("flood__"))
+        .count()
+        + offered
+            .iter()
+            .filter(|n| ["add", "slow", "crash", "grow", "pid", "whoami"].contains(&n.as_str()))
+            .count();
+    assert!(
+        from_flood <= 128,
+        "{from_flood} tools of one server offered"
+    );
+    assert!(
+        !offered.contains(&"huge".to_owned()),
+        "the 100 KB schema was offered"
+    );
+    let size = req.to_string().len();
+    assert!(size < 256 * 1024, "a model request of {size} bytes");
+    assert!(
+        host.proc.stdout_text().contains("left out")
+            || host.proc.stderr_text().contains("left out")
+    );
+}

@@ -39,6 +39,10 @@ pub struct Exposed {
     pub tool: McpTool,
 }
 
+/// MCP tools offered to the model over all servers, at most (in the servers' order; each
+/// server also keeps at most 128 of its own).
+pub const MAX_TOOLS_TOTAL: usize = 256;
+
 /// How long start-up waits for servers to connect and list their tools.
 pub const START_WAIT: Duration = Duration::from_secs(20);
 
@@ -95,6 +99,7 @@ impl McpHub {
         let listed: Vec<(Arc<McpServer>, McpTool)> = servers
             .iter()
             .flat_map(|s| s.tools().into_iter().map(move |t| (s.clone(), t)))
+            .take(MAX_TOOLS_TOTAL)
             .collect();
         let reserved: HashSet<String> = plugin_tools
             .iter()

@@ -64,6 +64,77 @@ pub struct McpServer {
     pub stderr_dropped: Arc<AtomicU64>,
 }
 
+/// Pages of `tools/list` read from one server, at most.
+const MAX_PAGES: usize = 16;
+/// Tools kept from one server, at most (the rest are left out and logged).
+pub(crate) const MAX_TOOLS_PER_SERVER: usize = 128;
+/// Bytes of one tool's name, description and input schema, at most (a bigger one is left out:
+/// every model request carries it).
+const MAX_TOOL_BYTES: usize = 32 * 1024;
+/// Bytes of all of one server's tools, at most.
+const MAX_LIST_BYTES: usize = 512 * 1024;
+
+/// Every page of the server's tool list, up to [`MAX_PAGES`] (and a little more than
+/// [`MAX_TOOLS_PER_SERVER`] tools: the rest is not asked for).
+async fn list_bounded(peer: &Peer<RoleClient>) -> Result<Vec<rmcp::model::Tool>, String> {
+    let mut tools = Vec::new();
+    let mut cursor = None;
+    for _ in 0..MAX_PAGES {
+        let page = peer
+            .list_tools(Some(
+                rmcp::model::PaginatedRequestParams::default().with_cursor(cursor),
+            ))
+            .await
+            .map_err(|e| format!("tools/list failed: {e}"))?;
+        tools.extend(page.tools);
+        cursor = page.next_cursor;
+        if cursor.is_none() || tools.len() > MAX_TOOLS_PER_SERVER {
+            break;
+        }
+    }
+    Ok(tools)
+}
+
+/// What a server's listing may put in every model request: tools by count and bytes.
+#[derive(Default)]
+struct ListBounds {
+    count: usize,
+    bytes: usize,
+    left_out: usize,
+}
+
+impl ListBounds {
+    fn admit(&mut self, server: &str, t: rmcp::model::Tool) -> Option<McpTool> {
+        let tool = McpTool {
+            name: t.name.to_string(),
+            description: t.description.map(|d| d.to_string()).unwrap_or_default(),
+            parameters: Value::Object((*t.input_schema).clone()),
+        };
+        let size = tool.name.len() + tool.description.len() + tool.parameters.to_string().len();
+        let why = if self.count >= MAX_TOOLS_PER_SERVER {
+            Some(format!("more than {MAX_TOOLS_PER_SERVER} tools"))
+        } else if size > MAX_TOOL_BYTES {
+            Some(format!(
+                "{size} bytes of name, description and schema (at most {MAX_TOOL_BYTES})"
+            ))
+        } else if self.bytes + size > MAX_LIST_BYTES {
+            Some(format!("its tools over {MAX_LIST_BYTES} bytes"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.left_out += 1;
+            if self.left_out <= 3 {
+                tracing::warn!(mcp_server = %server, tool = %tool.name.chars().take(64).collect::<String>(), %why, "MCP tool left out");
+            }
+            return None;
+        }
+        self.count += 1;
+        self.bytes += size;
+        Some(tool)
+    }
+}
+
 /// Receives the server's notifications; only the tool list's changes matter here.
 struct Handler {
     relist: Arc<Notify>,
@@ -199,18 +270,18 @@ impl McpServer {
     }
 
     async fn list(&self, peer: &Peer<RoleClient>) -> Result<(), String> {
-        let listed = tokio::time::timeout(LIST_TIMEOUT, peer.list_all_tools())
+        let listed = tokio::time::timeout(LIST_TIMEOUT, list_bounded(peer))
             .await
-            .map_err(|_| format!("tools/list took longer than {} s", LIST_TIMEOUT.as_secs()))?
-            .map_err(|e| format!("tools/list failed: {e}"))?;
+            .map_err(|_| format!("tools/list took longer than {} s", LIST_TIMEOUT.as_secs()))??;
+        let mut kept = ListBounds::default();
         let tools: Vec<McpTool> = listed
             .into_iter()
-            .map(|t| McpTool {
-                name: t.name.to_string(),
-                description: t.description.map(|d| d.to_string()).unwrap_or_default(),
-                parameters: Value::Object((*t.input_schema).clone()),
-            })
+            .filter_map(|t| kept.admit(&self.name, t))
             .collect();
+        if kept.left_out > 0 {
+            tracing::warn!(mcp_server = %self.name, left_out = kept.left_out, kept = tools.len(),
+                "MCP server lists more than the host offers the model; the rest are left out");
+        }
         tracing::info!(mcp_server = %self.name, tools = tools.len(), "MCP tools listed");
         self.write().tools = tools;
         Ok(())

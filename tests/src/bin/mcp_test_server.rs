@@ -64,6 +64,43 @@ fn tools() -> Vec<Value> {
     t
 }
 
+/// One page of the tool list: everything, or with `$MCP_TEST_MANY=N` also `many_0` …
+/// `many_{N-1}` (and a tool whose schema is `$MCP_TEST_BIG_SCHEMA` bytes), 500 a page.
+fn tools_page(params: &Value) -> Value {
+    let mut all = tools();
+    if let Ok(n) = std::env::var("MCP_TEST_BIG_SCHEMA") {
+        let pad = "p".repeat(n.parse().unwrap_or(0));
+        all.insert(
+            0,
+            tool(
+                "huge",
+                "A schema too big to offer.",
+                json!({"x": {"type": "string", "description": pad}}),
+            ),
+        );
+    }
+    let many: usize = std::env::var("MCP_TEST_MANY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if many == 0 {
+        return json!({"tools": all});
+    }
+    let from: usize = params["cursor"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    all.extend(
+        (from..(from + 500).min(many))
+            .map(|i| tool(&format!("many_{i}"), "One of many.", json!({}))),
+    );
+    if from > 0 {
+        all.retain(|t| t["name"].as_str().is_some_and(|n| n.starts_with("many_")));
+    }
+    let next = (from + 500 < many).then(|| (from + 500).to_string());
+    json!({"tools": all, "nextCursor": next})
+}
+
 /// The tool `grow` adds.
 fn grown_name() -> String {
     std::env::var("MCP_TEST_GROW_NAME").unwrap_or_else(|_| "extra".into())
@@ -140,7 +177,7 @@ fn main() {
                 "serverInfo": {"name": "mcp-test-server", "version": "1.0.0"}
             })),
             "ping" => reply(json!({})),
-            "tools/list" => reply(json!({"tools": tools()})),
+            "tools/list" => reply(tools_page(&params)),
             "tools/call" => {
                 let name = params["name"].as_str().unwrap_or_default().to_owned();
                 let args = params["arguments"].clone();
