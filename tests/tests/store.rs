@@ -338,3 +338,55 @@ async fn no_stored_byte_holds_a_live_resume_token() {
         assert!(!holds(&dump, &token), "{key} holds the resume token");
     }
 }
+
+/// Security round 3, item 9: what a client can leave in the store is bounded — a session that
+/// never finished a turn is deleted from the store when it leaves memory (not kept for the
+/// TTL), a session's stored events are kept to its replay buffer's size as turns end, and a
+/// resume with a wrong token is refused before the session is read.
+#[tokio::test]
+async fn what_a_client_leaves_in_the_store_is_bounded() {
+    let dir = TempDir::new("store-bounded");
+    let db = dir.path().join("s.db");
+    let url = format!("sqlite:{}", db.display());
+    let llm = FakeLlm::start();
+    let h = host(
+        &llm,
+        &url,
+        &["--resume-window", "1", "--replay-buffer-bytes", "16384"],
+    );
+    // Walked away from: one session used, one never.
+    let (used, used_token, _) = session_with_a_turn(&h, &llm, "keep me").await;
+    let (c, idle, idle_token) = Client::with_session(&h.ws_url()).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Out of memory now: the used one comes back from the store, the idle one is gone.
+    let (_c, r) = Client::resume(&h.ws_url(), &idle, &idle_token, 0).await;
+    assert_eq!(r["code"], "session_not_found", "{r}");
+    let (_c, r) = Client::resume(&h.ws_url(), &used, "0123456789abcdef0123456789abcdef", 0).await;
+    assert_eq!(r["code"], "session_not_found", "a wrong token: {r}");
+    resumes_with_history(&h, &llm, &used, &used_token, "keep me").await;
+
+    // Twenty long turns (~8,000 events, ~1.2 MB): the store keeps the newest 16 KiB of events,
+    // not all of them (nor the 4,096 newest, ~600 KB).
+    let (mut c, sid, _) = Client::with_session(&h.ws_url()).await;
+    for _ in 0..20 {
+        c.ask(&sid, "bench:400@0").await;
+        c.until("agent.ready").await;
+    }
+    // Each `agent.ready` came after its turn's commit: read what the store holds.
+    let read =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let (chunks, bytes): (i64, i64) = read
+        .query_row(
+            "SELECT count(*), coalesce(sum(length(frames)), 0) FROM event_chunks WHERE session = ?1",
+            [&sid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(chunks > 0, "nothing stored");
+    assert!(
+        bytes < 48 * 1024,
+        "{bytes} bytes of events stored in {chunks} chunks"
+    );
+}

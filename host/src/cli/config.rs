@@ -149,6 +149,7 @@ pub fn session_store(args: &ServeArgs) -> anyhow::Result<Option<std::sync::Arc<S
         ttl,
         buffer_bytes: args.store_buffer.max(1) << 20,
         ack_timeout: Duration::from_millis(args.store_ack_timeout),
+        events_bytes: args.replay_buffer_bytes,
     };
     let path = match args.store.as_deref() {
         None => default_store_path()?,

@@ -91,7 +91,7 @@ impl Sessions {
                 }
             };
             // The turn's end (or its host's loss) as the store has it: the memory it left.
-            let stored = match durable.load(&id).await {
+            let stored = match durable.load(&id, None).await {
                 Ok(Some(s)) => s,
                 _ => {
                     tracing::error!(session_id = %id, "the followed session is gone from the store");

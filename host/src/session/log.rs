@@ -72,6 +72,10 @@ pub struct Session {
     /// Custom events of this session waiting for the plugin's hook (at most
     /// [`MAX_CUSTOM_IN_FLIGHT`]).
     pub custom_in_flight: std::sync::atomic::AtomicUsize,
+    /// The session has a finished turn (or came from the store): once it leaves memory it
+    /// stays stored for `--session-ttl`. Without one, it is deleted from the store then — a
+    /// client that creates sessions and walks away leaves nothing behind.
+    pub kept: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
     replay_cap_bytes: usize,
     budget: Arc<ReplayBudget>,
@@ -183,6 +187,7 @@ impl Session {
             approvals: Approvals::default(),
             history_pending: std::sync::atomic::AtomicBool::new(false),
             custom_in_flight: std::sync::atomic::AtomicUsize::new(0),
+            kept: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(inner),
             replay_cap_bytes,
             budget,

@@ -282,6 +282,13 @@ impl Sessions {
                     session.leave();
                     this.remove(&session.id);
                     tracing::debug!(session_id = %session.id, "session expired without resume");
+                    // Never used: not kept in the store for the TTL either.
+                    let used = session.kept.load(std::sync::atomic::Ordering::Relaxed);
+                    if let (false, Some(store)) = (used, &this.store) {
+                        if !session.is_running() {
+                            store.delete(&session.id);
+                        }
+                    }
                 }
             });
         }

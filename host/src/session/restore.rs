@@ -83,7 +83,7 @@ impl Sessions {
         if self.registry.get(session_id).is_some() {
             return Restored::None;
         }
-        let stored = match durable.load(session_id).await {
+        let stored = match durable.load(session_id, Some(hash_token(token))).await {
             Ok(Some(s)) => s,
             Ok(None) => return Restored::None,
             Err(e) => {
@@ -144,6 +144,9 @@ impl Sessions {
             self.budget.clone(),
             Some(durable.clone()),
         ));
+        session
+            .kept
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         session.restore_log(stored.events, last_seq);
         if let Err(why) = self.registry.insert(session.clone()) {
             self.refuse(client, Some(session_id), why);

@@ -99,6 +99,9 @@ async fn run_turn(
     // Acknowledged means durable: `agent.ready` reaches the client once the turn's end (its
     // events, the memory) is committed, or `--store-ack-timeout` passed.
     d.turn_end(&session.id, memory.to_stored());
+    session
+        .kept
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let next = session.finish_run(&final_event(outcome), &runtime.metrics, true);
     if next.is_none() {
         if let Err(e) = d.commit().await {

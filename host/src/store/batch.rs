@@ -49,6 +49,10 @@ impl Chunk {
     }
 }
 
+/// A stored chunk grows to about this many bytes, then the next event starts another: the
+/// store drops old events a whole chunk at a time.
+pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
+
 /// A batch's events gathered per session, in the order sessions first appear.
 #[derive(Default)]
 pub(crate) struct Chunks {
@@ -58,8 +62,8 @@ pub(crate) struct Chunks {
 
 impl Chunks {
     /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (an
-    /// event dropped by the buffer bound), the chunk gathered so far is returned, to be written
-    /// first.
+    /// event dropped by the buffer bound), or the chunk holds [`CHUNK_BYTES`] already, the
+    /// chunk gathered so far is returned, to be written first.
     pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
         let start = || Chunk {
             id: id.clone(),
@@ -68,7 +72,7 @@ impl Chunks {
             frames: frame.to_owned(),
         };
         match self.index.get(id).copied() {
-            Some(i) if self.list[i].last + 1 == seq => {
+            Some(i) if self.list[i].last + 1 == seq && self.list[i].frames.len() < CHUNK_BYTES => {
                 let c = &mut self.list[i];
                 c.frames.push('\n');
                 c.frames.push_str(frame);

@@ -204,6 +204,9 @@ pub struct StoreOptions {
     pub buffer_bytes: usize,
     /// An acknowledgement waits at most this long for its write (`--store-ack-timeout`).
     pub ack_timeout: Duration,
+    /// Bytes of a session's newest events kept in the store (its replay buffer's size); older
+    /// ones are dropped when a turn ends, as the replay buffer drops them.
+    pub events_bytes: usize,
 }
 
 /// The handle sessions write and read through.
@@ -258,7 +261,7 @@ impl Store {
     /// Opens (or creates) the SQLite store at `path` and starts its writer. A file that is not
     /// a usable store is an error.
     pub fn open_sqlite(path: &Path, opts: &StoreOptions) -> Result<Arc<Store>, StoreError> {
-        let backend = sqlite::SqliteBackend::open(path, opts.ttl)?;
+        let backend = sqlite::SqliteBackend::open(path, opts.ttl, opts.events_bytes)?;
         let reads = Reads::Sqlite {
             path: path.to_owned(),
             ttl: opts.ttl,
@@ -401,16 +404,21 @@ impl Store {
     }
 
     /// Reads session `id`. `Ok(None)`: the store has no such session (never made, closed, or
-    /// expired).
-    pub async fn load(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+    /// expired) — or, with `token_hash` (a client's resume), its token is another: that is
+    /// checked (in constant time) before anything else of the session is read.
+    pub async fn load(
+        &self,
+        id: &str,
+        token_hash: Option<String>,
+    ) -> Result<Option<Stored>, StoreError> {
         let id = id.to_owned();
         match &self.reads {
             Reads::Sqlite { path, ttl } => {
                 let (path, ttl) = (path.clone(), *ttl);
-                blocking(move || sqlite::load(&path, &id, ttl)).await
+                blocking(move || sqlite::load(&path, &id, ttl, token_hash.as_deref())).await
             }
             Reads::Redis => match &self.shared {
-                Some(shared) => shared.load(&id).await,
+                Some(shared) => shared.load(&id, token_hash).await,
                 None => Ok(None),
             },
         }

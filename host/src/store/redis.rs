@@ -68,6 +68,10 @@ pub(super) fn connect(client: &redis::Client) -> Result<redis::Connection, Store
 
 /// The writer's side: one connection (re-made after a failure), one pipeline per batch, and
 /// the leases of the turns running here.
+/// Stream entries of a session's events kept when its turn ends (about; Redis trims whole
+/// nodes).
+const KEEP_ENTRIES: usize = 2000;
+
 pub(crate) struct RedisBackend {
     pub(super) client: redis::Client,
     pub(super) conn: Option<redis::Connection>,
@@ -232,6 +236,14 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                     .arg(field::RUNNING_INPUT)
                     .ignore();
                 p.cmd("DEL").arg(lease_key(id)).ignore();
+                // A stream cannot be trimmed by bytes: by entries (each one batch of the
+                // session's events, a tenth of a second of a stream at most).
+                p.cmd("XTRIM")
+                    .arg(events_key(id))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(KEEP_ENTRIES)
+                    .ignore();
                 touched.insert(id);
             }
             Op::Delete { id } => {

@@ -143,14 +143,18 @@ impl Shared {
     }
 
     /// Reads session `id` (a lease held by another host means its turn still runs there).
-    pub(crate) async fn load(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+    pub(crate) async fn load(
+        &self,
+        id: &str,
+        token_hash: Option<String>,
+    ) -> Result<Option<Stored>, StoreError> {
         let (client, id, me, state) = (
             self.client.clone(),
             id.to_owned(),
             self.host_id.clone(),
             self.state.clone(),
         );
-        blocking(move || load(&client, &id, &me, &state)).await
+        blocking(move || load(&client, &id, &me, &state, token_hash.as_deref())).await
     }
 }
 
@@ -159,8 +163,17 @@ fn load(
     id: &str,
     me: &str,
     state: &State,
+    token_hash: Option<&str>,
 ) -> Result<Option<Stored>, StoreError> {
     let mut c = connect(client)?;
+    if let Some(want) = token_hash {
+        let found: Option<String> = c
+            .hget(session_key(id), field::TOKEN_HASH)
+            .map_err(unavailable)?;
+        if !found.is_some_and(|h| crate::secret::constant_time_eq(&h, want)) {
+            return Ok(None);
+        }
+    }
     let mut fields: HashMap<String, String> = c.hgetall(session_key(id)).map_err(unavailable)?;
     let Some(token_hash) = fields.remove(field::TOKEN_HASH) else {
         return Ok(None);

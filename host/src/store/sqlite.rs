@@ -24,13 +24,19 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct SqliteBackend {
     db: Connection,
     ttl: Duration,
+    /// Bytes of a session's newest stored events kept when its turn ends.
+    events_bytes: usize,
     last_sweep: Instant,
     last_checkpoint: Instant,
 }
 
 impl SqliteBackend {
     /// Opens (or creates) the store at `path`; a file that is not a usable store is an error.
-    pub(crate) fn open(path: &Path, ttl: Duration) -> Result<SqliteBackend, StoreError> {
+    pub(crate) fn open(
+        path: &Path,
+        ttl: Duration,
+        events_bytes: usize,
+    ) -> Result<SqliteBackend, StoreError> {
         let private = |e: std::io::Error| StoreError::Corrupt {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -66,6 +72,7 @@ impl SqliteBackend {
         let backend = SqliteBackend {
             db,
             ttl,
+            events_bytes,
             last_sweep: Instant::now(),
             last_checkpoint: Instant::now(),
         };
@@ -96,6 +103,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         // pages being written in memory (16 MiB kept the host's memory growing for minutes as
         // a busy store's cache filled).
         db.pragma_update(None, "cache_size", -4_000)?;
+        // The WAL file is cut back to this after a checkpoint (else it keeps its largest size).
+        db.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS sessions (
@@ -158,7 +167,12 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 }
 
 /// Reads session `id` from the store at `path` (on a thread that may block).
-pub(crate) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored>, StoreError> {
+pub(crate) fn load(
+    path: &Path,
+    id: &str,
+    ttl: Duration,
+    token_hash: Option<&str>,
+) -> Result<Option<Stored>, StoreError> {
     let db = Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -166,6 +180,16 @@ pub(crate) fn load(path: &Path, id: &str, ttl: Duration) -> Result<Option<Stored
     .map_err(unavailable)?;
     let _ = db.busy_timeout(Duration::from_secs(5));
     let read = || -> rusqlite::Result<Option<Stored>> {
+        if let Some(want) = token_hash {
+            let found: Option<String> = db
+                .query_row("SELECT token_hash FROM sessions WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if !found.is_some_and(|h| crate::secret::constant_time_eq(&h, want)) {
+                return Ok(None);
+            }
+        }
         let row = db
             .query_row(
                 "SELECT token_hash, settings, memory, running_input, last_active FROM sessions WHERE id = ?1",
@@ -242,7 +266,7 @@ fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
 
 impl Backend for SqliteBackend {
     fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError> {
-        apply(&mut self.db, batch).map_err(unavailable)
+        apply(&mut self.db, batch, self.events_bytes).map_err(unavailable)
     }
 
     fn tick(&mut self) -> Result<(), StoreError> {
@@ -267,9 +291,11 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// One transaction (rolled back whole on any error, so the batch can be retried).
-fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+/// One transaction (rolled back whole on any error, so the batch can be retried). A session
+/// whose turn ended keeps its newest `events_bytes` of events (whole chunks).
+fn apply(db: &mut Connection, batch: &[Op], events_bytes: usize) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
+    let mut ended: Vec<&str> = Vec::new();
     // A session's events of the batch are one row.
     let mut chunks = Chunks::default();
     for op in batch {
@@ -301,6 +327,7 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                     "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, memory, at])?;
+                ended.push(id);
             }
             Op::Delete { id } => {
                 chunks.discard(id);
@@ -314,6 +341,17 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
     }
     for c in chunks.into_chunks() {
         write_chunk(&tx, &c)?;
+    }
+    for id in ended {
+        // Chunks newest first: drop those behind `events_bytes` of newer ones.
+        tx.prepare_cached(
+            "DELETE FROM event_chunks WHERE rowid IN (
+                 SELECT rowid FROM (
+                     SELECT rowid, SUM(length(frames)) OVER (ORDER BY last_seq DESC) - length(frames) AS newer
+                     FROM event_chunks WHERE session = ?1)
+                 WHERE newer >= ?2)",
+        )?
+        .execute(params![id, events_bytes as i64])?;
     }
     tx.commit()
 }

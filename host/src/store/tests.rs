@@ -18,6 +18,7 @@ fn opts() -> StoreOptions {
         ttl: Duration::from_secs(3600),
         buffer_bytes: 64 << 20,
         ack_timeout: Duration::from_secs(1),
+        events_bytes: 256 * 1024,
     }
 }
 
@@ -37,7 +38,7 @@ async fn a_session_round_trips_and_its_events_are_bounded() {
     }
     d.turn_start("s1", "\"hi\"".into());
     d.commit().await.unwrap();
-    let s = d.load("s1").await.unwrap().unwrap();
+    let s = d.load("s1", None).await.unwrap().unwrap();
     assert_eq!(s.token_hash, hash_token("tok"));
     // Whole chunks are kept: at least the newest EVENTS_KEPT, in order, each with its seq.
     let n = s.events.len() as u64;
@@ -49,7 +50,7 @@ async fn a_session_round_trips_and_its_events_are_bounded() {
     assert_eq!(s.running_input.as_deref(), Some("\"hi\""));
     d.delete("s1");
     assert!(d.flush_blocking(Duration::from_secs(5)));
-    assert!(d.load("s1").await.unwrap().is_none());
+    assert!(d.load("s1", None).await.unwrap().is_none());
     // Not a store: a clear error.
     std::fs::write(
         dir.join("junk.db"),
@@ -77,6 +78,6 @@ async fn a_commit_does_not_wait_for_the_tick() {
         d.commit().await.unwrap();
     }
     assert!(t.elapsed() < FLUSH_EVERY * 15, "{:?}", t.elapsed());
-    assert!(d.load("s19").await.unwrap().is_some());
+    assert!(d.load("s19", None).await.unwrap().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
