@@ -367,7 +367,7 @@ mod tests {
         let path = dir.join("s.db");
         let token = "0123456789abcdef0123456789abcdef";
         {
-            let b = SqliteBackend::open(&path, Duration::from_secs(3600)).unwrap();
+            let b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
             let frames = format!(
                 "{{\"event\":\"agent.session_created\",\"resume_token\":\"{token}\",\"agent\":{{}},\"session_id\":\"s\",\"seq\":1}}"
             );
@@ -377,7 +377,7 @@ mod tests {
             )
             .unwrap();
         }
-        let b = SqliteBackend::open(&path, Duration::from_secs(3600)).unwrap();
+        let b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
         let frames: String =
             b.db.query_row("SELECT frames FROM event_chunks", [], |r| r.get(0))
                 .unwrap();
