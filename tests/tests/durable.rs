@@ -154,9 +154,13 @@ async fn idle_sessions_expire_after_the_ttl_and_outlive_the_resume_window_within
     let dir = TempDir::new("durable-ttl");
     let store = dir.path().join("sessions.db");
     let llm = FakeLlm::start();
-    // Gone from memory after 1 s, but still in the store.
+    // Gone from memory after 1 s, but still in the store (it has a finished turn: a session
+    // never used is not kept once it leaves memory, `store.rs`).
     let host = start(&llm, &store, &["--resume-window", "1"]);
-    let (c, sid, token) = Client::with_session(&host.ws_url()).await;
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "kept"}]));
+    c.ask(&sid, "keep this session").await;
+    c.until("agent.ready").await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(1800)).await;
     assert_eq!(host.http_health_sessions(), 0);
@@ -166,7 +170,10 @@ async fn idle_sessions_expire_after_the_ttl_and_outlive_the_resume_window_within
 
     // With a TTL of 1 s, a session idle for longer is gone.
     let host = start(&llm, &store, &["--session-ttl", "1"]);
-    let (c, sid, token) = Client::with_session(&host.ws_url()).await;
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    llm.script(json!([{"text": "kept"}]));
+    c.ask(&sid, "keep this one too").await;
+    c.until("agent.ready").await;
     drop(c);
     drop(host);
     tokio::time::sleep(Duration::from_millis(2500)).await;
