@@ -123,6 +123,8 @@ pub struct Metrics {
     pub plugin_worker_crashes: Counter,
     /// Bytes of plugin workers' stdout/stderr lines past 8 KiB, dropped.
     pub plugin_worker_output_dropped: Counter,
+    /// Model tokens per (agent, model): input, output, cached input, reasoning.
+    llm_tokens: std::sync::Mutex<std::collections::BTreeMap<(String, String), [u64; 4]>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,7 +196,46 @@ impl Metrics {
         }
         self.llm_latency
             .render(&mut out, "myagent_llm_call_seconds", "Model call duration.");
+        self.render_tokens(&mut out);
         out
+    }
+
+    /// Adds one model call's tokens (input, output, cached input, reasoning) of `agent` on
+    /// `model` (labels by agent and model only: a label per user would grow without bound).
+    pub fn count_tokens(&self, agent: &str, model: &str, tokens: [u64; 4]) {
+        let mut all = self.llm_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (agent.to_owned(), model.to_owned());
+        let row = all.entry(key).or_default();
+        for (t, n) in row.iter_mut().zip(tokens) {
+            *t += n;
+        }
+    }
+
+    fn render_tokens(&self, out: &mut String) {
+        let all = self.llm_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if all.is_empty() {
+            return;
+        }
+        let name = "myagent_llm_tokens_total";
+        let _ = writeln!(out, "# HELP {name} Model tokens by agent, model and direction (cached_input is part of input, reasoning part of output).\n# TYPE {name} counter");
+        for ((agent, model), row) in all.iter() {
+            let esc = |v: &str| {
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', " ")
+            };
+            for (dir, n) in ["input", "output", "cached_input", "reasoning"]
+                .iter()
+                .zip(row)
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{agent=\"{}\",model=\"{}\",direction=\"{dir}\"}} {n}",
+                    esc(agent),
+                    esc(model)
+                );
+            }
+        }
     }
 }
 

@@ -63,6 +63,11 @@ pub struct Step {
     /// Send this SSE body as is (a provider's stream shape, from `tests/fixtures/providers/`),
     /// one event (up to a blank line) per write, `delay_ms` apart.
     pub raw_sse: Option<String>,
+    /// The `usage` object to report (default: 10 prompt tokens a message, a completion token
+    /// per 4 characters of text).
+    pub usage: Option<Value>,
+    /// Report no usage at all (as some providers do).
+    pub no_usage: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -325,7 +330,13 @@ async fn respond(step: Step, request: &Value, opts: &Options) -> Response<Body> 
             .collect();
         return stream_response(chunks, step.delay_ms.unwrap_or(opts.token_delay_ms));
     }
-    let usage = json!({"prompt_tokens": request["messages"].as_array().map_or(0, |m| m.len() * 10), "completion_tokens": step.text.len() / 4 + 1});
+    let usage = match (&step.usage, step.no_usage) {
+        (_, true) => Value::Null,
+        (Some(u), false) => u.clone(),
+        (None, false) => {
+            json!({"prompt_tokens": request["messages"].as_array().map_or(0, |m| m.len() * 10), "completion_tokens": step.text.len() / 4 + 1})
+        }
+    };
     if step.non_streaming {
         let calls: Vec<Value> = step.tool_calls.iter().enumerate().map(|(i, c)| json!({"id": format!("call_{i}"), "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect();
         let msg = json!({"role": "assistant", "content": step.text, "tool_calls": if calls.is_empty() { Value::Null } else { Value::Array(calls) }});

@@ -47,7 +47,7 @@ async fn a_session_survives_kill_9_and_its_history_reaches_the_model() {
     c.ask(&sid, "What is my name?").await;
     let answer = c.until("agent.final_answer").await;
     assert_eq!(answer["content"], "You are Ada.");
-    assert_eq!(answer["seq"].as_u64().unwrap(), last_seq + 3); // thinking, partial, final
+    assert_eq!(answer["seq"].as_u64().unwrap(), last_seq + 4); // thinking, partial, usage, final
     let req = llm.requests().pop().unwrap();
     assert_eq!(
         texts_of(&req, "user"),

@@ -38,6 +38,8 @@ fn agent_config() -> AgentConfig {
         memory_budget_chars: 48_000,
         answer_holdback_chars: 80,
         require_approval: Vec::new(),
+        prices: None,
+        session_budget: Default::default(),
         approval_timeout: Duration::from_secs(5),
     }
 }

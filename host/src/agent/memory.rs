@@ -13,6 +13,8 @@ pub struct Memory {
     budget_chars: usize,
     /// Turns trimmed away so far.
     dropped_turns: u64,
+    /// The session's model usage over its life (stored with the memory).
+    pub usage: crate::agent::usage::UsageTotals,
 }
 
 impl Memory {
@@ -21,13 +23,14 @@ impl Memory {
             messages: Vec::new(),
             budget_chars,
             dropped_turns: 0,
+            usage: Default::default(),
         }
     }
 
     /// The memory as the session store keeps it — the one definition of that format:
-    /// `{"messages": [...], "dropped_turns": N}`.
+    /// `{"messages": [...], "dropped_turns": N, "usage": {...}}`.
     pub fn to_stored(&self) -> String {
-        serde_json::json!({"messages": self.messages, "dropped_turns": self.dropped_turns})
+        serde_json::json!({"messages": self.messages, "dropped_turns": self.dropped_turns, "usage": self.usage})
             .to_string()
     }
 
@@ -37,12 +40,15 @@ impl Memory {
         struct Saved {
             messages: Vec<ChatMessage>,
             dropped_turns: u64,
+            #[serde(default)]
+            usage: crate::agent::usage::UsageTotals,
         }
         let saved: Saved = serde_json::from_str(stored).unwrap_or_default();
         Memory {
             messages: saved.messages,
             budget_chars,
             dropped_turns: saved.dropped_turns,
+            usage: saved.usage,
         }
     }
 

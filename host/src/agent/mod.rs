@@ -17,6 +17,7 @@ mod run;
 pub(crate) mod settings;
 mod stream;
 pub(crate) mod trace;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,8 @@ pub enum FinishReason {
     Terminated,
     /// `max_steps` was reached.
     MaxSteps,
+    /// The session's budget was spent; no further model call was made.
+    BudgetReached,
 }
 
 impl FinishReason {
@@ -96,6 +99,7 @@ impl FinishReason {
             FinishReason::Answer => "answer",
             FinishReason::Terminated => "terminate",
             FinishReason::MaxSteps => "max_steps",
+            FinishReason::BudgetReached => "budget_reached",
         }
     }
 }
@@ -124,6 +128,11 @@ pub struct AgentConfig {
     pub require_approval: Vec<String>,
     /// A call not decided within this is denied.
     pub approval_timeout: Duration,
+    /// Dollars per million tokens per model (`--prices`); None: costs are not reported.
+    pub prices: Option<Arc<usage::Prices>>,
+    /// Every session's budget (`--session-token-budget`, `--session-cost-budget`); a session
+    /// may tighten it (`agent_config.budget`).
+    pub session_budget: usage::Budget,
 }
 
 impl AgentConfig {

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::act::act;
 use super::stream::StepStream;
 use super::trace::trace;
+use super::usage::CallUsage;
 use super::{AgentEvent, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Content, ToolSpec};
 use myagent_plugin_api::TERMINATE_TOOL;
@@ -190,6 +191,20 @@ async fn think(
         tools: plan.tools.clone(),
         temperature: plan.temperature,
     };
+    // The budget is checked before the call, never after the money is spent.
+    if let Some(why) = ctx
+        .settings
+        .budget(ctx.config.session_budget)
+        .spent(&memory.usage)
+    {
+        tracing::info!(session_id = ctx.session_id, step, "session budget reached");
+        memory.push(ChatMessage::assistant(Some(why.clone()), Vec::new()));
+        return Thought::Stop(RunOutcome::Finished {
+            answer: why,
+            reason: FinishReason::BudgetReached,
+            steps: step,
+        });
+    }
     let t0 = Instant::now();
     let mut stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
     let mut resp = call_model(ctx, &req, &mut stream).await;
@@ -231,10 +246,17 @@ async fn think(
             });
         }
     };
-    if let Some(u) = resp.usage {
-        ctx.metrics.llm_prompt_tokens.add(u.prompt_tokens);
-        ctx.metrics.llm_completion_tokens.add(u.completion_tokens);
-    }
+    let call = CallUsage::of(&req, &resp);
+    memory
+        .usage
+        .add_call(&call, &plan.model, ctx.config.prices.as_deref());
+    ctx.metrics.llm_prompt_tokens.add(call.input);
+    ctx.metrics.llm_completion_tokens.add(call.output);
+    ctx.metrics.count_tokens(
+        &ctx.manifest.name,
+        &plan.model,
+        [call.input, call.output, call.cached_input, call.reasoning],
+    );
     trace(
         ctx,
         json!({"kind": "model_call", "session_id": ctx.session_id, "step": step, "model": plan.model,

@@ -7,6 +7,30 @@ use serde_json::{Map, Value};
 use crate::plugin::Manifest;
 use myagent_plugin_api::SessionOverrides;
 
+/// `agent_config.budget`: `{"tokens": N, "cost_usd": X}` (either or both; it can only tighten
+/// the host's budget, so any value is allowed).
+fn budget(value: &Value) -> Result<crate::agent::usage::Budget, String> {
+    let bad = || {
+        "`agent_config.budget` must be {\"tokens\": positive integer, \"cost_usd\": positive number}".to_owned()
+    };
+    let obj = value.as_object().ok_or_else(bad)?;
+    let mut b = crate::agent::usage::Budget::default();
+    for (k, v) in obj {
+        match k.as_str() {
+            "tokens" => b.tokens = Some(v.as_u64().filter(|n| *n > 0).ok_or_else(bad)?),
+            "cost_usd" => {
+                b.cost_usd = Some(
+                    v.as_f64()
+                        .filter(|x| x.is_finite() && *x > 0.0)
+                        .ok_or_else(bad)?,
+                )
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(b)
+}
+
 /// A session's own settings; `None` keeps the agent's.
 /// Serialized as the client sees it in `agent.session_created` (unset fields left out).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -20,9 +44,12 @@ pub struct SessionSettings {
     /// Appended to the system prompt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<String>,
+    /// A budget of the session's own, within the host's (the tighter of the two applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::agent::usage::Budget>,
 }
 
-const FIELDS: &str = "model, temperature, max_steps, instructions";
+const FIELDS: &str = "model, temperature, max_steps, instructions, budget";
 
 impl SessionSettings {
     /// Reads a client's `agent_config` object and checks each field against `manifest`'s
@@ -64,6 +91,7 @@ impl SessionSettings {
                             .to_owned(),
                     )
                 }
+                "budget" => s.budget = Some(budget(value)?),
                 other => {
                     return Err(format!(
                         "Unknown field `agent_config.{other}`; expected {FIELDS}"
@@ -73,6 +101,11 @@ impl SessionSettings {
         }
         s.check(manifest)?;
         Ok(s)
+    }
+
+    /// The budget a run of this session works within: the host's, tightened by the session's.
+    pub fn budget(&self, host: crate::agent::usage::Budget) -> crate::agent::usage::Budget {
+        self.budget.map_or(host, |b| host.tighter(b))
     }
 
     /// Whether `manifest`'s limits allow these settings (also re-checked after a hot reload).

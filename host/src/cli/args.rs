@@ -129,6 +129,17 @@ pub struct ServeArgs {
     /// A call that needs approval and gets no answer within this is denied.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub approval_timeout: u64,
+    /// Dollars per million tokens per model (TOML: `[models."NAME"] input = …, output = …,
+    /// cached_input = …`): usage events then carry `cost_usd`.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// Tokens (input + output, over all its model calls) a session may use; no model call is
+    /// made once it has (the run ends with reason `budget_reached`).
+    #[arg(long, value_name = "TOKENS")]
+    pub session_token_budget: Option<u64>,
+    /// Dollars a session may spend (needs --prices for its models).
+    #[arg(long, value_name = "USD")]
+    pub session_cost_budget: Option<f64>,
     /// Tool outputs longer than this (characters) are truncated before the model sees them.
     #[arg(long, default_value_t = 8000)]
     pub max_tool_output: usize,

@@ -219,8 +219,23 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
     }
 }
 
-pub fn agent_config(args: &ServeArgs) -> AgentConfig {
-    AgentConfig {
+pub fn agent_config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
+    let prices = match &args.prices {
+        Some(p) => Some(std::sync::Arc::new(
+            myagent_host::agent::usage::Prices::load(p).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    if args.session_cost_budget.is_some() && prices.is_none() {
+        anyhow::bail!("--session-cost-budget needs --prices (the dollars per token of each model)");
+    }
+    if args
+        .session_cost_budget
+        .is_some_and(|c| !c.is_finite() || c <= 0.0)
+    {
+        anyhow::bail!("--session-cost-budget must be a positive number of dollars");
+    }
+    Ok(AgentConfig {
         default_model: args.model.clone(),
         tool_timeout: Duration::from_secs(args.tool_timeout.max(1)),
         max_tool_output_chars: args.max_tool_output.max(100),
@@ -228,7 +243,12 @@ pub fn agent_config(args: &ServeArgs) -> AgentConfig {
         answer_holdback_chars: args.answer_holdback,
         require_approval: args.require_approval.clone(),
         approval_timeout: Duration::from_secs(args.approval_timeout.max(1)),
-    }
+        prices,
+        session_budget: myagent_host::agent::usage::Budget {
+            tokens: args.session_token_budget,
+            cost_usd: args.session_cost_budget,
+        },
+    })
 }
 
 pub fn llm_config(args: &ServeArgs) -> LlmConfig {

@@ -35,7 +35,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .load(&args.plugin, 1)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let agent_config = config::agent_config(&args);
+    let agent_config = config::agent_config(&args)?;
     describe_agent(&args, &loaded.manifest, &agent_config);
     let auth_tokens = config::auth_tokens(&args)?;
     if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {

@@ -2,6 +2,7 @@
 //! becomes a frame (a session's events also get `session_id` and `seq`; every frame a
 //! `timestamp`).
 
+use crate::agent::usage::UsageTotals;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -166,8 +167,10 @@ pub struct ToolResultMeta {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FinalMeta {
     pub steps: u32,
-    /// "answer", "terminate" or "max_steps".
+    /// "answer", "terminate", "max_steps" or "budget_reached".
     pub reason: &'static str,
+    /// The run's model usage.
+    pub usage: UsageTotals,
 }
 
 /// Everything the server sends (besides a plugin's own custom events). Session events get
@@ -223,6 +226,14 @@ pub enum ServerEvent {
         /// their `agent.tool_approval_required` was among the replayed events.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         pending_approvals: Vec<crate::agent::PendingApproval>,
+        /// The session's model usage over its life.
+        usage: UsageTotals,
+    },
+    /// A run's model usage and the session's totals, before its `agent.ready`.
+    #[serde(rename = "agent.usage")]
+    Usage {
+        run: UsageTotals,
+        session: UsageTotals,
     },
     #[serde(rename = "agent.session_closed")]
     SessionClosed,
@@ -291,7 +302,7 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 impl ServerEvent {
     /// Every event name, in the order of the enum (checked against docs/protocol.md).
-    pub const NAMES: [&'static str; 19] = [
+    pub const NAMES: [&'static str; 20] = [
         "system.connected",
         "system.plugin_reloaded",
         "system.plugin_reload_failed",
@@ -311,6 +322,7 @@ impl ServerEvent {
         "agent.history",
         "agent.tool_approval_required",
         "system.plugin_crashed",
+        "agent.usage",
     ];
 
     /// The `event` name of an encoded frame (one this module wrote — on this host or, for a
@@ -348,6 +360,7 @@ impl ServerEvent {
             ServerEvent::History { .. } => 16,
             ServerEvent::ToolApprovalRequired { .. } => 17,
             ServerEvent::PluginCrashed { .. } => 18,
+            ServerEvent::Usage { .. } => 19,
         };
         Self::NAMES[i]
     }

@@ -103,6 +103,7 @@ impl Sessions {
             {
                 let mut slot = session.agent.lock().await;
                 slot.memory = Memory::from_stored(&stored.memory, budget_chars);
+                session.set_usage(slot.memory.usage);
                 if !finished {
                     if let Some(input) = &stored.running_input {
                         close_lost_turn(&mut slot.memory, input);

@@ -111,6 +111,8 @@ struct Inner {
     live_frame: Option<(u64, Utf8Bytes)>,
     /// Messages this session may still send (`--max-runs-per-minute`); None until the first.
     runs: Option<super::rate::Bucket>,
+    /// The session's model usage as of its last turn's end (for `agent.session_resumed`).
+    pub(super) usage: crate::agent::usage::UsageTotals,
 }
 
 impl Drop for Session {
@@ -177,6 +179,7 @@ impl Session {
             left: false,
             live_frame: None,
             runs: None,
+            usage: slot.memory.usage,
         };
         Session {
             shared_id: Arc::from(id.as_str()),
@@ -444,6 +447,11 @@ impl Session {
             .runs
             .get_or_insert_with(|| super::rate::Bucket::full(per_minute, now))
             .take(per_minute, now)
+    }
+
+    /// The session's usage totals as of the turn that just ended.
+    pub fn set_usage(&self, usage: crate::agent::usage::UsageTotals) {
+        self.lock().usage = usage;
     }
 
     /// Binds the session to another build's instance (a hot reload).

@@ -11,6 +11,7 @@ use super::event::{
     ToolResultMeta,
 };
 use super::log::{Bound, Session};
+use crate::agent::usage::UsageTotals;
 use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
 use crate::llm::Content;
 use crate::metrics::Metrics;
@@ -92,9 +93,17 @@ async fn run_turn(
             serde_json::to_string(content).unwrap_or_default(),
         );
     }
+    let before = memory.usage;
     let outcome = run_agent(&ctx, memory, content).await;
+    let run = memory.usage.since(&before);
+    session.set_usage(memory.usage);
+    let usage = ServerEvent::Usage {
+        run,
+        session: memory.usage,
+    };
+    session.emit(&usage, &runtime.metrics);
     let Some(d) = store else {
-        return session.finish_run(&final_event(outcome), &runtime.metrics, false);
+        return session.finish_run(&final_event(outcome, run), &runtime.metrics, false);
     };
     // Acknowledged means durable: `agent.ready` reaches the client once the turn's end (its
     // events, the memory) is committed, or `--store-ack-timeout` passed.
@@ -102,7 +111,7 @@ async fn run_turn(
     session
         .kept
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let next = session.finish_run(&final_event(outcome), &runtime.metrics, true);
+    let next = session.finish_run(&final_event(outcome, run), &runtime.metrics, true);
     if next.is_none() {
         if let Err(e) = d.commit().await {
             tracing::warn!(session_id = %session.id, error = %e, "turn acknowledged before the store confirmed it");
@@ -113,7 +122,7 @@ async fn run_turn(
 }
 
 /// How a run's end reads to the client: the one route for every way a run ends.
-fn final_event(outcome: RunOutcome) -> ServerEvent {
+fn final_event(outcome: RunOutcome, usage: UsageTotals) -> ServerEvent {
     match outcome {
         RunOutcome::Finished {
             answer,
@@ -124,6 +133,7 @@ fn final_event(outcome: RunOutcome) -> ServerEvent {
             metadata: FinalMeta {
                 steps,
                 reason: reason.as_str(),
+                usage,
             },
         },
         RunOutcome::Failed { message } => ServerEvent::error(ErrorCode::RunFailed, message),

@@ -51,6 +51,7 @@ impl Session {
             replayed: missed.len(),
             recovered,
             pending_approvals: self.approvals.pending(),
+            usage: inner.usage,
         };
         send_about(&*conn, Some(&self.id), &header);
         conn.send_batch(missed);
