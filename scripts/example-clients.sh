@@ -20,8 +20,9 @@ URL="ws://127.0.0.1:$PORT"
 check() { # name, output
   echo "--- $1"; echo "$2"
   echo "$2" | grep -q "tool call: get_weather" && echo "$2" | grep -q "answer: .*Paris: " \
+    && echo "$2" | grep -q "^usage: [0-9]* in / [0-9]* out tokens, 2 model call(s)" \
     && echo "$2" | grep -q "^reasoning: Let me look up the weather in Paris" \
-    || { echo "$1: expected the reasoning, a get_weather call and an answer about Paris" >&2; exit 1; }
+    || { echo "$1: expected the reasoning, a get_weather call, a usage line and an answer about Paris" >&2; exit 1; }
 }
 check "python (websockets)" "$("$PY" examples/clients/python_client.py "$URL" "What's the weather in Paris?")"
 if [ -d examples/clients/node_modules/ws ]; then

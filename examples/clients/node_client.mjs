@@ -75,6 +75,9 @@ ws.on("message", async (data) => {
     case "agent.tool_result":
       say("tool result:", message.content);
       break;
+    case "agent.usage":
+      say("usage:", usageLine(message.run), "· session:", usageLine(message.session));
+      break;
     case "agent.final_answer":
       say("answer:", message.content);
       ws.close();
@@ -91,3 +94,10 @@ ws.on("error", (e) => {
   console.error("connection failed:", e.message);
   process.exitCode = 1;
 });
+
+/** `agent.usage`'s totals in one line: tokens in and out, model calls, dollars if priced. */
+function usageLine(u) {
+  let line = `${u.input_tokens} in / ${u.output_tokens} out tokens, ${u.model_calls} model call(s)`;
+  if (u.cost_usd !== undefined) line += `, $${u.cost_usd.toFixed(6)}`;
+  return line + (u.estimated ? " (estimated)" : "");
+}

@@ -77,12 +77,22 @@ async def main(url: str, question: str, policy: str = "ask") -> None:
                 await ws.send(json.dumps(await decide(message, policy)))
             elif event == "agent.tool_result":
                 say("tool result:", message["content"])
+            elif event == "agent.usage":
+                say("usage:", usage_line(message["run"]), "· session:", usage_line(message["session"]))
             elif event == "agent.final_answer":
                 say("answer:", message["content"])
                 break
             elif event == "agent.error":
                 say("error:", message["error"])
                 sys.exit(1)
+
+
+def usage_line(u):
+    """`agent.usage`'s totals in one line: tokens in and out, model calls, dollars if priced."""
+    line = f"{u['input_tokens']} in / {u['output_tokens']} out tokens, {u['model_calls']} model call(s)"
+    if "cost_usd" in u:
+        line += f", ${u['cost_usd']:.6f}"
+    return line + (" (estimated)" if u.get("estimated") else "")
 
 
 if __name__ == "__main__":

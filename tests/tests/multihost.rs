@@ -57,7 +57,7 @@ async fn a_session_made_on_one_host_is_resumed_on_another_with_its_history() {
     llm.script(json!([{"text": "The word was kiwi."}]));
     c.ask(&sid, "Which word?").await;
     let answer = c.until("agent.final_answer").await;
-    assert_eq!(answer["seq"].as_u64().unwrap(), last_seq + 3);
+    assert_eq!(answer["seq"].as_u64().unwrap(), last_seq + 4); // thinking, partial, usage, final
     let req = llm.requests().pop().unwrap();
     assert_eq!(
         texts_of(&req, "user"),
@@ -68,9 +68,9 @@ async fn a_session_made_on_one_host_is_resumed_on_another_with_its_history() {
     drop(c);
 
     // Back on A, whose own copy is now stale: it restores the store's (with B's turn).
-    let (mut c, resumed) = resume(&a, &sid, &token, last_seq + 4).await;
+    let (mut c, resumed) = resume(&a, &sid, &token, last_seq + 5).await;
     assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
-    assert_eq!(resumed["last_seq"], last_seq + 4);
+    assert_eq!(resumed["last_seq"], last_seq + 5); // + thinking, partial, usage, final, ready
     llm.script(json!([{"text": "Still kiwi."}]));
     c.ask(&sid, "And now?").await;
     c.until("agent.final_answer").await;

@@ -199,7 +199,8 @@ struct SmallDisk(std::path::PathBuf);
 impl SmallDisk {
     fn mount(dir: &Path) -> Option<SmallDisk> {
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            // 0700: a store's directory must be private (a tmpfs is 1777 by default).
+            .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());

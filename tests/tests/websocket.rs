@@ -63,7 +63,7 @@ async fn the_documents_flow_reaches_a_final_answer_with_a_tool_call() {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     assert!(c.seen.iter().all(|e| e["timestamp"].is_string()));
     // Order: thinking (the step, then the reasoning before the call), tool_call, tool_result,
-    // thinking, the answer, final_answer, ready.
+    // thinking, the answer, usage, final_answer, ready.
     let mut order: Vec<&str> = c
         .seen
         .iter()
@@ -80,6 +80,7 @@ async fn the_documents_flow_reaches_a_final_answer_with_a_tool_call() {
             "agent.tool_result",
             "agent.thinking",
             "agent.partial_answer",
+            "agent.usage",
             "agent.final_answer"
         ]
     );

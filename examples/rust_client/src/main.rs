@@ -86,6 +86,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ws.send(Message::text(reply.to_string())).await?;
             }
             "agent.tool_result" => println!("tool result: {content}"),
+            "agent.usage" => println!(
+                "usage: {} · session: {}",
+                usage_line(&m["run"]),
+                usage_line(&m["session"])
+            ),
             "agent.final_answer" => {
                 println!("answer: {content}");
                 ws.close(None).await?;
@@ -122,4 +127,22 @@ impl Policy {
             }
         }
     }
+}
+
+/// `agent.usage`'s totals in one line: tokens in and out, model calls, dollars if priced.
+fn usage_line(u: &serde_json::Value) -> String {
+    let n = |k: &str| u[k].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "{} in / {} out tokens, {} model call(s)",
+        n("input_tokens"),
+        n("output_tokens"),
+        n("model_calls")
+    );
+    if let Some(cost) = u["cost_usd"].as_f64() {
+        line.push_str(&format!(", ${cost:.6}"));
+    }
+    if u["estimated"] == true {
+        line.push_str(" (estimated)");
+    }
+    line
 }

@@ -191,19 +191,8 @@ async fn think(
         tools: plan.tools.clone(),
         temperature: plan.temperature,
     };
-    // The budget is checked before the call, never after the money is spent.
-    if let Some(why) = ctx
-        .settings
-        .budget(ctx.config.session_budget)
-        .spent(&memory.usage)
-    {
-        tracing::info!(session_id = ctx.session_id, step, "session budget reached");
-        memory.push(ChatMessage::assistant(Some(why.clone()), Vec::new()));
-        return Thought::Stop(RunOutcome::Finished {
-            answer: why,
-            reason: FinishReason::BudgetReached,
-            steps: step,
-        });
+    if let Some(stop) = budget_spent(ctx, memory, step) {
+        return stop;
     }
     let t0 = Instant::now();
     let mut stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
@@ -246,17 +235,7 @@ async fn think(
             });
         }
     };
-    let call = CallUsage::of(&req, &resp);
-    memory
-        .usage
-        .add_call(&call, &plan.model, ctx.config.prices.as_deref());
-    ctx.metrics.llm_prompt_tokens.add(call.input);
-    ctx.metrics.llm_completion_tokens.add(call.output);
-    ctx.metrics.count_tokens(
-        &ctx.manifest.name,
-        &plan.model,
-        [call.input, call.output, call.cached_input, call.reasoning],
-    );
+    account(ctx, &plan.model, &req, &resp, memory);
     trace(
         ctx,
         json!({"kind": "model_call", "session_id": ctx.session_id, "step": step, "model": plan.model,
@@ -276,6 +255,43 @@ async fn think(
     } else {
         Thought::Act(resp)
     }
+}
+
+/// The session's budget is checked before a model call, never after the money is spent: once
+/// it is, the run stops here with `budget_reached` (and the reason closes the turn in memory).
+fn budget_spent(ctx: &RunContext<'_>, memory: &mut Memory, step: u32) -> Option<Thought> {
+    let why = ctx
+        .settings
+        .budget(ctx.config.session_budget)
+        .spent(&memory.usage)?;
+    tracing::info!(session_id = ctx.session_id, step, "session budget reached");
+    memory.push(ChatMessage::assistant(Some(why.clone()), Vec::new()));
+    Some(Thought::Stop(RunOutcome::Finished {
+        answer: why,
+        reason: FinishReason::BudgetReached,
+        steps: step,
+    }))
+}
+
+/// Adds a model call's usage to the session (and so the run) and to the metrics.
+fn account(
+    ctx: &RunContext<'_>,
+    model: &str,
+    req: &ChatRequest,
+    resp: &ChatResponse,
+    memory: &mut Memory,
+) {
+    let call = CallUsage::of(req, resp);
+    memory
+        .usage
+        .add_call(&call, model, ctx.config.prices.as_deref());
+    ctx.metrics.llm_prompt_tokens.add(call.input);
+    ctx.metrics.llm_completion_tokens.add(call.output);
+    ctx.metrics.count_tokens(
+        &ctx.manifest.name,
+        model,
+        [call.input, call.output, call.cached_input, call.reasoning],
+    );
 }
 
 /// One model call streaming into `stream`; `None` when the run was cancelled meanwhile.
