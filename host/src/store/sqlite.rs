@@ -26,6 +26,12 @@ pub(crate) struct SqliteBackend {
     ttl: Duration,
     /// Bytes of a session's newest stored events kept when its turn ends.
     events_bytes: usize,
+    /// Sessions whose turn ended and whose old events are to be cut (in `tick`, after the
+    /// commit an acknowledgement waits for, a few at a time).
+    trims: std::collections::BTreeSet<String>,
+    /// Bytes of events this process wrote per session since its last cut: a session is cut
+    /// only when it may hold more than `events_bytes` (most never do; no query for them).
+    written: std::collections::HashMap<String, usize>,
     last_sweep: Instant,
     last_checkpoint: Instant,
 }
@@ -73,6 +79,8 @@ impl SqliteBackend {
             db,
             ttl,
             events_bytes,
+            trims: Default::default(),
+            written: Default::default(),
             last_sweep: Instant::now(),
             last_checkpoint: Instant::now(),
         };
@@ -266,10 +274,42 @@ fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
 
 impl Backend for SqliteBackend {
     fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError> {
-        apply(&mut self.db, batch, self.events_bytes).map_err(unavailable)
+        apply(&mut self.db, batch).map_err(unavailable)?;
+        if self.written.len() > WRITTEN_KEPT {
+            self.written.clear(); // forgets only when to look; a cut computes real sizes
+        }
+        for op in batch {
+            match op {
+                Op::Event { id, frame, .. } => match self.written.get_mut(&**id) {
+                    Some(n) => *n += frame.len() + 1,
+                    None => {
+                        self.written.insert(id.to_string(), frame.len() + 1);
+                    }
+                },
+                Op::TurnEnd { id, .. } => {
+                    if self.written.get(id).is_some_and(|n| *n > self.events_bytes) {
+                        self.trims.insert(id.clone());
+                        self.written.insert(id.clone(), self.events_bytes);
+                    }
+                }
+                Op::Delete { id } => {
+                    self.trims.remove(id);
+                    self.written.remove(id);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn tick(&mut self) -> Result<(), StoreError> {
+        if !self.trims.is_empty() {
+            let some: Vec<String> = self.trims.iter().take(TRIMS_PER_TICK).cloned().collect();
+            trim(&mut self.db, &some, self.events_bytes).map_err(unavailable)?;
+            for id in &some {
+                self.trims.remove(id);
+            }
+        }
         if self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.last_checkpoint = Instant::now();
             self.db
@@ -291,11 +331,32 @@ impl Backend for SqliteBackend {
     }
 }
 
-/// One transaction (rolled back whole on any error, so the batch can be retried). A session
-/// whose turn ended keeps its newest `events_bytes` of events (whole chunks).
-fn apply(db: &mut Connection, batch: &[Op], events_bytes: usize) -> rusqlite::Result<()> {
+/// Sessions whose written bytes are tracked, at most (then the tracking starts over).
+const WRITTEN_KEPT: usize = 100_000;
+
+/// Sessions whose old events one `tick` cuts, at most.
+const TRIMS_PER_TICK: usize = 16;
+
+/// Each of `ids` keeps its newest `events_bytes` of events (whole chunks, newest first; the
+/// sizes come from the records' headers, `octet_length`, without reading the frames).
+fn trim(db: &mut Connection, ids: &[String], events_bytes: usize) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
-    let mut ended: Vec<&str> = Vec::new();
+    for id in ids {
+        tx.prepare_cached(
+            "DELETE FROM event_chunks WHERE rowid IN (
+                 SELECT rowid FROM (
+                     SELECT rowid, SUM(octet_length(frames)) OVER (ORDER BY last_seq DESC) - octet_length(frames) AS newer
+                     FROM event_chunks WHERE session = ?1)
+                 WHERE newer >= ?2)",
+        )?
+        .execute(params![id, events_bytes as i64])?;
+    }
+    tx.commit()
+}
+
+/// One transaction (rolled back whole on any error, so the batch can be retried).
+fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+    let tx = db.transaction()?;
     // A session's events of the batch are one row.
     let mut chunks = Chunks::default();
     for op in batch {
@@ -327,7 +388,6 @@ fn apply(db: &mut Connection, batch: &[Op], events_bytes: usize) -> rusqlite::Re
                     "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, memory, at])?;
-                ended.push(id);
             }
             Op::Delete { id } => {
                 chunks.discard(id);
@@ -341,17 +401,6 @@ fn apply(db: &mut Connection, batch: &[Op], events_bytes: usize) -> rusqlite::Re
     }
     for c in chunks.into_chunks() {
         write_chunk(&tx, &c)?;
-    }
-    for id in ended {
-        // Chunks newest first: drop those behind `events_bytes` of newer ones.
-        tx.prepare_cached(
-            "DELETE FROM event_chunks WHERE rowid IN (
-                 SELECT rowid FROM (
-                     SELECT rowid, SUM(length(frames)) OVER (ORDER BY last_seq DESC) - length(frames) AS newer
-                     FROM event_chunks WHERE session = ?1)
-                 WHERE newer >= ?2)",
-        )?
-        .execute(params![id, events_bytes as i64])?;
     }
     tx.commit()
 }
