@@ -286,11 +286,11 @@ impl Backend for SqliteBackend {
                         self.written.insert(id.to_string(), frame.len() + 1);
                     }
                 },
-                Op::TurnEnd { id, .. } => {
-                    if self.written.get(id).is_some_and(|n| *n > self.events_bytes) {
-                        self.trims.insert(id.clone());
-                        self.written.insert(id.clone(), self.events_bytes);
-                    }
+                Op::TurnEnd { id, .. }
+                    if self.written.get(id).is_some_and(|n| *n > self.events_bytes) =>
+                {
+                    self.trims.insert(id.clone());
+                    self.written.insert(id.clone(), self.events_bytes);
                 }
                 Op::Delete { id } => {
                     self.trims.remove(id);
