@@ -263,6 +263,8 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         image_urls: myagent_host::session::ImageUrls::Public,
         max_runs_per_minute: 60,
         max_runs_per_minute_per_ip: 0,
+        max_stored_sessions: 0,
+        max_stored_sessions_per_ip: 0,
     };
     let sessions = Sessions::new(
         config,

@@ -398,3 +398,51 @@ async fn what_a_client_leaves_in_the_store_is_bounded() {
         "{bytes} bytes of events stored in {chunks} chunks"
     );
 }
+
+/// Two sessions with a turn from one address, left behind (out of memory, stored): a third is
+/// refused by `--max-stored-sessions-per-ip 2` although memory holds none — and closing one
+/// makes room. `store` names the store.
+async fn stored_sessions_are_capped_per_address_on(store: &str) {
+    let llm = FakeLlm::start();
+    let h = host(
+        &llm,
+        store,
+        &["--resume-window", "1", "--max-stored-sessions-per-ip", "2"],
+    );
+    let (first, first_token, _) = session_with_a_turn(&h, &llm, "one").await;
+    session_with_a_turn(&h, &llm, "two").await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(h.http_health_sessions(), 0, "both left memory");
+    let mut c = Client::connect(&h.ws_url()).await;
+    c.send(json!({"event": "user.create_session"})).await;
+    let e = c.until_any(&["agent.error", "agent.session_created"]).await;
+    assert_eq!(e["code"], "too_many_sessions", "{store}: {e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("stored sessions from your address (limit 2)"),
+        "{e}"
+    );
+    // Closing a stored session (resumed) deletes it from the store: room again.
+    let (mut r, resumed) = Client::resume(&h.ws_url(), &first, &first_token, 0).await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    r.send(json!({"event": "user.close_session", "session_id": first}))
+        .await;
+    r.until("agent.session_closed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the delete's write
+    c.send(json!({"event": "user.create_session"})).await;
+    let ok = c.until_any(&["agent.error", "agent.session_created"]).await;
+    assert_eq!(ok["event"], "agent.session_created", "{store}: {ok}");
+}
+
+/// Security round 3, item 9: the session caps also count what the store holds.
+#[tokio::test]
+async fn stored_sessions_are_capped_per_address() {
+    let dir = TempDir::new("store-capped");
+    let url = format!("sqlite:{}", dir.path().join("s.db").display());
+    stored_sessions_are_capped_per_address_on(&url).await;
+    if let Some(redis) = Redis::start() {
+        stored_sessions_are_capped_per_address_on(&redis.url()).await;
+    }
+}

@@ -277,6 +277,13 @@ pub struct ServeArgs {
     /// --trusted-proxy so that the address is the client's.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub max_runs_per_minute_per_ip: u32,
+    /// Sessions the session store may hold (kept for --session-ttl after they leave memory);
+    /// a new session past it is refused (too_many_sessions). 0: no limit.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub max_stored_sessions: u64,
+    /// The same for the sessions one client address made.
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    pub max_stored_sessions_per_ip: u64,
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub shutdown_timeout: u64,
 

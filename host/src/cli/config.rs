@@ -216,6 +216,8 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
         image_urls: args.image_urls,
         max_runs_per_minute: args.max_runs_per_minute,
         max_runs_per_minute_per_ip: args.max_runs_per_minute_per_ip,
+        max_stored_sessions: args.max_stored_sessions,
+        max_stored_sessions_per_ip: args.max_stored_sessions_per_ip,
     }
 }
 

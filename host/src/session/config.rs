@@ -27,6 +27,10 @@ pub struct SessionConfig {
     pub max_runs_per_minute: u32,
     /// Messages one client address may send a minute, over its sessions; 0: no limit.
     pub max_runs_per_minute_per_ip: u32,
+    /// Sessions the store may hold (they outlive memory for `--session-ttl`); 0: no limit.
+    pub max_stored_sessions: u64,
+    /// The same for the sessions one client address made.
+    pub max_stored_sessions_per_ip: u64,
 }
 
 /// Which image URLs the host passes on to the model provider. The host never fetches them; a

@@ -24,6 +24,9 @@ impl Sessions {
         if let Err(why) = self.registry.room(client.ip) {
             return self.refuse(client, None, why);
         }
+        if let Err(why) = self.stored_room(client).await {
+            return self.refuse(client, None, why);
+        }
         let plugin = self.runtime.plugin.current();
         let settings =
             match agent_config.map(|c| SessionSettings::from_request(&c, &plugin.manifest)) {
@@ -64,6 +67,7 @@ impl Sessions {
                 &id,
                 crate::store::hash_token(&token),
                 serde_json::to_string(&settings).unwrap_or_default(),
+                client.ip,
             );
         }
         self.runtime.metrics.sessions.inc();
@@ -101,6 +105,30 @@ impl Sessions {
     }
 
     /// A new agent instance from `plugin`'s factory; a failure is told to `client`.
+    /// Whether the store has room for one more session of `client` (its caps count what the
+    /// store holds, not only memory). A store that cannot be read does not refuse: the
+    /// session is made and its writes buffered, as for any outage.
+    async fn stored_room(&self, client: &Client) -> Result<(), SessionRefusal> {
+        let (all, per_ip) = (
+            self.config.max_stored_sessions,
+            self.config.max_stored_sessions_per_ip,
+        );
+        let Some(store) = self.store.as_ref().filter(|_| all > 0 || per_ip > 0) else {
+            return Ok(());
+        };
+        match store.count_stored(client.ip, (all, per_ip)).await {
+            Ok((n, _)) if all > 0 && n >= all => Err(SessionRefusal::Stored(all)),
+            Ok((_, mine)) if per_ip > 0 && mine >= per_ip => {
+                Err(SessionRefusal::StoredAddress(per_ip))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count stored sessions; not refusing");
+                Ok(())
+            }
+        }
+    }
+
     pub(super) async fn instantiate(
         &self,
         client: &Client,

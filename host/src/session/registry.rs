@@ -26,6 +26,10 @@ pub enum SessionRefusal {
     Address(usize),
     /// The connection holds `max_sessions_per_connection`.
     Connection(usize),
+    /// The session store holds `--max-stored-sessions`.
+    Stored(u64),
+    /// The store holds `--max-stored-sessions-per-ip` of the client's address.
+    StoredAddress(u64),
 }
 
 impl std::fmt::Display for SessionRefusal {
@@ -42,6 +46,14 @@ impl std::fmt::Display for SessionRefusal {
             SessionRefusal::Connection(n) => {
                 write!(f, "Too many sessions on this connection (limit {n})")
             }
+            SessionRefusal::Stored(n) => write!(
+                f,
+                "Too many stored sessions on this server (limit {n}); try again later"
+            ),
+            SessionRefusal::StoredAddress(n) => write!(
+                f,
+                "Too many stored sessions from your address (limit {n}); close (user.close_session) sessions you no longer need, or wait for them to expire"
+            ),
         }
     }
 }

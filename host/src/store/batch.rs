@@ -155,6 +155,7 @@ mod tests {
                 id: "a".into(),
                 token_hash: String::new(),
                 settings: String::new(),
+                client: String::new(),
                 at: 0,
             },
             ev("a", 1),

@@ -29,6 +29,7 @@ mod shared;
 mod sqlite;
 mod writer;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -103,6 +104,8 @@ pub(crate) enum Op {
         id: String,
         token_hash: String,
         settings: String,
+        /// The address of the client that made it (stored sessions are counted per address).
+        client: String,
         at: i64,
     },
     Event {
@@ -329,13 +332,36 @@ impl Store {
         }
     }
 
-    pub fn create(&self, id: &str, token_hash: String, settings: String) {
+    pub fn create(&self, id: &str, token_hash: String, settings: String, client: IpAddr) {
         self.send(Op::Create {
             id: id.to_owned(),
             token_hash,
             settings,
+            client: client.to_string(),
             at: now(),
         });
+    }
+
+    /// Sessions in the store: all of them, and those `client` made — what the stored-session
+    /// caps count (`--max-stored-sessions`, `--max-stored-sessions-per-ip`, given as `limits`:
+    /// a Redis count at a limit is made exact first). Sessions still in the writer's buffer
+    /// are not counted yet.
+    pub async fn count_stored(
+        &self,
+        client: IpAddr,
+        limits: (u64, u64),
+    ) -> Result<(u64, u64), StoreError> {
+        let client = client.to_string();
+        match &self.reads {
+            Reads::Sqlite { path, .. } => {
+                let path = path.clone();
+                blocking(move || sqlite::count(&path, &client)).await
+            }
+            Reads::Redis => match &self.shared {
+                Some(shared) => shared.count(&client, limits).await,
+                None => Ok((0, 0)),
+            },
+        }
     }
 
     /// An event of the session's log (the id and the frame are shared, not copied).

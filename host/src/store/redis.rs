@@ -34,6 +34,16 @@ pub(super) mod field {
     pub(crate) const RUNNING_INPUT: &str = "running_input";
     /// The host that last took the session.
     pub(crate) const HOST: &str = "host";
+    /// The address of the client that made it.
+    pub(crate) const CLIENT: &str = "client";
+}
+
+/// Every stored session's id (a member may outlive its session: counts prune them).
+pub(super) const STORED_KEY: &str = "myagent:stored";
+
+/// The ids of the sessions `client` made.
+pub(super) fn client_key(client: &str) -> String {
+    format!("myagent:client:{client}")
 }
 
 /// An event stream entry's fields.
@@ -68,10 +78,6 @@ pub(super) fn connect(client: &redis::Client) -> Result<redis::Connection, Store
 
 /// The writer's side: one connection (re-made after a failure), one pipeline per batch, and
 /// the leases of the turns running here.
-/// Stream entries of a session's events kept when its turn ends (about; Redis trims whole
-/// nodes).
-const KEEP_ENTRIES: usize = 2000;
-
 pub(crate) struct RedisBackend {
     pub(super) client: redis::Client,
     pub(super) conn: Option<redis::Connection>,
@@ -183,24 +189,8 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
     for op in batch {
         n += 1;
         match op {
-            Op::Create {
-                id,
-                token_hash,
-                settings,
-                ..
-            } => {
-                p.cmd("DEL").arg(events_key(id)).ignore();
-                p.cmd("HSET")
-                    .arg(session_key(id))
-                    .arg(field::TOKEN_HASH)
-                    .arg(token_hash)
-                    .arg(field::SETTINGS)
-                    .arg(settings)
-                    .arg(field::MEMORY)
-                    .arg("")
-                    .arg(field::HOST)
-                    .arg(host)
-                    .ignore();
+            Op::Create { id, .. } => {
+                create(&mut p, op, ttl, host);
                 touched.insert(id);
             }
             Op::Event { id, seq, frame } => {
@@ -236,18 +226,11 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                     .arg(field::RUNNING_INPUT)
                     .ignore();
                 p.cmd("DEL").arg(lease_key(id)).ignore();
-                // A stream cannot be trimmed by bytes: by entries (each one batch of the
-                // session's events, a tenth of a second of a stream at most).
-                p.cmd("XTRIM")
-                    .arg(events_key(id))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(KEEP_ENTRIES)
-                    .ignore();
                 touched.insert(id);
             }
             Op::Delete { id } => {
                 chunks.discard(id);
+                p.cmd("SREM").arg(STORED_KEY).arg(id).ignore();
                 p.cmd("DEL")
                     .arg(session_key(id))
                     .arg(events_key(id))
@@ -274,6 +257,37 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
         p.cmd("EXPIRE").arg(events_key(id)).arg(ttl).ignore();
     }
     (p, n)
+}
+
+/// A new session: its hash, an empty event stream, and its place in the counted sets.
+fn create(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
+    let Op::Create {
+        id,
+        token_hash,
+        settings,
+        client,
+        ..
+    } = op
+    else {
+        return;
+    };
+    p.cmd("DEL").arg(events_key(id)).ignore();
+    p.cmd("SADD").arg(STORED_KEY).arg(id).ignore();
+    p.cmd("SADD").arg(client_key(client)).arg(id).ignore();
+    p.cmd("EXPIRE").arg(client_key(client)).arg(ttl).ignore();
+    p.cmd("HSET")
+        .arg(session_key(id))
+        .arg(field::TOKEN_HASH)
+        .arg(token_hash)
+        .arg(field::SETTINGS)
+        .arg(settings)
+        .arg(field::MEMORY)
+        .arg("")
+        .arg(field::HOST)
+        .arg(host)
+        .arg(field::CLIENT)
+        .arg(client)
+        .ignore();
 }
 
 /// A session's events of one batch as one stream entry.

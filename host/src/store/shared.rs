@@ -10,8 +10,8 @@ use redis::Commands;
 use super::batch::strip_resume_tokens;
 use super::health::State;
 use super::redis::{
-    connect, decode_entry, events_after, field, lease_key, run_pipeline, session_key, unavailable,
-    xadd_at, Followed, RedisBackend, CANCEL_CHANNEL, IO_TIMEOUT,
+    client_key, connect, decode_entry, events_after, field, lease_key, run_pipeline, session_key,
+    unavailable, xadd_at, Followed, RedisBackend, CANCEL_CHANNEL, IO_TIMEOUT, STORED_KEY,
 };
 use super::{blocking, redact_url, StoreError, Stored};
 
@@ -143,6 +143,16 @@ impl Shared {
     }
 
     /// Reads session `id` (a lease held by another host means its turn still runs there).
+    /// Stored sessions, all and `who`'s (exact when at or over `prune_at`).
+    pub(crate) async fn count(
+        &self,
+        who: &str,
+        prune_at: (u64, u64),
+    ) -> Result<(u64, u64), StoreError> {
+        let (client, who) = (self.client.clone(), who.to_owned());
+        blocking(move || count(&client, &who, prune_at)).await
+    }
+
     pub(crate) async fn load(
         &self,
         id: &str,
@@ -156,6 +166,45 @@ impl Shared {
         );
         blocking(move || load(&client, &id, &me, &state, token_hash.as_deref())).await
     }
+}
+
+/// Members of `set` whose session is gone (expired, deleted) are removed, then it is counted.
+fn prune_and_count(c: &mut redis::Connection, set: &str) -> redis::RedisResult<u64> {
+    let ids: Vec<String> = c.smembers(set)?;
+    let mut p = redis::pipe();
+    for id in &ids {
+        p.exists(session_key(id));
+    }
+    let alive: Vec<bool> = p.query(c)?;
+    let gone: Vec<&String> = ids
+        .iter()
+        .zip(alive)
+        .filter(|(_, a)| !a)
+        .map(|(id, _)| id)
+        .collect();
+    if !gone.is_empty() {
+        let _: () = c.srem(set, gone)?;
+    }
+    c.scard(set)
+}
+
+/// Stored sessions, all and `client`'s; a count at or over `prune_at` is made exact first.
+fn count(
+    client: &redis::Client,
+    who: &str,
+    prune_at: (u64, u64),
+) -> Result<(u64, u64), StoreError> {
+    let mut c = connect(client)?;
+    let mut all: u64 = c.scard(STORED_KEY).map_err(unavailable)?;
+    if prune_at.0 > 0 && all >= prune_at.0 {
+        all = prune_and_count(&mut c, STORED_KEY).map_err(unavailable)?;
+    }
+    let key = client_key(who);
+    let mut mine: u64 = c.scard(&key).map_err(unavailable)?;
+    if prune_at.1 > 0 && mine >= prune_at.1 {
+        mine = prune_and_count(&mut c, &key).map_err(unavailable)?;
+    }
+    Ok((all, mine))
 }
 
 fn load(

@@ -11,7 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::batch::{strip_resume_tokens, Chunk, Chunks};
 use super::{now, Backend, Op, StoreError, Stored, EVENTS_KEPT};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
+/// caps). A version-1 store is migrated on open.
+const SCHEMA_VERSION: i64 = 2;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -126,9 +128,20 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              CREATE INDEX IF NOT EXISTS event_chunks_session ON event_chunks (session, last_seq);
              INSERT OR IGNORE INTO meta VALUES ('schema', 1);",
         )?;
-        db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+        let found: i64 = db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
             r.get(0)
-        })
+        })?;
+        if found == 1 {
+            db.execute_batch(
+                "BEGIN;
+                 ALTER TABLE sessions ADD COLUMN client TEXT NOT NULL DEFAULT '';
+                 CREATE INDEX sessions_client ON sessions (client);
+                 UPDATE meta SET value = 2 WHERE key = 'schema';
+                 COMMIT;",
+            )?;
+            return Ok(2);
+        }
+        Ok(found)
     };
     match setup() {
         Ok(SCHEMA_VERSION) => Ok(db),
@@ -175,6 +188,28 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 }
 
 /// Reads session `id` from the store at `path` (on a thread that may block).
+/// Stored sessions: all, and those `client` made (see [`super::Store::count_stored`]).
+pub(crate) fn count(path: &Path, client: &str) -> Result<(u64, u64), StoreError> {
+    let db = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unavailable)?;
+    let _ = db.busy_timeout(Duration::from_secs(5));
+    let n = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
+        db.query_row(sql, p, |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(unavailable)
+    };
+    Ok((
+        n("SELECT count(*) FROM sessions", &[])?,
+        n(
+            "SELECT count(*) FROM sessions WHERE client = ?1",
+            &[&client],
+        )?,
+    ))
+}
+
 pub(crate) fn load(
     path: &Path,
     id: &str,
@@ -365,12 +400,13 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                 id,
                 token_hash,
                 settings,
+                client,
                 at,
             } => {
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
                 )?
-                .execute(params![id, token_hash, settings, at])?;
+                .execute(params![id, token_hash, settings, at, client])?;
             }
             Op::Event { id, seq, frame } => {
                 if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
@@ -408,6 +444,48 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
+        let dir = std::env::temp_dir().join(format!("sqlite-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 CREATE TABLE sessions (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL,
+                     settings TEXT NOT NULL, memory TEXT NOT NULL DEFAULT '', running_input TEXT,
+                     created INTEGER NOT NULL, last_active INTEGER NOT NULL);
+                 INSERT INTO meta VALUES ('schema', 1);
+                 INSERT INTO sessions VALUES ('old', 'h', '{}', '', NULL, 0, strftime('%s','now'));",
+            )
+            .unwrap();
+        }
+        let mut b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
+        let create = |id: &str, client: &str| Op::Create {
+            id: id.into(),
+            token_hash: "h".into(),
+            settings: "{}".into(),
+            client: client.into(),
+            at: now(),
+        };
+        b.apply(&[
+            create("a", "10.0.0.1"),
+            create("b", "10.0.0.1"),
+            create("c", "10.0.0.2"),
+        ])
+        .unwrap();
+        assert_eq!(count(&path, "10.0.0.1").unwrap(), (4, 2));
+        assert_eq!(count(&path, "10.0.0.2").unwrap(), (4, 1));
+        assert_eq!(
+            count(&path, "").unwrap(),
+            (4, 1),
+            "the old session has no address"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn resume_tokens_written_by_an_earlier_version_are_scrubbed_on_open() {

@@ -13,6 +13,8 @@ fn passwords_in_store_urls_are_not_shown() {
     assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
 }
 
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 fn opts() -> StoreOptions {
     StoreOptions {
         ttl: Duration::from_secs(3600),
@@ -28,7 +30,7 @@ async fn a_session_round_trips_and_its_events_are_bounded() {
     let _ = std::fs::remove_dir_all(&dir);
     let path = dir.join("sessions.db");
     let d = Store::open_sqlite(&path, &opts()).unwrap();
-    d.create("s1", hash_token("tok"), "{}".into());
+    d.create("s1", hash_token("tok"), "{}".into(), LOCAL);
     let sid: Arc<str> = Arc::from("s1");
     for seq in 1..=EVENTS_KEPT + 10 {
         d.event(&sid, seq, &Utf8Bytes::from(format!("{{\"seq\":{seq}}}")));
@@ -74,7 +76,7 @@ async fn a_commit_does_not_wait_for_the_tick() {
     // would take 20 intervals (2 s); committing at once takes a few ms each.
     let t = std::time::Instant::now();
     for i in 0..20 {
-        d.create(&format!("s{i}"), "h".into(), "{}".into());
+        d.create(&format!("s{i}"), "h".into(), "{}".into(), LOCAL);
         d.commit().await.unwrap();
     }
     assert!(t.elapsed() < FLUSH_EVERY * 15, "{:?}", t.elapsed());

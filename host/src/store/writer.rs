@@ -330,6 +330,7 @@ mod tests {
             id: "s".into(),
             token_hash: "h".into(),
             settings: "{}".into(),
+            client: "127.0.0.1".into(),
             at: 0,
         });
         send(event(1, 10));
