@@ -47,6 +47,10 @@ impl Stack {
             "60",
             "--llm-idle-timeout",
             "60",
+            // Every load-generator client comes from 127.0.0.1: the stored-session cap per
+            // address would stop a long run (the per-session limits stay on).
+            "--max-stored-sessions-per-ip",
+            "0",
         ];
         args.extend_from_slice(extra);
         args.extend(self.host_args.iter().map(String::as_str));
