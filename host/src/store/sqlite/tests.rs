@@ -1,0 +1,81 @@
+//! The SQLite backend on real files: migration, counting, token scrubbing.
+
+use super::*;
+
+#[test]
+fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
+    let dir = std::env::temp_dir().join(format!("sqlite-v1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.db");
+    {
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE sessions (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL,
+                 settings TEXT NOT NULL, memory TEXT NOT NULL DEFAULT '', running_input TEXT,
+                 created INTEGER NOT NULL, last_active INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('schema', 1);
+             INSERT INTO sessions VALUES ('old', 'h', '{}', '', NULL, 0, strftime('%s','now'));",
+        )
+        .unwrap();
+    }
+    let mut b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
+    let create = |id: &str, client: &str| Op::Create {
+        id: id.into(),
+        token_hash: "h".into(),
+        settings: "{}".into(),
+        client: client.into(),
+        at: now(),
+    };
+    b.apply(&[
+        create("a", "10.0.0.1"),
+        create("b", "10.0.0.1"),
+        create("c", "10.0.0.2"),
+    ])
+    .unwrap();
+    assert_eq!(count(&path, "10.0.0.1").unwrap(), (4, 2));
+    assert_eq!(count(&path, "10.0.0.2").unwrap(), (4, 1));
+    assert_eq!(
+        count(&path, "").unwrap(),
+        (4, 1),
+        "the old session has no address"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_tokens_written_by_an_earlier_version_are_scrubbed_on_open() {
+    let dir = std::env::temp_dir().join(format!("sqlite-scrub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("s.db");
+    let token = "0123456789abcdef0123456789abcdef";
+    {
+        let b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
+        let frames = format!(
+            "{{\"event\":\"agent.session_created\",\"resume_token\":\"{token}\",\"agent\":{{}},\"session_id\":\"s\",\"seq\":1}}"
+        );
+        b.db.execute(
+            "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES ('s', 1, 1, ?1)",
+            [frames],
+        )
+        .unwrap();
+    }
+    let b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
+    let frames: String =
+        b.db.query_row("SELECT frames FROM event_chunks", [], |r| r.get(0))
+            .unwrap();
+    assert!(
+        frames.contains("agent.session_created") && !frames.contains(token),
+        "{frames}"
+    );
+    drop(b);
+    for f in ["s.db", "s.db-wal"] {
+        let bytes = std::fs::read(dir.join(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{f} still holds the token"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
