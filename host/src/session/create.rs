@@ -39,26 +39,12 @@ impl Sessions {
         };
         let id = uuid::Uuid::new_v4().to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let slot = AgentSlot {
-            memory: Memory::new(self.runtime.config.memory_budget_chars),
-            settings: settings.clone(),
-            checked_for: plugin.generation,
-        };
+        let memory = Memory::new(self.runtime.config.memory_budget_chars);
         let bound = Bound {
             plugin: plugin.clone(),
             instance,
         };
-        let session = Arc::new(Session::new(
-            id.clone(),
-            token.clone(),
-            slot,
-            bound,
-            client.sub.clone(),
-            client.ip,
-            self.config.replay_buffer_bytes,
-            self.budget.clone(),
-            self.store.clone(),
-        ));
+        let session = self.assemble(client, (&id, &token), memory, settings.clone(), bound);
         if let Err(why) = self.registry.insert(session.clone()) {
             return self.refuse(client, None, why);
         }
@@ -105,6 +91,34 @@ impl Sessions {
     }
 
     /// A new agent instance from `plugin`'s factory; a failure is told to `client`.
+    /// A session of `client` (new or restored) with its conversation and its build, owned by
+    /// the client's connection and written to the store there is.
+    pub(super) fn assemble(
+        &self,
+        client: &Client,
+        (id, token): (&str, &str),
+        memory: Memory,
+        settings: SessionSettings,
+        bound: Bound,
+    ) -> Arc<Session> {
+        let slot = AgentSlot {
+            memory,
+            settings,
+            checked_for: bound.plugin.generation,
+        };
+        Arc::new(Session::new(
+            id.to_owned(),
+            token.to_owned(),
+            slot,
+            bound,
+            client.sub.clone(),
+            client.ip,
+            self.config.replay_buffer_bytes,
+            self.budget.clone(),
+            self.store.clone(),
+        ))
+    }
+
     /// Whether the store has room for one more session of `client` (its caps count what the
     /// store holds, not only memory). A store that cannot be read does not refuse: the
     /// session is made and its writes buffered, as for any outage.

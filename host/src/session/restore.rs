@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::event::ErrorCode;
-use super::log::{AgentSlot, Bound, Session};
+use super::log::{Bound, Session};
 use super::{Client, Sessions};
 use crate::agent::{Memory, SessionSettings};
 use crate::secret::constant_time_eq;
@@ -124,26 +124,11 @@ impl Sessions {
             durable.turn_end(session_id, memory.to_stored());
         }
         durable.claim(session_id);
-        let slot = AgentSlot {
-            memory,
-            settings,
-            checked_for: plugin.generation,
-        };
         let bound = Bound {
             plugin: plugin.clone(),
             instance,
         };
-        let session = Arc::new(Session::new(
-            session_id.to_owned(),
-            token.to_owned(),
-            slot,
-            bound,
-            client.sub.clone(),
-            client.ip,
-            self.config.replay_buffer_bytes,
-            self.budget.clone(),
-            Some(durable.clone()),
-        ));
+        let session = self.assemble(client, (session_id, token), memory, settings, bound);
         session
             .kept
             .store(true, std::sync::atomic::Ordering::Relaxed);
