@@ -225,6 +225,9 @@ enum Reads {
     Sqlite {
         path: std::path::PathBuf,
         ttl: Duration,
+        /// A read-only connection kept for the stored-session counts (asked on every new
+        /// session: opening one each time cost a fifth of the churn rate).
+        counter: Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
     },
     Redis,
 }
@@ -268,6 +271,7 @@ impl Store {
         let reads = Reads::Sqlite {
             path: path.to_owned(),
             ttl: opts.ttl,
+            counter: Arc::default(),
         };
         let state = Arc::new(State::new(
             format!("sqlite:{}", path.display()),
@@ -353,9 +357,9 @@ impl Store {
     ) -> Result<(u64, u64), StoreError> {
         let client = client.to_string();
         match &self.reads {
-            Reads::Sqlite { path, .. } => {
-                let path = path.clone();
-                blocking(move || sqlite::count(&path, &client)).await
+            Reads::Sqlite { path, counter, .. } => {
+                let (path, counter) = (path.clone(), counter.clone());
+                blocking(move || sqlite::count(&path, &counter, &client)).await
             }
             Reads::Redis => match &self.shared {
                 Some(shared) => shared.count(&client, limits).await,
@@ -439,7 +443,7 @@ impl Store {
     ) -> Result<Option<Stored>, StoreError> {
         let id = id.to_owned();
         match &self.reads {
-            Reads::Sqlite { path, ttl } => {
+            Reads::Sqlite { path, ttl, .. } => {
                 let (path, ttl) = (path.clone(), *ttl);
                 blocking(move || sqlite::load(&path, &id, ttl, token_hash.as_deref())).await
             }

@@ -189,25 +189,45 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 
 /// Reads session `id` from the store at `path` (on a thread that may block).
 /// Stored sessions: all, and those `client` made (see [`super::Store::count_stored`]).
-pub(crate) fn count(path: &Path, client: &str) -> Result<(u64, u64), StoreError> {
-    let db = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(unavailable)?;
-    let _ = db.busy_timeout(Duration::from_secs(5));
+/// (`conn`: a read-only connection kept between calls, opened on first use and dropped after
+/// a failure.)
+pub(crate) fn count(
+    path: &Path,
+    conn: &std::sync::Mutex<Option<Connection>>,
+    client: &str,
+) -> Result<(u64, u64), StoreError> {
+    let mut kept = conn.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.is_none() {
+        let db = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(unavailable)?;
+        let _ = db.busy_timeout(Duration::from_secs(5));
+        *kept = Some(db);
+    }
+    let Some(db) = kept.as_ref() else {
+        return Ok((0, 0));
+    };
     let n = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
-        db.query_row(sql, p, |r| r.get::<_, i64>(0))
+        let mut stmt = db.prepare_cached(sql).map_err(unavailable)?;
+        stmt.query_row(p, |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(unavailable)
     };
-    Ok((
-        n("SELECT count(*) FROM sessions", &[])?,
-        n(
-            "SELECT count(*) FROM sessions WHERE client = ?1",
-            &[&client],
-        )?,
-    ))
+    let counted = (|| {
+        Ok((
+            n("SELECT count(*) FROM sessions", &[])?,
+            n(
+                "SELECT count(*) FROM sessions WHERE client = ?1",
+                &[&client],
+            )?,
+        ))
+    })();
+    if counted.is_err() {
+        *kept = None;
+    }
+    counted
 }
 
 pub(crate) fn load(

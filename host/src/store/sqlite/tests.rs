@@ -34,10 +34,11 @@ fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
         create("c", "10.0.0.2"),
     ])
     .unwrap();
-    assert_eq!(count(&path, "10.0.0.1").unwrap(), (4, 2));
-    assert_eq!(count(&path, "10.0.0.2").unwrap(), (4, 1));
+    let conn = std::sync::Mutex::new(None);
+    assert_eq!(count(&path, &conn, "10.0.0.1").unwrap(), (4, 2));
+    assert_eq!(count(&path, &conn, "10.0.0.2").unwrap(), (4, 1));
     assert_eq!(
-        count(&path, "").unwrap(),
+        count(&path, &conn, "").unwrap(),
         (4, 1),
         "the old session has no address"
     );
