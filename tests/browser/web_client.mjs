@@ -145,7 +145,10 @@ try {
   assert.match(await reasoning.textContent(), /look up the weather in Paris/i);
   assert.equal(await page.locator(".msg.answer").count(), 1, "one answer: " + await page.locator(".msg.answer").allTextContents());
   assert.doesNotMatch(await answer.textContent(), /look up/i);
-  console.log("ok - weather question answered with a get_weather tool call; reasoning and answer shown apart");
+  // What the turn cost, under its answer (agent.usage), and no event shown raw.
+  assert.match(await page.locator(".usage").last().textContent(), /^\d+ in \/ \d+ out tokens · 2 model calls/);
+  assert.equal(await page.locator(".notice").filter({ hasText: "agent.usage" }).count(), 0);
+  console.log("ok - weather question answered with a get_weather tool call; reasoning and answer shown apart; its usage under it");
 
   // The design document's browser JavaScript, unchanged but for the server's address: it logs
   // thinking, the tool call (message.metadata.tool) and the final answer. (Not where the host
