@@ -52,6 +52,31 @@ enum Thought {
     Stop(RunOutcome),
 }
 
+impl Plan {
+    /// The session's settings over the agent's own, and every tool on offer.
+    fn for_run(ctx: &RunContext<'_>) -> Plan {
+        let (settings, m) = (ctx.settings, ctx.manifest);
+        let mut tools = m.tools.clone();
+        tools.extend(ctx.mcp.specs(&m.tools));
+        tools.push(terminate_spec());
+        Plan {
+            model: settings
+                .model
+                .clone()
+                .or_else(|| m.model.clone())
+                .unwrap_or_else(|| ctx.config.default_model.clone()),
+            tools,
+            temperature: settings.temperature.or(m.temperature),
+            max_steps: settings.max_steps.unwrap_or(m.max_steps),
+            system_prompt: match &settings.instructions {
+                Some(extra) if m.system_prompt.is_empty() => extra.clone(),
+                Some(extra) => format!("{}\n\n{extra}", m.system_prompt),
+                None => m.system_prompt.clone(),
+            },
+        }
+    }
+}
+
 /// Runs the agent on `input`, extending `memory`. Streams what happens through `ctx.sink`;
 /// the returned outcome says how the run ended (the caller tells the client).
 pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Content) -> RunOutcome {
@@ -65,92 +90,8 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
         json!({"kind": "run_start", "session_id": ctx.session_id, "input": input,
         "agent": ctx.manifest.name, "version": ctx.manifest.version}),
     );
-
-    let mut tools = ctx.manifest.tools.clone();
-    tools.extend(ctx.mcp.specs(&ctx.manifest.tools));
-    tools.push(terminate_spec());
-    let settings = ctx.settings;
-    let plan = Plan {
-        model: settings
-            .model
-            .clone()
-            .or_else(|| ctx.manifest.model.clone())
-            .unwrap_or_else(|| ctx.config.default_model.clone()),
-        tools,
-        temperature: settings.temperature.or(ctx.manifest.temperature),
-        max_steps: settings.max_steps.unwrap_or(ctx.manifest.max_steps),
-        system_prompt: match &settings.instructions {
-            Some(extra) if ctx.manifest.system_prompt.is_empty() => extra.clone(),
-            Some(extra) => format!("{}\n\n{extra}", ctx.manifest.system_prompt),
-            None => ctx.manifest.system_prompt.clone(),
-        },
-    };
-    let mut previous: Vec<String> = Vec::new();
-    let mut nudge = false;
-    let outcome = 'run: {
-        for step in 1..=plan.max_steps {
-            let step_mark = memory.len();
-            let resp = match think(ctx, &plan, memory, step, std::mem::take(&mut nudge)).await {
-                Thought::Answer(answer) => {
-                    break 'run RunOutcome::Finished {
-                        answer,
-                        reason: FinishReason::Answer,
-                        steps: step,
-                    };
-                }
-                Thought::Stop(outcome) => break 'run outcome,
-                Thought::Act(resp) => resp,
-            };
-            // Stuck: the same reasoning and calls as an earlier step.
-            let signature = format!(
-                "{}|{:?}",
-                resp.content,
-                resp.tool_calls
-                    .iter()
-                    .map(|c| (&c.function.name, &c.function.arguments))
-                    .collect::<Vec<_>>()
-            );
-            if previous.contains(&signature) {
-                tracing::info!(step, "duplicate response; nudging the model");
-                nudge = true;
-            }
-            previous.push(signature);
-
-            let results = tokio::select! {
-                biased;
-                _ = ctx.cancel.cancelled() => {
-                    // Keep memory consistent: drop the unanswered assistant message.
-                    memory.truncate(step_mark);
-                    break 'run RunOutcome::Cancelled;
-                }
-                r = act(ctx, step, &resp.tool_calls) => r,
-            };
-            if let Some(outcome) = record_results(memory, &resp, results, step) {
-                break 'run outcome;
-            }
-        }
-        let max = plan.max_steps;
-        RunOutcome::Finished {
-            answer: format!("I stopped after reaching the step limit (max_steps = {max}) without a final answer."),
-            reason: FinishReason::MaxSteps,
-            steps: max,
-        }
-    };
-    // An answer from `terminate` or the step limit was never streamed (the step before it
-    // called tools, so its text went out as reasoning): it goes out as one piece.
-    if let RunOutcome::Finished {
-        answer,
-        reason,
-        steps,
-    } = &outcome
-    {
-        if *reason != FinishReason::Answer && !answer.is_empty() {
-            ctx.sink.emit(AgentEvent::Answer {
-                step: *steps,
-                text: answer.clone(),
-            });
-        }
-    }
+    let outcome = steps(ctx, &Plan::for_run(ctx), memory).await;
+    send_unstreamed_answer(ctx, &outcome);
     close_turn(ctx, memory, turn_start, &outcome);
     trace(
         ctx,
@@ -159,6 +100,81 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
         "outcome": match &outcome { RunOutcome::Finished { reason, .. } => reason.as_str(), RunOutcome::Failed { .. } => "error", RunOutcome::Cancelled => "cancelled" }}),
     );
     outcome
+}
+
+/// Think, act, until an answer, `terminate`, a stop, or `max_steps`.
+async fn steps(ctx: &RunContext<'_>, plan: &Plan, memory: &mut Memory) -> RunOutcome {
+    let mut previous: Vec<String> = Vec::new();
+    let mut nudge = false;
+    for step in 1..=plan.max_steps {
+        let step_mark = memory.len();
+        let resp = match think(ctx, plan, memory, step, std::mem::take(&mut nudge)).await {
+            Thought::Answer(answer) => {
+                return RunOutcome::Finished {
+                    answer,
+                    reason: FinishReason::Answer,
+                    steps: step,
+                };
+            }
+            Thought::Stop(outcome) => return outcome,
+            Thought::Act(resp) => resp,
+        };
+        // Stuck: the same reasoning and calls as an earlier step.
+        let signature = signature(&resp);
+        if previous.contains(&signature) {
+            tracing::info!(step, "duplicate response; nudging the model");
+            nudge = true;
+        }
+        previous.push(signature);
+        let results = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => {
+                // Keep memory consistent: drop the unanswered assistant message.
+                memory.truncate(step_mark);
+                return RunOutcome::Cancelled;
+            }
+            r = act(ctx, step, &resp.tool_calls) => r,
+        };
+        if let Some(outcome) = record_results(memory, &resp, results, step) {
+            return outcome;
+        }
+    }
+    let max = plan.max_steps;
+    RunOutcome::Finished {
+        answer: format!(
+            "I stopped after reaching the step limit (max_steps = {max}) without a final answer."
+        ),
+        reason: FinishReason::MaxSteps,
+        steps: max,
+    }
+}
+
+/// What a step said and asked for, to recognise a repeated one.
+fn signature(resp: &ChatResponse) -> String {
+    let calls: Vec<_> = resp
+        .tool_calls
+        .iter()
+        .map(|c| (&c.function.name, &c.function.arguments))
+        .collect();
+    format!("{}|{calls:?}", resp.content)
+}
+
+/// An answer from `terminate`, the step limit or the budget was never streamed (the step
+/// before it called tools, so its text went out as reasoning): it goes out as one piece.
+fn send_unstreamed_answer(ctx: &RunContext<'_>, outcome: &RunOutcome) {
+    if let RunOutcome::Finished {
+        answer,
+        reason,
+        steps,
+    } = outcome
+    {
+        if *reason != FinishReason::Answer && !answer.is_empty() {
+            ctx.sink.emit(AgentEvent::Answer {
+                step: *steps,
+                text: answer.clone(),
+            });
+        }
+    }
 }
 
 /// One model call with the conversation so far; its text streams out as it comes.
