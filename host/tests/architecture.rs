@@ -420,13 +420,10 @@ fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
             .collect();
         let close = format!("{}}}", " ".repeat(indent));
         if let Some(len) = lines[i + 1..].iter().position(|l| *l == close) {
-            // Lines of code: blank lines and comments do not count.
-            let code = lines[i..i + len + 2]
-                .iter()
-                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"))
-                .count();
-            if code > max {
-                out.push((name, i + 1, code));
+            // Every line from the signature to the closing brace, comments included.
+            let all = len + 2;
+            if all > max {
+                out.push((name, i + 1, all));
             }
         }
     }
