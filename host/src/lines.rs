@@ -68,6 +68,14 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
     }
 }
 
+/// Hands each bounded line of `r` to `f` until the output ends.
+pub async fn each_line<R: AsyncRead + Unpin>(r: R, mut f: impl FnMut(Line)) {
+    let mut lines = BoundedLines::new(r, MAX_LINE);
+    while let Some(line) = lines.next_line().await {
+        f(line);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,17 +179,15 @@ pub struct Budget {
 impl Budget {
     /// The tighter of two budgets, limit by limit.
     pub fn tighter(self, other: Budget) -> Budget {
-        let min_u = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        };
-        let min_f = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        };
+        fn lower<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(if y < x { y } else { x }),
+                (x, y) => x.or(y),
+            }
+        }
         Budget {
-            tokens: min_u(self.tokens, other.tokens),
-            cost_usd: min_f(self.cost_usd, other.cost_usd),
+            tokens: lower(self.tokens, other.tokens),
+            cost_usd: lower(self.cost_usd, other.cost_usd),
         }
     }
 

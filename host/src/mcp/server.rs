@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::lines::{BoundedLines, MAX_LINE};
+use crate::lines::each_line;
 
 use super::config::ServerSpec;
 
@@ -311,13 +311,10 @@ impl McpServer {
                         .map_err(|e| format!("cannot start `{command}`: {e}"))?;
                     if let Some(stderr) = stderr {
                         let (name, dropped) = (self.name.clone(), self.stderr_dropped.clone());
-                        tokio::spawn(async move {
-                            let mut lines = BoundedLines::new(stderr, MAX_LINE);
-                            while let Some(line) = lines.next_line().await {
-                                dropped.fetch_add(line.dropped as u64, Ordering::Relaxed);
-                                tracing::info!(mcp_server = %name, "stderr: {}", line.text);
-                            }
-                        });
+                        tokio::spawn(each_line(stderr, move |line| {
+                            dropped.fetch_add(line.dropped as u64, Ordering::Relaxed);
+                            tracing::info!(mcp_server = %name, "stderr: {}", line.text);
+                        }));
                     }
                     handler
                         .serve(transport)

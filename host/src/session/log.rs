@@ -71,7 +71,7 @@ pub struct Session {
     pub history_pending: std::sync::atomic::AtomicBool,
     /// Custom events of this session waiting for the plugin's hook (at most
     /// [`MAX_CUSTOM_IN_FLIGHT`]).
-    pub custom_in_flight: std::sync::atomic::AtomicUsize,
+    custom_in_flight: std::sync::atomic::AtomicUsize,
     /// The session has a finished turn (or came from the store): once it leaves memory it
     /// stays stored for `--session-ttl`. Without one, it is deleted from the store then — a
     /// client that creates sessions and walks away leaves nothing behind.
@@ -436,24 +436,6 @@ impl Session {
         Admit::Queued
     }
 
-    /// Takes one of the messages the session may send this minute (`per_minute` 0: no limit);
-    /// when none is left, how long until one is.
-    pub fn take_run_token(&self, per_minute: u32) -> Result<(), std::time::Duration> {
-        if per_minute == 0 {
-            return Ok(());
-        }
-        let now = std::time::Instant::now();
-        self.lock()
-            .runs
-            .get_or_insert_with(|| super::rate::Bucket::full(per_minute, now))
-            .take(per_minute, now)
-    }
-
-    /// The session's usage totals as of the turn that just ended.
-    pub fn set_usage(&self, usage: crate::agent::usage::UsageTotals) {
-        self.lock().usage = usage;
-    }
-
     /// Binds the session to another build's instance (a hot reload).
     pub fn set_bound(&self, bound: &Bound) {
         self.lock().bound = bound.clone();
@@ -480,3 +462,4 @@ impl Session {
 
 mod attach;
 mod foreign;
+mod limits;

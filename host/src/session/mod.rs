@@ -238,23 +238,13 @@ impl Sessions {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };
-        if session
-            .custom_in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            >= MAX_CUSTOM_IN_FLIGHT
-        {
-            session
-                .custom_in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let Some(slot) = session.custom_slot() else {
             return client.error(Some(session_id), ErrorCode::TooManyRequests, &format!(
                 "{MAX_CUSTOM_IN_FLIGHT} custom events of this session are waiting for the agent already; send this one when one of them has been answered"));
-        }
+        };
         let runtime = self.runtime.clone();
         self.lifecycle.runs.spawn(async move {
-            run::custom_event(&runtime, &session, event).await;
-            session
-                .custom_in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            run::custom_event(&runtime, slot.session(), event).await;
         });
     }
 

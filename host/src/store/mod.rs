@@ -225,9 +225,11 @@ enum Reads {
     Sqlite {
         path: std::path::PathBuf,
         ttl: Duration,
-        /// A read-only connection kept for the stored-session counts (asked on every new
+        /// A read-only connection kept for the per-address counts (asked on every new
         /// session: opening one each time cost a fifth of the churn rate).
         counter: Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
+        /// Sessions in the store, as the writer counts them.
+        stored: Arc<std::sync::atomic::AtomicU64>,
     },
     Redis,
 }
@@ -272,6 +274,7 @@ impl Store {
             path: path.to_owned(),
             ttl: opts.ttl,
             counter: Arc::default(),
+            stored: backend.stored_counter(),
         };
         let state = Arc::new(State::new(
             format!("sqlite:{}", path.display()),
@@ -357,9 +360,16 @@ impl Store {
     ) -> Result<(u64, u64), StoreError> {
         let client = client.to_string();
         match &self.reads {
-            Reads::Sqlite { path, counter, .. } => {
+            Reads::Sqlite {
+                path,
+                counter,
+                stored,
+                ..
+            } => {
+                let all = stored.load(Ordering::Relaxed);
                 let (path, counter) = (path.clone(), counter.clone());
-                blocking(move || sqlite::count(&path, &counter, &client)).await
+                let mine = blocking(move || sqlite::count_of(&path, &counter, &client)).await?;
+                Ok((all, mine))
             }
             Reads::Redis => match &self.shared {
                 Some(shared) => shared.count(&client, limits).await,

@@ -4,12 +4,14 @@
 //! last transactions, not corrupt it).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::batch::{strip_resume_tokens, Chunk, Chunks};
-use super::{now, Backend, Op, StoreError, Stored, EVENTS_KEPT};
+use super::{now, Backend, Op, StoreError, EVENTS_KEPT};
 
 /// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
 /// caps). A version-1 store is migrated on open.
@@ -33,7 +35,10 @@ pub(crate) struct SqliteBackend {
     trims: std::collections::BTreeSet<String>,
     /// Bytes of events this process wrote per session since its last cut: a session is cut
     /// only when it may hold more than `events_bytes` (most never do; no query for them).
-    written: std::collections::HashMap<String, usize>,
+    written: std::collections::HashMap<Arc<str>, usize>,
+    /// Sessions in the store, kept by the writer (counted once on open): the global cap reads
+    /// it instead of counting rows for every new session.
+    stored: Arc<AtomicU64>,
     last_sweep: Instant,
     last_checkpoint: Instant,
 }
@@ -77,21 +82,31 @@ impl SqliteBackend {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
+        let sessions: u64 = db
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })? as u64;
         let backend = SqliteBackend {
             db,
             ttl,
             events_bytes,
             trims: Default::default(),
             written: Default::default(),
+            stored: Arc::new(AtomicU64::new(sessions)),
             last_sweep: Instant::now(),
             last_checkpoint: Instant::now(),
         };
         match expire(&backend.db, ttl) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(
-                expired = n,
-                "sessions idle longer than --session-ttl deleted"
-            ),
+            Ok(n) => {
+                add_signed(&backend.stored, -(n as i64));
+                tracing::info!(
+                    expired = n,
+                    "sessions idle longer than --session-ttl deleted"
+                )
+            }
             Err(e) => tracing::warn!(error = %e, "expiring old sessions failed"),
         }
         Ok(backend)
@@ -187,124 +202,6 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// Reads session `id` from the store at `path` (on a thread that may block).
-/// Stored sessions: all, and those `client` made (see [`super::Store::count_stored`]).
-/// (`conn`: a read-only connection kept between calls, opened on first use and dropped after
-/// a failure.)
-pub(crate) fn count(
-    path: &Path,
-    conn: &std::sync::Mutex<Option<Connection>>,
-    client: &str,
-) -> Result<(u64, u64), StoreError> {
-    let mut kept = conn.lock().unwrap_or_else(|p| p.into_inner());
-    if kept.is_none() {
-        let db = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(unavailable)?;
-        let _ = db.busy_timeout(Duration::from_secs(5));
-        *kept = Some(db);
-    }
-    let Some(db) = kept.as_ref() else {
-        return Ok((0, 0));
-    };
-    let n = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
-        let mut stmt = db.prepare_cached(sql).map_err(unavailable)?;
-        stmt.query_row(p, |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
-            .map_err(unavailable)
-    };
-    let counted = (|| {
-        Ok((
-            n("SELECT count(*) FROM sessions", &[])?,
-            n(
-                "SELECT count(*) FROM sessions WHERE client = ?1",
-                &[&client],
-            )?,
-        ))
-    })();
-    if counted.is_err() {
-        *kept = None;
-    }
-    counted
-}
-
-pub(crate) fn load(
-    path: &Path,
-    id: &str,
-    ttl: Duration,
-    token_hash: Option<&str>,
-) -> Result<Option<Stored>, StoreError> {
-    let db = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(unavailable)?;
-    let _ = db.busy_timeout(Duration::from_secs(5));
-    let read = || -> rusqlite::Result<Option<Stored>> {
-        if let Some(want) = token_hash {
-            let found: Option<String> = db
-                .query_row("SELECT token_hash FROM sessions WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if !found.is_some_and(|h| crate::secret::constant_time_eq(&h, want)) {
-                return Ok(None);
-            }
-        }
-        let row = db
-            .query_row(
-                "SELECT token_hash, settings, memory, running_input, last_active FROM sessions WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((token_hash, settings, memory, running_input, last_active)) = row else {
-            return Ok(None);
-        };
-        if now() - last_active > ttl.as_secs() as i64 {
-            return Ok(None); // expired; the writer deletes it on its next sweep
-        }
-        let mut stmt = db.prepare(
-            "SELECT first_seq, frames FROM event_chunks WHERE session = ?1 ORDER BY last_seq",
-        )?;
-        let chunks = stmt
-            .query_map([id], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut events: Vec<(u64, String)> = Vec::new();
-        for (seq, f) in chunks
-            .iter()
-            .flat_map(|(first, frames)| Chunk::events(*first, frames))
-        {
-            // A chunk written twice (a retried batch whose first commit did land) is read once.
-            if events.last().is_none_or(|(last, _)| seq > *last) {
-                events.push((seq, f.to_owned()));
-            }
-        }
-        Ok(Some(Stored {
-            token_hash,
-            settings,
-            memory,
-            running_input,
-            events,
-            running_on: None,
-            last_entry: None,
-        }))
-    };
-    read().map_err(unavailable)
-}
-
 fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
     let cutoff = now() - ttl.as_secs() as i64;
     db.execute(
@@ -329,27 +226,30 @@ fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
 
 impl Backend for SqliteBackend {
     fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError> {
-        apply(&mut self.db, batch).map_err(unavailable)?;
+        let applied = apply(&mut self.db, batch).map_err(unavailable)?;
+        add_signed(&self.stored, applied.sessions);
         if self.written.len() > WRITTEN_KEPT {
             self.written.clear(); // forgets only when to look; a cut computes real sizes
         }
+        // Per chunk, not per event: a handful of lookups a batch.
+        for (id, bytes) in applied.chunks {
+            *self.written.entry(id).or_default() += bytes;
+        }
         for op in batch {
             match op {
-                Op::Event { id, frame, .. } => match self.written.get_mut(&**id) {
-                    Some(n) => *n += frame.len() + 1,
-                    None => {
-                        self.written.insert(id.to_string(), frame.len() + 1);
-                    }
-                },
                 Op::TurnEnd { id, .. }
-                    if self.written.get(id).is_some_and(|n| *n > self.events_bytes) =>
+                    if self
+                        .written
+                        .get(id.as_str())
+                        .is_some_and(|n| *n > self.events_bytes) =>
                 {
                     self.trims.insert(id.clone());
-                    self.written.insert(id.clone(), self.events_bytes);
+                    self.written
+                        .insert(Arc::from(id.as_str()), self.events_bytes);
                 }
                 Op::Delete { id } => {
                     self.trims.remove(id);
-                    self.written.remove(id);
+                    self.written.remove(id.as_str());
                 }
                 _ => {}
             }
@@ -376,6 +276,7 @@ impl Backend for SqliteBackend {
         }
         self.last_sweep = Instant::now();
         let n = expire(&self.db, self.ttl).map_err(unavailable)?;
+        add_signed(&self.stored, -(n as i64));
         if n > 0 {
             tracing::info!(
                 expired = n,
@@ -383,6 +284,20 @@ impl Backend for SqliteBackend {
             );
         }
         Ok(())
+    }
+}
+
+/// Adds `delta` to `counter`, never below zero.
+fn add_signed(counter: &AtomicU64, delta: i64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        Some(n.saturating_add_signed(delta))
+    });
+}
+
+impl SqliteBackend {
+    /// The writer's count of stored sessions (shared with the store's readers).
+    pub(crate) fn stored_counter(&self) -> Arc<AtomicU64> {
+        self.stored.clone()
     }
 }
 
@@ -409,9 +324,19 @@ fn trim(db: &mut Connection, ids: &[String], events_bytes: usize) -> rusqlite::R
     tx.commit()
 }
 
+/// What a batch changed that the writer keeps count of.
+#[derive(Default)]
+struct Applied {
+    /// Bytes of events written, per session (one entry per chunk).
+    chunks: Vec<(Arc<str>, usize)>,
+    /// Sessions made minus sessions deleted.
+    sessions: i64,
+}
+
 /// One transaction (rolled back whole on any error, so the batch can be retried).
-fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
     let tx = db.transaction()?;
+    let mut applied = Applied::default();
     // A session's events of the batch are one row.
     let mut chunks = Chunks::default();
     for op in batch {
@@ -427,10 +352,12 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                     "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
                 )?
                 .execute(params![id, token_hash, settings, at, client])?;
+                applied.sessions += 1;
             }
             Op::Event { id, seq, frame } => {
                 if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
                     write_chunk(&tx, &earlier)?;
+                    applied.chunks.push((earlier.id, earlier.frames.len()));
                 }
             }
             Op::TurnStart { id, input, at } => {
@@ -449,17 +376,24 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                 chunks.discard(id);
                 tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1")?
                     .execute([id])?;
-                tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                let gone = tx
+                    .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
                     .execute([id])?;
+                applied.sessions -= gone as i64;
             }
             Op::Claim { .. } | Op::Ack(_) => {}
         }
     }
     for c in chunks.into_chunks() {
         write_chunk(&tx, &c)?;
+        applied.chunks.push((c.id, c.frames.len()));
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(applied)
 }
 
+mod read;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use read::{count_of, load};

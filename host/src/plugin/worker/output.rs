@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::{lock, STDERR_KEPT};
-use crate::lines::{BoundedLines, MAX_LINE};
+use crate::lines::each_line;
 use crate::metrics::Metrics;
 
 /// The worker's stdout and stderr to the host's log, tagged with the plugin file and pid;
@@ -25,29 +25,23 @@ pub(super) fn forward_output(
         .unwrap_or_default();
     if let Some(out) = child.stdout.take() {
         let (label, metrics) = (label.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let mut lines = BoundedLines::new(out, MAX_LINE);
-            while let Some(line) = lines.next_line().await {
-                metrics
-                    .plugin_worker_output_dropped
-                    .add(line.dropped as u64);
-                tracing::info!(plugin = %label, worker_pid = pid, "stdout: {}", line.text);
-            }
-        });
+        tokio::spawn(each_line(out, move |line| {
+            metrics
+                .plugin_worker_output_dropped
+                .add(line.dropped as u64);
+            tracing::info!(plugin = %label, worker_pid = pid, "stdout: {}", line.text);
+        }));
     }
     match child.stderr.take() {
         Some(err) => {
             let (ring, metrics) = (ring.clone(), metrics.clone());
-            tokio::spawn(async move {
-                let mut lines = BoundedLines::new(err, MAX_LINE);
-                while let Some(line) = lines.next_line().await {
-                    metrics
-                        .plugin_worker_output_dropped
-                        .add(line.dropped as u64);
-                    tracing::warn!(plugin = %label, worker_pid = pid, "stderr: {}", line.text);
-                    lock(&ring).push(line.text);
-                }
-            })
+            tokio::spawn(each_line(err, move |line| {
+                metrics
+                    .plugin_worker_output_dropped
+                    .add(line.dropped as u64);
+                tracing::warn!(plugin = %label, worker_pid = pid, "stderr: {}", line.text);
+                lock(&ring).push(line.text);
+            }))
         }
         None => tokio::spawn(async {}),
     }

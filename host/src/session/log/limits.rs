@@ -1,0 +1,53 @@
+//! What a session may ask for at a time: custom events waiting for the plugin's hook, and
+//! messages a minute (`--max-runs-per-minute`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{Session, MAX_CUSTOM_IN_FLIGHT};
+
+/// One of a session's [`MAX_CUSTOM_IN_FLIGHT`] places for custom events, given back when
+/// dropped — however the event's task ends.
+pub struct CustomSlot(Arc<Session>);
+
+impl CustomSlot {
+    pub fn session(&self) -> &Session {
+        &self.0
+    }
+}
+
+impl Drop for CustomSlot {
+    fn drop(&mut self) {
+        self.0.custom_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Session {
+    /// A place for one more custom event, unless [`MAX_CUSTOM_IN_FLIGHT`] are taken.
+    pub fn custom_slot(self: &Arc<Self>) -> Option<CustomSlot> {
+        let taken = self.custom_in_flight.fetch_add(1, Ordering::AcqRel);
+        if taken >= MAX_CUSTOM_IN_FLIGHT {
+            self.custom_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(CustomSlot(self.clone()))
+    }
+
+    /// Takes one of the messages the session may send this minute (`per_minute` 0: no limit);
+    /// when none is left, how long until one is.
+    pub fn take_run_token(&self, per_minute: u32) -> Result<(), std::time::Duration> {
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        self.lock()
+            .runs
+            .get_or_insert_with(|| crate::session::rate::Bucket::full(per_minute, now))
+            .take(per_minute, now)
+    }
+
+    /// The session's usage totals as of the turn that just ended.
+    pub fn set_usage(&self, usage: crate::agent::usage::UsageTotals) {
+        self.lock().usage = usage;
+    }
+}

@@ -1,0 +1,120 @@
+//! The store's readers: a session's record and events (a resume, a follow) and the
+//! per-address count, on read-only connections beside the writer's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::super::batch::Chunk;
+use super::super::{now, StoreError, Stored};
+use super::unavailable;
+
+/// Sessions `client` made (the total comes from the writer's count) — see
+/// [`super::super::Store::count_stored`]. `conn`: a read-only connection kept between calls,
+/// opened on first use and dropped after a failure.
+pub(crate) fn count_of(
+    path: &Path,
+    conn: &std::sync::Mutex<Option<Connection>>,
+    client: &str,
+) -> Result<u64, StoreError> {
+    let mut kept = conn.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.is_none() {
+        let db = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(unavailable)?;
+        let _ = db.busy_timeout(Duration::from_secs(5));
+        *kept = Some(db);
+    }
+    let Some(db) = kept.as_ref() else {
+        return Ok(0);
+    };
+    let counted = db
+        .prepare_cached("SELECT count(*) FROM sessions WHERE client = ?1")
+        .and_then(|mut stmt| stmt.query_row([client], |r| r.get::<_, i64>(0)));
+    match counted {
+        Ok(n) => Ok(n as u64),
+        Err(e) => {
+            *kept = None;
+            Err(unavailable(e))
+        }
+    }
+}
+
+/// Reads session `id` from the store at `path` (on a thread that may block).
+pub(crate) fn load(
+    path: &Path,
+    id: &str,
+    ttl: Duration,
+    token_hash: Option<&str>,
+) -> Result<Option<Stored>, StoreError> {
+    let db = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unavailable)?;
+    let _ = db.busy_timeout(Duration::from_secs(5));
+    let read = || -> rusqlite::Result<Option<Stored>> {
+        if let Some(want) = token_hash {
+            let found: Option<String> = db
+                .query_row("SELECT token_hash FROM sessions WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if !found.is_some_and(|h| crate::secret::constant_time_eq(&h, want)) {
+                return Ok(None);
+            }
+        }
+        let row = db
+            .query_row(
+                "SELECT token_hash, settings, memory, running_input, last_active FROM sessions WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((token_hash, settings, memory, running_input, last_active)) = row else {
+            return Ok(None);
+        };
+        if now() - last_active > ttl.as_secs() as i64 {
+            return Ok(None); // expired; the writer deletes it on its next sweep
+        }
+        let mut stmt = db.prepare(
+            "SELECT first_seq, frames FROM event_chunks WHERE session = ?1 ORDER BY last_seq",
+        )?;
+        let chunks = stmt
+            .query_map([id], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut events: Vec<(u64, String)> = Vec::new();
+        for (seq, f) in chunks
+            .iter()
+            .flat_map(|(first, frames)| Chunk::events(*first, frames))
+        {
+            // A chunk written twice (a retried batch whose first commit did land) is read once.
+            if events.last().is_none_or(|(last, _)| seq > *last) {
+                events.push((seq, f.to_owned()));
+            }
+        }
+        Ok(Some(Stored {
+            token_hash,
+            settings,
+            memory,
+            running_input,
+            events,
+            running_on: None,
+            last_entry: None,
+        }))
+    };
+    read().map_err(unavailable)
+}
