@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 
 /// After an interrupt, how long the interrupting message waits before its turn calls the model:
 /// a burst of interrupting messages settles on the last one, and only that one makes a call.
-pub(crate) const INTERRUPT_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+const INTERRUPT_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Agent runs on `session`, one after another: `content`, then each message queued meanwhile.
 pub(super) async fn run_turns(
