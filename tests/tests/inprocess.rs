@@ -265,6 +265,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         max_runs_per_minute_per_ip: 0,
         max_stored_sessions: 0,
         max_stored_sessions_per_ip: 0,
+        principals: Arc::default(),
     };
     let sessions = Sessions::new(
         config,
@@ -300,7 +301,9 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     // A turn runs and every event goes to the owner, numbered from 1.
     let sid = created[0]["session_id"].as_str().unwrap().to_owned();
     let token = created[0]["resume_token"].as_str().unwrap().to_owned();
-    sessions.message(&a, &sid, "What's the weather in Paris?".into(), None);
+    sessions
+        .message(&a, &sid, "What's the weather in Paris?".into(), None)
+        .await;
     let run = until(&out_a, "agent.ready").await;
     let seqs: Vec<u64> = run
         .iter()
@@ -318,7 +321,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     sessions.cancel(&b, &sid);
     assert_eq!(drain(&out_b)[0]["code"], "session_not_found");
     // ...but with it, resumes and gets the whole log replayed.
-    sessions.resume_session(&mut b, &sid, &token, 0).await;
+    sessions.resume_session(&mut b, &sid, Some(&token), 0).await;
     let replay = drain(&out_b);
     assert_eq!(replay[0]["event"], "agent.session_resumed");
     assert_eq!(replay[0]["recovered"], true);

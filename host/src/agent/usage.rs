@@ -49,6 +49,11 @@ impl UsageTotals {
         }
     }
 
+    /// As the store keeps it beside the session (JSON), for session lists.
+    pub fn to_stored(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// What was added since `before` (a run's share of the session's totals).
     pub fn since(&self, before: &UsageTotals) -> UsageTotals {
         UsageTotals {

@@ -308,9 +308,14 @@ pub struct ServeArgs {
     /// With tokens required: a connection that has not sent a valid one within this is closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub auth_timeout: u64,
-    /// Read accepted tokens from FILE, one per line.
+    /// Read accepted tokens from FILE, one per line (all one principal, `default`).
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// Principals and their quotas (TOML: `[[principal]]` user, token or token_sha256, tier;
+    /// `[tier.NAME]` tokens_per_day, tokens_per_hour, messages_per_minute, concurrent_runs).
+    /// Each principal sees only its own sessions. Re-read when the file changes.
+    #[arg(long, value_name = "FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
     /// Accept WebSocket upgrades from browser pages with these Origin values (repeatable; `*`
     /// for any). Default: the same origin as the request (the page this host serves) and pages
     /// on localhost. Requests without an Origin header (non-browser clients) are not affected.

@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use myagent_host::agent::AgentConfig;
 use myagent_host::llm::{ApiKey, LlmConfig};
 use myagent_host::server::ServerConfig;
+use std::sync::Arc;
+
+use myagent_host::session::principal::Principals;
 use myagent_host::session::SessionConfig;
 use myagent_host::store::{Store, StoreOptions};
 
@@ -60,31 +62,7 @@ pub fn default_state_dir() -> PathBuf {
     base.join(format!("myagent-host-{uid}"))
 }
 
-/// The accepted tokens: `--auth-token` / `MYAGENT_AUTH_TOKENS`, plus `--auth-token-file`.
-pub fn auth_tokens(args: &ServeArgs) -> anyhow::Result<Vec<String>> {
-    let mut tokens: Vec<String> = args
-        .auth_tokens
-        .iter()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect();
-    if let Some(f) = &args.auth_token_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read --auth-token-file {}", f.display()))?;
-        tokens.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
-        if tokens.is_empty() {
-            anyhow::bail!("--auth-token-file {} holds no token", f.display());
-        }
-    }
-    Ok(tokens)
-}
-
-pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) -> ServerConfig {
+pub fn server_config(args: &ServeArgs, fd_limit: u64) -> ServerConfig {
     let max_connections = args
         .max_connections
         .min(fd_limit.saturating_sub(64).max(16) as usize);
@@ -109,7 +87,6 @@ pub fn server_config(args: &ServeArgs, auth_tokens: Vec<String>, fd_limit: u64) 
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
         auth_timeout: Duration::from_secs(args.auth_timeout.max(1)),
-        auth_tokens,
         allowed_origins: args.allowed_origins.clone(),
         allowed_hosts: args
             .allowed_hosts
@@ -188,7 +165,7 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
-pub fn session_config(args: &ServeArgs) -> SessionConfig {
+pub fn session_config(args: &ServeArgs, principals: Arc<Principals>) -> SessionConfig {
     let max_sessions = match args.max_sessions {
         0 => {
             let (n, worst, budget) =
@@ -218,6 +195,7 @@ pub fn session_config(args: &ServeArgs) -> SessionConfig {
         max_runs_per_minute_per_ip: args.max_runs_per_minute_per_ip,
         max_stored_sessions: args.max_stored_sessions,
         max_stored_sessions_per_ip: args.max_stored_sessions_per_ip,
+        principals,
     }
 }
 

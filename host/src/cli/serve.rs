@@ -13,7 +13,8 @@ use myagent_host::plugin::{self, copies::CopyDir, reload};
 use myagent_host::server;
 
 use super::args::ServeArgs;
-use super::config;
+use super::{config, tokens};
+use myagent_host::session::principal::Principals;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("Loading agent from {} ...", args.plugin.display());
@@ -37,7 +38,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent_config = config::agent_config(&args)?;
     describe_agent(&args, &loaded.manifest, &agent_config);
-    let auth_tokens = config::auth_tokens(&args)?;
+    let principals = Arc::new(Principals::new(tokens::principals(&args)?));
+    tokens::watch(&args, &principals);
     if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {
         eprintln!("warning: a token given with --auth-token is visible to every user of this machine (ps, /proc); prefer MYAGENT_AUTH_TOKENS or --auth-token-file");
     }
@@ -55,16 +57,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let server_config = config::server_config(&args, auth_tokens, raise_fd_limit());
+    let server_config = config::server_config(&args, raise_fd_limit());
     let store = config::session_store(&args)?;
-    let session_config = config::session_config(&args);
+    let session_config = config::session_config(&args, principals.clone());
 
     let addr = format!("{}:{}", args.host, args.port);
     let listener = server::listen(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    let tokens = server_config.auth_tokens.len();
+    let tokens = principals.token_count();
     if tokens == 0 && !local.ip().is_loopback() {
         eprintln!("warning: no --auth-token is set and {local} is reachable from other machines: anyone who can connect can use this agent (and your model key). Set --auth-token or MYAGENT_AUTH_TOKENS.");
     }
@@ -91,16 +93,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         p = local.port(),
     );
-    if tokens > 0 {
-        println!("Authentication: {tokens} token(s) accepted");
-        if args
-            .metrics_token
-            .as_deref()
-            .is_none_or(|t| t.trim().is_empty())
-        {
-            eprintln!("warning: tokens are required for WebSockets but /metrics is open to anyone who can reach the port; set --metrics-token (or MYAGENT_METRICS_TOKEN)");
-        }
-    }
+    describe_auth(&args, tokens);
     server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
     mcp_stop.cancel();
     if let Some(d) = store {
@@ -111,6 +104,28 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// Says how clients authenticate (and warns when /metrics stays open).
+fn describe_auth(args: &ServeArgs, tokens: usize) {
+    if tokens == 0 {
+        return;
+    }
+    let from = match &args.auth_tokens_file {
+        Some(f) => format!(
+            " (principals from {}, re-read when it changes)",
+            f.display()
+        ),
+        None => String::new(),
+    };
+    println!("Authentication: {tokens} token(s) accepted{from}");
+    if args
+        .metrics_token
+        .as_deref()
+        .is_none_or(|t| t.trim().is_empty())
+    {
+        eprintln!("warning: tokens are required for WebSockets but /metrics is open to anyone who can reach the port; set --metrics-token (or MYAGENT_METRICS_TOKEN)");
+    }
 }
 
 /// Connects to the MCP servers of `--mcp-config` and those the plugin names (a bad file is a

@@ -2,14 +2,17 @@
 //! browser `Origin` check (same-origin unless configured) and the `Host` check (DNS
 //! rebinding). One place for every "may this request talk to us" decision.
 
+use std::sync::Arc;
+
 use hyper::header;
 use hyper::Request;
 
 pub(crate) use crate::secret::constant_time_eq;
+use crate::session::principal::{Principal, Principals};
 
 /// Who may connect.
 pub struct Auth {
-    tokens: Vec<String>,
+    principals: Arc<Principals>,
     /// Accepted `Origin` values; empty: same-origin (or a localhost page); `*`: any.
     allowed_origins: Vec<String>,
     /// Accepted `Host` names besides IP literals and `localhost`; `*`: any.
@@ -17,10 +20,10 @@ pub struct Auth {
 }
 
 /// What the upgrade request said about authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
-    /// A valid token, or none is required.
-    Accepted,
+    /// A valid token (its principal), or none is required (None: anonymous).
+    Accepted(Option<Principal>),
     /// No token yet: the first message may carry one.
     Pending,
     /// A wrong token: answer `auth.error` and close.
@@ -29,28 +32,24 @@ pub enum Credentials {
 
 impl Auth {
     pub fn new(
-        tokens: Vec<String>,
+        principals: Arc<Principals>,
         allowed_origins: Vec<String>,
         allowed_hosts: Vec<String>,
     ) -> Auth {
         Auth {
-            tokens,
+            principals,
             allowed_origins,
             allowed_hosts,
         }
     }
 
     pub fn required(&self) -> bool {
-        !self.tokens.is_empty()
+        self.principals.required()
     }
 
-    pub fn token_count(&self) -> usize {
-        self.tokens.len()
-    }
-
-    /// True when `token` is one of the accepted ones (compared in constant time).
-    pub fn accepts(&self, token: &str) -> bool {
-        self.tokens.iter().any(|k| constant_time_eq(k, token))
+    /// The principal `token` belongs to, if it is an accepted one (compared in constant time).
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        self.principals.authenticate(token)
     }
 
     /// Whether a browser page at `origin` may open a socket on a request for `host`.
@@ -104,11 +103,11 @@ impl Auth {
     /// Checks the token an upgrade request carries (`Authorization: Bearer` or `?token=`).
     pub fn check_request<B>(&self, req: &Request<B>) -> Credentials {
         if !self.required() {
-            return Credentials::Accepted;
+            return Credentials::Accepted(None);
         }
-        match request_token(req) {
-            Some(t) if self.accepts(&t) => Credentials::Accepted,
-            Some(_) => Credentials::Refused,
+        match request_token(req).map(|t| self.authenticate(&t)) {
+            Some(Some(p)) => Credentials::Accepted(Some(p)),
+            Some(None) => Credentials::Refused,
             None => Credentials::Pending,
         }
     }
@@ -194,14 +193,23 @@ mod tests {
         assert_eq!(super::percent_decode("%zz"), "%zz");
     }
 
+    use std::sync::Arc;
+
+    use crate::session::principal::{Principals, Table};
+
+    fn none() -> Arc<Principals> {
+        Arc::default()
+    }
+
     #[test]
     fn tokens_and_origins() {
         let a = super::Auth::new(
-            vec!["s3cret".into()],
+            Arc::new(Principals::new(Table::from_tokens(&["s3cret"]))),
             vec!["https://ok.example".into()],
             vec![],
         );
-        assert!(a.accepts("s3cret") && !a.accepts("s3cre") && !a.accepts("s3cret!"));
+        let ok = |t: &str| a.authenticate(t).is_some();
+        assert!(ok("s3cret") && !ok("s3cre") && !ok("s3cret!"));
         let h = Some("agent.example");
         assert!(a.origin_allowed(None, h) && a.origin_allowed(Some("https://ok.example"), h));
         assert!(!a.origin_allowed(Some("https://evil.example"), h));
@@ -211,20 +219,20 @@ mod tests {
 
     #[test]
     fn same_origin_by_default() {
-        let a = super::Auth::new(vec![], vec![], vec![]);
+        let a = super::Auth::new(none(), vec![], vec![]);
         assert!(a.origin_allowed(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")));
         assert!(a.origin_allowed(Some("https://agent.example"), Some("agent.example:443")));
         assert!(a.origin_allowed(Some("http://localhost:3000"), Some("10.0.0.2:8080")));
         assert!(!a.origin_allowed(Some("https://evil.example"), Some("127.0.0.1:8080")));
         assert!(!a.origin_allowed(Some("http://10.0.0.2:9999"), Some("10.0.0.2:8080")));
         assert!(!a.origin_allowed(Some("null"), Some("127.0.0.1:8080")));
-        let any = super::Auth::new(vec![], vec!["*".into()], vec![]);
+        let any = super::Auth::new(none(), vec!["*".into()], vec![]);
         assert!(any.origin_allowed(Some("https://evil.example"), Some("127.0.0.1:8080")));
     }
 
     #[test]
     fn hosts_are_ips_localhost_or_configured() {
-        let a = super::Auth::new(vec![], vec![], vec!["agent.example".into()]);
+        let a = super::Auth::new(none(), vec![], vec!["agent.example".into()]);
         for ok in [
             "127.0.0.1:8080",
             "localhost",
@@ -235,7 +243,7 @@ mod tests {
             assert!(a.host_allowed(Some(ok)), "{ok}");
         }
         assert!(!a.host_allowed(Some("evil.example:8080")));
-        let any = super::Auth::new(vec![], vec![], vec!["*".into()]);
+        let any = super::Auth::new(none(), vec![], vec!["*".into()]);
         assert!(any.host_allowed(Some("evil.example")));
     }
 }

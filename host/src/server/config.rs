@@ -32,8 +32,6 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// A client that has not authenticated (when tokens are required) within this is closed.
     pub auth_timeout: Duration,
-    /// Accepted tokens; empty means no authentication.
-    pub auth_tokens: Vec<String>,
     /// When set, `GET /metrics` needs `Authorization: Bearer <this>`.
     pub metrics_token: Option<String>,
     /// Accepted `Origin` headers; empty: same-origin or localhost pages; `*`: any.

@@ -141,7 +141,7 @@ async fn serve_loop(
         deps.metrics.connections_refused.inc();
         return;
     }
-    let mut authed = credentials == Credentials::Accepted;
+    let mut authed = accepted(credentials, client);
     if !greet(&mut sink, deps, cid, authed).await {
         return;
     }
@@ -218,6 +218,17 @@ async fn serve_loop(
         if !matches!(flow, Flow::Continue) {
             return end(flow, &mut sink, out, deps, cid).await;
         }
+    }
+}
+
+/// Whether the upgrade request authenticated the client (and as whom).
+fn accepted(credentials: Credentials, client: &mut Client) -> bool {
+    match credentials {
+        Credentials::Accepted(principal) => {
+            client.principal = principal;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -367,9 +378,16 @@ async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: 
         }
     };
     if !*authed {
-        match &parsed.token {
-            Some(t) if deps.auth.accepts(t) => *authed = true,
-            _ => return refuse_auth(client),
+        match parsed
+            .token
+            .as_deref()
+            .and_then(|t| deps.auth.authenticate(t))
+        {
+            Some(principal) => {
+                client.principal = Some(principal);
+                *authed = true;
+            }
+            None => return refuse_auth(client),
         }
     }
     super::dispatch::dispatch(&deps.sessions, client, parsed.message).await;

@@ -16,7 +16,11 @@ pub(crate) async fn dispatch(sessions: &Arc<Sessions>, client: &mut Client, msg:
             session_id,
             content,
             on_busy,
-        } => sessions.message(client, &session_id, content, on_busy),
+        } => {
+            sessions
+                .message(client, &session_id, content, on_busy)
+                .await
+        }
         ClientMessage::Cancel { session_id } => sessions.cancel(client, &session_id),
         ClientMessage::GetHistory { session_id } => sessions.history(client, &session_id),
         ClientMessage::CloseSession { session_id } => sessions.close(client, &session_id),
@@ -26,9 +30,13 @@ pub(crate) async fn dispatch(sessions: &Arc<Sessions>, client: &mut Client, msg:
             last_seq,
         } => {
             sessions
-                .resume_session(client, &session_id, &resume_token, last_seq)
+                .resume_session(client, &session_id, resume_token.as_deref(), last_seq)
                 .await
         }
+        ClientMessage::ListSessions { limit, before } => {
+            sessions.list(client, limit, before.as_deref()).await
+        }
+        ClientMessage::DeleteSession { session_id } => sessions.delete(client, &session_id).await,
         ClientMessage::ToolApproval {
             session_id,
             step_id,

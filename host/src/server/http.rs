@@ -114,7 +114,7 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             // With tokens required, process details (the worker's pid) only for the holder of
             // the metrics token; the status stays open for load balancers.
             let cfg = &gw.deps.config;
-            let details = cfg.auth_tokens.is_empty()
+            let details = !gw.deps.auth.required()
                 || (cfg.metrics_token.is_some() && metrics_allowed(&req, cfg));
             health(gw, details)
         }

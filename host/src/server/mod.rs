@@ -47,7 +47,7 @@ pub fn gateway(
     let metrics = runtime.metrics.clone();
     let lifecycle = Arc::new(Lifecycle::default());
     let auth = Arc::new(Auth::new(
-        config.auth_tokens.clone(),
+        sessions.principals.clone(),
         config.allowed_origins.clone(),
         config.allowed_hosts.clone(),
     ));

@@ -31,6 +31,8 @@ pub struct SessionConfig {
     pub max_stored_sessions: u64,
     /// The same for the sessions one client address made.
     pub max_stored_sessions_per_ip: u64,
+    /// Who may connect and the tiers their quotas come from (empty: anonymous, no tokens).
+    pub principals: std::sync::Arc<super::principal::Principals>,
 }
 
 /// Which image URLs the host passes on to the model provider. The host never fetches them; a

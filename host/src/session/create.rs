@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use super::event::{AgentInfo, ErrorCode, ServerEvent};
-use super::log::{AgentSlot, Bound, Session};
+use super::log::{AgentSlot, Bound, Identity, Session};
 use super::{Client, SessionRefusal, Sessions};
 use crate::agent::{Memory, SessionSettings};
+use crate::store::{hash_token, Listing, NewSession};
 
 impl Sessions {
     /// `user.create_session`: a new session with its own `agent_config`, within the
@@ -44,17 +45,30 @@ impl Sessions {
             plugin: plugin.clone(),
             instance,
         };
-        let session = self.assemble(client, (&id, &token), memory, settings.clone(), bound);
+        let identity = Identity {
+            id: id.clone(),
+            token_hash: hash_token(&token),
+            user: client.user().cloned(),
+            client_ip: client.ip,
+            listing: Listing {
+                agent: plugin.manifest.name.clone(),
+                created: crate::store::now(),
+                ..Listing::default()
+            },
+        };
+        let session = self.assemble(client, identity, memory, settings.clone(), bound);
         if let Err(why) = self.registry.insert(session.clone()) {
             return self.refuse(client, None, why);
         }
         if let Some(d) = &self.store {
-            d.create(
-                &id,
-                crate::store::hash_token(&token),
-                serde_json::to_string(&settings).unwrap_or_default(),
-                client.ip,
-            );
+            d.create(NewSession {
+                id: id.clone(),
+                token_hash: session.token_hash.clone(),
+                settings: serde_json::to_string(&settings).unwrap_or_default(),
+                client: client.ip,
+                owner: client.user().map(|u| u.to_string()),
+                agent: plugin.manifest.name.clone(),
+            });
         }
         self.runtime.metrics.sessions.inc();
         self.runtime.metrics.sessions_total.inc();
@@ -96,7 +110,7 @@ impl Sessions {
     pub(super) fn assemble(
         &self,
         client: &Client,
-        (id, token): (&str, &str),
+        identity: Identity,
         memory: Memory,
         settings: SessionSettings,
         bound: Bound,
@@ -107,12 +121,10 @@ impl Sessions {
             checked_for: bound.plugin.generation,
         };
         Arc::new(Session::new(
-            id.to_owned(),
-            token.to_owned(),
+            identity,
             slot,
             bound,
             client.sub.clone(),
-            client.ip,
             self.config.replay_buffer_bytes,
             self.budget.clone(),
             self.store.clone(),

@@ -9,6 +9,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::time::Timestamp;
 
+mod entries;
+pub use entries::{Exceeded, SessionEntry};
+
 /// Double texting: what a `user.message` does when the session is already running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OnBusy {
@@ -45,11 +48,14 @@ pub enum ErrorCode {
     StoreUnavailable,
     HistoryPending,
     TooManyRequests,
+    QuotaExceeded,
+    RateLimited,
+    Unauthenticated,
 }
 
 impl ErrorCode {
     /// Every code, for documentation checks and fuzzing.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidMessage,
         ErrorCode::MissingEvent,
@@ -70,6 +76,9 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
         ErrorCode::HistoryPending,
         ErrorCode::TooManyRequests,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::RateLimited,
+        ErrorCode::Unauthenticated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +103,9 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::HistoryPending => "history_pending",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -272,7 +284,13 @@ pub enum ServerEvent {
         metadata: FinalMeta,
     },
     #[serde(rename = "agent.error")]
-    Error { error: String, code: ErrorCode },
+    Error {
+        error: String,
+        code: ErrorCode,
+        /// For `quota_exceeded` and `rate_limited`: which limit, and when to try again.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        exceeded: Option<Exceeded>,
+    },
     /// The run ended before its answer. `reason` is absent for a cancel (the client's, or an
     /// interrupting message) and `host_lost` for a turn whose host stopped mid-run (found when a
     /// durable session is resumed).
@@ -294,6 +312,17 @@ pub enum ServerEvent {
         messages: Vec<crate::llm::ChatMessage>,
         dropped_turns: u64,
     },
+    /// Answer to `user.list_sessions`: the principal's sessions, newest first, and the cursor
+    /// of the next page (absent on the last).
+    #[serde(rename = "agent.sessions")]
+    Sessions {
+        sessions: Vec<SessionEntry>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_before: Option<String>,
+    },
+    /// Answer to `user.delete_session`: the session and its stored events are gone.
+    #[serde(rename = "agent.session_deleted")]
+    SessionDeleted,
 }
 
 /// The largest frame the server sends; a bigger event is replaced by an `agent.error`
@@ -302,7 +331,7 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 impl ServerEvent {
     /// Every event name, in the order of the enum (checked against docs/protocol.md).
-    pub const NAMES: [&'static str; 20] = [
+    pub const NAMES: [&'static str; 22] = [
         "system.connected",
         "system.plugin_reloaded",
         "system.plugin_reload_failed",
@@ -323,6 +352,8 @@ impl ServerEvent {
         "agent.tool_approval_required",
         "system.plugin_crashed",
         "agent.usage",
+        "agent.sessions",
+        "agent.session_deleted",
     ];
 
     /// The `event` name of an encoded frame (one this module wrote — on this host or, for a
@@ -361,6 +392,8 @@ impl ServerEvent {
             ServerEvent::ToolApprovalRequired { .. } => 17,
             ServerEvent::PluginCrashed { .. } => 18,
             ServerEvent::Usage { .. } => 19,
+            ServerEvent::Sessions { .. } => 20,
+            ServerEvent::SessionDeleted => 21,
         };
         Self::NAMES[i]
     }
@@ -370,6 +403,16 @@ impl ServerEvent {
         ServerEvent::Error {
             error: error.into(),
             code,
+            exceeded: None,
+        }
+    }
+
+    /// An `agent.error` for a message over a principal's quota or rate.
+    pub fn exceeded(code: ErrorCode, error: impl Into<String>, what: Exceeded) -> ServerEvent {
+        ServerEvent::Error {
+            error: error.into(),
+            code,
+            exceeded: Some(what),
         }
     }
 

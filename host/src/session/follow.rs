@@ -59,7 +59,7 @@ impl Sessions {
             };
             let budget_chars = runtime.config.memory_budget_chars;
             if let Some((content, token)) = f.take_over(ready, budget_chars).await {
-                run::run_turns(&runtime, &f.session, token, content).await;
+                run::run_turns(&runtime, &f.session, token, content, None).await;
             }
         });
     }
@@ -138,12 +138,17 @@ impl Follow {
         {
             let mut slot = session.agent.lock().await;
             slot.memory = Memory::from_stored(&stored.memory, budget_chars);
-            session.set_usage(slot.memory.usage);
+            session.took_over(stored.listing.clone(), slot.memory.usage);
             if !finished {
                 if let Some(input) = &stored.running_input {
                     close_lost_turn(&mut slot.memory, input);
                 }
-                self.durable.turn_end(id, slot.memory.to_stored());
+                self.durable.turn_end(
+                    id,
+                    session.user.as_deref(),
+                    slot.memory.to_stored(),
+                    slot.memory.usage.to_stored(),
+                );
             }
         }
         if !finished {

@@ -20,7 +20,7 @@ use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
-use crate::store::Store;
+use crate::store::{Listing, Store};
 
 /// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
 /// allocator rounding (measured: a full 256 KiB buffer of small events held ~611 KiB).
@@ -57,9 +57,23 @@ pub struct Bound {
     pub instance: Instance,
 }
 
+/// Who a session is: its id, its resume token's hash, the principal it belongs to, the address
+/// that made it, and how it is listed.
+pub struct Identity {
+    pub id: String,
+    pub token_hash: String,
+    pub user: Option<Arc<str>>,
+    pub client_ip: IpAddr,
+    pub listing: Listing,
+}
+
 pub struct Session {
     pub id: String,
-    pub resume_token: String,
+    /// The resume token's hash (`store::hash_token`): a resume compares hashes.
+    pub token_hash: String,
+    /// The principal the session belongs to (None: made anonymously); any other principal is
+    /// told it does not exist.
+    pub user: Option<Arc<str>>,
     /// The address of the client that created the session (counted by `max_sessions_per_ip`).
     pub client_ip: IpAddr,
     /// Locked by the run for its whole duration.
@@ -113,6 +127,10 @@ struct Inner {
     runs: Option<super::rate::Bucket>,
     /// The session's model usage as of its last turn's end (for `agent.session_resumed`).
     pub(super) usage: crate::agent::usage::UsageTotals,
+    /// Its title, agent, creation and turns, as a session list shows them.
+    pub(super) listing: Listing,
+    /// Unix seconds of the last turn's start or end (or the creation).
+    pub(super) updated: i64,
 }
 
 impl Drop for Session {
@@ -153,14 +171,11 @@ pub enum ResumeOutcome {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: String,
-        resume_token: String,
+        identity: Identity,
         slot: AgentSlot,
         bound: Bound,
         owner: Sub,
-        client_ip: IpAddr,
         replay_cap_bytes: usize,
         budget: Arc<ReplayBudget>,
         store: Option<Arc<Store>>,
@@ -180,11 +195,21 @@ impl Session {
             live_frame: None,
             runs: None,
             usage: slot.memory.usage,
+            updated: identity.listing.created,
+            listing: identity.listing,
         };
+        let Identity {
+            id,
+            token_hash,
+            user,
+            client_ip,
+            ..
+        } = identity;
         Session {
             shared_id: Arc::from(id.as_str()),
             id,
-            resume_token,
+            token_hash,
+            user,
             client_ip,
             agent: tokio::sync::Mutex::new(slot),
             approvals: Approvals::default(),
@@ -463,3 +488,4 @@ impl Session {
 mod attach;
 mod foreign;
 mod limits;
+mod summary;

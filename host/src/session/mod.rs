@@ -10,7 +10,10 @@ mod create;
 pub mod event;
 mod follow;
 mod lifecycle;
+mod listing;
 mod log;
+pub mod principal;
+mod quota;
 pub(crate) mod rate;
 pub(crate) mod registry;
 mod restore;
@@ -31,7 +34,6 @@ pub use registry::{MemoryStore, SessionCaps, SessionRefusal, SessionStore};
 pub use subscriber::{send_about, Client, Sub, Subscriber};
 
 use crate::agent::{AgentRuntime, Decision};
-use crate::secret::constant_time_eq;
 use crate::store::Store;
 use event::{ErrorCode, OnBusy, ServerEvent};
 use restore::Restored;
@@ -47,6 +49,8 @@ pub struct Sessions {
     lifecycle: Arc<Lifecycle>,
     /// Messages a minute, per session and per client address.
     limits: rate::RunLimits,
+    /// Each principal's quotas (by its tier).
+    quotas: Arc<quota::Quotas>,
 }
 
 impl Sessions {
@@ -86,7 +90,9 @@ impl Sessions {
             config.max_runs_per_minute,
             config.max_runs_per_minute_per_ip,
         );
+        let quotas = quota::Quotas::new(config.principals.clone(), store.clone());
         let sessions = Arc::new(Sessions {
+            quotas,
             registry,
             store,
             budget,
@@ -183,7 +189,7 @@ impl Sessions {
         session.cancel();
         self.remove(session_id);
         if let Some(d) = &self.store {
-            d.delete(session_id);
+            d.delete(session_id, session.user.as_deref());
         }
         client.sessions.remove(session_id);
         client.send_about(Some(session_id), &ServerEvent::SessionClosed);
@@ -195,7 +201,7 @@ impl Sessions {
         self: &Arc<Self>,
         client: &mut Client,
         session_id: &str,
-        resume_token: &str,
+        resume_token: Option<&str>,
         last_seq: u64,
     ) {
         self.forget_if_taken_elsewhere(session_id).await;
@@ -276,7 +282,7 @@ impl Sessions {
                     let used = session.kept.load(std::sync::atomic::Ordering::Relaxed);
                     if let (false, Some(store)) = (used, &this.store) {
                         if !session.is_running() {
-                            store.delete(&session.id);
+                            store.delete(&session.id, session.user.as_deref());
                         }
                     }
                 }
@@ -328,7 +334,7 @@ impl Sessions {
     }
 
     /// `user.message`: starts a turn, or follows `on_busy` while one runs.
-    pub fn message(
+    pub async fn message(
         &self,
         client: &Client,
         session_id: &str,
@@ -362,6 +368,20 @@ impl Sessions {
                 ),
             );
         }
+        // The principal's quota, before anything is queued, cancelled or asked of the model.
+        let starts_run = !session.is_running();
+        let place = match self
+            .quotas
+            .admit(client.principal.as_ref(), session_id, starts_run)
+            .await
+        {
+            Ok(place) => place,
+            Err(quota::Refused(code, text, what)) => {
+                self.runtime.metrics.client_errors.inc();
+                return client
+                    .send_about(Some(session_id), &ServerEvent::exceeded(code, text, what));
+            }
+        };
         let on_busy = on_busy.unwrap_or(self.config.on_busy);
         let (content, cancel) = match session.admit(content, on_busy, &self.runtime.metrics) {
             Admit::Start(content, cancel) => (content, cancel),
@@ -378,14 +398,15 @@ impl Sessions {
         let runtime = self.runtime.clone();
         let span = tracing::info_span!("session", session_id = %session.id);
         self.lifecycle.runs.spawn(
-            async move { run::run_turns(&runtime, &session, cancel, content).await }
+            async move { run::run_turns(&runtime, &session, cancel, content, place).await }
                 .instrument(span),
         );
     }
 
-    fn resume(&self, client: &mut Client, session_id: &str, token: &str, last_seq: u64) {
+    fn resume(&self, client: &mut Client, session_id: &str, token: Option<&str>, last_seq: u64) {
+        let access = self.access(client, token);
         let session = match self.registry.get(session_id) {
-            Some(s) if constant_time_eq(&s.resume_token, token) => s,
+            Some(s) if access.admits(&s.token_hash, s.user.as_deref()) => s,
             _ => {
                 client.error(
                     Some(session_id),

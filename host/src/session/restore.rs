@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use super::event::ErrorCode;
-use super::log::{Bound, Session};
+use super::log::{Bound, Identity, Session};
 use super::{Client, Sessions};
 use crate::agent::{Memory, SessionSettings};
-use crate::secret::constant_time_eq;
-use crate::store::hash_token;
+use crate::store::{hash_token, Access};
 
 /// What resuming found in the store.
 pub(super) enum Restored {
@@ -22,6 +21,28 @@ pub(super) enum Restored {
         session: Arc<Session>,
         after: Option<String>,
     },
+}
+
+impl Sessions {
+    /// What `client` offers to have a session: its principal, and the hash of `token` if it
+    /// gave one.
+    pub(super) fn access(&self, client: &Client, token: Option<&str>) -> Access {
+        Access {
+            token_hash: token.filter(|t| !t.is_empty()).map(hash_token),
+            owner: client.user().map(|u| u.to_string()),
+        }
+    }
+}
+
+/// Who a restored session is: as stored, now held for `client`'s address.
+fn identity_of(session_id: &str, stored: &crate::store::Stored, client: &Client) -> Identity {
+    Identity {
+        id: session_id.to_owned(),
+        token_hash: stored.token_hash.clone(),
+        user: stored.owner.as_deref().map(Arc::from),
+        client_ip: client.ip,
+        listing: stored.listing.clone(),
+    }
 }
 
 /// `memory` with `input`'s turn recorded as interrupted (its host stopped mid-turn).
@@ -74,7 +95,7 @@ impl Sessions {
         &self,
         client: &mut Client,
         session_id: &str,
-        token: &str,
+        token: Option<&str>,
         last_seq: u64,
     ) -> Restored {
         let Some(durable) = self.store.clone() else {
@@ -83,7 +104,12 @@ impl Sessions {
         if self.registry.get(session_id).is_some() {
             return Restored::None;
         }
-        let stored = match durable.load(session_id, Some(hash_token(token))).await {
+        let access = self.access(client, token);
+        if access.token_hash.is_none() && access.owner.is_none() {
+            return Restored::None; // anonymous, without a token: "Session not found"
+        }
+        // The store checks the principal and the token before it reads anything else.
+        let stored = match durable.load(session_id, Some(access)).await {
             Ok(Some(s)) => s,
             Ok(None) => return Restored::None,
             Err(e) => {
@@ -96,9 +122,6 @@ impl Sessions {
                 return Restored::None;
             }
         };
-        if !constant_time_eq(&stored.token_hash, &hash_token(token)) {
-            return Restored::None; // the resume answers "Session not found"
-        }
         if let Err(why) = self.registry.room(client.ip) {
             self.refuse(client, Some(session_id), why);
             return Restored::None;
@@ -121,14 +144,20 @@ impl Sessions {
             _ => false,
         };
         if lost_turn {
-            durable.turn_end(session_id, memory.to_stored());
+            durable.turn_end(
+                session_id,
+                stored.owner.as_deref(),
+                memory.to_stored(),
+                memory.usage.to_stored(),
+            );
         }
         durable.claim(session_id);
         let bound = Bound {
             plugin: plugin.clone(),
             instance,
         };
-        let session = self.assemble(client, (session_id, token), memory, settings, bound);
+        let identity = identity_of(session_id, &stored, client);
+        let session = self.assemble(client, identity, memory, settings, bound);
         session
             .kept
             .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -26,10 +26,16 @@ pub(super) async fn run_turns(
     session: &Arc<Session>,
     mut cancel: CancellationToken,
     mut content: Content,
+    place: Option<super::quota::RunPlace>,
 ) {
     loop {
         let ended = cancel.clone();
-        match run_turn(runtime, session, cancel, &content).await {
+        let before = session.usage().tokens();
+        let next = run_turn(runtime, session, cancel, &content).await;
+        if let Some(place) = &place {
+            place.spend(session.usage().tokens() - before).await;
+        }
+        match next {
             Some((next, token)) => (content, cancel) = (next, token),
             None => return,
         }
@@ -87,16 +93,19 @@ async fn run_turn(
     // A durable session notes the turn before it runs and the memory after: a host that
     // stops in between leaves a turn its next resume closes as interrupted (`host_lost`).
     let store = session.store();
+    let title = session.turn_started(&content.text());
     if let Some(d) = store {
         d.turn_start(
             &session.id,
+            session.user.as_deref(),
             serde_json::to_string(content).unwrap_or_default(),
+            title,
         );
     }
     let before = memory.usage;
     let outcome = run_agent(&ctx, memory, content).await;
     let run = memory.usage.since(&before);
-    session.set_usage(memory.usage);
+    session.turn_ended(memory.usage);
     let usage = ServerEvent::Usage {
         run,
         session: memory.usage,
@@ -107,7 +116,12 @@ async fn run_turn(
     };
     // Acknowledged means durable: `agent.ready` reaches the client once the turn's end (its
     // events, the memory) is committed, or `--store-ack-timeout` passed.
-    d.turn_end(&session.id, memory.to_stored());
+    d.turn_end(
+        &session.id,
+        session.user.as_deref(),
+        memory.to_stored(),
+        memory.usage.to_stored(),
+    );
     session
         .kept
         .store(true, std::sync::atomic::Ordering::Relaxed);

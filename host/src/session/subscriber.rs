@@ -36,6 +36,8 @@ pub struct Client {
     pub ip: IpAddr,
     /// Sessions this client created or resumed (some may have moved on).
     pub(super) sessions: HashSet<String>,
+    /// Who the client authenticated as; None: anonymous (no tokens configured).
+    pub principal: Option<super::principal::Principal>,
 }
 
 impl Client {
@@ -44,7 +46,13 @@ impl Client {
             sub,
             ip,
             sessions: HashSet::new(),
+            principal: None,
         }
+    }
+
+    /// The user the client's sessions belong to (None: anonymous).
+    pub fn user(&self) -> Option<&std::sync::Arc<str>> {
+        self.principal.as_ref().map(|p| &p.user)
     }
 
     pub fn id(&self) -> u64 {

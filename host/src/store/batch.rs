@@ -12,7 +12,7 @@ use super::Op;
 pub(crate) fn coalesce(batch: &mut Vec<Op>) {
     let mut last_delete: HashMap<String, usize> = HashMap::new();
     for (i, op) in batch.iter().enumerate() {
-        if let Op::Delete { id } = op {
+        if let Op::Delete { id, .. } = op {
             last_delete.insert(id.clone(), i);
         }
     }
@@ -156,18 +156,23 @@ mod tests {
                 token_hash: String::new(),
                 settings: String::new(),
                 client: String::new(),
+                owner: None,
+                agent: String::new(),
                 at: 0,
             },
             ev("a", 1),
             ev("b", 7),
-            Op::Delete { id: "a".into() },
+            Op::Delete {
+                id: "a".into(),
+                owner: None,
+            },
             ev("b", 8),
         ];
         coalesce(&mut batch);
         let kinds: Vec<String> = batch
             .iter()
             .map(|op| match op {
-                Op::Delete { id } => format!("delete {id}"),
+                Op::Delete { id, .. } => format!("delete {id}"),
                 Op::Event { id, seq, .. } => format!("event {id} {seq}"),
                 _ => "other".into(),
             })

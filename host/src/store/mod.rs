@@ -24,6 +24,9 @@
 
 mod batch;
 mod health;
+mod listing;
+mod op;
+mod quota;
 mod redis;
 mod shared;
 mod sqlite;
@@ -40,6 +43,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use health::State;
 pub use health::StoreHealth;
+pub use listing::{Access, Cursor, Listed, Listing, NewSession, TITLE_CHARS};
+pub(crate) use op::{Acker, Op};
+pub use quota::{QuotaCounts, Windows};
 pub use redis::Followed;
 pub use shared::{FollowConn, Shared};
 
@@ -83,6 +89,10 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub token_hash: String,
+    /// The principal (user) the session belongs to; None: made anonymously.
+    pub owner: Option<String>,
+    /// How the session is listed: its title (the first message), turns, when it was made.
+    pub listing: Listing,
     /// `SessionSettings` as JSON.
     pub settings: String,
     /// The memory as `Memory::to_stored` wrote it; empty before the first turn ended.
@@ -96,92 +106,6 @@ pub struct Stored {
     pub running_on: Option<String>,
     /// Redis: the id of the newest event's stream entry (to follow the stream from).
     pub last_entry: Option<String>,
-}
-
-/// One write, as the writer thread receives it.
-pub(crate) enum Op {
-    Create {
-        id: String,
-        token_hash: String,
-        settings: String,
-        /// The address of the client that made it (stored sessions are counted per address).
-        client: String,
-        at: i64,
-    },
-    Event {
-        id: Arc<str>,
-        seq: u64,
-        frame: Utf8Bytes,
-    },
-    TurnStart {
-        id: String,
-        input: String,
-        at: i64,
-    },
-    TurnEnd {
-        id: String,
-        memory: String,
-        at: i64,
-    },
-    Delete {
-        id: String,
-    },
-    /// This host now serves the session (Redis: the session's `host`).
-    Claim {
-        id: String,
-    },
-    /// Answered once every write before it is applied.
-    Ack(Acker),
-}
-
-/// Who waits for an [`Op::Ack`].
-pub(crate) enum Acker {
-    Async(tokio::sync::oneshot::Sender<()>),
-    Blocking(mpsc::Sender<()>),
-}
-
-impl Acker {
-    fn done(self) {
-        match self {
-            Acker::Async(tx) => {
-                let _ = tx.send(());
-            }
-            Acker::Blocking(tx) => {
-                let _ = tx.send(());
-            }
-        }
-    }
-}
-
-impl Op {
-    fn session(&self) -> Option<&str> {
-        match self {
-            Op::Create { id, .. }
-            | Op::TurnStart { id, .. }
-            | Op::TurnEnd { id, .. }
-            | Op::Delete { id }
-            | Op::Claim { id } => Some(id),
-            Op::Event { id, .. } => Some(id),
-            Op::Ack(_) => None,
-        }
-    }
-
-    /// What the op holds in memory while it waits, about.
-    fn size(&self) -> usize {
-        64 + match self {
-            Op::Create {
-                id,
-                token_hash,
-                settings,
-                ..
-            } => id.len() + token_hash.len() + settings.len(),
-            Op::Event { frame, .. } => frame.len(),
-            Op::TurnStart { id, input, .. } => id.len() + input.len(),
-            Op::TurnEnd { id, memory, .. } => id.len() + memory.len(),
-            Op::Delete { id } | Op::Claim { id } => id.len(),
-            Op::Ack(_) => 0,
-        }
-    }
 }
 
 /// One store's writes: applied in one transaction (SQLite) or one atomic pipeline (Redis), all
@@ -339,12 +263,14 @@ impl Store {
         }
     }
 
-    pub fn create(&self, id: &str, token_hash: String, settings: String, client: IpAddr) {
+    pub fn create(&self, new: NewSession) {
         self.send(Op::Create {
-            id: id.to_owned(),
-            token_hash,
-            settings,
-            client: client.to_string(),
+            id: new.id,
+            token_hash: new.token_hash,
+            settings: new.settings,
+            client: new.client.to_string(),
+            owner: new.owner,
+            agent: new.agent,
             at: now(),
         });
     }
@@ -388,26 +314,35 @@ impl Store {
     }
 
     /// A turn starts with `input` (JSON): a host that stops before its end leaves it to be
-    /// closed as lost.
-    pub fn turn_start(&self, id: &str, input: String) {
+    /// closed as lost. `title`: the session's, on its first turn.
+    pub fn turn_start(&self, id: &str, owner: Option<&str>, input: String, title: Option<String>) {
         self.send(Op::TurnStart {
             id: id.to_owned(),
             input,
+            title,
+            owner: owner.map(str::to_owned),
             at: now(),
         });
     }
 
-    /// A turn ended; `memory` is the conversation after it (`Memory::to_stored`).
-    pub fn turn_end(&self, id: &str, memory: String) {
+    /// A turn ended; `memory` is the conversation after it (`Memory::to_stored`), `usage` the
+    /// session's totals (JSON).
+    pub fn turn_end(&self, id: &str, owner: Option<&str>, memory: String, usage: String) {
         self.send(Op::TurnEnd {
             id: id.to_owned(),
             memory,
+            usage,
+            owner: owner.map(str::to_owned),
             at: now(),
         });
     }
 
-    pub fn delete(&self, id: &str) {
-        self.send(Op::Delete { id: id.to_owned() });
+    /// Deletes session `id` and its events (`owner`: the principal it is listed under).
+    pub fn delete(&self, id: &str, owner: Option<&str>) {
+        self.send(Op::Delete {
+            id: id.to_owned(),
+            owner: owner.map(str::to_owned),
+        });
     }
 
     /// This host serves session `id` from now on (Redis: other hosts holding an old copy in
@@ -444,21 +379,22 @@ impl Store {
     }
 
     /// Reads session `id`. `Ok(None)`: the store has no such session (never made, closed, or
-    /// expired) — or, with `token_hash` (a client's resume), its token is another: that is
-    /// checked (in constant time) before anything else of the session is read.
+    /// expired) — or, with `access` (a client's resume), the client may not have it (another
+    /// principal's, another token): that is checked (in constant time) before anything else of
+    /// the session is read.
     pub async fn load(
         &self,
         id: &str,
-        token_hash: Option<String>,
+        access: Option<Access>,
     ) -> Result<Option<Stored>, StoreError> {
         let id = id.to_owned();
         match &self.reads {
             Reads::Sqlite { path, ttl, .. } => {
                 let (path, ttl) = (path.clone(), *ttl);
-                blocking(move || sqlite::load(&path, &id, ttl, token_hash.as_deref())).await
+                blocking(move || sqlite::load(&path, &id, ttl, access.as_ref())).await
             }
             Reads::Redis => match &self.shared {
-                Some(shared) => shared.load(&id, token_hash).await,
+                Some(shared) => shared.load(&id, access).await,
                 None => Ok(None),
             },
         }

@@ -1,7 +1,6 @@
 //! The session store on Redis (`--store redis://HOST:PORT[/DB]`), for several hosts sharing
 //! sessions. Per session: a hash `myagent:session:{id}` (its fields are named in [`field`] and
-//! nowhere else), a stream `myagent:events:{id}` (one entry per write batch: [`entry`]'s `seq`
-//! of its first event and `frames`, one a line; trimmed to about [`ENTRIES_KEPT`] entries) and,
+//! nowhere else), a stream `myagent:events:{id}` ([`stream`]: one entry per write batch) and,
 //! while a turn runs, a lease `myagent:lease:{id}` naming the host that runs it (expires
 //! [`LEASE`] after its host stops renewing it). Every key expires after `--session-ttl` without
 //! activity. Cancels for a turn running on another host travel on [`CANCEL_CHANNEL`].
@@ -12,18 +11,19 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::batch::{Chunk, Chunks};
-use super::health::State;
+use super::batch::Chunks;
 use super::{Backend, Op, StoreError};
+
+mod stream;
+use stream::xadd;
+pub use stream::Followed;
+pub(super) use stream::{decode_entry, events_after, xadd_at};
 
 /// How long a running turn's lease outlives its host's last renewal.
 pub(super) const LEASE: Duration = Duration::from_secs(5);
 /// Renewal period of the leases of this host's running turns.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
 pub(super) const CANCEL_CHANNEL: &str = "myagent:cancel";
-/// Stream entries kept per session (`MAXLEN ~`): an entry is one session's events of one
-/// write batch, so at least this many of its newest events are kept.
-const ENTRIES_KEPT: u64 = 1024;
 pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The session hash's fields.
@@ -36,6 +36,18 @@ pub(super) mod field {
     pub(crate) const HOST: &str = "host";
     /// The address of the client that made it.
     pub(crate) const CLIENT: &str = "client";
+    /// The principal it belongs to (absent: made anonymously).
+    pub(crate) const OWNER: &str = "owner";
+    pub(crate) const AGENT: &str = "agent";
+    /// The first user message, cut (set once).
+    pub(crate) const TITLE: &str = "title";
+    /// Unix seconds.
+    pub(crate) const CREATED: &str = "created";
+    pub(crate) const UPDATED: &str = "updated";
+    /// Turns finished.
+    pub(crate) const TURNS: &str = "turns";
+    /// The usage totals (JSON).
+    pub(crate) const USAGE: &str = "usage";
 }
 
 /// Every stored session's id (a member may outlive its session: counts prune them).
@@ -46,10 +58,18 @@ pub(super) fn client_key(client: &str) -> String {
     format!("myagent:client:{client}")
 }
 
-/// An event stream entry's fields.
-pub(super) mod entry {
-    pub(crate) const SEQ: &str = "seq";
-    pub(crate) const FRAMES: &str = "frames";
+/// The sessions of principal `owner`, scored by their last activity (Unix seconds); a member
+/// may outlive its session (a list prunes them).
+pub(super) fn owner_key(owner: &str) -> String {
+    format!("myagent:owner:{owner}")
+}
+
+/// Puts session `id` at `at` in its owner's list (kept as long as the sessions).
+fn listed_at(p: &mut redis::Pipeline, owner: &Option<String>, id: &str, at: i64, ttl: u64) {
+    if let Some(owner) = owner {
+        p.cmd("ZADD").arg(owner_key(owner)).arg(at).arg(id).ignore();
+        p.cmd("EXPIRE").arg(owner_key(owner)).arg(ttl).ignore();
+    }
 }
 
 pub(super) fn session_key(id: &str) -> String {
@@ -116,7 +136,7 @@ impl Backend for RedisBackend {
                 Op::TurnStart { id, .. } => {
                     self.running.insert(id.clone());
                 }
-                Op::TurnEnd { id, .. } | Op::Delete { id } => {
+                Op::TurnEnd { id, .. } | Op::Delete { id, .. } => {
                     self.running.remove(id);
                 }
                 _ => {}
@@ -199,38 +219,16 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 }
                 touched.insert(id);
             }
-            Op::TurnStart { id, input, .. } => {
-                p.cmd("HSET")
-                    .arg(session_key(id))
-                    .arg(field::RUNNING_INPUT)
-                    .arg(input)
-                    .arg(field::HOST)
-                    .arg(host)
-                    .ignore();
-                p.cmd("SET")
-                    .arg(lease_key(id))
-                    .arg(host)
-                    .arg("PX")
-                    .arg(LEASE.as_millis() as u64)
-                    .ignore();
+            Op::TurnStart { id, .. } | Op::TurnEnd { id, .. } => {
+                turn(&mut p, op, ttl, host);
                 touched.insert(id);
             }
-            Op::TurnEnd { id, memory, .. } => {
-                p.cmd("HSET")
-                    .arg(session_key(id))
-                    .arg(field::MEMORY)
-                    .arg(memory)
-                    .ignore();
-                p.cmd("HDEL")
-                    .arg(session_key(id))
-                    .arg(field::RUNNING_INPUT)
-                    .ignore();
-                p.cmd("DEL").arg(lease_key(id)).ignore();
-                touched.insert(id);
-            }
-            Op::Delete { id } => {
+            Op::Delete { id, owner } => {
                 chunks.discard(id);
                 p.cmd("SREM").arg(STORED_KEY).arg(id).ignore();
+                if let Some(owner) = owner {
+                    p.cmd("ZREM").arg(owner_key(owner)).arg(id).ignore();
+                }
                 p.cmd("DEL")
                     .arg(session_key(id))
                     .arg(events_key(id))
@@ -259,6 +257,74 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
     (p, n)
 }
 
+/// A turn starts (its input, the host whose lease it runs under, the title on the first) or
+/// ends (the memory, usage and turns; the lease let go); either way its place in the owner's
+/// list moves up.
+fn turn(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
+    match op {
+        Op::TurnStart {
+            id,
+            input,
+            title,
+            owner,
+            at,
+        } => {
+            p.cmd("HSET")
+                .arg(session_key(id))
+                .arg(field::RUNNING_INPUT)
+                .arg(input)
+                .arg(field::HOST)
+                .arg(host)
+                .arg(field::UPDATED)
+                .arg(at)
+                .ignore();
+            if let Some(title) = title {
+                p.cmd("HSETNX")
+                    .arg(session_key(id))
+                    .arg(field::TITLE)
+                    .arg(title)
+                    .ignore();
+            }
+            listed_at(p, owner, id, *at, ttl);
+            p.cmd("SET")
+                .arg(lease_key(id))
+                .arg(host)
+                .arg("PX")
+                .arg(LEASE.as_millis() as u64)
+                .ignore();
+        }
+        Op::TurnEnd {
+            id,
+            memory,
+            usage,
+            owner,
+            at,
+        } => {
+            p.cmd("HSET")
+                .arg(session_key(id))
+                .arg(field::MEMORY)
+                .arg(memory)
+                .arg(field::USAGE)
+                .arg(usage)
+                .arg(field::UPDATED)
+                .arg(at)
+                .ignore();
+            p.cmd("HINCRBY")
+                .arg(session_key(id))
+                .arg(field::TURNS)
+                .arg(1)
+                .ignore();
+            listed_at(p, owner, id, *at, ttl);
+            p.cmd("HDEL")
+                .arg(session_key(id))
+                .arg(field::RUNNING_INPUT)
+                .ignore();
+            p.cmd("DEL").arg(lease_key(id)).ignore();
+        }
+        _ => {}
+    }
+}
+
 /// A new session: its hash, an empty event stream, and its place in the counted sets.
 fn create(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
     let Op::Create {
@@ -266,7 +332,9 @@ fn create(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
         token_hash,
         settings,
         client,
-        ..
+        owner,
+        agent,
+        at,
     } = op
     else {
         return;
@@ -287,124 +355,21 @@ fn create(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
         .arg(host)
         .arg(field::CLIENT)
         .arg(client)
+        .arg(field::AGENT)
+        .arg(agent)
+        .arg(field::CREATED)
+        .arg(at)
+        .arg(field::UPDATED)
+        .arg(at)
         .ignore();
-}
-
-/// A session's events of one batch as one stream entry.
-fn xadd(p: &mut redis::Pipeline, c: &Chunk) {
-    p.cmd("XADD")
-        .arg(events_key(&c.id))
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(ENTRIES_KEPT)
-        .arg("*")
-        .arg(entry::SEQ)
-        .arg(c.first)
-        .arg(entry::FRAMES)
-        .arg(&c.frames)
-        .ignore();
-}
-
-/// A stream entry as written: `seq` of its first event and the frames.
-pub(super) fn xadd_at(p: &mut redis::Pipeline, key: &str, id: &str, first: u64, frames: &str) {
-    p.cmd("XADD")
-        .arg(key)
-        .arg(id)
-        .arg(entry::SEQ)
-        .arg(first)
-        .arg(entry::FRAMES)
-        .arg(frames)
-        .ignore();
-}
-
-/// One stream entry: its id, the `seq` of its first event and its frames.
-pub(super) fn decode_entry(v: &redis::Value) -> Result<(String, u64, String), String> {
-    let redis::Value::Array(parts) = v else {
-        return Err("not an array".into());
-    };
-    let (Some(id), Some(redis::Value::Array(kv))) = (parts.first(), parts.get(1)) else {
-        return Err("not an [id, fields] pair".into());
-    };
-    let id: String = redis::from_redis_value(id.clone()).map_err(|e| format!("entry id: {e}"))?;
-    let (mut first, mut frames) = (None, None);
-    for pair in kv.chunks(2) {
-        let [k, v] = pair else {
-            return Err(format!("entry {id}: odd field list"));
-        };
-        let k: String =
-            redis::from_redis_value(k.clone()).map_err(|e| format!("entry {id}: {e}"))?;
-        match k.as_str() {
-            entry::SEQ => {
-                let s: String =
-                    redis::from_redis_value(v.clone()).map_err(|e| format!("entry {id}: {e}"))?;
-                first = Some(
-                    s.parse::<u64>()
-                        .map_err(|_| format!("entry {id}: seq {s:?}"))?,
-                );
-            }
-            entry::FRAMES => {
-                frames = Some(
-                    redis::from_redis_value::<String>(v.clone())
-                        .map_err(|e| format!("entry {id}: frames: {e}"))?,
-                )
-            }
-            _ => {}
-        }
+    if let Some(owner) = owner {
+        p.cmd("HSET")
+            .arg(session_key(id))
+            .arg(field::OWNER)
+            .arg(owner)
+            .ignore();
     }
-    match (first, frames) {
-        (Some(first), Some(frames)) => Ok((id, first, frames)),
-        _ => Err(format!("entry {id}: no `seq` or no `frames`")),
-    }
-}
-
-/// What following a stream reads: whether the turn's lease is held, and the new events as
-/// (stream entry id, seq, frame).
-pub type Followed = (bool, Vec<(String, u64, String)>);
-
-/// Events of session `id` after stream entry `after` (`None`: from the start), oldest first
-/// and each `seq` once (a retried batch may have landed twice), as (entry id, seq, frame); and
-/// whether its turn's lease is still held (by any host).
-pub(super) fn events_after(
-    c: &mut redis::Connection,
-    id: &str,
-    after: Option<&str>,
-    state: &State,
-) -> redis::RedisResult<Followed> {
-    let start = match after {
-        Some(entry) => format!("({entry}"),
-        None => "-".to_owned(),
-    };
-    let entries: redis::Value = redis::cmd("XRANGE")
-        .arg(events_key(id))
-        .arg(start)
-        .arg("+")
-        .query(c)?;
-    let mut out: Vec<(String, u64, String)> = Vec::new();
-    if let redis::Value::Array(entries) = entries {
-        for e in &entries {
-            match decode_entry(e) {
-                Ok((entry_id, first, frames)) => {
-                    for (seq, f) in Chunk::events(first, &frames) {
-                        if out.last().is_none_or(|(_, last, _)| seq > *last) {
-                            out.push((entry_id.clone(), seq, f.to_owned()));
-                        }
-                    }
-                }
-                Err(why) => {
-                    state
-                        .bad_entries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let e = StoreError::BadEntry {
-                        session: id.to_owned(),
-                        reason: why,
-                    };
-                    tracing::warn!(error = %e, "skipping a stored event entry");
-                }
-            }
-        }
-    }
-    let leased: bool = redis::cmd("EXISTS").arg(lease_key(id)).query(c)?;
-    Ok((leased, out))
+    listed_at(p, owner, id, *at, ttl);
 }
 
 #[cfg(test)]
@@ -417,30 +382,5 @@ mod tests {
         let batch = [Op::Ack(super::super::Acker::Blocking(tx))];
         let (_, n) = pipeline(&batch, Duration::from_secs(1), "h");
         assert_eq!(n, 0);
-    }
-
-    #[test]
-    fn bad_stream_entries_are_errors_not_silence() {
-        use redis::Value as V;
-        let s = |t: &str| V::BulkString(t.as_bytes().to_vec());
-        let good = V::Array(vec![
-            s("1-0"),
-            V::Array(vec![s("seq"), s("3"), s("frames"), s("a\nb")]),
-        ]);
-        assert_eq!(
-            decode_entry(&good).unwrap(),
-            ("1-0".into(), 3, "a\nb".into())
-        );
-        for bad in [
-            V::Array(vec![
-                s("1-0"),
-                V::Array(vec![s("seq"), s("x"), s("frames"), s("a")]),
-            ]),
-            V::Array(vec![s("1-0"), V::Array(vec![s("frames"), s("a")])]),
-            V::Array(vec![s("1-0"), V::Array(vec![s("seq")])]),
-            s("junk"),
-        ] {
-            assert!(decode_entry(&bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -10,10 +10,11 @@ use redis::Commands;
 use super::batch::strip_resume_tokens;
 use super::health::State;
 use super::redis::{
-    client_key, connect, decode_entry, events_after, field, lease_key, run_pipeline, session_key,
-    unavailable, xadd_at, Followed, RedisBackend, CANCEL_CHANNEL, IO_TIMEOUT, STORED_KEY,
+    client_key, connect, decode_entry, events_after, field, lease_key, owner_key, run_pipeline,
+    session_key, unavailable, xadd_at, Followed, RedisBackend, CANCEL_CHANNEL, IO_TIMEOUT,
+    STORED_KEY,
 };
-use super::{blocking, redact_url, StoreError, Stored};
+use super::{blocking, redact_url, Access, Cursor, Listed, Listing, StoreError, Stored};
 
 /// Connects (an unreachable server is an error), starts the cancel listener, and returns the
 /// writer's backend and the several-hosts capability.
@@ -73,7 +74,7 @@ pub struct FollowConn(Option<redis::Connection>);
 /// What only a shared store offers: following a turn that runs on another host, passing
 /// cancels between hosts, knowing which host holds a session.
 pub struct Shared {
-    client: redis::Client,
+    pub(super) client: redis::Client,
     host_id: String,
     cancels: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     state: Arc<State>,
@@ -156,7 +157,7 @@ impl Shared {
     pub(crate) async fn load(
         &self,
         id: &str,
-        token_hash: Option<String>,
+        access: Option<Access>,
     ) -> Result<Option<Stored>, StoreError> {
         let (client, id, me, state) = (
             self.client.clone(),
@@ -164,7 +165,18 @@ impl Shared {
             self.host_id.clone(),
             self.state.clone(),
         );
-        blocking(move || load(&client, &id, &me, &state, token_hash.as_deref())).await
+        blocking(move || load(&client, &id, &me, &state, access.as_ref())).await
+    }
+
+    /// `owner`'s sessions, newest first (see `Store::list`).
+    pub(crate) async fn list(
+        &self,
+        owner: &str,
+        before: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, StoreError> {
+        let (client, owner) = (self.client.clone(), owner.to_owned());
+        blocking(move || list(&client, &owner, before.as_ref(), limit)).await
     }
 }
 
@@ -212,14 +224,17 @@ fn load(
     id: &str,
     me: &str,
     state: &State,
-    token_hash: Option<&str>,
+    access: Option<&Access>,
 ) -> Result<Option<Stored>, StoreError> {
     let mut c = connect(client)?;
-    if let Some(want) = token_hash {
-        let found: Option<String> = c
-            .hget(session_key(id), field::TOKEN_HASH)
+    if let Some(access) = access {
+        let (found, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(session_key(id))
+            .arg(field::TOKEN_HASH)
+            .arg(field::OWNER)
+            .query(&mut c)
             .map_err(unavailable)?;
-        if !found.is_some_and(|h| crate::secret::constant_time_eq(&h, want)) {
+        if !found.is_some_and(|h| access.admits(&h, owner.as_deref())) {
             return Ok(None);
         }
     }
@@ -231,8 +246,22 @@ fn load(
     let last_entry = entries.last().map(|(e, _, _)| e.clone());
     let events = entries.into_iter().map(|(_, seq, f)| (seq, f)).collect();
     let lease: Option<String> = c.get(lease_key(id)).map_err(unavailable)?;
+    let number = |f: &str| {
+        fields
+            .get(f)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let listing = Listing {
+        title: fields.get(field::TITLE).cloned().unwrap_or_default(),
+        agent: fields.get(field::AGENT).cloned().unwrap_or_default(),
+        created: number(field::CREATED),
+        turns: number(field::TURNS).max(0) as u64,
+    };
     Ok(Some(Stored {
         token_hash,
+        owner: fields.remove(field::OWNER),
+        listing,
         settings: fields.remove(field::SETTINGS).unwrap_or_default(),
         memory: fields.remove(field::MEMORY).unwrap_or_default(),
         running_input: fields.remove(field::RUNNING_INPUT),
@@ -240,6 +269,85 @@ fn load(
         running_on: lease.filter(|h| h != me),
         last_entry,
     }))
+}
+
+/// Entries read from an owner's list per round trip.
+const LIST_PAGE: usize = 100;
+
+/// `owner`'s sessions after `before`, newest first; members whose session is gone (expired,
+/// deleted) are removed from the list on the way.
+fn list(
+    client: &redis::Client,
+    owner: &str,
+    before: Option<&Cursor>,
+    limit: usize,
+) -> Result<Vec<Listed>, StoreError> {
+    let mut c = connect(client)?;
+    let key = owner_key(owner);
+    let max = before.map_or("+inf".to_owned(), |b| b.updated.to_string());
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while out.len() < limit {
+        // Newest first; equal scores by id, descending — the order a cursor follows.
+        let page: Vec<(String, i64)> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(&key)
+            .arg(&max)
+            .arg("-inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(LIST_PAGE)
+            .query(&mut c)
+            .map_err(unavailable)?;
+        offset += page.len();
+        let wanted: Vec<&(String, i64)> = page
+            .iter()
+            .filter(|(id, at)| before.is_none_or(|b| b.precedes(*at, id)))
+            .collect();
+        let mut p = redis::pipe();
+        for (id, _) in &wanted {
+            p.cmd("HMGET").arg(session_key(id)).arg(&[
+                field::TOKEN_HASH,
+                field::TITLE,
+                field::AGENT,
+                field::CREATED,
+                field::TURNS,
+                field::RUNNING_INPUT,
+                field::USAGE,
+            ]);
+        }
+        let rows: Vec<[Option<String>; 7]> = p.query(&mut c).map_err(unavailable)?;
+        let mut gone = Vec::new();
+        for ((id, at), row) in wanted.into_iter().zip(rows) {
+            let [Some(_), title, agent, created, turns, running, usage] = row else {
+                gone.push(id.clone());
+                continue;
+            };
+            if out.len() < limit {
+                out.push(Listed {
+                    id: id.clone(),
+                    listing: Listing {
+                        title: title.unwrap_or_default(),
+                        agent: agent.unwrap_or_default(),
+                        created: created.and_then(|v| v.parse().ok()).unwrap_or(0),
+                        turns: turns.and_then(|v| v.parse().ok()).unwrap_or(0),
+                    },
+                    updated: *at,
+                    running: running.is_some(),
+                    usage: usage.unwrap_or_default(),
+                });
+            }
+        }
+        if !gone.is_empty() {
+            // They were before `offset`: the next page starts that much earlier.
+            offset -= gone.len();
+            let _: () = c.zrem(&key, gone).map_err(unavailable)?;
+        }
+        if page.len() < LIST_PAGE {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Listens for cancels of turns (sent by other hosts whose client asked) and hands the session

@@ -14,8 +14,9 @@ use super::batch::{strip_resume_tokens, Chunk, Chunks};
 use super::{now, Backend, Op, StoreError, EVENTS_KEPT};
 
 /// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
-/// caps). A version-1 store is migrated on open.
-const SCHEMA_VERSION: i64 = 2;
+/// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list). An
+/// older store is migrated on open.
+const SCHEMA_VERSION: i64 = 3;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -143,9 +144,10 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
              CREATE INDEX IF NOT EXISTS event_chunks_session ON event_chunks (session, last_seq);
              INSERT OR IGNORE INTO meta VALUES ('schema', 1);",
         )?;
-        let found: i64 = db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-            r.get(0)
-        })?;
+        let mut found: i64 =
+            db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })?;
         if found == 1 {
             db.execute_batch(
                 "BEGIN;
@@ -154,7 +156,21 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
                  UPDATE meta SET value = 2 WHERE key = 'schema';
                  COMMIT;",
             )?;
-            return Ok(2);
+            found = 2;
+        }
+        if found == 2 {
+            db.execute_batch(
+                "BEGIN;
+                 ALTER TABLE sessions ADD COLUMN owner TEXT;
+                 ALTER TABLE sessions ADD COLUMN agent TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE sessions ADD COLUMN title TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE sessions ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE sessions ADD COLUMN usage TEXT NOT NULL DEFAULT '';
+                 CREATE INDEX sessions_owner ON sessions (owner, last_active);
+                 UPDATE meta SET value = 3 WHERE key = 'schema';
+                 COMMIT;",
+            )?;
+            found = 3;
         }
         Ok(found)
     };
@@ -247,7 +263,7 @@ impl Backend for SqliteBackend {
                     self.written
                         .insert(Arc::from(id.as_str()), self.events_bytes);
                 }
-                Op::Delete { id } => {
+                Op::Delete { id, .. } => {
                     self.trims.remove(id);
                     self.written.remove(id.as_str());
                 }
@@ -346,12 +362,14 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 token_hash,
                 settings,
                 client,
+                owner,
+                agent,
                 at,
             } => {
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
                 )?
-                .execute(params![id, token_hash, settings, at, client])?;
+                .execute(params![id, token_hash, settings, at, client, owner, agent])?;
                 applied.sessions += 1;
             }
             Op::Event { id, seq, frame } => {
@@ -360,19 +378,35 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                     applied.chunks.push((earlier.id, earlier.frames.len()));
                 }
             }
-            Op::TurnStart { id, input, at } => {
+            Op::TurnStart {
+                id,
+                input,
+                title,
+                at,
+                ..
+            } => {
                 tx.prepare_cached(
-                    "UPDATE sessions SET running_input = ?2, last_active = ?3 WHERE id = ?1",
+                    "UPDATE sessions SET running_input = ?2, last_active = ?3,
+                         title = CASE WHEN title = '' THEN coalesce(?4, '') ELSE title END
+                     WHERE id = ?1",
                 )?
-                .execute(params![id, input, at])?;
+                .execute(params![id, input, at, title])?;
             }
-            Op::TurnEnd { id, memory, at } => {
+            Op::TurnEnd {
+                id,
+                memory,
+                usage,
+                at,
+                ..
+            } => {
                 tx.prepare_cached(
-                    "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 WHERE id = ?1",
+                    "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3,
+                         usage = ?4, turns = turns + 1
+                     WHERE id = ?1",
                 )?
-                .execute(params![id, memory, at])?;
+                .execute(params![id, memory, at, usage])?;
             }
-            Op::Delete { id } => {
+            Op::Delete { id, .. } => {
                 chunks.discard(id);
                 tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1")?
                     .execute([id])?;
@@ -396,4 +430,4 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use read::{count_of, load};
+pub(crate) use read::{count_of, list, load};

@@ -331,6 +331,8 @@ mod tests {
             token_hash: "h".into(),
             settings: "{}".into(),
             client: "127.0.0.1".into(),
+            owner: None,
+            agent: String::new(),
             at: 0,
         });
         send(event(1, 10));
@@ -347,6 +349,8 @@ mod tests {
         send(Op::TurnEnd {
             id: "s".into(),
             memory: "m".into(),
+            usage: String::new(),
+            owner: None,
             at: 0,
         });
         down.store(false, Ordering::SeqCst);
@@ -371,6 +375,8 @@ mod tests {
             let op = Op::TurnEnd {
                 id: format!("r{i}"),
                 memory: "m".repeat(40 << 10),
+                usage: String::new(),
+                owner: None,
                 at: 0,
             };
             state.queued(op.size());

@@ -45,9 +45,4 @@ impl Session {
             .get_or_insert_with(|| crate::session::rate::Bucket::full(per_minute, now))
             .take(per_minute, now)
     }
-
-    /// The session's usage totals as of the turn that just ended.
-    pub fn set_usage(&self, usage: crate::agent::usage::UsageTotals) {
-        self.lock().usage = usage;
-    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::super::batch::Chunk;
-use super::super::{now, StoreError, Stored};
+use super::super::{now, Access, Cursor, Listed, Listing, StoreError, Stored};
 use super::unavailable;
 
 /// Sessions `client` made (the total comes from the writer's count) — see
@@ -48,7 +48,7 @@ pub(crate) fn load(
     path: &Path,
     id: &str,
     ttl: Duration,
-    token_hash: Option<&str>,
+    access: Option<&Access>,
 ) -> Result<Option<Stored>, StoreError> {
     let db = Connection::open_with_flags(
         path,
@@ -57,32 +57,45 @@ pub(crate) fn load(
     .map_err(unavailable)?;
     let _ = db.busy_timeout(Duration::from_secs(5));
     let read = || -> rusqlite::Result<Option<Stored>> {
-        if let Some(want) = token_hash {
-            let found: Option<String> = db
-                .query_row("SELECT token_hash FROM sessions WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
+        if let Some(access) = access {
+            let found: Option<(String, Option<String>)> = db
+                .query_row(
+                    "SELECT token_hash, owner FROM sessions WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
-            if !found.is_some_and(|h| crate::secret::constant_time_eq(&h, want)) {
+            if !found.is_some_and(|(h, owner)| access.admits(&h, owner.as_deref())) {
                 return Ok(None);
             }
         }
         let row = db
             .query_row(
-                "SELECT token_hash, settings, memory, running_input, last_active FROM sessions WHERE id = ?1",
+                "SELECT token_hash, settings, memory, running_input, last_active, owner, title, agent, created, turns FROM sessions WHERE id = ?1",
                 [id],
                 |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, i64>(4)?,
+                        (
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ),
+                        r.get::<_, Option<String>>(5)?,
+                        Listing {
+                            title: r.get(6)?,
+                            agent: r.get(7)?,
+                            created: r.get(8)?,
+                            turns: r.get::<_, i64>(9)? as u64,
+                        },
                     ))
                 },
             )
             .optional()?;
-        let Some((token_hash, settings, memory, running_input, last_active)) = row else {
+        let Some(((token_hash, settings, memory, running_input, last_active), owner, listing)) =
+            row
+        else {
             return Ok(None);
         };
         if now() - last_active > ttl.as_secs() as i64 {
@@ -108,6 +121,8 @@ pub(crate) fn load(
         }
         Ok(Some(Stored {
             token_hash,
+            owner,
+            listing,
             settings,
             memory,
             running_input,
@@ -115,6 +130,52 @@ pub(crate) fn load(
             running_on: None,
             last_entry: None,
         }))
+    };
+    read().map_err(unavailable)
+}
+
+/// `owner`'s sessions, newest activity first (see [`super::super::Store::list`]).
+pub(crate) fn list(
+    path: &Path,
+    ttl: Duration,
+    owner: &str,
+    before: Option<&Cursor>,
+    limit: usize,
+) -> Result<Vec<Listed>, StoreError> {
+    let db = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unavailable)?;
+    let _ = db.busy_timeout(Duration::from_secs(5));
+    let (updated, id) = before.map_or((i64::MAX, ""), |c| (c.updated, c.id.as_str()));
+    let read = || -> rusqlite::Result<Vec<Listed>> {
+        let mut stmt = db.prepare(
+            "SELECT id, title, agent, created, turns, last_active, running_input IS NOT NULL, usage
+             FROM sessions
+             WHERE owner = ?1 AND last_active >= ?2
+               AND (last_active < ?3 OR (last_active = ?3 AND id < ?4))
+             ORDER BY last_active DESC, id DESC LIMIT ?5",
+        )?;
+        let cutoff = now() - ttl.as_secs() as i64;
+        let rows = stmt.query_map(
+            rusqlite::params![owner, cutoff, updated, id, limit as i64],
+            |r| {
+                Ok(Listed {
+                    id: r.get(0)?,
+                    listing: Listing {
+                        title: r.get(1)?,
+                        agent: r.get(2)?,
+                        created: r.get(3)?,
+                        turns: r.get::<_, i64>(4)? as u64,
+                    },
+                    updated: r.get(5)?,
+                    running: r.get(6)?,
+                    usage: r.get(7)?,
+                })
+            },
+        )?;
+        rows.collect()
     };
     read().map_err(unavailable)
 }

@@ -26,6 +26,8 @@ fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
         token_hash: "h".into(),
         settings: "{}".into(),
         client: client.into(),
+        owner: None,
+        agent: String::new(),
         at: now(),
     };
     b.apply(&[
@@ -44,8 +46,14 @@ fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
         "the old session has no address"
     );
     b.apply(&[
-        Op::Delete { id: "a".into() },
-        Op::Delete { id: "nope".into() },
+        Op::Delete {
+            id: "a".into(),
+            owner: None,
+        },
+        Op::Delete {
+            id: "nope".into(),
+            owner: None,
+        },
     ])
     .unwrap();
     assert_eq!(b.stored_counter().load(Ordering::Relaxed), 3);
