@@ -17,6 +17,9 @@ const WEATHER_ONLY = process.env.WEATHER_ONLY === "1";
 const PAGE_SUFFIX = process.env.PAGE_SUFFIX || "";
 // APPROVALS=1: only the approval flow (the host runs with --require-approval get_weather).
 const APPROVALS = process.env.APPROVALS === "1";
+// PRINCIPAL=1: the host takes --auth-tokens-file and PAGE_SUFFIX carries a principal's token:
+// its sessions are listed with their titles, also on a second device.
+const PRINCIPAL = process.env.PRINCIPAL === "1";
 
 async function script(steps) {
   const r = await fetch(LLM_URL + "/_control/script", { method: "POST", body: JSON.stringify(steps) });
@@ -99,6 +102,31 @@ async function approvals(page) {
   console.log("ok - Deny: the call does not run and the model is told");
 }
 
+// A principal's sessions: the button is titled by the first message; a second device (a fresh
+// browser context: nothing in its storage) lists the session by that title and opens it by id.
+async function principal(page) {
+  const question = "What's the weather in Paris?";
+  await page.fill("#input", question);
+  await page.click("#send");
+  await page.locator(".msg.answer:not(.streaming)").last().waitFor({ timeout: 15000 });
+  assert.equal(await page.locator("nav button.session.active").textContent(), question);
+  await page.waitForFunction(() => !document.querySelector("#send").disabled);
+  const device = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+  const other = await device.newPage();
+  await other.goto(HOST_URL + "/" + PAGE_SUFFIX);
+  await other.locator("#status.connected").waitFor({ timeout: 10000 });
+  const listed = other.locator("nav button.session", { hasText: question });
+  await listed.waitFor({ timeout: 10000 });
+  assert.equal(await other.locator("nav button.session").count(), 1, "the listed session, and no new one");
+  await listed.click();
+  const replayed = other.locator(".msg.answer:not(.streaming)").last();
+  await replayed.waitFor({ timeout: 10000 });
+  assert.match(await replayed.textContent(), /Paris/);
+  assert.match(await other.locator(".usage").last().textContent(), /tokens · 2 model calls/);
+  await device.close();
+  console.log("ok - the principal's session is listed by its title on a second device and opens there");
+}
+
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -121,6 +149,11 @@ try {
   // A session is created on connect.
   await page.locator("nav button.session").first().waitFor();
   assert.match(await page.locator("#agent").textContent(), /weather/i);
+  if (PRINCIPAL) {
+    await principal(page);
+    assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
+    throw "done";
+  }
   if (APPROVALS) {
     await approvals(page);
     assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");

@@ -123,6 +123,42 @@ fn web_client_with_a_token_in_the_fragment() {
     );
 }
 
+/// A principal's sessions in the page (`--auth-tokens-file`): listed by title, also on a second
+/// device, where the session opens by id without its resume token.
+#[test]
+fn web_client_lists_a_principals_sessions() {
+    if skip() {
+        return;
+    }
+    let llm = FakeLlm::start();
+    let dir = myagent_tests::TempDir::new("browser-principal");
+    let tokens = dir.path().join("principals.toml");
+    std::fs::write(
+        &tokens,
+        "[[principal]]\nuser = \"alice\"\ntoken = \"alice-br0wser\"\n",
+    )
+    .unwrap();
+    let recording = workspace_root().join("examples/recordings/weather-demo.jsonl");
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[
+            "--replay",
+            recording.to_str().unwrap(),
+            "--auth-tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    run_page_test(
+        &host,
+        &llm,
+        &[
+            ("PRINCIPAL", "1".into()),
+            ("PAGE_SUFFIX", "#token=alice-br0wser".into()),
+        ],
+    );
+}
+
 /// Tool approval in the page: Approve and Deny buttons on a call that waits (the operator
 /// requires approval of `get_weather`), and a call still waiting across a page reload.
 #[test]

@@ -52,7 +52,7 @@ impl Sessions {
             client_ip: client.ip,
             listing: Listing {
                 agent: plugin.manifest.name.clone(),
-                created: crate::store::now(),
+                created: crate::store::now_ms(),
                 ..Listing::default()
             },
         };

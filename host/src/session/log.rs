@@ -129,7 +129,7 @@ struct Inner {
     pub(super) usage: crate::agent::usage::UsageTotals,
     /// Its title, agent, creation and turns, as a session list shows them.
     pub(super) listing: Listing,
-    /// Unix seconds of the last turn's start or end (or the creation).
+    /// Unix milliseconds of the last turn's start or end (or the creation).
     pub(super) updated: i64,
 }
 

@@ -51,7 +51,7 @@ pub struct Listing {
     pub title: String,
     /// The agent's name when the session was made.
     pub agent: String,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created: i64,
     /// Turns finished.
     pub turns: u64,
@@ -76,7 +76,7 @@ impl Listing {
 pub struct Listed {
     pub id: String,
     pub listing: Listing,
-    /// Unix seconds of the last turn's start or end.
+    /// Unix milliseconds of the last turn's start or end.
     pub updated: i64,
     /// A turn was running when last written (its end not stored yet).
     pub running: bool,

@@ -164,6 +164,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Unix milliseconds (what writes are stamped with: a session list orders by them).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -271,7 +279,7 @@ impl Store {
             client: new.client.to_string(),
             owner: new.owner,
             agent: new.agent,
-            at: now(),
+            at: now_ms(),
         });
     }
 
@@ -321,7 +329,7 @@ impl Store {
             input,
             title,
             owner: owner.map(str::to_owned),
-            at: now(),
+            at: now_ms(),
         });
     }
 
@@ -333,7 +341,7 @@ impl Store {
             memory,
             usage,
             owner: owner.map(str::to_owned),
-            at: now(),
+            at: now_ms(),
         });
     }
 

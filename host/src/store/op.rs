@@ -17,6 +17,7 @@ pub(crate) enum Op {
         owner: Option<String>,
         /// The agent's name.
         agent: String,
+        /// Unix milliseconds.
         at: i64,
     },
     Event {
@@ -30,6 +31,7 @@ pub(crate) enum Op {
         /// The session's title, on its first turn (kept once set).
         title: Option<String>,
         owner: Option<String>,
+        /// Unix milliseconds.
         at: i64,
     },
     TurnEnd {
@@ -38,6 +40,7 @@ pub(crate) enum Op {
         /// The session's usage totals (JSON), listed without reading the memory.
         usage: String,
         owner: Option<String>,
+        /// Unix milliseconds.
         at: i64,
     },
     Delete {

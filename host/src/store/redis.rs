@@ -41,7 +41,7 @@ pub(super) mod field {
     pub(crate) const AGENT: &str = "agent";
     /// The first user message, cut (set once).
     pub(crate) const TITLE: &str = "title";
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub(crate) const CREATED: &str = "created";
     pub(crate) const UPDATED: &str = "updated";
     /// Turns finished.
@@ -58,7 +58,7 @@ pub(super) fn client_key(client: &str) -> String {
     format!("myagent:client:{client}")
 }
 
-/// The sessions of principal `owner`, scored by their last activity (Unix seconds); a member
+/// The sessions of principal `owner`, scored by their last activity (Unix ms); a member
 /// may outlive its session (a list prunes them).
 pub(super) fn owner_key(owner: &str) -> String {
     format!("myagent:owner:{owner}")

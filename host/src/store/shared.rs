@@ -304,6 +304,9 @@ fn list(
             .iter()
             .filter(|(id, at)| before.is_none_or(|b| b.precedes(*at, id)))
             .collect();
+        if wanted.is_empty() && page.len() < LIST_PAGE {
+            break;
+        }
         let mut p = redis::pipe();
         for (id, _) in &wanted {
             p.cmd("HMGET").arg(session_key(id)).arg(&[
@@ -316,7 +319,11 @@ fn list(
                 field::USAGE,
             ]);
         }
-        let rows: Vec<[Option<String>; 7]> = p.query(&mut c).map_err(unavailable)?;
+        let rows: Vec<[Option<String>; 7]> = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            p.query(&mut c).map_err(unavailable)?
+        };
         let mut gone = Vec::new();
         for ((id, at), row) in wanted.into_iter().zip(rows) {
             let [Some(_), title, agent, created, turns, running, usage] = row else {

@@ -166,7 +166,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
                  ALTER TABLE sessions ADD COLUMN title TEXT NOT NULL DEFAULT '';
                  ALTER TABLE sessions ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE sessions ADD COLUMN usage TEXT NOT NULL DEFAULT '';
-                 CREATE INDEX sessions_owner ON sessions (owner, last_active);
+                 ALTER TABLE sessions ADD COLUMN updated_ms INTEGER NOT NULL DEFAULT 0;
+                 CREATE INDEX sessions_owner ON sessions (owner, updated_ms);
                  UPDATE meta SET value = 3 WHERE key = 'schema';
                  COMMIT;",
             )?;
@@ -367,9 +368,9 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 at,
             } => {
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
+                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![id, token_hash, settings, at, client, owner, agent])?;
+                .execute(params![id, token_hash, settings, at / 1000, client, owner, agent, at])?;
                 applied.sessions += 1;
             }
             Op::Event { id, seq, frame } => {
@@ -386,7 +387,7 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 ..
             } => {
                 tx.prepare_cached(
-                    "UPDATE sessions SET running_input = ?2, last_active = ?3,
+                    "UPDATE sessions SET running_input = ?2, last_active = ?3 / 1000, updated_ms = ?3,
                          title = CASE WHEN title = '' THEN coalesce(?4, '') ELSE title END
                      WHERE id = ?1",
                 )?
@@ -400,8 +401,8 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 ..
             } => {
                 tx.prepare_cached(
-                    "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3,
-                         usage = ?4, turns = turns + 1
+                    "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 / 1000,
+                         updated_ms = ?3, usage = ?4, turns = turns + 1
                      WHERE id = ?1",
                 )?
                 .execute(params![id, memory, at, usage])?;

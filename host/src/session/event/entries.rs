@@ -23,8 +23,8 @@ pub struct SessionEntry {
 
 impl SessionEntry {
     pub fn of(l: Listed) -> SessionEntry {
-        let at = |secs: i64| {
-            Timestamp::at(std::time::Duration::from_secs(secs.max(0) as u64))
+        let at = |ms: i64| {
+            Timestamp::at(std::time::Duration::from_millis(ms.max(0) as u64))
                 .as_str()
                 .to_owned()
         };

@@ -3,14 +3,14 @@
 
 use super::Session;
 use crate::agent::usage::UsageTotals;
-use crate::store::{now, Listed, Listing};
+use crate::store::{now_ms, Listed, Listing};
 
 impl Session {
     /// A turn starts: the session's activity, and on its first turn the title it gets (the
     /// message's text, cut), which this returns to be stored.
     pub fn turn_started(&self, text: &str) -> Option<String> {
         let mut inner = self.lock();
-        inner.updated = now();
+        inner.updated = now_ms();
         if !inner.listing.title.is_empty() || text.trim().is_empty() {
             return None;
         }
@@ -23,7 +23,7 @@ impl Session {
         let mut inner = self.lock();
         inner.usage = usage;
         inner.listing.turns += 1;
-        inner.updated = now();
+        inner.updated = now_ms();
     }
 
     /// The session's usage totals as of its last turn's end.
@@ -36,7 +36,7 @@ impl Session {
         let mut inner = self.lock();
         inner.listing = listing;
         inner.usage = usage;
-        inner.updated = now();
+        inner.updated = now_ms();
     }
 
     /// The session's list entry as this host has it now.

@@ -86,7 +86,7 @@ pub(crate) fn load(
                         Listing {
                             title: r.get(6)?,
                             agent: r.get(7)?,
-                            created: r.get(8)?,
+                            created: r.get::<_, i64>(8)? * 1000,
                             turns: r.get::<_, i64>(9)? as u64,
                         },
                     ))
@@ -151,11 +151,11 @@ pub(crate) fn list(
     let (updated, id) = before.map_or((i64::MAX, ""), |c| (c.updated, c.id.as_str()));
     let read = || -> rusqlite::Result<Vec<Listed>> {
         let mut stmt = db.prepare(
-            "SELECT id, title, agent, created, turns, last_active, running_input IS NOT NULL, usage
+            "SELECT id, title, agent, created, turns, updated_ms, running_input IS NOT NULL, usage
              FROM sessions
              WHERE owner = ?1 AND last_active >= ?2
-               AND (last_active < ?3 OR (last_active = ?3 AND id < ?4))
-             ORDER BY last_active DESC, id DESC LIMIT ?5",
+               AND (updated_ms < ?3 OR (updated_ms = ?3 AND id < ?4))
+             ORDER BY updated_ms DESC, id DESC LIMIT ?5",
         )?;
         let cutoff = now() - ttl.as_secs() as i64;
         let rows = stmt.query_map(
@@ -166,7 +166,7 @@ pub(crate) fn list(
                     listing: Listing {
                         title: r.get(1)?,
                         agent: r.get(2)?,
-                        created: r.get(3)?,
+                        created: r.get::<_, i64>(3)? * 1000,
                         turns: r.get::<_, i64>(4)? as u64,
                     },
                     updated: r.get(5)?,

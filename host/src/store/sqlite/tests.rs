@@ -28,7 +28,7 @@ fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
         client: client.into(),
         owner: None,
         agent: String::new(),
-        at: now(),
+        at: now() * 1000,
     };
     b.apply(&[
         create("a", "10.0.0.1"),
