@@ -162,7 +162,7 @@ async fn a_principals_sessions_are_its_own_and_its_quota_is_its_own() {
     assert_eq!(r["event"], "agent.session_resumed", "{r}");
     assert_eq!(r["usage"]["input_tokens"], 200);
     let listed = list(&mut phone, json!({})).await;
-    assert_eq!(ids(&listed), [sid.clone()], "{listed}");
+    assert_eq!(ids(&listed), vec![sid.clone()], "{listed}");
     let entry = &listed["sessions"][0];
     assert_eq!(
         entry["title"], "What is the weather in Paris today?",
@@ -184,7 +184,7 @@ async fn a_principals_sessions_are_its_own_and_its_quota_is_its_own() {
     let mut bob = connect(&host, BOB).await;
     refused(&mut bob, resume(Some(&token)), &sid).await;
     let mut alice = connect(&host, ALICE).await;
-    assert_eq!(ids(&list(&mut alice, json!({})).await), [sid.clone()]);
+    assert_eq!(ids(&list(&mut alice, json!({})).await), vec![sid.clone()]);
     alice.send(resume(None)).await;
     assert_eq!(
         alice
@@ -392,7 +392,7 @@ async fn hosts_on_one_redis_share_owners_lists_and_quotas() {
     // On host b: listed with its title, resumed by id; Bob still sees nothing of it.
     let mut alice_b = connect(&b, ALICE).await;
     let listed = list(&mut alice_b, json!({})).await;
-    assert_eq!(ids(&listed), [sid.clone()], "{listed}");
+    assert_eq!(ids(&listed), vec![sid.clone()], "{listed}");
     assert_eq!(listed["sessions"][0]["title"], "Plan a trip to Lisbon");
     assert_eq!(listed["sessions"][0]["usage"]["input_tokens"], 80);
     let mut bob_b = connect(&b, BOB).await;
@@ -427,5 +427,5 @@ async fn hosts_on_one_redis_share_owners_lists_and_quotas() {
         "agent.session_deleted"
     );
     let listed = list(&mut alice, json!({})).await;
-    assert_eq!(ids(&listed), [sid_b], "{listed}");
+    assert_eq!(ids(&listed), vec![sid_b], "{listed}");
 }
