@@ -429,3 +429,38 @@ async fn hosts_on_one_redis_share_owners_lists_and_quotas() {
     let listed = list(&mut alice, json!({})).await;
     assert_eq!(ids(&listed), vec![sid_b], "{listed}");
 }
+
+#[tokio::test]
+async fn deleting_a_running_session_leaves_nothing_in_the_store() {
+    let dir = TempDir::new("principals-delete");
+    let db = dir.path().join("s.db");
+    let store = format!("sqlite:{}", db.display());
+    let tokens = tokens_file(&dir, "");
+    let llm = FakeLlm::start();
+    let host = start(&llm, &store, &tokens, &[]);
+    let mut alice = connect(&host, ALICE).await;
+    for (ask, answer) in [
+        ("user.delete_session", "agent.session_deleted"),
+        ("user.close_session", "agent.session_closed"),
+    ] {
+        let (sid, _) = alice.create_session().await;
+        // Past the answer hold-back (80 characters), so that it streams while the run goes on.
+        llm.script(json!([{"text": "y".repeat(300), "chunk_chars": 2, "delay_ms": 20}]));
+        alice.ask(&sid, "a long one").await;
+        alice.until("agent.partial_answer").await;
+        alice.send(json!({"event": ask, "session_id": sid})).await;
+        let done = alice.until_any(&[answer, "agent.error"]).await;
+        assert_eq!(done["event"], answer, "{done}");
+        // The cancelled run's last events and its turn's end come after: not written.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [&sid], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT count(*) FROM sessions WHERE id = ?1"),
+            0,
+            "{ask}"
+        );
+        let chunks = count("SELECT count(*) FROM event_chunks WHERE session = ?1");
+        assert_eq!(chunks, 0, "{ask}");
+    }
+}

@@ -80,6 +80,7 @@ impl Sessions {
         match self.registry.get(session_id) {
             Some(s) if s.user.as_ref() != Some(&user) => return not_found(client),
             Some(s) => {
+                s.unstore();
                 s.cancel();
                 self.remove(session_id);
             }

@@ -131,6 +131,8 @@ struct Inner {
     pub(super) listing: Listing,
     /// Unix milliseconds of the last turn's start or end (or the creation).
     pub(super) updated: i64,
+    /// Deleted (closed, or `user.delete_session`): nothing more of it is written to the store.
+    pub(super) unstored: bool,
 }
 
 impl Drop for Session {
@@ -197,6 +199,7 @@ impl Session {
             usage: slot.memory.usage,
             updated: identity.listing.created,
             listing: identity.listing,
+            unstored: false,
         };
         let Identity {
             id,
@@ -225,7 +228,7 @@ impl Session {
 
     /// The session store this session writes to, if any.
     pub fn store(&self) -> Option<&Arc<Store>> {
-        self.store.as_ref()
+        self.store.as_ref().filter(|_| !self.lock().unstored)
     }
 
     /// Puts back a restored session's log: its numbering goes on from the last event — or from
@@ -386,7 +389,7 @@ impl Session {
             text = error.frame_in_session(&self.id, seq);
         }
         self.keep_for_replay(inner, seq, text.clone());
-        if let Some(d) = &self.store {
+        if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
             d.event(&self.shared_id, seq, &text);
         }
         if inner.withheld_from.is_some() {

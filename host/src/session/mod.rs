@@ -186,6 +186,7 @@ impl Sessions {
         let Some(session) = self.owned(client, session_id) else {
             return;
         };
+        session.unstore();
         session.cancel();
         self.remove(session_id);
         if let Some(d) = &self.store {

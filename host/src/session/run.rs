@@ -111,7 +111,7 @@ async fn run_turn(
         session: memory.usage,
     };
     session.emit(&usage, &runtime.metrics);
-    let Some(d) = store else {
+    let Some(d) = session.store() else {
         return session.finish_run(&final_event(outcome, run), &runtime.metrics, false);
     };
     // Acknowledged means durable: `agent.ready` reaches the client once the turn's end (its

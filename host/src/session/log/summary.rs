@@ -39,6 +39,12 @@ impl Session {
         inner.updated = now_ms();
     }
 
+    /// The session is deleted from the store: what its ending run still writes (its last
+    /// events, its turn's end) would leave rows of a session that no longer exists.
+    pub fn unstore(&self) {
+        self.lock().unstored = true;
+    }
+
     /// The session's list entry as this host has it now.
     pub fn listed(&self) -> Listed {
         let inner = self.lock();
