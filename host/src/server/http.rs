@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,26 +25,25 @@ use super::connection::{self, ConnDeps};
 use super::forwarded::client_ip;
 use super::gate::Gate;
 use super::protocol::MAX_EVENT_BYTES;
-use sha2::Digest;
 
-type Body = Full<Bytes>;
+/// Every response's body: whole (`Full`) or streamed (SSE).
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Before authentication: the largest frame a client may send (a first message with a token)
 /// and the most bytes in all (also bounded in time by `--auth-timeout`).
 const PRE_AUTH_FRAME: u64 = 8 * 1024;
 const PRE_AUTH_TOTAL: u64 = 32 * 1024;
 
-/// The web client (one self-contained page, no build step), served at `/`.
-pub(crate) const WEB_CLIENT: &str = include_str!("web/index.html");
-
 /// A slot under the connection cap, held by the HTTP connection and, after an upgrade, by the
 /// WebSocket connection it became.
 pub(crate) type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
-/// What the HTTP side serves from: the connection dependencies and the start time.
+/// What the HTTP side serves from: the connection dependencies, the start time, and the A2A
+/// door's tasks.
 pub struct Gateway {
     pub deps: ConnDeps,
     pub started: Instant,
+    pub(crate) a2a: super::a2a::Tasks,
 }
 
 /// Serves HTTP/1.1 on one TCP connection, handing WebSocket upgrades to [`connection::serve`].
@@ -58,7 +58,7 @@ pub(crate) async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gate
     let svc = hyper::service::service_fn(move |req| {
         let gw = gw.clone();
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(route(req, &gw, slot, peer)) }
+        async move { Ok::<_, Infallible>(route(req, &gw, slot, peer).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
@@ -85,7 +85,12 @@ pub(crate) async fn serve_http(stream: TcpStream, peer: SocketAddr, gw: Arc<Gate
     }
 }
 
-fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    gw: &Gateway,
+    slot: Slot,
+    peer: SocketAddr,
+) -> Response<Body> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -98,6 +103,9 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             "text/plain",
             "unknown host name; start the host with --allowed-host NAME to serve it\n".into(),
         );
+    }
+    if super::a2a::routes(req.method(), req.uri().path()) {
+        return super::a2a::serve(req, gw, peer).await;
     }
     let path = req.uri().path();
     let is_upgrade = req
@@ -138,30 +146,7 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
             }
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
-        (&Method::GET, "/" | "/index.html") => {
-            let mut r = Response::new(Full::new(Bytes::from_static(WEB_CLIENT.as_bytes())));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            // Only the page's own script runs, nothing frames it (no clickjacked Approve),
-            // and it connects to this host only.
-            if let Ok(csp) = HeaderValue::from_str(page_csp()) {
-                h.insert(header::CONTENT_SECURITY_POLICY, csp);
-            }
-            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            h.insert(
-                header::REFERRER_POLICY,
-                HeaderValue::from_static("no-referrer"),
-            );
-            r
-        }
+        (&Method::GET, "/" | "/index.html") => super::page::page(),
         (&Method::GET, "/ws") => text(
             StatusCode::BAD_REQUEST,
             "text/plain",
@@ -169,47 +154,6 @@ fn route(req: Request<Incoming>, gw: &Gateway, slot: Slot, peer: SocketAddr) -> 
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
-}
-
-/// The web client's Content-Security-Policy: its one inline script by hash, its inline style,
-/// images it makes from attachments, connections to this origin; no frames, plugins or forms.
-fn page_csp() -> &'static str {
-    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CSP.get_or_init(|| {
-        let script = inline_script(WEB_CLIENT).unwrap_or_default();
-        let hash = base64(&sha2::Sha256::digest(script.as_bytes()));
-        format!(
-            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
-             img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; \
-             form-action 'none'; frame-ancestors 'none'"
-        )
-    })
-}
-
-/// The text of the page's one `<script>` element.
-fn inline_script(page: &str) -> Option<&str> {
-    let start = page.find("<script>")? + "<script>".len();
-    let len = page[start..].find("</script>")?;
-    Some(&page[start..start + len])
-}
-
-/// Standard base64 with padding (for the CSP hash).
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// `/metrics` is open unless `--metrics-token` is set.
@@ -224,8 +168,8 @@ fn metrics_allowed(req: &Request<Incoming>, cfg: &ServerConfig) -> bool {
         .is_some_and(|t| constant_time_eq(t.trim(), token))
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -424,7 +368,7 @@ fn ws_config(cfg: &ServerConfig) -> WebSocketConfig {
 }
 
 fn switching_protocols(key: &HeaderValue) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -433,17 +377,4 @@ fn switching_protocols(key: &HeaderValue) -> Response<Body> {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_page_csp_hashes_its_one_script() {
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(super::base64(b"fooba"), "Zm9vYmE=");
-        let script = super::inline_script(super::WEB_CLIENT).unwrap();
-        assert!(script.len() > 1000 && !script.contains("</script>"));
-        assert!(super::page_csp().contains("script-src 'sha256-"));
-    }
 }

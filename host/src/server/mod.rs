@@ -8,6 +8,7 @@
 //! `Lifecycle::close_all` makes every connection flush and send a 1001 close), wait (task
 //! trackers, bounded by `ServerConfig::shutdown_timeout`).
 
+pub(crate) mod a2a;
 pub(crate) mod auth;
 pub(crate) mod config;
 pub(crate) mod connection;
@@ -18,7 +19,9 @@ pub(crate) mod gate;
 pub(crate) mod http;
 mod notices;
 pub mod outbox;
+mod page;
 pub mod protocol;
+mod sse;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +66,7 @@ pub fn gateway(
             metrics,
         },
         started: Instant::now(),
+        a2a: Default::default(),
     })
 }
 
