@@ -33,6 +33,12 @@ else
   echo "--- node (ws): SKIPPED (run npm ci in examples/clients)"
 fi
 check "rust (tokio-tungstenite)" "$("$BIN/rust-client" "$URL" "What's the weather in Paris?")"
+# The same agent over A2A, with the official Python client.
+OUT=$("$PY" examples/clients/a2a_client.py "http://127.0.0.1:$PORT" "What's the weather in Paris?")
+echo "--- python (a2a-sdk)"; echo "$OUT"
+echo "$OUT" | grep -q "tool call: get_weather" && echo "$OUT" | grep -q "answer: .*Paris: " \
+  && echo "$OUT" | grep -q "state: TASK_STATE_COMPLETED" && echo "$OUT" | grep -q "^usage: [0-9]* in" \
+  || { echo "a2a client: expected a get_weather call, an answer about Paris, the final state and usage" >&2; exit 1; }
 
 # Tool approval: a host that requires approval of get_weather; each client approves with
 # --approve (the same run as above) and denies with --deny (the tool does not run; the model is

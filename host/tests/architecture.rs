@@ -321,6 +321,33 @@ fn the_import_direction_is_door_session_agent_then_the_rest() {
     );
 }
 
+/// ARCHITECTURE.md: every door (the WebSocket, A2A) is an adapter over the session engine —
+/// no door has a run loop of its own: nothing under `server/` runs the agent or calls the model.
+#[test]
+fn doors_run_nothing_themselves() {
+    let server = src_dir().join("server");
+    let mut found = Vec::new();
+    for f in rs_files(&server) {
+        let code = code_only(&std::fs::read_to_string(&f).unwrap());
+        for forbidden in [
+            "run_agent",
+            "agent::run",
+            ".model.",
+            "llm::Model",
+            "ChatRequest",
+        ] {
+            if code.contains(forbidden) {
+                found.push(format!("{} uses {forbidden}", f.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a door reaches past the session engine:\n  {}",
+        found.join("\n  ")
+    );
+}
+
 #[test]
 fn the_cycle_check_finds_circles() {
     // The checker itself: a → b → a among siblings is found; parent ↔ child is not a circle.

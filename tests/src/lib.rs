@@ -266,6 +266,11 @@ pub fn http_post(url: &str, body: &str) -> String {
     resp
 }
 
+/// A POST whatever its status; returns the whole response (status line, headers, body).
+pub fn http_post_any(url: &str, body: &str) -> String {
+    http_request("POST", url, body)
+}
+
 /// The port in the host's start-up line `Serving on ws://HOST:PORT (...)`.
 pub fn serving_port(line: &str) -> Option<u16> {
     // "Serving on ws://127.0.0.1:8080 (…" or "Serving on ws://[::]:8080 (…"

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -25,9 +24,7 @@ use super::connection::{self, ConnDeps};
 use super::forwarded::client_ip;
 use super::gate::Gate;
 use super::protocol::MAX_EVENT_BYTES;
-
-/// Every response's body: whole (`Full`) or streamed (SSE).
-pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+use super::reply::{text, Body};
 
 /// Before authentication: the largest frame a client may send (a first message with a token)
 /// and the most bytes in all (also bounded in time by `--auth-timeout`).
@@ -105,7 +102,7 @@ async fn route(
         );
     }
     if super::a2a::routes(req.method(), req.uri().path()) {
-        return super::a2a::serve(req, gw, peer).await;
+        return super::a2a::serve(req, &gw.deps, &gw.a2a, peer).await;
     }
     let path = req.uri().path();
     let is_upgrade = req
@@ -166,14 +163,6 @@ fn metrics_allowed(req: &Request<Incoming>, cfg: &ServerConfig) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| constant_time_eq(t.trim(), token))
-}
-
-pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
 }
 
 fn health(gw: &Gateway, details: bool) -> Response<Body> {

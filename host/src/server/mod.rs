@@ -21,6 +21,7 @@ mod notices;
 pub mod outbox;
 mod page;
 pub mod protocol;
+mod reply;
 mod sse;
 
 use std::future::Future;

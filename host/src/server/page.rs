@@ -7,7 +7,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::Response;
 use sha2::Digest;
 
-use super::http::Body;
+use super::reply::Body;
 
 /// The page, compiled in.
 pub(crate) const WEB_CLIENT: &str = include_str!("web/index.html");

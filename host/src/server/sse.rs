@@ -13,7 +13,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::Response;
 use tokio::sync::mpsc;
 
-use super::http::Body;
+use super::reply::Body;
 
 /// A comment line at least this often keeps proxies and clients from timing the stream out.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rpc::{Code, RpcError};
-use super::task::{lock, Control, Pending, Shared, State};
+use super::task::{lock, Control, Pending, Shared, State, Task};
 use crate::server::outbox::Outbox;
 use crate::session::{Client, Sessions};
 
@@ -139,35 +139,9 @@ impl Run {
                 t.answer_piece(&text("content"), self.pieces > 0, false);
                 self.pieces += 1;
             }
-            "agent.tool_approval_required" => {
-                let pending = Pending {
-                    step_id: text("step_id"),
-                    tool: meta["tool"].as_str().unwrap_or("").to_owned(),
-                    args: meta["args"].clone(),
-                };
-                let ask = format!(
-                    "The agent asks to call `{}` with {}. Reply in this task with `approve` or `deny` (a reason may follow), or a data part {{\"approved\": true|false, \"reason\": \"...\"}}.",
-                    pending.tool, pending.args
-                );
-                let m = t.agent_message(
-                    &ask,
-                    Some(json!({"stepId": pending.step_id, "tool": pending.tool, "args": pending.args})),
-                );
-                t.pending = Some(pending);
-                t.set_state(State::InputRequired, Some(m));
-            }
+            "agent.tool_approval_required" => ask_approval(&mut t, event),
             "agent.usage" => t.usage = Some(event["run"].clone()),
-            "agent.final_answer" => {
-                let answer = text("content");
-                if t.answer == answer {
-                    t.answer_piece("", true, true);
-                } else {
-                    t.answer_piece(&answer, false, true);
-                }
-                let m = t.agent_message(&answer, Some(json!({"reason": meta["reason"]})));
-                t.history.push(m.clone());
-                t.set_state(State::Completed, Some(m));
-            }
+            "agent.final_answer" => answered(&mut t, event),
             "agent.error" => {
                 let m = t.agent_message(&text("error"), Some(json!({"code": event["code"]})));
                 t.set_state(State::Failed, Some(m));
@@ -188,4 +162,40 @@ impl Run {
         }
         false
     }
+}
+
+/// A tool call waits for a person: the task needs input, and says what and how to answer.
+fn ask_approval(t: &mut Task, event: &Value) {
+    let meta = &event["metadata"];
+    let pending = Pending {
+        step_id: event["step_id"].as_str().unwrap_or("").to_owned(),
+        tool: meta["tool"].as_str().unwrap_or("").to_owned(),
+        args: meta["args"].clone(),
+    };
+    let ask = format!(
+        "The agent asks to call `{}` with {}. Reply in this task with `approve` or `deny` (a reason may follow), or a data part {{\"approved\": true|false, \"reason\": \"...\"}}.",
+        pending.tool, pending.args
+    );
+    let m = t.agent_message(
+        &ask,
+        Some(json!({"stepId": pending.step_id, "tool": pending.tool, "args": pending.args})),
+    );
+    t.pending = Some(pending);
+    t.set_state(State::InputRequired, Some(m));
+}
+
+/// The final answer: the artifact made whole (its last piece), the agent's message, completed.
+fn answered(t: &mut Task, event: &Value) {
+    let answer = event["content"].as_str().unwrap_or("").to_owned();
+    if t.answer == answer {
+        t.answer_piece("", true, true);
+    } else {
+        t.answer_piece(&answer, false, true);
+    }
+    let m = t.agent_message(
+        &answer,
+        Some(json!({"reason": event["metadata"]["reason"]})),
+    );
+    t.history.push(m.clone());
+    t.set_state(State::Completed, Some(m));
 }

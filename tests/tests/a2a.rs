@@ -1,0 +1,188 @@
+//! The A2A door driven by the official Python client (`a2a-sdk`, pinned in
+//! examples/clients/requirements.txt; `tests/a2a/a2a_client_test.py`) against real hosts and the
+//! fake model: card discovery, blocking and streamed sends, GetTask, ListTasks, a context over
+//! two messages, CancelTask, SubscribeToTask after a dropped stream, an approval round trip
+//! through INPUT_REQUIRED, and auth. Plus what the client cannot show: a context created over A2A
+//! is the WebSocket's session, principals see only their own tasks, and bad requests get A2A's
+//! errors.
+//!
+//! Needs Python 3 with its venv module (`scripts/python-env.sh` provisions target/py). Where it
+//! is missing the Python half says so and passes, unless `MYAGENT_REQUIRE_PYTHON=1` (`.ci/run`).
+
+use std::process::Command;
+
+use myagent_tests::{http_post, http_post_any, plugin_lib, workspace_root, Client, FakeLlm, Host};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "a2a-t0ken";
+
+fn python() -> Option<String> {
+    let out = Command::new(workspace_root().join("scripts/python-env.sh"))
+        .current_dir(workspace_root())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var("MYAGENT_REQUIRE_PYTHON").as_deref() == Ok("1") {
+                panic!("Python with venv is required (MYAGENT_REQUIRE_PYTHON=1): {why}");
+            }
+            eprintln!("SKIPPED: the a2a-sdk client test needs Python 3 with venv (apt-get install python3-venv): {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_official_python_client_drives_every_method() {
+    let Some(py) = python() else { return };
+    let llm = FakeLlm::start();
+    let weather = plugin_lib("weather_agent");
+    let open = Host::start(&weather, &llm, &[]);
+    let authed = Host::start(
+        &weather,
+        &llm,
+        &["--auth-token", TOKEN, "--require-approval", "get_weather"],
+    );
+    let out = Command::new(workspace_root().join(py))
+        .arg(workspace_root().join("tests/a2a/a2a_client_test.py"))
+        .env("HOST_URL", format!("http://127.0.0.1:{}", open.port))
+        .env("AUTH_HOST_URL", format!("http://127.0.0.1:{}", authed.port))
+        .env("TOKEN", TOKEN)
+        .env("LLM_URL", &llm.base)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("ok - done"),
+        "a2a-sdk test failed:\n{stdout}\n{}\nhost log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        open.proc.stderr_text()
+    );
+}
+
+fn rpc(host: &Host, method: &str, params: Value, token: Option<&str>) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": "1", "method": method, "params": params});
+    let url = match token {
+        Some(t) => format!("http://127.0.0.1:{}/a2a?token={t}", host.port),
+        None => format!("http://127.0.0.1:{}/a2a", host.port),
+    };
+    let resp = http_post(&url, &body.to_string());
+    let text = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {resp}"))
+}
+
+fn send(text: &str, context: Option<&str>) -> Value {
+    let mut m = json!({"messageId": "m", "role": "ROLE_USER", "parts": [{"text": text}]});
+    if let Some(c) = context {
+        m["contextId"] = c.into();
+    }
+    json!({"message": m})
+}
+
+#[tokio::test]
+async fn a_context_is_a_session_and_tasks_are_their_principals() {
+    let llm = FakeLlm::start();
+    let dir = myagent_tests::TempDir::new("a2a-principals");
+    let tokens = dir.path().join("p.toml");
+    std::fs::write(
+        &tokens,
+        "[[principal]]\nuser = \"alice\"\ntoken = \"alice-a2a\"\n[[principal]]\nuser = \"bob\"\ntoken = \"bob-a2a\"\n",
+    )
+    .unwrap();
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--auth-tokens-file", tokens.to_str().unwrap()],
+    );
+    llm.script(json!([{"text": "First answer."}]));
+    let r = rpc(
+        &host,
+        "SendMessage",
+        send("Hello over A2A", None),
+        Some("alice-a2a"),
+    );
+    let task = &r["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{r}");
+    let context = task["contextId"].as_str().unwrap().to_owned();
+    assert!(
+        !context.contains('.'),
+        "a principal's context is the session id: {context}"
+    );
+    // The same conversation over the WebSocket: resumed by id, its history there.
+    let mut ws = Client::connect(&format!("{}/?token=alice-a2a", host.ws_url())).await;
+    ws.send(json!({"event": "user.resume_session", "session_id": context, "last_seq": 0}))
+        .await;
+    let resumed = ws
+        .until_any(&["agent.session_resumed", "agent.error"])
+        .await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    ws.send(json!({"event": "user.get_history", "session_id": context}))
+        .await;
+    let history = ws.until("agent.history").await;
+    let said: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(
+        said.contains(&"Hello over A2A") && said.contains(&"First answer."),
+        "{said:?}"
+    );
+    ws.send(json!({"event": "user.list_sessions"})).await;
+    let listed = ws.until("agent.sessions").await;
+    assert_eq!(listed["sessions"][0]["title"], "Hello over A2A");
+    drop(ws);
+    // Bob sees none of it: not the task, not the context, not in his list.
+    let id = task["id"].as_str().unwrap();
+    let e = rpc(&host, "GetTask", json!({"id": id}), Some("bob-a2a"));
+    assert_eq!(e["error"]["code"], -32001, "{e}");
+    let e = rpc(
+        &host,
+        "SendMessage",
+        send("let me in", Some(&context)),
+        Some("bob-a2a"),
+    );
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+    let l = rpc(&host, "ListTasks", json!({}), Some("bob-a2a"));
+    assert_eq!(l["result"]["tasks"], json!([]), "{l}");
+    let l = rpc(&host, "ListTasks", json!({}), Some("alice-a2a"));
+    assert_eq!(l["result"]["totalSize"], 1, "{l}");
+    // Errors as A2A names them.
+    let e = rpc(
+        &host,
+        "SendMessage",
+        json!({"message": {"role": "ROLE_USER", "parts": []}}),
+        Some("alice-a2a"),
+    );
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+    let e = rpc(&host, "Frobnicate", json!({}), Some("alice-a2a"));
+    assert_eq!(e["error"]["code"], -32601, "{e}");
+    let e = rpc(
+        &host,
+        "CreateTaskPushNotificationConfig",
+        json!({}),
+        Some("alice-a2a"),
+    );
+    assert_eq!(e["error"]["code"], -32003, "{e}");
+    let m = json!({"message": {"messageId": "x", "role": "ROLE_USER", "parts": [{"url": "https://x/y.pdf", "mediaType": "application/pdf"}]}});
+    assert_eq!(
+        rpc(&host, "SendMessage", m, Some("alice-a2a"))["error"]["code"],
+        -32005
+    );
+    let garbage = http_post(
+        &format!("http://127.0.0.1:{}/a2a?token=alice-a2a", host.port),
+        "not json",
+    );
+    assert!(garbage.contains("-32700"), "{garbage}");
+    let denied = http_post_any(&format!("http://127.0.0.1:{}/a2a", host.port), "{}");
+    assert!(
+        denied.starts_with("HTTP/1.1 401") && denied.contains("token is required"),
+        "{denied}"
+    );
+}
