@@ -153,6 +153,36 @@ async fn a_context_is_a_session_and_tasks_are_their_principals() {
     assert_eq!(l["result"]["tasks"], json!([]), "{l}");
     let l = rpc(&host, "ListTasks", json!({}), Some("alice-a2a"));
     assert_eq!(l["result"]["totalSize"], 1, "{l}");
+    let e = rpc(
+        &host,
+        "ListTasks",
+        json!({"pageSize": 0}),
+        Some("alice-a2a"),
+    );
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+    // A context the client names: a session by that id, its own; nobody else's.
+    llm.script(json!([{"text": "Named."}]));
+    let r = rpc(
+        &host,
+        "SendMessage",
+        send("In my own context", Some("alice-ctx-1")),
+        Some("alice-a2a"),
+    );
+    assert_eq!(r["result"]["task"]["contextId"], "alice-ctx-1", "{r}");
+    let e = rpc(
+        &host,
+        "SendMessage",
+        send("mine now", Some("alice-ctx-1")),
+        Some("bob-a2a"),
+    );
+    assert_eq!(e["error"]["code"], -32602, "{e}");
+    let e = rpc(
+        &host,
+        "SendMessage",
+        send("x", Some("bad context!")),
+        Some("alice-a2a"),
+    );
+    assert_eq!(e["error"]["code"], -32602, "{e}");
     // Errors as A2A names them.
     let e = rpc(
         &host,
@@ -185,4 +215,47 @@ async fn a_context_is_a_session_and_tasks_are_their_principals() {
         denied.starts_with("HTTP/1.1 401") && denied.contains("token is required"),
         "{denied}"
     );
+}
+
+#[test]
+fn an_anonymous_client_names_and_continues_its_own_context() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    llm.script(json!([{"text": "One."}, {"text": "Two."}]));
+    let r = rpc(
+        &host,
+        "SendMessage",
+        send("first", Some("my-context-7")),
+        None,
+    );
+    assert_eq!(r["result"]["task"]["contextId"], "my-context-7", "{r}");
+    let r = rpc(
+        &host,
+        "SendMessage",
+        send("second", Some("my-context-7")),
+        None,
+    );
+    assert_eq!(
+        r["result"]["task"]["status"]["state"], "TASK_STATE_COMPLETED",
+        "{r}"
+    );
+    let said: Vec<String> = llm.requests().last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        said.contains(&"first".to_owned()) && said.contains(&"One.".to_owned()),
+        "{said:?}"
+    );
+    // A context made by the host carries its key; without the key it is not found.
+    let r = rpc(&host, "SendMessage", send("fresh", None), None);
+    let context = r["result"]["task"]["contextId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (sid, _) = context.split_once('.').expect("id.token");
+    let e = rpc(&host, "SendMessage", send("guess", Some(sid)), None);
+    assert_eq!(e["error"]["code"], -32602, "{e}");
 }

@@ -17,6 +17,54 @@ impl Sessions {
         client: &mut Client,
         agent_config: Option<serde_json::Map<String, serde_json::Value>>,
     ) {
+        self.create_with(client, agent_config, None).await
+    }
+
+    /// A new session whose id the client chose (an A2A `contextId`) — 1 to 64 of
+    /// `[A-Za-z0-9_-]`, not a session anywhere in memory or the store (anyone's: "taken") — with
+    /// `token` as its resume token.
+    pub async fn create_named(
+        &self,
+        client: &mut Client,
+        agent_config: Option<serde_json::Map<String, serde_json::Value>>,
+        (id, token): (String, String),
+    ) {
+        let valid = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return client.error(
+                None,
+                ErrorCode::InvalidField,
+                "A session id is 1 to 64 letters, digits, `-` or `_`",
+            );
+        }
+        let stored = match &self.store {
+            Some(store) => store
+                .load(&id, None)
+                .await
+                .map(|s| s.is_some())
+                .unwrap_or(true),
+            None => false,
+        };
+        if stored || self.registry.get(&id).is_some() {
+            return client.error(
+                Some(&id),
+                ErrorCode::InvalidField,
+                "That session id is taken",
+            );
+        }
+        self.create_with(client, agent_config, Some((id, token)))
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        client: &mut Client,
+        agent_config: Option<serde_json::Map<String, serde_json::Value>>,
+        preset: Option<(String, String)>,
+    ) {
         let per_conn = self.config.max_sessions_per_connection;
         if self.owned_count(client) >= per_conn {
             return self.refuse(client, None, SessionRefusal::Connection(per_conn));
@@ -38,8 +86,17 @@ impl Sessions {
         let Some(instance) = self.instantiate(client, &plugin).await else {
             return;
         };
-        let id = uuid::Uuid::new_v4().to_string();
-        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (id, token) = preset.unwrap_or_else(|| {
+            let id = uuid::Uuid::new_v4().to_string();
+            (id, uuid::Uuid::new_v4().simple().to_string())
+        });
+        if self.registry.get(&id).is_some() {
+            return client.error(
+                Some(&id),
+                ErrorCode::InvalidField,
+                "That session id is taken",
+            );
+        }
         let memory = Memory::new(self.runtime.config.memory_budget_chars);
         let bound = Bound {
             plugin: plugin.clone(),

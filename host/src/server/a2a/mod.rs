@@ -10,6 +10,7 @@
 
 mod card;
 mod driver;
+mod list;
 mod rpc;
 mod send;
 mod task;
@@ -41,7 +42,9 @@ const DRIVER_QUEUE: usize = 4096;
 /// Whether this door answers `path` (so that the HTTP router hands the request here).
 pub(crate) fn routes(method: &Method, path: &str) -> bool {
     (method == Method::GET
-        && (path == "/.well-known/agent-card.json" || card_agent(path).is_some()))
+        && (path == "/.well-known/agent-card.json"
+            || path == "/a2a/.well-known/agent-card.json"
+            || card_agent(path).is_some()))
         || (method == Method::POST && (path == "/a2a" || path.starts_with("/a2a/")))
 }
 
@@ -68,7 +71,8 @@ pub(crate) async fn serve(
         .clone();
     let path = req.uri().path();
     let named = match (req.method(), path) {
-        (&Method::GET, "/.well-known/agent-card.json") | (_, "/a2a") => Some(agent.as_str()),
+        (&Method::GET, "/.well-known/agent-card.json" | "/a2a/.well-known/agent-card.json")
+        | (_, "/a2a") => Some(agent.as_str()),
         (&Method::GET, p) => card_agent(p),
         (_, p) => p.strip_prefix("/a2a/"),
     };
@@ -291,47 +295,6 @@ impl Ctx<'_> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), ended).await;
         let t = lock(&task);
         Ok(Reply::Json(t.to_json(None)))
-    }
-
-    fn list(self, p: &Value) -> Result<Reply, RpcError> {
-        let context = p["contextId"].as_str();
-        let status = match p["status"].as_str() {
-            None | Some("TASK_STATE_UNSPECIFIED") => None,
-            Some(s) => Some(
-                State::parse(s).ok_or_else(|| RpcError::params(format!("unknown status {s}")))?,
-            ),
-        };
-        let size = p["pageSize"].as_u64().unwrap_or(50).clamp(1, 100) as usize;
-        let from: usize = match p["pageToken"].as_str().filter(|t| !t.is_empty()) {
-            None => 0,
-            Some(t) => t.parse().map_err(|_| {
-                RpcError::params("`pageToken` is the nextPageToken of an earlier page")
-            })?,
-        };
-        let all = self.tasks().list(self.client.user(), |t| {
-            context.is_none_or(|c| t.context_id == c) && status.is_none_or(|s| t.state == s)
-        });
-        let with_artifacts = p["includeArtifacts"].as_bool().unwrap_or(false);
-        let page: Vec<Value> = all
-            .iter()
-            .skip(from)
-            .take(size)
-            .map(|t| {
-                let mut v = lock(t).to_json(history_length(p));
-                if !with_artifacts {
-                    v.as_object_mut().map(|o| o.remove("artifacts"));
-                }
-                v
-            })
-            .collect();
-        let next = if from + page.len() < all.len() {
-            (from + page.len()).to_string()
-        } else {
-            String::new()
-        };
-        Ok(Reply::Json(
-            json!({"tasks": page, "nextPageToken": next, "pageSize": size, "totalSize": all.len()}),
-        ))
     }
 }
 

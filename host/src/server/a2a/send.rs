@@ -101,42 +101,65 @@ impl Ctx<'_> {
     ) -> Result<(String, String), RpcError> {
         let sessions = self.deps.sessions.clone();
         let anonymous = self.client.principal.is_none();
-        let out = self.out.clone();
-        let answer = |out: &Outbox| -> Option<Value> {
-            std::iter::from_fn(|| out.pop()).find_map(|f| serde_json::from_str::<Value>(&f).ok())
-        };
-        if let Some(c) = context.filter(|c| !c.is_empty()) {
-            let (sid, token) = match c.split_once('.') {
-                Some((s, t)) => (s, Some(t)),
-                None => (c, None),
+        let config = agent_config.as_object().cloned();
+        let Some(c) = context.filter(|c| !c.is_empty()) else {
+            sessions.create(&mut self.client, config).await;
+            let v = first_answer(&self.out);
+            let (Some(sid), Some(token)) = (v["session_id"].as_str(), v["resume_token"].as_str())
+            else {
+                return Err(refused(&v, "message"));
             };
-            if let Some(running) = self.tasks().running_in(sid) {
-                let id = lock(&running).id.clone();
-                return Err(RpcError::new(Code::Unsupported, format!("Context {c} has a running task ({id}): wait for it, answer it or cancel it")));
-            }
-            sessions
-                .resume_session(&mut self.client, sid, token, u64::MAX)
-                .await;
-            let v = answer(&out).unwrap_or_default();
-            if v["event"] != "agent.session_resumed" {
-                return Err(refused(&v, "contextId"));
-            }
+            let context = if anonymous {
+                format!("{sid}.{token}")
+            } else {
+                sid.to_owned()
+            };
+            return Ok((sid.to_owned(), context));
+        };
+        // Ours: `id` (a principal's) or `id.token` (anonymous). A context the client named
+        // itself is its own key on an anonymous host.
+        let (sid, token) = match c.split_once('.') {
+            Some((s, t)) => (s, Some(t)),
+            None if anonymous => (c, Some(c)),
+            None => (c, None),
+        };
+        if let Some(running) = self.tasks().running_in(sid) {
+            let id = lock(&running).id.clone();
+            return Err(RpcError::new(
+                Code::Unsupported,
+                format!(
+                    "Context {c} has a running task ({id}): wait for it, answer it or cancel it"
+                ),
+            ));
+        }
+        sessions
+            .resume_session(&mut self.client, sid, token, u64::MAX)
+            .await;
+        let v = first_answer(&self.out);
+        if v["event"] == "agent.session_resumed" {
             return Ok((sid.to_owned(), c.to_owned()));
         }
-        let config = agent_config.as_object().cloned();
-        sessions.create(&mut self.client, config).await;
-        let v = answer(&out).unwrap_or_default();
-        let (Some(sid), Some(token)) = (v["session_id"].as_str(), v["resume_token"].as_str())
-        else {
-            return Err(refused(&v, "message"));
-        };
-        let context = if anonymous {
-            format!("{sid}.{token}")
-        } else {
-            sid.to_owned()
-        };
-        Ok((sid.to_owned(), context))
+        if v["code"] != "session_not_found" || c.contains('.') {
+            return Err(refused(&v, "contextId"));
+        }
+        // A new context the client named: a session by that id (unless it is anyone's).
+        let token = token.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+        sessions
+            .create_named(&mut self.client, config, (c.to_owned(), token))
+            .await;
+        let v = first_answer(&self.out);
+        if v["event"] != "agent.session_created" {
+            return Err(refused(&v, "contextId"));
+        }
+        Ok((c.to_owned(), c.to_owned()))
     }
+}
+
+/// The first event queued for this door's client (the answer to its request).
+fn first_answer(out: &Outbox) -> Value {
+    std::iter::from_fn(|| out.pop())
+        .find_map(|f| serde_json::from_str::<Value>(&f).ok())
+        .unwrap_or_default()
 }
 
 /// The engine's refusal (an `agent.error`) as A2A's.
@@ -144,6 +167,9 @@ fn refused(v: &Value, what: &str) -> RpcError {
     match v["code"].as_str() {
         Some("session_not_found") => {
             RpcError::params(format!("Unknown {what}: no such context (or not yours)"))
+        }
+        Some("invalid_field") if what == "contextId" => {
+            RpcError::params("Unknown contextId: no such context (or not yours)")
         }
         Some("invalid_field") => RpcError::params(
             v["error"]
