@@ -65,15 +65,7 @@ impl Sessions {
         agent_config: Option<serde_json::Map<String, serde_json::Value>>,
         preset: Option<(String, String)>,
     ) {
-        let per_conn = self.config.max_sessions_per_connection;
-        if self.owned_count(client) >= per_conn {
-            return self.refuse(client, None, SessionRefusal::Connection(per_conn));
-        }
-        // Refuse before the plugin's factory runs; checked again, atomically, on insert.
-        if let Err(why) = self.registry.room(client.ip) {
-            return self.refuse(client, None, why);
-        }
-        if let Err(why) = self.stored_room(client).await {
+        if let Err(why) = self.room_for(client).await {
             return self.refuse(client, None, why);
         }
         let plugin = self.runtime.plugin.current();
@@ -159,6 +151,17 @@ impl Sessions {
             }
         }
         session.release(&self.runtime.metrics);
+    }
+
+    /// Whether `client` may have one more session: its connection's cap, the registry's (checked
+    /// again, atomically, on insert) and the store's — all before the plugin's factory runs.
+    async fn room_for(&self, client: &Client) -> Result<(), SessionRefusal> {
+        let per_conn = self.config.max_sessions_per_connection;
+        if self.owned_count(client) >= per_conn {
+            return Err(SessionRefusal::Connection(per_conn));
+        }
+        self.registry.room(client.ip)?;
+        self.stored_room(client).await
     }
 
     /// A new agent instance from `plugin`'s factory; a failure is told to `client`.
