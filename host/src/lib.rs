@@ -22,11 +22,3 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod time;
-
-/// Seconds since the Unix epoch, with millisecond precision (trace records' `ts`).
-pub fn now_secs() -> f64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (d.as_millis() as f64) / 1000.0
-}

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             lib_fd,
         } => myagent_host::plugin::worker::child::run(&source, socket_fd, lib_fd),
         Command::Serve(args) => {
-            init_logging(args.debug);
+            init_logging(args.debug, args.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -48,15 +48,24 @@ pub(crate) fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(debug: bool) {
+/// Logs to stderr: text, coloured only when stderr is a terminal (a file, journald or `docker
+/// logs` get no escape codes) and NO_COLOR is unset; or JSON lines.
+fn init_logging(debug: bool, format: cli::args::LogFormat) {
+    use std::io::IsTerminal;
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{default},hyper=info,reqwest=info,notify=info,rmcp=warn"
         ))
     });
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::args::LogFormat::Json => builder.json().with_current_span(false).init(),
+        cli::args::LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+    }
 }

@@ -19,9 +19,9 @@ impl TraceWriter {
         })
     }
 
-    /// Appends `record` with a timestamp.
+    /// Appends `record` with a timestamp (ISO-8601 in UTC, as the protocol's).
     pub fn write(&self, mut record: Value) {
-        record["ts"] = crate::now_secs().into();
+        record["ts"] = crate::time::Timestamp::now().as_str().into();
         self.journal.append(&record.to_string());
     }
 }

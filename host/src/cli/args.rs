@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Debug logging (same as RUST_LOG=debug).
     #[arg(long)]
     pub debug: bool,
+    /// Log lines as text (coloured only on a terminal; NO_COLOR turns colour off) or as JSON,
+    /// one object per line (for journald, docker logs, log shippers).
+    #[arg(long, value_enum, env = "MYAGENT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Model name when the plugin names none.
     #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
@@ -335,4 +339,11 @@ pub struct ServeArgs {
     /// conformance testing with the Autobahn fuzzing client; not for production).
     #[arg(long)]
     pub conformance_echo: bool,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

@@ -41,7 +41,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let principals = Arc::new(Principals::new(tokens::principals(&args)?));
     tokens::watch(&args, &principals);
     if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {
-        eprintln!("warning: a token given with --auth-token is visible to every user of this machine (ps, /proc); prefer MYAGENT_AUTH_TOKENS or --auth-token-file");
+        tracing::warn!("a token given with --auth-token is visible to every user of this machine (ps, /proc); prefer MYAGENT_AUTH_TOKENS or --auth-token-file");
     }
     let model = model(&args)?;
     let model_name = loaded
@@ -57,7 +57,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let server_config = config::server_config(&args, raise_fd_limit());
+    let mut server_config = config::server_config(&args, raise_fd_limit());
     let store = config::session_store(&args)?;
     let session_config = config::session_config(&args, principals.clone());
 
@@ -66,9 +66,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    // The Host check stops DNS rebinding against a host only this machine can reach; bound to
+    // another address, the host is meant to be reached by its names (unless some are listed).
+    if !local.ip().is_loopback() && server_config.allowed_hosts.is_empty() {
+        server_config.allowed_hosts.push("*".into());
+    }
     let tokens = principals.token_count();
     if tokens == 0 && !local.ip().is_loopback() {
-        eprintln!("warning: no --auth-token is set and {local} is reachable from other machines: anyone who can connect can use this agent (and your model key). Set --auth-token or MYAGENT_AUTH_TOKENS.");
+        tracing::warn!("no --auth-token is set and {local} is reachable from other machines: anyone who can connect can use this agent (and your model key). Set --auth-token or MYAGENT_AUTH_TOKENS.");
     }
     let mcp_stop = tokio_util::sync::CancellationToken::new();
     let mcp = Arc::new(mcp_servers(&args, &loaded.manifest, &agent_config, &mcp_stop).await?);
@@ -124,7 +129,7 @@ fn describe_auth(args: &ServeArgs, tokens: usize) {
         .as_deref()
         .is_none_or(|t| t.trim().is_empty())
     {
-        eprintln!("warning: tokens are required for WebSockets but /metrics is open to anyone who can reach the port; set --metrics-token (or MYAGENT_METRICS_TOKEN)");
+        tracing::warn!("tokens are required for WebSockets but /metrics is open to anyone who can reach the port; set --metrics-token (or MYAGENT_METRICS_TOKEN)");
     }
 }
 
@@ -173,8 +178,8 @@ pub fn report_mcp(
                 names.len(),
                 names.join(", ")
             ),
-            Some(why) => eprintln!(
-                "warning: MCP server {} ({}) is not available: {why}; retrying in the background",
+            Some(why) => tracing::warn!(
+                "MCP server {} ({}) is not available: {why}; retrying in the background",
                 server.name,
                 server.spec.describe()
             ),
@@ -198,7 +203,7 @@ fn model(args: &ServeArgs) -> anyhow::Result<Model> {
     };
     let llm = config::llm_config(args);
     if llm.api_key.is_none() && llm.base_url.contains("api.openai.com") {
-        eprintln!("warning: OPENAI_API_KEY is not set: calls to {} will fail. Set it, point --base-url at a local server, or use --replay FILE.", llm.base_url);
+        tracing::warn!("OPENAI_API_KEY is not set: calls to {} will fail. Set it, point --base-url at a local server, or use --replay FILE.", llm.base_url);
     }
     Ok(Model::Http(HttpModel::new(llm, recorder)?))
 }
@@ -253,18 +258,18 @@ fn raise_fd_limit() -> u64 {
 /// bounded by the same timeout; this is the backstop for anything that is not).
 async fn shutdown_signal(shutdown_timeout: Duration) {
     wait_for_signal().await;
-    eprintln!(
+    tracing::info!(
         "Shutting down (at most {} s; send the signal again to stop at once)",
         shutdown_timeout.as_secs()
     );
     std::thread::spawn(move || {
         std::thread::sleep(shutdown_timeout + Duration::from_secs(1));
-        eprintln!("error: shutdown did not finish within --shutdown-timeout; exiting anyway");
+        tracing::error!("shutdown did not finish within --shutdown-timeout; exiting anyway");
         std::process::exit(1);
     });
     tokio::spawn(async {
         wait_for_signal().await;
-        eprintln!("Second signal: exiting now");
+        tracing::warn!("Second signal: exiting now");
         std::process::exit(130);
     });
 }
@@ -308,9 +313,15 @@ fn describe_agent(
         m.version,
         tools.join(", ")
     );
+    if m.enable_tracing {
+        match &args.trace_file {
+            Some(f) => println!("Traces: the agent asks for run traces; written to {}", f.display()),
+            None => println!("Traces: the agent asks for run traces (enable_tracing), but they are off: set --trace-file FILE to write them"),
+        }
+    }
     for name in &args.require_approval {
         if !m.tools.iter().any(|t| &t.name == name) {
-            eprintln!("warning: --require-approval {name}: the agent has no tool of that name (yet); it applies if a reloaded build adds one");
+            tracing::warn!("--require-approval {name}: the agent has no tool of that name (yet); it applies if a reloaded build adds one");
         }
     }
 }
