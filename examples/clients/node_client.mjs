@@ -42,7 +42,7 @@ const say = (...parts) => {
 };
 
 ws.on("open", () => {
-  ws.send(JSON.stringify({ event: "user.create_session", timestamp: new Date().toISOString() }));
+  ws.send(JSON.stringify({ event: "user.create_session", timestamp: new Date().toISOString(), capabilities: ["tool_approval"] }));
 });
 
 ws.on("message", async (data) => {

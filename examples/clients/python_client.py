@@ -51,7 +51,7 @@ async def main(url: str, question: str, policy: str = "ask") -> None:
         print(*parts)
 
     async with websockets.connect(url) as ws:
-        await ws.send(json.dumps({"event": "user.create_session", "timestamp": now()}))
+        await ws.send(json.dumps({"event": "user.create_session", "timestamp": now(), "capabilities": ["tool_approval"]}))
         async for raw in ws:
             message = json.loads(raw)
             event = message["event"]

@@ -106,7 +106,7 @@ impl Client {
     /// `agent.session_resumed` header or an `agent.error`).
     pub async fn resume(url: &str, sid: &str, token: &str, last_seq: u64) -> (Client, Value) {
         let mut c = Client::connect(url).await;
-        c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq}))
+        c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq, "capabilities": ["tool_approval"]}))
             .await;
         let e = c.until_any(&["agent.session_resumed", "agent.error"]).await;
         (c, e)
@@ -122,7 +122,8 @@ impl Client {
     }
 
     pub async fn create_session(&mut self) -> (String, String) {
-        self.send(json!({"event": "user.create_session", "timestamp": 0}))
+        // This test client answers approvals (a design-document client does not declare it).
+        self.send(json!({"event": "user.create_session", "timestamp": 0, "capabilities": ["tool_approval"]}))
             .await;
         let created = self.until("agent.session_created").await;
         (

@@ -143,7 +143,7 @@ async fn a_waiting_call_survives_a_reconnect_and_is_decided_from_the_new_connect
 
     // Resumed having processed everything: the header still lists the waiting call.
     let mut c = Client::connect(&host.ws_url()).await;
-    c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq}))
+    c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": last_seq, "capabilities": ["tool_approval"]}))
         .await;
     let resumed = c.until("agent.session_resumed").await;
     let pending = resumed["pending_approvals"].as_array().unwrap();
@@ -155,7 +155,7 @@ async fn a_waiting_call_survives_a_reconnect_and_is_decided_from_the_new_connect
 
     // Resumed from the start: the request itself is replayed too.
     let mut c = Client::connect(&host.ws_url()).await;
-    c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": 0}))
+    c.send(json!({"event": "user.resume_session", "session_id": sid, "resume_token": token, "last_seq": 0, "capabilities": ["tool_approval"]}))
         .await;
     c.until("agent.session_resumed").await;
     let again = c.until("agent.tool_approval_required").await;
@@ -218,4 +218,48 @@ async fn parallel_calls_wait_and_are_decided_independently() {
         other.until("agent.error").await["code"],
         "session_not_found"
     );
+}
+
+/// A client that cannot approve (the design document's own clients: no `tool_approval`
+/// capability) does not wait 300 s for a decision it will never send: the call fails at once with
+/// a tool result saying why, and the turn ends. A capable client resuming the session restores
+/// the wait.
+#[tokio::test]
+async fn a_client_that_cannot_approve_gets_an_answer_not_a_hang() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let mut c = Client::connect(&host.ws_url()).await;
+    c.send(json!({"event": "user.create_session", "timestamp": 0}))
+        .await;
+    let created = c.until("agent.session_created").await;
+    let sid = created["session_id"].as_str().unwrap().to_owned();
+    let token = created["resume_token"].as_str().unwrap().to_owned();
+    llm.script(json!([call("guarded", json!({"text": "x"})), {"text": "I could not."}]));
+    let t0 = std::time::Instant::now();
+    c.ask(&sid, "do it").await;
+    let result = c.until("agent.tool_result").await;
+    assert_eq!(result["metadata"]["status"], "failed", "{result}");
+    assert!(
+        result["content"]
+            .as_str()
+            .unwrap()
+            .contains("cannot give one"),
+        "{result}"
+    );
+    assert_eq!(
+        c.until("agent.final_answer").await["content"],
+        "I could not."
+    );
+    assert!(c.named("agent.tool_approval_required").is_empty());
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(last_tool_reply(&llm).contains("capability"));
+    c.until("agent.ready").await;
+    // Resumed by a client that can approve: the call waits for it again.
+    drop(c);
+    let (mut c, _) = Client::resume(&host.ws_url(), &sid, &token, 0).await;
+    llm.script(json!([call("guarded", json!({"text": "y"})), {"text": "Done."}]));
+    c.ask(&sid, "again").await;
+    let ask = c.until("agent.tool_approval_required").await;
+    decide(&mut c, &sid, &ask["step_id"], true, None).await;
+    assert_eq!(c.until("agent.final_answer").await["content"], "Done.");
 }

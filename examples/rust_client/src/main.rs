@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
     ws.send(Message::text(
-        json!({"event": "user.create_session"}).to_string(),
+        json!({"event": "user.create_session", "capabilities": ["tool_approval"]}).to_string(),
     ))
     .await?;
     let mut reasoning = false; // in the middle of a streamed line of reasoning

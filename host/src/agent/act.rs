@@ -58,6 +58,15 @@ async fn approve(
     (name, server): (&str, Option<&str>),
     args: &Value,
 ) -> Result<(), String> {
+    if !ctx.approvals.has_approver() {
+        tracing::info!(
+            session_id = ctx.session_id,
+            tool = name,
+            step_id,
+            "tool approval needed, but the client cannot give it"
+        );
+        return Err(format!("Error: this call to `{name}` needs a person's approval, and the client connected to this session cannot give one (it did not declare the `tool_approval` capability); it was not run."));
+    }
     let ask = ctx.approvals.ask(PendingApproval {
         step_id: step_id.to_owned(),
         tool: name.to_owned(),

@@ -37,6 +37,9 @@ pub struct PendingApproval {
 #[derive(Default)]
 pub struct Approvals {
     pending: Mutex<Vec<(PendingApproval, oneshot::Sender<Decision>)>>,
+    /// The client last attached to the session cannot decide (it did not declare the
+    /// `tool_approval` capability): a call that needs approval fails at once instead of waiting.
+    no_approver: std::sync::atomic::AtomicBool,
 }
 
 /// Why a decision could not be delivered.
@@ -50,6 +53,17 @@ pub enum NotPending {
 impl Approvals {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PendingApproval, oneshot::Sender<Decision>)>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the session's client can decide approvals (set when a client attaches).
+    pub fn set_approver(&self, can_decide: bool) {
+        self.no_approver
+            .store(!can_decide, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a call asked now can be decided by the session's client.
+    pub fn has_approver(&self) -> bool {
+        !self.no_approver.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Registers `call` as waiting; the returned [`Ask`] waits for the decision and withdraws

@@ -9,7 +9,11 @@ use crate::session::{Client, Sessions};
 /// Acts on one parsed client message.
 pub(crate) async fn dispatch(sessions: &Arc<Sessions>, client: &mut Client, msg: ClientMessage) {
     match msg {
-        ClientMessage::CreateSession { agent_config } => {
+        ClientMessage::CreateSession {
+            agent_config,
+            approves,
+        } => {
+            client.approves = approves;
             sessions.create(client, agent_config).await
         }
         ClientMessage::Message {
@@ -28,7 +32,9 @@ pub(crate) async fn dispatch(sessions: &Arc<Sessions>, client: &mut Client, msg:
             session_id,
             resume_token,
             last_seq,
+            approves,
         } => {
+            client.approves = approves;
             sessions
                 .resume_session(client, &session_id, resume_token.as_deref(), last_seq)
                 .await

@@ -180,7 +180,7 @@ impl Sessions {
             settings,
             checked_for: bound.plugin.generation,
         };
-        Arc::new(Session::new(
+        let session = Arc::new(Session::new(
             identity,
             slot,
             bound,
@@ -188,7 +188,9 @@ impl Sessions {
             self.config.replay_buffer_bytes,
             self.budget.clone(),
             self.store.clone(),
-        ))
+        ));
+        session.approvals.set_approver(client.approves);
+        session
     }
 
     /// Whether the store has room for one more session of `client` (its caps count what the

@@ -429,6 +429,7 @@ impl Sessions {
             );
         }
         client.sessions.insert(session_id.to_owned());
+        session.approvals.set_approver(client.approves);
         let outcome = session.resume(client.sub.clone(), last_seq, &self.runtime.metrics);
         if let ResumeOutcome::Gap { first_available } = outcome {
             client.error(Some(session_id), ErrorCode::ResumeGap, &format!(

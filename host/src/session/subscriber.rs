@@ -38,6 +38,9 @@ pub struct Client {
     pub(super) sessions: HashSet<String>,
     /// Who the client authenticated as; None: anonymous (no tokens configured).
     pub principal: Option<super::principal::Principal>,
+    /// Whether it can decide tool approvals (a WebSocket client declares the `tool_approval`
+    /// capability when it creates or resumes a session; doors that always can say so).
+    pub approves: bool,
 }
 
 impl Client {
@@ -47,6 +50,7 @@ impl Client {
             ip,
             sessions: HashSet::new(),
             principal: None,
+            approves: true,
         }
     }
 

@@ -146,6 +146,21 @@ pub(super) fn content_part(i: usize, part: &Value) -> Result<Part, ProtocolError
     }
 }
 
+/// What a client says it can do (`capabilities`: strings; unknown ones are ignored).
+pub(super) fn capabilities(obj: &Map<String, Value>) -> Result<Vec<&str>, ProtocolError> {
+    match obj.get("capabilities") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) if a.len() <= 32 => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| invalid("`capabilities` is a list of strings"))
+            })
+            .collect(),
+        Some(_) => Err(invalid("`capabilities` is a list of at most 32 strings")),
+    }
+}
+
 /// Sessions a `user.list_sessions` page holds by default, and at most.
 pub const LIST_LIMIT_DEFAULT: usize = 20;
 pub const LIST_LIMIT_MAX: usize = 100;

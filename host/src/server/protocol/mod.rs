@@ -11,8 +11,8 @@ use crate::llm::Content;
 
 mod fields;
 use fields::{
-    agent_config, approved, content, last_seq, list_limit, on_busy, optional_str, reason,
-    required_str, unknown_event,
+    agent_config, approved, capabilities, content, last_seq, list_limit, on_busy, optional_str,
+    reason, required_str, unknown_event,
 };
 pub use fields::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_CONTENT_PARTS, MAX_REASON_CHARS};
 
@@ -29,6 +29,8 @@ pub enum ClientMessage {
     /// `agent_config`: the session's own settings, checked against the plugin's limits.
     CreateSession {
         agent_config: Option<Map<String, Value>>,
+        /// The client can decide tool approvals (`capabilities: ["tool_approval"]`).
+        approves: bool,
     },
     Message {
         session_id: String,
@@ -46,6 +48,7 @@ pub enum ClientMessage {
         /// without it.
         resume_token: Option<String>,
         last_seq: u64,
+        approves: bool,
     },
     /// The principal's sessions, newest first: at most `limit`, after the cursor `before`.
     ListSessions {
@@ -148,6 +151,7 @@ fn message(
     Ok(match event {
         "user.create_session" => ClientMessage::CreateSession {
             agent_config: agent_config(obj)?,
+            approves: capabilities(obj)?.contains(&"tool_approval"),
         },
         "user.message" => ClientMessage::Message {
             session_id: session()?,
@@ -167,6 +171,7 @@ fn message(
             session_id: session()?,
             resume_token: optional_str(obj, event, "resume_token")?,
             last_seq: last_seq(obj)?,
+            approves: capabilities(obj)?.contains(&"tool_approval"),
         },
         "user.list_sessions" => ClientMessage::ListSessions {
             limit: list_limit(obj)?,
@@ -200,8 +205,25 @@ mod tests {
         let p = parse(r#"{"event":"user.create_session","timestamp":1}"#, None).unwrap();
         assert_eq!(
             p.message,
-            ClientMessage::CreateSession { agent_config: None }
+            ClientMessage::CreateSession {
+                agent_config: None,
+                approves: false
+            }
         );
+        let p = parse(
+            r#"{"event":"user.create_session","capabilities":["tool_approval","future"]}"#,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            p.message,
+            ClientMessage::CreateSession { approves: true, .. }
+        ));
+        let e = parse(
+            r#"{"event":"user.create_session","capabilities":"all"}"#,
+            None,
+        );
+        assert_eq!(e.err().unwrap().code, ErrorCode::InvalidField);
         let p = parse(
             r#"{"event":"user.message","session_id":"s","content":"hi","timestamp":1}"#,
             None,
