@@ -33,16 +33,20 @@ impl Ctx<'_> {
             .as_array()
             .filter(|a| !a.is_empty())
             .ok_or_else(|| RpcError::params("`message.parts` must hold at least one part"))?;
-        let blocking = !p["configuration"]["returnImmediately"]
-            .as_bool()
-            .unwrap_or(false);
-        let history = history_length(&p["configuration"]);
+        let how = How {
+            streaming,
+            blocking: !p["configuration"]["returnImmediately"]
+                .as_bool()
+                .unwrap_or(false),
+            history: history_length(&p["configuration"]),
+        };
         if let Some(task_id) = msg["taskId"].as_str().filter(|t| !t.is_empty()) {
             let task = self
                 .tasks()
                 .get(task_id, self.client.user())
                 .ok_or_else(RpcError::task_not_found)?;
-            return answer_input(&task, parts, msg, streaming, blocking, history).await;
+            let (first, rx) = answer_input(&task, parts, msg)?;
+            return reply(&task, first, rx, how).await;
         }
         let content = content(parts)?;
         let sessions = self.deps.sessions.clone();
@@ -63,7 +67,7 @@ impl Ctx<'_> {
         let task: Shared = Arc::new(std::sync::Mutex::new(task));
         let (first, rx) = {
             let t = lock(&task);
-            (t.to_json(None), t.updates.subscribe())
+            (json!({"task": t.to_json(None)}), t.updates.subscribe())
         };
         sessions
             .message(&self.client, &session_id, content, Some(OnBusy::Reject))
@@ -81,15 +85,7 @@ impl Ctx<'_> {
             .await
             .unwrap_or_else(|_| Err(RpcError::new(Code::Internal, "the run could not start")))?;
         self.tasks.insert(task.clone());
-        reply(
-            &task,
-            json!({"task": first}),
-            rx,
-            streaming,
-            blocking,
-            history,
-        )
-        .await
+        reply(&task, first, rx, how).await
     }
 
     /// Attaches the caller to context `context` (its session), or to a new session; returns
@@ -185,15 +181,21 @@ fn refused(v: &Value, what: &str) -> RpcError {
     }
 }
 
-/// A message to a task waiting for input: the approval decision it waits for.
-async fn answer_input(
-    task: &Shared,
-    parts: &[Value],
-    msg: &Value,
+/// How a send is answered (`SendStreamingMessage`; `returnImmediately`; `historyLength`).
+#[derive(Clone, Copy)]
+struct How {
     streaming: bool,
     blocking: bool,
     history: Option<usize>,
-) -> Result<Reply, RpcError> {
+}
+
+/// A message to a task waiting for input: the approval decision it waits for, handed to the
+/// task's driver. Returns the task as it goes on and its updates from there.
+fn answer_input(
+    task: &Shared,
+    parts: &[Value],
+    msg: &Value,
+) -> Result<(Value, broadcast::Receiver<Value>), RpcError> {
     let (first, rx) = {
         let mut t = lock(task);
         if t.state.terminal() {
@@ -225,17 +227,9 @@ async fn answer_input(
         // The answer is given: the task works again (the stream starts from there).
         t.pending = None;
         t.set_state(State::Working, None);
-        (t.to_json(None), t.updates.subscribe())
+        (json!({"task": t.to_json(None)}), t.updates.subscribe())
     };
-    reply(
-        task,
-        json!({"task": first}),
-        rx,
-        streaming,
-        blocking,
-        history,
-    )
-    .await
+    Ok((first, rx))
 }
 
 /// The answer to a send: the stream, the task at once, or the task once it ends or needs input.
@@ -243,21 +237,21 @@ async fn reply(
     task: &Shared,
     first: Value,
     mut rx: broadcast::Receiver<Value>,
-    streaming: bool,
-    blocking: bool,
-    history: Option<usize>,
+    how: How,
 ) -> Result<Reply, RpcError> {
-    if streaming {
+    if how.streaming {
         return Ok(Reply::Stream(first, rx));
     }
-    if blocking {
+    if how.blocking {
         while !lock(task).state.final_for_streams() {
             if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
                 break;
             }
         }
     }
-    Ok(Reply::Json(json!({"task": lock(task).to_json(history)})))
+    Ok(Reply::Json(
+        json!({"task": lock(task).to_json(how.history)}),
+    ))
 }
 
 /// A message's parts as the model's input: text, and images by URL or inline bytes.
