@@ -71,18 +71,25 @@ impl Quotas {
             return Ok(None);
         };
         let at = Windows::now();
-        let counts = match self.counts(&p.user, at).await {
-            Ok(c) => c,
-            Err(e) => {
-                // The store's outage is not the principal's fault: serve, counted here.
-                tracing::warn!(error = %e, "quota counters unavailable; admitting the message");
-                return Ok(None);
-            }
-        };
-        check(&tier, &counts, at, starts_run)?;
         let counted = starts_run && tier.concurrent_runs.is_some();
-        self.take(&p.user, at, counted.then(|| session.to_owned()))
-            .await;
+        let run = counted.then(|| session.to_owned());
+        match self.shared.as_ref().and_then(|s| s.shared()) {
+            Some(shared) => {
+                let counts = match shared.quota_counts(&p.user, at).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // The store's outage is not the principal's fault: served, uncounted.
+                        tracing::warn!(error = %e, "quota counters unavailable; admitting the message");
+                        return Ok(None);
+                    }
+                };
+                check(&tier, &counts, at, starts_run)?;
+                if let Err(e) = shared.quota_take(&p.user, at, run).await {
+                    tracing::warn!(error = %e, "quota counters unavailable; a message was not counted");
+                }
+            }
+            None => self.admit_here(&p.user, &tier, at, starts_run, counted)?,
+        }
         Ok(Some(RunPlace {
             quotas: self.clone(),
             user: p.user.clone(),
@@ -91,38 +98,31 @@ impl Quotas {
         }))
     }
 
-    async fn counts(
+    /// This host's counters: checked and taken under one lock (two messages at once cannot
+    /// both take the last place).
+    fn admit_here(
         &self,
         user: &Arc<str>,
+        tier: &Tier,
         at: Windows,
-    ) -> Result<QuotaCounts, crate::store::StoreError> {
-        if let Some(shared) = self.shared.as_ref().and_then(|s| s.shared()) {
-            return shared.quota_counts(user, at).await;
-        }
+        starts_run: bool,
+        counted: bool,
+    ) -> Result<(), Refused> {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         let l = local.entry(user.clone()).or_default();
         let now = |(w, n): (i64, u64), current: i64| if w == current { n } else { 0 };
-        Ok(QuotaCounts {
+        let counts = QuotaCounts {
             tokens_day: now(l.day, at.day()),
             tokens_hour: now(l.hour, at.hour()),
             messages: now(l.minute, at.minute()),
             running: l.running,
-        })
-    }
-
-    async fn take(&self, user: &Arc<str>, at: Windows, run: Option<String>) {
-        if let Some(shared) = self.shared.as_ref().and_then(|s| s.shared()) {
-            if let Err(e) = shared.quota_take(user, at, run).await {
-                tracing::warn!(error = %e, "quota counters unavailable; a message was not counted");
-            }
-            return;
-        }
-        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let l = local.entry(user.clone()).or_default();
+        };
+        check(tier, &counts, at, starts_run)?;
         bump(&mut l.minute, at.minute(), 1);
-        if run.is_some() {
+        if counted {
             l.running += 1;
         }
+        Ok(())
     }
 
     fn release(self: &Arc<Self>, user: &Arc<str>, session: &str) {
