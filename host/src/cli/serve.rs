@@ -38,8 +38,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent_config = config::agent_config(&args)?;
     describe_agent(&args, &loaded.manifest, &agent_config);
-    let principals = Arc::new(Principals::new(tokens::principals(&args)?));
-    tokens::watch(&args, &principals);
+    let flat = tokens::flat(&args)?;
+    let principals = Arc::new(Principals::new(tokens::principals(&args, &flat)?));
+    tokens::watch(&args, &principals, flat);
     if std::env::args().any(|a| a == "--auth-token" || a.starts_with("--auth-token=")) {
         tracing::warn!("a token given with --auth-token is visible to every user of this machine (ps, /proc); prefer MYAGENT_AUTH_TOKENS or --auth-token-file");
     }

@@ -12,10 +12,15 @@ use myagent_host::session::principal::{Principals, Table};
 
 use super::args::ServeArgs;
 
-/// The accepted tokens: `--auth-token` / `MYAGENT_AUTH_TOKENS` and `--auth-token-file` (one
-/// principal, `default`), plus the principals of `--auth-tokens-file`.
-pub fn principals(args: &ServeArgs) -> anyhow::Result<Table> {
-    let mut tokens: Vec<String> = flat_tokens_given(args);
+/// The flat tokens — `--auth-token` / `MYAGENT_AUTH_TOKENS` and `--auth-token-file` — as one
+/// principal, `default`. They do not change while the host runs.
+pub fn flat(args: &ServeArgs) -> anyhow::Result<Table> {
+    let mut tokens: Vec<String> = args
+        .auth_tokens
+        .iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
     if let Some(f) = &args.auth_token_file {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read --auth-token-file {}", f.display()))?;
@@ -30,33 +35,37 @@ pub fn principals(args: &ServeArgs) -> anyhow::Result<Table> {
             anyhow::bail!("--auth-token-file {} holds no token", f.display());
         }
     }
-    let flat = Table::from_tokens(&tokens);
+    Ok(Table::from_tokens(&tokens))
+}
+
+/// Every accepted token: the `flat` ones plus the principals of `--auth-tokens-file`.
+pub fn principals(args: &ServeArgs, flat: &Table) -> anyhow::Result<Table> {
     match &args.auth_tokens_file {
-        None => Ok(flat),
-        Some(f) => {
-            let table = tokens_file(f)?;
-            if table.is_empty() {
-                anyhow::bail!("--auth-tokens-file {} names no principal", f.display());
-            }
-            table.merge(flat).map_err(|e| anyhow::anyhow!("{e}"))
-        }
+        None => Ok(flat.clone()),
+        Some(f) => with_file(f, flat),
     }
 }
 
-/// Reads and parses `--auth-tokens-file`.
-pub fn tokens_file(f: &Path) -> anyhow::Result<Table> {
-    let text = std::fs::read_to_string(f)
-        .with_context(|| format!("cannot read --auth-tokens-file {}", f.display()))?;
-    Table::parse(&text).map_err(|e| anyhow::anyhow!("--auth-tokens-file {}: {e}", f.display()))
+/// The principals of tokens file `path`, with the flat tokens.
+fn with_file(path: &Path, flat: &Table) -> anyhow::Result<Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --auth-tokens-file {}", path.display()))?;
+    let table = Table::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--auth-tokens-file {}: {e}", path.display()))?;
+    if table.is_empty() {
+        anyhow::bail!("--auth-tokens-file {} names no principal", path.display());
+    }
+    table
+        .merge(flat.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Re-reads `--auth-tokens-file` when its contents change and puts the new table in place
-/// (with the flat tokens, which do not change). Ends when `principals` is dropped.
-pub fn watch(args: &ServeArgs, principals: &Arc<Principals>) {
+/// (with the `flat` tokens). Ends when `principals` is dropped.
+pub fn watch(args: &ServeArgs, principals: &Arc<Principals>, flat: Table) {
     let Some(path) = args.auth_tokens_file.clone() else {
         return;
     };
-    let flat = Table::from_tokens(&flat_tokens(args));
     let weak = Arc::downgrade(principals);
     tokio::spawn(async move {
         let mut seen = std::fs::read(&path).ok();
@@ -71,7 +80,7 @@ pub fn watch(args: &ServeArgs, principals: &Arc<Principals>) {
                 continue;
             }
             seen = now;
-            match reload(&path, &flat) {
+            match with_file(&path, &flat) {
                 Ok(table) => {
                     let (users, tokens) = table.counts();
                     principals.replace(table);
@@ -83,39 +92,4 @@ pub fn watch(args: &ServeArgs, principals: &Arc<Principals>) {
             }
         }
     });
-}
-
-fn reload(path: &Path, flat: &Table) -> anyhow::Result<Table> {
-    let table = tokens_file(path)?;
-    if table.is_empty() {
-        anyhow::bail!("--auth-tokens-file {} names no principal", path.display());
-    }
-    table
-        .merge(flat.clone())
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn flat_tokens_given(args: &ServeArgs) -> Vec<String> {
-    args.auth_tokens
-        .iter()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-fn flat_tokens(args: &ServeArgs) -> Vec<String> {
-    let mut tokens = flat_tokens_given(args);
-    if let Some(text) = args
-        .auth_token_file
-        .as_ref()
-        .and_then(|f| std::fs::read_to_string(f).ok())
-    {
-        tokens.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
-    }
-    tokens
 }

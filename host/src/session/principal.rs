@@ -183,11 +183,7 @@ impl Principals {
         let table = self.current();
         let mut found = None;
         for (k, p) in &table.tokens {
-            let diff = k
-                .iter()
-                .zip(d.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 && found.is_none() {
+            if crate::secret::constant_time_eq_bytes(k, &d) && found.is_none() {
                 found = Some(p.clone());
             }
         }

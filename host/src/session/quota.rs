@@ -22,7 +22,7 @@ pub(super) struct Quotas {
     /// This host's counters (unused when the store is shared).
     local: Mutex<HashMap<Arc<str>, Local>>,
     /// The shared store whose counters every host uses, if any.
-    shared: Option<Arc<Store>>,
+    store: Option<Arc<Store>>,
 }
 
 /// A principal's counters on this host: (window number, count) each, and runs now.
@@ -52,7 +52,7 @@ impl Quotas {
         Arc::new(Quotas {
             principals,
             local: Mutex::default(),
-            shared: store.filter(|s| s.shared().is_some()),
+            store: store.filter(|s| s.shared().is_some()),
         })
     }
 
@@ -73,7 +73,7 @@ impl Quotas {
         let at = Windows::now();
         let counted = starts_run && tier.concurrent_runs.is_some();
         let run = counted.then(|| session.to_owned());
-        match self.shared.as_ref().and_then(|s| s.shared()) {
+        match self.shared() {
             Some(shared) => {
                 let counts = match shared.quota_counts(&p.user, at).await {
                     Ok(c) => c,
@@ -96,6 +96,11 @@ impl Quotas {
             session: session.to_owned(),
             counted,
         }))
+    }
+
+    /// The shared store's counters, when the store is shared.
+    fn shared(&self) -> Option<&crate::store::Shared> {
+        self.store.as_ref().and_then(|s| s.shared())
     }
 
     /// This host's counters: checked and taken under one lock (two messages at once cannot
@@ -126,7 +131,7 @@ impl Quotas {
     }
 
     fn release(self: &Arc<Self>, user: &Arc<str>, session: &str) {
-        if let Some(store) = self.shared.clone() {
+        if let Some(store) = self.store.clone() {
             let (user, session) = (user.clone(), session.to_owned());
             tokio::spawn(async move {
                 if let Some(shared) = store.shared() {
@@ -154,7 +159,7 @@ impl RunPlace {
             return;
         }
         let at = Windows::now();
-        if let Some(shared) = self.quotas.shared.as_ref().and_then(|s| s.shared()) {
+        if let Some(shared) = self.quotas.shared() {
             if let Err(e) = shared.quota_spend(&self.user, at, tokens).await {
                 tracing::warn!(error = %e, tokens, "quota counters unavailable; tokens not counted");
             }

@@ -265,31 +265,26 @@ impl Tasks {
         owner: Option<&Arc<str>>,
         keep: impl Fn(&Task) -> bool,
     ) -> Vec<Shared> {
-        let t = self.table();
-        t.order
-            .iter()
-            .rev()
-            .filter_map(|id| t.by_id.get(id))
-            .filter(|task| {
-                let task = lock(task);
-                task.owner.as_ref() == owner && keep(&task)
-            })
-            .cloned()
-            .collect()
+        self.newest(|t| t.owner.as_ref() == owner && keep(t), usize::MAX)
     }
 
     /// The running task of session `session_id`, if any.
     pub(crate) fn running_in(&self, session_id: &str) -> Option<Shared> {
+        self.newest(|t| t.session_id == session_id && !t.state.terminal(), 1)
+            .pop()
+    }
+
+    /// Up to `n` tasks `keep` accepts, newest first.
+    fn newest(&self, keep: impl Fn(&Task) -> bool, n: usize) -> Vec<Shared> {
         let t = self.table();
         t.order
             .iter()
             .rev()
             .filter_map(|id| t.by_id.get(id))
-            .find(|task| {
-                let task = lock(task);
-                task.session_id == session_id && !task.state.terminal()
-            })
+            .filter(|task| keep(&lock(task)))
+            .take(n)
             .cloned()
+            .collect()
     }
 }
 

@@ -10,6 +10,17 @@ use super::super::batch::Chunk;
 use super::super::{now, Access, Cursor, Listed, Listing, StoreError, Stored};
 use super::unavailable;
 
+/// A read-only connection beside the writer's (waiting up to 5 s for a lock).
+fn read_only(path: &Path) -> Result<Connection, StoreError> {
+    let db = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unavailable)?;
+    let _ = db.busy_timeout(Duration::from_secs(5));
+    Ok(db)
+}
+
 /// Sessions `client` made (the total comes from the writer's count) — see
 /// [`super::super::Store::count_stored`]. `conn`: a read-only connection kept between calls,
 /// opened on first use and dropped after a failure.
@@ -20,13 +31,7 @@ pub(crate) fn count_of(
 ) -> Result<u64, StoreError> {
     let mut kept = conn.lock().unwrap_or_else(|p| p.into_inner());
     if kept.is_none() {
-        let db = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(unavailable)?;
-        let _ = db.busy_timeout(Duration::from_secs(5));
-        *kept = Some(db);
+        *kept = Some(read_only(path)?);
     }
     let Some(db) = kept.as_ref() else {
         return Ok(0);
@@ -50,12 +55,7 @@ pub(crate) fn load(
     ttl: Duration,
     access: Option<&Access>,
 ) -> Result<Option<Stored>, StoreError> {
-    let db = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(unavailable)?;
-    let _ = db.busy_timeout(Duration::from_secs(5));
+    let db = read_only(path)?;
     let read = || -> rusqlite::Result<Option<Stored>> {
         if let Some(access) = access {
             let found: Option<(String, Option<String>)> = db
@@ -142,12 +142,7 @@ pub(crate) fn list(
     before: Option<&Cursor>,
     limit: usize,
 ) -> Result<Vec<Listed>, StoreError> {
-    let db = Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(unavailable)?;
-    let _ = db.busy_timeout(Duration::from_secs(5));
+    let db = read_only(path)?;
     let (updated, id) = before.map_or((i64::MAX, ""), |c| (c.updated, c.id.as_str()));
     let read = || -> rusqlite::Result<Vec<Listed>> {
         let mut stmt = db.prepare(
