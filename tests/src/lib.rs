@@ -157,6 +157,30 @@ impl Proc {
         }
     }
 
+    /// Waits for a stderr line containing `needle` (a line the host logged may reach this
+    /// process a moment after an answer it gave over HTTP); returns it.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "no stderr line containing {needle:?} within {timeout:?}\nstderr: {}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }

@@ -131,11 +131,10 @@ async fn tools_of_a_stdio_server_are_offered_and_called_beside_the_plugins() {
         "number"
     );
     // The server's stderr is in the host's log, tagged.
-    let log = host.proc.stderr_text();
-    assert!(
-        log.contains("mcp-test-server: started") && log.contains("own"),
-        "{log}"
-    );
+    let line = host
+        .proc
+        .wait_stderr("mcp-test-server: started", Duration::from_secs(5));
+    assert!(line.contains("own"), "{line}");
 }
 
 #[tokio::test]
@@ -300,12 +299,9 @@ fn a_bad_config_is_a_clear_start_up_error_and_a_down_server_is_not() {
         &llm,
         &["--mcp-config", path.to_str().unwrap()],
     );
-    let log = host.proc.stderr_text();
-    assert!(
-        log.contains(
-            "MCP server gone (stdio: /nonexistent/mcp-server) is not available: cannot start"
-        ),
-        "{log}"
+    host.proc.wait_stderr(
+        "MCP server gone (stdio: /nonexistent/mcp-server) is not available: cannot start",
+        Duration::from_secs(5),
     );
 }
 

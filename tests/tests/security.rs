@@ -156,10 +156,9 @@ async fn unauthenticated_clients_hold_little_and_not_for_long() {
         &llm,
         &["--auth-token", "s3cret", "--auth-timeout", "2"],
     );
-    assert!(
-        host.proc.stderr_text().contains("visible to every user"),
-        "no warning about a token on the command line"
-    );
+    // A warning about a token on the command line.
+    host.proc
+        .wait_stderr("visible to every user", Duration::from_secs(5));
     let big = "x".repeat(60 * 1024); // under the 64 KiB message limit, over the pre-auth frame limit
                                      // Clients that never send a token but push large frames: dropped at once.
     let mut dropped = 0;
@@ -387,11 +386,8 @@ async fn model_output_is_bounded_and_provider_errors_stay_in_the_log() {
     let e = c.until("agent.error").await;
     let text = e["error"].as_str().unwrap();
     assert!(text.contains("HTTP 401") && !text.contains("WXYZ"), "{e}");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        host.proc.stderr_text().contains("WXYZ"),
-        "the detail should be in the server log"
-    );
+    // The detail is in the server log.
+    host.proc.wait_stderr("WXYZ", Duration::from_secs(5));
 }
 
 #[tokio::test]
@@ -501,13 +497,8 @@ async fn with_tokens_required_health_keeps_process_details_behind_the_metrics_to
     let anyone: serde_json::Value = serde_json::from_str(&host.http("/health")).unwrap();
     assert_eq!(anyone["status"], "healthy");
     assert!(anyone["plugin"]["worker_pid"].is_null(), "{anyone}");
-    assert!(
-        host.proc
-            .stderr_text()
-            .contains("/metrics is open to anyone"),
-        "{}",
-        host.proc.stderr_text()
-    );
+    host.proc
+        .wait_stderr("/metrics is open to anyone", Duration::from_secs(5));
     let host = Host::start(
         &plugin_lib("testkit_agent"),
         &llm,

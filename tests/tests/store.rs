@@ -140,6 +140,8 @@ async fn a_redis_outage_loses_nothing_and_is_said_once() {
     redis.restart();
     store_becomes(&h, "ok", Duration::from_secs(15)).await;
     assert_eq!(health_store(&h)["buffered_bytes"], 0);
+    h.proc
+        .wait_stderr("session store is back", Duration::from_secs(5));
     let log = h.proc.stderr_text();
     assert_eq!(log.matches("session store unavailable").count(), 1, "{log}");
     assert_eq!(log.matches("session store is back").count(), 1, "{log}");
