@@ -41,6 +41,22 @@ impl Timestamp {
         Timestamp(b)
     }
 
+    /// Milliseconds since 1970 of a timestamp this type wrote (`2026-12-02T06:38:40.611Z`);
+    /// None for any other text.
+    pub fn parse_millis(s: &str) -> Option<u64> {
+        let b = s.as_bytes();
+        if b.len() != 24 || b[4] != b'-' || b[10] != b'T' || b[19] != b'.' || b[23] != b'Z' {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
+        let (y, m, d) = (num(0..4)? as i64, num(5..7)? as u32, num(8..10)? as u32);
+        let days = days_from_civil(y, m, d);
+        let secs = num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
+        u64::try_from(days)
+            .ok()
+            .map(|days| (days * 86_400 + secs) * 1000 + num(20..23).unwrap_or(0))
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000Z")
@@ -80,9 +96,29 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_back_what_it_writes() {
+        for ms in [0u64, 951_782_400_005, 1_796_000_102_417, 4_102_444_799_999] {
+            let t = Timestamp::at(Duration::from_millis(ms));
+            assert_eq!(Timestamp::parse_millis(t.as_str()), Some(ms), "{t}");
+        }
+        assert_eq!(Timestamp::parse_millis("yesterday"), None);
+    }
 
     #[test]
     fn formats_known_instants() {

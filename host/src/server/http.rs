@@ -41,6 +41,8 @@ pub struct Gateway {
     pub deps: ConnDeps,
     pub started: Instant,
     pub(crate) a2a: super::a2a::Tasks,
+    /// The threads the AG-UI door is streaming.
+    pub(crate) agui: Arc<super::agui::Threads>,
 }
 
 /// Serves HTTP/1.1 on one TCP connection, handing WebSocket upgrades to [`connection::serve`].
@@ -103,6 +105,9 @@ async fn route(
     }
     if super::a2a::routes(req.method(), req.uri().path()) {
         return super::a2a::serve(req, &gw.deps, &gw.a2a, peer).await;
+    }
+    if super::agui::routes(req.method(), req.uri().path()) {
+        return super::agui::serve(req, &gw.deps, &gw.agui, peer).await;
     }
     let path = req.uri().path();
     let is_upgrade = req

@@ -9,11 +9,13 @@
 //! trackers, bounded by `ServerConfig::shutdown_timeout`).
 
 pub(crate) mod a2a;
+pub(crate) mod agui;
 pub(crate) mod auth;
 pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod connections;
 mod dispatch;
+mod door;
 pub(crate) mod forwarded;
 pub(crate) mod gate;
 pub(crate) mod http;
@@ -68,6 +70,7 @@ pub fn gateway(
         },
         started: Instant::now(),
         a2a: Default::default(),
+        agui: Default::default(),
     })
 }
 

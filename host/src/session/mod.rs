@@ -135,6 +135,11 @@ impl Sessions {
         self.store.as_ref()
     }
 
+    /// What a message does while its session runs, unless it says.
+    pub fn on_busy(&self) -> OnBusy {
+        self.config.on_busy
+    }
+
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
     }

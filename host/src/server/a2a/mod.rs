@@ -21,16 +21,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use super::auth::Credentials;
 use super::connection::ConnDeps;
 use super::outbox::Outbox;
 use super::reply::{text, Body};
-use crate::session::principal::Principal;
 use crate::session::Client;
 use rpc::{Call, Code, RpcError};
 pub(crate) use task::Tasks;
@@ -92,7 +90,7 @@ pub(crate) async fn serve(
         );
         return text(StatusCode::OK, "application/json", body.to_string());
     }
-    let (principal, ip) = match admit(&req, deps, peer) {
+    let (principal, ip) = match super::door::admit(&req, deps, peer) {
         Ok(who) => who,
         Err(refusal) => return *refusal,
     };
@@ -138,48 +136,6 @@ pub(crate) async fn serve(
         Ok(Reply::Stream(first, rx)) => stream(call.id, first, rx),
         Err(e) => json_reply(&rpc::error(&call.id, &e)),
     }
-}
-
-/// Who is calling (the origin allowed, the token's principal) and from where — or the refusal.
-fn admit(
-    req: &Request<Incoming>,
-    deps: &ConnDeps,
-    peer: SocketAddr,
-) -> Result<(Option<Principal>, std::net::IpAddr), Box<Response<Body>>> {
-    let header = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if !deps
-        .auth
-        .origin_allowed(header(header::ORIGIN), header(header::HOST))
-    {
-        deps.metrics.connections_refused.inc();
-        return Err(Box::new(text(
-            StatusCode::FORBIDDEN,
-            "text/plain",
-            "origin not allowed\n".into(),
-        )));
-    }
-    let principal = match deps.auth.check_request(req) {
-        Credentials::Accepted(p) => p,
-        Credentials::Refused | Credentials::Pending => {
-            deps.metrics.connections_refused.inc();
-            let body = json!({"error": "a token is required: Authorization: Bearer <token>"});
-            let mut r = text(
-                StatusCode::UNAUTHORIZED,
-                "application/json",
-                body.to_string(),
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Err(Box::new(r));
-        }
-    };
-    let forwarded = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.to_str().unwrap_or("?"));
-    let ip = super::forwarded::client_ip(peer.ip(), forwarded, &deps.config.trusted_proxies);
-    Ok((principal, ip))
 }
 
 /// `http://` or, behind a proxy that says so, `https://` — and the `Host` the client used.

@@ -12,7 +12,7 @@ use super::task::{lock, Control, Shared, State, Task};
 use super::{driver, history_length, Ctx, Reply};
 use crate::agent::Decision;
 use crate::llm::{Content, ImageUrl, Part};
-use crate::server::outbox::Outbox;
+use crate::server::door::{self, first_answer};
 use crate::session::event::OnBusy;
 
 impl Ctx<'_> {
@@ -112,13 +112,7 @@ impl Ctx<'_> {
             };
             return Ok((sid.to_owned(), context));
         };
-        // Ours: `id` (a principal's) or `id.token` (anonymous). A context the client named
-        // itself is its own key on an anonymous host.
-        let (sid, token) = match c.split_once('.') {
-            Some((s, t)) => (s, Some(t)),
-            None if anonymous => (c, Some(c)),
-            None => (c, None),
-        };
+        let sid = c.split_once('.').map_or(c, |(s, _)| s);
         if let Some(running) = self.tasks().running_in(sid) {
             let id = lock(&running).id.clone();
             return Err(RpcError::new(
@@ -128,34 +122,11 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        sessions
-            .resume_session(&mut self.client, sid, token, u64::MAX)
-            .await;
-        let v = first_answer(&self.out);
-        if v["event"] == "agent.session_resumed" {
-            return Ok((sid.to_owned(), c.to_owned()));
-        }
-        if v["code"] != "session_not_found" || c.contains('.') {
-            return Err(refused(&v, "contextId"));
-        }
-        // A new context the client named: a session by that id (unless it is anyone's).
-        let token = token.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-        sessions
-            .create_named(&mut self.client, config, (c.to_owned(), token))
-            .await;
-        let v = first_answer(&self.out);
-        if v["event"] != "agent.session_created" {
-            return Err(refused(&v, "contextId"));
-        }
-        Ok((c.to_owned(), c.to_owned()))
+        let opened = door::open(&sessions, &mut self.client, &self.out, c, config, u64::MAX)
+            .await
+            .map_err(|v| refused(&v, "contextId"))?;
+        Ok((opened.session_id, c.to_owned()))
     }
-}
-
-/// The first event queued for this door's client (the answer to its request).
-fn first_answer(out: &Outbox) -> Value {
-    std::iter::from_fn(|| out.pop())
-        .find_map(|f| serde_json::from_str::<Value>(&f).ok())
-        .unwrap_or_default()
 }
 
 /// The engine's refusal (an `agent.error`) as A2A's.

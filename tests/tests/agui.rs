@@ -1,0 +1,419 @@
+//! The AG-UI door (`POST /agui`): runs as AG-UI event streams over real HTTP, approvals as
+//! interrupts and their resume, reconnecting with `Last-Event-ID`, background runs, refusals —
+//! and threads that are our sessions (the WebSocket opens what AG-UI made). Real host, real
+//! testkit plugin, the fake model over HTTP.
+
+use std::time::Duration;
+
+use myagent_tests::{plugin_lib, Client, FakeLlm, Host};
+use serde_json::{json, Value};
+
+/// One AG-UI response being read: its status, and its frames (`id`, event) as they come.
+struct Stream {
+    status: u16,
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Stream {
+    /// The next frame (keep-alive comments skipped); None at the end of the stream.
+    async fn next(&mut self) -> Option<(Option<String>, Value)> {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                match data {
+                    Some(d) => return Some((id, d)),
+                    None => continue,
+                }
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.resp.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within 20 s; so far: {}", self.buf))
+                .ok()??;
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Every frame to the end of the stream.
+    async fn all(&mut self) -> Vec<(Option<String>, Value)> {
+        let mut out = Vec::new();
+        while let Some(f) = self.next().await {
+            out.push(f);
+        }
+        out
+    }
+}
+
+async fn post(host: &Host, body: &Value, headers: &[(&str, &str)]) -> Stream {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/agui", host.port))
+        .header("content-type", "application/json")
+        .header("accept", "text/event-stream")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    Stream {
+        status: resp.status().as_u16(),
+        resp,
+        buf: String::new(),
+    }
+}
+
+fn input(thread: &str, run: &str, messages: Value) -> Value {
+    json!({"threadId": thread, "runId": run, "state": {}, "messages": messages, "tools": [], "context": [], "forwardedProps": {}})
+}
+
+fn user(id: &str, text: &str) -> Value {
+    json!({"id": id, "role": "user", "content": text})
+}
+
+fn call(tool: &str, args: Value) -> Value {
+    json!({"tool_calls": [{"name": tool, "arguments": args.to_string()}]})
+}
+
+fn types(frames: &[(Option<String>, Value)]) -> Vec<&str> {
+    frames
+        .iter()
+        .map(|(_, e)| e["type"].as_str().unwrap())
+        .collect()
+}
+
+fn text_of(frames: &[(Option<String>, Value)]) -> String {
+    frames
+        .iter()
+        .filter(|(_, e)| e["type"] == "TEXT_MESSAGE_CONTENT")
+        .map(|(_, e)| e["delta"].as_str().unwrap())
+        .collect()
+}
+
+fn host(llm: &FakeLlm, extra: &[&str]) -> Host {
+    Host::start(&plugin_lib("testkit_agent"), llm, extra)
+}
+
+#[tokio::test]
+async fn a_run_is_an_agui_stream_and_its_thread_a_session() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &[]);
+    llm.script(json!([call("echo", json!({"text": "hi"})), {"text": "Echoed: hi."}]));
+    let mut s = post(
+        &h,
+        &input("thread-1", "run-1", json!([user("u1", "echo hi")])),
+        &[],
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.resp.headers()["content-type"], "text/event-stream");
+    let frames = s.all().await;
+    let t = types(&frames);
+    assert_eq!(t[0], "RUN_STARTED", "{t:?}");
+    assert_eq!(*t.last().unwrap(), "RUN_FINISHED", "{t:?}");
+    for want in [
+        "STEP_STARTED",
+        "TOOL_CALL_START",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_END",
+        "TOOL_CALL_RESULT",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_END",
+        "STEP_FINISHED",
+    ] {
+        assert!(t.contains(&want), "no {want} in {t:?}");
+    }
+    assert!(
+        frames
+            .iter()
+            .all(|(id, e)| id.is_some() && e["timestamp"].is_u64()),
+        "{frames:?}"
+    );
+    let start = &frames[0].1;
+    assert_eq!(
+        (start["threadId"].as_str(), start["runId"].as_str()),
+        (Some("thread-1"), Some("run-1"))
+    );
+    let call = frames
+        .iter()
+        .find(|(_, e)| e["type"] == "TOOL_CALL_START")
+        .unwrap();
+    assert_eq!(call.1["toolCallName"], "echo");
+    let result = frames
+        .iter()
+        .find(|(_, e)| e["type"] == "TOOL_CALL_RESULT")
+        .unwrap();
+    assert_eq!(result.1["toolCallId"], call.1["toolCallId"]);
+    assert_eq!(text_of(&frames), "Echoed: hi.");
+    let end = &frames.last().unwrap().1;
+    assert_eq!(end["outcome"]["type"], "success");
+    assert_eq!(end["result"], "Echoed: hi.");
+    assert!(
+        end["usage"][0]["inputTokens"].as_u64().unwrap() > 0,
+        "{end}"
+    );
+
+    // The thread is a session: the WebSocket resumes it (an anonymous host: the name is its key).
+    let (mut c, resumed) = Client::resume(&h.ws_url(), "thread-1", "thread-1", 0).await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    let fin = c.until("agent.final_answer").await;
+    assert_eq!(fin["content"], "Echoed: hi.");
+    drop(c);
+    // A second run on the thread continues the conversation the model sees.
+    llm.script(json!([{"text": "Again."}]));
+    let msgs = json!([user("u1", "echo hi"), {"id": "a1", "role": "assistant", "content": "Echoed: hi."}, user("u2", "and again?")]);
+    let frames = post(&h, &input("thread-1", "run-2", msgs), &[])
+        .await
+        .all()
+        .await;
+    assert_eq!(text_of(&frames), "Again.");
+    let sent = llm.requests().last().unwrap()["messages"].to_string();
+    assert!(
+        sent.contains("echo hi") && sent.contains("and again?"),
+        "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_session_is_an_agui_thread() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &[]);
+    let (mut c, sid, token) = Client::with_session(&h.ws_url()).await;
+    llm.script(json!([{"text": "From the socket."}, {"text": "From AG-UI."}]));
+    c.ask(&sid, "first").await;
+    c.until("agent.ready").await;
+    drop(c);
+    let thread = format!("{sid}.{token}");
+    let frames = post(&h, &input(&thread, "r", json!([user("u", "second")])), &[])
+        .await
+        .all()
+        .await;
+    assert_eq!(text_of(&frames), "From AG-UI.", "{frames:?}");
+    let sent = llm.requests().last().unwrap()["messages"].to_string();
+    assert!(
+        sent.contains("first") && sent.contains("From the socket."),
+        "{sent}"
+    );
+    // Without the token it is nobody's thread to open: a new one by that name is refused.
+    let s = post(
+        &h,
+        &input(&format!("{sid}.wrong"), "r", json!([user("u", "x")])),
+        &[],
+    )
+    .await;
+    assert_eq!(s.status, 404);
+}
+
+#[tokio::test]
+async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &[]);
+    llm.script(json!([
+        call("guarded", json!({"text": "first"})), {"text": "Sent."},
+        call("guarded", json!({"text": "second"})), {"text": "Not sent."},
+    ]));
+    let msgs = json!([user("u1", "send it")]);
+    let frames = post(&h, &input("t-approve", "r1", msgs.clone()), &[])
+        .await
+        .all()
+        .await;
+    let t = types(&frames);
+    assert_eq!(
+        &t[t.len() - 2..],
+        ["MESSAGES_SNAPSHOT", "RUN_FINISHED"],
+        "{t:?}"
+    );
+    let end = &frames.last().unwrap().1;
+    assert_eq!(end["outcome"]["type"], "interrupt", "{end}");
+    let interrupt = &end["outcome"]["interrupts"][0];
+    assert_eq!(interrupt["reason"], "tool_call");
+    assert_eq!(interrupt["metadata"]["tool"], "guarded");
+    assert!(interrupt["expiresAt"].is_string());
+    let id = interrupt["id"].as_str().unwrap().to_owned();
+
+    // A new message while it waits: refused as the interrupt contract says.
+    let frames = post(
+        &h,
+        &input("t-approve", "r2", json!([user("u2", "never mind")])),
+        &[],
+    )
+    .await
+    .all()
+    .await;
+    assert_eq!(types(&frames), ["RUN_STARTED", "RUN_ERROR"]);
+    assert_eq!(frames[1].1["code"], "interrupt_pending");
+    // A stale interrupt id: refused too.
+    let mut stale = input("t-approve", "r3", msgs.clone());
+    stale["resume"] =
+        json!([{"interruptId": "nope", "status": "resolved", "payload": {"approved": true}}]);
+    let frames = post(&h, &stale, &[]).await.all().await;
+    assert_eq!(frames.last().unwrap().1["code"], "invalid_resume");
+
+    // Approved: the call runs, the run goes on to its answer.
+    let mut ok = input("t-approve", "r4", msgs.clone());
+    ok["resume"] =
+        json!([{"interruptId": id, "status": "resolved", "payload": {"approved": true}}]);
+    let frames = post(&h, &ok, &[]).await.all().await;
+    let t = types(&frames);
+    assert!(t.contains(&"TOOL_CALL_RESULT"), "{t:?}");
+    let result = frames
+        .iter()
+        .find(|(_, e)| e["type"] == "TOOL_CALL_RESULT")
+        .unwrap();
+    assert_eq!(result.1["toolCallId"], id.as_str());
+    assert!(
+        result.1["content"].as_str().unwrap().contains("first"),
+        "{result:?}"
+    );
+    assert_eq!(frames.last().unwrap().1["outcome"]["type"], "success");
+    assert_eq!(text_of(&frames), "Sent.");
+
+    // Denied (cancelled): the model hears it was not run.
+    let frames = post(
+        &h,
+        &input("t-approve", "r5", json!([user("u3", "again")])),
+        &[],
+    )
+    .await
+    .all()
+    .await;
+    let id = frames.last().unwrap().1["outcome"]["interrupts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut no = input("t-approve", "r6", json!([user("u3", "again")]));
+    no["resume"] = json!([{"interruptId": id, "status": "cancelled"}]);
+    let frames = post(&h, &no, &[]).await.all().await;
+    let result = frames
+        .iter()
+        .find(|(_, e)| e["type"] == "TOOL_CALL_RESULT")
+        .unwrap();
+    assert!(
+        result.1["content"].as_str().unwrap().contains("denied"),
+        "{result:?}"
+    );
+    assert_eq!(text_of(&frames), "Not sent.");
+}
+
+#[tokio::test]
+async fn a_dropped_stream_reconnects_with_last_event_id_and_misses_nothing() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &[]);
+    let answer = "word ".repeat(40);
+    llm.script(json!([{"text": answer, "chunk_chars": 5, "delay_ms": 25}]));
+    let mut body = input("t-reconnect", "r1", json!([user("u", "long")]));
+    body["forwardedProps"]["background"] = true.into();
+    let mut s = post(&h, &body, &[]).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(s.next().await.unwrap());
+    }
+    drop(s);
+    let last = got[2].0.clone().unwrap();
+    let rest = post(&h, &body, &[("last-event-id", &last)])
+        .await
+        .all()
+        .await;
+    assert!(!rest.is_empty());
+    assert_eq!(rest.last().unwrap().1["type"], "RUN_FINISHED");
+    // No duplicate and no gap: the three frames and the rest are one whole run.
+    let mut all = got.clone();
+    all.extend(rest.iter().cloned());
+    assert_eq!(text_of(&all), answer);
+    let ids: Vec<&str> = all.iter().map(|(id, _)| id.as_deref().unwrap()).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids, unique, "{ids:?}");
+    // Asked again after the run ended: the very same frames (the ids are the log's).
+    let again = post(&h, &body, &[("last-event-id", &last)])
+        .await
+        .all()
+        .await;
+    let strip = |f: &[(Option<String>, Value)]| {
+        f.iter()
+            .map(|(i, e)| (i.clone(), e.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&again), strip(&rest));
+    // A malformed id is refused.
+    let bad = post(&h, &body, &[("last-event-id", "yesterday")]).await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn a_dropped_stream_cancels_its_run_unless_it_runs_in_the_background() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &[]);
+    let long = json!({"text": "x".repeat(200), "chunk_chars": 2, "delay_ms": 20});
+    llm.script(json!([long, {"text": "y".repeat(40), "chunk_chars": 2, "delay_ms": 20}]));
+    let mut s = post(&h, &input("t-drop", "r1", json!([user("u", "a")])), &[]).await;
+    s.next().await.unwrap();
+    s.next().await.unwrap();
+    drop(s);
+    let (mut c, _) = Client::resume(&h.ws_url(), "t-drop", "t-drop", 0).await;
+    let e = c
+        .until_any(&["agent.interrupted", "agent.final_answer"])
+        .await;
+    assert_eq!(e["event"], "agent.interrupted", "{e}");
+    drop(c);
+
+    let mut body = input("t-bg", "r1", json!([user("u", "b")]));
+    body["forwardedProps"]["background"] = true.into();
+    let mut s = post(&h, &body, &[]).await;
+    s.next().await.unwrap();
+    s.next().await.unwrap();
+    drop(s);
+    let (mut c, _) = Client::resume(&h.ws_url(), "t-bg", "t-bg", 0).await;
+    let e = c
+        .until_any(&["agent.interrupted", "agent.final_answer"])
+        .await;
+    assert_eq!(e["event"], "agent.final_answer", "{e}");
+}
+
+#[tokio::test]
+async fn refusals_are_http_answers_with_reasons() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &["--auth-token", "s3cret-agui"]);
+    let body = input("t-auth", "r", json!([user("u", "hi")]));
+    assert_eq!(post(&h, &body, &[]).await.status, 401);
+    assert_eq!(
+        post(&h, &body, &[("authorization", "Bearer nope")])
+            .await
+            .status,
+        401
+    );
+    let evil = [
+        ("authorization", "Bearer s3cret-agui"),
+        ("origin", "https://evil.example"),
+    ];
+    assert_eq!(post(&h, &body, &evil).await.status, 403);
+    let auth = [("authorization", "Bearer s3cret-agui")];
+    let mut bad = post(&h, &json!({"runId": "r", "messages": []}), &auth).await;
+    assert_eq!(bad.status, 400);
+    let text = bad.resp.text().await.unwrap();
+    assert!(text.contains("threadId"), "{text}");
+    bad.buf.clear();
+    // A busy thread: the second message is refused (on_busy reject) with 409 and a JSON body.
+    llm.script(json!([{"text": "z".repeat(100), "chunk_chars": 2, "delay_ms": 20}]));
+    let mut first = post(&h, &body, &auth).await;
+    assert_eq!(first.status, 200);
+    first.next().await.unwrap();
+    let busy = post(
+        &h,
+        &input("t-auth", "r2", json!([user("u2", "and?")])),
+        &auth,
+    )
+    .await;
+    assert_eq!(busy.status, 409);
+    let text = busy.resp.text().await.unwrap();
+    assert!(text.contains("already_running"), "{text}");
+    let frames = first.all().await;
+    assert_eq!(frames.last().unwrap().1["type"], "RUN_FINISHED");
+}
