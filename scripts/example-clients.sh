@@ -39,6 +39,16 @@ echo "--- python (a2a-sdk)"; echo "$OUT"
 echo "$OUT" | grep -q "tool call: get_weather" && echo "$OUT" | grep -q "answer: .*Paris: " \
   && echo "$OUT" | grep -q "state: TASK_STATE_COMPLETED" && echo "$OUT" | grep -q "^usage: [0-9]* in" \
   || { echo "a2a client: expected a get_weather call, an answer about Paris, the final state and usage" >&2; exit 1; }
+# And over AG-UI, with the official TypeScript client (@ag-ui/client's HttpAgent).
+if [ -d examples/clients/node_modules/@ag-ui/client ]; then
+  OUT=$(node examples/clients/agui_client.mjs "http://127.0.0.1:$PORT" "What's the weather in Paris?")
+  echo "--- node (@ag-ui/client)"; echo "$OUT"
+  echo "$OUT" | grep -q "tool call: get_weather" && echo "$OUT" | grep -q "answer: .*Paris: " \
+    && echo "$OUT" | grep -q "^usage: [0-9]* in" \
+    || { echo "agui client: expected a get_weather call, an answer about Paris and usage" >&2; exit 1; }
+elif [ "${MYAGENT_REQUIRE_NODE_CLIENT:-0}" = 1 ]; then
+  echo "agui client: run npm ci in examples/clients" >&2; exit 1
+fi
 
 # Tool approval: a host that requires approval of get_weather; each client approves with
 # --approve (the same run as above) and denies with --deny (the tool does not run; the model is
@@ -60,6 +70,14 @@ denied "python --deny" "$("$PY" examples/clients/python_client.py --deny "$AURL"
 if [ -d examples/clients/node_modules/ws ]; then
   check "node --approve" "$(node examples/clients/node_client.mjs --approve "$AURL" "$Q")"
   denied "node --deny" "$(node examples/clients/node_client.mjs --deny "$AURL" "$Q")"
+fi
+if [ -d examples/clients/node_modules/@ag-ui/client ]; then
+  HURL="http${AURL#ws}"
+  OUT=$(node examples/clients/agui_client.mjs --approve "$HURL" "$Q")
+  echo "--- agui --approve"; echo "$OUT"
+  echo "$OUT" | grep -q "approval: get_weather approved" && echo "$OUT" | grep -q "answer: .*Paris: " \
+    || { echo "agui --approve: expected the call approved, run, and an answer about Paris" >&2; exit 1; }
+  denied "agui --deny" "$(node examples/clients/agui_client.mjs --deny "$HURL" "$Q")"
 fi
 check "rust --approve" "$("$BIN/rust-client" --approve "$AURL" "$Q")"
 denied "rust --deny" "$("$BIN/rust-client" --deny "$AURL" "$Q" </dev/null)"

@@ -16,6 +16,31 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The Python of the venv `scripts/python-env.sh` provisions (target/py, with the example
+/// clients' requirements); None, after saying why `what` is skipped, where Python 3 with venv is
+/// missing — a failure instead under `MYAGENT_REQUIRE_PYTHON=1` (`.ci/run`).
+pub fn python_env(what: &str) -> Option<String> {
+    let out = std::process::Command::new(workspace_root().join("scripts/python-env.sh"))
+        .current_dir(workspace_root())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var("MYAGENT_REQUIRE_PYTHON").as_deref() == Ok("1") {
+                panic!("Python with venv is required (MYAGENT_REQUIRE_PYTHON=1): {why}");
+            }
+            eprintln!(
+                "SKIPPED: {what} needs Python 3 with venv (apt-get install python3-venv): {why}"
+            );
+            None
+        }
+    }
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

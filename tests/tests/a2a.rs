@@ -11,34 +11,18 @@
 
 use std::process::Command;
 
-use myagent_tests::{http_post, http_post_any, plugin_lib, workspace_root, Client, FakeLlm, Host};
+use myagent_tests::{
+    http_post, http_post_any, plugin_lib, python_env, workspace_root, Client, FakeLlm, Host,
+};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "a2a-t0ken";
 
-fn python() -> Option<String> {
-    let out = Command::new(workspace_root().join("scripts/python-env.sh"))
-        .current_dir(workspace_root())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).trim().to_owned()),
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                Err(e) => e.to_string(),
-            };
-            if std::env::var("MYAGENT_REQUIRE_PYTHON").as_deref() == Ok("1") {
-                panic!("Python with venv is required (MYAGENT_REQUIRE_PYTHON=1): {why}");
-            }
-            eprintln!("SKIPPED: the a2a-sdk client test needs Python 3 with venv (apt-get install python3-venv): {why}");
-            None
-        }
-    }
-}
-
 #[test]
 fn the_official_python_client_drives_every_method() {
-    let Some(py) = python() else { return };
+    let Some(py) = python_env("the a2a-sdk client test") else {
+        return;
+    };
     let llm = FakeLlm::start();
     let weather = plugin_lib("weather_agent");
     let open = Host::start(&weather, &llm, &[]);

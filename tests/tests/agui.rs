@@ -1,11 +1,16 @@
 //! The AG-UI door (`POST /agui`): runs as AG-UI event streams over real HTTP, approvals as
 //! interrupts and their resume, reconnecting with `Last-Event-ID`, background runs, refusals —
 //! and threads that are our sessions (the WebSocket opens what AG-UI made). Real host, real
-//! testkit plugin, the fake model over HTTP.
+//! testkit plugin, the fake model over HTTP. The official tools judge the streams: AG-UI's
+//! conformance validator (`ag-ui-validate`, pinned in examples/clients/requirements.txt) and its
+//! TypeScript client (`@ag-ui/client`, pinned in examples/clients/package-lock.json, driven by
+//! examples/clients/agui_client.mjs).
 
 use std::time::Duration;
 
-use myagent_tests::{plugin_lib, Client, FakeLlm, Host};
+use std::process::Command;
+
+use myagent_tests::{plugin_lib, python_env, workspace_root, Client, FakeLlm, Host};
 use serde_json::{json, Value};
 
 /// One AG-UI response being read: its status, and its frames (`id`, event) as they come.
@@ -416,4 +421,69 @@ async fn refusals_are_http_answers_with_reasons() {
     assert!(text.contains("already_running"), "{text}");
     let frames = first.all().await;
     assert_eq!(frames.last().unwrap().1["type"], "RUN_FINISHED");
+}
+
+/// The example client on the official `@ag-ui/client`, if `npm ci` has run in examples/clients.
+fn agui_client() -> Option<std::path::PathBuf> {
+    let dir = workspace_root().join("examples/clients");
+    if dir.join("node_modules/@ag-ui/client").is_dir() {
+        return Some(dir.join("agui_client.mjs"));
+    }
+    if std::env::var("MYAGENT_REQUIRE_NODE_CLIENT").as_deref() == Ok("1") {
+        panic!("@ag-ui/client is required (MYAGENT_REQUIRE_NODE_CLIENT=1): run npm ci in examples/clients");
+    }
+    eprintln!("SKIPPED: the @ag-ui/client test needs Node.js and npm ci in examples/clients");
+    None
+}
+
+#[tokio::test]
+async fn the_official_validator_and_client_accept_our_streams() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &[]);
+    let url = format!("http://127.0.0.1:{}/agui", h.port);
+    if let Some(py) = python_env("the AG-UI conformance validator") {
+        let validator = workspace_root().join(&py).with_file_name("ag-ui-validate");
+        for script in [
+            json!([{"text": "Hello there."}]),
+            json!([call("echo", json!({"text": "hi"})), {"reasoning": "Echo it back.", "text": "Echoed: hi."}]),
+        ] {
+            llm.script(script.clone());
+            let out = Command::new(&validator)
+                .args(["--no-color", "--max-warnings", "0", &url])
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && said.contains("no conformance violations"),
+                "ag-ui-validate on {script}:\n{said}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let Some(client) = agui_client() else { return };
+    let script =
+        json!([call("echo", json!({"text": "hi"})), {"text": "Echoed: hi.", "chunk_chars": 3}]);
+    llm.script(script.clone());
+    let out = Command::new("node")
+        .arg(&client)
+        .args([&format!("http://127.0.0.1:{}", h.port), "echo hi"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "agui_client.mjs:\n{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("tool call: echo {\"text\":\"hi\"}"), "{said}");
+    let answer = said
+        .lines()
+        .find_map(|l| l.strip_prefix("answer: "))
+        .unwrap_or_default();
+    // The same script over the WebSocket: the same answer.
+    llm.script(script);
+    let (mut c, sid, _) = Client::with_session(&h.ws_url()).await;
+    c.ask(&sid, "echo hi").await;
+    let fin = c.until("agent.final_answer").await;
+    assert_eq!(answer, fin["content"].as_str().unwrap(), "{said}");
 }

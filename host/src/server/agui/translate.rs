@@ -4,7 +4,7 @@
 //! but the last of several frames one event makes — and every message, step and tool call it
 //! opens is closed before the run's end (RUN_FINISHED or RUN_ERROR), as AG-UI's verifier asks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
@@ -35,10 +35,8 @@ pub(crate) struct Run {
     /// The messages this run made, as AG-UI messages (for MESSAGES_SNAPSHOT).
     made: Vec<Value>,
     calls: HashSet<String>,
-    /// Calls begun before this run (waiting for approval when it started): tool and arguments.
-    earlier: HashMap<String, (String, Value)>,
-    /// This run's calls: tool and arguments (the next run's `earlier`).
-    known: HashMap<String, (String, Value)>,
+    /// Calls begun before this run (waiting for approval when it started).
+    earlier: HashSet<String>,
     /// A preamble was withdrawn: the client's view needs a MESSAGES_SNAPSHOT before the end.
     withdrawn: bool,
     answer: Option<String>,
@@ -60,8 +58,7 @@ impl Run {
             parent: None,
             made: Vec::new(),
             calls: HashSet::new(),
-            earlier: HashMap::new(),
-            known: HashMap::new(),
+            earlier: HashSet::new(),
             withdrawn: false,
             answer: None,
             usage: None,
@@ -78,19 +75,15 @@ impl Run {
             self.input.clone(),
             self.approval_secs,
         );
-        r.earlier = self.known.clone();
+        r.earlier = self.calls.clone();
         r
     }
 
     /// Calls that waited for approval when the run started (from `agent.session_resumed`).
     pub(crate) fn begun_earlier(&mut self, pending: &Value) {
-        for p in pending.as_array().into_iter().flatten() {
-            if let Some(id) = p["step_id"].as_str() {
-                let tool = p["tool"].as_str().unwrap_or("").to_owned();
-                self.earlier
-                    .insert(id.to_owned(), (tool, p["args"].clone()));
-            }
-        }
+        let ids = pending.as_array().into_iter().flatten();
+        self.earlier
+            .extend(ids.filter_map(|p| p["step_id"].as_str()).map(str::to_owned));
     }
 
     /// RUN_STARTED, as frame `at` (the seq the run starts after).
@@ -187,7 +180,7 @@ impl Run {
             "agent.tool_call" => {
                 let id = ev["step_id"].as_str().unwrap_or("").to_owned();
                 let tool = meta["tool"].as_str().unwrap_or("").to_owned();
-                self.call(&id, &tool, &meta["args"], seq, out);
+                self.call(&id, &tool, &meta["args"], out);
             }
             "agent.tool_result" => self.result(ev, seq, out),
             "agent.tool_approval_required" => self.interrupt(ev, out),
@@ -258,15 +251,13 @@ impl Run {
         out.push(json!({"type": "REASONING_MESSAGE_CONTENT", "messageId": id, "delta": text}));
     }
 
-    /// A call's result (a call begun in the run an approval interrupted is shown again first).
+    /// A call's result. A call begun in the run an approval interrupted is the client's
+    /// already (sending it again would double its arguments there): only its result comes.
     fn result(&mut self, ev: &Value, seq: u64, out: &mut Vec<Value>) {
         let id = ev["step_id"].as_str().unwrap_or("").to_owned();
-        if !self.calls.contains(&id) {
-            let (tool, args) = self.earlier.remove(&id).unwrap_or_else(|| {
-                let tool = ev["metadata"]["tool"].as_str().unwrap_or("");
-                (tool.to_owned(), json!({}))
-            });
-            self.call(&id, &tool, &args, seq, out);
+        if !self.calls.contains(&id) && !self.earlier.remove(&id) {
+            let tool = ev["metadata"]["tool"].as_str().unwrap_or("").to_owned();
+            self.call(&id, &tool, &json!({}), out);
         }
         let text = ev["content"].as_str().unwrap_or("");
         let mid = format!("result-{seq}");
@@ -275,37 +266,31 @@ impl Run {
             .push(json!({"id": mid, "role": "tool", "toolCallId": id, "content": text}));
     }
 
-    fn call(&mut self, id: &str, tool: &str, args: &Value, seq: u64, out: &mut Vec<Value>) {
+    /// A call: START, ARGS, END. Its parent is the text the step said before it, if any; a
+    /// call with none is its own assistant message (id = the call's, as AG-UI's client makes).
+    fn call(&mut self, id: &str, tool: &str, args: &Value, out: &mut Vec<Value>) {
         self.close_reasoning(out);
-        // The text before a call is the message the call belongs to.
-        let parent = match self.text.take() {
-            Some(t) => {
-                out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": t}));
-                t
-            }
-            None => match &self.parent {
-                Some(p) => p.clone(),
-                None => {
-                    let p = format!("calls-{seq}");
-                    self.made.push(json!({"id": p, "role": "assistant"}));
-                    p
-                }
-            },
-        };
-        self.parent = Some(parent.clone());
+        if let Some(t) = self.text.take() {
+            out.push(json!({"type": "TEXT_MESSAGE_END", "messageId": t}));
+            self.parent = Some(t);
+        }
         let args = args.to_string();
-        out.push(json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool, "parentMessageId": parent}));
+        let mut start = json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": tool});
+        let holder = match &self.parent {
+            Some(p) => {
+                start["parentMessageId"] = p.as_str().into();
+                p.clone()
+            }
+            None => {
+                self.made.push(json!({"id": id, "role": "assistant"}));
+                id.to_owned()
+            }
+        };
+        out.push(start);
         out.push(json!({"type": "TOOL_CALL_ARGS", "toolCallId": id, "delta": args}));
         out.push(json!({"type": "TOOL_CALL_END", "toolCallId": id}));
         self.calls.insert(id.to_owned());
-        self.known.insert(
-            id.to_owned(),
-            (
-                tool.to_owned(),
-                serde_json::from_str(&args).unwrap_or_default(),
-            ),
-        );
-        if let Some(m) = self.made.iter_mut().find(|m| m["id"] == parent.as_str()) {
+        if let Some(m) = self.made.iter_mut().find(|m| m["id"] == holder.as_str()) {
             let call = json!({"id": id, "type": "function", "function": {"name": tool, "arguments": args}});
             match m["toolCalls"].as_array_mut() {
                 Some(calls) => calls.push(call),
