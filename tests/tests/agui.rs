@@ -308,6 +308,70 @@ async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
 }
 
 #[tokio::test]
+async fn a_frontend_tool_is_offered_called_and_answered_by_the_client() {
+    let llm = FakeLlm::start();
+    let h = host(&llm, &[]);
+    llm.script(json!([call("confirm_with_user", json!({"question": "Ship it?"})), {"text": "Shipped, as you confirmed."}]));
+    let tools = json!([{"name": "confirm_with_user", "description": "Ask the user a yes/no question in the page",
+        "parameters": {"type": "object", "properties": {"question": {"type": "string"}}}}]);
+    let mut body = input("t-front", "r1", json!([user("u1", "ship it")]));
+    body["tools"] = tools.clone();
+    let frames = post(&h, &body, &[]).await.all().await;
+    let t = types(&frames);
+    // The call, then the end of the run: no result (the client runs it).
+    assert!(!t.contains(&"TOOL_CALL_RESULT"), "{t:?}");
+    let end = &frames.last().unwrap().1;
+    assert_eq!(end["outcome"]["type"], "success", "{end}");
+    let call = frames
+        .iter()
+        .find(|(_, e)| e["type"] == "TOOL_CALL_START")
+        .unwrap();
+    assert_eq!(call.1["toolCallName"], "confirm_with_user");
+    let id = call.1["toolCallId"].as_str().unwrap().to_owned();
+    assert_eq!(end["outcome"]["pendingToolCallIds"], json!([id]));
+    let offered = llm.requests()[0]["tools"].to_string();
+    assert!(
+        offered.contains("confirm_with_user") && offered.contains("get_time")
+            || offered.contains("echo"),
+        "{offered}"
+    );
+    // The next run brings the result; the model sees it and answers.
+    let msgs = json!([user("u1", "ship it"),
+        {"id": "a1", "role": "assistant", "toolCalls": [{"id": id, "type": "function", "function": {"name": "confirm_with_user", "arguments": "{\"question\":\"Ship it?\"}"}}]},
+        {"id": "t1", "role": "tool", "toolCallId": id, "content": "yes"}]);
+    let mut body = input("t-front", "r2", msgs);
+    body["tools"] = tools;
+    let frames = post(&h, &body, &[]).await.all().await;
+    assert_eq!(text_of(&frames), "Shipped, as you confirmed.", "{frames:?}");
+    assert!(
+        !types(&frames).contains(&"TOOL_CALL_RESULT"),
+        "the result is the client's own message"
+    );
+    let reqs = llm.requests();
+    let tool_msg = reqs.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "tool")
+        .cloned()
+        .unwrap();
+    assert_eq!(tool_msg["content"], "yes");
+    // A result for no waiting call: refused as a run error.
+    let stray =
+        json!([user("u", "x"), {"id": "t9", "role": "tool", "toolCallId": "nope", "content": "?"}]);
+    let frames = post(&h, &input("t-front", "r3", stray), &[])
+        .await
+        .all()
+        .await;
+    assert_eq!(
+        frames.last().unwrap().1["code"],
+        "invalid_tool_result",
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_dropped_stream_reconnects_with_last_event_id_and_misses_nothing() {
     let llm = FakeLlm::start();
     let h = host(&llm, &[]);

@@ -20,16 +20,18 @@ pub(super) async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> 
         let name = call.function.name.as_str();
         let parsed = parse_arguments(&call.function.arguments);
         let shown_args = parsed.clone().unwrap_or_else(|_| Value::String(call.function.arguments.clone()));
-        ctx.sink.emit(AgentEvent::ToolCall { step, step_id: step_id.clone(), tool: name.to_owned(), args: shown_args.clone() });
-        let t0 = Instant::now();
         // An MCP server's tool is known by its identity (server, own name), not only by the
         // name it is offered under: approval follows it however it is named.
         let mcp = mcp_tool(ctx, name);
+        let client = mcp.is_none() && !ctx.manifest.tools.iter().any(|t| t.name == name) && ctx.approvals.client.runs(name);
+        ctx.sink.emit(AgentEvent::ToolCall { step, step_id: step_id.clone(), tool: name.to_owned(), args: shown_args.clone(), client });
+        let t0 = Instant::now();
         let needs_approval = ctx.config.needs_approval(ctx.manifest, name)
             || mcp.as_ref().is_some_and(|e| McpHub::named_in(e, &ctx.config.require_approval));
         let server = mcp.as_ref().map(|e| e.server.name.as_str());
         let (success, text) = match parsed {
             Err(why) => (false, format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")),
+            Ok(_) if client => client_result(ctx, &step_id, name).await,
             Ok(args) if needs_approval => match approve(ctx, step, &step_id, (name, server), &args).await {
                 Ok(()) => call_tool(ctx, name, args, mcp.as_ref()).await,
                 Err(refusal) => (false, refusal),
@@ -47,6 +49,21 @@ pub(super) async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> 
         text
     });
     futures_util::future::join_all(futures).await
+}
+
+/// A call the client runs: its result, when the client sends it within the approval timeout.
+async fn client_result(ctx: &RunContext<'_>, step_id: &str, name: &str) -> (bool, String) {
+    let timeout = ctx.config.approval_timeout;
+    match ctx.approvals.client.result_of(step_id, timeout).await {
+        Some(result) => (true, result),
+        None => (
+            false,
+            format!(
+                "Error: the client did not return a result for `{name}` within {} s.",
+                timeout.as_secs()
+            ),
+        ),
+    }
 }
 
 /// Asks the client to approve a call and waits (up to the approval timeout; a cancelled run

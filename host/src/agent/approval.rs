@@ -37,6 +37,8 @@ pub struct PendingApproval {
 #[derive(Default)]
 pub struct Approvals {
     pending: Mutex<Vec<(PendingApproval, oneshot::Sender<Decision>)>>,
+    /// The tools the session's client runs itself, and their calls waiting for results.
+    pub client: super::client_tools::ClientTools,
     /// The client last attached to the session cannot decide (it did not declare the
     /// `tool_approval` capability): a call that needs approval fails at once instead of waiting.
     no_approver: std::sync::atomic::AtomicBool,

@@ -12,6 +12,7 @@
 
 mod act;
 pub(crate) mod approval;
+pub(crate) mod client_tools;
 pub(crate) mod memory;
 mod run;
 pub(crate) mod settings;
@@ -60,6 +61,8 @@ pub enum AgentEvent {
         step_id: String,
         tool: String,
         args: Value,
+        /// The session's client runs it (a frontend tool): its result comes from the client.
+        client: bool,
     },
     /// A tool call waits for a person's approval (it follows the call's
     /// [`AgentEvent::ToolCall`]; its [`AgentEvent::ToolResult`] comes after the decision).

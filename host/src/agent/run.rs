@@ -59,6 +59,12 @@ impl Plan {
         let mut tools = m.tools.clone();
         tools.extend(ctx.mcp.specs(&m.tools));
         tools.push(terminate_spec());
+        // The client's own tools, where their names are free.
+        for t in ctx.approvals.client.offered() {
+            if !tools.iter().any(|o| o.name == t.name) {
+                tools.push(t);
+            }
+        }
         Plan {
             model: settings
                 .model

@@ -156,6 +156,9 @@ pub struct ToolCallMeta {
     /// Always "running" (the document's field).
     pub status: &'static str,
     pub step: u32,
+    /// The client runs it (a frontend tool offered over AG-UI): the run waits for its result.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub client: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

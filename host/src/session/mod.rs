@@ -245,6 +245,24 @@ impl Sessions {
         }
     }
 
+    /// A result of a tool the client runs itself (a frontend tool): the waiting call gets it and
+    /// the run goes on; nothing is sent in reply.
+    pub fn client_tool_result(
+        &self,
+        client: &Client,
+        session_id: &str,
+        step_id: &str,
+        result: String,
+    ) {
+        let Some(session) = self.owned(client, session_id) else {
+            return;
+        };
+        if session.approvals.client.deliver(step_id, result).is_err() {
+            client.error(Some(session_id), ErrorCode::InvalidField, &format!(
+                "No call `{step_id}` is waiting for this client's result in this session (answered already, timed out, or its run ended)"));
+        }
+    }
+
     /// A custom client event, handed to the plugin's hook.
     pub fn custom(&self, client: &Client, session_id: &str, event: serde_json::Value) {
         let Some(session) = self.owned(client, session_id) else {
@@ -390,7 +408,11 @@ impl Sessions {
         };
         let on_busy = on_busy.unwrap_or(self.config.on_busy);
         let (content, cancel) = match session.admit(content, on_busy, &self.runtime.metrics) {
-            Admit::Start(content, cancel) => (content, cancel),
+            Admit::Start(content, cancel) => {
+                // The run offers the tools of the client that started it (none over WebSocket).
+                session.approvals.client.offer(client.tools.clone());
+                (content, cancel)
+            }
             Admit::Queued => return,
             Admit::Busy => {
                 return client.error(Some(session_id), ErrorCode::AlreadyRunning, "Agent is already running")

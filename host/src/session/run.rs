@@ -250,6 +250,7 @@ impl EventSink for SessionSink<'_> {
                 step_id,
                 tool,
                 args,
+                client,
             } => ServerEvent::ToolCall {
                 step_id,
                 content: format!("Calling tool {tool}"),
@@ -258,6 +259,7 @@ impl EventSink for SessionSink<'_> {
                     args,
                     status: "running",
                     step,
+                    client,
                 },
             },
             AgentEvent::ApprovalRequired {

@@ -41,6 +41,9 @@ pub struct Client {
     /// Whether it can decide tool approvals (a WebSocket client declares the `tool_approval`
     /// capability when it creates or resumes a session; doors that always can say so).
     pub approves: bool,
+    /// Tools the client runs itself (AG-UI's frontend tools), offered to the model in the runs
+    /// its messages start; WebSocket clients offer none.
+    pub tools: Vec<crate::llm::ToolSpec>,
 }
 
 impl Client {
@@ -51,6 +54,7 @@ impl Client {
             sessions: HashSet::new(),
             principal: None,
             approves: true,
+            tools: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::agent::Decision;
-use crate::llm::{Content, ImageUrl, Part};
+use crate::llm::{Content, ImageUrl, Part, ToolSpec};
 
 /// One request, checked.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub(crate) struct Input {
     pub background: bool,
     /// `forwardedProps.agent_config`: the session's settings, checked as on the WebSocket.
     pub agent_config: Option<Map<String, Value>>,
+    /// The client's own tools (frontend tools), offered to the model beside the agent's.
+    pub tools: Vec<ToolSpec>,
 }
 
 /// What the run is asked to do.
@@ -31,6 +33,9 @@ pub(crate) enum Ask {
     Message(Content),
     /// Nothing new: go on after the interrupts `resume` answers.
     Resume,
+    /// The results of the client's own tools the last run called (the trailing `tool`
+    /// messages): call id and result.
+    ToolResults(Vec<(String, String)>),
 }
 
 /// Reads a request body; the error says what is wrong with it.
@@ -62,9 +67,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<Input, String> {
     let ask = match messages.last() {
         _ if !resume.is_empty() => Ask::Resume,
         Some(m) if m["role"] == "user" => Ask::Message(content(&m["content"])?),
-        Some(m) if m["role"] == "tool" => {
-            return Err("a `tool` message answers a frontend tool, and this agent offered none: its calls are the agent's own".into())
-        }
+        Some(m) if m["role"] == "tool" => Ask::ToolResults(tool_results(&messages)?),
         _ => return Err("the last entry of `messages` must be the user's new message".into()),
     };
     let props = &v["forwardedProps"];
@@ -73,7 +76,13 @@ pub(crate) fn parse(body: &[u8]) -> Result<Input, String> {
         Value::Object(m) => Some(m.clone()),
         _ => return Err("`forwardedProps.agent_config` must be an object".into()),
     };
+    let tools = match &v["tools"] {
+        Value::Null => Vec::new(),
+        Value::Array(t) => t.iter().map(tool).collect::<Result<_, _>>()?,
+        _ => return Err("`tools` must be an array".into()),
+    };
     Ok(Input {
+        tools,
         thread_id,
         run_id,
         parent_run_id: v["parentRunId"].as_str().map(str::to_owned),
@@ -83,6 +92,55 @@ pub(crate) fn parse(body: &[u8]) -> Result<Input, String> {
         background: props["background"].as_bool().unwrap_or(false),
         agent_config,
     })
+}
+
+/// A frontend tool: `name`, `description`, `parameters` (a JSON Schema).
+fn tool(t: &Value) -> Result<ToolSpec, String> {
+    let name = t["name"]
+        .as_str()
+        .filter(|n| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+        .ok_or("each of `tools` needs a `name` of 1-64 letters, digits, `_` or `-`")?;
+    Ok(ToolSpec {
+        name: name.to_owned(),
+        description: t["description"].as_str().unwrap_or("").to_owned(),
+        parameters: match &t["parameters"] {
+            Value::Object(_) => t["parameters"].clone(),
+            _ => serde_json::json!({"type": "object", "properties": {}}),
+        },
+    })
+}
+
+/// The trailing `tool` messages: each call's id and its result as text.
+fn tool_results(messages: &[Value]) -> Result<Vec<(String, String)>, String> {
+    let trailing = messages.iter().rev().take_while(|m| m["role"] == "tool");
+    let mut out: Vec<(String, String)> = trailing
+        .map(|m| {
+            let id = m["toolCallId"]
+                .as_str()
+                .ok_or("a `tool` message needs its `toolCallId`")?;
+            let text = match &m["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(""),
+                other => other.to_string(),
+            };
+            let text = match m["error"].as_str() {
+                Some(e) => format!("Error: {e}"),
+                None => text,
+            };
+            Ok((id.to_owned(), text))
+        })
+        .collect::<Result<_, String>>()?;
+    out.reverse();
+    Ok(out)
 }
 
 /// One `resume` entry: `resolved` with `payload.approved` (and an optional `reason`), or

@@ -90,6 +90,7 @@ pub(crate) async fn serve(
     let mut client = Client::new(Arc::new(handle), ip);
     client.principal = principal;
     client.approves = true;
+    client.tools = input.tools.clone();
     let after = if last_event.is_some() { 0 } else { u64::MAX };
     let config = input.agent_config.clone();
     let opened = match door::open(
@@ -162,34 +163,59 @@ async fn begin(
             }
         }
         Ask::Resume => {
-            let answered: Vec<&str> = input.resume.iter().map(|(id, _)| id.as_str()).collect();
-            let stale: Vec<&str> = answered
-                .iter()
-                .copied()
-                .filter(|id| !pending_ids.contains(id))
-                .collect();
-            let missing: Vec<&str> = pending_ids
-                .iter()
-                .copied()
-                .filter(|id| !answered.contains(id))
-                .collect();
-            if !stale.is_empty() || !missing.is_empty() {
-                let e = Run::refused(&format!("`resume` must answer exactly the thread's open interrupts: not open {stale:?}, unanswered {missing:?}"), "invalid_resume");
-                return driver.refuse_run(started, e);
+            if let Err(why) = answers_every_interrupt(&input.resume, &pending_ids) {
+                return driver.refuse_run(started, Run::refused(&why, "invalid_resume"));
             }
-            run.begun_earlier(pending);
-            if let Err(v) = driver.decide(&input.resume) {
-                let e = Run::refused(
-                    v["error"]
-                        .as_str()
-                        .unwrap_or("the decision could not be delivered"),
-                    "invalid_resume",
-                );
-                return driver.refuse_run(started, e);
+            run.begun_earlier(pending_ids.iter().copied());
+            let decisions = input.resume.clone();
+            if let Err(v) = driver.hand(|s, c, sid| {
+                for (step_id, d) in &decisions {
+                    s.approve(c, sid, step_id, d.clone());
+                }
+            }) {
+                let why = v["error"]
+                    .as_str()
+                    .unwrap_or("the decision could not be delivered");
+                return driver.refuse_run(started, Run::refused(why, "invalid_resume"));
+            }
+        }
+        Ask::ToolResults(results) => {
+            run.answered_by_client(results.iter().map(|(id, _)| id.as_str()));
+            if let Err(v) = driver.hand(|s, c, sid| {
+                for (step_id, result) in results {
+                    s.client_tool_result(c, sid, step_id, result.clone());
+                }
+            }) {
+                let why = v["error"]
+                    .as_str()
+                    .unwrap_or("the result could not be delivered");
+                return driver.refuse_run(started, Run::refused(why, "invalid_tool_result"));
             }
         }
     }
     driver.live(run, started)
+}
+
+/// A `resume` must answer exactly the thread's open interrupts (AG-UI's interrupt contract).
+fn answers_every_interrupt(
+    resume: &[(String, crate::agent::Decision)],
+    open: &[&str],
+) -> Result<(), String> {
+    let answered: Vec<&str> = resume.iter().map(|(id, _)| id.as_str()).collect();
+    let stale: Vec<&str> = answered
+        .iter()
+        .copied()
+        .filter(|id| !open.contains(id))
+        .collect();
+    let missing: Vec<&str> = open
+        .iter()
+        .copied()
+        .filter(|id| !answered.contains(id))
+        .collect();
+    if stale.is_empty() && missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!("`resume` must answer exactly the thread's open interrupts: not open {stale:?}, unanswered {missing:?}"))
 }
 
 /// The `Last-Event-ID` a reconnect names, if any; a malformed one is refused.

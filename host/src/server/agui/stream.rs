@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 
 use super::threads::Hold;
 use super::translate::{End, Frame, FrameId, Run, LAST};
-use crate::agent::Decision;
 use crate::server::outbox::Outbox;
 use crate::server::reply::Body;
 use crate::server::sse;
@@ -85,21 +84,22 @@ impl Driver {
         Ok(())
     }
 
-    /// Delivers the `resume` decisions; the refusal is the engine's `agent.error`.
-    pub(super) fn decide(&mut self, decisions: &[(String, Decision)]) -> Result<(), Value> {
-        for (step_id, d) in decisions {
-            self.sessions
-                .approve(&self.client, &self.session_id, step_id, d.clone());
-            // A refusal is queued at once; the run's events that follow are kept.
-            while let Some(f) = self.out.pop() {
-                let Ok(v) = serde_json::from_str::<Value>(&f) else {
-                    continue;
-                };
-                if v.get("seq").is_none() && v["event"] == "agent.error" {
-                    return Err(v);
-                }
-                self.early.push(v);
+    /// Hands the run what it waits for (approval decisions, a frontend tool's results) through
+    /// `deliver`; the refusal is the engine's `agent.error`.
+    pub(super) fn hand(
+        &mut self,
+        deliver: impl FnOnce(&Sessions, &Client, &str),
+    ) -> Result<(), Value> {
+        deliver(&self.sessions, &self.client, &self.session_id);
+        // A refusal is queued at once; the run's events that follow are kept.
+        while let Some(f) = self.out.pop() {
+            let Ok(v) = serde_json::from_str::<Value>(&f) else {
+                continue;
+            };
+            if v.get("seq").is_none() && v["event"] == "agent.error" {
+                return Err(v);
             }
+            self.early.push(v);
         }
         Ok(())
     }
@@ -234,7 +234,7 @@ impl Driver {
     /// The run's end went out. After an interrupt the client stays attached, quietly, until the
     /// call is decided (the next run takes the session over) or its approval times out.
     async fn ended(self, end: End) {
-        if end == End::Interrupted {
+        if end == End::Paused {
             self.hold.park();
             let wait = self.sessions.runtime().config.approval_timeout + Duration::from_secs(1);
             let stop = self.hold.stop.clone();

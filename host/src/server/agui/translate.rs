@@ -17,8 +17,9 @@ pub(crate) use super::frame::{Frame, FrameId, LAST};
 pub(crate) enum End {
     /// RUN_FINISHED (success or cancelled) or RUN_ERROR.
     Finished,
-    /// RUN_FINISHED with interrupts: a call waits for approval.
-    Interrupted,
+    /// The run waits outside itself: a call for approval (RUN_FINISHED with an interrupt), or
+    /// a frontend tool for the client's result (RUN_FINISHED with `pendingToolCallIds`).
+    Paused,
 }
 
 /// The translation of one run.
@@ -37,6 +38,8 @@ pub(crate) struct Run {
     calls: HashSet<String>,
     /// Calls begun before this run (waiting for approval when it started).
     earlier: HashSet<String>,
+    /// Calls the client runs (frontend tools): their results are the client's own message.
+    client_calls: HashSet<String>,
     /// A preamble was withdrawn: the client's view needs a MESSAGES_SNAPSHOT before the end.
     withdrawn: bool,
     answer: Option<String>,
@@ -59,6 +62,7 @@ impl Run {
             made: Vec::new(),
             calls: HashSet::new(),
             earlier: HashSet::new(),
+            client_calls: HashSet::new(),
             withdrawn: false,
             answer: None,
             usage: None,
@@ -76,14 +80,22 @@ impl Run {
             self.approval_secs,
         );
         r.earlier = self.calls.clone();
+        r.client_calls = self.client_calls.clone();
         r
     }
 
     /// Calls that waited for approval when the run started (from `agent.session_resumed`).
-    pub(crate) fn begun_earlier(&mut self, pending: &Value) {
-        let ids = pending.as_array().into_iter().flatten();
-        self.earlier
-            .extend(ids.filter_map(|p| p["step_id"].as_str()).map(str::to_owned));
+    /// Frontend tool calls the client answers with this run.
+    pub(crate) fn answered_by_client<'a>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'a str> + Clone,
+    ) {
+        self.begun_earlier(ids.clone());
+        self.client_calls.extend(ids.into_iter().map(str::to_owned));
+    }
+
+    pub(crate) fn begun_earlier<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
+        self.earlier.extend(ids.into_iter().map(str::to_owned));
     }
 
     /// RUN_STARTED, as frame `at` (the seq the run starts after).
@@ -181,6 +193,14 @@ impl Run {
                 let id = ev["step_id"].as_str().unwrap_or("").to_owned();
                 let tool = meta["tool"].as_str().unwrap_or("").to_owned();
                 self.call(&id, &tool, &meta["args"], out);
+                if meta["client"] == true {
+                    self.client_calls.insert(id.clone());
+                    // The client runs it: the run ends here; the next brings the result.
+                    self.close_open(out);
+                    let outcome = json!({"type": "success", "pendingToolCallIds": [id]});
+                    out.push(self.finished(outcome, None));
+                    self.ended = Some(End::Paused);
+                }
             }
             "agent.tool_result" => self.result(ev, seq, out),
             "agent.tool_approval_required" => self.interrupt(ev, out),
@@ -255,6 +275,9 @@ impl Run {
     /// already (sending it again would double its arguments there): only its result comes.
     fn result(&mut self, ev: &Value, seq: u64, out: &mut Vec<Value>) {
         let id = ev["step_id"].as_str().unwrap_or("").to_owned();
+        if self.client_calls.contains(&id) {
+            return;
+        }
         if !self.calls.contains(&id) && !self.earlier.remove(&id) {
             let tool = ev["metadata"]["tool"].as_str().unwrap_or("").to_owned();
             self.call(&id, &tool, &json!({}), out);
@@ -324,7 +347,7 @@ impl Run {
             json!({"type": "interrupt", "interrupts": [interrupt]}),
             None,
         ));
-        self.ended = Some(End::Interrupted);
+        self.ended = Some(End::Paused);
     }
 
     fn answered(&mut self, answer: &str, seq: u64, out: &mut Vec<Value>) {
