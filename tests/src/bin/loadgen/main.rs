@@ -13,11 +13,14 @@
 //!   shows the streaming sessions' latency is unaffected (host serving `testkit_agent`).
 //! - `compare`: the host against `myagent-floor` (the floor of our own stack), same model and
 //!   client, one after the other; events/s and the ratio, p99 at 50 tokens/s.
+//! - `agui`: N AG-UI runs at once over `POST /agui` (or another AG-UI server); events/s and
+//!   answer deltas/s, as `stream` reports them for the WebSocket.
 //! - `suite`: starts `fake-llm` and hosts itself (binaries next to this one) and runs a short
 //!   (`--short`, what `make bench` runs) or long version of each, then prints a table.
 //!
 //! Server memory is read from the host's `/metrics` (`process_resident_memory_bytes`).
 
+mod agui;
 mod churn;
 mod client;
 mod compare;
@@ -32,6 +35,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use agui::{agui, AguiArgs};
 use churn::churn;
 use compare::{compare, CompareArgs};
 use idle::idle;
@@ -72,6 +76,9 @@ enum Cmd {
     /// The host against `myagent-floor` (a minimal relay on the same libraries): events/s,
     /// the ratio, and p99 at 50 tokens/s.
     Compare(CompareArgs),
+    /// N AG-UI runs at once over POST (ours at /agui, or another AG-UI server): events/s,
+    /// answer deltas/s, time to first delta.
+    Agui(AguiArgs),
 }
 
 #[derive(Args, Clone)]
@@ -193,6 +200,7 @@ async fn main() -> Result<()> {
         Cmd::Soak(a) => soak(&a).await?,
         Cmd::Sweep(a) => sweep(&a).await?,
         Cmd::Compare(a) => compare(&a).await?,
+        Cmd::Agui(a) => agui(&a).await?,
     };
     if let Some(path) = cli.json {
         std::fs::write(&path, serde_json::to_string_pretty(&result)?)
