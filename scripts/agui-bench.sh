@@ -30,7 +30,7 @@ for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$PYPORT") 2>/dev/null && bre
 for r in $(seq "$ROUNDS"); do
   echo "== round $r"
   "$BIN/myagent-loadgen" stream --url "ws://127.0.0.1:$HP" --sessions "$RUNS" --tokens "$TOKENS" --token-ms 0 --ramp-ms 0 \
-    | grep -iE "ev/s|events/s|error" | head -3
+    | grep -iE "events/s|first token|error" | head -4
   "$BIN/myagent-loadgen" agui --url "http://127.0.0.1:$HP/agui" --runs "$RUNS" --tokens "$TOKENS" --label "myagent-host /agui"
   "$BIN/myagent-loadgen" agui --url "http://127.0.0.1:$PYPORT/agui" --runs "$RUNS" --tokens "$TOKENS" --label "pydantic-ai AGUIAdapter"
 done

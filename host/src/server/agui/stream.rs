@@ -151,28 +151,39 @@ impl Driver {
         keep_alive.reset();
         let close_all = self.sessions.lifecycle().close_all.clone();
         let mut pending: Vec<Value> = std::mem::take(&mut self.early);
+        // The frames of one batch of events go out as one write.
+        let mut batch: Vec<u8> = Vec::new();
         loop {
+            let mut end = None;
             for ev in pending.drain(..) {
                 let Some(seq) = ev["seq"].as_u64() else {
                     continue;
                 };
                 if self.waits_its_turn(&ev) {
-                    if ev["event"] == "agent.message_queued"
-                        && send_all(&tx, run.on(&ev), after).await.is_err()
-                    {
-                        return self.dropped();
+                    if ev["event"] == "agent.message_queued" {
+                        write_frames(&mut batch, run.on(&ev), after);
                     }
                     continue;
                 }
-                if send_all(&tx, run.on(&ev), after).await.is_err() {
-                    return self.dropped();
-                }
-                let Some(end) = run.ended else { continue };
+                write_frames(&mut batch, run.on(&ev), after);
+                let Some(e) = run.ended else { continue };
                 if after.is_some_and(|a| FrameId { seq, part: LAST } <= a) {
                     // A replayed run the client saw end: the one it asks about starts here.
                     run = run.next();
                     continue;
                 }
+                end = Some(e);
+                break;
+            }
+            if !batch.is_empty()
+                && tx
+                    .send(Bytes::from(std::mem::take(&mut batch)))
+                    .await
+                    .is_err()
+            {
+                return self.dropped();
+            }
+            if let Some(end) = end {
                 drop(tx); // the stream ends here
                 return self.ended(end).await;
             }
@@ -257,19 +268,15 @@ impl Driver {
     }
 }
 
-/// Writes the frames after `after` (all, when None).
-async fn send_all(
-    tx: &mpsc::Sender<Bytes>,
-    frames: Vec<Frame>,
-    after: Option<FrameId>,
-) -> Result<(), ()> {
+/// Appends the frames after `after` (all, when None) to `batch`.
+fn write_frames(batch: &mut Vec<u8>, frames: Vec<Frame>, after: Option<FrameId>) {
+    use std::io::Write;
     for f in frames {
         if after.is_some_and(|a| f.id <= a) {
             continue;
         }
-        tx.send(frame(&f.event, Some(f.id))).await.map_err(|_| ())?;
+        let _ = write!(batch, "id: {}\ndata: {}\n\n", f.id, f.event);
     }
-    Ok(())
 }
 
 /// One SSE frame: `id:` (when it has one) and `data:`.

@@ -428,9 +428,11 @@ impl Run {
     }
 
     fn append(&mut self, id: &str, delta: &str) {
-        if let Some(m) = self.made.iter_mut().find(|m| m["id"] == id) {
-            let s = format!("{}{delta}", m["content"].as_str().unwrap_or(""));
-            m["content"] = s.into();
+        if let Some(m) = self.made.iter_mut().rev().find(|m| m["id"] == id) {
+            match &mut m["content"] {
+                Value::String(s) => s.push_str(delta),
+                other => *other = delta.into(),
+            }
         }
     }
 
