@@ -160,50 +160,24 @@ impl Proc {
 
     /// Waits for a stdout line containing `needle`; returns it.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            if std::time::Instant::now() > deadline {
-                panic!(
-                    "no line containing {needle:?} within {timeout:?}\nstdout: {:?}\nstderr: {:?}",
-                    self.lines.lock().unwrap(),
-                    self.stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(&self.lines, needle, timeout).unwrap_or_else(|| {
+            panic!(
+                "no line containing {needle:?} within {timeout:?}\nstdout: {:?}\nstderr: {:?}",
+                self.lines.lock().unwrap(),
+                self.stderr.lock().unwrap()
+            )
+        })
     }
 
     /// Waits for a stderr line containing `needle` (a line the host logged may reach this
     /// process a moment after an answer it gave over HTTP); returns it.
     pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(l) = self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            if std::time::Instant::now() > deadline {
-                panic!(
-                    "no stderr line containing {needle:?} within {timeout:?}\nstderr: {}",
-                    self.stderr_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(&self.stderr, needle, timeout).unwrap_or_else(|| {
+            panic!(
+                "no stderr line containing {needle:?} within {timeout:?}\nstderr: {}",
+                self.stderr_text()
+            )
+        })
     }
 
     pub fn stderr_text(&self) -> String {
@@ -216,6 +190,20 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// The first of `lines` containing `needle`, waiting up to `timeout` for it.
+fn wait_for(lines: &Mutex<Vec<String>>, needle: &str, timeout: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return Some(l.clone());
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

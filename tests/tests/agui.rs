@@ -75,6 +75,11 @@ async fn post(host: &Host, body: &Value, headers: &[(&str, &str)]) -> Stream {
     }
 }
 
+/// Every frame of one run posted without extra headers.
+async fn run(host: &Host, body: &Value) -> Vec<(Option<String>, Value)> {
+    post(host, body, &[]).await.all().await
+}
+
 fn input(thread: &str, run: &str, messages: Value) -> Value {
     json!({"threadId": thread, "runId": run, "state": {}, "messages": messages, "tools": [], "context": [], "forwardedProps": {}})
 }
@@ -174,10 +179,7 @@ async fn a_run_is_an_agui_stream_and_its_thread_a_session() {
     // A second run on the thread continues the conversation the model sees.
     llm.script(json!([{"text": "Again."}]));
     let msgs = json!([user("u1", "echo hi"), {"id": "a1", "role": "assistant", "content": "Echoed: hi."}, user("u2", "and again?")]);
-    let frames = post(&h, &input("thread-1", "run-2", msgs), &[])
-        .await
-        .all()
-        .await;
+    let frames = run(&h, &input("thread-1", "run-2", msgs)).await;
     assert_eq!(text_of(&frames), "Again.");
     let sent = llm.requests().last().unwrap()["messages"].to_string();
     assert!(
@@ -196,10 +198,7 @@ async fn a_websocket_session_is_an_agui_thread() {
     c.until("agent.ready").await;
     drop(c);
     let thread = format!("{sid}.{token}");
-    let frames = post(&h, &input(&thread, "r", json!([user("u", "second")])), &[])
-        .await
-        .all()
-        .await;
+    let frames = run(&h, &input(&thread, "r", json!([user("u", "second")]))).await;
     assert_eq!(text_of(&frames), "From AG-UI.", "{frames:?}");
     let sent = llm.requests().last().unwrap()["messages"].to_string();
     assert!(
@@ -225,10 +224,7 @@ async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
         call("guarded", json!({"text": "second"})), {"text": "Not sent."},
     ]));
     let msgs = json!([user("u1", "send it")]);
-    let frames = post(&h, &input("t-approve", "r1", msgs.clone()), &[])
-        .await
-        .all()
-        .await;
+    let frames = run(&h, &input("t-approve", "r1", msgs.clone())).await;
     let t = types(&frames);
     assert_eq!(
         &t[t.len() - 2..],
@@ -244,13 +240,10 @@ async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
     let id = interrupt["id"].as_str().unwrap().to_owned();
 
     // A new message while it waits: refused as the interrupt contract says.
-    let frames = post(
+    let frames = run(
         &h,
         &input("t-approve", "r2", json!([user("u2", "never mind")])),
-        &[],
     )
-    .await
-    .all()
     .await;
     assert_eq!(types(&frames), ["RUN_STARTED", "RUN_ERROR"]);
     assert_eq!(frames[1].1["code"], "interrupt_pending");
@@ -258,14 +251,14 @@ async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
     let mut stale = input("t-approve", "r3", msgs.clone());
     stale["resume"] =
         json!([{"interruptId": "nope", "status": "resolved", "payload": {"approved": true}}]);
-    let frames = post(&h, &stale, &[]).await.all().await;
+    let frames = run(&h, &stale).await;
     assert_eq!(frames.last().unwrap().1["code"], "invalid_resume");
 
     // Approved: the call runs, the run goes on to its answer.
     let mut ok = input("t-approve", "r4", msgs.clone());
     ok["resume"] =
         json!([{"interruptId": id, "status": "resolved", "payload": {"approved": true}}]);
-    let frames = post(&h, &ok, &[]).await.all().await;
+    let frames = run(&h, &ok).await;
     let t = types(&frames);
     assert!(t.contains(&"TOOL_CALL_RESULT"), "{t:?}");
     let result = frames
@@ -281,21 +274,14 @@ async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
     assert_eq!(text_of(&frames), "Sent.");
 
     // Denied (cancelled): the model hears it was not run.
-    let frames = post(
-        &h,
-        &input("t-approve", "r5", json!([user("u3", "again")])),
-        &[],
-    )
-    .await
-    .all()
-    .await;
+    let frames = run(&h, &input("t-approve", "r5", json!([user("u3", "again")]))).await;
     let id = frames.last().unwrap().1["outcome"]["interrupts"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let mut no = input("t-approve", "r6", json!([user("u3", "again")]));
     no["resume"] = json!([{"interruptId": id, "status": "cancelled"}]);
-    let frames = post(&h, &no, &[]).await.all().await;
+    let frames = run(&h, &no).await;
     let result = frames
         .iter()
         .find(|(_, e)| e["type"] == "TOOL_CALL_RESULT")
@@ -316,7 +302,7 @@ async fn a_frontend_tool_is_offered_called_and_answered_by_the_client() {
         "parameters": {"type": "object", "properties": {"question": {"type": "string"}}}}]);
     let mut body = input("t-front", "r1", json!([user("u1", "ship it")]));
     body["tools"] = tools.clone();
-    let frames = post(&h, &body, &[]).await.all().await;
+    let frames = run(&h, &body).await;
     let t = types(&frames);
     // The call, then the end of the run: no result (the client runs it).
     assert!(!t.contains(&"TOOL_CALL_RESULT"), "{t:?}");
@@ -341,7 +327,7 @@ async fn a_frontend_tool_is_offered_called_and_answered_by_the_client() {
         {"id": "t1", "role": "tool", "toolCallId": id, "content": "yes"}]);
     let mut body = input("t-front", "r2", msgs);
     body["tools"] = tools;
-    let frames = post(&h, &body, &[]).await.all().await;
+    let frames = run(&h, &body).await;
     assert_eq!(text_of(&frames), "Shipped, as you confirmed.", "{frames:?}");
     assert!(
         !types(&frames).contains(&"TOOL_CALL_RESULT"),
@@ -360,10 +346,7 @@ async fn a_frontend_tool_is_offered_called_and_answered_by_the_client() {
     // A result for no waiting call: refused as a run error.
     let stray =
         json!([user("u", "x"), {"id": "t9", "role": "tool", "toolCallId": "nope", "content": "?"}]);
-    let frames = post(&h, &input("t-front", "r3", stray), &[])
-        .await
-        .all()
-        .await;
+    let frames = run(&h, &input("t-front", "r3", stray)).await;
     assert_eq!(
         frames.last().unwrap().1["code"],
         "invalid_tool_result",
@@ -422,28 +405,25 @@ async fn a_dropped_stream_cancels_its_run_unless_it_runs_in_the_background() {
     let h = host(&llm, &[]);
     let long = json!({"text": "x".repeat(200), "chunk_chars": 2, "delay_ms": 20});
     llm.script(json!([long, {"text": "y".repeat(40), "chunk_chars": 2, "delay_ms": 20}]));
-    let mut s = post(&h, &input("t-drop", "r1", json!([user("u", "a")])), &[]).await;
-    s.next().await.unwrap();
-    s.next().await.unwrap();
-    drop(s);
-    let (mut c, _) = Client::resume(&h.ws_url(), "t-drop", "t-drop", 0).await;
-    let e = c
-        .until_any(&["agent.interrupted", "agent.final_answer"])
-        .await;
-    assert_eq!(e["event"], "agent.interrupted", "{e}");
-    drop(c);
-
-    let mut body = input("t-bg", "r1", json!([user("u", "b")]));
-    body["forwardedProps"]["background"] = true.into();
-    let mut s = post(&h, &body, &[]).await;
-    s.next().await.unwrap();
-    s.next().await.unwrap();
-    drop(s);
-    let (mut c, _) = Client::resume(&h.ws_url(), "t-bg", "t-bg", 0).await;
-    let e = c
-        .until_any(&["agent.interrupted", "agent.final_answer"])
-        .await;
-    assert_eq!(e["event"], "agent.final_answer", "{e}");
+    // How a run whose stream dropped after two frames ended, seen from the WebSocket.
+    let dropped = |thread: &'static str, background: bool| {
+        let h = &h;
+        async move {
+            let mut body = input(thread, "r1", json!([user("u", "a")]));
+            body["forwardedProps"]["background"] = background.into();
+            let mut s = post(h, &body, &[]).await;
+            s.next().await.unwrap();
+            s.next().await.unwrap();
+            drop(s);
+            let (mut c, _) = Client::resume(&h.ws_url(), thread, thread, 0).await;
+            let e = c
+                .until_any(&["agent.interrupted", "agent.final_answer"])
+                .await;
+            e["event"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(dropped("t-drop", false).await, "agent.interrupted");
+    assert_eq!(dropped("t-bg", true).await, "agent.final_answer");
 }
 
 #[tokio::test]
