@@ -189,8 +189,16 @@ impl Driver {
             }
             tokio::select! {
                 _ = self.out.wake.notified() => {
-                    pending.extend(std::iter::from_fn(|| self.out.pop())
-                        .filter_map(|f| serde_json::from_str::<Value>(&f).ok()));
+                    // Pieces of the answer take the fast path until the first other event;
+                    // from there on, in order, the general one.
+                    let mut general = self.skip_readies.is_some();
+                    while let Some(f) = self.out.pop() {
+                        if !general && run.answer_piece(&f, &mut batch, after) {
+                            continue;
+                        }
+                        general = true;
+                        pending.extend(serde_json::from_str::<Value>(&f).ok());
+                    }
                     if self.out.is_slow() {
                         let e = Run::refused("the stream was read too slowly; reconnect with Last-Event-ID", "slow_consumer");
                         let _ = tx.send(frame(&e, None)).await;

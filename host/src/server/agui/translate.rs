@@ -12,6 +12,8 @@ use crate::time::Timestamp;
 
 pub(crate) use super::frame::{Frame, FrameId, LAST};
 
+mod piece;
+
 /// How a run ended, as far as the translation is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum End {

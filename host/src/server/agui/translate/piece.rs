@@ -1,0 +1,123 @@
+//! The fast path for the bulk of a run: a piece of the answer while its text message is open
+//! becomes its TEXT_MESSAGE_CONTENT frame straight from the session's encoded event — a typed,
+//! borrowing parse and a typed write instead of a `Value` round trip — with the very bytes the
+//! general path ([`Run::on`]) makes for it (serde writes these fields in the sorted order a
+//! `Value` map has), so a reconnect's replay, whichever path it takes, sends the same frames.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use super::{FrameId, Run, LAST};
+use crate::time::Timestamp;
+
+#[derive(Deserialize)]
+struct Piece<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    metadata: PieceMeta,
+    seq: u64,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct PieceMeta {
+    #[serde(default)]
+    reset: bool,
+}
+
+/// TEXT_MESSAGE_CONTENT, its fields in the order a `serde_json::Value` map writes them.
+#[derive(Serialize)]
+struct Delta<'a> {
+    delta: &'a str,
+    #[serde(rename = "messageId")]
+    message_id: &'a str,
+    timestamp: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl Run {
+    /// Writes `frame`'s TEXT_MESSAGE_CONTENT (unless its id is not after `after`) when it is a
+    /// piece of the answer continuing the open text message; false (nothing done) otherwise.
+    pub(crate) fn answer_piece(
+        &mut self,
+        frame: &str,
+        batch: &mut Vec<u8>,
+        after: Option<FrameId>,
+    ) -> bool {
+        if self.ended.is_some()
+            || self.reasoning.is_some()
+            || !frame.contains("\"agent.partial_answer\"")
+        {
+            return false;
+        }
+        let Some(id) = self.text.clone() else {
+            return false;
+        };
+        let Ok(p) = serde_json::from_str::<Piece>(frame) else {
+            return false;
+        };
+        if p.event != "agent.partial_answer" || p.metadata.reset || p.content.is_empty() {
+            return false;
+        }
+        let ts = Timestamp::parse_millis(&p.timestamp).unwrap_or_else(super::now_ms);
+        self.append(&id, &p.content);
+        let fid = FrameId {
+            seq: p.seq,
+            part: LAST,
+        };
+        if after.is_some_and(|a| fid <= a) {
+            return true;
+        }
+        let delta = Delta {
+            delta: &p.content,
+            message_id: &id,
+            timestamp: ts,
+            kind: "TEXT_MESSAGE_CONTENT",
+        };
+        batch.extend_from_slice(format!("id: {fid}\ndata: ").as_bytes());
+        let _ = serde_json::to_writer(&mut *batch, &delta);
+        batch.extend_from_slice(b"\n\n");
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_fast_path_writes_what_the_general_path_writes() {
+        let mut general = Run::new("t", "r", vec![], 300);
+        let mut fast = Run::new("t", "r", vec![], 300);
+        let open = json!({"event": "agent.partial_answer", "content": "Hel", "metadata": {"step": 1},
+            "seq": 3, "timestamp": "2026-12-02T06:38:40.611Z"});
+        general.on(&open);
+        fast.on(&open);
+        let piece = json!({"event": "agent.partial_answer", "content": "lo \"world\"\n", "metadata": {"step": 1},
+            "session_id": "s", "seq": 4, "timestamp": "2026-12-02T06:38:40.700Z"});
+        let mut want = Vec::new();
+        for f in general.on(&piece) {
+            want.extend_from_slice(format!("id: {}\ndata: {}\n\n", f.id, f.event).as_bytes());
+        }
+        let mut got = Vec::new();
+        assert!(fast.answer_piece(&piece.to_string(), &mut got, None));
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(want).unwrap()
+        );
+        // Not a continuing piece: the general path's.
+        let reset = json!({"event": "agent.partial_answer", "content": "", "metadata": {"step": 1, "reset": true}, "seq": 5});
+        assert!(!fast.answer_piece(&reset.to_string(), &mut Vec::new(), None));
+        assert!(!Run::new("t", "r", vec![], 300).answer_piece(
+            &piece.to_string(),
+            &mut Vec::new(),
+            None
+        ));
+    }
+}
