@@ -218,7 +218,8 @@ async fn a_websocket_session_is_an_agui_thread() {
 #[tokio::test]
 async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
     let llm = FakeLlm::start();
-    let h = host(&llm, &[]);
+    // A short resume window: the refusals below must not let it cancel the waiting call.
+    let h = host(&llm, &["--resume-window", "1"]);
     llm.script(json!([
         call("guarded", json!({"text": "first"})), {"text": "Sent."},
         call("guarded", json!({"text": "second"})), {"text": "Not sent."},
@@ -253,6 +254,8 @@ async fn an_approval_is_an_interrupt_and_the_next_run_resumes_it() {
         json!([{"interruptId": "nope", "status": "resolved", "payload": {"approved": true}}]);
     let frames = run(&h, &stale).await;
     assert_eq!(frames.last().unwrap().1["code"], "invalid_resume");
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     // Approved: the call runs, the run goes on to its answer.
     let mut ok = input("t-approve", "r4", msgs.clone());

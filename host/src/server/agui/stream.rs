@@ -71,7 +71,6 @@ impl Driver {
                 continue;
             };
             if v.get("seq").is_none() && v["event"] == "agent.error" {
-                self.sessions.release(&self.client);
                 return Err(v);
             }
             if v["event"] == "agent.message_queued" {
@@ -108,7 +107,7 @@ impl Driver {
     pub(super) fn refuse_run(self, started: Frame, error: Value) -> Response<Body> {
         let (tx, response) = sse::stream();
         let frames = [frame(&started.event, Some(started.id)), frame(&error, None)];
-        self.sessions.release(&self.client);
+        self.step_aside();
         tokio::spawn(async move {
             for f in frames {
                 if tx.send(f).await.is_err() {
@@ -117,6 +116,13 @@ impl Driver {
             }
         });
         response
+    }
+
+    /// A request refused on a thread whose run may be paused (waiting for an approval or a
+    /// frontend tool's result): its client stays attached as a paused run's would, so the
+    /// refusal does not start the resume window that would cancel that run.
+    pub(super) fn step_aside(self) {
+        tokio::spawn(self.ended(End::Paused));
     }
 
     /// The run, live from its start.
