@@ -27,7 +27,8 @@ run: build ## Serve the weather agent: web client http://localhost:8080/, WebSoc
 
 test: ## Run every test: formatting and lints, unit, end-to-end (real host, plugins, fake model, WebSocket), browser (chromium), nginx, example clients, Autobahn conformance
 	@for d in tests/browser tests/mcp examples/clients; do \
-		[ -d $$d/node_modules ] || ! command -v npm >/dev/null || (cd $$d && npm ci --no-audit --no-fund --silent); \
+		cmp -s $$d/package-lock.json $$d/node_modules/.installed-lock || ! command -v npm >/dev/null || \
+			(cd $$d && npm ci --no-audit --no-fund --silent && cp package-lock.json node_modules/.installed-lock); \
 	done
 	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 || \
 		! command -v rustup >/dev/null || rustup component add rustfmt clippy || true

@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MYAGENT_VENV:-target/py}
 REQ=examples/clients/requirements.txt
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "error: the test clients (a2a-sdk, ag-ui-validate) need Python 3.11 or later; found $(python3 --version 2>&1)" >&2
+  exit 1
+fi
 if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/.requirements" 2>/dev/null; then
   rm -rf "$VENV"
   if ! python3 -m venv "$VENV" >&2; then
