@@ -4,13 +4,16 @@
 
 pub mod client;
 pub mod fake;
+mod proc;
+mod redis;
 
 pub use client::Client;
 pub use fake::texts_of;
+pub use proc::{signal, Proc};
+pub use redis::Redis;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -115,102 +118,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running child process, killed on drop; its stdout lines are collected.
-pub struct Proc {
-    pub child: Child,
-    pub lines: std::sync::Arc<Mutex<Vec<String>>>,
-    pub stderr: std::sync::Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    pub fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let e2 = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if std::env::var_os("MYAGENT_TEST_VERBOSE").is_some() {
-                    eprintln!("[child] {line}");
-                }
-                e2.lock().unwrap().push(line);
-            }
-        });
-        Proc {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    /// Waits for a stdout line containing `needle`; returns it.
-    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
-        wait_for(&self.lines, needle, timeout).unwrap_or_else(|| {
-            panic!(
-                "no line containing {needle:?} within {timeout:?}\nstdout: {:?}\nstderr: {:?}",
-                self.lines.lock().unwrap(),
-                self.stderr.lock().unwrap()
-            )
-        })
-    }
-
-    /// Waits for a stderr line containing `needle` (a line the host logged may reach this
-    /// process a moment after an answer it gave over HTTP); returns it.
-    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
-        wait_for(&self.stderr, needle, timeout).unwrap_or_else(|| {
-            panic!(
-                "no stderr line containing {needle:?} within {timeout:?}\nstderr: {}",
-                self.stderr_text()
-            )
-        })
-    }
-
-    pub fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    pub fn stdout_text(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-/// The first of `lines` containing `needle`, waiting up to `timeout` for it.
-fn wait_for(lines: &Mutex<Vec<String>>, needle: &str, timeout: Duration) -> Option<String> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
-            return Some(l.clone());
-        }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -420,112 +327,11 @@ impl Host {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        unsafe {
-            libc_kill(self.proc.pid() as i32, 15);
-        }
+        signal(self.proc.pid(), 15);
     }
 
     /// Sends SIGKILL: no clean-up code runs in the host.
     pub fn kill9(&self) {
-        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        unsafe {
-            libc_kill(self.proc.pid() as i32, 9);
-        }
-    }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-/// A `redis-server` of our own on a free loopback port, without persistence; killed on drop.
-/// `Redis::start` is None (and says why) where redis-server is not installed, unless
-/// `MYAGENT_REQUIRE_REDIS=1` (CI) makes that a failure.
-pub struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    /// None (with a message) where redis-server is not installed, unless CI requires it.
-    pub fn start() -> Option<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                if std::env::var("MYAGENT_REQUIRE_REDIS").as_deref() == Ok("1") {
-                    panic!("redis-server is required (MYAGENT_REQUIRE_REDIS=1): {e}");
-                }
-                eprintln!("SKIPPED: redis-server not found ({e}); install it (apt-get install redis-server) to run the multi-host tests");
-                return None;
-            }
-        };
-        let t0 = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Redis { child, port })
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (as a crash would); [`Redis::restart`] brings an empty one back.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts a new, empty server on the same port (a Redis without persistence after a
-    /// restart).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let t0 = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "redis-server did not restart"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGSTOP (`true`: a stalled server, connections accepted, nothing answered) or SIGCONT.
-    pub fn pause(&self, stopped: bool) {
-        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        unsafe {
-            libc_kill(self.child.id() as i32, if stopped { 19 } else { 18 });
-        }
+        signal(self.proc.pid(), 9);
     }
 }

@@ -20,9 +20,7 @@ fn stopped(host: &mut Host) -> String {
     host.terminate();
     host.proc
         .wait_line("Stopped.", std::time::Duration::from_secs(15));
-    let _ = host.proc.child.wait();
-    std::thread::sleep(std::time::Duration::from_millis(300)); // the reader drains the pipe
-    host.proc.stderr_text()
+    host.proc.exit_stderr()
 }
 
 #[tokio::test]
