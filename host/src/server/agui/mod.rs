@@ -263,6 +263,7 @@ fn engine_refusal(v: &Value) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::protocol::{ErrorCode, ServerEvent};
 
     #[test]
     fn only_posts_to_agui_are_ours() {
@@ -272,9 +273,8 @@ mod tests {
 
     #[test]
     fn engine_refusals_keep_their_code() {
-        let r = engine_refusal(
-            &json!({"event": "agent.error", "code": "already_running", "error": "busy"}),
-        );
+        let busy = ServerEvent::error(ErrorCode::AlreadyRunning, "busy").frame_about(Some("s"));
+        let r = engine_refusal(&serde_json::from_str(&busy).unwrap());
         assert_eq!(r.status(), StatusCode::CONFLICT);
     }
 }

@@ -1,12 +1,72 @@
 //! The translation, event by event: order, closing, ids, corrections.
 
 use super::*;
+use crate::server::protocol::{
+    AnswerMeta, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta, ToolResultMeta,
+};
 
-fn ev(seq: u64, v: Value) -> Value {
-    let mut v = v;
-    v["seq"] = seq.into();
-    v["timestamp"] = "2026-12-02T06:38:40.611Z".into();
-    v
+// The session's events as the engine encodes them (the translation reads what it sends).
+
+/// `event` as session `s` numbers it `seq`.
+pub(super) fn framed(seq: u64, event: &ServerEvent) -> Value {
+    serde_json::from_str(&event.frame_in_session("s", seq)).unwrap()
+}
+
+fn step(step: u32) -> ServerEvent {
+    let metadata = ThinkingMeta { step, delta: false };
+    ServerEvent::Thinking {
+        content: String::new(),
+        metadata,
+    }
+}
+
+/// A piece of the answer (`reset`: the answer so far withdrawn).
+pub(super) fn piece(content: &str, reset: bool) -> ServerEvent {
+    let metadata = AnswerMeta { step: 1, reset };
+    ServerEvent::PartialAnswer {
+        content: content.into(),
+        metadata,
+    }
+}
+
+fn call(step_id: &str, tool: &str, args: Value) -> ServerEvent {
+    let metadata = ToolCallMeta {
+        tool: tool.into(),
+        args,
+        status: "running",
+        step: 1,
+        client: false,
+    };
+    ServerEvent::ToolCall {
+        step_id: step_id.into(),
+        content: format!("Calling tool {tool}"),
+        metadata,
+    }
+}
+
+fn result(step_id: &str, tool: &str, content: &str) -> ServerEvent {
+    let metadata = ToolResultMeta {
+        tool: tool.into(),
+        status: "success",
+        step: 1,
+    };
+    ServerEvent::ToolResult {
+        step_id: step_id.into(),
+        content: content.into(),
+        metadata,
+    }
+}
+
+fn answer(content: &str) -> ServerEvent {
+    let metadata = FinalMeta {
+        steps: 1,
+        reason: "answer",
+        usage: Default::default(),
+    };
+    ServerEvent::FinalAnswer {
+        content: content.into(),
+        metadata,
+    }
 }
 
 fn types(frames: &[Frame]) -> Vec<String> {
@@ -34,20 +94,18 @@ fn ids_read_back() {
 fn a_turn_with_a_call_is_closed_in_order() {
     let mut r = Run::new("t", "r", vec![], 300);
     let mut all = Vec::new();
-    for (seq, e) in [
-        json!({"event": "agent.thinking", "content": "", "metadata": {"step": 1, "delta": false}}),
-        json!({"event": "agent.partial_answer", "content": "Let me look.", "metadata": {"step": 1}}),
-        json!({"event": "agent.tool_call", "step_id": "s1", "content": "", "metadata": {"tool": "get_weather", "args": {"city": "Paris"}}}),
-        json!({"event": "agent.tool_result", "step_id": "s1", "content": "sunny", "metadata": {"tool": "get_weather"}}),
-        json!({"event": "agent.thinking", "content": "", "metadata": {"step": 2, "delta": false}}),
-        json!({"event": "agent.partial_answer", "content": "Sunny.", "metadata": {"step": 2}}),
-        json!({"event": "agent.final_answer", "content": "Sunny.", "metadata": {}}),
-        json!({"event": "agent.ready"}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        all.extend(r.on(&ev(seq as u64 + 2, e)));
+    let events = [
+        step(1),
+        piece("Let me look.", false),
+        call("s1", "get_weather", json!({"city": "Paris"})),
+        result("s1", "get_weather", "sunny"),
+        step(2),
+        piece("Sunny.", false),
+        answer("Sunny."),
+        ServerEvent::Ready,
+    ];
+    for (seq, e) in events.iter().enumerate() {
+        all.extend(r.on(&framed(seq as u64 + 2, e)));
     }
     assert_eq!(
         types(&all),
@@ -86,16 +144,14 @@ fn a_withdrawn_preamble_is_corrected_by_a_snapshot() {
         300,
     );
     let mut all = Vec::new();
-    for (seq, e) in [
-        json!({"event": "agent.partial_answer", "content": "maybe", "metadata": {"step": 1}}),
-        json!({"event": "agent.partial_answer", "content": "", "metadata": {"step": 1, "reset": true}}),
-        json!({"event": "agent.final_answer", "content": "no", "metadata": {}}),
-        json!({"event": "agent.ready"}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        all.extend(r.on(&ev(seq as u64 + 1, e)));
+    let events = [
+        piece("maybe", false),
+        piece("", true),
+        answer("no"),
+        ServerEvent::Ready,
+    ];
+    for (seq, e) in events.iter().enumerate() {
+        all.extend(r.on(&framed(seq as u64 + 1, e)));
     }
     let snap = all
         .iter()

@@ -88,36 +88,31 @@ impl Run {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{framed, piece};
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn the_fast_path_writes_what_the_general_path_writes() {
         let mut general = Run::new("t", "r", vec![], 300);
         let mut fast = Run::new("t", "r", vec![], 300);
-        let open = json!({"event": "agent.partial_answer", "content": "Hel", "metadata": {"step": 1},
-            "seq": 3, "timestamp": "2026-12-02T06:38:40.611Z"});
+        let open = framed(3, &piece("Hel", false));
         general.on(&open);
         fast.on(&open);
-        let piece = json!({"event": "agent.partial_answer", "content": "lo \"world\"\n", "metadata": {"step": 1},
-            "session_id": "s", "seq": 4, "timestamp": "2026-12-02T06:38:40.700Z"});
+        let next = framed(4, &piece("lo \"world\"\n", false));
         let mut want = Vec::new();
-        for f in general.on(&piece) {
+        for f in general.on(&next) {
             want.extend_from_slice(format!("id: {}\ndata: {}\n\n", f.id, f.event).as_bytes());
         }
         let mut got = Vec::new();
-        assert!(fast.answer_piece(&piece.to_string(), &mut got, None));
+        assert!(fast.answer_piece(&next.to_string(), &mut got, None));
         assert_eq!(
             String::from_utf8(got).unwrap(),
             String::from_utf8(want).unwrap()
         );
         // Not a continuing piece: the general path's.
-        let reset = json!({"event": "agent.partial_answer", "content": "", "metadata": {"step": 1, "reset": true}, "seq": 5});
-        assert!(!fast.answer_piece(&reset.to_string(), &mut Vec::new(), None));
-        assert!(!Run::new("t", "r", vec![], 300).answer_piece(
-            &piece.to_string(),
-            &mut Vec::new(),
-            None
-        ));
+        let reset = framed(5, &piece("", true)).to_string();
+        assert!(!fast.answer_piece(&reset, &mut Vec::new(), None));
+        let fresh = &mut Run::new("t", "r", vec![], 300);
+        assert!(!fresh.answer_piece(&next.to_string(), &mut Vec::new(), None));
     }
 }
