@@ -8,6 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp([u8; 24]);
 
+/// Milliseconds since 1970 now.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Timestamp {
     pub fn now() -> Timestamp {
         Timestamp::at(

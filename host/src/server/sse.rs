@@ -55,7 +55,25 @@ pub(crate) fn stream() -> (mpsc::Sender<Bytes>, Response<Body>) {
 
 /// One `data:` frame (the JSON is one line).
 pub(crate) fn data(json: &serde_json::Value) -> Bytes {
-    Bytes::from(format!("data: {json}\n\n"))
+    let mut out = Vec::new();
+    write_event::<u64>(&mut out, None, json);
+    Bytes::from(out)
+}
+
+/// Appends one frame to `out`: `id:` (when given), then `data:` with `event` as one line of JSON.
+pub(crate) fn write_event<I: std::fmt::Display>(
+    out: &mut Vec<u8>,
+    id: Option<I>,
+    event: &impl serde::Serialize,
+) {
+    use std::io::Write;
+    if let Some(id) = id {
+        let _ = writeln!(out, "id: {id}");
+    }
+    out.extend_from_slice(b"data: ");
+    // Serializing into a Vec cannot fail for these types.
+    let _ = serde_json::to_writer(&mut *out, event);
+    out.extend_from_slice(b"\n\n");
 }
 
 /// The keep-alive comment.

@@ -166,10 +166,7 @@ impl std::fmt::Debug for Store {
 
 /// Unix milliseconds (what writes are stamped with: a session list orders by them).
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::time::unix_millis() as i64
 }
 
 pub(crate) fn now() -> i64 {

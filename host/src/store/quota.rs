@@ -21,11 +21,9 @@ pub struct Windows {
 
 impl Windows {
     pub fn now() -> Windows {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        Windows { now_ms }
+        Windows {
+            now_ms: super::now_ms(),
+        }
     }
 
     pub fn minute(&self) -> i64 {

@@ -65,7 +65,23 @@ impl Driver {
         self.sessions
             .message(&self.client, &self.session_id, content, None)
             .await;
-        // A refusal is queued at once; so is `agent.message_queued` when the message waits.
+        self.answer()
+    }
+
+    /// Hands the run what it waits for (approval decisions, a frontend tool's results) through
+    /// `deliver`; the refusal is the engine's `agent.error`.
+    pub(super) fn hand(
+        &mut self,
+        deliver: impl FnOnce(&Sessions, &Client, &str),
+    ) -> Result<(), Value> {
+        deliver(&self.sessions, &self.client, &self.session_id);
+        self.answer()
+    }
+
+    /// The engine's answer to what was just handed to it: a refusal is queued at once (an
+    /// `agent.error` outside the log); so is `agent.message_queued` when a message waits. The
+    /// run's events that follow are kept for the stream.
+    fn answer(&mut self) -> Result<(), Value> {
         while let Some(f) = self.out.pop() {
             let Ok(v) = serde_json::from_str::<Value>(&f) else {
                 continue;
@@ -77,26 +93,6 @@ impl Driver {
                 // What came before belongs to the run it waits for.
                 self.early.clear();
                 self.skip_readies = Some(v["position"].as_u64().unwrap_or(1));
-            }
-            self.early.push(v);
-        }
-        Ok(())
-    }
-
-    /// Hands the run what it waits for (approval decisions, a frontend tool's results) through
-    /// `deliver`; the refusal is the engine's `agent.error`.
-    pub(super) fn hand(
-        &mut self,
-        deliver: impl FnOnce(&Sessions, &Client, &str),
-    ) -> Result<(), Value> {
-        deliver(&self.sessions, &self.client, &self.session_id);
-        // A refusal is queued at once; the run's events that follow are kept.
-        while let Some(f) = self.out.pop() {
-            let Ok(v) = serde_json::from_str::<Value>(&f) else {
-                continue;
-            };
-            if v.get("seq").is_none() && v["event"] == "agent.error" {
-                return Err(v);
             }
             self.early.push(v);
         }
@@ -284,19 +280,14 @@ impl Driver {
 
 /// Appends the frames after `after` (all, when None) to `batch`.
 fn write_frames(batch: &mut Vec<u8>, frames: Vec<Frame>, after: Option<FrameId>) {
-    use std::io::Write;
-    for f in frames {
-        if after.is_some_and(|a| f.id <= a) {
-            continue;
-        }
-        let _ = write!(batch, "id: {}\ndata: {}\n\n", f.id, f.event);
+    for f in frames.iter().filter(|f| after.is_none_or(|a| f.id > a)) {
+        sse::write_event(batch, Some(f.id), &f.event);
     }
 }
 
 /// One SSE frame: `id:` (when it has one) and `data:`.
 fn frame(event: &Value, id: Option<FrameId>) -> Bytes {
-    match id {
-        Some(id) => Bytes::from(format!("id: {id}\ndata: {event}\n\n")),
-        None => sse::data(event),
-    }
+    let mut out = Vec::new();
+    sse::write_event(&mut out, id, event);
+    Bytes::from(out)
 }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use crate::time::Timestamp;
+use crate::time::{unix_millis, Timestamp};
 
 pub(crate) use super::frame::{Frame, FrameId, LAST};
 
@@ -107,7 +107,7 @@ impl Run {
         if let Some(p) = parent_run_id {
             e["parentRunId"] = p.into();
         }
-        e["timestamp"] = now_ms().into();
+        e["timestamp"] = unix_millis().into();
         Frame {
             id: FrameId {
                 seq: at,
@@ -119,7 +119,7 @@ impl Run {
 
     /// A run refused before it began: RUN_ERROR alone (the verifier accepts it first).
     pub(crate) fn refused(message: &str, code: &str) -> Value {
-        json!({"type": "RUN_ERROR", "message": message, "code": code, "timestamp": now_ms()})
+        json!({"type": "RUN_ERROR", "message": message, "code": code, "timestamp": unix_millis()})
     }
 
     /// The end of a stream another request took over: what is open closed, then RUN_FINISHED
@@ -130,7 +130,7 @@ impl Run {
             self.close_open(&mut out);
             out.push(self.finished(json!({"type": "cancelled"}), None));
         }
-        let ts = now_ms();
+        let ts = unix_millis();
         for e in &mut out {
             e["timestamp"] = ts.into();
         }
@@ -148,7 +148,7 @@ impl Run {
         let ts = ev["timestamp"]
             .as_str()
             .and_then(Timestamp::parse_millis)
-            .unwrap_or_else(now_ms);
+            .unwrap_or_else(unix_millis);
         let mut out = Vec::new();
         self.map(ev, seq, &mut out);
         let n = out.len();
@@ -330,7 +330,7 @@ impl Run {
         out.push(json!({"type": "MESSAGES_SNAPSHOT", "messages": self.snapshot()}));
         let id = ev["step_id"].as_str().unwrap_or("");
         let expires = Timestamp::at(std::time::Duration::from_millis(
-            now_ms() + self.approval_secs * 1000,
+            unix_millis() + self.approval_secs * 1000,
         ));
         let interrupt = json!({
             "id": id,
@@ -430,12 +430,7 @@ impl Run {
     }
 
     fn append(&mut self, id: &str, delta: &str) {
-        if let Some(m) = self.made.iter_mut().rev().find(|m| m["id"] == id) {
-            match &mut m["content"] {
-                Value::String(s) => s.push_str(delta),
-                other => *other = delta.into(),
-            }
-        }
+        append_to(&mut self.made, id, delta);
     }
 
     fn set_content(&mut self, id: &str, content: &str) {
@@ -484,10 +479,14 @@ fn token_usage(u: &Value) -> Value {
     })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Appends `delta` to the content of message `id` among `made` (the newest, in practice).
+fn append_to(made: &mut [Value], id: &str, delta: &str) {
+    if let Some(m) = made.iter_mut().rev().find(|m| m["id"] == id) {
+        match &mut m["content"] {
+            Value::String(s) => s.push_str(delta),
+            other => *other = delta.into(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,14 @@ use crate::server::protocol::{
 
 // The session's events as the engine encodes them (the translation reads what it sends).
 
-/// `event` as session `s` numbers it `seq`.
+/// `event` as the engine sends it for session `s`, numbered `seq`.
+pub(super) fn encoded(seq: u64, event: &ServerEvent) -> String {
+    event.frame_in_session("s", seq).to_string()
+}
+
+/// The same, read.
 pub(super) fn framed(seq: u64, event: &ServerEvent) -> Value {
-    serde_json::from_str(&event.frame_in_session("s", seq)).unwrap()
+    serde_json::from_str(&encoded(seq, event)).unwrap()
 }
 
 fn step(step: u32) -> ServerEvent {

@@ -9,7 +9,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::{FrameId, Run, LAST};
-use crate::time::Timestamp;
+use crate::server::sse;
+use crate::time::{unix_millis, Timestamp};
 
 #[derive(Deserialize)]
 struct Piece<'a> {
@@ -49,13 +50,14 @@ impl Run {
         batch: &mut Vec<u8>,
         after: Option<FrameId>,
     ) -> bool {
+        // The engine writes an event's name first: a cheap, exact test of the kind.
         if self.ended.is_some()
             || self.reasoning.is_some()
-            || !frame.contains("\"agent.partial_answer\"")
+            || !frame.starts_with("{\"event\":\"agent.partial_answer\"")
         {
             return false;
         }
-        let Some(id) = self.text.clone() else {
+        let Some(id) = self.text.as_deref() else {
             return false;
         };
         let Ok(p) = serde_json::from_str::<Piece>(frame) else {
@@ -64,31 +66,28 @@ impl Run {
         if p.event != "agent.partial_answer" || p.metadata.reset || p.content.is_empty() {
             return false;
         }
-        let ts = Timestamp::parse_millis(&p.timestamp).unwrap_or_else(super::now_ms);
-        self.append(&id, &p.content);
+        let ts = Timestamp::parse_millis(&p.timestamp).unwrap_or_else(unix_millis);
+        super::append_to(&mut self.made, id, &p.content);
         let fid = FrameId {
             seq: p.seq,
             part: LAST,
         };
-        if after.is_some_and(|a| fid <= a) {
-            return true;
+        if after.is_none_or(|a| fid > a) {
+            let delta = Delta {
+                delta: &p.content,
+                message_id: id,
+                timestamp: ts,
+                kind: "TEXT_MESSAGE_CONTENT",
+            };
+            sse::write_event(batch, Some(fid), &delta);
         }
-        let delta = Delta {
-            delta: &p.content,
-            message_id: &id,
-            timestamp: ts,
-            kind: "TEXT_MESSAGE_CONTENT",
-        };
-        batch.extend_from_slice(format!("id: {fid}\ndata: ").as_bytes());
-        let _ = serde_json::to_writer(&mut *batch, &delta);
-        batch.extend_from_slice(b"\n\n");
         true
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{framed, piece};
+    use super::super::tests::{encoded, framed, piece};
     use super::*;
 
     #[test]
@@ -98,21 +97,21 @@ mod tests {
         let open = framed(3, &piece("Hel", false));
         general.on(&open);
         fast.on(&open);
-        let next = framed(4, &piece("lo \"world\"\n", false));
+        let next = encoded(4, &piece("lo \"world\"\n", false));
         let mut want = Vec::new();
-        for f in general.on(&next) {
+        for f in general.on(&serde_json::from_str(&next).unwrap()) {
             want.extend_from_slice(format!("id: {}\ndata: {}\n\n", f.id, f.event).as_bytes());
         }
         let mut got = Vec::new();
-        assert!(fast.answer_piece(&next.to_string(), &mut got, None));
+        assert!(fast.answer_piece(&next, &mut got, None));
         assert_eq!(
             String::from_utf8(got).unwrap(),
             String::from_utf8(want).unwrap()
         );
         // Not a continuing piece: the general path's.
-        let reset = framed(5, &piece("", true)).to_string();
+        let reset = encoded(5, &piece("", true));
         assert!(!fast.answer_piece(&reset, &mut Vec::new(), None));
         let fresh = &mut Run::new("t", "r", vec![], 300);
-        assert!(!fresh.answer_piece(&next.to_string(), &mut Vec::new(), None));
+        assert!(!fresh.answer_piece(&next, &mut Vec::new(), None));
     }
 }
