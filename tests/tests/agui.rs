@@ -447,11 +447,10 @@ async fn refusals_are_http_answers_with_reasons() {
     ];
     assert_eq!(post(&h, &body, &evil).await.status, 403);
     let auth = [("authorization", "Bearer s3cret-agui")];
-    let mut bad = post(&h, &json!({"runId": "r", "messages": []}), &auth).await;
+    let bad = post(&h, &json!({"runId": "r", "messages": []}), &auth).await;
     assert_eq!(bad.status, 400);
     let text = bad.resp.text().await.unwrap();
     assert!(text.contains("threadId"), "{text}");
-    bad.buf.clear();
     // A busy thread: the second message is refused (on_busy reject) with 409 and a JSON body.
     llm.script(json!([{"text": "z".repeat(100), "chunk_chars": 2, "delay_ms": 20}]));
     let mut first = post(&h, &body, &auth).await;
