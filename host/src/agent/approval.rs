@@ -94,6 +94,11 @@ impl Approvals {
         Ok(call)
     }
 
+    /// Whether a call waits for someone outside the run: a decision, or a client tool's result.
+    pub fn waiting(&self) -> bool {
+        !self.lock().is_empty() || !self.client.pending().is_empty()
+    }
+
     /// The calls waiting now, in the order they were asked.
     pub fn pending(&self) -> Vec<PendingApproval> {
         self.lock().iter().map(|(p, _)| p.clone()).collect()

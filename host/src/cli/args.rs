@@ -261,7 +261,8 @@ pub struct ServeArgs {
     /// the store to commit what it acknowledges, then is sent anyway (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub store_ack_timeout: u64,
-    /// How long sessions (and their runs) wait for a client to resume after a disconnect.
+    /// How long sessions (and their runs) wait for a client to resume after a disconnect (a run
+    /// waiting for an approval or a client tool's result waits up to --approval-timeout more).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub resume_window: u64,
     /// Double texting: what a `user.message` does while its session runs, unless the message

@@ -298,6 +298,16 @@ impl Sessions {
                     _ = tokio::time::sleep(this.config.resume_window) => {}
                     _ = this.lifecycle.shutdown.cancelled() => {}
                 }
+                // A run paused for someone outside it (a person's approval, a client tool's
+                // result) waits for them, not for this client: up to the approval timeout.
+                let until = tokio::time::Instant::now() + this.runtime.config.approval_timeout;
+                while session.still_detached(epoch)
+                    && session.approvals.waiting()
+                    && tokio::time::Instant::now() < until
+                    && !this.lifecycle.shutdown.is_cancelled()
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
                 if session.still_detached(epoch) {
                     session.leave();
                     this.remove(&session.id);

@@ -159,7 +159,7 @@ async fn begin(
                 return driver.refuse_run(started, e);
             }
             if let Err(v) = driver.send(content.clone()).await {
-                driver.step_aside();
+                driver.release();
                 return engine_refusal(&v);
             }
         }

@@ -10,7 +10,6 @@
 //! interrupt; the translation restarts at each of those the client had seen.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Response;
@@ -18,11 +17,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::threads::Hold;
-use super::translate::{End, Frame, FrameId, Run, LAST};
+use super::translate::{Frame, FrameId, Run, LAST};
 use crate::server::outbox::Outbox;
 use crate::server::reply::Body;
 use crate::server::sse;
-use crate::session::event::ServerEvent;
 use crate::session::{Client, Sessions};
 
 pub(super) struct Driver {
@@ -103,7 +101,7 @@ impl Driver {
     pub(super) fn refuse_run(self, started: Frame, error: Value) -> Response<Body> {
         let (tx, response) = sse::stream();
         let frames = [frame(&started.event, Some(started.id)), frame(&error, None)];
-        self.step_aside();
+        self.sessions.release(&self.client);
         tokio::spawn(async move {
             for f in frames {
                 if tx.send(f).await.is_err() {
@@ -114,11 +112,9 @@ impl Driver {
         response
     }
 
-    /// A request refused on a thread whose run may be paused (waiting for an approval or a
-    /// frontend tool's result): its client stays attached as a paused run's would, so the
-    /// refusal does not start the resume window that would cancel that run.
-    pub(super) fn step_aside(self) {
-        tokio::spawn(self.ended(End::Paused));
+    /// Lets the thread's session go (a request refused before its run began).
+    pub(super) fn release(self) {
+        self.sessions.release(&self.client);
     }
 
     /// The run, live from its start.
@@ -156,7 +152,7 @@ impl Driver {
         // The frames of one batch of events go out as one write.
         let mut batch: Vec<u8> = Vec::new();
         loop {
-            let mut end = None;
+            let mut ended = false;
             for ev in pending.drain(..) {
                 let Some(seq) = ev["seq"].as_u64() else {
                     continue;
@@ -168,13 +164,15 @@ impl Driver {
                     continue;
                 }
                 write_frames(&mut batch, run.on(&ev), after);
-                let Some(e) = run.ended else { continue };
+                if !run.ended {
+                    continue;
+                }
                 if after.is_some_and(|a| FrameId { seq, part: LAST } <= a) {
                     // A replayed run the client saw end: the one it asks about starts here.
                     run = run.next();
                     continue;
                 }
-                end = Some(e);
+                ended = true;
                 break;
             }
             if !batch.is_empty()
@@ -185,9 +183,10 @@ impl Driver {
             {
                 return self.dropped();
             }
-            if let Some(end) = end {
-                drop(tx); // the stream ends here
-                return self.ended(end).await;
+            if ended {
+                // The run's end went out. A paused run (an interrupt, a frontend call) waits in
+                // the session for its answer whoever is attached (`Sessions::release`).
+                return self.sessions.release(&self.client);
             }
             tokio::select! {
                 _ = self.out.wake.notified() => {
@@ -248,31 +247,6 @@ impl Driver {
     fn dropped(self) {
         if !self.background {
             self.sessions.cancel(&self.client, &self.session_id);
-        }
-        self.sessions.release(&self.client);
-    }
-
-    /// The run's end went out. After an interrupt the client stays attached, quietly, until the
-    /// call is decided (the next run takes the session over) or its approval times out.
-    async fn ended(self, end: End) {
-        if end == End::Paused {
-            self.hold.park();
-            let wait = self.sessions.runtime().config.approval_timeout + Duration::from_secs(1);
-            let stop = self.hold.stop.clone();
-            let _ = tokio::time::timeout(wait, async {
-                loop {
-                    tokio::select! {
-                        _ = self.out.wake.notified() => {}
-                        _ = stop.notified() => return,
-                    }
-                    while let Some(f) = self.out.pop() {
-                        if ServerEvent::name_of_frame(&f).as_deref() == Some("agent.ready") {
-                            return;
-                        }
-                    }
-                }
-            })
-            .await;
         }
         self.sessions.release(&self.client);
     }

@@ -1,7 +1,7 @@
 //! The threads this host is streaming a run of: a session has one attached client at a time,
 //! so a second request on a thread either waits its turn without attaching (HTTP 409 under
 //! `on_busy` reject or enqueue) or takes the thread over — the stream it replaces is told to
-//! stop (an interrupting message, a reconnect, the run after an interrupt).
+//! stop (an interrupting message, a reconnect).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +17,6 @@ pub(crate) struct Threads {
 
 struct Live {
     id: u64,
-    /// Streaming a run (false: parked after an interrupt, waiting for its decision).
-    streaming: bool,
     stop: Arc<Notify>,
 }
 
@@ -38,7 +36,7 @@ impl Threads {
 
     /// Whether a run of `thread` is being streamed here now.
     pub(crate) fn streaming(&self, thread: &str) -> bool {
-        self.lock().get(thread).is_some_and(|l| l.streaming)
+        self.lock().contains_key(thread)
     }
 
     /// Takes `thread` over (the stream holding it is told to stop).
@@ -47,7 +45,6 @@ impl Threads {
         let stop = Arc::new(Notify::new());
         let live = Live {
             id,
-            streaming: true,
             stop: stop.clone(),
         };
         if let Some(old) = self.lock().insert(thread.to_owned(), live) {
@@ -58,17 +55,6 @@ impl Threads {
             thread: thread.to_owned(),
             id,
             stop,
-        }
-    }
-}
-
-impl Hold {
-    /// The run's stream ended with an interrupt: the hold stays, no longer streaming.
-    pub(crate) fn park(&self) {
-        if let Some(l) = self.threads.lock().get_mut(&self.thread) {
-            if l.id == self.id {
-                l.streaming = false;
-            }
         }
     }
 }
@@ -87,12 +73,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_hold_stops_the_old_and_only_the_holder_releases() {
+    fn a_new_hold_takes_over_and_only_the_holder_releases() {
         let t = Arc::new(Threads::default());
         let a = t.hold("x");
         assert!(t.streaming("x"));
-        a.park();
-        assert!(!t.streaming("x"));
         let b = t.hold("x");
         assert!(t.streaming("x"));
         drop(a); // stopped, and no longer the holder

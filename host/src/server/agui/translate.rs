@@ -14,16 +14,6 @@ pub(crate) use super::frame::{Frame, FrameId, LAST};
 
 mod piece;
 
-/// How a run ended, as far as the translation is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
-    /// RUN_FINISHED (success or cancelled) or RUN_ERROR.
-    Finished,
-    /// The run waits outside itself: a call for approval (RUN_FINISHED with an interrupt), or
-    /// a frontend tool for the client's result (RUN_FINISHED with `pendingToolCallIds`).
-    Paused,
-}
-
 /// The translation of one run.
 pub(crate) struct Run {
     thread_id: String,
@@ -48,7 +38,8 @@ pub(crate) struct Run {
     usage: Option<Value>,
     /// Approval timeout, for `expiresAt`.
     approval_secs: u64,
-    pub ended: Option<End>,
+    /// RUN_FINISHED (with any outcome: success, interrupt, cancelled) or RUN_ERROR went out.
+    pub ended: bool,
 }
 
 impl Run {
@@ -69,7 +60,7 @@ impl Run {
             answer: None,
             usage: None,
             approval_secs,
-            ended: None,
+            ended: false,
         }
     }
 
@@ -126,7 +117,7 @@ impl Run {
     /// (cancelled: this stream will not see the run go on).
     pub(crate) fn cut(&mut self) -> Vec<Value> {
         let mut out = Vec::new();
-        if self.ended.is_none() {
+        if !self.ended {
             self.close_open(&mut out);
             out.push(self.finished(json!({"type": "cancelled"}), None));
         }
@@ -142,7 +133,7 @@ impl Run {
         let Some(seq) = ev["seq"].as_u64() else {
             return Vec::new();
         };
-        if self.ended.is_some() {
+        if self.ended {
             return Vec::new();
         }
         let ts = ev["timestamp"]
@@ -201,7 +192,7 @@ impl Run {
                     self.close_open(out);
                     let outcome = json!({"type": "success", "pendingToolCallIds": [id]});
                     out.push(self.finished(outcome, None));
-                    self.ended = Some(End::Paused);
+                    self.ended = true;
                 }
             }
             "agent.tool_result" => self.result(ev, seq, out),
@@ -216,7 +207,7 @@ impl Run {
                     e["usage"] = json!([u]);
                 }
                 out.push(e);
-                self.ended = Some(End::Finished);
+                self.ended = true;
             }
             "agent.interrupted" => {
                 self.close_open(out);
@@ -349,7 +340,7 @@ impl Run {
             json!({"type": "interrupt", "interrupts": [interrupt]}),
             None,
         ));
-        self.ended = Some(End::Paused);
+        self.ended = true;
     }
 
     fn answered(&mut self, answer: &str, seq: u64, out: &mut Vec<Value>) {
@@ -391,7 +382,7 @@ impl Run {
         if let Some(u) = self.usage.take() {
             e["usage"] = json!([u]);
         }
-        self.ended = Some(End::Finished);
+        self.ended = true;
         e
     }
 

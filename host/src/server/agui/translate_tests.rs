@@ -137,7 +137,7 @@ fn a_turn_with_a_call_is_closed_in_order() {
     assert_eq!(last.id.to_string(), "9");
     assert_eq!(all[3].id.to_string(), "4.0");
     assert_eq!(all[4].event["parentMessageId"], all[1].event["messageId"]);
-    assert!(r.ended.is_some());
+    assert!(r.ended);
 }
 
 #[test]

@@ -51,7 +51,7 @@ impl Run {
         after: Option<FrameId>,
     ) -> bool {
         // The engine writes an event's name first: a cheap, exact test of the kind.
-        if self.ended.is_some()
+        if self.ended
             || self.reasoning.is_some()
             || !frame.starts_with("{\"event\":\"agent.partial_answer\"")
         {
