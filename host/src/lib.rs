@@ -14,6 +14,7 @@ pub mod lines;
 pub mod llm;
 pub mod mcp;
 pub mod metrics;
+pub mod otel;
 pub mod plugin;
 pub mod private;
 pub mod scaffold;

@@ -123,6 +123,10 @@ pub struct Metrics {
     pub plugin_worker_crashes: Counter,
     /// Bytes of plugin workers' stdout/stderr lines past 8 KiB, dropped.
     pub plugin_worker_output_dropped: Counter,
+    /// OTLP spans exported, lost to a failing collector, and dropped with the queue full.
+    pub otel_spans_exported: Counter,
+    pub otel_spans_failed: Counter,
+    pub otel_spans_dropped: Counter,
     /// Model tokens per (agent, model): input, output, cached input, reasoning.
     llm_tokens: std::sync::Mutex<std::collections::BTreeMap<(String, String), [u64; 4]>>,
 }
@@ -138,7 +142,7 @@ impl Metrics {
     fn values(
         &self,
         plugin_generation: u64,
-    ) -> [(&'static str, &'static str, &'static str, u64); 32] {
+    ) -> [(&'static str, &'static str, &'static str, u64); 35] {
         [
             ("myagent_connections", "gauge", "Open WebSocket connections.", self.connections.get()),
             ("myagent_connections_total", "counter", "WebSocket connections accepted.", self.connections_total.get()),
@@ -172,6 +176,9 @@ impl Metrics {
             ("myagent_plugin_worker_starts_total", "counter", "Plugin worker processes started (first starts, reloads and restarts).", self.plugin_worker_starts.get()),
             ("myagent_plugin_worker_crashes_total", "counter", "Plugin worker processes that died unasked (crash, exit, or stopped because a call hung).", self.plugin_worker_crashes.get()),
             ("myagent_plugin_worker_output_dropped_bytes_total", "counter", "Bytes of plugin workers' stdout/stderr lines past 8 KiB, dropped.", self.plugin_worker_output_dropped.get()),
+            ("myagent_otel_spans_exported_total", "counter", "Trace spans exported over OTLP.", self.otel_spans_exported.get()),
+            ("myagent_otel_spans_failed_total", "counter", "Trace spans lost because the OTLP collector failed or refused them.", self.otel_spans_failed.get()),
+            ("myagent_otel_spans_dropped_total", "counter", "Trace spans dropped because the export queue was full.", self.otel_spans_dropped.get()),
         ]
     }
 

@@ -292,6 +292,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("llm", 2),
     ("scaffold", 1),
     ("journal", 1),
+    ("otel", 1),
     ("metrics", 0),
     ("time", 0),
     ("backoff", 0),

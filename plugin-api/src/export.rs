@@ -76,7 +76,8 @@ impl Instance {
             (Some(call), args) => {
                 let flag = self.calls().entry(call.id).or_default().clone();
                 let ctx = ToolContext::with_timeout(Duration::from_millis(call.timeout_ms))
-                    .with_flag(flag);
+                    .with_flag(flag)
+                    .with_traceparent(call.traceparent);
                 (args, ctx, Some(call.id))
             }
             (None, args) => (args, ToolContext::detached(), None),

@@ -75,6 +75,7 @@ impl ToolResult {
 pub struct ToolContext {
     deadline: Option<Instant>,
     cancelled: Arc<AtomicBool>,
+    traceparent: Option<String>,
 }
 
 impl ToolContext {
@@ -83,6 +84,7 @@ impl ToolContext {
         ToolContext {
             deadline: None,
             cancelled: Arc::new(AtomicBool::new(false)),
+            traceparent: None,
         }
     }
 
@@ -106,6 +108,18 @@ impl ToolContext {
     }
 
     /// True once the call was cancelled or its deadline passed: stop and return.
+    /// The call's W3C trace context (`traceparent`), to send on the requests the tool makes
+    /// so they join the run's trace; None when the call has no trace.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// This context with a trace context (the host sets it; tests of tools may too).
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> ToolContext {
+        self.traceparent = traceparent;
+        self
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
     }

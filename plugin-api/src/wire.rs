@@ -18,16 +18,21 @@ pub const CALL_ENVELOPE_KEY: &str = "__myagent_call";
 pub const CANCEL_CALL_EVENT: &str = "__myagent.cancel_call";
 
 /// What the envelope says about a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallMeta {
     pub id: u64,
     pub timeout_ms: u64,
+    /// The W3C trace context of the call (the host's `execute_tool` span, or the client's
+    /// trace when the host records none); absent without a trace. Added in 0.1.x: older
+    /// plugins ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Envelope<'a> {
     #[serde(rename = "__myagent_call")]
-    call: CallMeta,
+    call: &'a CallMeta,
     args: &'a Value,
 }
 
@@ -39,7 +44,7 @@ struct CancelCall {
 }
 
 /// The host's side: `args` in the call envelope, as the JSON text the ABI carries.
-pub fn wrap_call(call: CallMeta, args: &Value) -> String {
+pub fn wrap_call(call: &CallMeta, args: &Value) -> String {
     // A struct of numbers and a `Value` always serializes.
     serde_json::to_string(&Envelope { call, args }).unwrap_or_default()
 }
@@ -79,13 +84,20 @@ mod tests {
 
     #[test]
     fn what_the_host_writes_the_plugin_reads() {
-        let meta = CallMeta {
-            id: 7,
-            timeout_ms: 2_000,
-        };
-        let wrapped: Value =
-            serde_json::from_str(&wrap_call(meta, &json!({"city": "Paris"}))).unwrap();
-        assert_eq!(open_call(wrapped), (Some(meta), json!({"city": "Paris"})));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for traceparent in [None, Some(tp.to_owned())] {
+            let meta = CallMeta {
+                id: 7,
+                timeout_ms: 2_000,
+                traceparent,
+            };
+            let wrapped: Value =
+                serde_json::from_str(&wrap_call(&meta, &json!({"city": "Paris"}))).unwrap();
+            assert_eq!(open_call(wrapped), (Some(meta), json!({"city": "Paris"})));
+        }
+        // What a host before `traceparent` wrote still opens.
+        let old = json!({"__myagent_call": {"id": 3, "timeout_ms": 10}, "args": {}});
+        assert_eq!(open_call(old).0.unwrap().traceparent, None);
         // Bare arguments (a host before the convention) pass through.
         assert_eq!(
             open_call(json!({"city": "Oslo"})),

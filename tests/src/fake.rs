@@ -81,6 +81,8 @@ pub struct ScriptCall {
 struct State {
     script: VecDeque<Step>,
     requests: Vec<Value>,
+    /// Each chat request's `traceparent` header (null without one), in order.
+    traceparents: Vec<Value>,
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -121,6 +123,11 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map_or(Value::Null, |v| Value::String(v.to_owned()));
     let body = req
         .into_body()
         .collect()
@@ -143,6 +150,10 @@ async fn handle(
             let reqs = state.lock().unwrap().requests.clone();
             full(StatusCode::OK, Value::Array(reqs).to_string())
         }
+        ("GET", "/_control/traceparents") => {
+            let seen = state.lock().unwrap().traceparents.clone();
+            full(StatusCode::OK, Value::Array(seen).to_string())
+        }
         ("POST", p) if p.ends_with("/chat/completions") => {
             let Ok(request) = serde_json::from_slice::<Value>(&body) else {
                 return Ok(full(
@@ -155,8 +166,10 @@ async fn handle(
                 if st.requests.len() >= 10_000 {
                     // Long load runs: keep the recent ones only.
                     st.requests.drain(..5_000);
+                    st.traceparents.drain(..5_000);
                 }
                 st.requests.push(request.clone());
+                st.traceparents.push(traceparent);
                 st.script.pop_front()
             };
             let step = step.unwrap_or_else(|| auto_step(&request));

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod fake;
+pub mod otlp;
 mod proc;
 mod redis;
 
@@ -165,6 +166,11 @@ impl FakeLlm {
     /// Every request body received so far.
     pub fn requests(&self) -> Vec<Value> {
         serde_json::from_str(&http_get(&format!("{}/_control/requests", self.base))).unwrap()
+    }
+
+    /// Each chat request's `traceparent` header so far (None without one).
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        serde_json::from_str(&http_get(&format!("{}/_control/traceparents", self.base))).unwrap()
     }
 }
 

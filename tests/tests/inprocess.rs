@@ -76,6 +76,8 @@ async fn run(
         approvals: &Default::default(),
         cancel,
         tracer: None,
+        telemetry: &myagent_host::otel::Telemetry::off(),
+        trace_parent: None,
         metrics: &metrics,
         session_id: "test",
     };
@@ -250,6 +252,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         mcp: Default::default(),
         config: agent_config(),
         tracer: None,
+        telemetry: myagent_host::otel::Telemetry::off(),
         metrics: Arc::new(Metrics::default()),
     });
     let config = SessionConfig {
@@ -302,7 +305,12 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     let sid = created[0]["session_id"].as_str().unwrap().to_owned();
     let token = created[0]["resume_token"].as_str().unwrap().to_owned();
     sessions
-        .message(&a, &sid, "What's the weather in Paris?".into(), None)
+        .message(
+            &a,
+            &sid,
+            "What's the weather in Paris?".into(),
+            (None, None),
+        )
         .await;
     let run = until(&out_a, "agent.ready").await;
     let seqs: Vec<u64> = run

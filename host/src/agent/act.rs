@@ -10,11 +10,22 @@ use super::trace::trace;
 use super::{AgentEvent, Decision, PendingApproval, RunContext};
 use crate::llm::ToolCall;
 use crate::mcp::{Exposed, McpHub};
+use crate::otel::{Span, ToolKind};
 use crate::plugin::HostErrorKind;
 use myagent_plugin_api::TERMINATE_TOOL;
 
-/// Runs one step's tool calls concurrently; returns the text each reply carries, in call order.
-pub(super) async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> Vec<String> {
+/// What a tool call came to: the text the model sees, and on failure what kind of failure
+/// (a trace's `error.type`).
+type Reply = (Result<(), &'static str>, String);
+
+/// Runs one step's tool calls concurrently, each under its own span (a child of `run`);
+/// returns the text each reply carries, in call order.
+pub(super) async fn act(
+    ctx: &RunContext<'_>,
+    run: &Span,
+    step: u32,
+    calls: &[ToolCall],
+) -> Vec<String> {
     let futures = calls.iter().enumerate().map(|(i, call)| async move {
         let step_id = format!("step{step}-{i}-{}", call.id);
         let name = call.function.name.as_str();
@@ -25,23 +36,32 @@ pub(super) async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> 
         let mcp = mcp_tool(ctx, name);
         let client = mcp.is_none() && !ctx.manifest.tools.iter().any(|t| t.name == name) && ctx.approvals.client.runs(name);
         ctx.sink.emit(AgentEvent::ToolCall { step, step_id: step_id.clone(), tool: name.to_owned(), args: shown_args.clone(), client });
+        let kind = if mcp.is_some() { ToolKind::Extension } else { ToolKind::Function };
+        let span = ctx.telemetry.tool_span(run, name, &call.id, kind);
+        span.content("gen_ai.tool.call.arguments", || call.function.arguments.clone());
         let t0 = Instant::now();
         let needs_approval = ctx.config.needs_approval(ctx.manifest, name)
             || mcp.as_ref().is_some_and(|e| McpHub::named_in(e, &ctx.config.require_approval));
         let server = mcp.as_ref().map(|e| e.server.name.as_str());
-        let (success, text) = match parsed {
-            Err(why) => (false, format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")),
+        let (outcome, text) = match parsed {
+            Err(why) => (Err("invalid_arguments"), format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")),
             Ok(_) if client => client_result(ctx, &step_id, name).await,
             Ok(args) if needs_approval => match approve(ctx, step, &step_id, (name, server), &args).await {
-                Ok(()) => call_tool(ctx, name, args, mcp.as_ref()).await,
-                Err(refusal) => (false, refusal),
+                Ok(()) => call_tool(ctx, (name, &span), args, mcp.as_ref()).await,
+                Err(refusal) => (Err("not_approved"), refusal),
             },
-            Ok(args) => call_tool(ctx, name, args, mcp.as_ref()).await,
+            Ok(args) => call_tool(ctx, (name, &span), args, mcp.as_ref()).await,
         };
+        let success = outcome.is_ok();
         ctx.metrics.tool_calls.inc();
-        if !success {
-            ctx.metrics.tool_failures.inc();
+        match outcome {
+            Ok(()) => span.content("gen_ai.tool.call.result", || text.clone()),
+            Err(kind) => {
+                ctx.metrics.tool_failures.inc();
+                span.fail(kind, &text);
+            }
         }
+        drop(span);
         let text = truncate_output(text, ctx.config.max_tool_output_chars);
         trace(ctx, json!({"kind": "tool_call", "session_id": ctx.session_id, "step": step, "tool": name, "args": shown_args,
             "duration_ms": t0.elapsed().as_millis() as u64, "success": success}));
@@ -52,12 +72,12 @@ pub(super) async fn act(ctx: &RunContext<'_>, step: u32, calls: &[ToolCall]) -> 
 }
 
 /// A call the client runs: its result, when the client sends it within the approval timeout.
-async fn client_result(ctx: &RunContext<'_>, step_id: &str, name: &str) -> (bool, String) {
+async fn client_result(ctx: &RunContext<'_>, step_id: &str, name: &str) -> Reply {
     let timeout = ctx.config.approval_timeout;
     match ctx.approvals.client.result_of(step_id, timeout).await {
-        Some(result) => (true, result),
+        Some(result) => (Ok(()), result),
         None => (
-            false,
+            Err("timeout"),
             format!(
                 "Error: the client did not return a result for `{name}` within {} s.",
                 timeout.as_secs()
@@ -164,13 +184,13 @@ fn mcp_tool(ctx: &RunContext<'_>, name: &str) -> Option<Exposed> {
 }
 
 /// Runs one tool (the built-in `terminate`, the plugin's through its instance, or `mcp`, the
-/// MCP server's it stands for). Returns (success, text for the model).
+/// MCP server's it stands for), passing `span`'s trace context on.
 async fn call_tool(
     ctx: &RunContext<'_>,
-    name: &str,
+    (name, span): (&str, &Span),
     args: Value,
     mcp: Option<&Exposed>,
-) -> (bool, String) {
+) -> Reply {
     if name == TERMINATE_TOOL {
         let text = |k: &str, default: &str| {
             args.get(k)
@@ -180,20 +200,26 @@ async fn call_tool(
         };
         let (message, status) = (text("message", ""), text("status", "success"));
         return match message.is_empty() {
-            true => (true, format!("The run ended with status {status}.")),
-            false => (true, message),
+            true => (Ok(()), format!("The run ended with status {status}.")),
+            false => (Ok(()), message),
         };
     }
     if !ctx.manifest.tools.iter().any(|t| t.name == name) {
         if let Some(mcp) = mcp {
+            let traceparent = span.traceparent();
             return match mcp
                 .server
-                .call(&mcp.tool.name, args, ctx.config.tool_timeout)
+                .call(
+                    &mcp.tool.name,
+                    args,
+                    ctx.config.tool_timeout,
+                    traceparent.as_deref(),
+                )
                 .await
             {
-                Ok((true, text)) => (true, text),
-                Ok((false, text)) => (false, format!("Error: {text}")),
-                Err(why) => (false, format!("Error: {why}")),
+                Ok((true, text)) => (Ok(()), text),
+                Ok((false, text)) => (Err("tool_error"), format!("Error: {text}")),
+                Err(why) => (Err("mcp_error"), format!("Error: {why}")),
             };
         }
         let offered = ctx.mcp.exposed(&ctx.manifest.tools);
@@ -206,7 +232,7 @@ async fn call_tool(
             .chain([TERMINATE_TOOL])
             .collect();
         return (
-            false,
+            Err("unknown_tool"),
             format!(
                 "Error: there is no tool named `{name}`. Available tools: {}.",
                 known.join(", ")
@@ -216,7 +242,7 @@ async fn call_tool(
     let timeout = ctx.config.tool_timeout_for(ctx.manifest);
     match ctx
         .instance
-        .call_tool(name, args, timeout, ctx.metrics)
+        .call_tool(name, args, (timeout, span.traceparent()), ctx.metrics)
         .await
     {
         Err(e) => match e.kind {
@@ -224,23 +250,25 @@ async fn call_tool(
                 ctx.metrics.tool_timeouts.inc();
                 let ms = timeout.as_millis();
                 (
-                    false,
+                    Err("timeout"),
                     format!("Error: tool `{name}` timed out after {ms} ms."),
                 )
             }
-            HostErrorKind::Crashed(why) => (false, format!("Error: tool `{name}` crashed: {why}")),
-            HostErrorKind::WorkerDied(why) | HostErrorKind::Busy(why) => {
-                (false, format!("Error: {why}"))
-            }
+            HostErrorKind::Crashed(why) => (
+                Err("crashed"),
+                format!("Error: tool `{name}` crashed: {why}"),
+            ),
+            HostErrorKind::WorkerDied(why) => (Err("worker_died"), format!("Error: {why}")),
+            HostErrorKind::Busy(why) => (Err("busy"), format!("Error: {why}")),
         },
         Ok(result) => {
             if let Some(system) = &result.system {
                 tracing::info!(tool = name, system = %system, "tool system note");
             }
             match (result.error, result.output) {
-                (Some(err), _) => (false, format!("Error: {err}")),
-                (None, Some(out)) => (true, out),
-                (None, None) => (true, String::new()),
+                (Some(err), _) => (Err("tool_error"), format!("Error: {err}")),
+                (None, Some(out)) => (Ok(()), out),
+                (None, None) => (Ok(()), String::new()),
             }
         }
     }

@@ -16,6 +16,7 @@ pub(crate) mod client_tools;
 pub(crate) mod memory;
 mod run;
 pub(crate) mod settings;
+mod spans;
 mod stream;
 pub(crate) mod trace;
 pub mod usage;
@@ -163,6 +164,8 @@ pub struct AgentRuntime {
     pub mcp: Arc<McpHub>,
     pub config: AgentConfig,
     pub tracer: Option<TraceWriter>,
+    /// OTLP spans and trace context (`Telemetry::off()` when not exporting).
+    pub telemetry: crate::otel::Telemetry,
     pub metrics: Arc<Metrics>,
 }
 
@@ -198,6 +201,9 @@ pub struct RunContext<'a> {
     pub approvals: &'a Approvals,
     pub cancel: &'a CancellationToken,
     pub tracer: Option<&'a TraceWriter>,
+    pub telemetry: &'a crate::otel::Telemetry,
+    /// The trace the run belongs to: the client's `traceparent`, if it sent one.
+    pub trace_parent: Option<&'a crate::otel::TraceParent>,
     pub metrics: &'a Arc<Metrics>,
     pub session_id: &'a str,
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::act::act;
+use super::spans::RunTrace;
 use super::stream::StepStream;
 use super::trace::trace;
 use super::usage::CallUsage;
@@ -96,9 +97,12 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
         json!({"kind": "run_start", "session_id": ctx.session_id, "input": input,
         "agent": ctx.manifest.name, "version": ctx.manifest.version}),
     );
-    let outcome = steps(ctx, &Plan::for_run(ctx), memory).await;
+    let plan = Plan::for_run(ctx);
+    let run = RunTrace::start(ctx, &plan.model, &plan.system_prompt, input);
+    let outcome = steps(ctx, &plan, &run, memory).await;
     send_unstreamed_answer(ctx, &outcome);
     close_turn(ctx, memory, turn_start, &outcome);
+    run.end(&outcome);
     trace(
         ctx,
         json!({"kind": "run_end", "session_id": ctx.session_id,
@@ -109,12 +113,17 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
 }
 
 /// Think, act, until an answer, `terminate`, a stop, or `max_steps`.
-async fn steps(ctx: &RunContext<'_>, plan: &Plan, memory: &mut Memory) -> RunOutcome {
+async fn steps(
+    ctx: &RunContext<'_>,
+    plan: &Plan,
+    run: &RunTrace,
+    memory: &mut Memory,
+) -> RunOutcome {
     let mut previous: Vec<String> = Vec::new();
     let mut nudge = false;
     for step in 1..=plan.max_steps {
         let step_mark = memory.len();
-        let resp = match think(ctx, plan, memory, step, std::mem::take(&mut nudge)).await {
+        let resp = match think(ctx, (plan, run), memory, step, std::mem::take(&mut nudge)).await {
             Thought::Answer(answer) => {
                 return RunOutcome::Finished {
                     answer,
@@ -139,7 +148,7 @@ async fn steps(ctx: &RunContext<'_>, plan: &Plan, memory: &mut Memory) -> RunOut
                 memory.truncate(step_mark);
                 return RunOutcome::Cancelled;
             }
-            r = act(ctx, step, &resp.tool_calls) => r,
+            r = act(ctx, &run.span, step, &resp.tool_calls) => r,
         };
         if let Some(outcome) = record_results(memory, &resp, results, step) {
             return outcome;
@@ -186,7 +195,7 @@ fn send_unstreamed_answer(ctx: &RunContext<'_>, outcome: &RunOutcome) {
 /// One model call with the conversation so far; its text streams out as it comes.
 async fn think(
     ctx: &RunContext<'_>,
-    plan: &Plan,
+    (plan, run): (&Plan, &RunTrace),
     memory: &mut Memory,
     step: u32,
     nudge: bool,
@@ -207,18 +216,19 @@ async fn think(
     if !prompt.trim().is_empty() {
         messages.push(ChatMessage::user(prompt));
     }
-    let req = ChatRequest {
+    let mut req = ChatRequest {
         model: plan.model.clone(),
         messages,
         tools: plan.tools.clone(),
         temperature: plan.temperature,
+        traceparent: None,
     };
     if let Some(stop) = budget_spent(ctx, memory, step) {
         return stop;
     }
     let t0 = Instant::now();
     let mut stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
-    let mut resp = call_model(ctx, &req, &mut stream).await;
+    let mut resp = call_model(ctx, run, &mut req, &mut stream).await;
     if let Some(Err(e)) = &resp {
         if e.is_malformed_tool_call() {
             // The provider refused the tool call the model produced (Groq `tool_use_failed`):
@@ -233,7 +243,7 @@ async fn think(
                  match its schema, or answer without it.",
                 crate::llm::shown(&e.to_string(), 300)
             )));
-            resp = call_model(ctx, &retry, &mut stream).await;
+            resp = call_model(ctx, run, &mut retry, &mut stream).await;
         }
     }
     let Some(resp) = resp else {
@@ -316,18 +326,25 @@ fn account(
     );
 }
 
-/// One model call streaming into `stream`; `None` when the run was cancelled meanwhile.
+/// One model call streaming into `stream`, under its own span; `None` when the run was
+/// cancelled meanwhile.
 async fn call_model(
     ctx: &RunContext<'_>,
-    req: &ChatRequest,
+    run: &RunTrace,
+    req: &mut ChatRequest,
     stream: &mut StepStream<'_>,
 ) -> Option<Result<ChatResponse, crate::llm::LlmError>> {
+    let span = run.chat(ctx, req);
     let mut on_delta = |d: crate::llm::Delta<'_>| stream.on(d);
-    tokio::select! {
+    let result = tokio::select! {
         biased;
         _ = ctx.cancel.cancelled() => None,
         r = ctx.model.chat(req, &mut on_delta) => Some(r),
+    };
+    if let Some(r) = &result {
+        run.chat_ended(&span, r);
     }
+    result
 }
 
 /// Records each call's reply in memory, in call order; a `terminate` call ends the run.

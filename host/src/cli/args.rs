@@ -159,6 +159,17 @@ pub struct ServeArgs {
     /// Append run traces (JSON lines) here for plugins with enable_tracing.
     #[arg(long, value_name = "FILE")]
     pub trace_file: Option<PathBuf>,
+    /// Export OpenTelemetry traces (GenAI conventions) over OTLP/HTTP to this collector, e.g.
+    /// http://localhost:4318 (`/v1/traces` is added). Also switched on by
+    /// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; the protocol is
+    /// OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf, the default, or http/json), headers
+    /// OTEL_EXPORTER_OTLP_HEADERS, the service OTEL_SERVICE_NAME (default myagent-host).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Put prompts, answers, tool arguments and tool results in trace spans (off: spans carry
+    /// names, ids, models, token counts and errors, never what users or tools wrote).
+    #[arg(long)]
+    pub otel_capture_content: bool,
     /// --trace-file and --record files are created private (0600) and kept below this size: a
     /// trace moves to FILE.1 and starts afresh, a recording stops.
     #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]

@@ -9,6 +9,7 @@ use myagent_host::agent::{AgentRuntime, TraceWriter};
 use myagent_host::llm::{HttpModel, Model, Recorder, ReplayModel};
 use myagent_host::mcp::{self, McpHub};
 use myagent_host::metrics::Metrics;
+use myagent_host::otel::{OtelConfig, Telemetry};
 use myagent_host::plugin::{self, copies::CopyDir, reload};
 use myagent_host::server;
 
@@ -51,13 +52,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.model.clone());
     println!("Model: {model_name} via {}", model.describe());
-    let tracer = match &args.trace_file {
-        Some(p) => Some(
-            TraceWriter::create(p, args.journal_max_bytes)
-                .with_context(|| format!("cannot open --trace-file {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let (tracer, telemetry) = (trace_file(&args)?, telemetry(&args, &metrics).await?);
     let mut server_config = config::server_config(&args, raise_fd_limit());
     let store = config::session_store(&args)?;
     let session_config = config::session_config(&args, principals.clone());
@@ -86,6 +81,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mcp,
         config: agent_config,
         tracer,
+        telemetry: telemetry.clone(),
         metrics,
     });
     let shutdown_timeout = server_config.shutdown_timeout;
@@ -102,6 +98,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     describe_auth(&args, tokens);
     server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
     mcp_stop.cancel();
+    // The spans of the runs that just ended go out before we exit.
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .ok();
     if let Some(d) = store {
         // What the interrupted runs wrote last (their ends) is in the store before we exit.
         tokio::task::spawn_blocking(move || d.flush_blocking(Duration::from_secs(10)))
@@ -110,6 +110,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// The `--trace-file` writer, if one is asked for.
+fn trace_file(args: &ServeArgs) -> anyhow::Result<Option<TraceWriter>> {
+    let Some(p) = &args.trace_file else {
+        return Ok(None);
+    };
+    let writer = TraceWriter::create(p, args.journal_max_bytes)
+        .with_context(|| format!("cannot open --trace-file {}", p.display()))?;
+    Ok(Some(writer))
+}
+
+/// OTLP traces when a collector is configured (said at start), else trace context only.
+async fn telemetry(args: &ServeArgs, metrics: &Arc<Metrics>) -> anyhow::Result<Telemetry> {
+    let config = OtelConfig {
+        endpoint: args.otlp_endpoint.clone(),
+        capture_content: args.otel_capture_content,
+        model_url: args.base_url.clone(),
+    };
+    let metrics = metrics.clone();
+    // The exporter's HTTP client is a blocking one: built off the async workers.
+    let telemetry = tokio::task::spawn_blocking(move || Telemetry::start(&config, metrics))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    if telemetry.exporting() {
+        let content = match args.otel_capture_content {
+            true => "with prompts, answers and tool data (--otel-capture-content)",
+            false => "without prompts or answers",
+        };
+        println!("Traces: OpenTelemetry over OTLP ({content})");
+    }
+    Ok(telemetry)
 }
 
 /// Says how clients authenticate (and warns when /metrics stays open).

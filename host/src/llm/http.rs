@@ -107,6 +107,7 @@ impl HttpModel {
         req: &ChatRequest,
         on_delta: &mut OnDelta<'_>,
     ) -> Result<ChatResponse, LlmError> {
+        let traceparent = req.traceparent.as_deref();
         let mut body = req.to_body();
         if let Some(n) = self.config.max_tokens {
             body["max_tokens"] = n.into();
@@ -116,13 +117,15 @@ impl HttpModel {
             attempt += 1;
             let mut parser = StreamParser::with_limit(self.config.max_output_bytes);
             let deadline = self.config.call_timeout;
-            let (result, retry_after) =
-                match tokio::time::timeout(deadline, self.attempt(&body, &mut parser, on_delta))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => (Err(LlmError::Deadline(deadline.as_secs())), None),
-                };
+            let (result, retry_after) = match tokio::time::timeout(
+                deadline,
+                self.attempt(&body, traceparent, &mut parser, on_delta),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => (Err(LlmError::Deadline(deadline.as_secs())), None),
+            };
             match result {
                 Ok(resp) => {
                     if let Some(rec) = &self.recorder {
@@ -155,12 +158,16 @@ impl HttpModel {
     async fn attempt(
         &self,
         body: &serde_json::Value,
+        traceparent: Option<&str>,
         parser: &mut StreamParser,
         on_delta: &mut OnDelta<'_>,
     ) -> (Result<ChatResponse, LlmError>, Option<Duration>) {
         let mut rb = self.client.post(&self.url).json(body);
         if let Some(key) = &self.config.api_key {
             rb = rb.bearer_auth(key.expose());
+        }
+        if let Some(tp) = traceparent {
+            rb = rb.header("traceparent", tp);
         }
         let first = self.config.first_token_timeout;
         let resp = match tokio::time::timeout(first, rb.send()).await {

@@ -233,6 +233,8 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     pub tools: Vec<ToolSpec>,
     pub temperature: Option<f32>,
+    /// The W3C trace context of the call, sent as the `traceparent` header (not in the body).
+    pub traceparent: Option<String>,
 }
 
 impl ChatRequest {
@@ -318,6 +320,23 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// A low-cardinality name for the failure (a trace's `error.type`): the HTTP status, the
+    /// provider's own code, or what went wrong.
+    pub fn kind(&self) -> String {
+        match self {
+            LlmError::Status { status, .. } => status.to_string(),
+            LlmError::RetriesExhausted { last, .. } => last.kind(),
+            LlmError::Connect(_) => "connection_failed".into(),
+            LlmError::Stalled(_) | LlmError::Deadline(_) => "timeout".into(),
+            LlmError::Stream { code, .. } => code
+                .as_deref()
+                .map_or("stream_error".into(), |c| shown(c, 40)),
+            LlmError::Malformed(_) => "malformed_response".into(),
+            LlmError::Replay(_) => "replay".into(),
+            LlmError::TooLong(_) => "output_too_long".into(),
+        }
+    }
+
     /// The text a client may see: what failed, without what the provider said (an OpenAI 401
     /// quotes the end of the key; error bodies can name accounts and URLs). The full error goes
     /// to the server log.

@@ -353,6 +353,7 @@ impl McpServer {
         tool: &str,
         args: Value,
         timeout: Duration,
+        traceparent: Option<&str>,
     ) -> Result<(bool, String), String> {
         let peer = {
             let st = self.read();
@@ -371,7 +372,13 @@ impl McpServer {
             Value::Object(m) => m,
             _ => Default::default(),
         };
-        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        let mut params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        if let Some(tp) = traceparent {
+            // W3C trace context in the request's `_meta` (MCP SEP-414), on every transport.
+            let mut meta = rmcp::model::RequestMetaObject::default();
+            meta.set_traceparent(tp);
+            params.meta = Some(meta);
+        }
         let result = match tokio::time::timeout(timeout, peer.call_tool(params)).await {
             Err(_) => {
                 return Err(format!(

@@ -122,14 +122,21 @@ impl Instance {
         &self,
         name: &str,
         args: Value,
-        timeout: Duration,
+        (timeout, traceparent): (Duration, Option<String>),
         metrics: &Arc<Metrics>,
     ) -> Result<ToolResult, HostError> {
         static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_CALL.fetch_add(1, Ordering::Relaxed);
         let payload = if self.tool_context {
             let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            wire::wrap_call(wire::CallMeta { id, timeout_ms: ms }, &args)
+            wire::wrap_call(
+                &wire::CallMeta {
+                    id,
+                    timeout_ms: ms,
+                    traceparent,
+                },
+                &args,
+            )
         } else {
             args.to_string()
         };

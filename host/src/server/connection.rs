@@ -77,19 +77,22 @@ async fn within<T>(
 
 /// Serves one upgraded WebSocket until it closes. `credentials` is what the upgrade request
 /// carried (`gate` opens the byte gate once a first message authenticates); `ip_slot` the
-/// client's place under the per-address limit, held until it closes.
+/// client's place under the per-address limit, held until it closes; `trace` the upgrade
+/// request's trace context (the parent of the runs its messages start).
 pub(crate) async fn serve(
     ws: Ws,
     deps: ConnDeps,
     credentials: Credentials,
     gate: Option<GateKey>,
-    ip_slot: IpSlot,
+    (ip_slot, trace): (IpSlot, Option<crate::otel::TraceParent>),
 ) {
     let id = deps.connections.next_id();
     let (handle, out) = Outbox::new(id, deps.config.outbound_queue);
     deps.connections.register(handle.clone());
+    let mut client = Client::new(Arc::new(handle), ip_slot.ip);
+    client.trace = trace;
     let mut attached = Attached {
-        client: Client::new(Arc::new(handle), ip_slot.ip),
+        client,
         deps: deps.clone(),
         _ip_slot: ip_slot,
     };

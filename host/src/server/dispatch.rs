@@ -20,9 +20,10 @@ pub(crate) async fn dispatch(sessions: &Arc<Sessions>, client: &mut Client, msg:
             session_id,
             content,
             on_busy,
+            trace,
         } => {
             sessions
-                .message(client, &session_id, content, on_busy)
+                .message(client, &session_id, content, (on_busy, trace))
                 .await
         }
         ClientMessage::Cancel { session_id } => sessions.cancel(client, &session_id),

@@ -61,6 +61,13 @@ pub(crate) fn admit(
     Ok((principal, ip))
 }
 
+/// The request's W3C trace context (`traceparent`, `tracestate`), if it carries a valid one:
+/// the parent of the runs the request starts.
+pub(crate) fn trace_of(headers: &hyper::HeaderMap) -> Option<crate::otel::TraceParent> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    crate::otel::TraceParent::parse(get("traceparent")?, get("tracestate"))
+}
+
 /// The first event queued for a door's client (the answer to its request).
 pub(crate) fn first_answer(out: &Outbox) -> Value {
     std::iter::from_fn(|| out.pop())

@@ -233,6 +233,7 @@ fn upgrade(
         Err(refusal) => return *refusal,
     };
     let credentials = deps.auth.check_request(&req);
+    let trace = super::door::trace_of(req.headers());
     let forwarded = req
         .headers()
         .get_all("x-forwarded-for")
@@ -273,7 +274,7 @@ fn upgrade(
                     _ => (Gate::open(io), None),
                 };
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-                connection::serve(ws, deps2, credentials, key, ip_slot).await;
+                connection::serve(ws, deps2, credentials, key, (ip_slot, trace)).await;
                 drop(slot);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),

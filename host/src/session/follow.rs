@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use super::event::ServerEvent;
 use super::log::Session;
 use super::restore::close_lost_turn;
+use super::turn::Turn;
 use super::{run, Sessions};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Memory;
-use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::store::{FollowConn, Store};
 
@@ -125,7 +125,7 @@ impl Follow {
         &self,
         ready: Ready,
         budget_chars: usize,
-    ) -> Option<(Content, CancellationToken)> {
+    ) -> Option<(Turn, CancellationToken)> {
         let (session, id) = (&self.session, &self.session.id);
         let stored = match self.durable.load(id, None).await {
             Ok(Some(s)) => s,

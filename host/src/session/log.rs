@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::event::{custom_frame, ErrorCode, OnBusy, ServerEvent, MAX_EVENT_BYTES};
 use super::subscriber::Sub;
+use super::turn::Turn;
 use crate::agent::{Approvals, Memory, SessionSettings};
-use crate::llm::Content;
 use crate::metrics::Metrics;
 use crate::plugin::{Instance, Plugin};
 use crate::store::{Listing, Store};
@@ -107,7 +107,7 @@ struct Inner {
     /// Set while a run is in progress: cancelling it stops the run.
     running: Option<CancellationToken>,
     /// Messages waiting for the current run to end (`on_busy: enqueue`/`interrupt`).
-    queue: VecDeque<Content>,
+    queue: VecDeque<Turn>,
     queue_bytes: usize,
     /// Bumped on every detach/attach, so a stale expiry timer does nothing.
     epoch: u64,
@@ -155,7 +155,7 @@ pub const MAX_QUEUED_BYTES: usize = 64 * 1024;
 /// What became of a message ([`Session::admit`]).
 pub enum Admit {
     /// Run it now with this token.
-    Start(Content, CancellationToken),
+    Start(Turn, CancellationToken),
     /// It waits behind the current run.
     Queued,
     /// A run is active and the message was refused (`on_busy: reject`).
@@ -333,7 +333,7 @@ impl Session {
         event: &ServerEvent,
         metrics: &Metrics,
         hold_ready: bool,
-    ) -> Option<(Content, CancellationToken)> {
+    ) -> Option<(Turn, CancellationToken)> {
         let mut inner = self.lock();
         self.emit_event_locked(&mut inner, event, metrics);
         let next = Self::next_queued(&mut inner);
@@ -348,10 +348,10 @@ impl Session {
     }
 
     /// The run is over: the next queued message, marked running, if one waits.
-    fn next_queued(inner: &mut Inner) -> Option<(Content, CancellationToken)> {
+    fn next_queued(inner: &mut Inner) -> Option<(Turn, CancellationToken)> {
         inner.running = None;
         let next = inner.queue.pop_front()?;
-        inner.queue_bytes -= next.size();
+        inner.queue_bytes -= next.content.size();
         let token = CancellationToken::new();
         inner.running = Some(token.clone());
         Some((next, token))
@@ -434,13 +434,14 @@ impl Session {
 
     /// Admits a message: starts a run when idle; else follows `on_busy` (and says so with an
     /// `agent.message_queued` when it waits).
-    pub fn admit(&self, content: Content, on_busy: OnBusy, metrics: &Metrics) -> Admit {
+    pub fn admit(&self, turn: Turn, on_busy: OnBusy, metrics: &Metrics) -> Admit {
         let mut inner = self.lock();
         let Some(running) = &inner.running else {
             let token = CancellationToken::new();
             inner.running = Some(token.clone());
-            return Admit::Start(content, token);
+            return Admit::Start(turn, token);
         };
+        let content = &turn.content;
         match on_busy {
             OnBusy::Reject => return Admit::Busy,
             OnBusy::Enqueue => {
@@ -457,7 +458,7 @@ impl Session {
             }
         }
         inner.queue_bytes += content.size();
-        inner.queue.push_back(content);
+        inner.queue.push_back(turn);
         let position = inner.queue.len();
         let queued = ServerEvent::MessageQueued { position };
         self.emit_event_locked(&mut inner, &queued, metrics);

@@ -19,6 +19,7 @@ pub(crate) mod registry;
 mod restore;
 mod run;
 mod subscriber;
+mod turn;
 
 use std::sync::Arc;
 
@@ -373,7 +374,7 @@ impl Sessions {
         client: &Client,
         session_id: &str,
         content: crate::llm::Content,
-        on_busy: Option<OnBusy>,
+        (on_busy, trace): (Option<OnBusy>, Option<crate::otel::TraceParent>),
     ) {
         let Some(session) = self.owned(client, session_id) else {
             return;
@@ -417,11 +418,17 @@ impl Sessions {
             }
         };
         let on_busy = on_busy.unwrap_or(self.config.on_busy);
-        let (content, cancel) = match session.admit(content, on_busy, &self.runtime.metrics) {
-            Admit::Start(content, cancel) => {
+        // The run joins the message's trace, else the trace of the request that opened the
+        // client's connection.
+        let turn = turn::Turn {
+            content,
+            trace: trace.or_else(|| client.trace.clone()),
+        };
+        let (turn, cancel) = match session.admit(turn, on_busy, &self.runtime.metrics) {
+            Admit::Start(turn, cancel) => {
                 // The run offers the tools of the client that started it (none over WebSocket).
                 session.approvals.client.offer(client.tools.clone());
-                (content, cancel)
+                (turn, cancel)
             }
             Admit::Queued => return,
             Admit::Busy => {
@@ -436,7 +443,7 @@ impl Sessions {
         let runtime = self.runtime.clone();
         let span = tracing::info_span!("session", session_id = %session.id);
         self.lifecycle.runs.spawn(
-            async move { run::run_turns(&runtime, &session, cancel, content, place).await }
+            async move { run::run_turns(&runtime, &session, cancel, turn, place).await }
                 .instrument(span),
         );
     }

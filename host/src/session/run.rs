@@ -11,9 +11,9 @@ use super::event::{
     ToolResultMeta,
 };
 use super::log::{Bound, Session};
+use super::turn::Turn;
 use crate::agent::usage::UsageTotals;
 use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
-use crate::llm::Content;
 use crate::metrics::Metrics;
 
 /// After an interrupt, how long the interrupting message waits before its turn calls the model:
@@ -25,18 +25,18 @@ pub(super) async fn run_turns(
     runtime: &AgentRuntime,
     session: &Arc<Session>,
     mut cancel: CancellationToken,
-    mut content: Content,
+    mut turn: Turn,
     place: Option<super::quota::RunPlace>,
 ) {
     loop {
         let ended = cancel.clone();
         let before = session.usage().tokens();
-        let next = run_turn(runtime, session, cancel, &content).await;
+        let next = run_turn(runtime, session, cancel, &turn).await;
         if let Some(place) = &place {
             place.spend(session.usage().tokens() - before).await;
         }
         match next {
-            Some((next, token)) => (content, cancel) = (next, token),
+            Some((next, token)) => (turn, cancel) = (next, token),
             None => return,
         }
         if ended.is_cancelled() {
@@ -56,8 +56,8 @@ async fn run_turn(
     runtime: &AgentRuntime,
     session: &Arc<Session>,
     cancel: CancellationToken,
-    content: &Content,
-) -> Option<(Content, CancellationToken)> {
+    Turn { content, trace }: &Turn,
+) -> Option<(Turn, CancellationToken)> {
     let mut slot = session.agent.lock().await;
     let Bound { plugin, instance } = bound_to_current(runtime, session).await;
     if slot.checked_for != plugin.generation {
@@ -87,6 +87,8 @@ async fn run_turn(
         approvals: &session.approvals,
         cancel: &cancel,
         tracer: runtime.tracer.as_ref(),
+        telemetry: &runtime.telemetry,
+        trace_parent: trace.as_ref(),
         metrics: &runtime.metrics,
         session_id: &session.id,
     };

@@ -44,6 +44,9 @@ pub struct Client {
     /// Tools the client runs itself (AG-UI's frontend tools), offered to the model in the runs
     /// its messages start; WebSocket clients offer none.
     pub tools: Vec<crate::llm::ToolSpec>,
+    /// The trace of the request that opened the connection (its `traceparent` header): the
+    /// parent of the runs the client's messages start, unless a message names its own.
+    pub trace: Option<crate::otel::TraceParent>,
 }
 
 impl Client {
@@ -55,6 +58,7 @@ impl Client {
             principal: None,
             approves: true,
             tools: Vec::new(),
+            trace: None,
         }
     }
 

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use myagent_plugin_api::{
-    export_agent, json, Agent, EventContext, McpServer, SessionOverrides, Tool, ToolResult, Value,
+    export_agent, json, Agent, EventContext, McpServer, SessionOverrides, Tool, ToolContext,
+    ToolResult, Value,
 };
 
 struct FnTool {
@@ -49,6 +50,27 @@ impl Tool for TagTool {
     }
     fn execute(&self, _args: Value) -> ToolResult {
         ToolResult::ok(self.0.clone())
+    }
+}
+
+/// Returns the call's trace context (`ToolContext::traceparent`), or `none`.
+struct TraceContext;
+
+impl Tool for TraceContext {
+    fn name(&self) -> &str {
+        "trace_context"
+    }
+    fn description(&self) -> &str {
+        "Returns the W3C traceparent the host gave this call."
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {}})
+    }
+    fn execute(&self, _args: Value) -> ToolResult {
+        ToolResult::ok("none")
+    }
+    fn execute_with(&self, _args: Value, ctx: &ToolContext) -> ToolResult {
+        ToolResult::ok(ctx.traceparent().unwrap_or("none"))
     }
 }
 
@@ -222,6 +244,7 @@ pub fn testkit() -> Agent {
             run: |_| ToolResult::ok("x".repeat(100_000)),
         })
         .tool(Guarded)
+        .tool(TraceContext)
         .tool(Crash)
         .tool(TagTool(format!("tag_{tag}")))
         .on_custom_event("testkit.", |ctx: &EventContext, event: Value| {

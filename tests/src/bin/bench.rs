@@ -54,7 +54,7 @@ async fn tool_overhead() {
             .call_tool(
                 "echo",
                 serde_json::json!({"text": "x"}),
-                Duration::from_secs(5),
+                (Duration::from_secs(5), None),
                 &metrics,
             )
             .await
@@ -113,7 +113,7 @@ async fn tool_overhead() {
                 i.call_tool(
                     "echo",
                     serde_json::json!({"text": "x"}),
-                    Duration::from_secs(5),
+                    (Duration::from_secs(5), None),
                     &m,
                 )
                 .await
@@ -154,7 +154,7 @@ async fn call_latency_here(
             .call_tool(
                 "echo",
                 serde_json::json!({"text": "x"}),
-                Duration::from_secs(5),
+                (Duration::from_secs(5), None),
                 metrics,
             )
             .await
@@ -244,7 +244,7 @@ async fn mcp_overhead() {
         for i in 0..n + 200 {
             let t0 = Instant::now();
             let r = server
-                .call(tool, args.clone(), Duration::from_secs(5))
+                .call(tool, args.clone(), Duration::from_secs(5), None)
                 .await
                 .expect("MCP call");
             assert!(r.0, "{r:?}");

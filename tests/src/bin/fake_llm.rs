@@ -11,7 +11,8 @@
 //!    `stream:N`, `bench:N`), a weather question when a `get_weather` tool is offered, or an
 //!    answer built from the tool results that follow its last tool call.
 //!
-//! `GET /_control/requests` returns every request body received, for assertions.
+//! `GET /_control/requests` returns every request body received, for assertions;
+//! `GET /_control/traceparents` each one's `traceparent` header (null when it had none).
 
 use myagent_tests::fake;
 

@@ -94,6 +94,7 @@ pub(crate) async fn serve(
         Ok(who) => who,
         Err(refusal) => return *refusal,
     };
+    let trace = super::door::trace_of(req.headers());
     let version = req
         .headers()
         .get("a2a-version")
@@ -125,6 +126,7 @@ pub(crate) async fn serve(
     let (handle, out) = Outbox::new(deps.connections.next_id(), DRIVER_QUEUE);
     let mut client = Client::new(Arc::new(handle), ip);
     client.principal = principal;
+    client.trace = trace;
     let ctx = Ctx {
         deps,
         tasks,

@@ -70,7 +70,12 @@ impl Ctx<'_> {
             (json!({"task": t.to_json(None)}), t.updates.subscribe())
         };
         sessions
-            .message(&self.client, &session_id, content, Some(OnBusy::Reject))
+            .message(
+                &self.client,
+                &session_id,
+                content,
+                (Some(OnBusy::Reject), None),
+            )
             .await;
         let (started, began) = oneshot::channel();
         tokio::spawn(driver::drive(

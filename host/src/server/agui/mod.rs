@@ -50,6 +50,7 @@ pub(crate) async fn serve(
         Ok(who) => who,
         Err(refusal) => return *refusal,
     };
+    let trace = door::trace_of(req.headers());
     let last_event = match last_event_id(&req) {
         Ok(l) => l,
         Err(refusal) => return *refusal,
@@ -91,6 +92,7 @@ pub(crate) async fn serve(
     client.principal = principal;
     client.approves = true;
     client.tools = input.tools.clone();
+    client.trace = trace;
     let after = if last_event.is_some() { 0 } else { u64::MAX };
     let config = input.agent_config.clone();
     let opened = match door::open(

@@ -61,7 +61,7 @@ impl Driver {
     /// Hands the user's message to the engine; the refusal is the engine's `agent.error`.
     pub(super) async fn send(&mut self, content: crate::llm::Content) -> Result<(), Value> {
         self.sessions
-            .message(&self.client, &self.session_id, content, None)
+            .message(&self.client, &self.session_id, content, (None, None))
             .await;
         self.answer()
     }

@@ -32,6 +32,27 @@ pub(super) fn on_busy(obj: &Map<String, Value>) -> Result<Option<OnBusy>, Protoc
     }
 }
 
+/// `metadata.traceparent` (with `metadata.tracestate`): the message's W3C trace context. A
+/// value that is not a valid `traceparent` is ignored, as the W3C recommendation says; one
+/// that is not a string is an error.
+pub(super) fn traceparent(
+    obj: &Map<String, Value>,
+) -> Result<Option<crate::otel::TraceParent>, ProtocolError> {
+    let Some(meta) = obj.get("metadata").filter(|m| !m.is_null()) else {
+        return Ok(None);
+    };
+    let Some(meta) = meta.as_object() else {
+        return Err(invalid("Field `metadata` must be an object"));
+    };
+    let text = |k: &str| match meta.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(invalid(format!("Field `metadata.{k}` must be a string"))),
+    };
+    let (parent, state) = (text("traceparent")?, text("tracestate")?);
+    Ok(parent.and_then(|p| crate::otel::TraceParent::parse(p, state)))
+}
+
 pub(super) fn last_seq(obj: &Map<String, Value>) -> Result<u64, ProtocolError> {
     match obj.get("last_seq") {
         None | Some(Value::Null) => Ok(0),

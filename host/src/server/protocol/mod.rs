@@ -12,7 +12,7 @@ use crate::llm::Content;
 mod fields;
 use fields::{
     agent_config, approved, capabilities, content, last_seq, list_limit, on_busy, optional_str,
-    reason, required_str, unknown_event,
+    reason, required_str, traceparent, unknown_event,
 };
 pub use fields::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_CONTENT_PARTS, MAX_REASON_CHARS};
 
@@ -38,6 +38,8 @@ pub enum ClientMessage {
         content: Content,
         /// What to do if a run is active (`None`: the server's default).
         on_busy: Option<OnBusy>,
+        /// The message's trace (`metadata.traceparent`).
+        trace: Option<crate::otel::TraceParent>,
     },
     Cancel {
         session_id: String,
@@ -157,6 +159,7 @@ fn message(
             session_id: session()?,
             content: content(obj)?,
             on_busy: on_busy(obj)?,
+            trace: traceparent(obj)?,
         },
         "user.cancel" => ClientMessage::Cancel {
             session_id: session()?,
@@ -235,7 +238,31 @@ mod tests {
                 session_id: "s".into(),
                 content: Content::Text("hi".into()),
                 on_busy: None,
+                trace: None,
             }
+        );
+        // A message's own trace context; an invalid one is ignored (W3C), a non-string refused.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with = |meta: &str| {
+            parse(
+                &format!(
+                    r#"{{"event":"user.message","session_id":"s","content":"hi","metadata":{meta}}}"#
+                ),
+                None,
+            )
+        };
+        let p = with(&format!(r#"{{"traceparent":"{tp}"}}"#)).unwrap();
+        assert!(
+            matches!(p.message, ClientMessage::Message { trace: Some(t), .. } if t.header() == tp)
+        );
+        let p = with(r#"{"traceparent":"nonsense"}"#).unwrap();
+        assert!(matches!(
+            p.message,
+            ClientMessage::Message { trace: None, .. }
+        ));
+        assert_eq!(
+            with(r#"{"traceparent":7}"#).err().unwrap().code,
+            ErrorCode::InvalidField
         );
         // The design's Python client sends an ISO timestamp; both forms are fine.
         let p = parse(

@@ -5,8 +5,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, Session};
-use crate::llm::Content;
 use crate::metrics::Metrics;
+use crate::session::turn::Turn;
 
 impl Session {
     /// An event another host emitted in this session (followed from the shared store), with
@@ -72,7 +72,7 @@ impl Session {
         ready: Option<(u64, String)>,
         floor: u64,
         metrics: &Metrics,
-    ) -> Option<(Content, CancellationToken)> {
+    ) -> Option<(Turn, CancellationToken)> {
         let mut inner = self.lock();
         let next = Self::next_queued(&mut inner);
         match ready {
