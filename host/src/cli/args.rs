@@ -228,8 +228,10 @@ pub struct ServeArgs {
     /// connection is closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub header_read_timeout: u64,
-    /// Client messages larger than this get an error event.
-    #[arg(long, default_value_t = 65_536, value_name = "BYTES")]
+    /// Client messages larger than this get an error event (1 MiB: room for an image as a
+    /// content part). Before a client authenticates, its frames are held to 8 KiB whatever this
+    /// says.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub max_message_bytes: usize,
     /// Events queued per connection before a slow client is disconnected (code 4008).
     #[arg(long, default_value_t = 1024)]
