@@ -293,6 +293,41 @@ async fn repeated_crashes_back_off_and_are_counted() {
 }
 
 #[tokio::test]
+async fn a_crash_loop_is_summarised_in_the_log_and_counted_in_full() {
+    let llm = FakeLlm::start();
+    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
+    for _ in 0..5 {
+        c.ask(&sid, r#"call:native_crash {"how": "abort"}"#).await;
+        c.until("agent.ready").await;
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while c.named("system.plugin_crashed").len() < 5 && Instant::now() < end {
+        c.until("system.plugin_crashed").await;
+    }
+    assert_eq!(
+        c.named("system.plugin_crashed").len(),
+        5,
+        "every crash told"
+    );
+    assert_eq!(host.metric("myagent_plugin_worker_crashes_total"), 5);
+    host.proc
+        .wait_stderr("keeps crashing", Duration::from_secs(5));
+    let log = host.proc.stderr_text();
+    assert_eq!(
+        log.matches("plugin worker crashed; other sessions are unaffected")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("plugin worker keeps crashing").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn a_worker_over_its_memory_limit_fails_the_call_not_the_host() {
     let llm = FakeLlm::start();
     let host = Host::start(

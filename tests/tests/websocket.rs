@@ -111,15 +111,18 @@ async fn messages_up_to_a_mebibyte_are_accepted_by_default() {
     let (sid, _) = c.create_session().await;
     // A 700 KB image as a content part: a run, not `message_too_large`.
     let image = format!("data:image/png;base64,{}", "A".repeat(700_000));
-    c.send(json!({"event": "user.message", "session_id": sid, "content": [
+    c.send(
+        json!({"event": "user.message", "session_id": sid, "content": [
         {"type": "text", "text": "What is in this picture?"},
-        {"type": "image_url", "image_url": {"url": image}}]}))
-        .await;
+        {"type": "image_url", "image_url": {"url": image}}]}),
+    )
+    .await;
     let end = c.until_any(&["agent.final_answer", "agent.error"]).await;
     assert_eq!(end["event"], "agent.final_answer", "{end}");
     // Past the limit, the clear error.
     let huge = "x".repeat((1 << 20) + 1);
-    c.send(json!({"event": "user.message", "session_id": sid, "content": huge})).await;
+    c.send(json!({"event": "user.message", "session_id": sid, "content": huge}))
+        .await;
     let err = c.until("agent.error").await;
     assert_eq!(err["code"], "message_too_large", "{err}");
 }

@@ -99,6 +99,34 @@ pub struct CrashReport {
 struct Restarts {
     next_start: Instant,
     backoff: Backoff,
+    /// Crashes logged in the current minute, when that minute began, and those not logged.
+    logged: u32,
+    minute_from: Option<Instant>,
+    unlogged: u64,
+}
+
+/// Crashes logged in full per minute; past that a crash loop is summarised (the next logged
+/// line says how many were not), while clients and /metrics still hear of every one.
+const CRASHES_LOGGED_PER_MINUTE: u32 = 3;
+
+impl Restarts {
+    /// Whether this crash is logged; if so, how many went unlogged before it.
+    fn log_crash(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .minute_from
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            self.minute_from = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= CRASHES_LOGGED_PER_MINUTE {
+            self.unlogged += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// One plugin build served by worker processes (one at a time).
@@ -271,14 +299,25 @@ impl Worker {
     fn crashed(&self, reason: String, lived: Duration) {
         self.opts.metrics.plugin_worker_crashes.inc();
         let crashes = self.crashes.fetch_add(1, Ordering::Relaxed) + 1;
-        let restart_in = {
+        let (restart_in, log) = {
             let mut b = lock(&self.backoff);
             let wait = b.backoff.failed_after(lived, STABLE_AFTER);
             b.next_start = Instant::now() + wait;
-            wait
+            (wait, b.log_crash())
         };
-        tracing::error!(plugin = %self.tag, generation = self.generation, crashes, %reason,
-            restart_in_ms = restart_in.as_millis() as u64, "plugin worker crashed; other sessions are unaffected");
+        match log {
+            Some(0) => {
+                tracing::error!(plugin = %self.tag, generation = self.generation, crashes, %reason,
+                restart_in_ms = restart_in.as_millis() as u64, "plugin worker crashed; other sessions are unaffected")
+            }
+            Some(unlogged) => {
+                tracing::error!(plugin = %self.tag, generation = self.generation, crashes, unlogged, %reason,
+                restart_in_ms = restart_in.as_millis() as u64, "plugin worker crashed; other sessions are unaffected (it kept crashing: {unlogged} crashes since the last one logged)")
+            }
+            None if lock(&self.backoff).unlogged == 1 => tracing::error!(plugin = %self.tag,
+                generation = self.generation, "plugin worker keeps crashing; further crashes this minute are counted (/metrics, system.plugin_crashed), not logged"),
+            None => {}
+        }
         if let Some(sink) = &self.opts.on_crash {
             (sink.0)(CrashReport {
                 plugin: self.tag.clone(),
@@ -322,6 +361,9 @@ impl WorkerSeed {
             starting: tokio::sync::Mutex::new(()),
             backoff: Mutex::new(Restarts {
                 next_start: Instant::now(),
+                logged: 0,
+                minute_from: None,
+                unlogged: 0,
                 backoff: Backoff::immediate_then(BACKOFF_FIRST, BACKOFF_MAX),
             }),
             crashes: AtomicU64::new(0),
