@@ -43,7 +43,7 @@ async fn traced_turn(host: &Host) -> (String, String) {
     let (sid, _) = c.create_session().await;
     c.ask(&sid, SECRET).await;
     let result = c.until("agent.tool_result").await;
-    c.until("agent.final_answer").await;
+    c.until_any(&["agent.final_answer", "agent.error"]).await;
     (sid, result["content"].as_str().unwrap().to_owned())
 }
 
@@ -56,9 +56,18 @@ fn one<'a>(spans: &'a [SpanRec], name: &str) -> &'a SpanRec {
 /// Starts a host exporting to `otlp` in `protocol`, runs the turn, stops the host with SIGTERM
 /// (spans are batched for 5 s: only the flush at a graceful stop gets them out this soon).
 async fn exported_turn(protocol: &str, capture: bool) -> (Vec<SpanRec>, String, String, FakeLlm) {
+    exported(protocol, capture, script_turn).await
+}
+
+/// [`exported_turn`] with another script (whose turn calls one tool).
+async fn exported(
+    protocol: &str,
+    capture: bool,
+    script: fn(&FakeLlm),
+) -> (Vec<SpanRec>, String, String, FakeLlm) {
     let otlp = Otlp::start();
     let llm = FakeLlm::start();
-    script_turn(&llm);
+    script(&llm);
     let endpoint = otlp.endpoint();
     let extra: &[&str] = if capture {
         &["--otel-capture-content"]
@@ -217,6 +226,42 @@ async fn content_is_recorded_only_when_asked() {
     assert!(
         sent.contains("tool_call_response") && sent.contains(SECRET),
         "{sent}"
+    );
+}
+
+#[tokio::test]
+async fn failures_carry_their_error_type_not_their_text() {
+    // A failing tool, then a model call the provider refuses (HTTP 500, no retries left).
+    let script = |llm: &FakeLlm| {
+        let refusal = json!({"status": 500, "body": "{\"error\": {\"message\": \"quota of user zq9x exceeded\"}}"});
+        llm.script(json!([
+            {"tool_calls": [{"name": "fail", "arguments": "{}"}]},
+            refusal, refusal, refusal
+        ]));
+    };
+    let (spans, _, said, _) = exported("http/protobuf", false, script).await;
+    assert!(said.contains("always fails"), "{said}");
+    let tool = one(&spans, "execute_tool fail");
+    assert_eq!(
+        (tool.attr("error.type"), tool.status),
+        (&json!("tool_error"), 2)
+    );
+    let chats: Vec<&SpanRec> = spans
+        .iter()
+        .filter(|s| s.name == "chat fake-model")
+        .collect();
+    assert!(
+        chats
+            .iter()
+            .any(|c| c.attr("error.type") == "500" && c.status == 2),
+        "{chats:#?}"
+    );
+    let run = one(&spans, "invoke_agent testkit");
+    assert_eq!((run.attr("error.type"), run.status), (&json!("500"), 2));
+    let everything = format!("{spans:?}");
+    assert!(
+        !everything.contains("always fails") && !everything.contains("zq9x"),
+        "{everything}"
     );
 }
 

@@ -3,6 +3,7 @@
 //! messages in the GenAI conventions' shape (role and parts).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
@@ -14,6 +15,9 @@ use crate::otel::{RunSpan, Span};
 pub(super) struct RunTrace {
     pub(super) span: Span,
     tokens: [AtomicU64; 2],
+    /// The last model call's failure (`error.type`, description): the run's, if it fails —
+    /// a failure the run got past (a retried malformed tool call) is not the run's.
+    failure: Mutex<Option<(String, String)>>,
 }
 
 impl RunTrace {
@@ -43,6 +47,7 @@ impl RunTrace {
         RunTrace {
             span,
             tokens: [AtomicU64::new(0), AtomicU64::new(0)],
+            failure: Mutex::new(None),
         }
     }
 
@@ -62,7 +67,17 @@ impl RunTrace {
                     .to_string()
                 });
             }
-            RunOutcome::Failed { message } => self.span.fail("model_call_failed", message),
+            RunOutcome::Failed { message } => {
+                let failure = self
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                match failure {
+                    Some((kind, description)) => self.span.fail(&kind, &description),
+                    None => self.span.fail("run_failed", message),
+                }
+            }
             RunOutcome::Cancelled => self.span.finish_reasons(&["cancelled"]),
         }
     }
@@ -109,7 +124,7 @@ impl RunTrace {
             Err(e) => {
                 let kind = e.kind();
                 span.fail(&kind, &e.public());
-                self.span.fail(&kind, &e.public());
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some((kind, e.public()));
             }
         }
     }

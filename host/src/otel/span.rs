@@ -120,13 +120,18 @@ impl Span {
         }
     }
 
-    /// The operation failed: `error.type` (low-cardinality) and an error status.
+    /// The operation failed: `error.type` (low-cardinality) and an error status — described by
+    /// `description` only with content capture on (a tool's or a provider's error text can
+    /// quote what users wrote), else by the type.
     pub fn fail(&self, error_type: &str, description: &str) {
         if self.recording {
             self.set(KeyValue::new("error.type", error_type.to_owned()));
-            self.cx
-                .span()
-                .set_status(Status::error(description.to_owned()));
+            let text = if self.capture {
+                description
+            } else {
+                error_type
+            };
+            self.cx.span().set_status(Status::error(text.to_owned()));
         }
     }
 }
@@ -263,28 +268,19 @@ mod tests {
         let t = Telemetry::off();
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parent = TraceParent::parse(tp, None).unwrap();
-        let run = t.run_span(
-            Some(&parent),
-            RunSpan {
+        let run_of = |parent| {
+            let run = RunSpan {
                 agent: "a",
                 version: "1",
                 description: "",
                 conversation: "s",
                 model: "m",
-            },
-        );
-        let chat = t.chat_span(&run, "m", "s", None);
+            };
+            t.run_span(parent, run)
+        };
+        let chat = t.chat_span(&run_of(Some(&parent)), "m", "s", None);
         assert_eq!(chat.traceparent().as_deref(), Some(tp));
-        let none = t.run_span(
-            None,
-            RunSpan {
-                agent: "a",
-                version: "1",
-                description: "",
-                conversation: "s",
-                model: "m",
-            },
-        );
+        let none = run_of(None);
         assert_eq!(none.traceparent(), None);
     }
 }
