@@ -268,7 +268,39 @@ async fn failures_carry_their_error_type_not_their_text() {
 #[tokio::test]
 async fn trace_context_is_passed_on_with_export_off() {
     let llm = FakeLlm::start();
-    let host = Host::start(&plugin_lib("testkit_agent"), &llm, &[]);
+    let dir = myagent_tests::TempDir::new("otel-mcp");
+    let mcp = dir.path().join("mcp.json");
+    let servers =
+        json!({"mcpServers": {"own": {"command": myagent_tests::bin("mcp-test-server")}}});
+    std::fs::write(&mcp, servers.to_string()).unwrap();
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--mcp-config", mcp.to_str().unwrap()],
+    );
+    // The upgrade request's traceparent reaches the plugin's tool and the MCP server (`_meta`).
+    let mut req = host.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("traceparent", client_traceparent().parse().unwrap());
+    let mut c = Client::connect_req(req).await.unwrap();
+    let (sid, _) = c.create_session().await;
+    llm.script(json!([
+        {"tool_calls": [{"name": "trace_context", "arguments": "{}"}, {"name": "meta_traceparent", "arguments": "{}"}]},
+        {"text": "ok"}
+    ]));
+    c.ask(&sid, "go").await;
+    let mut said = vec![
+        c.until("agent.tool_result").await,
+        c.until("agent.tool_result").await,
+    ];
+    said.sort_by_key(|r| r["metadata"]["tool"].as_str().unwrap().to_owned());
+    assert_eq!(said[0]["metadata"]["tool"], "meta_traceparent");
+    for r in &said {
+        assert_eq!(r["content"], client_traceparent(), "{r}");
+    }
+    c.until("agent.final_answer").await;
+    drop(c);
+    assert_eq!(llm.traceparents(), vec![Some(client_traceparent()); 2]);
     // A message's own traceparent (no header on the upgrade).
     let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
@@ -294,10 +326,8 @@ async fn trace_context_is_passed_on_with_export_off() {
         .await
         .unwrap();
     assert!(resp.text().await.unwrap().contains("RUN_FINISHED"));
-    assert_eq!(
-        llm.traceparents(),
-        vec![Some(tp.to_owned()), None, Some(agui.to_owned())]
-    );
+    let seen: Vec<Option<String>> = llm.traceparents().into_iter().skip(2).collect();
+    assert_eq!(seen, vec![Some(tp.to_owned()), None, Some(agui.to_owned())]);
 }
 
 #[tokio::test]

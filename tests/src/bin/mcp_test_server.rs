@@ -50,6 +50,11 @@ fn tools() -> Vec<Value> {
         tool("grow", "Adds the tool `extra`.", json!({})),
         tool("pid", "The server's process id.", json!({})),
         tool("whoami", "Says $MCP_TEST_NAME.", json!({})),
+        tool(
+            "meta_traceparent",
+            "Says the call's `_meta.traceparent` (or `none`).",
+            json!({}),
+        ),
     ];
     if let Ok(only) = std::env::var("MCP_TEST_TOOLS") {
         t.retain(|x| only.split(',').any(|o| x["name"] == o));
@@ -181,6 +186,11 @@ fn main() {
             "tools/call" => {
                 let name = params["name"].as_str().unwrap_or_default().to_owned();
                 let args = params["arguments"].clone();
+                if name == "meta_traceparent" {
+                    let tp = params["_meta"]["traceparent"].as_str().unwrap_or("none");
+                    reply(text(tp, false));
+                    continue;
+                }
                 let o = out.clone();
                 std::thread::spawn(move || reply(call(&name, &args, &o)));
             }
