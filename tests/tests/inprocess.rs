@@ -14,7 +14,12 @@ use myagent_host::agent::{
 };
 use myagent_host::llm::{Model, ReplayModel};
 use myagent_host::metrics::Metrics;
-use myagent_host::plugin::{self, copies::CopyDir, reload::PluginSlot, Instance, Plugin};
+use myagent_host::plugin::{
+    self,
+    copies::CopyDir,
+    reload::{Agents, PluginSlot},
+    Instance, Plugin,
+};
 use myagent_host::server::outbox::{ConnHandle, Outbox};
 use myagent_host::session::{Client, Lifecycle, SessionConfig, Sessions};
 use myagent_tests::{plugin_lib, workspace_root, TempDir};
@@ -247,7 +252,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
     let copies = TempDir::new("inproc-registry");
     let plugin = load("weather_agent", &copies);
     let runtime = Arc::new(AgentRuntime {
-        plugin: PluginSlot::new(Arc::try_unwrap(plugin).ok().unwrap()),
+        agents: Agents::new(vec![PluginSlot::new(Arc::try_unwrap(plugin).ok().unwrap())]),
         model: Model::Replay(ReplayModel::open(&recording(), Duration::ZERO).unwrap()),
         mcp: Default::default(),
         config: agent_config(),
@@ -281,7 +286,7 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
 
     // Caps: two per address, three in all.
     for _ in 0..3 {
-        sessions.create(&mut a, None).await;
+        sessions.create(&mut a, None, None).await;
     }
     let events = drain(&out_a);
     let created: Vec<&Value> = events
@@ -290,8 +295,8 @@ async fn the_session_registry_caps_runs_expires_and_resumes() {
         .collect();
     assert_eq!(created.len(), 2);
     assert_eq!(events.last().unwrap()["code"], "too_many_sessions");
-    sessions.create(&mut b, None).await;
-    sessions.create(&mut b, None).await;
+    sessions.create(&mut b, None, None).await;
+    sessions.create(&mut b, None, None).await;
     let events = drain(&out_b);
     assert_eq!(events[0]["event"], "agent.session_created");
     assert!(

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::llm::Model;
 use crate::mcp::McpHub;
 use crate::metrics::Metrics;
-use crate::plugin::reload::PluginSlot;
+use crate::plugin::reload::Agents;
 use crate::plugin::{Instance, Manifest};
 pub use approval::{Approvals, Decision, PendingApproval};
 pub use memory::Memory;
@@ -158,7 +158,8 @@ impl AgentConfig {
 /// What runs need from the host, shared by every session: the serving plugin build, the model,
 /// settings, the tracer and the metrics.
 pub struct AgentRuntime {
-    pub plugin: Arc<PluginSlot>,
+    /// The agents served (one plugin slot each; the first is the default).
+    pub agents: Agents,
     pub model: Model,
     /// Tools from MCP servers (`--mcp-config`), offered beside the plugin's.
     pub mcp: Arc<McpHub>,

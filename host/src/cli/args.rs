@@ -65,8 +65,10 @@ pub enum IsolationArg {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The plugin's shared library. It is watched: rebuilding it hot-swaps the agent.
-    pub plugin: PathBuf,
+    /// The plugins' shared libraries, one agent each (the first is the default). Each is
+    /// watched: rebuilding it hot-swaps that agent.
+    #[arg(required = true, num_args = 1.., value_name = "PLUGIN")]
+    pub plugins: Vec<PathBuf>,
     /// Address to bind. Without --auth-token, binding beyond localhost prints a warning.
     #[arg(long, default_value = "localhost")]
     pub host: String,

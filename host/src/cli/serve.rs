@@ -18,7 +18,6 @@ use super::{config, tokens};
 use myagent_host::session::principal::Principals;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    println!("Loading agent from {} ...", args.plugin.display());
     let state_dir = args
         .state_dir
         .clone()
@@ -33,12 +32,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         copies,
         isolation: config::isolation(&args, Some(notices.clone()), &metrics)?,
     });
-    let loaded = loader
-        .load(&args.plugin, 1)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent_config = config::agent_config(&args)?;
-    describe_agent(&args, &loaded.manifest, &agent_config);
+    let loaded = load_plugins(&args, &loader, &agent_config).await?;
     let flat = tokens::flat(&args)?;
     let principals = Arc::new(Principals::new(tokens::principals(&args, &flat)?));
     tokens::watch(&args, &principals, flat);
@@ -46,7 +41,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("a token given with --auth-token is visible to every user of this machine (ps, /proc); prefer MYAGENT_AUTH_TOKENS or --auth-token-file");
     }
     let model = model(&args)?;
-    let model_name = loaded
+    let model_name = loaded[0]
         .manifest
         .model
         .clone()
@@ -72,11 +67,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no --auth-token is set and {local} is reachable from other machines: anyone who can connect can use this agent (and your model key). Set --auth-token or MYAGENT_AUTH_TOKENS.");
     }
     let mcp_stop = tokio_util::sync::CancellationToken::new();
-    let mcp = Arc::new(mcp_servers(&args, &loaded.manifest, &agent_config, &mcp_stop).await?);
-    let slot = reload::PluginSlot::with_notices(loaded, notices);
-    let _watch = watch(&args, loader, &slot)?;
+    let manifests: Vec<plugin::Manifest> = loaded.iter().map(|p| p.manifest.clone()).collect();
+    let mcp = Arc::new(mcp_servers(&args, &manifests, &agent_config, &mcp_stop).await?);
+    let slots: Vec<_> = loaded
+        .into_iter()
+        .map(|p| reload::PluginSlot::with_notices(p, notices.clone()))
+        .collect();
+    let _watches = watch(&args, loader, &slots)?;
     let runtime = Arc::new(AgentRuntime {
-        plugin: slot,
+        agents: reload::Agents::new(slots),
         model,
         mcp,
         config: agent_config,
@@ -110,6 +109,34 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// Loads every plugin named (in order) and says what each serves; two agents of one name are
+/// an error (a session names its agent).
+async fn load_plugins(
+    args: &ServeArgs,
+    loader: &plugin::Loader,
+    agent_config: &myagent_host::agent::AgentConfig,
+) -> anyhow::Result<Vec<plugin::Plugin>> {
+    let mut loaded: Vec<plugin::Plugin> = Vec::with_capacity(args.plugins.len());
+    for path in &args.plugins {
+        println!("Loading agent from {} ...", path.display());
+        let p = loader
+            .load(path, 1)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(twin) = loaded.iter().find(|o| o.manifest.name == p.manifest.name) {
+            anyhow::bail!(
+                "two plugins serve an agent named `{}` ({} and {}): each agent needs its own name",
+                p.manifest.name,
+                twin.source.display(),
+                path.display()
+            );
+        }
+        describe_agent(args, &p.manifest, agent_config);
+        loaded.push(p);
+    }
+    Ok(loaded)
 }
 
 /// The `--trace-file` writer, if one is asked for.
@@ -171,7 +198,7 @@ fn describe_auth(args: &ServeArgs, tokens: usize) {
 /// offers.
 pub async fn mcp_servers(
     args: &ServeArgs,
-    manifest: &plugin::Manifest,
+    manifests: &[plugin::Manifest],
     agent: &myagent_host::agent::AgentConfig,
     stop: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<McpHub> {
@@ -179,10 +206,14 @@ pub async fn mcp_servers(
         Some(path) => mcp::config::load(path).map_err(anyhow::Error::msg)?,
         None => Default::default(),
     };
-    let from_plugin = mcp::plugin_servers(manifest, &specs).map_err(anyhow::Error::msg)?;
-    specs.extend(from_plugin);
+    for manifest in manifests {
+        let from_plugin = mcp::plugin_servers(manifest, &specs).map_err(anyhow::Error::msg)?;
+        specs.extend(from_plugin);
+    }
     let hub = McpHub::start(specs, stop.clone(), mcp::START_WAIT).await;
-    report_mcp(&hub, &hub.servers(), manifest, agent);
+    for manifest in manifests {
+        report_mcp(&hub, &hub.servers(), manifest, agent);
+    }
     Ok(hub)
 }
 
@@ -241,25 +272,29 @@ fn model(args: &ServeArgs) -> anyhow::Result<Model> {
     Ok(Model::Http(HttpModel::new(llm, recorder)?))
 }
 
-/// Watches the plugin file for rebuilds (unless `--no-watch`); the watch lives as long as the
-/// returned value.
+/// Watches each plugin file for rebuilds (unless `--no-watch`), each reloading its own agent;
+/// the watches live as long as the returned value.
 fn watch(
     args: &ServeArgs,
     loader: Arc<plugin::Loader>,
-    slot: &Arc<reload::PluginSlot>,
-) -> anyhow::Result<Option<reload::ReloadHandle>> {
+    slots: &[Arc<reload::PluginSlot>],
+) -> anyhow::Result<Vec<reload::ReloadHandle>> {
     if args.no_watch {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let w = reload::watch(
-        args.plugin.clone(),
-        loader,
-        slot.clone(),
-        Duration::from_millis(args.reload_debounce_ms),
-    )
-    .with_context(|| format!("cannot watch {}", args.plugin.display()))?;
-    println!("Watching {} for rebuilds", args.plugin.display());
-    Ok(Some(w))
+    let mut watches = Vec::with_capacity(slots.len());
+    for (path, slot) in args.plugins.iter().zip(slots) {
+        let w = reload::watch(
+            path.clone(),
+            loader.clone(),
+            slot.clone(),
+            Duration::from_millis(args.reload_debounce_ms),
+        )
+        .with_context(|| format!("cannot watch {}", path.display()))?;
+        println!("Watching {} for rebuilds", path.display());
+        watches.push(w);
+    }
+    Ok(watches)
 }
 
 /// Raises the soft fd limit to the hard one; returns the limit.

@@ -19,7 +19,11 @@ use super::{Loader, Plugin};
 #[derive(Clone, Debug)]
 pub enum ReloadNotice {
     Reloaded(Arc<Plugin>),
-    Failed(String),
+    /// A rebuilt plugin was refused: the agent (as its serving build names it), and why.
+    Failed {
+        agent: String,
+        reason: String,
+    },
     /// A build's worker process died (see `worker`); it restarts on the next call.
     Crashed(super::worker::CrashReport),
 }
@@ -70,7 +74,42 @@ impl PluginSlot {
     }
 
     fn refuse(&self, reason: String) {
-        let _ = self.notices.send(ReloadNotice::Failed(reason));
+        let agent = self.current().manifest.name.clone();
+        let _ = self.notices.send(ReloadNotice::Failed { agent, reason });
+    }
+}
+
+/// The agents a host serves: one slot per plugin, in the order the operator named them (the
+/// first is the default). A slot is known by the name its serving build declares.
+pub struct Agents(Vec<Arc<PluginSlot>>);
+
+impl Agents {
+    /// `slots` must not be empty.
+    pub fn new(slots: Vec<Arc<PluginSlot>>) -> Agents {
+        assert!(!slots.is_empty(), "a host serves at least one agent");
+        Agents(slots)
+    }
+
+    /// The default agent (the first plugin).
+    pub fn first(&self) -> &Arc<PluginSlot> {
+        &self.0[0]
+    }
+
+    /// The agent `name` (as its serving build declares it).
+    pub fn named(&self, name: &str) -> Option<&Arc<PluginSlot>> {
+        self.0.iter().find(|s| s.current().manifest.name == name)
+    }
+
+    pub fn all(&self) -> &[Arc<PluginSlot>] {
+        &self.0
+    }
+
+    /// Every agent's name, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|s| s.current().manifest.name.clone())
+            .collect()
     }
 }
 

@@ -20,7 +20,7 @@ use super::config::ServerConfig;
 use super::connections::{Connections, IpSlot};
 use super::gate::{Gate, GateKey};
 use super::outbox::Outbox;
-use super::protocol::{self, AgentInfo, ErrorCode, ServerEvent};
+use super::protocol::{self, AgentInfo, ErrorCode, ServedAgent, ServerEvent};
 use crate::metrics::Metrics;
 use crate::session::{Client, Lifecycle, Sessions};
 
@@ -237,7 +237,8 @@ fn accepted(credentials: Credentials, client: &mut Client) -> bool {
 
 /// Sends `system.connected`; false when the peer is already gone.
 async fn greet(sink: &mut Sink, deps: &ConnDeps, cid: uuid::Uuid, authed: bool) -> bool {
-    let plugin = deps.sessions.runtime().plugin.current();
+    let agents = &deps.sessions.runtime().agents;
+    let plugin = agents.first().current();
     let hello = ServerEvent::Connected {
         connection_id: cid.to_string(),
         agent: AgentInfo {
@@ -246,6 +247,11 @@ async fn greet(sink: &mut Sink, deps: &ConnDeps, cid: uuid::Uuid, authed: bool) 
             generation: None,
             tools: None,
         },
+        agents: agents
+            .all()
+            .iter()
+            .map(|s| ServedAgent::of(&s.current()))
+            .collect(),
         auth_required: !authed,
         max_message_bytes: deps.config.max_message_bytes,
     };
@@ -362,15 +368,16 @@ async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: 
         );
         return Flow::Continue;
     }
-    let prefix = deps
+    let prefixes: Vec<Option<String>> = deps
         .sessions
         .runtime()
-        .plugin
-        .current()
-        .manifest
-        .event_prefix
-        .clone();
-    let parsed = match protocol::parse(text, prefix.as_deref()) {
+        .agents
+        .all()
+        .iter()
+        .map(|s| s.current().manifest.event_prefix.clone())
+        .collect();
+    let prefixes: Vec<&str> = prefixes.iter().flatten().map(String::as_str).collect();
+    let parsed = match protocol::parse_for(text, &prefixes) {
         Ok(p) => p,
         Err(_) if !*authed => return refuse_auth(client),
         Err(e) => {

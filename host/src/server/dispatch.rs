@@ -10,11 +10,14 @@ use crate::session::{Client, Sessions};
 pub(crate) async fn dispatch(sessions: &Arc<Sessions>, client: &mut Client, msg: ClientMessage) {
     match msg {
         ClientMessage::CreateSession {
+            agent,
             agent_config,
             approves,
         } => {
             client.approves = approves;
-            sessions.create(client, agent_config).await
+            sessions
+                .create(client, agent.as_deref(), agent_config)
+                .await
         }
         ClientMessage::Message {
             session_id,

@@ -85,13 +85,14 @@ pub(crate) struct Opened {
 /// Opens the session `name` names for `client`, replaying what came after `after`: `id` (a
 /// principal's own session) or `id.token` (an anonymous host's: the session and its resume
 /// token). A name nobody holds becomes a new session by that name (on an anonymous host the
-/// name is also its key). The refusal is the engine's `agent.error`.
+/// name is also its key) with `agent` (None: the first served). The refusal is the engine's
+/// `agent.error`.
 pub(crate) async fn open(
     sessions: &Arc<Sessions>,
     client: &mut Client,
     out: &Outbox,
     name: &str,
-    config: Option<Map<String, Value>>,
+    (agent, config): (Option<&str>, Option<Map<String, Value>>),
     after: u64,
 ) -> Result<Opened, Value> {
     let anonymous = client.principal.is_none();
@@ -114,7 +115,7 @@ pub(crate) async fn open(
     // A new conversation the client named: a session by that name (unless it is anyone's).
     let token = token.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     sessions
-        .create_named(client, config, (name.to_owned(), token))
+        .create_named(client, (agent, config), (name.to_owned(), token))
         .await;
     let v = first_answer(out);
     if v["event"] != "agent.session_created" {

@@ -140,8 +140,17 @@ async fn route(
         }
         (&Method::GET, "/metrics") => {
             let runtime = gw.deps.sessions.runtime();
-            let generation = runtime.plugin.current().generation;
+            let generation = runtime.agents.first().current().generation;
             let mut body = gw.deps.metrics.render(generation);
+            body.push_str("# HELP myagent_agent_generation Generation of each served agent's plugin build.\n# TYPE myagent_agent_generation gauge\n");
+            for slot in runtime.agents.all() {
+                let p = slot.current();
+                let name = p.manifest.name.replace(['\\', '"', '\n'], "_");
+                body.push_str(&format!(
+                    "myagent_agent_generation{{agent=\"{name}\"}} {}\n",
+                    p.generation
+                ));
+            }
             body.push_str(&runtime.mcp.render_metrics());
             if let Some(store) = gw.deps.sessions.store() {
                 store.render_metrics(&mut body);
@@ -171,7 +180,8 @@ fn metrics_allowed(req: &Request<Incoming>, cfg: &ServerConfig) -> bool {
 }
 
 fn health(gw: &Gateway, details: bool) -> Response<Body> {
-    let plugin = gw.deps.sessions.runtime().plugin.current();
+    let agents = &gw.deps.sessions.runtime().agents;
+    let plugin = agents.first().current();
     // While draining, load balancers should send new clients elsewhere.
     let draining = gw.deps.lifecycle.shutdown.is_cancelled();
     let mut body = json!({
@@ -183,6 +193,16 @@ fn health(gw: &Gateway, details: bool) -> Response<Body> {
         "plugin": {"name": plugin.manifest.name, "version": plugin.manifest.version, "generation": plugin.generation,
             "isolation": plugin.isolation(), "worker_pid": plugin.worker_pid()},
     });
+    // Every agent served (the first is `plugin` above, as before).
+    body["agents"] = agents
+        .all()
+        .iter()
+        .map(|s| {
+            let p = s.current();
+            json!({"name": p.manifest.name, "version": p.manifest.version, "generation": p.generation,
+                "isolation": p.isolation(), "worker_pid": if details { json!(p.worker_pid()) } else { json!(null) }})
+        })
+        .collect();
     if !details {
         body["plugin"]["worker_pid"] = serde_json::Value::Null;
     }

@@ -9,12 +9,13 @@ use super::protocol::{AgentInfo, ServerEvent, Serving};
 use crate::agent::AgentRuntime;
 use crate::plugin::reload::ReloadNotice;
 
-/// Forwards reload notices to every connection until the plugin slot closes.
+/// Forwards reload notices to every connection until the plugin slots close (every served
+/// agent's slot sends on the one notice channel).
 pub(crate) async fn forward_reload_notices(
     runtime: Arc<AgentRuntime>,
     connections: Arc<Connections>,
 ) {
-    let mut rx = runtime.plugin.subscribe();
+    let mut rx = runtime.agents.first().subscribe();
     loop {
         let event = match rx.recv().await {
             Ok(ReloadNotice::Reloaded(p)) => {
@@ -29,12 +30,16 @@ pub(crate) async fn forward_reload_notices(
                     },
                 }
             }
-            Ok(ReloadNotice::Failed(reason)) => {
+            Ok(ReloadNotice::Failed { agent, reason }) => {
                 runtime.metrics.reload_failures.inc();
-                let serving = runtime.plugin.current();
+                let Some(slot) = runtime.agents.named(&agent) else {
+                    continue;
+                };
+                let serving = slot.current();
                 ServerEvent::PluginReloadFailed {
                     error: reason,
                     serving: Serving {
+                        name: agent,
                         version: serving.manifest.version.clone(),
                         generation: serving.generation,
                     },

@@ -10,14 +10,16 @@ use crate::agent::{Memory, SessionSettings};
 use crate::store::{hash_token, Listing, NewSession};
 
 impl Sessions {
-    /// `user.create_session`: a new session with its own `agent_config`, within the
-    /// plugin's limits; acknowledged (`agent.session_created`) once the store has it.
+    /// `user.create_session`: a new session with `agent` (None: the first served) and its own
+    /// `agent_config`, within the plugin's limits; acknowledged (`agent.session_created`) once
+    /// the store has it.
     pub async fn create(
         &self,
         client: &mut Client,
+        agent: Option<&str>,
         agent_config: Option<serde_json::Map<String, serde_json::Value>>,
     ) {
-        self.create_with(client, agent_config, None).await
+        self.create_with(client, (agent, agent_config), None).await
     }
 
     /// A new session whose id the client chose (an A2A `contextId`) — 1 to 64 of
@@ -26,7 +28,10 @@ impl Sessions {
     pub async fn create_named(
         &self,
         client: &mut Client,
-        agent_config: Option<serde_json::Map<String, serde_json::Value>>,
+        (agent, agent_config): (
+            Option<&str>,
+            Option<serde_json::Map<String, serde_json::Value>>,
+        ),
         (id, token): (String, String),
     ) {
         let valid = (1..=64).contains(&id.len())
@@ -55,20 +60,46 @@ impl Sessions {
                 "That session id is taken",
             );
         }
-        self.create_with(client, agent_config, Some((id, token)))
+        self.create_with(client, (agent, agent_config), Some((id, token)))
             .await
+    }
+
+    /// The agent `agent` names (None: the first served); an unknown name is the client's
+    /// `invalid_field`, naming the agents served.
+    fn agent_slot(
+        &self,
+        client: &Client,
+        agent: Option<&str>,
+    ) -> Option<Arc<crate::plugin::reload::PluginSlot>> {
+        let agents = &self.runtime.agents;
+        let Some(name) = agent else {
+            return Some(agents.first().clone());
+        };
+        let slot = agents.named(name).cloned();
+        if slot.is_none() {
+            let served = agents.names().join("`, `");
+            let why = format!("Unknown agent `{name}`: this host serves `{served}`");
+            client.error(None, ErrorCode::InvalidField, &why);
+        }
+        slot
     }
 
     async fn create_with(
         &self,
         client: &mut Client,
-        agent_config: Option<serde_json::Map<String, serde_json::Value>>,
+        (agent, agent_config): (
+            Option<&str>,
+            Option<serde_json::Map<String, serde_json::Value>>,
+        ),
         preset: Option<(String, String)>,
     ) {
+        let Some(slot) = self.agent_slot(client, agent) else {
+            return;
+        };
         if let Err(why) = self.room_for(client).await {
             return self.refuse(client, None, why);
         }
-        let plugin = self.runtime.plugin.current();
+        let plugin = slot.current();
         let settings =
             match agent_config.map(|c| SessionSettings::from_request(&c, &plugin.manifest)) {
                 None => SessionSettings::default(),
@@ -91,6 +122,7 @@ impl Sessions {
         }
         let memory = Memory::new(self.runtime.config.memory_budget_chars);
         let bound = Bound {
+            slot,
             plugin: plugin.clone(),
             instance,
         };

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::time::Timestamp;
 
 mod entries;
-pub use entries::{Exceeded, SessionEntry};
+pub use entries::{Exceeded, ServedAgent, SessionEntry};
 
 /// Double texting: what a `user.message` does when the session is already running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -130,6 +130,8 @@ pub struct AgentInfo {
 /// The build still serving after a refused reload.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Serving {
+    /// The agent whose reload was refused.
+    pub name: String,
     pub version: String,
     pub generation: u64,
 }
@@ -198,7 +200,10 @@ pub enum ServerEvent {
     #[serde(rename = "system.connected")]
     Connected {
         connection_id: String,
+        /// The default agent (the first served).
         agent: AgentInfo,
+        /// Every agent served, the default first.
+        agents: Vec<ServedAgent>,
         auth_required: bool,
         /// The largest client message accepted (a client can size images to fit).
         max_message_bytes: usize,

@@ -53,6 +53,8 @@ pub struct AgentSlot {
 /// session), taken by a run for its length and by a custom event for its call.
 #[derive(Clone)]
 pub struct Bound {
+    /// The agent the session talks to (its builds come and go with reloads).
+    pub slot: Arc<crate::plugin::reload::PluginSlot>,
     pub plugin: Arc<Plugin>,
     pub instance: Instance,
 }

@@ -91,6 +91,22 @@ impl Sessions {
     /// when its host stopped is closed now: recorded as interrupted, and the client gets
     /// `agent.interrupted` with reason `host_lost` once it has resumed.
     /// Returns the session when a lost turn is to be announced (after the resume's replay).
+    /// The agent a stored session was made with (as listed), if this host serves it; else the
+    /// client is told the session cannot be resumed here.
+    fn agent_of(
+        &self,
+        client: &Client,
+        session_id: &str,
+        agent: &str,
+    ) -> Option<std::sync::Arc<crate::plugin::reload::PluginSlot>> {
+        let slot = self.runtime.agents.named(agent).cloned();
+        if slot.is_none() {
+            let why = format!("Cannot resume: this session's agent `{agent}` is not served here");
+            client.error(Some(session_id), ErrorCode::SessionNotFound, &why);
+        }
+        slot
+    }
+
     pub(super) async fn restore_if_stored(
         &self,
         client: &mut Client,
@@ -126,7 +142,10 @@ impl Sessions {
             self.refuse(client, Some(session_id), why);
             return Restored::None;
         }
-        let plugin = self.runtime.plugin.current();
+        let Some(slot) = self.agent_of(client, session_id, &stored.listing.agent) else {
+            return Restored::None;
+        };
+        let plugin = slot.current();
         let Some(instance) = self.instantiate(client, &plugin).await else {
             return Restored::None;
         };
@@ -153,6 +172,7 @@ impl Sessions {
         }
         durable.claim(session_id);
         let bound = Bound {
+            slot,
             plugin: plugin.clone(),
             instance,
         };

@@ -59,7 +59,9 @@ async fn run_turn(
     Turn { content, trace }: &Turn,
 ) -> Option<(Turn, CancellationToken)> {
     let mut slot = session.agent.lock().await;
-    let Bound { plugin, instance } = bound_to_current(runtime, session).await;
+    let Bound {
+        plugin, instance, ..
+    } = bound_to_current(runtime, session).await;
     if slot.checked_for != plugin.generation {
         if let Err(why) = slot.settings.check(&plugin.manifest) {
             tracing::warn!(session_id = %session.id, reason = %why,
@@ -161,7 +163,7 @@ fn final_event(outcome: RunOutcome, usage: UsageTotals) -> ServerEvent {
 /// it has (the conversation is kept; if the new build's factory fails, the old build stays).
 async fn bound_to_current(runtime: &AgentRuntime, session: &Session) -> Bound {
     let bound = session.bound();
-    let current = runtime.plugin.current();
+    let current = bound.slot.current();
     if current.generation == bound.plugin.generation {
         return bound;
     }
@@ -173,6 +175,7 @@ async fn bound_to_current(runtime: &AgentRuntime, session: &Session) -> Bound {
     match current.instantiate(timeout).await {
         Ok(Ok(instance)) => {
             let fresh = Bound {
+                slot: bound.slot.clone(),
                 plugin: current,
                 instance,
             };
@@ -192,7 +195,9 @@ async fn bound_to_current(runtime: &AgentRuntime, session: &Session) -> Bound {
 
 /// A custom client event, handed to the plugin's hook; what it returns goes back as events.
 pub(super) async fn custom_event(runtime: &AgentRuntime, session: &Session, event: Value) {
-    let Bound { plugin, instance } = bound_to_current(runtime, session).await;
+    let Bound {
+        plugin, instance, ..
+    } = bound_to_current(runtime, session).await;
     let timeout = runtime.config.tool_timeout_for(&plugin.manifest);
     let failed = |e: &dyn std::fmt::Display| {
         let text = format!("Custom event failed: {e}");

@@ -3,11 +3,9 @@
 
 use serde_json::{json, Value};
 
-use crate::agent::AgentRuntime;
-
-/// The card of the agent the runtime serves now, its endpoint under `base` (`http://host:port`).
-pub(crate) fn card(runtime: &AgentRuntime, base: &str, tokens_required: bool) -> Value {
-    let plugin = runtime.plugin.current();
+/// The card of `plugin`'s agent (a build the runtime serves now), its endpoint under `base`
+/// (`http://host:port`).
+pub(crate) fn card(plugin: &crate::plugin::Plugin, base: &str, tokens_required: bool) -> Value {
     let m = &plugin.manifest;
     let mut skills = vec![json!({
         "id": m.name,

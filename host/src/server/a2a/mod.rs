@@ -59,35 +59,30 @@ pub(crate) async fn serve(
     tasks: &Tasks,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let agent = deps
-        .sessions
-        .runtime()
-        .plugin
-        .current()
-        .manifest
-        .name
-        .clone();
+    let agents = &deps.sessions.runtime().agents;
     let path = req.uri().path();
-    let named = match (req.method(), path) {
+    // The first agent answers the bare paths; `/a2a/{agent}` names any served one.
+    let slot = match (req.method(), path) {
         (&Method::GET, "/.well-known/agent-card.json" | "/a2a/.well-known/agent-card.json")
-        | (_, "/a2a") => Some(agent.as_str()),
-        (&Method::GET, p) => card_agent(p),
-        (_, p) => p.strip_prefix("/a2a/"),
+        | (_, "/a2a") => Some(agents.first()),
+        (&Method::GET, p) => card_agent(p).and_then(|n| agents.named(n)),
+        (_, p) => p.strip_prefix("/a2a/").and_then(|n| agents.named(n)),
     };
-    if named != Some(agent.as_str()) {
-        let asked = named.unwrap_or("");
+    let Some(slot) = slot else {
+        let asked = card_agent(path)
+            .or(path.strip_prefix("/a2a/"))
+            .unwrap_or("");
+        let served = agents.names().join(", ");
         return text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            format!("no agent named {asked:?} here; this host serves {agent:?}\n"),
+            format!("no agent named {asked:?} here; this host serves {served}\n"),
         );
-    }
+    };
+    let plugin = slot.current();
+    let agent = plugin.manifest.name.clone();
     if req.method() == Method::GET {
-        let body = card::card(
-            deps.sessions.runtime(),
-            &base_url(&req),
-            deps.auth.required(),
-        );
+        let body = card::card(&plugin, &base_url(&req), deps.auth.required());
         return text(StatusCode::OK, "application/json", body.to_string());
     }
     let (principal, ip) = match super::door::admit(&req, deps, peer) {
@@ -132,6 +127,7 @@ pub(crate) async fn serve(
         tasks,
         client,
         out,
+        agent,
     };
     match ctx.call(&call).await {
         Ok(Reply::Json(v)) => json_reply(&rpc::result(&call.id, v)),
@@ -172,6 +168,8 @@ struct Ctx<'a> {
     tasks: &'a Tasks,
     client: Client,
     out: Arc<Outbox>,
+    /// The agent the request's path names (new contexts are its sessions).
+    agent: String,
 }
 
 impl Ctx<'_> {

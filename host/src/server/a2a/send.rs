@@ -104,7 +104,9 @@ impl Ctx<'_> {
         let anonymous = self.client.principal.is_none();
         let config = agent_config.as_object().cloned();
         let Some(c) = context.filter(|c| !c.is_empty()) else {
-            sessions.create(&mut self.client, config).await;
+            sessions
+                .create(&mut self.client, Some(&self.agent), config)
+                .await;
             let v = first_answer(&self.out);
             let (Some(sid), Some(token)) = (v["session_id"].as_str(), v["resume_token"].as_str())
             else {
@@ -127,9 +129,17 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        let opened = door::open(&sessions, &mut self.client, &self.out, c, config, u64::MAX)
-            .await
-            .map_err(|v| refused(&v, "contextId"))?;
+        let agent = Some(self.agent.as_str());
+        let opened = door::open(
+            &sessions,
+            &mut self.client,
+            &self.out,
+            c,
+            (agent, config),
+            u64::MAX,
+        )
+        .await
+        .map_err(|v| refused(&v, "contextId"))?;
         Ok((opened.session_id, c.to_owned()))
     }
 }

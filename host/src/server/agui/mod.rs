@@ -34,9 +34,42 @@ use translate::{FrameId, Run};
 /// Frames queued for a run's driver before its session marks it slow (it drains at once).
 const DRIVER_QUEUE: usize = 4096;
 
-/// Whether this door answers the request.
+/// Whether this door answers the request: `/agui` (the first agent served) or
+/// `/agui/{agent}`.
 pub(crate) fn routes(method: &Method, path: &str) -> bool {
-    method == Method::POST && (path == "/agui" || path == "/agui/")
+    method == Method::POST && (path == "/agui" || path.starts_with("/agui/"))
+}
+
+/// The request's `RunAgentInput`, or its refusal (too large: 413; not one: 400).
+async fn read_input(
+    req: Request<Incoming>,
+    deps: &ConnDeps,
+) -> Result<input::Input, Box<Response<Body>>> {
+    // The whole conversation comes with each run: room for several messages at the limit.
+    let limit = deps.config.max_message_bytes.saturating_mul(4).max(1 << 20);
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    else {
+        let why = format!("a request is at most {limit} bytes");
+        return Err(Box::new(refuse(StatusCode::PAYLOAD_TOO_LARGE, &why)));
+    };
+    input::parse(&body.to_bytes()).map_err(|e| Box::new(refuse(StatusCode::BAD_REQUEST, &e)))
+}
+
+/// The agent a request's path names: None for the first (`/agui`, `/agui/`), else a served
+/// agent's name — or 404 naming those served.
+fn agent_of(path: &str, deps: &ConnDeps) -> Result<Option<String>, Box<Response<Body>>> {
+    let Some(name) = path.strip_prefix("/agui/").filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    let agents = &deps.sessions.runtime().agents;
+    if agents.named(name).is_none() {
+        let served = agents.names().join(", ");
+        let why = format!("no agent named {name:?} here; this host serves {served}");
+        return Err(Box::new(refuse(StatusCode::NOT_FOUND, &why)));
+    }
+    Ok(Some(name.to_owned()))
 }
 
 /// Serves one AG-UI request.
@@ -50,25 +83,18 @@ pub(crate) async fn serve(
         Ok(who) => who,
         Err(refusal) => return *refusal,
     };
+    let agent = match agent_of(req.uri().path(), deps) {
+        Ok(a) => a,
+        Err(refusal) => return *refusal,
+    };
     let trace = door::trace_of(req.headers());
     let last_event = match last_event_id(&req) {
         Ok(l) => l,
         Err(refusal) => return *refusal,
     };
-    // The whole conversation comes with each run: room for several messages at the limit.
-    let limit = deps.config.max_message_bytes.saturating_mul(4).max(1 << 20);
-    let Ok(body) = http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    else {
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("a request is at most {limit} bytes"),
-        );
-    };
-    let input = match input::parse(&body.to_bytes()) {
+    let input = match read_input(req, deps).await {
         Ok(i) => i,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
+        Err(refusal) => return *refusal,
     };
     let sessions = deps.sessions.clone();
     // One client per session: a run streaming here is not taken over by a message that
@@ -100,7 +126,7 @@ pub(crate) async fn serve(
         &mut client,
         &out,
         &input.thread_id,
-        config,
+        (agent.as_deref(), config),
         after,
     )
     .await

@@ -85,10 +85,18 @@ pub(super) fn reason(obj: &Map<String, Value>) -> Result<Option<String>, Protoco
     }
 }
 
-pub(super) fn unknown_event(other: &str, custom_prefix: Option<&str>) -> ProtocolError {
+pub(super) fn unknown_event(other: &str, custom_prefixes: &[&str]) -> ProtocolError {
     let mut known = "user.create_session, user.message, user.cancel, user.resume_session, user.close_session, user.get_history, user.tool_approval, user.list_sessions, user.delete_session".to_owned();
-    if let Some(p) = custom_prefix.filter(|p| !p.is_empty()) {
-        known.push_str(&format!(", or a custom event starting with `{p}`"));
+    let prefixes: Vec<String> = custom_prefixes
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("`{p}`"))
+        .collect();
+    if !prefixes.is_empty() {
+        known.push_str(&format!(
+            ", or a custom event starting with {}",
+            prefixes.join(" or ")
+        ));
     }
     ProtocolError::new(
         ErrorCode::UnknownEvent,

@@ -19,8 +19,8 @@ pub use fields::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_CONTENT_PARTS, MAX_REAS
 // What the server sends is the session engine's own event type; this door encodes nothing
 // by hand.
 pub use crate::session::event::{
-    custom_frame, AgentInfo, AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, OnBusy, ServerEvent,
-    Serving, ThinkingMeta, ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
+    custom_frame, AgentInfo, AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, OnBusy, ServedAgent,
+    ServerEvent, Serving, ThinkingMeta, ToolCallMeta, ToolResultMeta, MAX_EVENT_BYTES,
 };
 
 /// A message from a client, validated.
@@ -28,6 +28,8 @@ pub use crate::session::event::{
 pub enum ClientMessage {
     /// `agent_config`: the session's own settings, checked against the plugin's limits.
     CreateSession {
+        /// Which of the served agents (None: the first).
+        agent: Option<String>,
         agent_config: Option<Map<String, Value>>,
         /// The client can decide tool approvals (`capabilities: ["tool_approval"]`).
         approves: bool,
@@ -108,6 +110,12 @@ pub struct Parsed {
 
 /// Parses one text frame. `custom_prefix` is the plugin's declared event prefix, if any.
 pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, ProtocolError> {
+    parse_for(text, custom_prefix.as_slice())
+}
+
+/// [`parse`] for a host serving several agents: an event under any of their prefixes is a
+/// custom event (for the agent of the session it names).
+pub fn parse_for(text: &str, custom_prefixes: &[&str]) -> Result<Parsed, ProtocolError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ProtocolError::new(ErrorCode::InvalidJson, format!("Invalid JSON: {e}")))?;
     let Value::Object(obj) = value else {
@@ -120,7 +128,7 @@ pub fn parse(text: &str, custom_prefix: Option<&str>) -> Result<Parsed, Protocol
     let event = event_name(&obj)?;
     // Errors about a message that names its session say which session.
     let session_id = obj.get("session_id").and_then(Value::as_str);
-    let message = message(&obj, event, custom_prefix).map_err(|mut e| {
+    let message = message(&obj, event, custom_prefixes).map_err(|mut e| {
         if e.session_id.is_none() {
             e.session_id = session_id.map(str::to_owned);
         }
@@ -147,11 +155,12 @@ fn event_name(obj: &Map<String, Value>) -> Result<&str, ProtocolError> {
 fn message(
     obj: &Map<String, Value>,
     event: &str,
-    custom_prefix: Option<&str>,
+    custom_prefixes: &[&str],
 ) -> Result<ClientMessage, ProtocolError> {
     let session = || required_str(obj, event, "session_id");
     Ok(match event {
         "user.create_session" => ClientMessage::CreateSession {
+            agent: optional_str(obj, event, "agent")?,
             agent_config: agent_config(obj)?,
             approves: capabilities(obj)?.contains(&"tool_approval"),
         },
@@ -189,13 +198,17 @@ fn message(
             approved: approved(obj)?,
             reason: reason(obj)?,
         },
-        other if custom_prefix.is_some_and(|p| !p.is_empty() && other.starts_with(p)) => {
+        other
+            if custom_prefixes
+                .iter()
+                .any(|p| !p.is_empty() && other.starts_with(p)) =>
+        {
             ClientMessage::Custom {
                 session_id: session()?,
                 event: Value::Object(obj.clone()),
             }
         }
-        other => return Err(unknown_event(other, custom_prefix)),
+        other => return Err(unknown_event(other, custom_prefixes)),
     })
 }
 
@@ -209,9 +222,14 @@ mod tests {
         assert_eq!(
             p.message,
             ClientMessage::CreateSession {
+                agent: None,
                 agent_config: None,
                 approves: false
             }
+        );
+        let p = parse(r#"{"event":"user.create_session","agent":"billing"}"#, None).unwrap();
+        assert!(
+            matches!(p.message, ClientMessage::CreateSession { agent: Some(a), .. } if a == "billing")
         );
         let p = parse(
             r#"{"event":"user.create_session","capabilities":["tool_approval","future"]}"#,

@@ -1,5 +1,6 @@
 //! The payloads of the principal-level answers: a session list's entries (`agent.sessions`)
-//! and what a refused message was over (`quota_exceeded`, `rate_limited`).
+//! and what a refused message was over (`quota_exceeded`, `rate_limited`) — and the agents a
+//! host serves (`system.connected.agents`).
 
 use serde::Serialize;
 
@@ -51,4 +52,24 @@ pub struct Exceeded {
     pub used: u64,
     /// When to try again (for `concurrent_runs`: 0, it frees when a run ends).
     pub retry_after_ms: u64,
+}
+
+/// One agent the host serves (`system.connected.agents`): what `user.create_session.agent`
+/// names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServedAgent {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+}
+
+impl ServedAgent {
+    pub fn of(plugin: &crate::plugin::Plugin) -> ServedAgent {
+        let m = &plugin.manifest;
+        ServedAgent {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            description: m.description.clone(),
+        }
+    }
 }

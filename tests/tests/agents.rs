@@ -1,0 +1,206 @@
+//! Several agents on one host (`myagent-host serve a.so b.so`): each plugin an agent of its own,
+//! picked by `user.create_session.agent`, listed in `system.connected.agents`, `/health` and
+//! `/metrics`, isolated in its own worker (one crashing leaves the other's sessions streaming),
+//! and remembered with the session (resumed after kill -9 on the same agent). Real hosts, real
+//! plugins built by cargo, the fake model over HTTP.
+
+use std::path::Path;
+use std::time::Duration;
+
+use myagent_tests::{plugin_lib, Client, FakeLlm, Host, TempDir};
+use serde_json::{json, Value};
+
+/// Weather first (the default), then the testkit.
+fn two(llm: &FakeLlm, store: &Path) -> Host {
+    let testkit = plugin_lib("testkit_agent");
+    let url = format!("sqlite:{}", store.display());
+    Host::start(
+        &plugin_lib("weather_agent"),
+        llm,
+        &["--store", &url, testkit.to_str().unwrap()],
+    )
+}
+
+async fn create(c: &mut Client, agent: Option<&str>) -> Value {
+    let mut ask = json!({"event": "user.create_session"});
+    if let Some(a) = agent {
+        ask["agent"] = a.into();
+    }
+    c.send(ask).await;
+    c.until_any(&["agent.session_created", "agent.error"]).await
+}
+
+#[tokio::test]
+async fn sessions_pick_their_agent_and_the_host_lists_every_one() {
+    let dir = TempDir::new("agents");
+    let llm = FakeLlm::start();
+    let host = two(&llm, &dir.path().join("s.db"));
+    let started = host.proc.stdout_text();
+    assert!(
+        started.contains("Loaded agent weather-assistant")
+            && started.contains("Loaded agent testkit"),
+        "{started}"
+    );
+    let mut c = Client::connect(&host.ws_url()).await;
+    let hello = c.until("system.connected").await;
+    let names: Vec<&str> = hello["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["weather-assistant", "testkit"]);
+    assert_eq!(
+        hello["agents"][1]["description"],
+        "Tools for testing the host."
+    );
+    assert_eq!(
+        hello["agent"]["name"], "weather-assistant",
+        "the default stays where it was"
+    );
+
+    let default = create(&mut c, None).await;
+    assert_eq!(default["agent"]["name"], "weather-assistant", "{default}");
+    let kit = create(&mut c, Some("testkit")).await;
+    assert_eq!(kit["agent"]["name"], "testkit", "{kit}");
+    let sid = kit["session_id"].as_str().unwrap();
+    c.ask(sid, r#"call:echo {"text": "from the testkit"}"#)
+        .await;
+    let r = c.until("agent.tool_result").await;
+    assert_eq!(r["content"], "from the testkit");
+    c.until("agent.final_answer").await;
+    // The weather session has no `echo`: each session is its own agent's.
+    let wsid = default["session_id"].as_str().unwrap();
+    c.ask(wsid, r#"call:echo {"text": "x"}"#).await;
+    let r = c.until("agent.tool_result").await;
+    assert!(
+        r["content"]
+            .as_str()
+            .unwrap()
+            .contains("no tool named `echo`"),
+        "{r}"
+    );
+
+    let unknown = create(&mut c, Some("billing")).await;
+    assert_eq!(unknown["code"], "invalid_field");
+    let text = unknown["error"].as_str().unwrap();
+    assert!(
+        text.contains("`billing`") && text.contains("`weather-assistant`, `testkit`"),
+        "{text}"
+    );
+
+    let health: Value = serde_json::from_str(&host.http("/health")).unwrap();
+    let listed: Vec<&str> = health["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["weather-assistant", "testkit"]);
+    let metrics = host.http("/metrics");
+    for a in ["weather-assistant", "testkit"] {
+        assert!(
+            metrics.contains(&format!("myagent_agent_generation{{agent=\"{a}\"}} 1")),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_agents_worker_crashing_leaves_the_others_sessions_streaming() {
+    let dir = TempDir::new("agents-crash");
+    let llm = FakeLlm::start();
+    let host = two(&llm, &dir.path().join("s.db"));
+    let (mut w, _) = (Client::connect(&host.ws_url()).await, ());
+    let weather = create(&mut w, None).await;
+    let wsid = weather["session_id"].as_str().unwrap().to_owned();
+    let mut k = Client::connect(&host.ws_url()).await;
+    let kit = create(&mut k, Some("testkit")).await;
+    let ksid = kit["session_id"].as_str().unwrap().to_owned();
+    // A slow stream on the weather agent while the testkit's worker aborts.
+    llm.script(json!([{"text": "steady ".repeat(60), "chunk_chars": 7, "delay_ms": 20}]));
+    w.ask(&wsid, "stream please").await;
+    w.until("agent.partial_answer").await;
+    k.ask(&ksid, r#"call:native_crash {"how": "abort"}"#).await;
+    let crashed = k.until("system.plugin_crashed").await;
+    assert_eq!(crashed["agent"]["name"], "testkit");
+    let done = w.until_any(&["agent.final_answer", "agent.error"]).await;
+    assert_eq!(done["event"], "agent.final_answer", "{done}");
+    assert_eq!(done["content"], "steady ".repeat(60));
+    assert!(w.named("agent.error").is_empty());
+    let health: Value = serde_json::from_str(&host.http("/health")).unwrap();
+    assert_eq!(health["agents"][0]["name"], "weather-assistant");
+    assert_eq!(host.metric("myagent_plugin_worker_crashes_total"), 1);
+}
+
+#[tokio::test]
+async fn a_session_keeps_its_agent_across_kill_9() {
+    let dir = TempDir::new("agents-durable");
+    let store = dir.path().join("s.db");
+    let llm = FakeLlm::start();
+    let host = two(&llm, &store);
+    let mut c = Client::connect(&host.ws_url()).await;
+    let kit = create(&mut c, Some("testkit")).await;
+    let (sid, token) = (
+        kit["session_id"].as_str().unwrap().to_owned(),
+        kit["resume_token"].as_str().unwrap().to_owned(),
+    );
+    c.ask(&sid, r#"call:echo {"text": "before"}"#).await;
+    let ready = c.until("agent.ready").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.kill9();
+    drop((c, host));
+
+    let host = two(&llm, &store);
+    let (mut c, resumed) =
+        Client::resume(&host.ws_url(), &sid, &token, ready["seq"].as_u64().unwrap()).await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    c.ask(&sid, r#"call:echo {"text": "after"}"#).await;
+    let r = c.until("agent.tool_result").await;
+    assert_eq!(r["content"], "after", "still the testkit's session: {r}");
+}
+
+#[tokio::test]
+async fn the_http_doors_name_the_agent_in_their_path() {
+    let dir = TempDir::new("agents-doors");
+    let llm = FakeLlm::start();
+    let host = two(&llm, &dir.path().join("s.db"));
+    let base = format!("http://127.0.0.1:{}", host.port);
+    // A2A: a card per agent at `/a2a/{agent}`; the bare card is the first agent's.
+    let card: Value =
+        serde_json::from_str(&host.http("/a2a/testkit/.well-known/agent-card.json")).unwrap();
+    assert_eq!(card["name"], "testkit");
+    let card: Value = serde_json::from_str(&host.http("/.well-known/agent-card.json")).unwrap();
+    assert_eq!(card["name"], "weather-assistant");
+    let missing =
+        myagent_tests::http_get_raw(&format!("{base}/a2a/billing/.well-known/agent-card.json"));
+    assert!(
+        missing.starts_with("HTTP/1.1 404") && missing.contains("weather-assistant, testkit"),
+        "{missing}"
+    );
+    let body = json!({"jsonrpc": "2.0", "id": "1", "method": "SendMessage", "params": {"message":
+        {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": "call:echo {\"text\": \"via a2a\"}"}]}}});
+    let resp = myagent_tests::http_post(&format!("{base}/a2a/testkit"), &body.to_string());
+    assert!(
+        resp.contains("TASK_STATE_COMPLETED") && resp.contains("via a2a"),
+        "{resp}"
+    );
+    // AG-UI: `/agui/{agent}`.
+    let run = json!({"threadId": "t-agents", "runId": "r1", "state": {}, "tools": [], "context": [],
+        "forwardedProps": {}, "messages": [{"id": "m1", "role": "user", "content": "call:echo {\"text\": \"via agui\"}"}]});
+    let client = reqwest::Client::new();
+    let post = |path: &str| {
+        client
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(run.to_string())
+            .send()
+    };
+    let stream = post("/agui/testkit").await.unwrap().text().await.unwrap();
+    assert!(
+        stream.contains("TOOL_CALL_RESULT") && stream.contains("via agui"),
+        "{stream}"
+    );
+    let refused = post("/agui/billing").await.unwrap();
+    assert_eq!(refused.status(), 404);
+}
