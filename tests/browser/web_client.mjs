@@ -20,6 +20,9 @@ const APPROVALS = process.env.APPROVALS === "1";
 // PRINCIPAL=1: the host takes --auth-tokens-file and PAGE_SUFFIX carries a principal's token:
 // its sessions are listed with their titles, also on a second device.
 const PRINCIPAL = process.env.PRINCIPAL === "1";
+// AGENTS=1: the host serves the weather agent and the testkit: the page lets the user pick the
+// agent of a new session and shows each session's agent.
+const AGENTS = process.env.AGENTS === "1";
 
 async function script(steps) {
   const r = await fetch(LLM_URL + "/_control/script", { method: "POST", body: JSON.stringify(steps) });
@@ -104,6 +107,23 @@ async function approvals(page) {
 
 // A principal's sessions: the button is titled by the first message; a second device (a fresh
 // browser context: nothing in its storage) lists the session by that title and opens it by id.
+async function agents(page) {
+  const pick = page.locator("#agent-pick");
+  await pick.waitFor({ state: "visible" });
+  assert.deepEqual(await pick.locator("option").evaluateAll((os) => os.map((o) => o.value)), ["weather-assistant", "testkit"]);
+  await page.locator("nav button.session", { hasText: "· weather-assistant" }).waitFor();
+  await pick.selectOption("testkit");
+  await page.click("#new");
+  const kit = page.locator("nav button.session.active", { hasText: "· testkit" });
+  await kit.waitFor({ timeout: 10000 });
+  await page.fill("#input", 'call:echo {"text": "picked the testkit"}');
+  await page.click("#send");
+  const result = page.locator(".msg.tool .result").last();
+  await result.waitFor({ timeout: 15000 });
+  assert.match(await result.textContent(), /picked the testkit/);
+  console.log("ok - a new session of the picked agent, its tools, its name on the session");
+}
+
 async function principal(page) {
   const question = "What's the weather in Paris?";
   await page.fill("#input", question);
@@ -151,6 +171,11 @@ try {
   assert.match(await page.locator("#agent").textContent(), /weather/i);
   if (PRINCIPAL) {
     await principal(page);
+    assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
+    throw "done";
+  }
+  if (AGENTS) {
+    await agents(page);
     assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
     throw "done";
   }

@@ -159,6 +159,23 @@ fn web_client_lists_a_principals_sessions() {
     );
 }
 
+/// Several agents in the page: a picker for the agent of a new session, each session's agent
+/// on its button, the picked agent's tools answering.
+#[test]
+fn web_client_picks_the_agent_of_a_new_session() {
+    if skip() {
+        return;
+    }
+    let llm = FakeLlm::start();
+    let testkit = plugin_lib("testkit_agent");
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[testkit.to_str().unwrap()],
+    );
+    run_page_test(&host, &llm, &[("AGENTS", "1".into())]);
+}
+
 /// Tool approval in the page: Approve and Deny buttons on a call that waits (the operator
 /// requires approval of `get_weather`), and a call still waiting across a page reload.
 #[test]
