@@ -204,3 +204,46 @@ async fn the_http_doors_name_the_agent_in_their_path() {
     let refused = post("/agui/billing").await.unwrap();
     assert_eq!(refused.status(), 404);
 }
+
+#[tokio::test]
+async fn an_mcp_server_a_plugin_names_is_offered_to_that_agent_only() {
+    let llm = FakeLlm::start();
+    let testkit = plugin_lib("testkit_agent");
+    let server = myagent_tests::bin("mcp-test-server");
+    // The testkit asks for the stdio server `kit` (TESTKIT_MCP_SERVER); the weather agent names none.
+    let host = Host::start_with_env(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[testkit.to_str().unwrap()],
+        &[("TESTKIT_MCP_SERVER", server.as_path())],
+    );
+    let mut c = Client::connect(&host.ws_url()).await;
+    let tools = |created: &Value| -> Vec<String> {
+        created["agent"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let kit = create(&mut c, Some("testkit")).await;
+    assert!(tools(&kit).contains(&"whoami".to_owned()), "{kit}");
+    let weather = create(&mut c, None).await;
+    assert!(
+        !tools(&weather)
+            .iter()
+            .any(|t| t == "whoami" || t.starts_with("kit__")),
+        "{weather}"
+    );
+    // Asked for anyway, the weather agent has no such tool.
+    let wsid = weather["session_id"].as_str().unwrap();
+    c.ask(wsid, "call:whoami {}").await;
+    let r = c.until("agent.tool_result").await;
+    assert!(
+        r["content"]
+            .as_str()
+            .unwrap()
+            .contains("no tool named `whoami`"),
+        "{r}"
+    );
+}

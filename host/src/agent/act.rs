@@ -180,7 +180,7 @@ fn mcp_tool(ctx: &RunContext<'_>, name: &str) -> Option<Exposed> {
     if name == TERMINATE_TOOL || ctx.manifest.tools.iter().any(|t| t.name == name) {
         return None;
     }
-    ctx.mcp.find(&ctx.manifest.tools, name)
+    ctx.mcp.find(ctx.manifest, name)
 }
 
 /// Runs one tool (the built-in `terminate`, the plugin's through its instance, or `mcp`, the
@@ -222,7 +222,7 @@ async fn call_tool(
                 Err(why) => (Err("mcp_error"), format!("Error: {why}")),
             };
         }
-        let offered = ctx.mcp.exposed(&ctx.manifest.tools);
+        let offered = ctx.mcp.offered(ctx.manifest);
         let known: Vec<&str> = ctx
             .manifest
             .tools

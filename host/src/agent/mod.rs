@@ -178,12 +178,7 @@ impl AgentRuntime {
             .tools
             .iter()
             .map(|t| t.name.clone())
-            .chain(
-                self.mcp
-                    .exposed(&manifest.tools)
-                    .into_iter()
-                    .map(|e| e.name),
-            )
+            .chain(self.mcp.offered(manifest).into_iter().map(|e| e.name))
             .collect()
     }
 }

@@ -58,7 +58,7 @@ impl Plan {
     fn for_run(ctx: &RunContext<'_>) -> Plan {
         let (settings, m) = (ctx.settings, ctx.manifest);
         let mut tools = m.tools.clone();
-        tools.extend(ctx.mcp.specs(&m.tools));
+        tools.extend(ctx.mcp.specs(m));
         tools.push(terminate_spec());
         // The client's own tools, where their names are free.
         for t in ctx.approvals.client.offered() {

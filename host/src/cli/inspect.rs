@@ -180,7 +180,7 @@ fn mcp_tools(m: &plugin::Manifest, config: Option<&Path>) -> Result<Option<Vec<L
     let stop = CancellationToken::new();
     let listed = rt.block_on(async {
         let hub = McpHub::start(specs, stop.clone(), mcp::START_WAIT).await;
-        let exposed = hub.exposed(&m.tools);
+        let exposed = hub.offered(m);
         hub.servers()
             .iter()
             .map(|s| Listed {

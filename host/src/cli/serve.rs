@@ -206,11 +206,22 @@ pub async fn mcp_servers(
         Some(path) => mcp::config::load(path).map_err(anyhow::Error::msg)?,
         None => Default::default(),
     };
+    let operator: Vec<String> = specs.keys().cloned().collect();
+    let mut owners = Vec::new();
     for manifest in manifests {
         let from_plugin = mcp::plugin_servers(manifest, &specs).map_err(anyhow::Error::msg)?;
+        for name in from_plugin.keys() {
+            if specs.contains_key(name) && !operator.contains(name) {
+                anyhow::bail!("two plugins name the MCP server `{name}`: each agent's servers need their own names (or name it once in --mcp-config, for every agent)");
+            }
+            owners.push((name.clone(), manifest.name.clone()));
+        }
         specs.extend(from_plugin);
     }
     let hub = McpHub::start(specs, stop.clone(), mcp::START_WAIT).await;
+    for (server, agent) in &owners {
+        hub.own(server, agent);
+    }
     for manifest in manifests {
         report_mcp(&hub, &hub.servers(), manifest, agent);
     }
@@ -224,8 +235,8 @@ pub fn report_mcp(
     manifest: &plugin::Manifest,
     agent: &myagent_host::agent::AgentConfig,
 ) {
-    let exposed = hub.exposed(&manifest.tools);
-    for server in servers {
+    let exposed = hub.offered(manifest);
+    for server in servers.iter().filter(|s| hub.serves(s, &manifest.name)) {
         let names: Vec<String> = exposed
             .iter()
             .filter(|e| Arc::ptr_eq(&e.server, server))

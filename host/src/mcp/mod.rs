@@ -30,6 +30,9 @@ pub struct McpHub {
     shutdown: CancellationToken,
     /// The name each (server, tool) was first offered under.
     names: std::sync::Mutex<HashMap<(String, String), String>>,
+    /// Servers a plugin named, by server: that plugin's agent, the only one they are offered
+    /// to. The operator's servers (`--mcp-config`) are every agent's.
+    owners: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// One tool on offer: the name the model calls, and where it goes.
@@ -59,6 +62,7 @@ impl McpHub {
             servers: RwLock::new(Vec::new()),
             shutdown,
             names: Default::default(),
+            owners: Default::default(),
         };
         hub.add(specs, wait).await;
         hub
@@ -82,6 +86,28 @@ impl McpHub {
         new.iter().map(|s| s.name.clone()).collect()
     }
 
+    /// Server `server` was named by `agent`'s plugin: only that agent is offered its tools.
+    pub fn own(&self, server: &str, agent: &str) {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.insert(server.to_owned(), agent.to_owned());
+    }
+
+    /// Whether `agent` is offered `server`'s tools (the operator's, or its own plugin's).
+    pub fn serves(&self, server: &McpServer, agent: &str) -> bool {
+        let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.get(&server.name).is_none_or(|o| o == agent)
+    }
+
+    /// The tools offered to `plugin`'s agent beside its own, named as the model sees them.
+    pub fn offered(&self, plugin: &crate::plugin::Manifest) -> Vec<Exposed> {
+        let servers = self
+            .servers()
+            .into_iter()
+            .filter(|s| self.serves(s, &plugin.name))
+            .collect();
+        self.exposed_among(servers, &plugin.tools)
+    }
+
     pub fn servers(&self) -> Vec<Arc<McpServer>> {
         self.servers
             .read()
@@ -92,7 +118,14 @@ impl McpHub {
     /// The tools offered beside `plugin_tools`, named as the model sees them (in the servers'
     /// and their lists' order).
     pub fn exposed(&self, plugin_tools: &[ToolSpec]) -> Vec<Exposed> {
-        let servers = self.servers();
+        self.exposed_among(self.servers(), plugin_tools)
+    }
+
+    fn exposed_among(
+        &self,
+        servers: Vec<Arc<McpServer>>,
+        plugin_tools: &[ToolSpec],
+    ) -> Vec<Exposed> {
         if servers.is_empty() {
             return Vec::new();
         }
@@ -159,8 +192,8 @@ impl McpHub {
     }
 
     /// The tool specs to offer the model beside the plugin's.
-    pub fn specs(&self, plugin_tools: &[ToolSpec]) -> Vec<ToolSpec> {
-        self.exposed(plugin_tools)
+    pub fn specs(&self, plugin: &crate::plugin::Manifest) -> Vec<ToolSpec> {
+        self.offered(plugin)
             .into_iter()
             .map(|e| ToolSpec {
                 name: e.name,
@@ -212,10 +245,8 @@ impl McpHub {
     }
 
     /// Where a call to `name` goes, if it is an MCP tool.
-    pub fn find(&self, plugin_tools: &[ToolSpec], name: &str) -> Option<Exposed> {
-        self.exposed(plugin_tools)
-            .into_iter()
-            .find(|e| e.name == name)
+    pub fn find(&self, plugin: &crate::plugin::Manifest, name: &str) -> Option<Exposed> {
+        self.offered(plugin).into_iter().find(|e| e.name == name)
     }
 }
 
@@ -265,6 +296,7 @@ mod tests {
             ]),
             shutdown: CancellationToken::new(),
             names: Default::default(),
+            owners: Default::default(),
         };
         let plugin = [ToolSpec {
             name: "get_weather".into(),
@@ -303,11 +335,12 @@ mod tests {
                 "b__terminate"
             ]
         );
-        let e = hub.find(&plugin, "echo").unwrap();
+        let manifest = manifest_of("weather", &plugin);
+        let e = hub.find(&manifest, "echo").unwrap();
         assert_eq!(e.server.name, "a");
         let flag = |f: &str| McpHub::named_in(&e, &[f.to_owned()]);
         assert!(flag("echo") && flag("a__echo") && !flag("b__echo"));
-        let e = hub.find(&plugin, "b__echo").unwrap();
+        let e = hub.find(&manifest, "b__echo").unwrap();
         assert!(
             McpHub::named_in(&e, &["echo".to_owned()]),
             "the tool's own name"
@@ -316,6 +349,38 @@ mod tests {
             (e.server.name.as_str(), e.tool.name.as_str()),
             ("b", "echo")
         );
-        assert!(hub.find(&plugin, "get_weather").is_none());
+        assert!(hub.find(&manifest, "get_weather").is_none());
+    }
+
+    /// A manifest of agent `name` with `tools`.
+    fn manifest_of(name: &str, tools: &[ToolSpec]) -> crate::plugin::Manifest {
+        let mut m: crate::plugin::Manifest = serde_json::from_value(serde_json::json!({
+            "api_version": 1, "name": name, "version": "1", "description": "",
+            "system_prompt": "", "next_step_prompt": "", "max_steps": 5, "enable_tracing": false,
+            "model": null, "temperature": null, "tool_timeout_ms": null, "event_prefix": null,
+            "tools": []
+        }))
+        .unwrap();
+        m.tools = tools.to_vec();
+        m
+    }
+
+    #[test]
+    fn a_plugins_own_server_is_offered_to_its_agent_only() {
+        let hub = McpHub {
+            servers: RwLock::new(vec![
+                McpServer::listed("ops", &["shared"]),
+                McpServer::listed("kit", &["mine"]),
+            ]),
+            shutdown: CancellationToken::new(),
+            names: Default::default(),
+            owners: Default::default(),
+        };
+        hub.own("kit", "testkit");
+        let agent = |name: &str| manifest_of(name, &[]);
+        let names = |m| -> Vec<String> { hub.offered(&m).into_iter().map(|e| e.name).collect() };
+        assert_eq!(names(agent("testkit")), ["shared", "mine"]);
+        assert_eq!(names(agent("weather")), ["shared"]);
+        assert!(hub.find(&agent("weather"), "mine").is_none());
     }
 }

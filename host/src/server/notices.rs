@@ -73,6 +73,17 @@ fn start_new_mcp_servers(runtime: &Arc<AgentRuntime>, manifest: &crate::plugin::
             return tracing::warn!(error = %e, "the new build's MCP servers are not valid; not started")
         }
     };
+    // The new ones are this agent's (a server already running — the operator's, say — stays
+    // whose it was).
+    let running: Vec<String> = runtime
+        .mcp
+        .servers()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    for server in specs.keys().filter(|s| !running.contains(s)) {
+        runtime.mcp.own(server, &manifest.name);
+    }
     let runtime = runtime.clone();
     tokio::spawn(async move {
         let started = runtime.mcp.add(specs, crate::mcp::START_WAIT).await;
