@@ -12,10 +12,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect {
-            plugin,
+            plugins,
             json,
             mcp_config,
-        } => cli::inspect::inspect(&plugin, json, mcp_config.as_deref()),
+        } => {
+            // Each in turn; the first failure is the exit status.
+            let codes: Vec<ExitCode> = plugins
+                .iter()
+                .map(|p| cli::inspect::inspect(p, json, mcp_config.as_deref()))
+                .collect();
+            codes
+                .into_iter()
+                .find(|c| *c != ExitCode::SUCCESS)
+                .unwrap_or(ExitCode::SUCCESS)
+        }
         Command::New { path, api_path } => cli::inspect::new_plugin(&path, api_path),
         Command::PluginWorker {
             source,

@@ -247,3 +247,16 @@ async fn an_mcp_server_a_plugin_names_is_offered_to_that_agent_only() {
         "{r}"
     );
 }
+
+#[test]
+fn inspect_prints_every_agent_named() {
+    let out = std::process::Command::new(myagent_tests::bin("myagent-host"))
+        .arg("inspect")
+        .args([plugin_lib("weather_agent"), plugin_lib("testkit_agent")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (w, k) = (text.find("weather-assistant"), text.find("testkit"));
+    assert!(w.is_some() && k.is_some() && w < k, "{text}");
+}

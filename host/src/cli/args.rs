@@ -26,8 +26,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a plugin's agent: name, API version, prompts and every tool with its schema.
     Inspect {
-        /// The plugin's shared library (e.g. target/debug/libweather_agent.so).
-        plugin: PathBuf,
+        /// The plugins' shared libraries (e.g. target/debug/libweather_agent.so), each printed
+        /// in turn — the agents `serve` would serve.
+        #[arg(required = true, num_args = 1.., value_name = "PLUGIN")]
+        plugins: Vec<PathBuf>,
         /// Print the manifest as JSON.
         #[arg(long)]
         json: bool,
