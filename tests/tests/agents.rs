@@ -158,6 +158,48 @@ async fn a_session_keeps_its_agent_across_kill_9() {
     c.ask(&sid, r#"call:echo {"text": "after"}"#).await;
     let r = c.until("agent.tool_result").await;
     assert_eq!(r["content"], "after", "still the testkit's session: {r}");
+    let ready = c.until("agent.ready").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.kill9();
+    drop((c, host));
+
+    // A row stored before sessions named their agent (the column's default, '') is the default
+    // agent's; a row of an agent no longer served cannot be resumed here, and says so.
+    let set_agent = |agent: &str| {
+        let db = rusqlite::Connection::open(&store).unwrap();
+        db.execute(
+            "UPDATE sessions SET agent = ?1 WHERE id = ?2",
+            (agent, &sid),
+        )
+        .unwrap();
+    };
+    set_agent("");
+    let host = two(&llm, &store);
+    let seq = ready["seq"].as_u64().unwrap();
+    let (mut c, resumed) = Client::resume(&host.ws_url(), &sid, &token, seq).await;
+    assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    c.ask(&sid, r#"call:echo {"text": "whose?"}"#).await;
+    let r = c.until("agent.tool_result").await;
+    assert!(
+        r["content"]
+            .as_str()
+            .unwrap()
+            .contains("no tool named `echo`"),
+        "the weather agent's now: {r}"
+    );
+    host.kill9();
+    drop((c, host));
+    set_agent("billing");
+    let host = two(&llm, &store);
+    let (_c, refused) = Client::resume(&host.ws_url(), &sid, &token, seq).await;
+    assert_eq!(refused["code"], "session_not_found", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("`billing` is not served here"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]

@@ -85,12 +85,6 @@ impl Sessions {
         }
     }
 
-    /// A session this process does not hold may be in the durable store (the host restarted,
-    /// or the resume window let it go from memory): with the right token it is rebuilt — memory,
-    /// settings, the tail of its log — on the current plugin build. A turn that was running
-    /// when its host stopped is closed now: recorded as interrupted, and the client gets
-    /// `agent.interrupted` with reason `host_lost` once it has resumed.
-    /// Returns the session when a lost turn is to be announced (after the resume's replay).
     /// The agent a stored session was made with (as listed), if this host serves it; else the
     /// client is told the session cannot be resumed here.
     fn agent_of(
@@ -99,7 +93,12 @@ impl Sessions {
         session_id: &str,
         agent: &str,
     ) -> Option<std::sync::Arc<crate::plugin::reload::PluginSlot>> {
-        let slot = self.runtime.agents.named(agent).cloned();
+        // A session stored before its agent was (an empty name) is the default agent's.
+        let agents = &self.runtime.agents;
+        let slot = match agent.is_empty() {
+            true => Some(agents.first().clone()),
+            false => agents.named(agent).cloned(),
+        };
         if slot.is_none() {
             let why = format!("Cannot resume: this session's agent `{agent}` is not served here");
             client.error(Some(session_id), ErrorCode::SessionNotFound, &why);
@@ -107,6 +106,12 @@ impl Sessions {
         slot
     }
 
+    /// A session this process does not hold may be in the durable store (the host restarted,
+    /// or the resume window let it go from memory): with the right token it is rebuilt — memory,
+    /// settings, the tail of its log — on the current build of its agent. A turn that was running
+    /// when its host stopped is closed now: recorded as interrupted, and the client gets
+    /// `agent.interrupted` with reason `host_lost` once it has resumed.
+    /// Returns the session when a lost turn is to be announced (after the resume's replay).
     pub(super) async fn restore_if_stored(
         &self,
         client: &mut Client,
