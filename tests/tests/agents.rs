@@ -155,6 +155,7 @@ async fn a_session_keeps_its_agent_across_kill_9() {
     let (mut c, resumed) =
         Client::resume(&host.ws_url(), &sid, &token, ready["seq"].as_u64().unwrap()).await;
     assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    assert_eq!(resumed["agent"]["name"], "testkit", "{resumed}");
     c.ask(&sid, r#"call:echo {"text": "after"}"#).await;
     let r = c.until("agent.tool_result").await;
     assert_eq!(r["content"], "after", "still the testkit's session: {r}");
@@ -178,6 +179,7 @@ async fn a_session_keeps_its_agent_across_kill_9() {
     let seq = ready["seq"].as_u64().unwrap();
     let (mut c, resumed) = Client::resume(&host.ws_url(), &sid, &token, seq).await;
     assert_eq!(resumed["event"], "agent.session_resumed", "{resumed}");
+    assert_eq!(resumed["agent"]["name"], "weather-assistant", "{resumed}");
     c.ask(&sid, r#"call:echo {"text": "whose?"}"#).await;
     let r = c.until("agent.tool_result").await;
     assert!(

@@ -239,6 +239,8 @@ pub enum ServerEvent {
     /// Sent before the replayed events (it carries no `seq`).
     #[serde(rename = "agent.session_resumed")]
     SessionResumed {
+        /// The session's agent (of several served, the one it talks to).
+        agent: AgentInfo,
         last_seq: u64,
         replayed: usize,
         recovered: bool,

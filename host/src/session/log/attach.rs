@@ -6,7 +6,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{ResumeOutcome, Session};
 use crate::metrics::Metrics;
-use crate::session::event::ServerEvent;
+use crate::session::event::{AgentInfo, ServerEvent};
 use crate::session::subscriber::{send_about, Sub};
 
 impl Session {
@@ -46,7 +46,15 @@ impl Session {
             .collect();
         let recovered = last_seq.saturating_add(1) >= first_available || last_seq >= inner.seq;
         metrics.events_sent.add(missed.len() as u64);
+        let m = &inner.bound.plugin.manifest;
+        let agent = AgentInfo {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            generation: None,
+            tools: None,
+        };
         let header = ServerEvent::SessionResumed {
+            agent,
             last_seq: shown_to,
             replayed: missed.len(),
             recovered,
