@@ -111,7 +111,7 @@ async fn one_agents_worker_crashing_leaves_the_others_sessions_streaming() {
     let dir = TempDir::new("agents-crash");
     let llm = FakeLlm::start();
     let host = two(&llm, &dir.path().join("s.db"));
-    let (mut w, _) = (Client::connect(&host.ws_url()).await, ());
+    let mut w = Client::connect(&host.ws_url()).await;
     let weather = create(&mut w, None).await;
     let wsid = weather["session_id"].as_str().unwrap().to_owned();
     let mut k = Client::connect(&host.ws_url()).await;

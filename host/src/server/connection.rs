@@ -368,15 +368,19 @@ async fn on_text(deps: &ConnDeps, client: &mut Client, authed: &mut bool, text: 
         );
         return Flow::Continue;
     }
-    let prefixes: Vec<Option<String>> = deps
+    // The serving builds, borrowed for their prefixes (no copy of a prefix per message).
+    let builds: Vec<_> = deps
         .sessions
         .runtime()
         .agents
         .all()
         .iter()
-        .map(|s| s.current().manifest.event_prefix.clone())
+        .map(|s| s.current())
         .collect();
-    let prefixes: Vec<&str> = prefixes.iter().flatten().map(String::as_str).collect();
+    let prefixes: Vec<&str> = builds
+        .iter()
+        .filter_map(|p| p.manifest.event_prefix.as_deref())
+        .collect();
     let parsed = match protocol::parse_for(text, &prefixes) {
         Ok(p) => p,
         Err(_) if !*authed => return refuse_auth(client),
