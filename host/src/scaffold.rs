@@ -180,6 +180,10 @@ pub fn agent() -> Agent {{
         .tool(WordCount)
         // Tools from an MCP server, beside this agent's own (`use myagent_plugin_api::McpServer`):
         // .mcp_server("files", McpServer::stdio("npx", ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]))
+        // Hand the conversation to another agent the host serves (`serve this.so billing.so`):
+        // .handoff("billing-assistant")
+        // Or ask one as a tool (its answer comes back as the tool's result):
+        // .agent_tool("research-assistant")
         .build()
 }}
 

@@ -36,6 +36,8 @@ pub struct Agent {
     event_handler: Option<Box<EventHandler>>,
     session_overrides: SessionOverrides,
     mcp_servers: BTreeMap<String, McpServer>,
+    handoffs: Vec<String>,
+    agent_tools: Vec<String>,
 }
 
 impl Agent {
@@ -58,6 +60,8 @@ impl Agent {
                 event_handler: None,
                 session_overrides: SessionOverrides::default(),
                 mcp_servers: BTreeMap::new(),
+                handoffs: Vec::new(),
+                agent_tools: Vec::new(),
             },
         }
     }
@@ -121,6 +125,8 @@ impl Agent {
             tool_context: wire::TOOL_CONTEXT_VERSION,
             session_overrides: self.session_overrides.clone(),
             mcp_servers: self.mcp_servers.clone(),
+            handoffs: self.handoffs.clone(),
+            agent_tools: self.agent_tools.clone(),
             needs_approval: self
                 .tools
                 .iter()
@@ -218,6 +224,29 @@ impl AgentBuilder {
     /// wins when it names a server the same.
     pub fn mcp_server(mut self, name: impl Into<String>, server: McpServer) -> Self {
         self.agent.mcp_servers.insert(name.into(), server);
+        self
+    }
+    /// Lets this agent hand the conversation over to the agent named `agent` (another plugin
+    /// served by the same host): the model gets a tool `transfer_to_<agent>` (characters
+    /// outside `[A-Za-z0-9_]` become `_`), described by that agent's description. When the
+    /// model calls it, the same turn goes on under that agent — its prompt, tools, model and
+    /// limits — and the session's next messages go to it until another handoff.
+    pub fn handoff(mut self, agent: impl Into<String>) -> Self {
+        let agent = agent.into();
+        if !self.agent.handoffs.contains(&agent) {
+            self.agent.handoffs.push(agent);
+        }
+        self
+    }
+    /// Lets this agent ask the agent named `agent` (another plugin served by the same host) as
+    /// a tool: the model gets `ask_<agent>` {input}; the host runs that agent on `input` with a
+    /// fresh memory, streams its events to the client, and returns its final answer as the
+    /// tool's result.
+    pub fn agent_tool(mut self, agent: impl Into<String>) -> Self {
+        let agent = agent.into();
+        if !self.agent.agent_tools.contains(&agent) {
+            self.agent.agent_tools.push(agent);
+        }
         self
     }
     /// Finishes the definition.

@@ -46,6 +46,15 @@ pub struct Manifest {
     /// wins on a name clash).
     #[serde(default)]
     pub mcp_servers: BTreeMap<String, McpServer>,
+    /// Agents (by name) this agent may hand the conversation over to: its model gets a tool
+    /// `transfer_to_<name>` for each ([`crate::AgentBuilder::handoff`]).
+    #[serde(default)]
+    pub handoffs: Vec<String>,
+    /// Agents (by name) this agent may ask as a tool: its model gets a tool `ask_<name>` for
+    /// each, which runs that agent on the question with a fresh memory
+    /// ([`crate::AgentBuilder::agent_tool`]).
+    #[serde(default)]
+    pub agent_tools: Vec<String>,
 }
 
 /// An MCP server a plugin asks the host to connect to, in the format of the operator's

@@ -183,17 +183,23 @@ async fn handle(
 /// The deterministic "model" used when no script step is queued.
 pub fn auto_step(request: &Value) -> Step {
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
-    let last_assistant = messages.iter().rposition(|m| m["role"] == "assistant");
+    let mut last_assistant = messages.iter().rposition(|m| m["role"] == "assistant");
+    // A handoff (the last step only called `transfer_to_*`): the agent it went to takes the
+    // user's request up as if it were new.
+    if let Some(i) = last_assistant.filter(|i| handed_over(&messages[*i])) {
+        last_assistant = messages[..i].iter().rposition(|m| m["role"] == "assistant");
+    }
     let after: &[Value] = match last_assistant {
         Some(i) => &messages[i + 1..],
         None => &messages[..],
     };
+    let handoff = after.iter().any(handed_over);
     let tool_results: Vec<&str> = after
         .iter()
         .filter(|m| m["role"] == "tool")
         .filter_map(|m| m["content"].as_str())
         .collect();
-    if !tool_results.is_empty() {
+    if !tool_results.is_empty() && !handoff {
         return Step {
             text: format!("Here is what I found: {}", tool_results.join("; ")),
             ..Default::default()
@@ -265,6 +271,9 @@ pub fn auto_step(request: &Value) -> Step {
     }
     if step.text.is_empty() && step.tool_calls.is_empty() {
         let lower = input.to_lowercase();
+        let to_weather = tools
+            .iter()
+            .find(|t| t.starts_with("transfer_to_") && t.contains("weather"));
         if tools.contains(&"get_weather") && lower.contains("weather") {
             let city = city_in(input).unwrap_or_else(|| "Paris".into());
             step.text = format!("Let me look up the weather in {city}.");
@@ -272,11 +281,29 @@ pub fn auto_step(request: &Value) -> Step {
                 name: "get_weather".into(),
                 arguments: json!({"city": city}).to_string(),
             });
+        } else if let Some(to) = to_weather.filter(|_| lower.contains("weather")) {
+            step.text = "This is a weather question: handing it over.".into();
+            step.tool_calls.push(ScriptCall {
+                name: (*to).into(),
+                arguments: json!({"reason": "a weather question"}).to_string(),
+            });
         } else {
             step.text = format!("You said: {input}");
         }
     }
     step
+}
+
+/// An assistant message whose every tool call is a handoff (`transfer_to_*`).
+fn handed_over(m: &Value) -> bool {
+    let calls = m["tool_calls"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    m["role"] == "assistant"
+        && !calls.is_empty()
+        && calls.iter().all(|c| {
+            c["function"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("transfer_to_"))
+        })
 }
 
 /// "What's the weather in New York today?" → "New York".
@@ -495,5 +522,23 @@ mod tests {
             {"role": "user", "content": "next step prompt"}
         ]});
         assert_eq!(auto_step(&req).text, "Here is what I found: Paris: sunny");
+    }
+
+    #[test]
+    fn auto_model_hands_weather_over_and_the_target_takes_the_question_up() {
+        let tool = |name: &str| json!({"type": "function", "function": {"name": name}});
+        let ask = json!({"role": "user", "content": "What's the weather in Rome?"});
+        let first = json!({"messages": [ask], "tools": [tool("query_database"), tool("transfer_to_weather_assistant")]});
+        let step = auto_step(&first);
+        assert_eq!(step.tool_calls[0].name, "transfer_to_weather_assistant");
+        let then = json!({"messages": [
+            {"role": "system", "content": "You are a weather assistant."},
+            ask,
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "transfer_to_weather_assistant", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "1", "content": "Transferred"}
+        ], "tools": [tool("get_weather")]});
+        let step = auto_step(&then);
+        assert_eq!(step.tool_calls[0].name, "get_weather");
+        assert_eq!(step.tool_calls[0].arguments, r#"{"city":"Rome"}"#);
     }
 }

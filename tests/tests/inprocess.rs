@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use myagent_host::agent::{
     run_agent, AgentConfig, AgentEvent, AgentRuntime, EventSink, FinishReason, Memory, RunContext,
-    RunOutcome, SessionSettings, INTERRUPTED_NOTE,
+    RunOutcome, SessionSettings, Speaker, INTERRUPTED_NOTE,
 };
 use myagent_host::llm::{Model, ReplayModel};
 use myagent_host::metrics::Metrics;
@@ -46,6 +46,7 @@ fn agent_config() -> AgentConfig {
         prices: None,
         session_budget: Default::default(),
         approval_timeout: Duration::from_secs(5),
+        links: Default::default(),
     }
 }
 
@@ -54,7 +55,7 @@ fn agent_config() -> AgentConfig {
 struct Recorded(Mutex<Vec<AgentEvent>>);
 
 impl EventSink for Recorded {
-    fn emit(&self, event: AgentEvent) {
+    fn emit(&self, event: AgentEvent, _: &Speaker<'_>) {
         self.0.lock().unwrap().push(event);
     }
 }
@@ -70,6 +71,8 @@ async fn run(
     let sink = Recorded::default();
     let metrics = Arc::new(Metrics::default());
     let config = agent_config();
+    // No other agent: nothing to hand over to.
+    let agents = Agents::none();
     let ctx = RunContext {
         model: &model,
         manifest: &plugin.manifest,
@@ -85,6 +88,9 @@ async fn run(
         trace_parent: None,
         metrics: &metrics,
         session_id: "test",
+        agents: &agents,
+        depth: 0,
+        parent_step_id: None,
     };
     let outcome = run_agent(&ctx, memory, &input.into()).await;
     (outcome, sink.0.into_inner().unwrap())
@@ -130,8 +136,9 @@ async fn the_agent_loop_thinks_calls_its_tool_and_answers_from_a_recording() {
             AgentEvent::Answer { .. } => "answer",
             AgentEvent::AnswerReset { .. } => "reset",
             AgentEvent::ToolCall { .. } => "call",
-            AgentEvent::ApprovalRequired { .. } => "approval",
             AgentEvent::ToolResult { .. } => "result",
+            AgentEvent::Handoff { .. } => "handoff",
+            AgentEvent::ApprovalRequired { .. } => "approval",
         })
         .collect();
     let mut squashed = kinds.clone();

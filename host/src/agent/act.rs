@@ -6,36 +6,57 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use super::child::RunTurn;
+use super::team::{self, Link};
 use super::trace::trace;
-use super::{AgentEvent, Decision, PendingApproval, RunContext};
+use super::usage::UsageTotals;
+use super::{AgentEvent, Bound, Decision, PendingApproval, Reply, RunContext};
 use crate::llm::ToolCall;
 use crate::mcp::{Exposed, McpHub};
 use crate::otel::{Span, ToolKind};
 use crate::plugin::HostErrorKind;
 use myagent_plugin_api::TERMINATE_TOOL;
 
-/// What a tool call came to: the text the model sees, and on failure what kind of failure
-/// (a trace's `error.type`).
-type Reply = (Result<(), &'static str>, String);
+/// What a step's tool calls came to: each reply's text in call order, the agent a handoff
+/// moved the run to, and what child runs (agents asked as tools) spent.
+pub(super) struct Acted {
+    pub(super) texts: Vec<String>,
+    pub(super) handed: Option<Bound>,
+    pub(super) usage: UsageTotals,
+}
 
-/// Runs one step's tool calls concurrently, each under its own span (a child of `run`);
-/// returns the text each reply carries, in call order.
+/// Besides its reply, what a call may leave: the agent it handed over to, or a child run's
+/// usage.
+#[derive(Default)]
+struct Extra {
+    handed: Option<Bound>,
+    usage: UsageTotals,
+}
+
+/// Runs one step's tool calls concurrently, each under its own span (a child of `run`).
+/// `spent` is the session's usage so far (a child run's budget counts it).
 pub(super) async fn act(
     ctx: &RunContext<'_>,
     run: &Span,
     step: u32,
     calls: &[ToolCall],
-) -> Vec<String> {
+    (spent, run_turn): (UsageTotals, RunTurn),
+) -> Acted {
+    // One handoff a step: the first call of one is it.
+    let handoff_at = calls
+        .iter()
+        .position(|c| matches!(team::link(ctx, &c.function.name), Some(Link::Handoff(_))));
     let futures = calls.iter().enumerate().map(|(i, call)| async move {
         let step_id = format!("step{step}-{i}-{}", call.id);
         let name = call.function.name.as_str();
         let parsed = parse_arguments(&call.function.arguments);
         let shown_args = parsed.clone().unwrap_or_else(|_| Value::String(call.function.arguments.clone()));
+        let link = team::link(ctx, name);
         // An MCP server's tool is known by its identity (server, own name), not only by the
         // name it is offered under: approval follows it however it is named.
-        let mcp = mcp_tool(ctx, name);
-        let client = mcp.is_none() && !ctx.manifest.tools.iter().any(|t| t.name == name) && ctx.approvals.client.runs(name);
-        ctx.sink.emit(AgentEvent::ToolCall { step, step_id: step_id.clone(), tool: name.to_owned(), args: shown_args.clone(), client });
+        let mcp = if link.is_some() { None } else { mcp_tool(ctx, name) };
+        let client = link.is_none() && mcp.is_none() && !ctx.manifest.tools.iter().any(|t| t.name == name) && ctx.approvals.client.runs(name);
+        ctx.emit(AgentEvent::ToolCall { step, step_id: step_id.clone(), tool: name.to_owned(), args: shown_args.clone(), client });
         let kind = if mcp.is_some() { ToolKind::Extension } else { ToolKind::Function };
         let span = ctx.telemetry.tool_span(run, name, &call.id, kind);
         span.content("gen_ai.tool.call.arguments", || call.function.arguments.clone());
@@ -43,14 +64,15 @@ pub(super) async fn act(
         let needs_approval = ctx.config.needs_approval(ctx.manifest, name)
             || mcp.as_ref().is_some_and(|e| McpHub::named_in(e, &ctx.config.require_approval));
         let server = mcp.as_ref().map(|e| e.server.name.as_str());
-        let (outcome, text) = match parsed {
-            Err(why) => (Err("invalid_arguments"), format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")),
-            Ok(_) if client => client_result(ctx, &step_id, name).await,
+        let call_of = Call { step, step_id: &step_id, name, span: &span, link: link.as_ref(), first_handoff: handoff_at == Some(i), spent, run_turn };
+        let ((outcome, text), extra) = match parsed {
+            Err(why) => ((Err("invalid_arguments"), format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")), Extra::default()),
+            Ok(_) if client => (client_result(ctx, &step_id, name).await, Extra::default()),
             Ok(args) if needs_approval => match approve(ctx, step, &step_id, (name, server), &args).await {
-                Ok(()) => call_tool(ctx, (name, &span), args, mcp.as_ref()).await,
-                Err(refusal) => (Err("not_approved"), refusal),
+                Ok(()) => perform(ctx, call_of, args, mcp.as_ref()).await,
+                Err(refusal) => ((Err("not_approved"), refusal), Extra::default()),
             },
-            Ok(args) => call_tool(ctx, (name, &span), args, mcp.as_ref()).await,
+            Ok(args) => perform(ctx, call_of, args, mcp.as_ref()).await,
         };
         let success = outcome.is_ok();
         ctx.metrics.tool_calls.inc();
@@ -65,10 +87,102 @@ pub(super) async fn act(
         let text = truncate_output(text, ctx.config.max_tool_output_chars);
         trace(ctx, json!({"kind": "tool_call", "session_id": ctx.session_id, "step": step, "tool": name, "args": shown_args,
             "duration_ms": t0.elapsed().as_millis() as u64, "success": success}));
-        ctx.sink.emit(AgentEvent::ToolResult { step, step_id, tool: name.to_owned(), content: text.clone(), success });
-        text
+        ctx.emit(AgentEvent::ToolResult { step, step_id, tool: name.to_owned(), content: text.clone(), success });
+        (text, extra)
     });
-    futures_util::future::join_all(futures).await
+    let mut acted = Acted {
+        texts: Vec::with_capacity(calls.len()),
+        handed: None,
+        usage: UsageTotals::default(),
+    };
+    for (text, extra) in futures_util::future::join_all(futures).await {
+        acted.texts.push(text);
+        acted.usage.add(&extra.usage);
+        acted.handed = acted.handed.or(extra.handed);
+    }
+    acted
+}
+
+/// One call, as [`perform`] needs it.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    step: u32,
+    step_id: &'a str,
+    name: &'a str,
+    span: &'a Span,
+    /// The handoff or agent tool the name stands for, if any.
+    link: Option<&'a Link>,
+    /// This is the step's first handoff call (the only one that may hand over).
+    first_handoff: bool,
+    spent: UsageTotals,
+    /// How a child run (an agent asked as a tool) runs.
+    run_turn: RunTurn,
+}
+
+/// Runs one call that may run now: a handoff, an agent asked as a tool, or any other tool.
+async fn perform(
+    ctx: &RunContext<'_>,
+    call: Call<'_>,
+    args: Value,
+    mcp: Option<&Exposed>,
+) -> (Reply, Extra) {
+    match call.link {
+        Some(Link::Handoff(to)) if !call.first_handoff => (
+            (
+                Err("handoff_refused"),
+                format!("Error: only one handoff per step; `{to}` was not asked (an earlier call of this step hands over)."),
+            ),
+            Extra::default(),
+        ),
+        Some(Link::Handoff(to)) => match hand_over(ctx, &call, to, &args).await {
+            Ok(bound) => (
+                (Ok(()), format!("Transferred to {to}: {to} takes the conversation from here.")),
+                Extra {
+                    handed: Some(bound),
+                    ..Extra::default()
+                },
+            ),
+            Err(why) => ((Err("handoff_failed"), why), Extra::default()),
+        },
+        Some(Link::Ask(to)) => {
+            let (reply, usage) = super::child::ask((ctx, call.run_turn), (call.step_id, call.span), to, &args, call.spent).await;
+            (reply, Extra { handed: None, usage })
+        }
+        None => (call_tool(ctx, (call.name, call.span), args, mcp).await, Extra::default()),
+    }
+}
+
+/// Binds agent `to` for the rest of the turn and tells the client (`agent.handoff`); `Err` is
+/// the text the model sees when it cannot (not served, its build failed to make an agent).
+async fn hand_over(
+    ctx: &RunContext<'_>,
+    call: &Call<'_>,
+    to: &str,
+    args: &Value,
+) -> Result<Bound, String> {
+    let slot = team::served(ctx.agents, to)?;
+    let bound = Bound::to(slot, ctx.config)
+        .await
+        .map_err(|e| format!("Error: could not hand over to `{to}`: {e}"))?;
+    let reason = args
+        .get("reason")
+        .and_then(Value::as_str)
+        .filter(|r| !r.trim().is_empty())
+        .map(str::to_owned);
+    tracing::info!(session_id = ctx.session_id, from = %ctx.manifest.name, to, step_id = call.step_id, "handoff");
+    trace(
+        ctx,
+        json!({"kind": "handoff", "session_id": ctx.session_id, "step": call.step,
+        "from": ctx.manifest.name, "to": to, "reason": reason}),
+    );
+    ctx.emit(AgentEvent::Handoff {
+        step: call.step,
+        step_id: call.step_id.to_owned(),
+        from: ctx.manifest.name.clone(),
+        to: to.to_owned(),
+        reason,
+    });
+    Ok(bound)
 }
 
 /// A call the client runs: its result, when the client sends it within the approval timeout.
@@ -110,7 +224,7 @@ async fn approve(
         args: args.clone(),
         step,
     });
-    ctx.sink.emit(AgentEvent::ApprovalRequired {
+    ctx.emit(AgentEvent::ApprovalRequired {
         step,
         step_id: step_id.to_owned(),
         tool: name.to_owned(),

@@ -12,12 +12,14 @@
 
 mod act;
 pub(crate) mod approval;
+mod child;
 pub(crate) mod client_tools;
 pub(crate) mod memory;
 mod run;
 pub(crate) mod settings;
 mod spans;
 mod stream;
+pub mod team;
 pub(crate) mod trace;
 pub mod usage;
 
@@ -35,9 +37,14 @@ use crate::plugin::{Instance, Manifest};
 pub use approval::{Approvals, Decision, PendingApproval};
 pub use memory::Memory;
 pub use myagent_plugin_api::TERMINATE_TOOL;
-pub use run::run_agent;
+pub use run::{run_agent, run_turn};
 pub use settings::SessionSettings;
+pub use team::{Bound, Links};
 pub use trace::TraceWriter;
+
+/// What a tool call came to: the text the model sees, and on failure what kind of failure
+/// (a trace's `error.type`).
+type Reply = (Result<(), &'static str>, String);
 
 /// What the memory records for a run the user cancelled.
 pub const INTERRUPTED_NOTE: &str = "(The user interrupted this response.)";
@@ -83,6 +90,14 @@ pub enum AgentEvent {
         content: String,
         success: bool,
     },
+    /// The call `step_id` handed the conversation over: the run goes on under agent `to`.
+    Handoff {
+        step: u32,
+        step_id: String,
+        from: String,
+        to: String,
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +125,16 @@ impl FinishReason {
 
 /// Receives a run's events. Implementations must not block (the session layer queues).
 pub trait EventSink: Send + Sync {
-    fn emit(&self, event: AgentEvent);
+    /// `event`, from the run of `speaker`.
+    fn emit(&self, event: AgentEvent, speaker: &Speaker<'_>);
+}
+
+/// Whose run an event comes from: the agent, and for a child run (an agent asked as a tool)
+/// the tool call of the run that asked it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Speaker<'a> {
+    pub agent: &'a str,
+    pub parent_step_id: Option<&'a str>,
 }
 
 /// Host-side settings for runs.
@@ -137,6 +161,8 @@ pub struct AgentConfig {
     /// Every session's budget (`--session-token-budget`, `--session-cost-budget`); a session
     /// may tighten it (`agent_config.budget`).
     pub session_budget: usage::Budget,
+    /// The operator's handoffs and agent tools (`--handoff`, `--agent-tool`).
+    pub links: Links,
 }
 
 impl AgentConfig {
@@ -183,7 +209,9 @@ impl AgentRuntime {
     }
 }
 
-/// Everything a run needs besides the session's memory.
+/// Everything a run needs besides the session's memory. All borrowed, so a handoff or a child
+/// run makes its own from its parent's (`RunContext { manifest, .. *ctx }`).
+#[derive(Clone, Copy)]
 pub struct RunContext<'a> {
     pub model: &'a Model,
     pub manifest: &'a Manifest,
@@ -202,6 +230,30 @@ pub struct RunContext<'a> {
     pub trace_parent: Option<&'a crate::otel::TraceParent>,
     pub metrics: &'a Arc<Metrics>,
     pub session_id: &'a str,
+    /// Every agent the host serves (handoffs and agent tools go to them).
+    pub agents: &'a Agents,
+    /// 0 for a session's run; a child run (an agent asked as a tool) is one deeper.
+    pub depth: u8,
+    /// In a child run: the tool call of the run that asked for it.
+    pub parent_step_id: Option<&'a str>,
+}
+
+impl RunContext<'_> {
+    /// Reports `event` as this run's agent's.
+    pub fn emit(&self, event: AgentEvent) {
+        // A child run's answer is its parent's tool result, not the answer of the turn: its
+        // pieces go out as the child's reasoning (answer pieces add up to the turn's answer).
+        let event = match (self.parent_step_id, event) {
+            (Some(_), AgentEvent::Answer { step, text }) => AgentEvent::Reasoning { step, text },
+            (Some(_), AgentEvent::AnswerReset { .. }) => return,
+            (_, event) => event,
+        };
+        let speaker = Speaker {
+            agent: &self.manifest.name,
+            parent_step_id: self.parent_step_id,
+        };
+        self.sink.emit(event, &speaker);
+    }
 }
 
 /// How a run ended.

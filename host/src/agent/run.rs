@@ -6,11 +6,12 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::act::act;
+use super::child::Turned;
 use super::spans::RunTrace;
 use super::stream::StepStream;
 use super::trace::trace;
 use super::usage::CallUsage;
-use super::{AgentEvent, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
+use super::{AgentEvent, Bound, FinishReason, Memory, RunContext, RunOutcome, INTERRUPTED_NOTE};
 use crate::llm::{ChatMessage, ChatRequest, ChatResponse, Content, ToolSpec};
 use myagent_plugin_api::TERMINATE_TOOL;
 
@@ -59,6 +60,7 @@ impl Plan {
         let (settings, m) = (ctx.settings, ctx.manifest);
         let mut tools = m.tools.clone();
         tools.extend(ctx.mcp.specs(m));
+        tools.extend(super::team::specs(ctx));
         tools.push(terminate_spec());
         // The client's own tools, where their names are free.
         for t in ctx.approvals.client.offered() {
@@ -87,6 +89,18 @@ impl Plan {
 /// Runs the agent on `input`, extending `memory`. Streams what happens through `ctx.sink`;
 /// the returned outcome says how the run ended (the caller tells the client).
 pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Content) -> RunOutcome {
+    run_turn(ctx, memory, input).await.0
+}
+
+/// A session's turn: [`run_agent`], and — when the model handed the conversation over
+/// (`transfer_to_<agent>`) — the agent the turn ended on, which the session talks to from now
+/// on. Each handoff goes on with the same memory and step count under the new agent's prompt,
+/// tools, model and limits (the session's `agent_config` where that agent allows it).
+pub async fn run_turn(
+    ctx: &RunContext<'_>,
+    memory: &mut Memory,
+    input: &Content,
+) -> (RunOutcome, Option<Bound>) {
     let started = Instant::now();
     ctx.metrics.runs_started.inc();
     let turn_start = memory.len();
@@ -97,41 +111,84 @@ pub async fn run_agent(ctx: &RunContext<'_>, memory: &mut Memory, input: &Conten
         json!({"kind": "run_start", "session_id": ctx.session_id, "input": input,
         "agent": ctx.manifest.name, "version": ctx.manifest.version}),
     );
-    let plan = Plan::for_run(ctx);
-    let run = RunTrace::start(ctx, &plan.model, &plan.system_prompt, input);
-    let outcome = steps(ctx, &plan, &run, memory).await;
-    send_unstreamed_answer(ctx, &outcome);
+    let (mut handed, mut first_step) = (None::<Bound>, 1);
+    let outcome = loop {
+        let settings = handed
+            .as_ref()
+            .map(|b| ctx.settings.for_agent(&b.plugin.manifest));
+        let here = match (&handed, &settings) {
+            (Some(b), Some(settings)) => RunContext {
+                manifest: &b.plugin.manifest,
+                instance: &b.instance,
+                settings,
+                ..*ctx
+            },
+            _ => *ctx,
+        };
+        // The build's worker is kept until its part of the turn ends.
+        let _on_build = handed.as_ref().map(|b| b.plugin.begin_run());
+        let plan = Plan::for_run(&here);
+        let run = RunTrace::start(&here, &plan.model, &plan.system_prompt, input);
+        match steps(&here, &plan, &run, memory, first_step).await {
+            Steps::Ended(outcome) => {
+                send_unstreamed_answer(&here, &outcome);
+                run.end(&outcome);
+                break outcome;
+            }
+            Steps::HandedOff(to, step) => {
+                run.handed_off(&to.plugin.manifest.name);
+                (handed, first_step) = (Some(to), step + 1);
+            }
+        }
+    };
     close_turn(ctx, memory, turn_start, &outcome);
-    run.end(&outcome);
     trace(
         ctx,
         json!({"kind": "run_end", "session_id": ctx.session_id,
         "duration_ms": started.elapsed().as_millis() as u64,
         "outcome": match &outcome { RunOutcome::Finished { reason, .. } => reason.as_str(), RunOutcome::Failed { .. } => "error", RunOutcome::Cancelled => "cancelled" }}),
     );
-    outcome
+    (outcome, handed)
 }
 
-/// Think, act, until an answer, `terminate`, a stop, or `max_steps`.
+/// [`run_turn`] as a child run starts it (see `child.rs`).
+fn boxed_turn<'a>(
+    ctx: &'a RunContext<'a>,
+    memory: &'a mut Memory,
+    input: &'a Content,
+) -> Turned<'a> {
+    Box::pin(run_turn(ctx, memory, input))
+}
+
+/// How a run's steps ended: the run is over, or it goes on under another agent from the
+/// step after this one.
+enum Steps {
+    Ended(RunOutcome),
+    HandedOff(Bound, u32),
+}
+
+/// Think, act, until an answer, `terminate`, a stop, a handoff or `max_steps` (counted over
+/// the whole turn: a handoff goes on from `first`).
 async fn steps(
     ctx: &RunContext<'_>,
     plan: &Plan,
     run: &RunTrace,
     memory: &mut Memory,
-) -> RunOutcome {
+    first: u32,
+) -> Steps {
     let mut previous: Vec<String> = Vec::new();
     let mut nudge = false;
-    for step in 1..=plan.max_steps {
+    for step in first..=plan.max_steps {
         let step_mark = memory.len();
         let resp = match think(ctx, (plan, run), memory, step, std::mem::take(&mut nudge)).await {
             Thought::Answer(answer) => {
-                return RunOutcome::Finished {
+                return Steps::Ended(RunOutcome::Finished {
                     answer,
                     reason: FinishReason::Answer,
                     steps: step,
-                };
+                });
             }
-            Thought::Stop(outcome) => return outcome,
+            Thought::Stop(outcome) => return Steps::Ended(outcome),
             Thought::Act(resp) => resp,
         };
         // Stuck: the same reasoning and calls as an earlier step.
@@ -141,27 +198,31 @@ async fn steps(
             nudge = true;
         }
         previous.push(signature);
-        let results = tokio::select! {
+        let acted = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => {
                 // Keep memory consistent: drop the unanswered assistant message.
                 memory.truncate(step_mark);
-                return RunOutcome::Cancelled;
+                return Steps::Ended(RunOutcome::Cancelled);
             }
-            r = act(ctx, &run.span, step, &resp.tool_calls) => r,
+            r = act(ctx, &run.span, step, &resp.tool_calls, (memory.usage, boxed_turn)) => r,
         };
-        if let Some(outcome) = record_results(memory, &resp, results, step) {
-            return outcome;
+        memory.usage.add(&acted.usage);
+        if let Some(outcome) = record_results(memory, &resp, acted.texts, step) {
+            return Steps::Ended(outcome);
+        }
+        if let Some(to) = acted.handed {
+            return Steps::HandedOff(to, step);
         }
     }
     let max = plan.max_steps;
-    RunOutcome::Finished {
+    Steps::Ended(RunOutcome::Finished {
         answer: format!(
             "I stopped after reaching the step limit (max_steps = {max}) without a final answer."
         ),
         reason: FinishReason::MaxSteps,
-        steps: max,
-    }
+        steps: max.max(first.saturating_sub(1)),
+    })
 }
 
 /// What a step said and asked for, to recognise a repeated one.
@@ -184,7 +245,7 @@ fn send_unstreamed_answer(ctx: &RunContext<'_>, outcome: &RunOutcome) {
     } = outcome
     {
         if *reason != FinishReason::Answer && !answer.is_empty() {
-            ctx.sink.emit(AgentEvent::Answer {
+            ctx.emit(AgentEvent::Answer {
                 step: *steps,
                 text: answer.clone(),
             });
@@ -200,7 +261,7 @@ async fn think(
     step: u32,
     nudge: bool,
 ) -> Thought {
-    ctx.sink.emit(AgentEvent::Thinking {
+    ctx.emit(AgentEvent::Thinking {
         step,
         content: format!("Step {step}: thinking"),
     });
@@ -227,7 +288,7 @@ async fn think(
         return stop;
     }
     let t0 = Instant::now();
-    let mut stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
+    let mut stream = StepStream::new(ctx, step, ctx.config.answer_holdback_chars);
     let mut resp = call_model(ctx, run, &mut req, &mut stream).await;
     if let Some(Err(e)) = &resp {
         if e.is_malformed_tool_call() {
@@ -236,7 +297,7 @@ async fn think(
             tracing::info!(session_id = ctx.session_id, step, error = %e, "malformed tool call; retrying once");
             ctx.metrics.llm_errors.inc();
             stream.abandon();
-            stream = StepStream::new(ctx.sink, step, ctx.config.answer_holdback_chars);
+            stream = StepStream::new(ctx, step, ctx.config.answer_holdback_chars);
             let mut retry = req.clone();
             retry.messages.push(ChatMessage::user(format!(
                 "Your last tool call was rejected: {}. Call the tool again with arguments that \

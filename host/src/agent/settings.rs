@@ -108,6 +108,19 @@ impl SessionSettings {
         self.budget.map_or(host, |b| host.tighter(b))
     }
 
+    /// These settings for a run of `manifest`'s agent (another agent's, after a handoff, or a
+    /// new build's): all of them where its limits allow them, else its own settings — and the
+    /// session's budget either way (it is the session's, whichever agent speaks).
+    pub fn for_agent(&self, manifest: &Manifest) -> SessionSettings {
+        match self.check(manifest) {
+            Ok(()) => self.clone(),
+            Err(_) => SessionSettings {
+                budget: self.budget,
+                ..Default::default()
+            },
+        }
+    }
+
     /// Whether `manifest`'s limits allow these settings (also re-checked after a hot reload).
     pub fn check(&self, manifest: &Manifest) -> Result<(), String> {
         let o: &SessionOverrides = &manifest.session_overrides;

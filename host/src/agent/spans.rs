@@ -82,6 +82,22 @@ impl RunTrace {
         }
     }
 
+    /// This agent's part of the turn ended in a handoff to `to` (the turn goes on under a span
+    /// of its own).
+    pub(super) fn handed_off(self, to: &str) {
+        let [input, output] = &self.tokens;
+        self.span.usage(
+            input.load(Ordering::Relaxed),
+            output.load(Ordering::Relaxed),
+        );
+        self.span.finish_reasons(&["handoff"]);
+        self.span.content("gen_ai.output.messages", || {
+            json!([{"role": "assistant", "parts": [{"type": "text", "content": format!("(handed over to {to})")}],
+                "finish_reason": "handoff"}])
+            .to_string()
+        });
+    }
+
     /// A model call's span; `req` gets its `traceparent`.
     pub(super) fn chat(&self, ctx: &RunContext<'_>, req: &mut ChatRequest) -> Span {
         let span = ctx

@@ -20,7 +20,7 @@
 //! the run's final answer (a run that ends by `terminate` or `max_steps` sends its answer as one
 //! fragment: see `run_agent`).
 
-use super::{AgentEvent, EventSink};
+use super::{AgentEvent, RunContext};
 use crate::llm::Delta;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +35,20 @@ enum Mode {
     Reasoning,
 }
 
-/// Classifies one model call's stream and sends it to the sink.
+/// Where a step's stream goes: a run's events (its [`RunContext`]).
+pub(super) trait Emit: Sync {
+    fn emit(&self, event: AgentEvent);
+}
+
+impl Emit for RunContext<'_> {
+    fn emit(&self, event: AgentEvent) {
+        RunContext::emit(self, event)
+    }
+}
+
+/// Classifies one model call's stream and sends it to the run's events.
 pub(super) struct StepStream<'a> {
-    sink: &'a dyn EventSink,
+    sink: &'a dyn Emit,
     step: u32,
     holdback: usize,
     mode: Mode,
@@ -46,7 +57,7 @@ pub(super) struct StepStream<'a> {
 }
 
 impl<'a> StepStream<'a> {
-    pub(super) fn new(sink: &'a dyn EventSink, step: u32, holdback: usize) -> Self {
+    pub(super) fn new(sink: &'a dyn Emit, step: u32, holdback: usize) -> Self {
         StepStream {
             sink,
             step,
@@ -141,7 +152,7 @@ mod tests {
 
     #[derive(Default)]
     struct Rec(Mutex<Vec<String>>);
-    impl EventSink for Rec {
+    impl Emit for Rec {
         fn emit(&self, e: AgentEvent) {
             let s = match e {
                 AgentEvent::Reasoning { text, .. } => format!("R:{text}"),

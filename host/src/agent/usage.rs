@@ -54,6 +54,19 @@ impl UsageTotals {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Adds `other`'s totals (a child run's, to its parent's session).
+    pub fn add(&mut self, other: &UsageTotals) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.model_calls += other.model_calls;
+        self.estimated |= other.estimated;
+        if let Some(cost) = other.cost_usd {
+            self.cost_usd = Some(self.cost_usd.unwrap_or(0.0) + cost);
+        }
+    }
+
     /// What was added since `before` (a run's share of the session's totals).
     pub fn since(&self, before: &UsageTotals) -> UsageTotals {
         UsageTotals {

@@ -134,6 +134,14 @@ pub struct ServeArgs {
     /// by `user.tool_approval`) before it runs, beside the tools the plugin marks (repeatable).
     #[arg(long = "require-approval", value_name = "TOOL")]
     pub require_approval: Vec<String>,
+    /// Lets agent FROM hand the conversation over to agent TO (`transfer_to_TO`), beside the
+    /// handoffs the plugins declare; names as the plugins declare them (repeatable).
+    #[arg(long = "handoff", value_name = "FROM=TO")]
+    pub handoff: Vec<String>,
+    /// Lets agent FROM ask agent TO as a tool (`ask_TO`: TO runs on the question with a fresh
+    /// memory; its answer is the result), beside the plugins' own (repeatable).
+    #[arg(long = "agent-tool", value_name = "FROM=TO")]
+    pub agent_tool: Vec<String>,
     /// A call that needs approval and gets no answer within this is denied.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub approval_timeout: u64,

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use myagent_host::agent::AgentConfig;
+use myagent_host::agent::{AgentConfig, Links};
 use myagent_host::llm::{ApiKey, LlmConfig};
 use myagent_host::server::ServerConfig;
 use std::sync::Arc;
@@ -227,6 +227,11 @@ pub fn agent_config(args: &ServeArgs) -> anyhow::Result<AgentConfig> {
         session_budget: myagent_host::agent::usage::Budget {
             tokens: args.session_token_budget,
             cost_usd: args.session_cost_budget,
+        },
+        links: Links {
+            handoffs: Links::pairs(&args.handoff, "--handoff").map_err(anyhow::Error::msg)?,
+            agent_tools: Links::pairs(&args.agent_tool, "--agent-tool")
+                .map_err(anyhow::Error::msg)?,
         },
     })
 }

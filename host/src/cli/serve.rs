@@ -136,6 +136,18 @@ async fn load_plugins(
         describe_agent(args, &p.manifest, agent_config);
         loaded.push(p);
     }
+    let names: Vec<String> = loaded.iter().map(|p| p.manifest.name.clone()).collect();
+    agent_config
+        .links
+        .check(&names)
+        .map_err(anyhow::Error::msg)?;
+    for m in loaded.iter().map(|p| &p.manifest) {
+        for to in m.handoffs.iter().chain(&m.agent_tools) {
+            if !names.contains(to) {
+                tracing::warn!("agent {} names agent {to} (a handoff or agent tool), which this host does not serve: calls to it fail until it is served", m.name);
+            }
+        }
+    }
     Ok(loaded)
 }
 
@@ -392,6 +404,15 @@ fn describe_agent(
         m.version,
         tools.join(", ")
     );
+    let links = [
+        ("Hands over to", &m.handoffs),
+        ("Asks as tools", &m.agent_tools),
+    ];
+    for (what, names) in links {
+        if !names.is_empty() {
+            println!("  {what}: {}", names.join(", "));
+        }
+    }
     if m.enable_tracing {
         match &args.trace_file {
             Some(f) => println!("Traces: the agent asks for run traces; written to {}", f.display()),

@@ -90,6 +90,12 @@ impl Agents {
         Agents(slots)
     }
 
+    /// No agents: for a run driven outside a host (a handoff or agent tool then finds no one).
+    /// Not for a host: [`Agents::first`] has nothing to return.
+    pub fn none() -> Agents {
+        Agents(Vec::new())
+    }
+
     /// The default agent (the first plugin).
     pub fn first(&self) -> &Arc<PluginSlot> {
         &self.0[0]

@@ -10,7 +10,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::time::Timestamp;
 
 mod entries;
+mod meta;
 pub use entries::{Exceeded, ServedAgent, SessionEntry};
+pub use meta::{
+    AnswerMeta, ApprovalMeta, FinalMeta, HandoffMeta, ThinkingMeta, ToolCallMeta, ToolResultMeta,
+};
 
 /// Double texting: what a `user.message` does when the session is already running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -136,60 +140,6 @@ pub struct Serving {
     pub generation: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ThinkingMeta {
-    pub step: u32,
-    /// False for the event that starts a step, true for a piece of the agent's reasoning.
-    pub delta: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AnswerMeta {
-    pub step: u32,
-    /// True (with empty `content`) when the answer streamed so far is void: clear it.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub reset: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ToolCallMeta {
-    pub tool: String,
-    pub args: Value,
-    /// Always "running" (the document's field).
-    pub status: &'static str,
-    pub step: u32,
-    /// The client runs it (a frontend tool offered over AG-UI): the run waits for its result.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub client: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ApprovalMeta {
-    pub tool: String,
-    /// The MCP server the tool comes from; absent for the plugin's own tools.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
-    pub args: Value,
-    pub step: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ToolResultMeta {
-    pub tool: String,
-    /// "success" or "failed".
-    pub status: &'static str,
-    pub step: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FinalMeta {
-    pub steps: u32,
-    /// "answer", "terminate", "max_steps" or "budget_reached".
-    pub reason: &'static str,
-    /// The run's model usage.
-    pub usage: UsageTotals,
-}
-
 /// Everything the server sends (besides a plugin's own custom events). Session events get
 /// `session_id`, `seq` and `timestamp` from their session ([`ServerEvent::frame_in_session`]);
 /// the others get a `timestamp` ([`ServerEvent::frame`]).
@@ -288,6 +238,17 @@ pub enum ServerEvent {
         content: String,
         metadata: ToolResultMeta,
     },
+    /// The model handed the conversation over (`transfer_to_<agent>`): the turn goes on under
+    /// `to`, which gets the session's next messages.
+    #[serde(rename = "agent.handoff")]
+    Handoff {
+        step_id: String,
+        from: String,
+        to: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        metadata: HandoffMeta,
+    },
     #[serde(rename = "agent.final_answer")]
     FinalAnswer {
         content: String,
@@ -341,7 +302,7 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 impl ServerEvent {
     /// Every event name, in the order of the enum (checked against docs/protocol.md).
-    pub const NAMES: [&'static str; 22] = [
+    pub const NAMES: [&'static str; 23] = [
         "system.connected",
         "system.plugin_reloaded",
         "system.plugin_reload_failed",
@@ -364,6 +325,7 @@ impl ServerEvent {
         "agent.usage",
         "agent.sessions",
         "agent.session_deleted",
+        "agent.handoff",
     ];
 
     /// The `event` name of an encoded frame (one this module wrote — on this host or, for a
@@ -404,6 +366,7 @@ impl ServerEvent {
             ServerEvent::Usage { .. } => 19,
             ServerEvent::Sessions { .. } => 20,
             ServerEvent::SessionDeleted => 21,
+            ServerEvent::Handoff { .. } => 22,
         };
         Self::NAMES[i]
     }

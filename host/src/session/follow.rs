@@ -146,8 +146,8 @@ impl Follow {
                 self.durable.turn_end(
                     id,
                     session.user.as_deref(),
-                    slot.memory.to_stored(),
-                    slot.memory.usage.to_stored(),
+                    (slot.memory.to_stored(), slot.memory.usage.to_stored()),
+                    &session.agent_name(),
                 );
             }
         }

@@ -19,7 +19,6 @@ use super::subscriber::Sub;
 use super::turn::Turn;
 use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::metrics::Metrics;
-use crate::plugin::{Instance, Plugin};
 use crate::store::{Listing, Store};
 
 /// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
@@ -50,14 +49,9 @@ pub struct AgentSlot {
 }
 
 /// The build a session talks to and its agent instance in it — held in one place (the
-/// session), taken by a run for its length and by a custom event for its call.
-#[derive(Clone)]
-pub struct Bound {
-    /// The agent the session talks to (its builds come and go with reloads).
-    pub slot: Arc<crate::plugin::reload::PluginSlot>,
-    pub plugin: Arc<Plugin>,
-    pub instance: Instance,
-}
+/// session), taken by a run for its length and by a custom event for its call (a handoff moves
+/// it to another agent).
+pub use crate::agent::Bound;
 
 /// Who a session is: its id, its resume token's hash, the principal it belongs to, the address
 /// that made it, and how it is listed.

@@ -18,6 +18,7 @@ pub(crate) mod rate;
 pub(crate) mod registry;
 mod restore;
 mod run;
+mod sink;
 mod subscriber;
 mod turn;
 

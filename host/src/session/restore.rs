@@ -154,11 +154,8 @@ impl Sessions {
         let Some(instance) = self.instantiate(client, &plugin).await else {
             return Restored::None;
         };
+        // Kept whole: each run applies what its agent allows (`SessionSettings::for_agent`).
         let settings: SessionSettings = serde_json::from_str(&stored.settings).unwrap_or_default();
-        let settings = match settings.check(&plugin.manifest) {
-            Ok(()) => settings,
-            Err(_) => SessionSettings::default(),
-        };
         let mut memory =
             Memory::from_stored(&stored.memory, self.runtime.config.memory_budget_chars);
         // A turn still running on another host (its lease is alive) is followed, not lost.
@@ -171,8 +168,8 @@ impl Sessions {
             durable.turn_end(
                 session_id,
                 stored.owner.as_deref(),
-                memory.to_stored(),
-                memory.usage.to_stored(),
+                (memory.to_stored(), memory.usage.to_stored()),
+                &stored.listing.agent,
             );
         }
         durable.claim(session_id);

@@ -6,15 +6,12 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::event::{
-    AnswerMeta, ApprovalMeta, ErrorCode, FinalMeta, ServerEvent, ThinkingMeta, ToolCallMeta,
-    ToolResultMeta,
-};
+use super::event::{ErrorCode, FinalMeta, ServerEvent};
 use super::log::{Bound, Session};
+use super::sink::SessionSink;
 use super::turn::Turn;
 use crate::agent::usage::UsageTotals;
-use crate::agent::{run_agent, AgentEvent, AgentRuntime, EventSink, RunContext, RunOutcome};
-use crate::metrics::Metrics;
+use crate::agent::{run_turn as run_agent_turn, AgentRuntime, RunContext, RunOutcome};
 
 /// After an interrupt, how long the interrupting message waits before its turn calls the model:
 /// a burst of interrupting messages settles on the last one, and only that one makes a call.
@@ -64,16 +61,16 @@ async fn run_turn(
     } = bound_to_current(runtime, session).await;
     if slot.checked_for != plugin.generation {
         if let Err(why) = slot.settings.check(&plugin.manifest) {
-            tracing::warn!(session_id = %session.id, reason = %why,
-                "the new build does not allow this session's agent_config; using the agent's own settings");
-            slot.settings = Default::default();
+            tracing::warn!(session_id = %session.id, agent = %plugin.manifest.name, reason = %why,
+                "this agent's build does not allow the session's agent_config; its own settings apply (the session's budget still holds)");
         }
         slot.checked_for = plugin.generation;
     }
     // The build's worker is kept until this run ends, even if a reload replaces the build.
     let _on_build = plugin.begin_run();
     let slot = &mut *slot;
-    let (memory, settings) = (&mut slot.memory, &slot.settings);
+    let settings = slot.settings.for_agent(&plugin.manifest);
+    let memory = &mut slot.memory;
     let sink = SessionSink {
         session,
         metrics: &runtime.metrics,
@@ -81,7 +78,7 @@ async fn run_turn(
     let ctx = RunContext {
         model: &runtime.model,
         manifest: &plugin.manifest,
-        settings,
+        settings: &settings,
         instance: &instance,
         mcp: &runtime.mcp,
         config: &runtime.config,
@@ -93,6 +90,9 @@ async fn run_turn(
         trace_parent: trace.as_ref(),
         metrics: &runtime.metrics,
         session_id: &session.id,
+        agents: &runtime.agents,
+        depth: 0,
+        parent_step_id: None,
     };
     // A durable session notes the turn before it runs and the memory after: a host that
     // stops in between leaves a turn its next resume closes as interrupted (`host_lost`).
@@ -107,7 +107,12 @@ async fn run_turn(
         );
     }
     let before = memory.usage;
-    let outcome = run_agent(&ctx, memory, content).await;
+    let (outcome, handed) = run_agent_turn(&ctx, memory, content).await;
+    if let Some(to) = handed {
+        // A handoff: the session talks to that agent from now on (stored with the turn).
+        session.set_bound(&to);
+        session.set_agent(&to.plugin.manifest.name);
+    }
     let run = memory.usage.since(&before);
     session.turn_ended(memory.usage);
     let usage = ServerEvent::Usage {
@@ -123,8 +128,8 @@ async fn run_turn(
     d.turn_end(
         &session.id,
         session.user.as_deref(),
-        memory.to_stored(),
-        memory.usage.to_stored(),
+        (memory.to_stored(), memory.usage.to_stored()),
+        &session.agent_name(),
     );
     session
         .kept
@@ -164,6 +169,21 @@ fn final_event(outcome: RunOutcome, usage: UsageTotals) -> ServerEvent {
 async fn bound_to_current(runtime: &AgentRuntime, session: &Session) -> Bound {
     let bound = session.bound();
     let current = bound.slot.current();
+    // The store names another agent (a handoff in a turn run on another host, taken over
+    // here): the session talks to that one.
+    let listed = session.agent_name();
+    if !listed.is_empty() && listed != current.manifest.name {
+        if let Some(slot) = runtime.agents.named(&listed) {
+            match Bound::to(slot, &runtime.config).await {
+                Ok(fresh) => {
+                    session.set_bound(&fresh);
+                    return fresh;
+                }
+                Err(e) => tracing::error!(session_id = %session.id, agent = %listed, error = %e,
+                    "the session's agent failed to create an agent instance; staying with the one bound"),
+            }
+        }
+    }
     if current.generation == bound.plugin.generation {
         return bound;
     }
@@ -224,86 +244,5 @@ pub(super) async fn custom_event(runtime: &AgentRuntime, session: &Session, even
         }
         Ok(Err(e)) => failed(&e),
         Err(e) => failed(&e),
-    }
-}
-
-/// Turns a run's events into session events.
-struct SessionSink<'a> {
-    session: &'a Session,
-    metrics: &'a Metrics,
-}
-
-impl EventSink for SessionSink<'_> {
-    fn emit(&self, event: AgentEvent) {
-        let e = match event {
-            AgentEvent::Thinking { step, content } => ServerEvent::Thinking {
-                content,
-                metadata: ThinkingMeta { step, delta: false },
-            },
-            AgentEvent::Reasoning { step, text } => ServerEvent::Thinking {
-                content: text,
-                metadata: ThinkingMeta { step, delta: true },
-            },
-            AgentEvent::Answer { step, text } => ServerEvent::PartialAnswer {
-                content: text,
-                metadata: AnswerMeta { step, reset: false },
-            },
-            AgentEvent::AnswerReset { step } => ServerEvent::PartialAnswer {
-                content: String::new(),
-                metadata: AnswerMeta { step, reset: true },
-            },
-            AgentEvent::ToolCall {
-                step,
-                step_id,
-                tool,
-                args,
-                client,
-            } => ServerEvent::ToolCall {
-                step_id,
-                content: format!("Calling tool {tool}"),
-                metadata: ToolCallMeta {
-                    tool,
-                    args,
-                    status: "running",
-                    step,
-                    client,
-                },
-            },
-            AgentEvent::ApprovalRequired {
-                step,
-                step_id,
-                tool,
-                server,
-                args,
-            } => ServerEvent::ToolApprovalRequired {
-                step_id,
-                content: match &server {
-                    Some(s) => format!("Tool {tool} (MCP server {s}) needs approval"),
-                    None => format!("Tool {tool} needs approval"),
-                },
-                metadata: ApprovalMeta {
-                    tool,
-                    server,
-                    args,
-                    step,
-                },
-            },
-            AgentEvent::ToolResult {
-                step,
-                step_id,
-                tool,
-                content,
-                success,
-            } => ServerEvent::ToolResult {
-                step_id,
-                content,
-                metadata: ToolResultMeta {
-                    tool,
-                    status: if success { "success" } else { "failed" },
-                    step,
-                },
-            },
-        };
-        self.session.emit(&e, self.metrics);
     }
 }

@@ -332,11 +332,18 @@ impl Store {
 
     /// A turn ended; `memory` is the conversation after it (`Memory::to_stored`), `usage` the
     /// session's totals (JSON).
-    pub fn turn_end(&self, id: &str, owner: Option<&str>, memory: String, usage: String) {
+    pub fn turn_end(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        (memory, usage): (String, String),
+        agent: &str,
+    ) {
         self.send(Op::TurnEnd {
             id: id.to_owned(),
             memory,
             usage,
+            agent: agent.to_owned(),
             owner: owner.map(str::to_owned),
             at: now_ms(),
         });

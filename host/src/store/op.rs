@@ -39,6 +39,8 @@ pub(crate) enum Op {
         memory: String,
         /// The session's usage totals (JSON), listed without reading the memory.
         usage: String,
+        /// The agent the session talks to now (a handoff in the turn may have moved it).
+        agent: String,
         owner: Option<String>,
         /// Unix milliseconds.
         at: i64,

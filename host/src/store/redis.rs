@@ -297,6 +297,7 @@ fn turn(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
             id,
             memory,
             usage,
+            agent,
             owner,
             at,
         } => {
@@ -306,6 +307,8 @@ fn turn(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
                 .arg(memory)
                 .arg(field::USAGE)
                 .arg(usage)
+                .arg(field::AGENT)
+                .arg(agent)
                 .arg(field::UPDATED)
                 .arg(at)
                 .ignore();

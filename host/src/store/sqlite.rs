@@ -397,15 +397,16 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 id,
                 memory,
                 usage,
+                agent,
                 at,
                 ..
             } => {
                 tx.prepare_cached(
                     "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 / 1000,
-                         updated_ms = ?3, usage = ?4, turns = turns + 1
+                         updated_ms = ?3, usage = ?4, turns = turns + 1, agent = ?5
                      WHERE id = ?1",
                 )?
-                .execute(params![id, memory, at, usage])?;
+                .execute(params![id, memory, at, usage, agent])?;
             }
             Op::Delete { id, .. } => {
                 chunks.discard(id);

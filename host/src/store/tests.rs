@@ -120,8 +120,8 @@ async fn a_principal_lists_and_reads_only_its_own_sessions() {
     d.turn_end(
         "a0",
         Some("alice"),
-        "".into(),
-        r#"{"input_tokens":7}"#.into(),
+        ("".into(), r#"{"input_tokens":7}"#.into()),
+        "weather-assistant",
     );
     d.commit().await.unwrap();
     let first = d.list("alice", None, 3).await.unwrap();

@@ -350,6 +350,7 @@ mod tests {
             id: "s".into(),
             memory: "m".into(),
             usage: String::new(),
+            agent: String::new(),
             owner: None,
             at: 0,
         });
@@ -376,6 +377,7 @@ mod tests {
                 id: format!("r{i}"),
                 memory: "m".repeat(40 << 10),
                 usage: String::new(),
+                agent: String::new(),
                 owner: None,
                 at: 0,
             };

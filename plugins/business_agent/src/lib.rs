@@ -295,6 +295,9 @@ pub fn business_assistant() -> Agent {
         .enable_tracing(true)
         .tool(QueryDatabase)
         .tool(SendEmail)
+        // Weather questions go to the weather agent, when the host serves it too
+        // (`myagent-host serve libbusiness_agent.so libweather_agent.so`).
+        .handoff("weather-assistant")
         .build()
 }
 

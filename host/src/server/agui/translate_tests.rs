@@ -18,7 +18,12 @@ pub(super) fn framed(seq: u64, event: &ServerEvent) -> Value {
 }
 
 fn step(step: u32) -> ServerEvent {
-    let metadata = ThinkingMeta { step, delta: false };
+    let metadata = ThinkingMeta {
+        step,
+        delta: false,
+        agent: Some("weather-assistant".into()),
+        parent_step_id: None,
+    };
     ServerEvent::Thinking {
         content: String::new(),
         metadata,
@@ -41,6 +46,8 @@ fn call(step_id: &str, tool: &str, args: Value) -> ServerEvent {
         status: "running",
         step: 1,
         client: false,
+        agent: "weather-assistant".into(),
+        parent_step_id: None,
     };
     ServerEvent::ToolCall {
         step_id: step_id.into(),
@@ -54,6 +61,8 @@ fn result(step_id: &str, tool: &str, content: &str) -> ServerEvent {
         tool: tool.into(),
         status: "success",
         step: 1,
+        agent: "weather-assistant".into(),
+        parent_step_id: None,
     };
     ServerEvent::ToolResult {
         step_id: step_id.into(),

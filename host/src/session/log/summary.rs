@@ -26,6 +26,20 @@ impl Session {
         inner.updated = now_ms();
     }
 
+    /// A handoff moved the session to agent `name` (listed, and stored with the turn's end).
+    pub fn set_agent(&self, name: &str) {
+        let mut inner = self.lock();
+        if inner.listing.agent != name {
+            inner.listing.agent = name.to_owned();
+        }
+    }
+
+    /// The agent the session talks to, as listed and stored ('' for a session stored before
+    /// sessions named their agent).
+    pub fn agent_name(&self) -> String {
+        self.lock().listing.agent.clone()
+    }
+
     /// The session's usage totals as of its last turn's end.
     pub fn usage(&self) -> UsageTotals {
         self.lock().usage
