@@ -87,6 +87,20 @@ pub fn build() -> PathBuf {
         .clone()
 }
 
+/// Builds with cargo outside the main target dir, into `target/fixtures` (a plugin rebuilt with
+/// other settings, e.g. `TESTKIT_TAG=v2`, for hot reload).
+pub fn cargo_fixture(args: &[&str], envs: &[(&str, &str)]) {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir().join("fixtures"))
+        .envs(envs.iter().copied())
+        .args(["build", "-q"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "fixture build failed: {args:?}");
+}
+
 pub fn bin(name: &str) -> PathBuf {
     build().join(name)
 }

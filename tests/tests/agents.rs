@@ -134,6 +134,58 @@ async fn one_agents_worker_crashing_leaves_the_others_sessions_streaming() {
 }
 
 #[tokio::test]
+async fn reloading_one_agent_leaves_the_others_sessions_streaming() {
+    // The testkit is served from a copy we replace with a real rebuild (v2); the weather
+    // agent streams meanwhile.
+    let dir = TempDir::new("agents-reload");
+    let served = dir.path().join("libtestkit_agent.so");
+    std::fs::copy(plugin_lib("testkit_agent"), &served).unwrap();
+    myagent_tests::cargo_fixture(&["-p", "testkit_agent"], &[("TESTKIT_TAG", "v2")]);
+    let v2 = myagent_tests::target_dir().join("fixtures/debug/libtestkit_agent.so");
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[served.to_str().unwrap(), "--reload-debounce-ms", "100"],
+    );
+    let mut w = Client::connect(&host.ws_url()).await;
+    let weather = create(&mut w, None).await;
+    let wsid = weather["session_id"].as_str().unwrap().to_owned();
+    let mut k = Client::connect(&host.ws_url()).await;
+    let kit = create(&mut k, Some("testkit")).await;
+    let ksid = kit["session_id"].as_str().unwrap().to_owned();
+    llm.script(json!([{"text": "steady ".repeat(60), "chunk_chars": 7, "delay_ms": 20}]));
+    w.ask(&wsid, "stream please").await;
+    w.until("agent.partial_answer").await;
+    let tmp = dir.path().join(".tmp-new.so");
+    std::fs::copy(&v2, &tmp).unwrap();
+    std::fs::rename(&tmp, &served).unwrap();
+    let notice = k.until("system.plugin_reloaded").await;
+    assert_eq!(notice["agent"]["name"], "testkit");
+    assert_eq!(notice["agent"]["version"], "0.1.0-v2");
+    // The weather run streams on to its end, untouched.
+    let done = w.until_any(&["agent.final_answer", "agent.error"]).await;
+    assert_eq!(done["content"], "steady ".repeat(60), "{done}");
+    assert!(w.named("agent.error").is_empty());
+    let pieces: String = w
+        .named("agent.partial_answer")
+        .iter()
+        .map(|p| p["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(pieces, "steady ".repeat(60));
+    // The testkit session runs on its new build; the weather agent is still its first.
+    k.ask(&ksid, "call:tag_v2 {}").await;
+    let r = k.until("agent.tool_result").await;
+    assert_eq!(r["metadata"]["status"], "success", "{r}");
+    let metrics = host.http("/metrics");
+    assert!(
+        metrics.contains("myagent_agent_generation{agent=\"weather-assistant\"} 1")
+            && metrics.contains("myagent_agent_generation{agent=\"testkit\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_session_keeps_its_agent_across_kill_9() {
     let dir = TempDir::new("agents-durable");
     let store = dir.path().join("s.db");

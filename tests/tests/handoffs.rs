@@ -299,3 +299,77 @@ async fn the_active_agent_holds_on_a_second_host_through_redis() {
         "weather-assistant"
     );
 }
+
+#[tokio::test]
+async fn three_agents_route_by_name_and_hand_over_among_themselves() {
+    let dir = TempDir::new("handoff-three");
+    let llm = FakeLlm::start();
+    let testkit = plugin_lib("testkit_agent");
+    let store = sqlite(dir.path());
+    // business → weather (declared), testkit → business (the operator's).
+    let host = business_and_weather(
+        &llm,
+        &store,
+        &[
+            testkit.to_str().unwrap(),
+            "--handoff",
+            "testkit=business-assistant",
+            "--auth-token",
+            "t0ken-for-the-list",
+        ],
+    );
+    let mut c = Client::connect(&format!("{}/?token=t0ken-for-the-list", host.ws_url())).await;
+    let hello = c.until("system.connected").await;
+    assert_eq!(hello["agents"].as_array().unwrap().len(), 3);
+    let mut sessions = Vec::new();
+    for agent in ["business-assistant", "weather-assistant", "testkit"] {
+        let created = create(&mut c, Some(agent)).await;
+        assert_eq!(created["agent"]["name"], agent);
+        sessions.push(created["session_id"].as_str().unwrap().to_owned());
+    }
+    // Each session's model call carries its own agent's prompt.
+    for (sid, starts) in sessions.iter().zip(["You are a business", "You are a", ""]) {
+        let before = llm.requests().len();
+        c.ask(sid, "say:hello").await;
+        turn(&mut c).await;
+        let (prompt, _) = prompt_and_tools(&llm.requests()[before]);
+        assert!(prompt.starts_with(starts), "{prompt}");
+    }
+    // testkit → business → weather in one turn: two handoffs, the weather agent answers.
+    c.ask(
+        &sessions[2],
+        r#"call:transfer_to_business_assistant {"reason": "billing first"}"#,
+    )
+    .await;
+    let events = turn(&mut c).await;
+    let h = named(&events, "agent.handoff");
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["to"], "business-assistant");
+    c.ask(&sessions[2], "What's the weather in Madrid?").await;
+    let events = turn(&mut c).await;
+    let h = named(&events, "agent.handoff");
+    assert_eq!((h.len(), &h[0]["from"]), (1, &json!("business-assistant")));
+    let calls = named(&events, "agent.tool_call");
+    assert_eq!(
+        calls.last().unwrap()["metadata"]["agent"],
+        "weather-assistant"
+    );
+    assert!(named(&events, "agent.final_answer")[0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Madrid"));
+    // The list names each session's active agent.
+    c.send(json!({"event": "user.list_sessions"})).await;
+    let listed = c.until_any(&["agent.sessions", "agent.error"]).await;
+    let agent_of = |sid: &str| {
+        listed["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{listed}"))
+            .iter()
+            .find(|s| s["session_id"] == sid)
+            .map(|s| s["agent"].clone())
+            .unwrap()
+    };
+    assert_eq!(agent_of(&sessions[2]), "weather-assistant");
+    assert_eq!(agent_of(&sessions[0]), "business-assistant");
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use myagent_tests::{bin, plugin_lib, target_dir, workspace_root, Client, FakeLlm, Host, TempDir};
+use myagent_tests::{bin, cargo_fixture, plugin_lib, target_dir, Client, FakeLlm, Host, TempDir};
 use serde_json::json;
 
 fn host_cmd(args: &[&str], plugin: &Path) -> (bool, String, String) {
@@ -20,19 +20,6 @@ fn host_cmd(args: &[&str], plugin: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Builds a cargo project outside the main workspace into `target/fixtures`.
-fn cargo_fixture(args: &[&str], envs: &[(&str, &str)]) {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .env("CARGO_TARGET_DIR", target_dir().join("fixtures"))
-        .envs(envs.iter().copied())
-        .args(["build", "-q"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "fixture build failed: {args:?}");
 }
 
 #[test]

@@ -47,7 +47,12 @@ pub(super) async fn act(
         .iter()
         .position(|c| matches!(team::link(ctx, &c.function.name), Some(Link::Handoff(_))));
     let futures = calls.iter().enumerate().map(|(i, call)| async move {
-        let step_id = format!("step{step}-{i}-{}", call.id);
+        // A child run's ids start with its parent's: unique in the session however the
+        // provider numbers calls.
+        let step_id = match ctx.parent_step_id {
+            Some(parent) => format!("{parent}/step{step}-{i}-{}", call.id),
+            None => format!("step{step}-{i}-{}", call.id),
+        };
         let name = call.function.name.as_str();
         let parsed = parse_arguments(&call.function.arguments);
         let shown_args = parsed.clone().unwrap_or_else(|_| Value::String(call.function.arguments.clone()));
