@@ -20,8 +20,9 @@ const APPROVALS = process.env.APPROVALS === "1";
 // PRINCIPAL=1: the host takes --auth-tokens-file and PAGE_SUFFIX carries a principal's token:
 // its sessions are listed with their titles, also on a second device.
 const PRINCIPAL = process.env.PRINCIPAL === "1";
-// AGENTS=1: the host serves the weather agent and the testkit: the page lets the user pick the
-// agent of a new session and shows each session's agent.
+// AGENTS=1: the host serves the weather agent and the testkit (which may ask the weather agent
+// and hand over to it): the page lets the user pick the agent of a new session, shows each
+// session's agent, who speaks, a child run inside its call and a handoff.
 const AGENTS = process.env.AGENTS === "1";
 
 async function script(steps) {
@@ -122,6 +123,36 @@ async function agents(page) {
   await result.waitFor({ timeout: 15000 });
   assert.match(await result.textContent(), /picked the testkit/);
   console.log("ok - a new session of the picked agent, its tools, its name on the session");
+  await page.waitForFunction(() => !document.querySelector("#send").disabled);
+
+  // The testkit asks the weather agent as a tool: the child's steps show inside the call's box,
+  // named, and its answer is the call's result.
+  await page.fill("#input", 'call:ask_weather_assistant {"input": "What is the weather in Oslo?"}');
+  await page.click("#send");
+  const ask = page.locator(".msg.tool", { hasText: "ask_weather_assistant" }).last();
+  await ask.locator(":scope > .result").waitFor({ timeout: 15000 });
+  const child = ask.locator(":scope > .child");
+  await child.locator(".msg.tool .name", { hasText: "get_weather" }).waitFor();
+  assert.match(await child.locator(".msg.thinking .who").first().textContent(), /weather-assistant/);
+  assert.match(await ask.locator(":scope > .result").textContent(), /Oslo/);
+  assert.match(await ask.locator(":scope > .who").textContent(), /testkit/);
+  await page.waitForFunction(() => !document.querySelector("#send").disabled);
+  console.log("ok - an agent asked as a tool runs inside the call's box, each step named by its agent");
+
+  // A handoff: the page says who took over, and the session is the weather agent's from then on.
+  await page.fill("#input", 'call:transfer_to_weather_assistant {"reason": "a weather question"}');
+  await page.click("#send");
+  const handoff = page.locator(".msg.handoff").last();
+  await handoff.waitFor({ timeout: 15000 });
+  assert.match(await handoff.textContent(), /testkit handed the conversation to weather-assistant — a weather question/);
+  await page.locator("nav button.session.active", { hasText: "· weather-assistant" }).waitFor({ timeout: 10000 });
+  await page.waitForFunction(() => !document.querySelector("#send").disabled);
+  await page.fill("#input", "What's the weather in Lima?");
+  await page.click("#send");
+  const lima = page.locator(".msg.tool", { hasText: "get_weather" }).last();
+  await lima.locator(".result").waitFor({ timeout: 15000 });
+  assert.match(await lima.locator(".who").textContent(), /weather-assistant/);
+  console.log("ok - a handoff is shown and the session goes on with the agent it was handed to");
 }
 
 async function principal(page) {

@@ -160,9 +160,10 @@ fn web_client_lists_a_principals_sessions() {
 }
 
 /// Several agents in the page: a picker for the agent of a new session, each session's agent
-/// on its button, the picked agent's tools answering.
+/// on its button, the picked agent's tools answering; an agent asked as a tool shown inside
+/// the call, each step named by its agent; a handoff shown and followed.
 #[test]
-fn web_client_picks_the_agent_of_a_new_session() {
+fn web_client_picks_agents_and_shows_who_speaks() {
     if skip() {
         return;
     }
@@ -171,7 +172,13 @@ fn web_client_picks_the_agent_of_a_new_session() {
     let host = Host::start(
         &plugin_lib("weather_agent"),
         &llm,
-        &[testkit.to_str().unwrap()],
+        &[
+            testkit.to_str().unwrap(),
+            "--handoff",
+            "testkit=weather-assistant",
+            "--agent-tool",
+            "testkit=weather-assistant",
+        ],
     );
     run_page_test(&host, &llm, &[("AGENTS", "1".into())]);
 }
