@@ -373,3 +373,89 @@ async fn three_agents_route_by_name_and_hand_over_among_themselves() {
     assert_eq!(agent_of(&sessions[2]), "weather-assistant");
     assert_eq!(agent_of(&sessions[0]), "business-assistant");
 }
+
+#[tokio::test]
+async fn handoffs_in_one_turn_are_bounded_by_max_steps() {
+    let llm = FakeLlm::start();
+    let testkit = plugin_lib("testkit_agent");
+    // Each may hand over to the other; the model does nothing else.
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[
+            testkit.to_str().unwrap(),
+            "--handoff",
+            "testkit=weather-assistant",
+            "--handoff",
+            "weather-assistant=testkit",
+        ],
+    );
+    let to = |name: &str| json!({"tool_calls": [{"name": name, "arguments": "{}"}]});
+    let ping_pong: Vec<Value> = (0..10)
+        .map(|i| to(["transfer_to_weather_assistant", "transfer_to_testkit"][i % 2]))
+        .collect();
+    llm.script(Value::Array(ping_pong));
+    let mut c = Client::connect(&host.ws_url()).await;
+    let kit = create(&mut c, Some("testkit")).await;
+    let sid = kit["session_id"].as_str().unwrap().to_owned();
+    c.ask(&sid, "go back and forth").await;
+    let events = turn(&mut c).await;
+    // testkit (max_steps 4) → weather (5) → testkit → weather → testkit: step 5 is past the
+    // testkit's limit, so the turn ends there.
+    assert_eq!(named(&events, "agent.handoff").len(), 4, "{events:#?}");
+    let last = named(&events, "agent.final_answer")[0];
+    assert_eq!(last["metadata"]["reason"], "max_steps", "{last}");
+    assert_eq!(last["metadata"]["steps"], 4);
+    assert_eq!(llm.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn the_http_doors_show_a_handoff() {
+    let dir = TempDir::new("handoff-doors");
+    let llm = FakeLlm::start();
+    let host = business_and_weather(&llm, &sqlite(dir.path()), &[]);
+    let base = format!("http://127.0.0.1:{}", host.port);
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .body(body.to_string())
+            .send()
+    };
+    // AG-UI: the handoff is a CUSTOM event; the weather agent's tool and answer follow.
+    let run = json!({"threadId": "t-handoff", "runId": "r1", "state": {}, "tools": [], "context": [],
+        "forwardedProps": {}, "messages": [{"id": "m1", "role": "user", "content": "What's the weather in Paris?"}]});
+    let stream = post("/agui/business-assistant", run)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let custom = stream
+        .lines()
+        .find(|l| l.contains("myagent.handoff"))
+        .unwrap_or_else(|| panic!("{stream}"));
+    assert!(custom.contains(r#""to":"weather-assistant""#), "{custom}");
+    assert!(
+        stream.contains("get_weather") && stream.contains("RUN_FINISHED"),
+        "{stream}"
+    );
+    // A2A: a status message says who took over; tool messages name their agent.
+    let send = json!({"jsonrpc": "2.0", "id": "1", "method": "SendStreamingMessage", "params": {"message":
+        {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": "What's the weather in Oslo?"}]}}});
+    let stream = post("/a2a/business-assistant", send)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        stream.contains("Handed over to weather-assistant")
+            && stream.contains(r#""agent":"weather-assistant""#)
+            && stream.contains("TASK_STATE_COMPLETED")
+            && stream.contains("Oslo"),
+        "{stream}"
+    );
+}

@@ -45,11 +45,13 @@ fn inspect_shows_the_agent_and_tool_schemas() {
     assert_eq!(tools, ["query_database", "send_email"]);
     // Mail leaves the building: the plugin marks send_email as needing approval.
     assert_eq!(m["needs_approval"], serde_json::json!(["send_email"]));
+    assert_eq!(m["handoffs"], serde_json::json!(["weather-assistant"]));
     let (ok, out, _) = host_cmd(&["inspect"], &plugin_lib("business_agent"));
     assert!(
         ok && out.contains("send_email [needs approval] — "),
         "{out}"
     );
+    assert!(out.contains("hands over to:    weather-assistant"), "{out}");
 }
 
 #[test]

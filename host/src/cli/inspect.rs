@@ -120,6 +120,12 @@ pub fn inspect(path: &Path, as_json: bool, mcp_config: Option<&Path>) -> ExitCod
     if let Some(p) = &m.event_prefix {
         println!("custom events:    {p}*");
     }
+    if !m.handoffs.is_empty() {
+        println!("hands over to:    {}", m.handoffs.join(", "));
+    }
+    if !m.agent_tools.is_empty() {
+        println!("asks as tools:    {}", m.agent_tools.join(", "));
+    }
     println!("system prompt:    {}", m.system_prompt);
     println!("next step prompt: {}", m.next_step_prompt);
     println!("tools ({}):", m.tools.len());

@@ -3,6 +3,8 @@
 //!   myagent-bench tool-overhead   host→plugin tool call cost: in process (direct, via spawn_blocking as runs do) and in a worker process
 //!   myagent-bench reload          file replaced → `system.plugin_reloaded` received by a client
 //!   myagent-bench mcp-overhead    an MCP tool call (stdio) next to a plugin tool call, no-op tools
+//!   myagent-bench handoff         a handoff's cost: its call → the target's first answer piece,
+//!                                 beside the same for a plain tool call (plugins in workers)
 //!   myagent-bench all
 //!
 //! Run with `make bench` (release build). Machines here are shared: read the numbers as a
@@ -264,6 +266,75 @@ async fn mcp_overhead() {
     stop.cancel();
 }
 
+/// Time from a call's `agent.tool_call` to the next step's first answer piece on `sid`, the
+/// model scripted to call `tool` and then answer.
+async fn call_then_answer(c: &mut Client, llm: &FakeLlm, sid: &str, tool: &str) -> f64 {
+    llm.script(serde_json::json!([
+        {"tool_calls": [{"name": tool, "arguments": "{\"text\": \"x\"}"}]},
+        {"text": "done"}
+    ]));
+    c.ask(sid, "go").await;
+    let call = c.until("agent.tool_call").await;
+    let t0 = Instant::now();
+    assert_eq!(call["metadata"]["tool"], tool);
+    c.until("agent.partial_answer").await;
+    let took = t0.elapsed().as_secs_f64() * 1000.0;
+    c.until("agent.ready").await;
+    took
+}
+
+/// A testkit session hands over to the weather agent (`--handoff testkit=weather-assistant`);
+/// the baseline is the testkit's own `echo` in another session. Each measurement on fresh
+/// sessions (closed after), so the conversation sent to the model does not grow.
+async fn handoff() {
+    let llm = FakeLlm::start();
+    let testkit = plugin_lib("testkit_agent");
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &[
+            testkit.to_str().unwrap(),
+            "--handoff",
+            "testkit=weather-assistant",
+            // Hundreds of messages a minute from one address.
+            "--max-runs-per-minute-per-ip",
+            "0",
+        ],
+    );
+    let mut c = Client::connect(&host.ws_url()).await;
+    let n = 300;
+    let (mut handoffs, mut calls) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n + 20 {
+        let mut took = [0.0; 2];
+        for (k, tool) in ["transfer_to_weather_assistant", "echo"]
+            .into_iter()
+            .enumerate()
+        {
+            c.send(serde_json::json!({"event": "user.create_session", "agent": "testkit"}))
+                .await;
+            let created = c.until("agent.session_created").await;
+            let sid = created["session_id"].as_str().unwrap().to_owned();
+            took[k] = call_then_answer(&mut c, &llm, &sid, tool).await;
+            c.send(serde_json::json!({"event": "user.close_session", "session_id": sid}))
+                .await;
+            c.until("agent.session_closed").await;
+        }
+        if i >= 20 {
+            handoffs.push(took[0]);
+            calls.push(took[1]);
+        }
+    }
+    handoffs.sort_by(f64::total_cmp);
+    calls.sort_by(f64::total_cmp);
+    println!(
+        "handoff: its call → the target's first answer piece: p50 {:.2} ms, p99 {:.2} ms; a plain tool call (`echo`) → the next step's first answer piece: p50 {:.2} ms, p99 {:.2} ms ({n} each, alternating, each on a fresh session)",
+        percentile(&handoffs, 0.5),
+        percentile(&handoffs, 0.99),
+        percentile(&calls, 0.5),
+        percentile(&calls, 0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -271,13 +342,15 @@ async fn main() {
         "tool-overhead" => tool_overhead().await,
         "reload" => reload().await,
         "mcp-overhead" => mcp_overhead().await,
+        "handoff" => handoff().await,
         "all" => {
             tool_overhead().await;
             mcp_overhead().await;
             reload().await;
+            handoff().await;
         }
         other => {
-            eprintln!("unknown benchmark {other}; use tool-overhead, mcp-overhead, reload or all");
+            eprintln!("unknown benchmark {other}; use tool-overhead, mcp-overhead, reload, handoff or all");
             std::process::exit(2);
         }
     }

@@ -115,19 +115,25 @@ impl Run {
         match name {
             "agent.tool_call" => {
                 let tool = meta["tool"].as_str().unwrap_or("");
-                let m = t.agent_message(
-                    &format!("Calling {tool}"),
-                    Some(json!({"tool": tool, "args": meta["args"], "stepId": event["step_id"]})),
-                );
+                let mut about =
+                    json!({"tool": tool, "args": meta["args"], "stepId": event["step_id"]});
+                speaker(&mut about, meta);
+                let m = t.agent_message(&format!("Calling {tool}"), Some(about));
                 t.set_state(State::Working, Some(m));
             }
             "agent.tool_result" => {
                 let tool = meta["tool"].as_str().unwrap_or("");
+                let mut about =
+                    json!({"tool": tool, "status": meta["status"], "stepId": event["step_id"]});
+                speaker(&mut about, meta);
+                let m = t.agent_message(&text("content"), Some(about));
+                t.set_state(State::Working, Some(m));
+            }
+            "agent.handoff" => {
                 let m = t.agent_message(
-                    &text("content"),
-                    Some(
-                        json!({"tool": tool, "status": meta["status"], "stepId": event["step_id"]}),
-                    ),
+                    &format!("Handed over to {}", text("to")),
+                    Some(json!({"handoff": {"from": event["from"], "to": event["to"],
+                        "reason": event["reason"], "stepId": event["step_id"]}})),
                 );
                 t.set_state(State::Working, Some(m));
             }
@@ -198,4 +204,15 @@ fn answered(t: &mut Task, event: &Value) {
     );
     t.history.push(m.clone());
     t.set_state(State::Completed, Some(m));
+}
+
+/// Which agent a tool event is from (and, in a child run, the asking call), as an A2A
+/// message's metadata says it: `agent`, `parentStepId`.
+fn speaker(about: &mut Value, meta: &Value) {
+    if let Some(agent) = meta["agent"].as_str() {
+        about["agent"] = agent.into();
+    }
+    if let Some(parent) = meta["parent_step_id"].as_str() {
+        about["parentStepId"] = parent.into();
+    }
 }
