@@ -17,6 +17,17 @@ fn business_and_weather(llm: &FakeLlm, store: &str, extra: &[&str]) -> Host {
     Host::start(&plugin_lib("business_agent"), llm, &args)
 }
 
+/// The weather agent (the default), then the testkit, with the operator's `handoffs`.
+fn weather_and_testkit(llm: &FakeLlm, handoffs: &[&str]) -> Host {
+    let testkit = plugin_lib("testkit_agent");
+    let mut args = vec![testkit.to_str().unwrap().to_owned()];
+    for pair in handoffs {
+        args.extend(["--handoff".to_owned(), pair.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Host::start(&plugin_lib("weather_agent"), llm, &args)
+}
+
 async fn create(c: &mut Client, agent: Option<&str>) -> Value {
     let mut ask = json!({"event": "user.create_session"});
     if let Some(a) = agent {
@@ -184,15 +195,7 @@ async fn the_operator_links_agents_that_do_not_declare_it_and_an_unserved_target
     let llm = FakeLlm::start();
     let testkit = plugin_lib("testkit_agent");
     // Neither declares a handoff; the operator adds testkit → weather-assistant.
-    let host = Host::start(
-        &plugin_lib("weather_agent"),
-        &llm,
-        &[
-            testkit.to_str().unwrap(),
-            "--handoff",
-            "testkit=weather-assistant",
-        ],
-    );
+    let host = weather_and_testkit(&llm, &["testkit=weather-assistant"]);
     let mut c = Client::connect(&host.ws_url()).await;
     let kit = create(&mut c, Some("testkit")).await;
     let sid = kit["session_id"].as_str().unwrap().to_owned();
@@ -377,18 +380,10 @@ async fn three_agents_route_by_name_and_hand_over_among_themselves() {
 #[tokio::test]
 async fn handoffs_in_one_turn_are_bounded_by_max_steps() {
     let llm = FakeLlm::start();
-    let testkit = plugin_lib("testkit_agent");
     // Each may hand over to the other; the model does nothing else.
-    let host = Host::start(
-        &plugin_lib("weather_agent"),
+    let host = weather_and_testkit(
         &llm,
-        &[
-            testkit.to_str().unwrap(),
-            "--handoff",
-            "testkit=weather-assistant",
-            "--handoff",
-            "weather-assistant=testkit",
-        ],
+        &["testkit=weather-assistant", "weather-assistant=testkit"],
     );
     let to = |name: &str| json!({"tool_calls": [{"name": name, "arguments": "{}"}]});
     let ping_pong: Vec<Value> = (0..10)
