@@ -370,3 +370,71 @@ async fn a_dead_collector_is_counted_and_said_once() {
     );
     assert_eq!(log.matches("OTLP export still failing").count(), 0, "{log}");
 }
+
+/// A turn where the testkit asks the weather agent as a tool, then hands the conversation over
+/// to it: each agent's part is an `invoke_agent` span — the child's under the asking call's
+/// `execute_tool`, the handed-to agent's beside the first (under the client's span), the first
+/// ending with finish reason `handoff`.
+#[tokio::test]
+async fn a_child_run_and_a_handoff_are_spans_of_their_own() {
+    let otlp = Otlp::start();
+    let llm = FakeLlm::start();
+    llm.script(json!([
+        {"tool_calls": [{"name": "ask_weather_assistant", "arguments": "{\"input\": \"hi\"}"}]},
+        {"text": "hello from the weather agent"},
+        {"tool_calls": [{"name": "transfer_to_weather_assistant", "arguments": "{}"}]},
+        {"text": "The weather agent answers."}
+    ]));
+    let endpoint = otlp.endpoint();
+    let weather = plugin_lib("weather_agent");
+    let mut host = Host::start_with_env(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &[
+            weather.to_str().unwrap(),
+            "--agent-tool",
+            "testkit=weather-assistant",
+            "--handoff",
+            "testkit=weather-assistant",
+        ],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", Path::new(&endpoint))],
+    );
+    traced_turn(&host).await;
+    host.terminate();
+    host.proc.exit_stderr();
+    let spans = otlp.spans();
+    let first = one(&spans, "invoke_agent testkit");
+    assert_eq!(first.parent_span_id, CLIENT_SPAN);
+    assert_eq!(
+        first.attr("gen_ai.response.finish_reasons"),
+        &json!(["handoff"])
+    );
+    let ask = one(&spans, "execute_tool ask_weather_assistant");
+    assert_eq!(ask.parent_span_id, first.span_id);
+    let weather: Vec<&SpanRec> = spans
+        .iter()
+        .filter(|s| s.name == "invoke_agent weather-assistant")
+        .collect();
+    assert_eq!(weather.len(), 2, "{spans:#?}");
+    let child = weather.iter().find(|s| s.parent_span_id == ask.span_id);
+    let handed = weather.iter().find(|s| s.parent_span_id == CLIENT_SPAN);
+    assert!(child.is_some() && handed.is_some(), "{weather:#?}");
+    assert_eq!(
+        handed.unwrap().attr("gen_ai.response.finish_reasons"),
+        &json!(["answer"])
+    );
+    // Every model call is under the agent whose call it was.
+    let chats: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("chat "))
+        .map(|s| s.parent_span_id.as_str())
+        .collect();
+    assert_eq!(chats.len(), 4);
+    assert_eq!(
+        chats.iter().filter(|p| **p == first.span_id).count(),
+        2,
+        "the testkit's two"
+    );
+    assert!(chats.contains(&child.unwrap().span_id.as_str()));
+    assert!(chats.contains(&handed.unwrap().span_id.as_str()));
+}
