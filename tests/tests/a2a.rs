@@ -243,3 +243,51 @@ fn an_anonymous_client_names_and_continues_its_own_context() {
     let e = rpc(&host, "SendMessage", send("guess", Some(sid)), None);
     assert_eq!(e["error"]["code"], -32602, "{e}");
 }
+
+/// A client told COMPLETED sends its next message at once, while the previous task's
+/// `agent.ready` is still held for the store's commit (here the SQLite file is locked by
+/// another process for a while, so the commit waits): the new task is answered by its own run,
+/// not ended by the ready of the one before.
+#[test]
+fn the_next_task_is_not_ended_by_the_previous_tasks_held_ready() {
+    let dir = myagent_tests::TempDir::new("a2a-held-ready");
+    let db = dir.path().join("s.db");
+    let llm = FakeLlm::start();
+    let store = format!("sqlite:{}", db.display());
+    let host = Host::start(
+        &plugin_lib("testkit_agent"),
+        &llm,
+        &["--store", &store, "--store-ack-timeout", "3000"],
+    );
+    // The first answer comes after 600 ms; meanwhile the database is locked for 1.5 s.
+    llm.script(json!([{"text": "One.", "delay_head_ms": 600}, {"text": "Two."}]));
+    let locker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        c.execute_batch("COMMIT").unwrap();
+    });
+    let r = rpc(
+        &host,
+        "SendMessage",
+        send("first", Some("held-ready")),
+        None,
+    );
+    assert_eq!(
+        r["result"]["task"]["status"]["message"]["parts"][0]["text"], "One.",
+        "{r}"
+    );
+    let r = rpc(
+        &host,
+        "SendMessage",
+        send("second", Some("held-ready")),
+        None,
+    );
+    locker.join().unwrap();
+    let task = &r["result"]["task"];
+    assert_eq!(task["status"]["state"], "TASK_STATE_COMPLETED", "{r}");
+    assert_eq!(task["status"]["message"]["parts"][0]["text"], "Two.", "{r}");
+    let said = llm.requests().last().unwrap()["messages"].to_string();
+    assert!(said.contains("second"), "{said}");
+}

@@ -338,6 +338,13 @@ impl Sessions {
     }
 
     /// The session `id` if this connection owns it; otherwise answers "Session not found".
+    /// The newest `seq` of `client`'s session `id` (held events included), for a door about to
+    /// hand it a message: that message's run numbers its events after it. None: not its own.
+    pub fn newest_seq(&self, client: &Client, id: &str) -> Option<u64> {
+        let session = self.registry.get(id)?;
+        session.owned_by(client.id()).then(|| session.newest_seq())
+    }
+
     fn owned(&self, client: &Client, id: &str) -> Option<Arc<Session>> {
         match self.registry.get(id) {
             Some(s) if s.owned_by(client.id()) => Some(s),

@@ -18,19 +18,20 @@ use crate::session::{Client, Sessions};
 pub(crate) type Started = oneshot::Sender<Result<(), RpcError>>;
 
 /// Drives `task` (whose message was just handed to the engine through `client`) until its run
-/// ends. `started` hears first whether the run began.
+/// ends. `started` hears first whether the run began; the session's events up to `floor` are
+/// not this run's.
 pub(crate) async fn drive(
     sessions: Arc<Sessions>,
-    client: Client,
-    out: Arc<Outbox>,
+    (client, out): (Client, Arc<Outbox>),
     task: Shared,
     mut control: mpsc::UnboundedReceiver<Control>,
-    started: Started,
+    (started, floor): (Started, u64),
 ) {
     let session_id = lock(&task).session_id.clone();
     let mut run = Run {
         started: Some(started),
         pieces: 0,
+        floor,
     };
     let close_all = sessions.lifecycle().close_all.clone();
     loop {
@@ -72,6 +73,9 @@ struct Run {
     started: Option<Started>,
     /// Pieces of the answer published (the first replaces, the others append).
     pieces: usize,
+    /// The session's last `seq` before this run's message: what is numbered up to it belongs
+    /// to the run before (its `agent.ready`, held for the store, can arrive here first).
+    floor: u64,
 }
 
 impl Run {
@@ -85,6 +89,9 @@ impl Run {
     fn on(&mut self, task: &Shared, event: &Value) -> bool {
         let name = event["event"].as_str().unwrap_or("");
         let in_log = event.get("seq").is_some();
+        if event["seq"].as_u64().is_some_and(|seq| seq <= self.floor) {
+            return false;
+        }
         if !in_log {
             // Outside the session's log: answers to the driver's own requests.
             if name == "agent.error" && self.started.is_some() {

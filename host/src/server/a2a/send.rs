@@ -53,6 +53,9 @@ impl Ctx<'_> {
         let (session_id, context_id) = self
             .attach(msg["contextId"].as_str(), &p["metadata"]["agent_config"])
             .await?;
+        // What is numbered so far is not this task's: the previous task's `agent.ready` may
+        // still be held for the store's commit when its client, told COMPLETED, sends this.
+        let floor = sessions.newest_seq(&self.client, &session_id).unwrap_or(0);
         let mut user = msg.clone();
         let task_id = uuid::Uuid::new_v4().to_string();
         user["contextId"] = context_id.clone().into();
@@ -80,11 +83,10 @@ impl Ctx<'_> {
         let (started, began) = oneshot::channel();
         tokio::spawn(driver::drive(
             sessions,
-            self.client,
-            self.out,
+            (self.client, self.out),
             task.clone(),
             control,
-            started,
+            (started, floor),
         ));
         began
             .await

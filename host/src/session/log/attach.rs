@@ -27,6 +27,12 @@ impl Session {
         inner.owner.is_none() && inner.epoch == epoch
     }
 
+    /// The seq of the newest event, held ones (an acknowledgement waiting for the store)
+    /// included.
+    pub fn newest_seq(&self) -> u64 {
+        self.lock().seq
+    }
+
     /// Attaches `conn` and replays every event after `last_seq`, atomically with respect to
     /// new events: `agent.session_resumed` first, then the replayed events, then live ones.
     pub fn resume(&self, conn: Sub, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
