@@ -38,6 +38,7 @@ pub struct Agent {
     mcp_servers: BTreeMap<String, McpServer>,
     handoffs: Vec<String>,
     agent_tools: Vec<String>,
+    starters: Vec<String>,
 }
 
 impl Agent {
@@ -62,6 +63,7 @@ impl Agent {
                 mcp_servers: BTreeMap::new(),
                 handoffs: Vec::new(),
                 agent_tools: Vec::new(),
+                starters: Vec::new(),
             },
         }
     }
@@ -127,6 +129,7 @@ impl Agent {
             mcp_servers: self.mcp_servers.clone(),
             handoffs: self.handoffs.clone(),
             agent_tools: self.agent_tools.clone(),
+            starters: self.starters.clone(),
             needs_approval: self
                 .tools
                 .iter()
@@ -247,6 +250,16 @@ impl AgentBuilder {
         if !self.agent.agent_tools.contains(&agent) {
             self.agent.agent_tools.push(agent);
         }
+        self
+    }
+    /// Questions a user might start with: clients show them on a new session (the web page
+    /// as buttons). At most a handful, each one line.
+    pub fn starters<I, S>(mut self, questions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.agent.starters = questions.into_iter().map(Into::into).collect();
         self
     }
     /// Finishes the definition.

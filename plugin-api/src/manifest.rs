@@ -55,6 +55,10 @@ pub struct Manifest {
     /// ([`crate::AgentBuilder::agent_tool`]).
     #[serde(default)]
     pub agent_tools: Vec<String>,
+    /// Questions a user might start with, shown by clients on a new session
+    /// ([`crate::AgentBuilder::starters`]).
+    #[serde(default)]
+    pub starters: Vec<String>,
 }
 
 /// An MCP server a plugin asks the host to connect to, in the format of the operator's

@@ -1,9 +1,10 @@
 // Drives the web client served by myagent-host at `/` in real headless Chromium: a weather
 // question with a tool call, a streamed answer cancelled mid-way, and a dropped connection
-// during a run that resumes without losing or repeating an event. Takes the screenshot in docs/.
+// during a run that resumes without losing or repeating an event; the page as a chat app (UI=1).
+// Screenshots go under target/web-shots/ (docs/web-client.png, the README's, is one of them).
 //
 // Run by tests/tests/browser.rs, which starts the host and the local model:
-//   HOST_URL=http://127.0.0.1:PORT LLM_URL=http://127.0.0.1:PORT2 SCREENSHOT=docs/web-client.png node web_client.mjs
+//   HOST_URL=http://127.0.0.1:PORT LLM_URL=http://127.0.0.1:PORT2 SCREENSHOT=target/web-shots/streaming.png node web_client.mjs
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 
@@ -20,6 +21,12 @@ const APPROVALS = process.env.APPROVALS === "1";
 // PRINCIPAL=1: the host takes --auth-tokens-file and PAGE_SUFFIX carries a principal's token:
 // its sessions are listed with their titles, also on a second device.
 const PRINCIPAL = process.env.PRINCIPAL === "1";
+// UI=1: the page as a chat app (the host runs the weather agent with --prices): the empty state
+// and its starters, Markdown answers (a table, a code block, no script run), the folded work
+// block, copy and retry, the session list (switching, the URL, delete), phone width, dark mode,
+// accessible names and visible focus. Screenshots go to SHOTS (a directory).
+const UI = process.env.UI === "1";
+const SHOTS = process.env.SHOTS;
 // AGENTS=1: the host serves the weather agent and the testkit (which may ask the weather agent
 // and hand over to it): the page lets the user pick the agent of a new session, shows each
 // session's agent, who speaks, a child run inside its call and a handoff.
@@ -83,7 +90,7 @@ async function approvals(page) {
   assert.equal(await approve.count(), 1, "one call waits after the reload");
   await approve.click();
   const first = page.locator(".msg.tool").first();
-  await first.locator(".result").waitFor({ timeout: 10000 });
+  await first.locator(".result").waitFor({ state: "attached", timeout: 10000 });
   assert.match(await first.locator(".result").textContent(), /Paris: .*°C/);
   assert.match(await first.locator(".approval").textContent(), /approved/);
   await page.waitForFunction(() => [...document.querySelectorAll(".msg.answer:not(.streaming)")].some((a) => a.textContent === "Paris is mild today."), null, { timeout: 10000 });
@@ -96,7 +103,7 @@ async function approvals(page) {
   await deny.waitFor({ timeout: 15000 });
   await deny.click();
   const second = page.locator(".msg.tool").nth(1);
-  await second.locator(".result").waitFor({ timeout: 10000 });
+  await second.locator(".result").waitFor({ state: "attached", timeout: 10000 });
   assert.ok(await second.evaluate((b) => b.classList.contains("failed")), "a denied call is shown as failed");
   assert.match(await second.locator(".result").textContent(), /denied this call to `get_weather`/);
   await page.waitForFunction(() => [...document.querySelectorAll(".msg.answer:not(.streaming)")].some((a) => a.textContent === "I could not look it up."), null, { timeout: 10000 });
@@ -120,7 +127,7 @@ async function agents(page) {
   await page.fill("#input", 'call:echo {"text": "picked the testkit"}');
   await page.click("#send");
   const result = page.locator(".msg.tool .result").last();
-  await result.waitFor({ timeout: 15000 });
+  await result.waitFor({ state: "attached", timeout: 15000 });
   assert.match(await result.textContent(), /picked the testkit/);
   console.log("ok - a new session of the picked agent, its tools, its name on the session");
   await page.waitForFunction(() => !document.querySelector("#send").disabled);
@@ -130,9 +137,9 @@ async function agents(page) {
   await page.fill("#input", 'call:ask_weather_assistant {"input": "What is the weather in Oslo?"}');
   await page.click("#send");
   const ask = page.locator(".msg.tool", { hasText: "ask_weather_assistant" }).last();
-  await ask.locator(":scope > .result").waitFor({ timeout: 15000 });
+  await ask.locator(":scope > .result").waitFor({ state: "attached", timeout: 15000 });
   const child = ask.locator(":scope > .child");
-  await child.locator(".msg.tool .name", { hasText: "get_weather" }).waitFor();
+  await child.locator(".msg.tool .name", { hasText: "get_weather" }).waitFor({ state: "attached" });
   assert.match(await child.locator(".msg.thinking .who").first().textContent(), /weather-assistant/);
   assert.match(await ask.locator(":scope > .result").textContent(), /Oslo/);
   assert.match(await ask.locator(":scope > .who").textContent(), /testkit/);
@@ -150,9 +157,145 @@ async function agents(page) {
   await page.fill("#input", "What's the weather in Lima?");
   await page.click("#send");
   const lima = page.locator(".msg.tool", { hasText: "get_weather" }).last();
-  await lima.locator(".result").waitFor({ timeout: 15000 });
+  await lima.locator(".result").waitFor({ state: "attached", timeout: 15000 });
   assert.match(await lima.locator(".who").textContent(), /weather-assistant/);
   console.log("ok - a handoff is shown and the session goes on with the agent it was handed to");
+}
+
+async function idle(page) {
+  await page.waitForFunction(() => !document.querySelector("#send").disabled, null, { timeout: 15000 });
+}
+
+async function chatApp(page) {
+  // The empty state: the agent, what it does, its starters (the plugin declares them).
+  const empty = page.locator("#empty");
+  await empty.waitFor({ timeout: 10000 });
+  assert.equal(await page.locator("#empty-name").textContent(), "weather-assistant");
+  assert.match(await page.locator("#empty-about").textContent(), /weather/i);
+  const starters = await page.locator("#starters button").allTextContents();
+  assert.ok(starters.includes("查询上海天气") && starters.length >= 3, "starters: " + starters);
+  if (SHOTS) await page.screenshot({ path: SHOTS + "/empty-state.png" });
+  await page.locator("#starters button", { hasText: "Paris" }).first().click();
+  assert.ok(await empty.isHidden(), "the empty state goes with the first message");
+  const answer = page.locator(".msg.answer:not(.streaming)").last();
+  await answer.waitFor({ timeout: 15000 });
+  await idle(page);
+  console.log("ok - the empty state names the agent and its starters; a starter asks");
+
+  // The turn's work is one block, folded once the answer is there; cost under the answer.
+  const work = page.locator("details.work").last();
+  assert.equal(await work.evaluate((d) => d.open), false, "folded after the turn");
+  assert.match(await work.locator("summary").textContent(), /^Worked for 2 steps · used get_weather$/);
+  assert.ok(await work.locator(".msg.tool").isHidden(), "the tool call is inside the folded block");
+  await work.locator("summary").click();
+  assert.ok(await work.locator(".msg.tool .result").isVisible(), "unfolded on a click");
+  assert.match(await page.locator(".usage").last().textContent(), /^\d+ in \/ \d+ out tokens · 2 model calls · \$0\.\d{6}$/);
+  if (SHOTS) await page.screenshot({ path: SHOTS + "/tool-turn.png" });
+  console.log("ok - the work block folds after the turn and opens on a click; tokens and cost under the answer");
+
+  // Markdown: a table and a code block render; HTML in the answer is text, and no script runs.
+  const md = "## Forecast\n\n| City | Sky |\n|---|---|\n| Paris | **sunny** |\n| Oslo | rain |\n\n" +
+    "```bash\ncurl -s https://example.com/weather\n```\n\n- one `inline`\n- two\n\n" +
+    "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\"> [a link](https://example.com) [bad](javascript:alert(1))";
+  await script([{ text: md }]);
+  await page.fill("#input", "Show me a table");
+  await page.press("#input", "Enter");
+  await page.locator(".msg.answer table").last().waitFor({ timeout: 15000 });
+  const last = page.locator(".msg.answer").last();
+  assert.deepEqual(await last.locator("th").allTextContents(), ["City", "Sky"]);
+  assert.equal(await last.locator("td strong").textContent(), "sunny");
+  assert.equal(await last.locator("h2").textContent(), "Forecast");
+  assert.equal(await last.locator("pre code").textContent(), "curl -s https://example.com/weather");
+  assert.equal(await last.locator("pre button.copy").getAttribute("aria-label"), "Copy code");
+  assert.equal(await last.locator("li code").textContent(), "inline");
+  assert.equal(await last.locator("script, img").count(), 0, "no element from the model's HTML");
+  assert.match(await last.textContent(), /<script>window.__xss = 1<\/script>/);
+  assert.equal(await page.evaluate(() => window.__xss), undefined, "no script ran");
+  assert.equal(await last.locator("a").count(), 1, "only the http link is a link");
+  assert.equal(await last.locator("a").getAttribute("href"), "https://example.com");
+  await idle(page);
+  console.log("ok - Markdown answers: heading, table, code block with copy, list; HTML shown as text, no script run");
+
+  // Copy and retry under the answer.
+  await page.locator(".actions").last().locator("button", { hasText: "Retry" }).click();
+  await page.waitForFunction(() => [...document.querySelectorAll(".msg.user")].filter((m) => m.textContent === "Show me a table").length === 2, null, { timeout: 10000 });
+  await idle(page);
+  console.log("ok - retry asks the same question again");
+
+  // Sessions: a second one, newest first with its agent and time; switching; the URL names it.
+  const firstId = await page.evaluate(() => window.myagent.active);
+  assert.equal(new URL(page.url()).hash, "#s=" + firstId);
+  await page.click("#new");
+  await page.waitForFunction((id) => window.myagent.active && window.myagent.active !== id, firstId, { timeout: 10000 });
+  await page.fill("#input", "say:the second session");
+  await page.press("#input", "Enter");
+  await page.locator(".msg.answer", { hasText: "the second session" }).waitFor({ timeout: 15000 });
+  await idle(page);
+  const rows = page.locator("nav .row");
+  assert.equal(await rows.count(), 2);
+  assert.match(await rows.nth(0).locator("button.session").textContent(), /say:the second session/);
+  assert.match(await rows.nth(0).locator(".meta").textContent(), /^weather-assistant · just now$/);
+  await rows.nth(1).locator("button.session").click();
+  await page.locator(".msg.answer table").waitFor({ timeout: 10000 });
+  assert.equal(new URL(page.url()).hash, "#s=" + firstId);
+  // A reload opens the session the URL names.
+  await page.reload();
+  await page.locator("#status.connected").waitFor({ timeout: 10000 });
+  await page.locator(".msg.answer table").waitFor({ timeout: 10000 });
+  assert.equal(await page.evaluate(() => window.myagent.active), firstId);
+  // Delete the second session.
+  const second = page.locator("nav .row", { hasText: "the second session" });
+  await second.locator("button.del").click();
+  await page.waitForFunction(() => document.querySelectorAll("nav .row").length === 1, null, { timeout: 5000 });
+  // It stays gone (its replayed events, as it is closed, bring nothing back).
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(await page.locator("nav .row").count(), 1);
+  console.log("ok - sessions newest first with agent and time; switching; the URL opens one after a reload; delete");
+
+  // Keyboard: Shift+Enter is a new line, Esc cancels a running turn.
+  await page.fill("#input", "line one");
+  await page.press("#input", "Shift+Enter");
+  await page.keyboard.type("line two");
+  assert.equal(await page.inputValue("#input"), "line one\nline two");
+  await script([{ text: "slow ".repeat(200), delay_ms: 30, chunk_chars: 5 }]);
+  await page.press("#input", "Enter");
+  await page.locator(".msg.answer.streaming").waitFor({ timeout: 10000 });
+  await page.keyboard.press("Escape");
+  await page.locator(".msg.interrupted").waitFor({ timeout: 10000 });
+  await idle(page);
+  console.log("ok - Shift+Enter adds a line, Enter sends, Esc cancels");
+
+  // Accessible names on every control, and a visible focus ring.
+  const unnamed = await page.evaluate(() => [...document.querySelectorAll("button, input, textarea, select")]
+    .filter((e) => !e.hidden && e.type !== "file")
+    .filter((e) => !(e.getAttribute("aria-label") || e.textContent.trim() || e.title || (e.labels && e.labels.length)))
+    .map((e) => e.outerHTML.slice(0, 80)));
+  assert.deepEqual(unnamed, [], "controls without an accessible name");
+  await page.locator("#input").focus();
+  await page.keyboard.press("Tab");
+  const ring = await page.evaluate(() => { const s = getComputedStyle(document.activeElement); return [document.activeElement.tagName, s.outlineStyle, s.outlineWidth]; });
+  assert.notEqual(ring[1], "none", "focus is visible: " + ring);
+  console.log("ok - every control has an accessible name; keyboard focus is visible");
+
+  // A phone: one column, nothing wider than the screen, the sessions behind a button.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: "dark" });
+  const p = await phone.newPage();
+  await p.goto(HOST_URL + "/");
+  await p.locator("#status.connected").waitFor({ timeout: 10000 });
+  await p.locator("#starters button").first().waitFor({ timeout: 10000 });
+  await p.locator("#starters button", { hasText: "Paris" }).first().click();
+  await p.locator(".msg.answer:not(.streaming)").last().waitFor({ timeout: 15000 });
+  assert.ok(await p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), "no horizontal scroll at 390 px");
+  assert.ok(await p.locator("#input").isVisible() && await p.locator("#send").isVisible());
+  assert.ok(await p.locator("nav").isHidden(), "the sessions are behind the menu button");
+  const dark = await p.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  const [r, g, b] = dark.match(/\d+/g).map(Number);
+  assert.ok(r + g + b < 150, "dark mode background: " + dark);
+  if (SHOTS) await p.screenshot({ path: SHOTS + "/phone-dark.png" });
+  await p.click("#menu");
+  assert.ok(await p.locator("nav").isVisible(), "the menu opens the sessions");
+  await phone.close();
+  console.log("ok - a 390 px phone in dark mode: one column, no overflow, sessions behind the menu");
 }
 
 async function principal(page) {
@@ -184,9 +327,9 @@ const browser = await chromium.launch({
          "--disable-component-update", "--disable-sync"],
 });
 let failed = false;
+const consoleErrors = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 720 } });
-  const consoleErrors = [];
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
   await page.goto(HOST_URL + "/" + PAGE_SUFFIX);
@@ -200,6 +343,11 @@ try {
   // A session is created on connect.
   await page.locator("nav button.session").first().waitFor();
   assert.match(await page.locator("#agent").textContent(), /weather/i);
+  if (UI) {
+    await chatApp(page);
+    assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
+    throw "done";
+  }
   if (PRINCIPAL) {
     await principal(page);
     assert.deepEqual(consoleErrors.filter((e) => !/WebSocket/.test(e)), [], "no page errors");
@@ -220,7 +368,7 @@ try {
   await page.fill("#input", "What's the weather in Paris?");
   await page.click("#send");
   const tool = page.locator(".msg.tool").first();
-  await tool.locator(".result").waitFor({ timeout: 15000 });
+  await tool.locator(".result").waitFor({ state: "attached", timeout: 15000 });
   assert.match(await tool.locator(".name").textContent(), /get_weather/);
   assert.match(await tool.locator(".args").textContent(), /"city":"Paris"/);
   assert.match(await tool.locator(".result").textContent(), /Paris: .*°C/);
@@ -318,6 +466,7 @@ try {
   if (e !== "done") {
     failed = true;
     console.error("not ok -", e);
+    if (consoleErrors.length) console.error("page errors:", consoleErrors);
   }
 } finally {
   await browser.close();

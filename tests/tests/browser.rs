@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use myagent_tests::{plugin_lib, workspace_root, FakeLlm, Host};
+use myagent_tests::{plugin_lib, target_dir, workspace_root, FakeLlm, Host, TempDir};
 
 fn missing_prerequisite(dir: &Path) -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -64,13 +64,47 @@ fn web_client_in_headless_chromium() {
     }
     let llm = FakeLlm::start();
     let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
-    let screenshot = workspace_root().join("docs/web-client.png");
+    let screenshot = target_dir().join("web-shots/streaming.png");
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
     run_page_test(
         &host,
         &llm,
         &[("SCREENSHOT", screenshot.display().to_string())],
     );
     assert!(screenshot.exists());
+}
+
+/// The page as a chat app: empty state and starters, Markdown, the folded work block, cost,
+/// copy and retry, the session list, keyboard, accessible names, a phone in dark mode.
+/// Screenshots of the empty state, a tool-calling turn and the phone go to target/web-shots/.
+#[test]
+fn web_client_reads_like_a_chat_app() {
+    if skip() {
+        return;
+    }
+    let dir = TempDir::new("web-ui");
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "[models.\"fake-model\"]\ninput = 0.15\noutput = 0.60\n",
+    )
+    .unwrap();
+    let llm = FakeLlm::start();
+    let host = Host::start(
+        &plugin_lib("weather_agent"),
+        &llm,
+        &["--prices", prices.to_str().unwrap()],
+    );
+    let shots = target_dir().join("web-shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    run_page_test(
+        &host,
+        &llm,
+        &[("UI", "1".into()), ("SHOTS", shots.display().to_string())],
+    );
+    for shot in ["empty-state.png", "tool-turn.png", "phone-dark.png"] {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
 }
 
 /// What `make run` serves without an API key: the demo recording answers the page's weather

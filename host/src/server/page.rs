@@ -88,6 +88,16 @@ mod tests {
         assert_eq!(super::base64(b"fooba"), "Zm9vYmE=");
         let script = super::inline_script(super::WEB_CLIENT).unwrap();
         assert!(script.len() > 1000 && !script.contains("</script>"));
+        // Model output is rendered as nodes, never parsed as HTML.
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!script.contains(sink), "the page uses {sink}");
+        }
         assert!(super::page_csp().contains("script-src 'sha256-"));
     }
 }

@@ -64,6 +64,12 @@ pub fn weather_assistant() -> Agent {
             instructions_chars: 500,
         })
         .tool(WeatherTool)
+        // Shown on a new session (the web page's empty state).
+        .starters([
+            "What's the weather in Paris?",
+            "Is it warmer in Tokyo or in Oslo today?",
+            "查询上海天气",
+        ])
         .build()
 }
 

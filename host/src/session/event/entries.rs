@@ -61,6 +61,9 @@ pub struct ServedAgent {
     pub name: String,
     pub version: String,
     pub description: String,
+    /// Questions to start with (the plugin's starters), when it declares any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub starters: Vec<String>,
 }
 
 impl ServedAgent {
@@ -70,6 +73,7 @@ impl ServedAgent {
             name: m.name.clone(),
             version: m.version.clone(),
             description: m.description.clone(),
+            starters: m.starters.clone(),
         }
     }
 }
