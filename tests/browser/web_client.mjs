@@ -217,10 +217,14 @@ async function chatApp(page) {
   console.log("ok - Markdown answers: heading, table, code block with copy, list; HTML shown as text, no script run");
 
   // Copy and retry under the answer.
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"]);
+  await page.locator(".actions").last().locator("button", { hasText: "Copy answer" }).click();
+  await page.locator(".actions").last().locator("button", { hasText: "Copied" }).waitFor({ timeout: 5000 });
+  assert.match(await page.evaluate(() => navigator.clipboard.readText()), /^## Forecast\n\n\| City \| Sky \|/);
   await page.locator(".actions").last().locator("button", { hasText: "Retry" }).click();
   await page.waitForFunction(() => [...document.querySelectorAll(".msg.user")].filter((m) => m.textContent === "Show me a table").length === 2, null, { timeout: 10000 });
   await idle(page);
-  console.log("ok - retry asks the same question again");
+  console.log("ok - copy puts the answer's Markdown on the clipboard; retry asks the same question again");
 
   // Sessions: a second one, newest first with its agent and time; switching; the URL names it.
   const firstId = await page.evaluate(() => window.myagent.active);
