@@ -150,8 +150,26 @@ impl Client {
 
     /// Events seen so far named `name`.
     pub fn named(&self, name: &str) -> Vec<&Value> {
-        self.seen.iter().filter(|v| v["event"] == name).collect()
+        named(&self.seen, name)
     }
+
+    /// Every frame up to the turn's `agent.ready`, in order.
+    pub async fn turn(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let e = self.recv().await;
+            let done = e["event"] == "agent.ready";
+            frames.push(e);
+            if done {
+                return frames;
+            }
+        }
+    }
+}
+
+/// The events in `events` named `name`.
+pub fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|v| v["event"] == name).collect()
 }
 
 /// Fault tests' witness: a session on its own connection whose whole answer must arrive, in

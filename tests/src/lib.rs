@@ -255,6 +255,15 @@ impl Host {
         Self::start_with_env(plugin, llm, extra, &[])
     }
 
+    /// Two agents: the weather agent (the default), then the testkit — with extra CLI args
+    /// (the operator's `--handoff`, `--agent-tool`, a store...).
+    pub fn with_testkit(llm: &FakeLlm, extra: &[&str]) -> Host {
+        let testkit = plugin_lib("testkit_agent");
+        let mut args = vec![testkit.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::start(&plugin_lib("weather_agent"), llm, &args)
+    }
+
     /// [`Host::start`] with extra environment variables (e.g. a plugin's data directory).
     pub fn start_with_env(
         plugin: &Path,

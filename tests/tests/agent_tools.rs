@@ -6,19 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use myagent_tests::{plugin_lib, Client, FakeLlm, Host};
+use myagent_tests::client::named;
+use myagent_tests::{Client, FakeLlm, Host};
 use serde_json::{json, Value};
 
 /// The weather agent and the testkit, which the operator lets ask the weather agent.
 fn host(llm: &FakeLlm, extra: &[&str]) -> Host {
-    let testkit = plugin_lib("testkit_agent");
-    let mut args = vec![
-        testkit.to_str().unwrap(),
-        "--agent-tool",
-        "testkit=weather-assistant",
-    ];
+    let mut args = vec!["--agent-tool", "testkit=weather-assistant"];
     args.extend_from_slice(extra);
-    Host::start(&plugin_lib("weather_agent"), llm, &args)
+    Host::with_testkit(llm, &args)
 }
 
 async fn testkit_session(c: &mut Client, capabilities: &[&str]) -> String {
@@ -33,23 +29,6 @@ async fn testkit_session(c: &mut Client, capabilities: &[&str]) -> String {
         "agent tools are not the plugin's own: {tools}"
     );
     created["session_id"].as_str().unwrap().to_owned()
-}
-
-/// Every frame up to the turn's `agent.ready`.
-async fn turn(c: &mut Client) -> Vec<Value> {
-    let mut seen = Vec::new();
-    loop {
-        let e = c.recv().await;
-        let done = e["event"] == "agent.ready";
-        seen.push(e);
-        if done {
-            return seen;
-        }
-    }
-}
-
-fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
 }
 
 fn tool_names(req: &Value) -> Vec<String> {
@@ -74,7 +53,7 @@ async fn an_asked_agent_runs_as_a_child_whose_events_and_usage_reach_the_session
         r#"call:ask_weather_assistant {"input": "What's the weather in Paris?"}"#,
     )
     .await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let calls = named(&events, "agent.tool_call");
     let ask = calls[0];
     assert_eq!(ask["metadata"]["tool"], "ask_weather_assistant");
@@ -154,7 +133,7 @@ async fn an_approval_inside_the_child_reaches_the_client_and_a_cancel_stops_the_
     c.send(json!({"event": "user.tool_approval", "session_id": sid,
         "step_id": asked["step_id"], "approved": true}))
         .await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let r = named(&events, "agent.tool_result")[0];
     assert_eq!(
         (&r["metadata"]["tool"], &r["metadata"]["status"]),
@@ -185,7 +164,7 @@ async fn an_approval_inside_the_child_reaches_the_client_and_a_cancel_stops_the_
     c.until("agent.ready").await;
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     c.ask(&sid, "say:still here").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     assert_eq!(
         named(&events, "agent.final_answer")[0]["content"],
         "still here"
@@ -212,7 +191,7 @@ async fn children_nest_at_most_two_deep_and_cannot_hand_the_session_over() {
         r#"call:ask_weather_assistant {"input": "call:ask_testkit {\"input\": \"say:deep\"}"}"#,
     )
     .await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let answer = named(&events, "agent.final_answer")[0]["content"]
         .as_str()
         .unwrap()

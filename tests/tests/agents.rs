@@ -12,13 +12,8 @@ use serde_json::{json, Value};
 
 /// Weather first (the default), then the testkit.
 fn two(llm: &FakeLlm, store: &Path) -> Host {
-    let testkit = plugin_lib("testkit_agent");
     let url = format!("sqlite:{}", store.display());
-    Host::start(
-        &plugin_lib("weather_agent"),
-        llm,
-        &["--store", &url, testkit.to_str().unwrap()],
-    )
+    Host::with_testkit(llm, &["--store", &url])
 }
 
 async fn create(c: &mut Client, agent: Option<&str>) -> Value {
@@ -106,28 +101,49 @@ async fn sessions_pick_their_agent_and_the_host_lists_every_one() {
     }
 }
 
-#[tokio::test]
-async fn one_agents_worker_crashing_leaves_the_others_sessions_streaming() {
-    let dir = TempDir::new("agents-crash");
-    let llm = FakeLlm::start();
-    let host = two(&llm, &dir.path().join("s.db"));
+/// A weather session streaming a slow answer (its first piece seen), and a testkit session on
+/// a connection of its own: the client and the id.
+async fn weather_streams_beside_the_testkit(
+    host: &Host,
+    llm: &FakeLlm,
+) -> (Client, Client, String) {
     let mut w = Client::connect(&host.ws_url()).await;
     let weather = create(&mut w, None).await;
     let wsid = weather["session_id"].as_str().unwrap().to_owned();
     let mut k = Client::connect(&host.ws_url()).await;
     let kit = create(&mut k, Some("testkit")).await;
     let ksid = kit["session_id"].as_str().unwrap().to_owned();
-    // A slow stream on the weather agent while the testkit's worker aborts.
     llm.script(json!([{"text": "steady ".repeat(60), "chunk_chars": 7, "delay_ms": 20}]));
     w.ask(&wsid, "stream please").await;
     w.until("agent.partial_answer").await;
-    k.ask(&ksid, r#"call:native_crash {"how": "abort"}"#).await;
-    let crashed = k.until("system.plugin_crashed").await;
-    assert_eq!(crashed["agent"]["name"], "testkit");
+    (w, k, ksid)
+}
+
+/// The weather session's answer arrived whole, every piece in order, with no error.
+async fn streamed_whole(w: &mut Client) {
     let done = w.until_any(&["agent.final_answer", "agent.error"]).await;
     assert_eq!(done["event"], "agent.final_answer", "{done}");
     assert_eq!(done["content"], "steady ".repeat(60));
     assert!(w.named("agent.error").is_empty());
+    let pieces: String = w
+        .named("agent.partial_answer")
+        .iter()
+        .map(|p| p["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(pieces, "steady ".repeat(60));
+}
+
+#[tokio::test]
+async fn one_agents_worker_crashing_leaves_the_others_sessions_streaming() {
+    let dir = TempDir::new("agents-crash");
+    let llm = FakeLlm::start();
+    let host = two(&llm, &dir.path().join("s.db"));
+    // A slow stream on the weather agent while the testkit's worker aborts.
+    let (mut w, mut k, ksid) = weather_streams_beside_the_testkit(&host, &llm).await;
+    k.ask(&ksid, r#"call:native_crash {"how": "abort"}"#).await;
+    let crashed = k.until("system.plugin_crashed").await;
+    assert_eq!(crashed["agent"]["name"], "testkit");
+    streamed_whole(&mut w).await;
     let health: Value = serde_json::from_str(&host.http("/health")).unwrap();
     assert_eq!(health["agents"][0]["name"], "weather-assistant");
     assert_eq!(host.metric("myagent_plugin_worker_crashes_total"), 1);
@@ -148,15 +164,7 @@ async fn reloading_one_agent_leaves_the_others_sessions_streaming() {
         &llm,
         &[served.to_str().unwrap(), "--reload-debounce-ms", "100"],
     );
-    let mut w = Client::connect(&host.ws_url()).await;
-    let weather = create(&mut w, None).await;
-    let wsid = weather["session_id"].as_str().unwrap().to_owned();
-    let mut k = Client::connect(&host.ws_url()).await;
-    let kit = create(&mut k, Some("testkit")).await;
-    let ksid = kit["session_id"].as_str().unwrap().to_owned();
-    llm.script(json!([{"text": "steady ".repeat(60), "chunk_chars": 7, "delay_ms": 20}]));
-    w.ask(&wsid, "stream please").await;
-    w.until("agent.partial_answer").await;
+    let (mut w, mut k, ksid) = weather_streams_beside_the_testkit(&host, &llm).await;
     let tmp = dir.path().join(".tmp-new.so");
     std::fs::copy(&v2, &tmp).unwrap();
     std::fs::rename(&tmp, &served).unwrap();
@@ -164,15 +172,7 @@ async fn reloading_one_agent_leaves_the_others_sessions_streaming() {
     assert_eq!(notice["agent"]["name"], "testkit");
     assert_eq!(notice["agent"]["version"], "0.1.0-v2");
     // The weather run streams on to its end, untouched.
-    let done = w.until_any(&["agent.final_answer", "agent.error"]).await;
-    assert_eq!(done["content"], "steady ".repeat(60), "{done}");
-    assert!(w.named("agent.error").is_empty());
-    let pieces: String = w
-        .named("agent.partial_answer")
-        .iter()
-        .map(|p| p["content"].as_str().unwrap())
-        .collect();
-    assert_eq!(pieces, "steady ".repeat(60));
+    streamed_whole(&mut w).await;
     // The testkit session runs on its new build; the weather agent is still its first.
     k.ask(&ksid, "call:tag_v2 {}").await;
     let r = k.until("agent.tool_result").await;

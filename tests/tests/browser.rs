@@ -202,12 +202,9 @@ fn web_client_picks_agents_and_shows_who_speaks() {
         return;
     }
     let llm = FakeLlm::start();
-    let testkit = plugin_lib("testkit_agent");
-    let host = Host::start(
-        &plugin_lib("weather_agent"),
+    let host = Host::with_testkit(
         &llm,
         &[
-            testkit.to_str().unwrap(),
             "--handoff",
             "testkit=weather-assistant",
             "--agent-tool",

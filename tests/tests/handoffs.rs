@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use myagent_tests::client::named;
 use myagent_tests::{plugin_lib, Client, FakeLlm, Host, TempDir};
 use serde_json::{json, Value};
 
@@ -19,13 +20,11 @@ fn business_and_weather(llm: &FakeLlm, store: &str, extra: &[&str]) -> Host {
 
 /// The weather agent (the default), then the testkit, with the operator's `handoffs`.
 fn weather_and_testkit(llm: &FakeLlm, handoffs: &[&str]) -> Host {
-    let testkit = plugin_lib("testkit_agent");
-    let mut args = vec![testkit.to_str().unwrap().to_owned()];
-    for pair in handoffs {
-        args.extend(["--handoff".to_owned(), pair.to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Host::start(&plugin_lib("weather_agent"), llm, &args)
+    let args: Vec<&str> = handoffs
+        .iter()
+        .flat_map(|pair| ["--handoff", pair])
+        .collect();
+    Host::with_testkit(llm, &args)
 }
 
 async fn create(c: &mut Client, agent: Option<&str>) -> Value {
@@ -37,23 +36,6 @@ async fn create(c: &mut Client, agent: Option<&str>) -> Value {
     let created = c.until_any(&["agent.session_created", "agent.error"]).await;
     assert_eq!(created["event"], "agent.session_created", "{created}");
     created
-}
-
-/// Every frame up to the turn's `agent.ready`.
-async fn turn(c: &mut Client) -> Vec<Value> {
-    let mut seen = Vec::new();
-    loop {
-        let e = c.recv().await;
-        let done = e["event"] == "agent.ready";
-        seen.push(e);
-        if done {
-            return seen;
-        }
-    }
-}
-
-fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
 }
 
 /// The system prompt and tool names of a model request.
@@ -95,7 +77,7 @@ async fn a_handoff_moves_the_turn_and_the_session_to_the_target_and_survives_kil
     let token = created["resume_token"].as_str().unwrap().to_owned();
 
     c.ask(&sid, "What's the weather in Tokyo?").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let calls = named(&events, "agent.tool_call");
     assert_eq!(
         calls[0]["metadata"]["tool"],
@@ -166,7 +148,7 @@ async fn a_handoff_moves_the_turn_and_the_session_to_the_target_and_survives_kil
     // The next message goes straight to the weather agent.
     let before = llm.requests().len();
     c.ask(&sid, "And the weather in Oslo?").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     assert!(named(&events, "agent.handoff").is_empty());
     let (next, _) = prompt_and_tools(&llm.requests()[before]);
     assert_eq!(next, then, "the target's prompt from the first call on");
@@ -185,7 +167,7 @@ async fn a_handoff_moves_the_turn_and_the_session_to_the_target_and_survives_kil
     assert_eq!(resumed["agent"]["name"], "weather-assistant", "{resumed}");
     let before = llm.requests().len();
     c.ask(&sid, "say:still here").await;
-    turn(&mut c).await;
+    c.turn().await;
     let (next, _) = prompt_and_tools(&llm.requests()[before]);
     assert_eq!(next, then);
 }
@@ -204,7 +186,7 @@ async fn the_operator_links_agents_that_do_not_declare_it_and_an_unserved_target
         r#"call:transfer_to_weather_assistant {"reason": "asked by the operator"}"#,
     )
     .await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let h = named(&events, "agent.handoff");
     assert_eq!(h.len(), 1, "{events:#?}");
     assert_eq!(h[0]["reason"], "asked by the operator");
@@ -229,7 +211,7 @@ async fn the_operator_links_agents_that_do_not_declare_it_and_an_unserved_target
     let biz = create(&mut c, None).await;
     let sid = biz["session_id"].as_str().unwrap().to_owned();
     c.ask(&sid, "call:transfer_to_weather_assistant {}").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     assert!(named(&events, "agent.handoff").is_empty());
     let r = named(&events, "agent.tool_result")[0];
     assert_eq!(r["metadata"]["status"], "failed");
@@ -244,7 +226,7 @@ async fn the_operator_links_agents_that_do_not_declare_it_and_an_unserved_target
     let kit = create(&mut c, Some("testkit")).await;
     let sid = kit["session_id"].as_str().unwrap().to_owned();
     c.ask(&sid, "call:transfer_to_business_assistant {}").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let r = named(&events, "agent.tool_result")[0];
     assert!(
         r["content"]
@@ -282,7 +264,7 @@ async fn the_active_agent_holds_on_a_second_host_through_redis() {
     let sid = created["session_id"].as_str().unwrap().to_owned();
     let token = created["resume_token"].as_str().unwrap().to_owned();
     c.ask(&sid, "What's the weather in Lima?").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     assert_eq!(named(&events, "agent.handoff").len(), 1);
     let seq = events.last().unwrap()["seq"].as_u64().unwrap();
     drop(c);
@@ -290,7 +272,7 @@ async fn the_active_agent_holds_on_a_second_host_through_redis() {
     assert_eq!(resumed["agent"]["name"], "weather-assistant", "{resumed}");
     let before = llm.requests().len();
     c.ask(&sid, "And the weather in Quito?").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let (prompt, tools) = prompt_and_tools(&llm.requests()[before]);
     assert!(
         !prompt.starts_with("You are a business assistant"),
@@ -334,7 +316,7 @@ async fn three_agents_route_by_name_and_hand_over_among_themselves() {
     for (sid, starts) in sessions.iter().zip(["You are a business", "You are a", ""]) {
         let before = llm.requests().len();
         c.ask(sid, "say:hello").await;
-        turn(&mut c).await;
+        c.turn().await;
         let (prompt, _) = prompt_and_tools(&llm.requests()[before]);
         assert!(prompt.starts_with(starts), "{prompt}");
     }
@@ -344,12 +326,12 @@ async fn three_agents_route_by_name_and_hand_over_among_themselves() {
         r#"call:transfer_to_business_assistant {"reason": "billing first"}"#,
     )
     .await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let h = named(&events, "agent.handoff");
     assert_eq!(h.len(), 1);
     assert_eq!(h[0]["to"], "business-assistant");
     c.ask(&sessions[2], "What's the weather in Madrid?").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     let h = named(&events, "agent.handoff");
     assert_eq!((h.len(), &h[0]["from"]), (1, &json!("business-assistant")));
     let calls = named(&events, "agent.tool_call");
@@ -394,7 +376,7 @@ async fn handoffs_in_one_turn_are_bounded_by_max_steps() {
     let kit = create(&mut c, Some("testkit")).await;
     let sid = kit["session_id"].as_str().unwrap().to_owned();
     c.ask(&sid, "go back and forth").await;
-    let events = turn(&mut c).await;
+    let events = c.turn().await;
     // testkit (max_steps 4) → weather (5) → testkit → weather → testkit: step 5 is past the
     // testkit's limit, so the turn ends there.
     assert_eq!(named(&events, "agent.handoff").len(), 4, "{events:#?}");

@@ -288,12 +288,9 @@ async fn call_then_answer(c: &mut Client, llm: &FakeLlm, sid: &str, tool: &str) 
 /// sessions (closed after), so the conversation sent to the model does not grow.
 async fn handoff() {
     let llm = FakeLlm::start();
-    let testkit = plugin_lib("testkit_agent");
-    let host = Host::start(
-        &plugin_lib("weather_agent"),
+    let host = Host::with_testkit(
         &llm,
         &[
-            testkit.to_str().unwrap(),
             "--handoff",
             "testkit=weather-assistant",
             // Hundreds of messages a minute from one address.
