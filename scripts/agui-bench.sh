@@ -17,13 +17,9 @@ fi
 D=$(mktemp -d /tmp/agui-bench.XXXX)
 cleanup() { kill "${H:-}" "${LLM:-}" "${PY:-}" 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
-"$BIN/fake-llm" --port 0 > "$D/llm.log" 2>&1 & LLM=$!
-for _ in $(seq 50); do grep -q "listening on" "$D/llm.log" && break; sleep 0.1; done
-LLM_URL="http://$(sed -n 's/listening on //p' "$D/llm.log")/v1"
-RUST_LOG=warn "$BIN/myagent-host" serve "$BIN/libweather_agent.so" --host 127.0.0.1 --port 0 --base-url "$LLM_URL" \
-  --model fake-model --store memory --no-watch --resume-window 5 --state-dir "$D/state" > "$D/host.log" 2>&1 & H=$!
-for _ in $(seq 100); do grep -q "Serving on" "$D/host.log" && break; sleep 0.1; done
-HP=$(grep -o "ws://127.0.0.1:[0-9]*" "$D/host.log" | head -1 | cut -d: -f3)
+. scripts/lib/serve.sh
+start_fake_llm "$D" "$BIN"
+start_host "$D" "$BIN" "$BIN/libweather_agent.so" --store memory
 PYPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$PYB/bin/python" benches/agui_pydantic_server.py --port "$PYPORT" --base-url "$LLM_URL" > "$D/py.log" 2>&1 & PY=$!
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$PYPORT") 2>/dev/null && break; sleep 0.1; done

@@ -2,15 +2,12 @@
 # release host from $B (plugins and extra options in SERVE ARGS) with its own SQLite store, runs
 # the two stream loads against it (unpaced 300 x 1,000; paced 200 x 250 @ 20 ms), prints the
 # OTLP span counters, and stops both. $HOST_ENV is passed to the host's environment.
+. "$(dirname "${BASH_SOURCE[0]}")/serve.sh"
 stream_loads() {
   label=$1; shift
   D=$(mktemp -d /tmp/bench.XXXX); chmod 700 $D
-  $B/fake-llm --port 0 > $D/llm.log 2>&1 & LLM=$!
-  for i in $(seq 50); do grep -q "listening on" $D/llm.log && break; sleep 0.1; done
-  LP=$(grep -o "127.0.0.1:[0-9]*" $D/llm.log | head -1 | cut -d: -f2)
-  env ${HOST_ENV:-} RUST_LOG=warn $B/myagent-host serve "$@" --host 127.0.0.1 --port 0 --base-url http://127.0.0.1:$LP/v1 --model fake-model --store sqlite:$D/s.db --no-watch --max-connections 19500 --resume-window 5 --llm-first-token-timeout 60 --llm-idle-timeout 60 --state-dir $D/state > $D/host.log 2>&1 & H=$!
-  for i in $(seq 100); do grep -q "Serving on" $D/host.log && break; sleep 0.1; done
-  HP=$(grep -o "ws://127.0.0.1:[0-9]*" $D/host.log | head -1 | cut -d: -f3)
+  start_fake_llm $D $B
+  start_host $D $B "$@" --store sqlite:$D/s.db --max-connections 19500 --llm-first-token-timeout 60 --llm-idle-timeout 60
   echo "== $label unpaced 300x1000"
   $B/myagent-loadgen stream --url ws://127.0.0.1:$HP --sessions 300 --tokens 1000 --token-ms 0 --ramp-ms 200 2>&1 | grep -iE "events/s|error" | head -3
   echo "== $label paced 200x250@20ms"

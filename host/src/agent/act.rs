@@ -42,10 +42,17 @@ pub(super) async fn act(
     calls: &[ToolCall],
     (spent, run_turn): (UsageTotals, RunTurn),
 ) -> Acted {
-    // One handoff a step: the first call of one is it.
-    let handoff_at = calls
+    // The handoffs and agent tools the calls stand for (looked up once a step); one handoff a
+    // step: the first call of one is it.
+    let offered = team::offered(ctx);
+    let links: Vec<Option<&Link>> = calls
         .iter()
-        .position(|c| matches!(team::link(ctx, &c.function.name), Some(Link::Handoff(_))));
+        .map(|c| team::find(&offered, &c.function.name))
+        .collect();
+    let handoff_at = links
+        .iter()
+        .position(|l| matches!(l, Some(Link::Handoff(_))));
+    let links = &links;
     let futures = calls.iter().enumerate().map(|(i, call)| async move {
         // A child run's ids start with its parent's: unique in the session however the
         // provider numbers calls.
@@ -56,7 +63,7 @@ pub(super) async fn act(
         let name = call.function.name.as_str();
         let parsed = parse_arguments(&call.function.arguments);
         let shown_args = parsed.clone().unwrap_or_else(|_| Value::String(call.function.arguments.clone()));
-        let link = team::link(ctx, name);
+        let link = links[i];
         // An MCP server's tool is known by its identity (server, own name), not only by the
         // name it is offered under: approval follows it however it is named.
         let mcp = if link.is_some() { None } else { mcp_tool(ctx, name) };
@@ -69,7 +76,7 @@ pub(super) async fn act(
         let needs_approval = ctx.config.needs_approval(ctx.manifest, name)
             || mcp.as_ref().is_some_and(|e| McpHub::named_in(e, &ctx.config.require_approval));
         let server = mcp.as_ref().map(|e| e.server.name.as_str());
-        let call_of = Call { step, step_id: &step_id, name, span: &span, link: link.as_ref(), first_handoff: handoff_at == Some(i), spent, run_turn };
+        let call_of = Call { step, step_id: &step_id, name, span: &span, link, first_handoff: handoff_at == Some(i), spent, run_turn };
         let ((outcome, text), extra) = match parsed {
             Err(why) => ((Err("invalid_arguments"), format!("Error: the arguments for `{name}` are not a valid JSON object ({why}). Call it again with a JSON object.")), Extra::default()),
             Ok(_) if client => (client_result(ctx, &step_id, name).await, Extra::default()),

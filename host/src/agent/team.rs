@@ -161,41 +161,36 @@ pub(super) fn offered(ctx: &RunContext<'_>) -> Vec<(String, Link)> {
     out
 }
 
-/// The link tool `name` stands for in a run of `ctx`, if it is one.
-pub(super) fn link(ctx: &RunContext<'_>, name: &str) -> Option<Link> {
-    if !name.starts_with(TRANSFER_PREFIX) && !name.starts_with(ASK_PREFIX) {
-        return None;
-    }
-    offered(ctx)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, l)| l)
+/// The link tool `name` stands for among `offered`, if it is one.
+pub(super) fn find<'a>(offered: &'a [(String, Link)], name: &str) -> Option<&'a Link> {
+    offered.iter().find(|(n, _)| n == name).map(|(_, l)| l)
 }
 
 /// The link tools as the model sees them, each described by its target's description.
 pub(super) fn specs(ctx: &RunContext<'_>) -> Vec<ToolSpec> {
     offered(ctx)
         .into_iter()
-        .map(|(name, link)| match link {
-            Link::Handoff(to) => ToolSpec {
-                name,
-                description: describe(ctx.agents, &to, "Hand the conversation over to"),
-                parameters: json!({
-                    "type": "object",
-                    "properties": {"reason": {"type": "string",
-                        "description": "Why the conversation goes to this agent"}},
-                }),
-            },
-            Link::Ask(to) => ToolSpec {
-                name,
-                description: describe(ctx.agents, &to, "Ask"),
-                parameters: json!({
-                    "type": "object",
-                    "properties": {"input": {"type": "string",
+        .map(|(name, link)| {
+            let (to, verb, parameters) = match link {
+                Link::Handoff(to) => (
+                    to,
+                    "Hand the conversation over to",
+                    json!({"type": "object", "properties": {"reason": {"type": "string",
+                        "description": "Why the conversation goes to this agent"}}}),
+                ),
+                Link::Ask(to) => (
+                    to,
+                    "Ask",
+                    json!({"type": "object", "properties": {"input": {"type": "string",
                         "description": "The question or task for this agent"}},
-                    "required": ["input"],
-                }),
-            },
+                        "required": ["input"]}),
+                ),
+            };
+            ToolSpec {
+                name,
+                description: describe(ctx.agents, &to, verb),
+                parameters,
+            }
         })
         .collect()
 }

@@ -210,7 +210,7 @@ impl Sessions {
         let slot = AgentSlot {
             memory,
             settings,
-            checked_for: bound.plugin.generation,
+            checked_for: (bound.plugin.manifest.name.clone(), bound.plugin.generation),
         };
         let session = Arc::new(Session::new(
             identity,

@@ -43,9 +43,9 @@ pub struct AgentSlot {
     pub memory: Memory,
     /// The session's own settings (`agent_config`).
     pub settings: SessionSettings,
-    /// The build generation `settings` were last checked against (a reload may narrow what
-    /// a build allows; the next run checks again).
-    pub checked_for: u64,
+    /// The agent and build generation `settings` were last checked against (a reload or a
+    /// handoff may narrow what is allowed; the next run checks again and says so once).
+    pub checked_for: (String, u64),
 }
 
 /// The build a session talks to and its agent instance in it — held in one place (the

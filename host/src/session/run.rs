@@ -59,17 +59,18 @@ async fn run_turn(
     let Bound {
         plugin, instance, ..
     } = bound_to_current(runtime, session).await;
-    if slot.checked_for != plugin.generation {
+    let settings = slot.settings.for_agent(&plugin.manifest);
+    let (agent, generation) = (&plugin.manifest.name, plugin.generation);
+    if (&slot.checked_for.0, slot.checked_for.1) != (agent, generation) {
         if let Err(why) = slot.settings.check(&plugin.manifest) {
-            tracing::warn!(session_id = %session.id, agent = %plugin.manifest.name, reason = %why,
+            tracing::warn!(session_id = %session.id, agent = %agent, reason = %why,
                 "this agent's build does not allow the session's agent_config; its own settings apply (the session's budget still holds)");
         }
-        slot.checked_for = plugin.generation;
+        slot.checked_for = (agent.clone(), generation);
     }
     // The build's worker is kept until this run ends, even if a reload replaces the build.
     let _on_build = plugin.begin_run();
     let slot = &mut *slot;
-    let settings = slot.settings.for_agent(&plugin.manifest);
     let memory = &mut slot.memory;
     let sink = SessionSink {
         session,
