@@ -85,8 +85,8 @@ impl Sessions {
         }
     }
 
-    /// The agent a stored session was made with (as listed), if this host serves it; else the
-    /// client is told the session cannot be resumed here.
+    /// The agent a stored session talks to (as listed: made with, or handed to), if this host
+    /// serves it; else the client is told the session cannot be resumed here.
     fn agent_of(
         &self,
         client: &Client,

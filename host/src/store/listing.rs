@@ -49,7 +49,8 @@ impl Access {
 pub struct Listing {
     /// The first user message, at most [`TITLE_CHARS`] characters; empty before it.
     pub title: String,
-    /// The agent's name when the session was made.
+    /// The agent the session talks to: the one it was made with, or the last one a handoff
+    /// moved it to (stored with each turn's end).
     pub agent: String,
     /// Unix milliseconds.
     pub created: i64,
