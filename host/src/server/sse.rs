@@ -1,5 +1,6 @@
 //! Server-Sent Events on the HTTP port: a response body fed frame by frame from a channel
-//! (each frame flushed as it comes), for the doors that stream over HTTP (A2A).
+//! (each frame flushed as it comes), or polled from a stream, for the doors that stream over
+//! HTTP (A2A, AG-UI).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -41,7 +42,13 @@ impl hyper::body::Body for SseBody {
 /// An SSE response and the sender its frames go through ([`data`] makes one).
 pub(crate) fn stream() -> (mpsc::Sender<Bytes>, Response<Body>) {
     let (tx, rx) = mpsc::channel(QUEUED);
-    let mut r = Response::new(SseBody { rx }.boxed_unsync());
+    (
+        tx,
+        with_headers(Response::new(SseBody { rx }.boxed_unsync())),
+    )
+}
+
+fn with_headers(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -50,7 +57,18 @@ pub(crate) fn stream() -> (mpsc::Sender<Bytes>, Response<Body>) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx: pass each frame on at once.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    (tx, r)
+    r
+}
+
+/// An SSE response whose body is `frames`, each written (and flushed) as the stream yields it:
+/// hyper polls the stream from the connection's task when it can write, so a slow reader holds
+/// the producer back without a queue in between.
+pub(crate) fn from_stream(
+    frames: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> Response<Body> {
+    use futures_util::StreamExt;
+    let body = http_body_util::StreamBody::new(frames.map(|b| Ok(Frame::data(b))));
+    with_headers(Response::new(body.boxed_unsync()))
 }
 
 /// One `data:` frame (the JSON is one line).
@@ -62,18 +80,18 @@ pub(crate) fn data(json: &serde_json::Value) -> Bytes {
 
 /// Appends one frame to `out`: `id:` (when given), then `data:` with `event` as one line of JSON.
 pub(crate) fn write_event<I: std::fmt::Display>(
-    out: &mut Vec<u8>,
+    out: &mut impl bytes::BufMut,
     id: Option<I>,
     event: &impl serde::Serialize,
 ) {
     use std::io::Write;
     if let Some(id) = id {
-        let _ = writeln!(out, "id: {id}");
+        let _ = writeln!(bytes::BufMut::writer(&mut *out), "id: {id}");
     }
-    out.extend_from_slice(b"data: ");
-    // Serializing into a Vec cannot fail for these types.
-    let _ = serde_json::to_writer(&mut *out, event);
-    out.extend_from_slice(b"\n\n");
+    out.put_slice(b"data: ");
+    // Writing into memory cannot fail for these types.
+    let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), event);
+    out.put_slice(b"\n\n");
 }
 
 /// The keep-alive comment.

@@ -1,8 +1,10 @@
 //! One AG-UI run's stream: a client of the session engine, attached to the thread's session,
 //! that feeds the session's events through the translation and writes the frames as SSE
-//! (a keep-alive comment every 15 s). A dropped stream cancels the run unless the request
-//! said `background`; a run that ends with an interrupt stays attached (quietly) until its
-//! approval is answered or times out, so the session keeps the call waiting.
+//! (a keep-alive comment every 15 s). The response body is the driver: hyper polls it from the
+//! connection's task, so there is no task or channel between the session's outbox and the
+//! socket. A dropped stream (the body dropped) cancels the run unless the request said
+//! `background`; a run that ends with an interrupt lets the session go, and the call waits in
+//! the session for its answer whoever is attached.
 //!
 //! A reconnect (`Last-Event-ID: N`) replays the session from its start and translates it again
 //! — the translation is a function of the events, so frames come out with the ids they had —
@@ -11,10 +13,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::Response;
 use serde_json::Value;
-use tokio::sync::mpsc;
 
 use super::threads::Hold;
 use super::translate::{Frame, FrameId, Run, LAST};
@@ -35,6 +36,8 @@ pub(super) struct Driver {
     skip_readies: Option<u64>,
     /// The thread, held by this stream until it ends or another request takes it over.
     hold: Hold,
+    /// Whether the session was let go (the run ended, was refused or handed over).
+    released: bool,
 }
 
 impl Driver {
@@ -55,6 +58,7 @@ impl Driver {
             early: Vec::new(),
             skip_readies: None,
             hold,
+            released: false,
         }
     }
 
@@ -98,135 +102,51 @@ impl Driver {
     }
 
     /// A run refused at its start: RUN_STARTED, then RUN_ERROR.
-    pub(super) fn refuse_run(self, started: Frame, error: Value) -> Response<Body> {
-        let (tx, response) = sse::stream();
-        let frames = [frame(&started.event, Some(started.id)), frame(&error, None)];
-        self.sessions.release(&self.client);
-        tokio::spawn(async move {
-            for f in frames {
-                if tx.send(f).await.is_err() {
-                    return;
-                }
-            }
-        });
-        response
+    pub(super) fn refuse_run(mut self, started: Frame, error: Value) -> Response<Body> {
+        let mut out = Vec::new();
+        sse::write_event(&mut out, Some(started.id), &started.event);
+        sse::write_event::<u64>(&mut out, None, &error);
+        self.finish();
+        sse::from_stream(futures_util::stream::iter([Bytes::from(out)]))
     }
 
     /// Lets the thread's session go (a request refused before its run began).
-    pub(super) fn release(self) {
-        self.sessions.release(&self.client);
+    pub(super) fn release(mut self) {
+        self.finish();
     }
 
     /// The run, live from its start.
     pub(super) fn live(self, run: Run, started: Frame) -> Response<Body> {
-        let (tx, response) = sse::stream();
-        tokio::spawn(self.drive(run, Some(started), None, tx));
-        response
+        let first = frame(&started.event, Some(started.id));
+        self.respond(run, Some(first), None)
     }
 
     /// The run `last` belongs to, from after `last` (replayed, then live).
     pub(super) fn reconnect(self, run: Run, last: FrameId) -> Response<Body> {
-        let (tx, response) = sse::stream();
-        tokio::spawn(self.drive(run, None, Some(last), tx));
-        response
+        self.respond(run, None, Some(last))
     }
 
-    /// Feeds the session's events through `run`'s translation until the run ends. `after`:
-    /// a reconnect's `Last-Event-ID` (frames up to it are not sent again).
-    async fn drive(
-        mut self,
-        mut run: Run,
-        started: Option<Frame>,
-        after: Option<FrameId>,
-        tx: mpsc::Sender<Bytes>,
-    ) {
-        if let Some(s) = started {
-            if tx.send(frame(&s.event, Some(s.id))).await.is_err() {
-                return self.dropped();
-            }
-        }
+    /// The SSE response: its body drives the translation itself (hyper polls it as the
+    /// connection can take more), so a batch of the session's events goes from the outbox to
+    /// the socket in the connection's own task — no channel, no second task. Dropping the body
+    /// (the client went away) drops the driver, which cancels the run unless `background`.
+    fn respond(mut self, run: Run, first: Option<Bytes>, after: Option<FrameId>) -> Response<Body> {
         let mut keep_alive = tokio::time::interval(sse::KEEP_ALIVE);
         keep_alive.reset();
-        let close_all = self.sessions.lifecycle().close_all.clone();
-        let mut pending: Vec<Value> = std::mem::take(&mut self.early);
-        // The frames of one batch of events go out as one write.
-        let mut batch: Vec<u8> = Vec::new();
-        loop {
-            let mut ended = false;
-            for ev in pending.drain(..) {
-                let Some(seq) = ev["seq"].as_u64() else {
-                    continue;
-                };
-                if self.waits_its_turn(&ev) {
-                    if ev["event"] == "agent.message_queued" {
-                        write_frames(&mut batch, run.on(&ev), after);
-                    }
-                    continue;
-                }
-                write_frames(&mut batch, run.on(&ev), after);
-                if !run.ended {
-                    continue;
-                }
-                if after.is_some_and(|a| FrameId { seq, part: LAST } <= a) {
-                    // A replayed run the client saw end: the one it asks about starts here.
-                    run = run.next();
-                    continue;
-                }
-                ended = true;
-                break;
-            }
-            if !batch.is_empty()
-                && tx
-                    .send(Bytes::from(std::mem::take(&mut batch)))
-                    .await
-                    .is_err()
-            {
-                return self.dropped();
-            }
-            if ended {
-                // The run's end went out. A paused run (an interrupt, a frontend call) waits in
-                // the session for its answer whoever is attached (`Sessions::release`).
-                return self.sessions.release(&self.client);
-            }
-            tokio::select! {
-                _ = self.out.wake.notified() => {
-                    // Pieces of the answer take the fast path until the first other event;
-                    // from there on, in order, the general one.
-                    let mut general = self.skip_readies.is_some();
-                    while let Some(f) = self.out.pop() {
-                        if !general && run.answer_piece(&f, &mut batch, after) {
-                            continue;
-                        }
-                        general = true;
-                        pending.extend(serde_json::from_str::<Value>(&f).ok());
-                    }
-                    if self.out.is_slow() {
-                        let e = Run::refused("the stream was read too slowly; reconnect with Last-Event-ID", "slow_consumer");
-                        let _ = tx.send(frame(&e, None)).await;
-                        return self.dropped();
-                    }
-                }
-                _ = keep_alive.tick() => {
-                    if tx.send(sse::keep_alive()).await.is_err() {
-                        return self.dropped();
-                    }
-                }
-                _ = tx.closed() => return self.dropped(),
-                _ = self.hold.stop.notified() => {
-                    // Another request took the thread over (a reconnect, an interrupting
-                    // message): this stream closes what it opened and ends; the run is theirs.
-                    for e in run.cut() {
-                        let _ = tx.send(frame(&e, None)).await;
-                    }
-                    return self.sessions.release(&self.client);
-                }
-                _ = close_all.cancelled() => {
-                    let e = Run::refused("the host is shutting down; the run was interrupted", "server_shutting_down");
-                    let _ = tx.send(frame(&e, None)).await;
-                    return self.sessions.release(&self.client);
-                }
-            }
-        }
+        let drive = Drive {
+            pending: std::mem::take(&mut self.early),
+            close_all: self.sessions.lifecycle().close_all.clone(),
+            driver: self,
+            run,
+            after,
+            first,
+            keep_alive,
+            buf: BytesMut::new(),
+        };
+        sse::from_stream(futures_util::stream::unfold(drive, |mut d| async move {
+            let batch = d.next().await?;
+            Some((batch, d))
+        }))
     }
 
     /// Whether `ev` still belongs to the runs this run's message waits behind (it was queued).
@@ -243,17 +163,154 @@ impl Driver {
         true
     }
 
-    /// The stream is gone before the run's end: the run is cancelled (unless `background`).
-    fn dropped(self) {
-        if !self.background {
-            self.sessions.cancel(&self.client, &self.session_id);
+    /// This request is done with the thread's session: it lets it go (once). A paused run (an
+    /// interrupt, a frontend call) waits in the session for its answer whoever is attached.
+    fn finish(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.sessions.release(&self.client);
         }
-        self.sessions.release(&self.client);
+    }
+
+    /// The stream is given up before the run's end: the run is cancelled (unless
+    /// `background`) and the session let go.
+    fn abandon(&mut self) {
+        if !self.released {
+            if !self.background {
+                self.sessions.cancel(&self.client, &self.session_id);
+            }
+            self.finish();
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// The body was dropped (the client went away) before the run's end.
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// Room reserved for one wake-up's frames (most are a few answer pieces, ~150 bytes each).
+const BATCH_ROOM: usize = 8 * 1024;
+
+/// A run being streamed: what the body's next batch is made from.
+struct Drive {
+    driver: Driver,
+    run: Run,
+    /// A reconnect's `Last-Event-ID` (frames up to it are not sent again).
+    after: Option<FrameId>,
+    /// RUN_STARTED of a live run, sent first.
+    first: Option<Bytes>,
+    keep_alive: tokio::time::Interval,
+    close_all: tokio_util::sync::CancellationToken,
+    /// Session events taken from the outbox and not yet translated.
+    pending: Vec<Value>,
+    /// Where batches are written: each goes out as its own `Bytes`, and the memory comes back
+    /// for the next once hyper has written it (no allocation per batch).
+    buf: BytesMut,
+}
+
+impl Drive {
+    /// The frames of the next batch of the session's events, as one write; None once the run's
+    /// end went out (or the stream was stopped).
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(f) = self.first.take() {
+            return Some(f);
+        }
+        // Room for a wake-up's worth of frames without growing as they are written.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.reserve(BATCH_ROOM);
+        let some = self.next_into(&mut buf).await;
+        let batch = buf.split().freeze();
+        self.buf = buf;
+        some.then_some(batch)
+    }
+
+    /// Writes the next batch into `batch`; false when there is none (the stream ends).
+    async fn next_into(&mut self, batch: &mut BytesMut) -> bool {
+        loop {
+            if !self.driver.released && self.translate(batch) {
+                // The run's end is in this batch.
+                self.driver.finish();
+            }
+            if !batch.is_empty() {
+                return true;
+            }
+            if self.driver.released {
+                return false;
+            }
+            let d = &mut self.driver;
+            tokio::select! {
+                _ = d.out.wake.notified() => {
+                    // Pieces of the answer take the fast path until the first other event;
+                    // from there on, in order, the general one.
+                    let mut general = d.skip_readies.is_some();
+                    while let Some(f) = d.out.pop() {
+                        if !general && self.run.answer_piece(&f, batch, self.after) {
+                            continue;
+                        }
+                        general = true;
+                        self.pending.extend(serde_json::from_str::<Value>(&f).ok());
+                    }
+                    if d.out.is_slow() {
+                        let e = Run::refused("the stream was read too slowly; reconnect with Last-Event-ID", "slow_consumer");
+                        sse::write_event::<u64>(batch, None, &e);
+                        // Cancelled, unless `background`, as a dropped stream is.
+                        d.abandon();
+                    }
+                }
+                _ = self.keep_alive.tick() => {
+                    batch.extend_from_slice(&sse::keep_alive());
+                    return true;
+                }
+                _ = d.hold.stop.notified() => {
+                    // Another request took the thread over (a reconnect, an interrupting
+                    // message): this stream closes what it opened and ends; the run is theirs.
+                    for e in self.run.cut() {
+                        sse::write_event::<u64>(batch, None, &e);
+                    }
+                    d.finish();
+                }
+                _ = self.close_all.cancelled() => {
+                    let e = Run::refused("the host is shutting down; the run was interrupted", "server_shutting_down");
+                    sse::write_event::<u64>(batch, None, &e);
+                    d.finish();
+                }
+            }
+        }
+    }
+
+    /// Translates the pending events into `batch`; true when the run's end is among them.
+    fn translate(&mut self, batch: &mut BytesMut) -> bool {
+        let mut pending = std::mem::take(&mut self.pending).into_iter();
+        for ev in pending.by_ref() {
+            let Some(seq) = ev["seq"].as_u64() else {
+                continue;
+            };
+            if self.driver.waits_its_turn(&ev) {
+                if ev["event"] == "agent.message_queued" {
+                    write_frames(batch, self.run.on(&ev), self.after);
+                }
+                continue;
+            }
+            write_frames(batch, self.run.on(&ev), self.after);
+            if !self.run.ended {
+                continue;
+            }
+            if self.after.is_some_and(|a| FrameId { seq, part: LAST } <= a) {
+                // A replayed run the client saw end: the one it asks about starts here.
+                self.run = self.run.next();
+                continue;
+            }
+            return true;
+        }
+        false
     }
 }
 
 /// Appends the frames after `after` (all, when None) to `batch`.
-fn write_frames(batch: &mut Vec<u8>, frames: Vec<Frame>, after: Option<FrameId>) {
+fn write_frames(batch: &mut BytesMut, frames: Vec<Frame>, after: Option<FrameId>) {
     for f in frames.iter().filter(|f| after.is_none_or(|a| f.id > a)) {
         sse::write_event(batch, Some(f.id), &f.event);
     }

@@ -27,6 +27,9 @@ pub(crate) struct Run {
     parent: Option<String>,
     /// The messages this run made, as AG-UI messages (for MESSAGES_SNAPSHOT).
     made: Vec<Value>,
+    /// Answer pieces the fast path streamed and not yet added to the open text message in
+    /// `made` (added before anything else reads or changes the run: [`Run::settle`]).
+    unsettled: String,
     calls: HashSet<String>,
     /// Calls begun before this run (waiting for approval when it started).
     earlier: HashSet<String>,
@@ -53,6 +56,7 @@ impl Run {
             text: None,
             parent: None,
             made: Vec::new(),
+            unsettled: String::new(),
             calls: HashSet::new(),
             earlier: HashSet::new(),
             client_calls: HashSet::new(),
@@ -116,6 +120,7 @@ impl Run {
     /// The end of a stream another request took over: what is open closed, then RUN_FINISHED
     /// (cancelled: this stream will not see the run go on).
     pub(crate) fn cut(&mut self) -> Vec<Value> {
+        self.settle();
         let mut out = Vec::new();
         if !self.ended {
             self.close_open(&mut out);
@@ -130,6 +135,7 @@ impl Run {
 
     /// The frames one session event makes (none once the run has ended).
     pub(crate) fn on(&mut self, ev: &Value) -> Vec<Frame> {
+        self.settle();
         let Some(seq) = ev["seq"].as_u64() else {
             return Vec::new();
         };
@@ -418,6 +424,14 @@ impl Run {
             .push(json!({"id": id, "role": "assistant", "content": ""}));
         self.text = Some(id.clone());
         id
+    }
+
+    /// Adds the fast path's pieces to the open text message.
+    fn settle(&mut self) {
+        if let (Some(id), false) = (&self.text, self.unsettled.is_empty()) {
+            append_to(&mut self.made, id, &self.unsettled);
+        }
+        self.unsettled.clear();
     }
 
     fn append(&mut self, id: &str, delta: &str) {

@@ -71,7 +71,7 @@ fn result(step_id: &str, tool: &str, content: &str) -> ServerEvent {
     }
 }
 
-fn answer(content: &str) -> ServerEvent {
+pub(super) fn answer(content: &str) -> ServerEvent {
     let metadata = FinalMeta {
         steps: 1,
         reason: "answer",

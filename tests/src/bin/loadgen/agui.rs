@@ -157,5 +157,5 @@ pub(crate) async fn agui(a: &AguiArgs) -> Result<Value> {
 
 /// Where `needle` first occurs in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }

@@ -47,7 +47,7 @@ impl Run {
     pub(crate) fn answer_piece(
         &mut self,
         frame: &str,
-        batch: &mut Vec<u8>,
+        batch: &mut impl bytes::BufMut,
         after: Option<FrameId>,
     ) -> bool {
         // The engine writes an event's name first: a cheap, exact test of the kind.
@@ -67,7 +67,7 @@ impl Run {
             return false;
         }
         let ts = Timestamp::parse_millis(&p.timestamp).unwrap_or_else(unix_millis);
-        super::append_to(&mut self.made, id, &p.content);
+        self.unsettled.push_str(&p.content);
         let fid = FrameId {
             seq: p.seq,
             part: LAST,
@@ -113,5 +113,20 @@ mod tests {
         assert!(!fast.answer_piece(&reset, &mut Vec::new(), None));
         let fresh = &mut Run::new("t", "r", vec![], 300);
         assert!(!fresh.answer_piece(&next, &mut Vec::new(), None));
+    }
+
+    #[test]
+    fn pieces_taken_by_the_fast_path_are_part_of_the_message() {
+        let mut r = Run::new("t", "r", vec![], 300);
+        r.on(&framed(3, &piece("Hel", false)));
+        assert!(r.answer_piece(&encoded(4, &piece("lo", false)), &mut Vec::new(), None));
+        // The final answer is what was streamed: nothing more to send for it.
+        let end = r.on(&framed(5, &super::super::tests::answer("Hello")));
+        let kinds: Vec<&str> = end
+            .iter()
+            .filter_map(|f| f.event["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["TEXT_MESSAGE_END"]);
+        assert_eq!(r.made[0]["content"], "Hello");
     }
 }
