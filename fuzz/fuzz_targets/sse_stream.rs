@@ -16,6 +16,7 @@ fn run(chunks: &[&[u8]]) -> (String, Result<String, String>) {
             deltas.push_str(t)
         }
         Delta::ToolCalls => deltas.push('#'),
+        Delta::Pause => {}
     };
     for c in chunks {
         match p.feed(c, &mut on_delta) {

@@ -127,6 +127,11 @@ impl FinishReason {
 pub trait EventSink: Send + Sync {
     /// `event`, from the run of `speaker`.
     fn emit(&self, event: AgentEvent, speaker: &Speaker<'_>);
+    /// The model paused (or its call ended): pieces of answer and reasoning emitted since the
+    /// last flush are delivered now. A sink may hold those pieces back until then, so the
+    /// pieces of one model read reach a client in one write; every other event is delivered at
+    /// once, with any pieces before it.
+    fn flush(&self) {}
 }
 
 /// Whose run an event comes from: the agent, and for a child run (an agent asked as a tool)

@@ -402,6 +402,8 @@ async fn call_model(
         _ = ctx.cancel.cancelled() => None,
         r = ctx.model.chat(req, &mut on_delta) => Some(r),
     };
+    // Whatever streamed goes out now, however the call ended.
+    ctx.sink.flush();
     if let Some(r) = &result {
         run.chat_ended(&span, r);
     }

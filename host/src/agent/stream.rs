@@ -38,11 +38,18 @@ enum Mode {
 /// Where a step's stream goes: a run's events (its [`RunContext`]).
 pub(super) trait Emit: Sync {
     fn emit(&self, event: AgentEvent);
+    /// The model paused: streamed pieces emitted so far may go out ([`EventSink::flush`]).
+    ///
+    /// [`EventSink::flush`]: super::EventSink::flush
+    fn flush(&self);
 }
 
 impl Emit for RunContext<'_> {
     fn emit(&self, event: AgentEvent) {
         RunContext::emit(self, event)
+    }
+    fn flush(&self) {
+        self.sink.flush()
     }
 }
 
@@ -83,6 +90,7 @@ impl<'a> StepStream<'a> {
                 }
             }
             (Delta::ToolCalls, _) => self.tool_calls_follow(),
+            (Delta::Pause, _) => self.sink.flush(),
         }
     }
 
@@ -103,6 +111,7 @@ impl<'a> StepStream<'a> {
             }
             _ => {}
         }
+        self.sink.flush();
     }
 
     /// The call is given up (it will be made again): an answer it streamed is withdrawn.
@@ -153,6 +162,7 @@ mod tests {
     #[derive(Default)]
     struct Rec(Mutex<Vec<String>>);
     impl Emit for Rec {
+        fn flush(&self) {}
         fn emit(&self, e: AgentEvent) {
             let s = match e {
                 AgentEvent::Reasoning { text, .. } => format!("R:{text}"),

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::sse::StreamParser;
-use super::{ApiKey, ChatRequest, ChatResponse, LlmError, OnDelta, Recorder};
+use super::{ApiKey, ChatRequest, ChatResponse, Delta, LlmError, OnDelta, Recorder};
 
 /// Where and how to reach the model.
 #[derive(Debug, Clone)]
@@ -29,6 +29,11 @@ pub struct LlmConfig {
     /// Sent as `max_tokens` (the model stops there); `None` sends nothing.
     pub max_tokens: Option<u32>,
 }
+
+/// A model stream arriving faster than it is relayed is paused (its pieces delivered) at least
+/// this often, in chunks: enough to write a burst in a few system calls, few enough that no
+/// client waits on a long one.
+const PAUSE_EVERY: u32 = 16;
 
 /// Error bodies are read up to this much (the message is in the first few hundred bytes).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -222,10 +227,26 @@ impl HttpModel {
         let mut last = tokio::time::Instant::now();
         let stall = tokio::time::sleep(wait);
         tokio::pin!(stall);
+        // Pieces parsed since the last Pause.
+        let mut unpaused = 0;
         loop {
+            // A chunk comes through the HTTP client's connection task one at a time: when none
+            // is ready, one yield lets that task hand over what it has read already. Only when
+            // there is still none (the model is slower than we are), or after `PAUSE_EVERY`
+            // chunks, is it a Pause — the pieces so far go to the clients in one write.
+            let mut ready = stream.next().now_or_never();
+            if ready.is_none() && unpaused > 0 && unpaused < PAUSE_EVERY {
+                tokio::task::yield_now().await;
+                ready = stream.next().now_or_never();
+            }
+            if ready.is_none() || unpaused >= PAUSE_EVERY {
+                on_delta(Delta::Pause);
+                unpaused = 0;
+            }
+            unpaused += 1;
             let next = tokio::select! {
                 biased;
-                next = stream.next() => next,
+                next = async { match ready { Some(n) => n, None => stream.next().await } } => next,
                 () = &mut stall => {
                     let due = last + wait;
                     if due > tokio::time::Instant::now() {

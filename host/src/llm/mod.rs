@@ -24,6 +24,9 @@ pub enum Delta<'a> {
     Reasoning(&'a str),
     /// The first tool-call data arrived: the text of this message precedes tool calls.
     ToolCalls,
+    /// The model has sent nothing more yet: what its stream gave so far may go out now. (A
+    /// model read holds many tokens under load; their events reach a client in one write.)
+    Pause,
 }
 
 /// Receives a model stream's [`Delta`]s.

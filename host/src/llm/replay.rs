@@ -143,6 +143,7 @@ impl ReplayModel {
             on_delta(Delta::Text(piece));
             rest = tail;
             if !self.piece_delay.is_zero() {
+                on_delta(Delta::Pause);
                 tokio::time::sleep(self.piece_delay).await;
             }
         }

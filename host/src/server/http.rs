@@ -372,10 +372,16 @@ fn upgrade_echo(mut req: Request<Incoming>, deps: &ConnDeps, slot: Slot) -> Resp
     switching_protocols(&key)
 }
 
+/// A connection's writer gathers fed frames up to this many bytes before writing them (the
+/// batch's `flush` writes the rest), so its buffer holds about this much at most.
+const WRITE_BATCH_BYTES: usize = 8 * 1024;
+
 fn ws_config(cfg: &ServerConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(cfg.read_buffer_bytes)
-        .write_buffer_size(0)
+        // Frames fed in one batch go out in one write (up to this many bytes each): at 0 every
+        // frame was its own `send` — one system call per token under load.
+        .write_buffer_size(WRITE_BATCH_BYTES)
         // Room for two of the largest events the server sends (their size is capped).
         .max_write_buffer_size(2 * MAX_EVENT_BYTES + 64 * 1024)
         .max_message_size(Some(cfg.max_frame_bytes))

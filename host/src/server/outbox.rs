@@ -82,14 +82,25 @@ pub struct ConnHandle {
 impl ConnHandle {
     /// Queues a frame; never blocks. A full queue marks the client slow.
     pub fn send(&self, frame: Utf8Bytes) {
-        {
-            let mut q = self.out.lock();
-            if q.items.len() >= self.out.cap + q.replay {
-                self.out.slow.store(true, Ordering::Relaxed);
-            } else {
-                q.items.push_back(frame);
-            }
+        self.push(frame);
+        self.out.wake.notify_one();
+    }
+
+    /// Queues a frame without waking the writer ([`ConnHandle::wake`] does).
+    pub fn push(&self, frame: Utf8Bytes) {
+        let mut q = self.out.lock();
+        if q.items.len() >= self.out.cap + q.replay {
+            self.out.slow.store(true, Ordering::Relaxed);
+            drop(q);
+            // A slow client is told at once.
+            self.out.wake.notify_one();
+        } else {
+            q.items.push_back(frame);
         }
+    }
+
+    /// Wakes the writer for what was pushed.
+    pub fn wake(&self) {
         self.out.wake.notify_one();
     }
 
@@ -124,7 +135,43 @@ impl crate::session::Subscriber for ConnHandle {
     fn send(&self, frame: Utf8Bytes) {
         ConnHandle::send(self, frame)
     }
+    fn push(&self, frame: Utf8Bytes) {
+        ConnHandle::push(self, frame)
+    }
+    fn wake(&self) {
+        ConnHandle::wake(self)
+    }
     fn send_batch(&self, frames: Vec<Utf8Bytes>) {
         ConnHandle::send_batch(self, frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn pushed_frames_wait_for_a_wake_and_sent_ones_do_not() {
+        let (handle, out) = Outbox::new(1, 8);
+        handle.push("a".into());
+        handle.push("b".into());
+        assert!(
+            out.wake.notified().now_or_never().is_none(),
+            "woken by a push"
+        );
+        handle.wake();
+        assert!(out.wake.notified().now_or_never().is_some());
+        handle.send("c".into());
+        assert!(out.wake.notified().now_or_never().is_some());
+        let got: Vec<Utf8Bytes> = std::iter::from_fn(|| out.pop()).collect();
+        assert_eq!(got, ["a", "b", "c"]);
+        // Past the cap, the writer is woken at once to close a slow client.
+        for _ in 0..9 {
+            handle.push("x".into());
+        }
+        assert!(out.is_slow());
+        assert!(out.wake.notified().now_or_never().is_some());
     }
 }

@@ -2,9 +2,9 @@
 //! log (a bounded replay buffer) so a client that reconnects can resume where it was.
 //!
 //! **Architecture Invariant:** every session event goes through [`Session::emit`] (or
-//! [`Session::finish_run`]), which numbers it, stores it for replay and forwards it to the owning
-//! connection under one lock; resume replays and re-attaches under the same lock, so a resumed
-//! client sees every event once, in order.
+//! [`Session::emit_streamed`], [`Session::finish_run`]), which numbers it, stores it for replay
+//! and queues it for the owning connection under one lock; resume replays and re-attaches under
+//! the same lock, so a resumed client sees every event once, in order.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -97,6 +97,10 @@ pub struct Session {
 
 struct Inner {
     owner: Option<Sub>,
+    /// The event being emitted is queued without waking the owner ([`Session::emit_streamed`]).
+    quiet: bool,
+    /// Frames were queued for the owner without waking it: [`Session::wake`] will.
+    unwoken: bool,
     seq: u64,
     replay: VecDeque<(u64, Utf8Bytes)>,
     replay_bytes: usize,
@@ -180,6 +184,8 @@ impl Session {
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
+            quiet: false,
+            unwoken: false,
             seq: 0,
             replay: VecDeque::new(),
             replay_bytes: 0,
@@ -392,26 +398,12 @@ impl Session {
             return; // sent by `release`
         }
         if let Some(owner) = &inner.owner {
-            owner.send(text);
-            metrics.events_sent.inc();
-        }
-    }
-
-    /// Keeps `text` in the replay buffer, dropping the oldest events past the session's cap or
-    /// the host's replay budget.
-    fn keep_for_replay(&self, inner: &mut Inner, seq: u64, text: Utf8Bytes) {
-        let cost = text.len() + EVENT_OVERHEAD;
-        inner.replay_bytes += cost;
-        self.budget.metrics.replay_bytes.add(cost as u64);
-        inner.replay.push_back((seq, text));
-        while (inner.replay_bytes > self.replay_cap_bytes || self.budget.over())
-            && inner.replay.len() > 1
-        {
-            if let Some((_, old)) = inner.replay.pop_front() {
-                let freed = old.len() + EVENT_OVERHEAD;
-                inner.replay_bytes -= freed;
-                self.budget.metrics.replay_bytes.sub(freed as u64);
+            inner.unwoken = inner.quiet;
+            match inner.quiet {
+                true => owner.push(text),
+                false => owner.send(text),
             }
+            metrics.events_sent.inc();
         }
     }
 

@@ -17,8 +17,22 @@ pub(super) struct SessionSink<'a> {
 
 impl EventSink for SessionSink<'_> {
     fn emit(&self, event: AgentEvent, speaker: &Speaker<'_>) {
+        // Pieces of a model's stream wait for its pause (one wake-up of the client's writer per
+        // model read); every other event goes at once, and takes any waiting pieces with it.
+        let streamed = matches!(
+            event,
+            AgentEvent::Answer { .. } | AgentEvent::Reasoning { .. }
+        );
         let e = event_of(event, speaker);
-        self.session.emit(&e, self.metrics);
+        if streamed {
+            self.session.emit_streamed(&e, self.metrics);
+        } else {
+            self.session.emit(&e, self.metrics);
+        }
+    }
+
+    fn flush(&self) {
+        self.session.wake();
     }
 }
 

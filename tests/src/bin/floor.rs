@@ -2,9 +2,10 @@
 //! server can do to relay a streamed model answer to WebSocket clients with the same libraries
 //! (tokio-tungstenite, reqwest, serde_json) and the same protocol subset: `system.connected`,
 //! `user.create_session` → `agent.session_created`, `user.message` → one `agent.partial_answer`
-//! per model token (with `session_id`, `seq`, `timestamp`, as the host sends them), flushed once
-//! per model read, then `agent.final_answer` and `agent.ready`. No agent loop, no tools, no
-//! replay buffer, no limits: a benchmark reference, not a server. `/metrics` reports RSS and
+//! per model token (with `session_id`, `seq`, `timestamp`, as the host sends them), written as
+//! the host writes them (coalesced while more of the model's stream is ready), then
+//! `agent.final_answer` and `agent.ready`. No agent loop, no tools, no replay buffer, no limits:
+//! a benchmark reference, not a server. `/metrics` reports RSS and
 //! connections as the host does, so the load generator measures both alike.
 //!
 //!   myagent-floor --port 0 --base-url http://127.0.0.1:PORT/v1
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use myagent_host::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -205,8 +206,28 @@ async fn relay(
     };
     if let Ok(resp) = model.http.post(&model.url).json(&body).send().await {
         let mut bytes = resp.bytes_stream();
-        while let Some(Ok(chunk)) = bytes.next().await {
-            let mut batch = Vec::new();
+        // Writes coalesced as the host's are (`llm/http.rs`): while the next chunk is ready
+        // (after one yield to the HTTP client's connection task), up to 16 chunks a batch.
+        let mut batch = Vec::new();
+        let mut chunks = 0;
+        loop {
+            let mut ready = bytes.next().now_or_never();
+            if ready.is_none() && chunks > 0 && chunks < 16 {
+                tokio::task::yield_now().await;
+                ready = bytes.next().now_or_never();
+            }
+            if ready.is_none() || chunks >= 16 {
+                if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).is_err() {
+                    return;
+                }
+                chunks = 0;
+            }
+            let next = match ready {
+                Some(next) => next,
+                None => bytes.next().await,
+            };
+            let Some(Ok(chunk)) = next else { break };
+            chunks += 1;
             let mut rest: &[u8] = &chunk;
             while let Some(i) = rest.iter().position(|&b| b == b'\n') {
                 let (line, tail) = rest.split_at(i);
@@ -232,12 +253,12 @@ async fn relay(
                 }
             }
             partial_line.extend_from_slice(rest);
-            if !batch.is_empty() && tx.send(batch).is_err() {
-                return;
-            }
             if done {
                 break;
             }
+        }
+        if !batch.is_empty() && tx.send(batch).is_err() {
+            return;
         }
     }
     let fin = json!({"event": "agent.final_answer", "content": answer, "metadata": {"steps": 1, "reason": "answer"}, "session_id": session, "seq": seq + 1, "timestamp": Timestamp::now()});

@@ -104,7 +104,7 @@ fn classify(input: &str, split: usize) -> (String, String, ChatResponse) {
     let mut on = |d: Delta<'_>| match d {
         Delta::Reasoning(x) => r.push_str(x),
         Delta::Text(x) => t.push_str(x),
-        Delta::ToolCalls => {}
+        Delta::ToolCalls | Delta::Pause => {}
     };
     for b in input.as_bytes().chunks(split) {
         p.feed(b, &mut on).unwrap();

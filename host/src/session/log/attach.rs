@@ -1,21 +1,38 @@
-//! Who a session's events go to: detaching when a connection goes, and resuming — the owner
+//! Who a session's events go to, and when: detaching when a connection goes, resuming — the owner
 //! attached and the missed events replayed under the session's lock, so nothing is lost or
 //! sent twice between the replay and the live events.
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{ResumeOutcome, Session};
+use super::{Inner, ResumeOutcome, Session};
 use crate::metrics::Metrics;
 use crate::session::event::{AgentInfo, ServerEvent};
 use crate::session::subscriber::{send_about, Sub};
 
 impl Session {
+    /// [`Session::emit`] for a piece of a model's stream: queued for the client without waking
+    /// its writer, which the model's pause ([`Session::wake`]) or the next other event does — the
+    /// pieces of one model read go out in one write.
+    pub fn emit_streamed(&self, event: &ServerEvent, metrics: &Metrics) {
+        let mut inner = self.lock();
+        inner.quiet = true;
+        self.emit_event_locked(&mut inner, event, metrics);
+        inner.quiet = false;
+    }
+
+    /// Wakes the client's writer for pieces [`Session::emit_streamed`] queued.
+    pub fn wake(&self) {
+        let mut inner = self.lock();
+        wake_owner(&mut inner);
+    }
+
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
     pub fn detach(&self, conn_id: u64) -> Option<u64> {
         let mut inner = self.lock();
         if inner.owner.as_ref().map(|o| o.id()) != Some(conn_id) {
             return None;
         }
+        wake_owner(&mut inner);
         inner.owner = None;
         inner.epoch += 1;
         Some(inner.epoch)
@@ -69,11 +86,21 @@ impl Session {
         };
         send_about(&*conn, Some(&self.id), &header);
         conn.send_batch(missed);
+        wake_owner(&mut inner);
         inner.owner = Some(conn);
         if recovered {
             ResumeOutcome::Recovered
         } else {
             ResumeOutcome::Gap { first_available }
+        }
+    }
+}
+
+/// Wakes the owner's writer if frames were queued for it quietly.
+fn wake_owner(inner: &mut Inner) {
+    if std::mem::take(&mut inner.unwoken) {
+        if let Some(owner) = &inner.owner {
+            owner.wake();
         }
     }
 }

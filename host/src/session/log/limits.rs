@@ -1,10 +1,12 @@
 //! What a session may ask for at a time: custom events waiting for the plugin's hook, and
-//! messages a minute (`--max-runs-per-minute`).
+//! messages a minute (`--max-runs-per-minute`); and what its replay buffer keeps.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Session, MAX_CUSTOM_IN_FLIGHT};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{Inner, Session, EVENT_OVERHEAD, MAX_CUSTOM_IN_FLIGHT};
 
 /// One of a session's [`MAX_CUSTOM_IN_FLIGHT`] places for custom events, given back when
 /// dropped — however the event's task ends.
@@ -44,5 +46,25 @@ impl Session {
             .runs
             .get_or_insert_with(|| crate::session::rate::Bucket::full(per_minute, now))
             .take(per_minute, now)
+    }
+}
+
+impl Session {
+    /// Keeps `text` in the replay buffer, dropping the oldest events past the session's cap or
+    /// the host's replay budget.
+    pub(super) fn keep_for_replay(&self, inner: &mut Inner, seq: u64, text: Utf8Bytes) {
+        let cost = text.len() + EVENT_OVERHEAD;
+        inner.replay_bytes += cost;
+        self.budget.metrics.replay_bytes.add(cost as u64);
+        inner.replay.push_back((seq, text));
+        while (inner.replay_bytes > self.replay_cap_bytes || self.budget.over())
+            && inner.replay.len() > 1
+        {
+            if let Some((_, old)) = inner.replay.pop_front() {
+                let freed = old.len() + EVENT_OVERHEAD;
+                inner.replay_bytes -= freed;
+                self.budget.metrics.replay_bytes.sub(freed as u64);
+            }
+        }
     }
 }
