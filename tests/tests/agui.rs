@@ -418,6 +418,10 @@ async fn a_dropped_stream_cancels_its_run_unless_it_runs_in_the_background() {
             s.next().await.unwrap();
             s.next().await.unwrap();
             drop(s);
+            // The host learns of the drop when hyper sees the connection close (at most a
+            // write or two later). A client resuming the session before that takes it over,
+            // and the run is then that client's, not cancelled — so this one comes back later.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let (mut c, _) = Client::resume(&h.ws_url(), thread, thread, 0).await;
             let e = c
                 .until_any(&["agent.interrupted", "agent.final_answer"])

@@ -227,7 +227,7 @@ impl HttpModel {
         let mut last = tokio::time::Instant::now();
         let stall = tokio::time::sleep(wait);
         tokio::pin!(stall);
-        // Pieces parsed since the last Pause.
+        // Chunks received since the last Pause.
         let mut unpaused = 0;
         loop {
             // A chunk comes through the HTTP client's connection task one at a time: when none
@@ -239,11 +239,10 @@ impl HttpModel {
                 tokio::task::yield_now().await;
                 ready = stream.next().now_or_never();
             }
-            if ready.is_none() || unpaused >= PAUSE_EVERY {
+            if unpaused > 0 && (ready.is_none() || unpaused >= PAUSE_EVERY) {
                 on_delta(Delta::Pause);
                 unpaused = 0;
             }
-            unpaused += 1;
             let next = tokio::select! {
                 biased;
                 next = async { match ready { Some(n) => n, None => stream.next().await } } => next,
@@ -257,6 +256,7 @@ impl HttpModel {
                 }
             };
             last = tokio::time::Instant::now();
+            unpaused += 1;
             match next {
                 None => {
                     // Some servers close without `[DONE]`; accept when the finish arrived.

@@ -97,8 +97,6 @@ pub struct Session {
 
 struct Inner {
     owner: Option<Sub>,
-    /// The event being emitted is queued without waking the owner ([`Session::emit_streamed`]).
-    quiet: bool,
     /// Frames were queued for the owner without waking it: [`Session::wake`] will.
     unwoken: bool,
     seq: u64,
@@ -184,7 +182,6 @@ impl Session {
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
-            quiet: false,
             unwoken: false,
             seq: 0,
             replay: VecDeque::new(),
@@ -321,6 +318,7 @@ impl Session {
             &name,
             |seq| custom_frame(event, &self.id, seq),
             metrics,
+            false,
         );
     }
 
@@ -369,15 +367,19 @@ impl Session {
             event.name(),
             |seq| event.frame_in_session(&self.id, seq),
             metrics,
+            false,
         );
     }
 
+    /// Numbers, keeps, stores and queues an event for the owner; `quiet`: without waking it
+    /// (a streamed piece: [`Session::emit_streamed`]).
     fn emit_locked(
         &self,
         inner: &mut Inner,
         name: &str,
         encode: impl FnOnce(u64) -> Utf8Bytes,
         metrics: &Metrics,
+        quiet: bool,
     ) {
         inner.seq = inner.seq.saturating_add(1);
         let seq = inner.seq;
@@ -398,8 +400,8 @@ impl Session {
             return; // sent by `release`
         }
         if let Some(owner) = &inner.owner {
-            inner.unwoken = inner.quiet;
-            match inner.quiet {
+            inner.unwoken = quiet;
+            match quiet {
                 true => owner.push(text),
                 false => owner.send(text),
             }
