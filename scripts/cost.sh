@@ -8,6 +8,10 @@
 #
 #   scripts/cost.sh [SESSIONS] [TOKENS] [TOKEN_MS]   (default 20 × 500 unpaced; needs valgrind)
 #   COST_TARGET=floor scripts/cost.sh ...            (the same for myagent-floor, for reference)
+#   COST_STORE=sqlite scripts/cost.sh ...            (the host with the default store, a fresh
+#                                                     SQLite file, instead of --store memory)
+# The build with symbols goes to its own target directory (COST_TARGET_DIR, default
+# target/cost-build), so it does not replace the release build the other scripts use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SESSIONS=${1:-20}
@@ -15,13 +19,15 @@ TOKENS=${2:-500}
 TOKEN_MS=${3:-0} # 20 = paced at 50 tokens/s per session: one event per wake-up
 command -v valgrind >/dev/null || { echo "cost: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 # Symbols for the profile: the release build with line tables (same code, names kept).
-CARGO_PROFILE_RELEASE_DEBUG=line-tables-only ${CARGO:-cargo} build -q -j2 --release -p myagent-host -p weather_agent -p myagent-tests
+BIN=${COST_TARGET_DIR:-target/cost-build}/release
+[ -n "${SKIP_BUILD:-}" ] || CARGO_TARGET_DIR=${COST_TARGET_DIR:-target/cost-build} CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+  ${CARGO:-cargo} build -q -j2 --release -p myagent-host -p weather_agent -p myagent-tests
 OUT=target/cost
 mkdir -p $OUT
 rm -f $OUT/callgrind.*
 cleanup() { kill "${HOST_PID:-}" "${LLM_PID:-}" 2>/dev/null || true; }
 trap cleanup EXIT
-target/release/fake-llm --port 0 > $OUT/llm.log &
+$BIN/fake-llm --port 0 > $OUT/llm.log &
 LLM_PID=$!
 for _ in $(seq 50); do grep -q listening $OUT/llm.log 2>/dev/null && break; sleep 0.1; done
 LLM=$(sed -n 's/listening on //p' $OUT/llm.log)
@@ -29,20 +35,24 @@ LLM=$(sed -n 's/listening on //p' $OUT/llm.log)
 # Their difference is the measured stream's cost (counters zeroed mid-run would misattribute
 # the calls in progress).
 profile() { # name, "measure" or ""
-  # --store memory: the event path alone, comparable with earlier figures (the SQLite store's
+  # --store memory by default: the event path alone, comparable with earlier figures (the SQLite store's
   # writer thread is measured by the load generator, docs/performance.md).
-  local server=(target/release/myagent-host serve target/release/libweather_agent.so --store memory --host 127.0.0.1 --port 0
-    --no-watch --answer-holdback 0 --base-url "http://$LLM/v1" --shutdown-timeout 5)
-  [ "${COST_TARGET:-host}" = floor ] && server=(target/release/myagent-floor --port 0 --base-url "http://$LLM/v1")
+  # --isolation in-process: valgrind cannot follow the host starting its plugin worker through
+  # /proc/self/exe (and this stream calls no tool: the worker is idle either way).
+  local store=memory
+  [ "${COST_STORE:-memory}" = sqlite ] && { rm -f $OUT/s.db*; store=sqlite:$OUT/s.db; }
+  local server=($BIN/myagent-host serve $BIN/libweather_agent.so --store $store --host 127.0.0.1 --port 0
+    --no-watch --answer-holdback 0 --isolation in-process --base-url "http://$LLM/v1" --shutdown-timeout 5)
+  [ "${COST_TARGET:-host}" = floor ] && server=($BIN/myagent-floor --port 0 --base-url "http://$LLM/v1")
   valgrind --tool=callgrind --callgrind-out-file=$OUT/callgrind.$1 --dump-instr=no "${server[@]}" \
     > $OUT/host.log 2> $OUT/valgrind.log &
   HOST_PID=$!
   for _ in $(seq 600); do grep -q "Serving on" $OUT/host.log 2>/dev/null && break; sleep 0.1; done
   local port; port=$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' $OUT/host.log)
-  target/release/myagent-loadgen stream --url "ws://127.0.0.1:$port" --sessions 4 --tokens 100 \
+  $BIN/myagent-loadgen stream --url "ws://127.0.0.1:$port" --sessions 4 --tokens 100 \
     --token-ms 0 --ramp-ms 0 > /dev/null
   if [ "$2" = measure ]; then
-    target/release/myagent-loadgen --json $OUT/stream.json stream --url "ws://127.0.0.1:$port" \
+    $BIN/myagent-loadgen --json $OUT/stream.json stream --url "ws://127.0.0.1:$port" \
       --sessions "$SESSIONS" --tokens "$TOKENS" --token-ms "$TOKEN_MS" --ramp-ms 0 | grep -E "final answers"
   fi
   kill -TERM $HOST_PID; wait $HOST_PID 2>/dev/null || true
@@ -81,6 +91,7 @@ total, self_rows = diff("self")
 _, incl_rows = diff("inclusive")
 # Who executes the instructions (self cost, first match wins): a breakdown without overlap.
 groups = [
+    ("session store (store::, SQLite, LZ4)", r"myagent_host::store::|sqlite3|rusqlite|lz4_flex"),
     ("SSE parse (llm::sse, serde_json reading the chunks)", r"llm::sse|serde_json::de|serde_json::read|serde_json::value::de|<serde_json::value::Value as serde::de"),
     ("agent loop and event mapping (agent::, session::run)", r"myagent_host::agent::|session::run::"),
     ("event JSON encoding (serde_json::ser, ServerEvent::encode)", r"serde_json::ser|protocol::event|myagent_host::time::"),
