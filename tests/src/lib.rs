@@ -105,6 +105,36 @@ pub fn bin(name: &str) -> PathBuf {
     build().join(name)
 }
 
+/// The `myagent-host` executable, to run as a command: with `XDG_STATE_HOME` pointed at this
+/// test process's own directory, so a host started without `--store` never opens (or creates)
+/// the user's `~/.local/state/myagent-host/sessions.db` — a file another build may have written.
+/// Tests start hosts through this (or [`Host`]), never `Command::new(bin("myagent-host"))`.
+pub fn host_command() -> Command {
+    let mut cmd = Command::new(bin("myagent-host"));
+    cmd.env("XDG_STATE_HOME", test_state_home());
+    cmd
+}
+
+/// This test process's `XDG_STATE_HOME` for the hosts [`host_command`] starts.
+pub fn test_state_home() -> &'static Path {
+    static STATE: OnceLock<PathBuf> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let root = target_dir().join("test-state");
+        // Directories of test processes that have ended are removed.
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                if !Path::new("/proc").join(&pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
 pub fn plugin_lib(crate_name: &str) -> PathBuf {
     build().join(format!("lib{crate_name}.so"))
 }

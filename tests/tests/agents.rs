@@ -346,7 +346,7 @@ async fn an_mcp_server_a_plugin_names_is_offered_to_that_agent_only() {
 
 #[test]
 fn inspect_prints_every_agent_named() {
-    let out = std::process::Command::new(myagent_tests::bin("myagent-host"))
+    let out = myagent_tests::host_command()
         .arg("inspect")
         .args([plugin_lib("weather_agent"), plugin_lib("testkit_agent")])
         .output()

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use myagent_tests::{bin, plugin_lib, texts_of, Client, FakeLlm, Host, TempDir};
+use myagent_tests::{host_command, plugin_lib, texts_of, Client, FakeLlm, Host, TempDir};
 use serde_json::{json, Value};
 
 fn start(llm: &FakeLlm, store: &Path, extra: &[&str]) -> Host {
@@ -187,7 +187,7 @@ fn a_corrupt_store_is_a_clear_start_up_error() {
     let dir = TempDir::new("durable-corrupt");
     let store = dir.path().join("sessions.db");
     std::fs::write(&store, "not a database, not at all; just text ".repeat(50)).unwrap();
-    let out = std::process::Command::new(bin("myagent-host"))
+    let out = host_command()
         .arg("serve")
         .arg(plugin_lib("testkit_agent"))
         .args(["--port", "0", "--store"])
@@ -200,7 +200,7 @@ fn a_corrupt_store_is_a_clear_start_up_error() {
         err.contains("is not usable") && err.contains("sessions.db"),
         "{err}"
     );
-    let out = std::process::Command::new(bin("myagent-host"))
+    let out = host_command()
         .arg("serve")
         .arg(plugin_lib("testkit_agent"))
         .args(["--port", "0", "--store", "postgres://x"])
@@ -247,7 +247,7 @@ fn mode(p: &Path) -> u32 {
 /// `serve` with `--store sqlite:PATH` (or the default when `store` is None), expected to refuse
 /// to start: its stderr.
 fn refused(store: Option<&Path>, env_remove: &[&str]) -> String {
-    let mut cmd = std::process::Command::new(bin("myagent-host"));
+    let mut cmd = host_command();
     cmd.arg("serve")
         .arg(plugin_lib("testkit_agent"))
         .args(["--host", "127.0.0.1", "--port", "0"]);
@@ -313,4 +313,46 @@ async fn the_store_is_private_to_its_user_and_never_follows_a_symlink() {
     // No HOME and no XDG_STATE_HOME: no temp-directory fallback.
     let err = refused(None, &["HOME", "XDG_STATE_HOME"]);
     assert!(err.contains("no private place"), "{err}");
+}
+
+/// A host a test starts without `--store` keeps its sessions in the test's own state directory,
+/// never in the user's `~/.local/state` (where a file written by another build once made CI
+/// fail), and no test starts the host any other way.
+#[test]
+fn tests_never_touch_the_users_own_session_store() {
+    let dir = TempDir::new("own-state");
+    let bad = dir.path().join("mcp.json");
+    std::fs::write(&bad, r#"{"mcpServers": {"x": {"url": "ftp://nope"}}}"#).unwrap();
+    // The store is opened before the MCP configuration is read, so this start leaves the file.
+    let out = host_command()
+        .arg("serve")
+        .arg(plugin_lib("testkit_agent"))
+        .args(["--port", "0", "--mcp-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let own = myagent_tests::test_state_home().join("myagent-host/sessions.db");
+    assert!(own.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let root = myagent_tests::workspace_root().join("tests");
+    let mut files = vec![root.join("src/lib.rs")];
+    for e in std::fs::read_dir(root.join("tests")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let direct = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .filter(|l| l.contains("Command::new(") && l.contains("\"myagent-host\""))
+            .count();
+        let allowed = usize::from(f.ends_with("src/lib.rs"));
+        assert_eq!(
+            direct,
+            allowed,
+            "{} starts myagent-host without host_command()",
+            f.display()
+        );
+    }
 }

@@ -237,7 +237,7 @@ async fn the_operator_links_agents_that_do_not_declare_it_and_an_unserved_target
     );
 
     // An operator's pair naming an agent not served stops the start with a clear error.
-    let out = std::process::Command::new(myagent_tests::bin("myagent-host"))
+    let out = myagent_tests::host_command()
         .arg("serve")
         .arg(plugin_lib("weather_agent"))
         .args(["--port", "0", "--handoff", "weather-assistant=billing"])

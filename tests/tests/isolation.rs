@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use myagent_tests::client::bystander;
-use myagent_tests::{bin, plugin_lib, Client, FakeLlm, Host, TempDir};
+use myagent_tests::{host_command, plugin_lib, Client, FakeLlm, Host, TempDir};
 use serde_json::Value;
 
 fn health(host: &Host) -> Value {
@@ -247,7 +247,7 @@ async fn in_process_isolation_still_serves() {
 
 #[test]
 fn inspect_reports_a_factory_that_crashes() {
-    let out = std::process::Command::new(bin("myagent-host"))
+    let out = host_command()
         .args(["inspect"])
         .arg(plugin_lib("testkit_agent"))
         .env("TESTKIT_VARIANT", "abort_factory")

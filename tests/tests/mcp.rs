@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use myagent_tests::{bin, plugin_lib, workspace_root, Client, FakeLlm, Host, Proc, TempDir};
+use myagent_tests::{
+    bin, host_command, plugin_lib, workspace_root, Client, FakeLlm, Host, Proc, TempDir,
+};
 use serde_json::{json, Value};
 
 fn config(dir: &TempDir, servers: Value) -> PathBuf {
@@ -277,7 +279,7 @@ fn a_bad_config_is_a_clear_start_up_error_and_a_down_server_is_not() {
     let dir = TempDir::new("mcp-bad");
     let path = dir.path().join("mcp.json");
     std::fs::write(&path, r#"{"mcpServers": {"x": {"url": "ftp://nope"}}}"#).unwrap();
-    let out = std::process::Command::new(bin("myagent-host"))
+    let out = host_command()
         .arg("serve")
         .arg(plugin_lib("testkit_agent"))
         .args(["--port", "0", "--mcp-config", path.to_str().unwrap()])
@@ -462,7 +464,7 @@ fn inspect_lists_the_mcp_tools_the_agent_would_be_offered() {
         &dir,
         json!({"own": own(), "gone": {"url": "http://127.0.0.1:9/mcp"}}),
     );
-    let out = std::process::Command::new(bin("myagent-host"))
+    let out = host_command()
         .arg("inspect")
         .arg(plugin_lib("testkit_agent"))
         .args(["--mcp-config", path.to_str().unwrap()])
@@ -478,7 +480,7 @@ fn inspect_lists_the_mcp_tools_the_agent_would_be_offered() {
         text.contains("MCP server gone (http: http://127.0.0.1:9/mcp): not available: "),
         "{text}"
     );
-    let out = std::process::Command::new(bin("myagent-host"))
+    let out = host_command()
         .arg("inspect")
         .arg(plugin_lib("testkit_agent"))
         .args(["--json", "--mcp-config", path.to_str().unwrap()])

@@ -3,7 +3,6 @@
 //! WebSocket clients that move from one host to another — between turns, in the middle of a
 //! streaming turn, with a cancel, and after the host running the turn was killed.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use myagent_tests::{plugin_lib, texts_of, Client, FakeLlm, Host, Redis};
@@ -223,7 +222,7 @@ async fn stored_sessions_expire_and_an_unreachable_store_is_a_clear_error() {
     assert_eq!(e["code"], "session_not_found", "{e}");
 
     // A store that cannot be reached at start: a clear start-up error.
-    let out = Command::new(myagent_tests::bin("myagent-host"))
+    let out = myagent_tests::host_command()
         .args(["serve"])
         .arg(plugin_lib("testkit_agent"))
         .args(["--port", "0", "--store", "redis://127.0.0.1:1"])

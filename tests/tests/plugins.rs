@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use myagent_tests::{bin, cargo_fixture, plugin_lib, target_dir, Client, FakeLlm, Host, TempDir};
+use myagent_tests::{
+    cargo_fixture, host_command, plugin_lib, target_dir, Client, FakeLlm, Host, TempDir,
+};
 use serde_json::json;
 
 fn host_cmd(args: &[&str], plugin: &Path) -> (bool, String, String) {
-    let out = Command::new(bin("myagent-host"))
+    let out = host_command()
         .args(args)
         .arg(plugin)
         .env_remove("TESTKIT_VARIANT")
@@ -102,7 +104,7 @@ fn each_load_failure_is_one_clear_message_and_a_nonzero_exit() {
             assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         }
     }
-    let out = Command::new(bin("myagent-host"))
+    let out = host_command()
         .args(["inspect"])
         .arg(plugin_lib("testkit_agent"))
         .env("TESTKIT_VARIANT", "panic_factory")
@@ -212,11 +214,7 @@ async fn hot_reload_swaps_the_agent_without_disturbing_runs_and_refuses_broken_b
 async fn a_scaffolded_plugin_tests_builds_loads_and_answers() {
     let dir = TempDir::new("scaffold");
     let crate_dir = dir.path().join("word_agent");
-    let out = Command::new(bin("myagent-host"))
-        .arg("new")
-        .arg(&crate_dir)
-        .output()
-        .unwrap();
+    let out = host_command().arg("new").arg(&crate_dir).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -224,11 +222,7 @@ async fn a_scaffolded_plugin_tests_builds_loads_and_answers() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("libword_agent.so"));
     // Refuses to overwrite.
-    let again = Command::new(bin("myagent-host"))
-        .arg("new")
-        .arg(&crate_dir)
-        .output()
-        .unwrap();
+    let again = host_command().arg("new").arg(&crate_dir).output().unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 

@@ -402,7 +402,7 @@ async fn the_plugin_copy_directory_is_private_and_a_swapped_copy_is_never_loaded
     std::fs::create_dir(&real).unwrap();
     let link = base.path().join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let out = std::process::Command::new(myagent_tests::bin("myagent-host"))
+    let out = myagent_tests::host_command()
         .args([
             "serve",
             plugin_lib("weather_agent").to_str().unwrap(),
