@@ -284,11 +284,29 @@ async function chatApp(page) {
   // A phone: one column, nothing wider than the screen, the sessions behind a button.
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, colorScheme: "dark" });
   const p = await phone.newPage();
+  // The first session's creation is held back (until the page sends anything else, or 1.5 s),
+  // so the starter is clicked before the session exists: the question waits for that session —
+  // it neither asks for a second one nor loses the view to it.
+  let held = null, release = null;
+  await p.routeWebSocket(/\/ws/, (ws) => {
+    const server = ws.connectToServer();
+    server.onMessage((m) => {
+      if (!held && String(m).includes('"agent.session_created"')) {
+        held = m; release = () => { if (release) { release = null; ws.send(held); } };
+        setTimeout(() => release && release(), 1500);
+        return;
+      }
+      ws.send(m);
+    });
+    ws.onMessage((m) => { server.send(m); if (release) release(); });
+  });
   await p.goto(HOST_URL + "/");
   await p.locator("#status.connected").waitFor({ timeout: 10000 });
   await p.locator("#starters button").first().waitFor({ timeout: 10000 });
   await p.locator("#starters button", { hasText: "Paris" }).first().click();
+  assert.ok(held && release, "clicked while the session was being created, the starter asked for no second one");
   await p.locator(".msg.answer:not(.streaming)").last().waitFor({ timeout: 15000 });
+  assert.equal(await p.locator("nav button.session").count(), 1, "one session: the question waited for it");
   assert.ok(await p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), "no horizontal scroll at 390 px");
   assert.ok(await p.locator("#input").isVisible() && await p.locator("#send").isVisible());
   assert.ok(await p.locator("nav").isHidden(), "the sessions are behind the menu button");
