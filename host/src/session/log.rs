@@ -260,7 +260,7 @@ impl Session {
     /// Numbers `event`, keeps it for replay and sends it to the owning connection, if any.
     pub fn emit(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
-        self.emit_event_locked(&mut inner, event, metrics);
+        self.emit_event_locked(&mut inner, event, metrics, false);
     }
 
     /// [`Session::emit`], but the event (and any after it) reaches the client only at
@@ -269,7 +269,7 @@ impl Session {
         let mut inner = self.lock();
         let next = inner.seq + 1;
         inner.withheld_from.get_or_insert(next);
-        self.emit_event_locked(&mut inner, event, metrics);
+        self.emit_event_locked(&mut inner, event, metrics, false);
     }
 
     /// [`Session::emit_held`] for an event whose live form carries a secret (the resume token
@@ -280,7 +280,7 @@ impl Session {
         let seq = inner.seq + 1;
         inner.withheld_from.get_or_insert(seq);
         inner.live_frame = Some((seq, live.frame_in_session(&self.id, seq)));
-        self.emit_event_locked(&mut inner, logged, metrics);
+        self.emit_event_locked(&mut inner, logged, metrics, false);
     }
 
     /// Sends the held-back events (in order) to the owning connection.
@@ -335,7 +335,7 @@ impl Session {
         hold_ready: bool,
     ) -> Option<(Turn, CancellationToken)> {
         let mut inner = self.lock();
-        self.emit_event_locked(&mut inner, event, metrics);
+        self.emit_event_locked(&mut inner, event, metrics, false);
         let next = Self::next_queued(&mut inner);
         if next.is_none() {
             if hold_ready {
@@ -358,17 +358,19 @@ impl Session {
     }
 
     fn emit_ready(&self, inner: &mut Inner, metrics: &Metrics) {
-        self.emit_event_locked(inner, &ServerEvent::Ready, metrics);
+        self.emit_event_locked(inner, &ServerEvent::Ready, metrics, false);
     }
 
-    fn emit_event_locked(&self, inner: &mut Inner, event: &ServerEvent, metrics: &Metrics) {
-        self.emit_locked(
-            inner,
-            event.name(),
-            |seq| event.frame_in_session(&self.id, seq),
-            metrics,
-            false,
-        );
+    /// [`Session::emit_locked`] for `event`, framed in this session.
+    fn emit_event_locked(
+        &self,
+        inner: &mut Inner,
+        event: &ServerEvent,
+        metrics: &Metrics,
+        quiet: bool,
+    ) {
+        let encode = |seq| event.frame_in_session(&self.id, seq);
+        self.emit_locked(inner, event.name(), encode, metrics, quiet);
     }
 
     /// Numbers, keeps, stores and queues an event for the owner; `quiet`: without waking it
@@ -451,7 +453,7 @@ impl Session {
         inner.queue.push_back(turn);
         let position = inner.queue.len();
         let queued = ServerEvent::MessageQueued { position };
-        self.emit_event_locked(&mut inner, &queued, metrics);
+        self.emit_event_locked(&mut inner, &queued, metrics, false);
         Admit::Queued
     }
 

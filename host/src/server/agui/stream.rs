@@ -176,7 +176,10 @@ impl Driver {
     /// `background`) and the session let go.
     fn abandon(&mut self) {
         if !self.released {
-            if !self.background {
+            if self.background {
+                tracing::info!(session_id = %self.session_id, "AG-UI stream ended before its run: the run goes on in the background");
+            } else {
+                tracing::info!(session_id = %self.session_id, "AG-UI stream ended before its run: the run is cancelled");
                 self.sessions.cancel(&self.client, &self.session_id);
             }
             self.finish();

@@ -15,8 +15,7 @@ impl Session {
     /// pieces of one model read go out in one write.
     pub fn emit_streamed(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
-        let encode = |seq| event.frame_in_session(&self.id, seq);
-        self.emit_locked(&mut inner, event.name(), encode, metrics, true);
+        self.emit_event_locked(&mut inner, event, metrics, true);
     }
 
     /// Wakes the client's writer for pieces [`Session::emit_streamed`] queued.
