@@ -153,13 +153,16 @@ impl<B: Backend> Writer<B> {
                 if excess == 0 || matches!(op, Op::Ack(_)) {
                     return true;
                 }
-                let is_event = matches!(op, Op::Event { .. });
-                if events_only && !is_event {
+                let in_block = match op {
+                    Op::Events { count, .. } => Some(*count),
+                    _ => None,
+                };
+                if events_only && in_block.is_none() {
                     return true;
                 }
                 excess = excess.saturating_sub(op.size());
-                if is_event {
-                    events += 1;
+                if let Some(count) = in_block {
+                    events += count;
                 } else {
                     records += 1;
                 }
@@ -264,7 +267,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex as StdMutex};
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     /// A backend that fails while `down` and records what it applied.
     struct Flaky {
@@ -281,7 +283,13 @@ mod tests {
             for op in batch {
                 match op {
                     Op::Create { id, .. } => a.push(format!("create {id}")),
-                    Op::Event { id, seq, .. } => a.push(format!("event {id} {seq}")),
+                    Op::Events {
+                        id, first, count, ..
+                    } => {
+                        for seq in *first..first + count {
+                            a.push(format!("event {id} {seq}"));
+                        }
+                    }
                     Op::TurnEnd { id, .. } => a.push(format!("end {id}")),
                     _ => {}
                 }
@@ -312,10 +320,11 @@ mod tests {
     }
 
     fn event(seq: u64, bytes: usize) -> Op {
-        Op::Event {
+        Op::Events {
             id: Arc::from("s"),
-            seq,
-            frame: Utf8Bytes::from("x".repeat(bytes)),
+            first: seq,
+            count: 1,
+            frames: "x".repeat(bytes),
         }
     }
 
