@@ -95,7 +95,7 @@ impl StreamParser {
     /// Feeds bytes; text, reasoning and the first sign of tool calls go to `on_delta`. Returns `Ok(true)` once `[DONE]` was seen.
     pub fn feed(&mut self, bytes: &[u8], on_delta: &mut OnDelta<'_>) -> Result<bool, LlmError> {
         let mut rest = bytes;
-        while let Some(i) = memchr::memchr(b'\n', rest) {
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             let (part, tail) = rest.split_at(i);
             rest = &tail[1..];
             // A line wholly inside this read is parsed in place; only a line split across
@@ -128,22 +128,22 @@ impl StreamParser {
     }
 
     fn line_done(&mut self, line: &[u8], on_delta: &mut OnDelta<'_>) -> Result<(), LlmError> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(data) = line.strip_prefix(b"data:") else {
+        let line = std::str::from_utf8(line)
+            .map_err(|_| LlmError::Malformed("stream is not UTF-8".into()))?;
+        let line = line.trim_end_matches('\r');
+        let Some(data) = line.strip_prefix("data:") else {
             // Blank separators, comments (`: keep-alive`), `event:`/`id:` fields: nothing to do.
             return Ok(());
         };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
+        let data = data.trim();
+        if data == "[DONE]" {
             self.done = true;
             return Ok(());
         }
-        // Read from the bytes: the strings taken from the chunk are checked as UTF-8 as they are
-        // read (a line is not validated whole first).
-        let chunk: Chunk<'_> = serde_json::from_slice(data).map_err(|e| {
+        let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
             LlmError::Malformed(format!(
                 "chunk is not a chat completion chunk ({e}): {}",
-                preview(&String::from_utf8_lossy(data))
+                preview(data)
             ))
         })?;
         self.chunk(chunk, on_delta)

@@ -317,14 +317,14 @@ async fn write_batch(
     sink: &mut Sink,
     out: &Outbox,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    // Up to 64 frames a write, taken under one lock.
-    let mut frames = Vec::with_capacity(16);
-    let more = out.pop_many(64, &mut frames);
-    for t in frames {
+    let mut n = 0;
+    while n < 64 {
+        let Some(t) = out.pop() else { break };
         sink.feed(Message::Text(t)).await?;
+        n += 1;
     }
     sink.flush().await?;
-    if more {
+    if !out.is_empty() {
         out.wake.notify_one();
     }
     Ok(())

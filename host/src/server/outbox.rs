@@ -62,18 +62,6 @@ impl Outbox {
         t
     }
 
-    /// Moves up to `max` queued frames into `into` under one lock; true if more are left.
-    pub fn pop_many(&self, max: usize, into: &mut Vec<Utf8Bytes>) -> bool {
-        let mut q = self.lock();
-        let n = max.min(q.items.len());
-        into.extend(q.items.drain(..n));
-        q.replay = q.replay.saturating_sub(n);
-        if q.items.is_empty() && q.items.capacity() > 64 {
-            q.items = VecDeque::new();
-        }
-        !q.items.is_empty()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.lock().items.is_empty()
     }
@@ -94,21 +82,25 @@ pub struct ConnHandle {
 impl ConnHandle {
     /// Queues a frame; never blocks. A full queue marks the client slow.
     pub fn send(&self, frame: Utf8Bytes) {
-        self.send_all(std::iter::once(frame));
+        self.push(frame);
+        self.out.wake.notify_one();
     }
 
-    /// Queues frames (a model read's pieces) under one lock and wakes the writer once; never
-    /// blocks. Those past a full queue are dropped and mark the client slow.
-    pub fn send_all(&self, frames: impl IntoIterator<Item = Utf8Bytes>) {
+    /// Queues a frame without waking the writer ([`ConnHandle::wake`] does).
+    pub fn push(&self, frame: Utf8Bytes) {
         let mut q = self.out.lock();
-        for frame in frames {
-            if q.items.len() >= self.out.cap + q.replay {
-                self.out.slow.store(true, Ordering::Relaxed);
-                break;
-            }
+        if q.items.len() >= self.out.cap + q.replay {
+            self.out.slow.store(true, Ordering::Relaxed);
+            drop(q);
+            // A slow client is told at once.
+            self.out.wake.notify_one();
+        } else {
             q.items.push_back(frame);
         }
-        drop(q);
+    }
+
+    /// Wakes the writer for what was pushed.
+    pub fn wake(&self) {
         self.out.wake.notify_one();
     }
 
@@ -143,8 +135,11 @@ impl crate::session::Subscriber for ConnHandle {
     fn send(&self, frame: Utf8Bytes) {
         ConnHandle::send(self, frame)
     }
-    fn send_all(&self, frames: Vec<Utf8Bytes>) {
-        ConnHandle::send_all(self, frames)
+    fn push(&self, frame: Utf8Bytes) {
+        ConnHandle::push(self, frame)
+    }
+    fn wake(&self) {
+        ConnHandle::wake(self)
     }
     fn send_batch(&self, frames: Vec<Utf8Bytes>) {
         ConnHandle::send_batch(self, frames)
@@ -158,23 +153,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frames_sent_together_wake_the_writer_once_and_a_full_queue_marks_the_client_slow() {
+    fn pushed_frames_wait_for_a_wake_and_sent_ones_do_not() {
         let (handle, out) = Outbox::new(1, 8);
-        handle.send_all(["a".into(), "b".into()]);
+        handle.push("a".into());
+        handle.push("b".into());
+        assert!(
+            out.wake.notified().now_or_never().is_none(),
+            "woken by a push"
+        );
+        handle.wake();
         assert!(out.wake.notified().now_or_never().is_some());
-        assert!(out.wake.notified().now_or_never().is_none(), "one wake");
         handle.send("c".into());
         assert!(out.wake.notified().now_or_never().is_some());
-        let mut got = Vec::new();
-        assert!(out.pop_many(2, &mut got), "one left");
-        assert!(!out.pop_many(64, &mut got));
+        let got: Vec<Utf8Bytes> = std::iter::from_fn(|| out.pop()).collect();
         assert_eq!(got, ["a", "b", "c"]);
-        // Past the cap, the rest is dropped and the writer woken to close a slow client.
-        handle.send_all(vec![Utf8Bytes::from("x"); 9]);
+        // Past the cap, the writer is woken at once to close a slow client.
+        for _ in 0..9 {
+            handle.push("x".into());
+        }
         assert!(out.is_slow());
         assert!(out.wake.notified().now_or_never().is_some());
-        got.clear();
-        out.pop_many(64, &mut got);
-        assert_eq!(got.len(), 8);
     }
 }

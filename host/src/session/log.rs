@@ -97,9 +97,8 @@ pub struct Session {
 
 struct Inner {
     owner: Option<Sub>,
-    /// Frames for the owner gathered without waking it (a model read's pieces): delivered
-    /// together by [`Session::wake`], or before the next event that goes at once.
-    for_owner: Vec<Utf8Bytes>,
+    /// Frames were queued for the owner without waking it: [`Session::wake`] will.
+    unwoken: bool,
     seq: u64,
     replay: VecDeque<(u64, Utf8Bytes)>,
     replay_bytes: usize,
@@ -189,7 +188,7 @@ impl Session {
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
-            for_owner: Vec::new(),
+            unwoken: false,
             seq: 0,
             replay: VecDeque::new(),
             replay_bytes: 0,
@@ -307,7 +306,6 @@ impl Session {
                 _ => t.clone(),
             })
             .collect();
-        self.deliver(&mut inner);
         if let Some(owner) = &inner.owner {
             metrics.events_sent.add(held.len() as u64);
             owner.send_batch(held);
@@ -408,17 +406,13 @@ impl Session {
         if inner.withheld_from.is_some() {
             return; // sent by `release`
         }
-        if inner.owner.is_none() {
-            return;
-        }
-        if quiet {
-            inner.for_owner.push(text); // counted as sent when delivered
-        } else {
-            self.deliver(inner);
-            if let Some(owner) = &inner.owner {
-                owner.send(text);
-                metrics.events_sent.inc();
+        if let Some(owner) = &inner.owner {
+            inner.unwoken = quiet;
+            match quiet {
+                true => owner.push(text),
+                false => owner.send(text),
             }
+            metrics.events_sent.inc();
         }
     }
 

@@ -249,20 +249,12 @@ impl Drive {
                     // Pieces of the answer take the fast path until the first other event;
                     // from there on, in order, the general one.
                     let mut general = d.skip_readies.is_some();
-                    let mut frames = Vec::new();
-                    loop {
-                        // Taken a few hundred at a time under one lock.
-                        let more = d.out.pop_many(256, &mut frames);
-                        for f in frames.drain(..) {
-                            if !general && self.run.answer_piece(&f, batch, self.after) {
-                                continue;
-                            }
-                            general = true;
-                            self.pending.extend(serde_json::from_str::<Value>(&f).ok());
+                    while let Some(f) = d.out.pop() {
+                        if !general && self.run.answer_piece(&f, batch, self.after) {
+                            continue;
                         }
-                        if !more {
-                            break;
-                        }
+                        general = true;
+                        self.pending.extend(serde_json::from_str::<Value>(&f).ok());
                     }
                     if d.out.is_slow() {
                         let e = Run::refused("the stream was read too slowly; reconnect with Last-Event-ID", "slow_consumer");

@@ -22,7 +22,7 @@ impl Session {
     /// to the store (a model read ended).
     pub fn wake(&self) {
         let mut inner = self.lock();
-        self.deliver(&mut inner);
+        wake_owner(&mut inner);
         self.hand_to_store(&mut inner);
     }
 
@@ -32,7 +32,7 @@ impl Session {
         if inner.owner.as_ref().map(|o| o.id()) != Some(conn_id) {
             return None;
         }
-        self.deliver(&mut inner);
+        wake_owner(&mut inner);
         inner.owner = None;
         inner.epoch += 1;
         Some(inner.epoch)
@@ -86,7 +86,7 @@ impl Session {
         };
         send_about(&*conn, Some(&self.id), &header);
         conn.send_batch(missed);
-        self.deliver(&mut inner);
+        wake_owner(&mut inner);
         inner.owner = Some(conn);
         if recovered {
             ResumeOutcome::Recovered
@@ -96,16 +96,11 @@ impl Session {
     }
 }
 
-impl Session {
-    /// Hands the owner the frames gathered for it (one lock of its queue, one wake-up).
-    pub(super) fn deliver(&self, inner: &mut Inner) {
-        if inner.for_owner.is_empty() {
-            return;
-        }
-        let frames = std::mem::take(&mut inner.for_owner);
+/// Wakes the owner's writer if frames were queued for it quietly.
+fn wake_owner(inner: &mut Inner) {
+    if std::mem::take(&mut inner.unwoken) {
         if let Some(owner) = &inner.owner {
-            self.budget.metrics.events_sent.add(frames.len() as u64);
-            owner.send_all(frames);
+            owner.wake();
         }
     }
 }

@@ -33,7 +33,6 @@ impl Session {
         let text = Utf8Bytes::from(frame);
         self.keep_for_replay(inner, seq, text.clone());
         if seq > floor && inner.withheld_from.is_none() {
-            self.deliver(inner);
             if let Some(owner) = &inner.owner {
                 owner.send(text);
                 metrics.events_sent.inc();
