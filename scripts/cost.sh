@@ -91,7 +91,7 @@ total, self_rows = diff("self")
 _, incl_rows = diff("inclusive")
 # Who executes the instructions (self cost, first match wins): a breakdown without overlap.
 groups = [
-    ("session store (store::, SQLite, LZ4)", r"myagent_host::store::|sqlite3|rusqlite|lz4_flex"),
+    ("session store (store::, SQLite)", r"myagent_host::store::|sqlite3|rusqlite"),
     ("SSE parse (llm::sse, serde_json reading the chunks)", r"llm::sse|serde_json::de|serde_json::read|serde_json::value::de|<serde_json::value::Value as serde::de"),
     ("agent loop and event mapping (agent::, session::run)", r"myagent_host::agent::|session::run::"),
     ("event JSON encoding (serde_json::ser, ServerEvent::encode)", r"serde_json::ser|protocol::event|myagent_host::time::"),

@@ -131,17 +131,11 @@ struct Inner {
     pub(super) updated: i64,
     /// Deleted (closed, or `user.delete_session`): nothing more of it is written to the store.
     pub(super) unstored: bool,
-    /// Events not yet handed to the store (a model read's pieces).
-    to_store: to_store::ToStore,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        let gathered = std::mem::take(&mut inner.to_store);
-        if let Some(store) = self.store.as_ref().filter(|_| !inner.unstored) {
-            gathered.hand_to(store, &self.shared_id);
-        }
         self.budget
             .metrics
             .replay_bytes
@@ -205,7 +199,6 @@ impl Session {
             updated: identity.listing.created,
             listing: identity.listing,
             unstored: false,
-            to_store: Default::default(),
         };
         let Identity {
             id,
@@ -401,8 +394,10 @@ impl Session {
             );
             text = error.frame_in_session(&self.id, seq);
         }
-        self.to_store(inner, seq, &text, quiet);
         self.keep_for_replay(inner, seq, text.clone());
+        if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
+            d.event(&self.shared_id, seq, &text);
+        }
         if inner.withheld_from.is_some() {
             return; // sent by `release`
         }
@@ -490,4 +485,3 @@ mod attach;
 mod foreign;
 mod limits;
 mod summary;
-mod to_store;

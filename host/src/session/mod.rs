@@ -318,7 +318,6 @@ impl Sessions {
                     let used = session.kept.load(std::sync::atomic::Ordering::Relaxed);
                     if let (false, Some(store)) = (used, &this.store) {
                         if !session.is_running() {
-                            session.unstore();
                             store.delete(&session.id, session.user.as_deref());
                         }
                     }

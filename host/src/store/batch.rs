@@ -2,7 +2,6 @@
 //! dropped, and a session's consecutive events become one stored unit (an SQLite row, a Redis
 //! stream entry) — a token stream writes a few of these a second, not one per token.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -32,16 +31,15 @@ pub(crate) fn coalesce(batch: &mut Vec<Op>) {
 }
 
 /// A session's consecutive events of one batch, stored as one unit: the first `seq` and the
-/// frames, one a line (frames are one-line JSON). Borrowed from the batch's op while it is one
-/// block, copied once a second block joins it.
-pub(crate) struct Chunk<'a> {
+/// frames, one a line (frames are one-line JSON).
+pub(crate) struct Chunk {
     pub id: Arc<str>,
     pub first: u64,
     pub last: u64,
-    pub frames: Cow<'a, str>,
+    pub frames: String,
 }
 
-impl Chunk<'_> {
+impl Chunk {
     /// The events of a stored chunk, with their `seq`s.
     pub(super) fn events(first: u64, frames: &str) -> impl Iterator<Item = (u64, &str)> {
         frames
@@ -51,45 +49,34 @@ impl Chunk<'_> {
     }
 }
 
-/// A stored chunk grows to about this many bytes, then the next block starts another: the
+/// A stored chunk grows to about this many bytes, then the next event starts another: the
 /// store drops old events a whole chunk at a time.
 pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
 
 /// A batch's events gathered per session, in the order sessions first appear.
 #[derive(Default)]
-pub(crate) struct Chunks<'a> {
-    list: Vec<Chunk<'a>>,
+pub(crate) struct Chunks {
+    list: Vec<Chunk>,
     index: HashMap<Arc<str>, usize>,
 }
 
-impl<'a> Chunks<'a> {
-    /// Adds a block of `count` events from `first` on to its session's chunk. If it does not
-    /// follow the chunk's last `seq` (a block dropped by the buffer bound), or the chunk holds
-    /// [`CHUNK_BYTES`] already, the chunk gathered so far is returned, to be written first.
-    pub(super) fn add(
-        &mut self,
-        id: &Arc<str>,
-        first: u64,
-        count: u64,
-        frames: &'a str,
-    ) -> Option<Chunk<'a>> {
-        let last = first + count.saturating_sub(1);
+impl Chunks {
+    /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (an
+    /// event dropped by the buffer bound), or the chunk holds [`CHUNK_BYTES`] already, the
+    /// chunk gathered so far is returned, to be written first.
+    pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
         let start = || Chunk {
             id: id.clone(),
-            first,
-            last,
-            frames: Cow::Borrowed(frames),
+            first: seq,
+            last: seq,
+            frames: frame.to_owned(),
         };
         match self.index.get(id).copied() {
-            Some(i)
-                if self.list[i].last + 1 == first && self.list[i].frames.len() < CHUNK_BYTES =>
-            {
+            Some(i) if self.list[i].last + 1 == seq && self.list[i].frames.len() < CHUNK_BYTES => {
                 let c = &mut self.list[i];
-                let text = c.frames.to_mut();
-                text.reserve(frames.len() + 1);
-                text.push('\n');
-                text.push_str(frames);
-                c.last = last;
+                c.frames.push('\n');
+                c.frames.push_str(frame);
+                c.last = seq;
                 None
             }
             Some(i) => Some(std::mem::replace(&mut self.list[i], start())),
@@ -104,12 +91,12 @@ impl<'a> Chunks<'a> {
     /// A deleted session's gathered events are not written.
     pub(super) fn discard(&mut self, id: &str) {
         if let Some(&i) = self.index.get(id) {
-            self.list[i].frames = Cow::Borrowed("");
+            self.list[i].frames.clear();
         }
     }
 
     /// The chunks to write.
-    pub(super) fn into_chunks(self) -> impl Iterator<Item = Chunk<'a>> {
+    pub(super) fn into_chunks(self) -> impl Iterator<Item = Chunk> {
         self.list.into_iter().filter(|c| !c.frames.is_empty())
     }
 }
@@ -144,6 +131,7 @@ pub(crate) fn strip_resume_tokens(frames: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     #[test]
     fn resume_tokens_are_stripped_from_stored_frames() {
@@ -156,38 +144,11 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_blocks_join_one_chunk_until_it_is_full_or_a_block_is_missing() {
-        let id: Arc<str> = Arc::from("s");
-        let frame = "x".repeat(1000);
-        let block = |n: usize| vec![frame.as_str(); n].join("\n");
-        let (a, b, c) = (block(4), block(3), block(5));
-        let mut chunks = Chunks::default();
-        assert!(chunks.add(&id, 1, 4, &a).is_none());
-        assert!(chunks.add(&id, 5, 3, &b).is_none(), "follows: joins");
-        // 7 frames (~7 KiB) held: still below CHUNK_BYTES, so the next block joins too.
-        assert!(chunks.add(&id, 8, 5, &c).is_none());
-        // Now over CHUNK_BYTES: the next block starts a chunk and the full one is returned.
-        let full = chunks.add(&id, 13, 4, &a).expect("full");
-        assert_eq!((full.first, full.last), (1, 12));
-        assert_eq!(Chunk::events(full.first, &full.frames).count(), 12);
-        // A block that does not follow (one dropped by the bound) starts a chunk too.
-        let before_gap = chunks.add(&id, 20, 3, &b).expect("gap");
-        assert_eq!((before_gap.first, before_gap.last), (13, 16));
-        let rest: Vec<_> = chunks.into_chunks().collect();
-        assert_eq!((rest[0].first, rest[0].last), (20, 22));
-        assert!(
-            matches!(rest[0].frames, Cow::Borrowed(_)),
-            "one block: not copied"
-        );
-    }
-
-    #[test]
     fn a_session_made_and_closed_within_one_batch_costs_one_delete() {
-        let ev = |id: &str, seq| Op::Events {
+        let ev = |id: &str, seq| Op::Event {
             id: Arc::from(id),
-            first: seq,
-            count: 1,
-            frames: "{}".into(),
+            seq,
+            frame: Utf8Bytes::from("{}"),
         };
         let mut batch = vec![
             Op::Create {
@@ -212,7 +173,7 @@ mod tests {
             .iter()
             .map(|op| match op {
                 Op::Delete { id, .. } => format!("delete {id}"),
-                Op::Events { id, first, .. } => format!("event {id} {first}"),
+                Op::Event { id, seq, .. } => format!("event {id} {seq}"),
                 _ => "other".into(),
             })
             .collect();

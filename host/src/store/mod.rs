@@ -23,7 +23,6 @@
 //! each drop counted. [`Store::health`] says `ok` or `degraded`.
 
 mod batch;
-pub(crate) use batch::CHUNK_BYTES;
 mod health;
 mod listing;
 mod op;
@@ -40,6 +39,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use health::State;
 pub use health::StoreHealth;
@@ -258,13 +258,9 @@ impl Store {
         let size = op.size();
         // Past the buffer bound, streamed events are the first to go (counted); records are
         // always handed over (the writer's bound drops them last).
-        if let Op::Events { count, .. } = op {
-            if self.state.over_bound(size) {
-                self.state
-                    .dropped_events
-                    .fetch_add(count, Ordering::Relaxed);
-                return;
-            }
+        if matches!(op, Op::Event { .. }) && self.state.over_bound(size) {
+            self.state.dropped_events.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         self.state.queued(size);
         if self.tx.send(op).is_err() {
@@ -313,17 +309,13 @@ impl Store {
         }
     }
 
-    /// Consecutive events of the session's log: `count` frames from `first` on, one a line
-    /// (the session gathers a model read's pieces into one write).
-    pub fn events(&self, id: &Arc<str>, first: u64, count: u64, frames: String) {
-        if count > 0 {
-            self.send(Op::Events {
-                id: id.clone(),
-                first,
-                count,
-                frames,
-            });
-        }
+    /// An event of the session's log (the id and the frame are shared, not copied).
+    pub fn event(&self, id: &Arc<str>, seq: u64, frame: &Utf8Bytes) {
+        self.send(Op::Event {
+            id: id.clone(),
+            seq,
+            frame: frame.clone(),
+        });
     }
 
     /// A turn starts with `input` (JSON): a host that stops before its end leaves it to be

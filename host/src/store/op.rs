@@ -3,6 +3,8 @@
 
 use std::sync::{mpsc, Arc};
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// One write, as the writer thread receives it.
 pub(crate) enum Op {
     Create {
@@ -18,13 +20,10 @@ pub(crate) enum Op {
         /// Unix milliseconds.
         at: i64,
     },
-    /// Consecutive events of a session (a model read's pieces, gathered by the session), one
-    /// frame a line: `first` is the first one's `seq`, `count` how many.
-    Events {
+    Event {
         id: Arc<str>,
-        first: u64,
-        count: u64,
-        frames: String,
+        seq: u64,
+        frame: Utf8Bytes,
     },
     TurnStart {
         id: String,
@@ -85,7 +84,7 @@ impl Op {
             | Op::TurnEnd { id, .. }
             | Op::Delete { id, .. }
             | Op::Claim { id } => Some(id),
-            Op::Events { id, .. } => Some(id),
+            Op::Event { id, .. } => Some(id),
             Op::Ack(_) => None,
         }
     }
@@ -99,7 +98,7 @@ impl Op {
                 settings,
                 ..
             } => id.len() + token_hash.len() + settings.len(),
-            Op::Events { frames, .. } => frames.len(),
+            Op::Event { frame, .. } => frame.len(),
             Op::TurnStart {
                 id, input, title, ..
             } => id.len() + input.len() + title.as_ref().map_or(0, String::len),

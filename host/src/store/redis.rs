@@ -213,13 +213,8 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 create(&mut p, op, ttl, host);
                 touched.insert(id);
             }
-            Op::Events {
-                id,
-                first,
-                count,
-                frames,
-            } => {
-                if let Some(earlier) = chunks.add(id, *first, *count, frames) {
+            Op::Event { id, seq, frame } => {
+                if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
                     xadd(&mut p, &earlier);
                 }
                 touched.insert(id);

@@ -14,10 +14,9 @@ use super::batch::{strip_resume_tokens, Chunk, Chunks};
 use super::{now, Backend, Op, StoreError, EVENTS_KEPT};
 
 /// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
-/// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list); 4:
-/// `event_chunks.bytes` (a chunk's frames are stored compressed, `frames.rs`; the replay
-/// window is counted in their unpacked bytes). An older store is migrated on open.
-const SCHEMA_VERSION: i64 = 4;
+/// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list). An
+/// older store is migrated on open.
+const SCHEMA_VERSION: i64 = 3;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -174,16 +173,6 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
             )?;
             found = 3;
         }
-        if found == 3 {
-            // Rows written before keep TEXT frames and no `bytes` (their length is theirs).
-            db.execute_batch(
-                "BEGIN;
-                 ALTER TABLE event_chunks ADD COLUMN bytes INTEGER;
-                 UPDATE meta SET value = 4 WHERE key = 'schema';
-                 COMMIT;",
-            )?;
-            found = 4;
-        }
         Ok(found)
     };
     match setup() {
@@ -203,8 +192,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 fn scrub_resume_tokens(db: &Connection) -> rusqlite::Result<usize> {
     let rows: Vec<(i64, String)> = db
         .prepare(
-            "SELECT rowid, frames FROM event_chunks
-             WHERE typeof(frames) = 'text' AND frames LIKE '%\"resume_token\":\"%'",
+            "SELECT rowid, frames FROM event_chunks WHERE frames LIKE '%\"resume_token\":\"%'",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -243,15 +231,9 @@ fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
 fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
     let id = &*c.id;
     tx.prepare_cached(
-        "INSERT INTO event_chunks (session, last_seq, first_seq, frames, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![
-        id,
-        c.last as i64,
-        c.first as i64,
-        frames::pack(&c.frames),
-        c.frames.len() as i64
-    ])?;
+    .execute(params![id, c.last as i64, c.first as i64, c.frames])?;
     if c.last > EVENTS_KEPT {
         tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1 AND last_seq <= ?2")?
             .execute(params![id, (c.last - EVENTS_KEPT) as i64])?;
@@ -343,16 +325,14 @@ const WRITTEN_KEPT: usize = 100_000;
 const TRIMS_PER_TICK: usize = 16;
 
 /// Each of `ids` keeps its newest `events_bytes` of events (whole chunks, newest first; the
-/// sizes are the unpacked ones kept in `bytes`, or for a row written before schema 4 its
-/// `octet_length` from the record's header, without reading the frames).
+/// sizes come from the records' headers, `octet_length`, without reading the frames).
 fn trim(db: &mut Connection, ids: &[String], events_bytes: usize) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     for id in ids {
         tx.prepare_cached(
             "DELETE FROM event_chunks WHERE rowid IN (
                  SELECT rowid FROM (
-                     SELECT rowid, SUM(coalesce(bytes, octet_length(frames))) OVER (ORDER BY last_seq DESC)
-                         - coalesce(bytes, octet_length(frames)) AS newer
+                     SELECT rowid, SUM(octet_length(frames)) OVER (ORDER BY last_seq DESC) - octet_length(frames) AS newer
                      FROM event_chunks WHERE session = ?1)
                  WHERE newer >= ?2)",
         )?
@@ -393,13 +373,8 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 .execute(params![id, token_hash, settings, at / 1000, client, owner, agent, at])?;
                 applied.sessions += 1;
             }
-            Op::Events {
-                id,
-                first,
-                count,
-                frames,
-            } => {
-                if let Some(earlier) = chunks.add(id, *first, *count, frames) {
+            Op::Event { id, seq, frame } => {
+                if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
                     write_chunk(&tx, &earlier)?;
                     applied.chunks.push((earlier.id, earlier.frames.len()));
                 }
@@ -453,7 +428,6 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
     Ok(applied)
 }
 
-mod frames;
 mod read;
 #[cfg(test)]
 mod tests;

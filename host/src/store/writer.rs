@@ -153,16 +153,13 @@ impl<B: Backend> Writer<B> {
                 if excess == 0 || matches!(op, Op::Ack(_)) {
                     return true;
                 }
-                let in_block = match op {
-                    Op::Events { count, .. } => Some(*count),
-                    _ => None,
-                };
-                if events_only && in_block.is_none() {
+                let is_event = matches!(op, Op::Event { .. });
+                if events_only && !is_event {
                     return true;
                 }
                 excess = excess.saturating_sub(op.size());
-                if let Some(count) = in_block {
-                    events += count;
+                if is_event {
+                    events += 1;
                 } else {
                     records += 1;
                 }
@@ -267,6 +264,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex as StdMutex};
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     /// A backend that fails while `down` and records what it applied.
     struct Flaky {
@@ -283,13 +281,7 @@ mod tests {
             for op in batch {
                 match op {
                     Op::Create { id, .. } => a.push(format!("create {id}")),
-                    Op::Events {
-                        id, first, count, ..
-                    } => {
-                        for seq in *first..first + count {
-                            a.push(format!("event {id} {seq}"));
-                        }
-                    }
+                    Op::Event { id, seq, .. } => a.push(format!("event {id} {seq}")),
                     Op::TurnEnd { id, .. } => a.push(format!("end {id}")),
                     _ => {}
                 }
@@ -320,11 +312,10 @@ mod tests {
     }
 
     fn event(seq: u64, bytes: usize) -> Op {
-        Op::Events {
+        Op::Event {
             id: Arc::from("s"),
-            first: seq,
-            count: 1,
-            frames: "x".repeat(bytes),
+            seq,
+            frame: Utf8Bytes::from("x".repeat(bytes)),
         }
     }
 

@@ -18,12 +18,10 @@ impl Session {
         self.emit_event_locked(&mut inner, event, metrics, true);
     }
 
-    /// Wakes the client's writer for pieces [`Session::emit_streamed`] queued, and hands them
-    /// to the store (a model read ended).
+    /// Wakes the client's writer for pieces [`Session::emit_streamed`] queued.
     pub fn wake(&self) {
         let mut inner = self.lock();
         wake_owner(&mut inner);
-        self.hand_to_store(&mut inner);
     }
 
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.

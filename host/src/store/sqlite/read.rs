@@ -106,14 +106,7 @@ pub(crate) fn load(
         )?;
         let chunks = stmt
             .query_map([id], |r| {
-                let frames = super::frames::unpack(r.get_ref(1)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Blob,
-                        Box::new(e),
-                    )
-                })?;
-                Ok((r.get::<_, i64>(0)? as u64, frames))
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut events: Vec<(u64, String)> = Vec::new();
