@@ -292,7 +292,7 @@ async function chatApp(page) {
   // The first session's creation is held back (until the page sends anything else, or 1.5 s),
   // so the starter is clicked before the session exists: the question waits for that session —
   // it neither asks for a second one nor loses the view to it.
-  let held = null, release = null;
+  let creates = 0, held = null, release = null;
   await p.routeWebSocket(/\/ws/, (ws) => {
     const server = ws.connectToServer();
     server.onMessage((m) => {
@@ -303,14 +303,18 @@ async function chatApp(page) {
       }
       ws.send(m);
     });
-    ws.onMessage((m) => { server.send(m); if (release) release(); });
+    ws.onMessage((m) => {
+      if (String(m).includes('"user.create_session"')) creates++;
+      server.send(m);
+      if (release) release();
+    });
   });
   await p.goto(HOST_URL + "/");
   await p.locator("#status.connected").waitFor({ timeout: 10000 });
   await p.locator("#starters button").first().waitFor({ timeout: 10000 });
   await p.locator("#starters button", { hasText: "Paris" }).first().click();
-  assert.ok(held && release, "clicked while the session was being created, the starter asked for no second one");
   await p.locator(".msg.answer:not(.streaming)").last().waitFor({ timeout: 15000 });
+  assert.equal(creates, 1, "clicked while the session was being created, the starter asked for no second one");
   assert.equal(await p.locator("nav button.session").count(), 1, "one session: the question waited for it");
   assert.ok(await p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth), "no horizontal scroll at 390 px");
   assert.ok(await p.locator("#input").isVisible() && await p.locator("#send").isVisible());
