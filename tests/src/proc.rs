@@ -83,6 +83,31 @@ impl Proc {
         })
     }
 
+    /// [`Proc::wait_stderr`] for async tests, for a line containing every one of `needles`:
+    /// the runtime keeps running meanwhile (a client's connection task this test still needs,
+    /// e.g. to close a dropped stream's socket).
+    pub async fn wait_stderr_async(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let found = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .cloned();
+            if let Some(l) = found {
+                return l;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no stderr line containing {needles:?} within {timeout:?}\nstderr: {}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits for the child to exit and its stderr to be read to the end; returns all of it.
     pub fn exit_stderr(&mut self) -> String {
         let _ = self.child.wait();

@@ -422,21 +422,12 @@ async fn a_dropped_stream_cancels_its_run_unless_it_runs_in_the_background() {
             // write or two later). A client resuming the session before that takes it over,
             // and the run is then that client's, not cancelled — so this one comes back once
             // the host has seen the drop.
-            let seen =
-                || {
-                    h.proc.stderr.lock().unwrap().iter().any(|l| {
-                        l.contains("AG-UI stream ended before its run") && l.contains(thread)
-                    })
-                };
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while !seen() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{}",
-                    h.proc.stderr_text()
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            h.proc
+                .wait_stderr_async(
+                    &["AG-UI stream ended before its run", thread],
+                    std::time::Duration::from_secs(10),
+                )
+                .await;
             let (mut c, _) = Client::resume(&h.ws_url(), thread, thread, 0).await;
             let e = c
                 .until_any(&["agent.interrupted", "agent.final_answer"])
