@@ -19,9 +19,9 @@ PORT=$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' /tmp/myagent-host.
 URL="ws://127.0.0.1:$PORT"
 check() { # name, output
   echo "--- $1"; echo "$2"
-  echo "$2" | grep -q "tool call: get_weather" && echo "$2" | grep -q "answer: .*Paris: " \
-    && echo "$2" | grep -q "^usage: [0-9]* in / [0-9]* out tokens, 2 model call(s)" \
-    && echo "$2" | grep -q "^reasoning: Let me look up the weather in Paris" \
+  grep -q "tool call: get_weather" <<< "$2" && grep -q "answer: .*Paris: " <<< "$2" \
+    && grep -q "^usage: [0-9]* in / [0-9]* out tokens, 2 model call(s)" <<< "$2" \
+    && grep -q "^reasoning: Let me look up the weather in Paris" <<< "$2" \
     || { echo "$1: expected the reasoning, a get_weather call, a usage line and an answer about Paris" >&2; exit 1; }
 }
 check "python (websockets)" "$("$PY" examples/clients/python_client.py "$URL" "What's the weather in Paris?")"
@@ -36,15 +36,15 @@ check "rust (tokio-tungstenite)" "$("$BIN/rust-client" "$URL" "What's the weathe
 # The same agent over A2A, with the official Python client.
 OUT=$("$PY" examples/clients/a2a_client.py "http://127.0.0.1:$PORT" "What's the weather in Paris?")
 echo "--- python (a2a-sdk)"; echo "$OUT"
-echo "$OUT" | grep -q "tool call: get_weather" && echo "$OUT" | grep -q "answer: .*Paris: " \
-  && echo "$OUT" | grep -q "state: TASK_STATE_COMPLETED" && echo "$OUT" | grep -q "^usage: [0-9]* in" \
+grep -q "tool call: get_weather" <<< "$OUT" && grep -q "answer: .*Paris: " <<< "$OUT" \
+  && grep -q "state: TASK_STATE_COMPLETED" <<< "$OUT" && grep -q "^usage: [0-9]* in" <<< "$OUT" \
   || { echo "a2a client: expected a get_weather call, an answer about Paris, the final state and usage" >&2; exit 1; }
 # And over AG-UI, with the official TypeScript client (@ag-ui/client's HttpAgent).
 if [ -d examples/clients/node_modules/@ag-ui/client ]; then
   OUT=$(node examples/clients/agui_client.mjs "http://127.0.0.1:$PORT" "What's the weather in Paris?")
   echo "--- node (@ag-ui/client)"; echo "$OUT"
-  echo "$OUT" | grep -q "tool call: get_weather" && echo "$OUT" | grep -q "answer: .*Paris: " \
-    && echo "$OUT" | grep -q "^usage: [0-9]* in" \
+  grep -q "tool call: get_weather" <<< "$OUT" && grep -q "answer: .*Paris: " <<< "$OUT" \
+    && grep -q "^usage: [0-9]* in" <<< "$OUT" \
     || { echo "agui client: expected a get_weather call, an answer about Paris and usage" >&2; exit 1; }
 elif [ "${MYAGENT_REQUIRE_NODE_CLIENT:-0}" = 1 ]; then
   echo "agui client: run npm ci in examples/clients" >&2; exit 1
@@ -60,8 +60,8 @@ for _ in $(seq 100); do grep -q "Serving on" /tmp/myagent-approve.$$ 2>/dev/null
 AURL="ws://127.0.0.1:$(sed -n 's/.*Serving on ws:\/\/[^:]*:\([0-9]*\).*/\1/p' /tmp/myagent-approve.$$)"
 denied() { # name, output
   echo "--- $1"; echo "$2"
-  echo "$2" | grep -q "approval: get_weather denied" && echo "$2" | grep -q "answer: .*denied this call to .get_weather." \
-    && ! echo "$2" | grep -q "Paris: .*°C" \
+  grep -q "approval: get_weather denied" <<< "$2" && grep -q "answer: .*denied this call to .get_weather." <<< "$2" \
+    && ! grep -q "Paris: .*°C" <<< "$2" \
     || { echo "$1: expected the call denied, not run, and an answer saying so" >&2; exit 1; }
 }
 Q="What's the weather in Paris?"
@@ -75,7 +75,7 @@ if [ -d examples/clients/node_modules/@ag-ui/client ]; then
   HURL="http${AURL#ws}"
   OUT=$(node examples/clients/agui_client.mjs --approve "$HURL" "$Q")
   echo "--- agui --approve"; echo "$OUT"
-  echo "$OUT" | grep -q "approval: get_weather approved" && echo "$OUT" | grep -q "answer: .*Paris: " \
+  grep -q "approval: get_weather approved" <<< "$OUT" && grep -q "answer: .*Paris: " <<< "$OUT" \
     || { echo "agui --approve: expected the call approved, run, and an answer about Paris" >&2; exit 1; }
   denied "agui --deny" "$(node examples/clients/agui_client.mjs --deny "$HURL" "$Q")"
 fi
@@ -93,7 +93,7 @@ demo() { # expected city, then the client's arguments after the URL
   local city=$1; shift
   local out; out=$("$PY" examples/clients/python_client.py "$DEMO" "$@")
   echo "--- demo recording: ${*:-(no question: the client default)}"; echo "$out"
-  echo "$out" | grep -q "tool call: get_weather" && echo "$out" | grep -q "answer: .*$city" \
+  grep -q "tool call: get_weather" <<< "$out" && grep -q "answer: .*$city" <<< "$out" \
     || { echo "demo recording: expected a get_weather call and an answer about $city" >&2; exit 1; }
 }
 demo 上海
