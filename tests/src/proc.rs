@@ -128,6 +128,23 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Asks the child to end (SIGTERM) and waits up to `timeout` for it; true if it ended. For
+    /// servers whose children must end with them (nginx's master stops its workers on SIGTERM;
+    /// the SIGKILL of the drop would leave them running).
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        signal(self.pid(), 15);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// The first of `lines` containing `needle`, waiting up to `timeout` for it.

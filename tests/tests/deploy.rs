@@ -39,6 +39,19 @@ struct Nginx {
     _dir: TempDir,
 }
 
+impl Drop for Nginx {
+    /// nginx's master stops its workers on SIGTERM; killed outright, it would leave them running
+    /// (as user nobody, holding the test's port) after the test.
+    fn drop(&mut self) {
+        if !self.proc.terminate(Duration::from_secs(5)) {
+            eprintln!(
+                "nginx (pid {}) did not stop on SIGTERM within 5 s",
+                self.proc.pid()
+            );
+        }
+    }
+}
+
 impl Nginx {
     fn start(nginx: &str, upstream_port: u16, tls: Option<(&Path, &Path)>) -> Nginx {
         Self::start_conf(nginx, "nginx.conf", &[("agent:8080", upstream_port)], tls)
