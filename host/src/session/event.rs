@@ -3,6 +3,7 @@
 //! `timestamp`).
 
 use crate::agent::usage::UsageTotals;
+use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -410,31 +411,58 @@ impl ServerEvent {
     /// — in that order, written straight after the event's own fields (a `#[serde(flatten)]`
     /// wrapper would produce the same bytes through serde's slower map path).
     fn encode(&self, session_id: Option<Option<&str>>, seq: Option<u64>) -> Utf8Bytes {
+        let mut out = BytesMut::with_capacity(192);
+        self.encode_into(&mut out, session_id, seq);
+        // SAFETY: `encode_into` writes JSON text only — serde_json's output of valid strings,
+        // and ASCII — so the bytes are UTF-8.
+        unsafe { Utf8Bytes::from_bytes_unchecked(out.freeze()) }
+    }
+
+    /// [`ServerEvent::frame_in_session`] written at the end of `arena` and split off it: frames
+    /// encoded one after another share the arena's block (one allocation for many frames, and
+    /// clones — replay, the client's queue, the store — count references, with no allocation).
+    pub fn frame_in_arena(&self, arena: &mut BytesMut, session_id: &str, seq: u64) -> Utf8Bytes {
+        if arena.capacity() - arena.len() < ARENA_MIN_ROOM {
+            arena.reserve(ARENA_BLOCK);
+        }
+        self.encode_into(arena, Some(Some(session_id)), Some(seq));
+        // SAFETY: as in `encode`: only JSON text was written after the arena's (empty) start.
+        unsafe { Utf8Bytes::from_bytes_unchecked(arena.split().freeze()) }
+    }
+
+    /// Appends the event's JSON object to `out` (see [`ServerEvent::encode`]).
+    fn encode_into(&self, out: &mut BytesMut, session_id: Option<Option<&str>>, seq: Option<u64>) {
         use std::io::Write;
-        let mut out = Vec::with_capacity(192);
-        // Serializing strings, numbers and `Value`s into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, self);
+        let start = out.len();
+        // Serializing strings, numbers and `Value`s into memory cannot fail.
+        let _ = serde_json::to_writer((&mut *out).writer(), self);
         debug_assert_eq!(out.last(), Some(&b'}'));
-        out.pop();
+        if out.len() > start {
+            out.truncate(out.len() - 1);
+        }
         if let Some(sid) = session_id {
             out.extend_from_slice(b",\"session_id\":");
             match sid {
                 Some(s) => {
-                    let _ = serde_json::to_writer(&mut out, s);
+                    let _ = serde_json::to_writer((&mut *out).writer(), s);
                 }
                 None => out.extend_from_slice(b"null"),
             }
         }
         if let Some(seq) = seq {
-            let _ = write!(out, ",\"seq\":{seq}");
+            let _ = write!((&mut *out).writer(), ",\"seq\":{seq}");
         }
         out.extend_from_slice(b",\"timestamp\":\"");
         out.extend_from_slice(Timestamp::now().as_str().as_bytes());
         out.extend_from_slice(b"\"}");
-        // Only JSON text was written.
-        Utf8Bytes::from(String::from_utf8(out).unwrap_or_default())
     }
 }
+
+/// A session's arena ([`ServerEvent::frame_in_arena`]) takes a new block of this size when
+/// less than [`ARENA_MIN_ROOM`] is left in the one it writes to (a streamed piece's frame is
+/// ~200 bytes: about twenty frames a block).
+pub const ARENA_BLOCK: usize = 4096;
+pub const ARENA_MIN_ROOM: usize = 512;
 
 /// Stamps a plugin's custom event (a JSON object with `event`) for a session's log.
 pub fn custom_frame(mut event: Map<String, Value>, session_id: &str, seq: u64) -> Utf8Bytes {

@@ -99,6 +99,9 @@ struct Inner {
     owner: Option<Sub>,
     /// Frames were queued for the owner without waking it: [`Session::wake`] will.
     unwoken: bool,
+    /// Where a run's streamed pieces are encoded ([`ServerEvent::frame_in_arena`]); emptied
+    /// when the run ends, so an idle session holds no spare block.
+    arena: bytes::BytesMut,
     seq: u64,
     replay: VecDeque<(u64, Utf8Bytes)>,
     replay_bytes: usize,
@@ -183,6 +186,7 @@ impl Session {
         let inner = Inner {
             owner: Some(owner),
             unwoken: false,
+            arena: bytes::BytesMut::new(),
             seq: 0,
             replay: VecDeque::new(),
             replay_bytes: 0,
@@ -316,7 +320,7 @@ impl Session {
         self.emit_locked(
             &mut inner,
             &name,
-            |seq| custom_frame(event, &self.id, seq),
+            |seq, _| custom_frame(event, &self.id, seq),
             metrics,
             false,
         );
@@ -336,6 +340,8 @@ impl Session {
     ) -> Option<(Turn, CancellationToken)> {
         let mut inner = self.lock();
         self.emit_event_locked(&mut inner, event, metrics, false);
+        // The run's spare arena room goes (its frames keep their blocks while they are kept).
+        inner.arena = bytes::BytesMut::new();
         let next = Self::next_queued(&mut inner);
         if next.is_none() {
             if hold_ready {
@@ -369,7 +375,11 @@ impl Session {
         metrics: &Metrics,
         quiet: bool,
     ) {
-        let encode = |seq| event.frame_in_session(&self.id, seq);
+        let id = &self.id;
+        let encode = |seq, arena: &mut bytes::BytesMut| match quiet {
+            true => event.frame_in_arena(arena, id, seq),
+            false => event.frame_in_session(id, seq),
+        };
         self.emit_locked(inner, event.name(), encode, metrics, quiet);
     }
 
@@ -379,13 +389,13 @@ impl Session {
         &self,
         inner: &mut Inner,
         name: &str,
-        encode: impl FnOnce(u64) -> Utf8Bytes,
+        encode: impl FnOnce(u64, &mut bytes::BytesMut) -> Utf8Bytes,
         metrics: &Metrics,
         quiet: bool,
     ) {
         inner.seq = inner.seq.saturating_add(1);
         let seq = inner.seq;
-        let mut text = encode(seq);
+        let mut text = encode(seq, &mut inner.arena);
         if text.len() > MAX_EVENT_BYTES {
             tracing::warn!(session_id = %self.id, event = name, bytes = text.len(), "event over the size limit; replaced by an error");
             let error = ServerEvent::error(

@@ -128,3 +128,47 @@ fn frames_are_byte_identical_to_a_flattened_wrapper() {
         }
     }
 }
+
+/// Frames encoded in a session's arena are the bytes `frame_in_session` gives, and follow one
+/// another in one block (one allocation for many frames) until it runs short; a frame larger
+/// than a block is whole.
+#[test]
+fn frames_in_an_arena_share_its_block_and_are_the_same_bytes() {
+    let piece = |content: &str| ServerEvent::PartialAnswer {
+        content: content.into(),
+        metadata: AnswerMeta {
+            step: 1,
+            reset: false,
+        },
+    };
+    let without_time = |f: &Utf8Bytes| {
+        let mut v: Value = serde_json::from_str(f.as_str()).unwrap();
+        v.as_object_mut().unwrap().remove("timestamp").unwrap();
+        v
+    };
+    let mut arena = BytesMut::new();
+    let frames: Vec<Utf8Bytes> = (1..=5u64)
+        .map(|seq| piece(&format!("piece {seq} \"é\"")).frame_in_arena(&mut arena, "s-1", seq))
+        .collect();
+    for (i, f) in frames.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let plain = piece(&format!("piece {seq} \"é\"")).frame_in_session("s-1", seq);
+        assert_eq!(without_time(f), without_time(&plain));
+        assert_eq!(f.len(), plain.len());
+    }
+    for pair in frames.windows(2) {
+        let end = pair[0].as_str().as_ptr() as usize + pair[0].len();
+        assert_eq!(
+            end,
+            pair[1].as_str().as_ptr() as usize,
+            "frames share one block"
+        );
+    }
+    let big = piece(&"x".repeat(3 * ARENA_BLOCK)).frame_in_arena(&mut arena, "s-1", 6);
+    assert_eq!(
+        without_time(&big)["content"].as_str().unwrap().len(),
+        3 * ARENA_BLOCK
+    );
+    let after = piece("after").frame_in_arena(&mut arena, "s-1", 7);
+    assert_eq!(without_time(&after)["seq"], 7);
+}
