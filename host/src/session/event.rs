@@ -3,7 +3,7 @@
 //! `timestamp`).
 
 use crate::agent::usage::UsageTotals;
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -435,7 +435,7 @@ impl ServerEvent {
         use std::io::Write;
         let start = out.len();
         // Serializing strings, numbers and `Value`s into memory cannot fail.
-        let _ = serde_json::to_writer((&mut *out).writer(), self);
+        let _ = serde_json::to_writer(Append(out), self);
         debug_assert_eq!(out.last(), Some(&b'}'));
         if out.len() > start {
             out.truncate(out.len() - 1);
@@ -444,17 +444,37 @@ impl ServerEvent {
             out.extend_from_slice(b",\"session_id\":");
             match sid {
                 Some(s) => {
-                    let _ = serde_json::to_writer((&mut *out).writer(), s);
+                    let _ = serde_json::to_writer(Append(out), s);
                 }
                 None => out.extend_from_slice(b"null"),
             }
         }
         if let Some(seq) = seq {
-            let _ = write!((&mut *out).writer(), ",\"seq\":{seq}");
+            let _ = write!(Append(out), ",\"seq\":{seq}");
         }
         out.extend_from_slice(b",\"timestamp\":\"");
         out.extend_from_slice(Timestamp::now().as_str().as_bytes());
         out.extend_from_slice(b"\"}");
+    }
+}
+
+/// Writes append to the buffer (serde_json writes a frame in many small pieces: straight
+/// `extend_from_slice`s, without `BufMut`'s generic writer in between).
+struct Append<'a>(&'a mut BytesMut);
+
+impl std::io::Write for Append<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
