@@ -201,6 +201,14 @@ async fn nginx_config_proxies_websockets_and_health() {
     // A connection quiet for longer than nginx's default 60 s read timeout would be cut by a
     // config without the long timeouts; assert the shipped one has them.
     assert!(shipped.contains("proxy_read_timeout 3600s;"));
+
+    // Stopped, nginx leaves nothing behind: its workers (which hold the listening socket) end
+    // with the master.
+    drop(nginx);
+    assert!(
+        std::net::TcpStream::connect(&base).is_err(),
+        "something still accepts on {base} after nginx was stopped (its workers outlived it)"
+    );
 }
 
 #[tokio::test]
