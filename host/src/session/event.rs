@@ -422,7 +422,8 @@ impl ServerEvent {
     /// encoded one after another share the arena's block (one allocation for many frames, and
     /// clones — replay, the client's queue, the store — count references, with no allocation).
     pub fn frame_in_arena(&self, arena: &mut BytesMut, session_id: &str, seq: u64) -> Utf8Bytes {
-        if arena.capacity() - arena.len() < ARENA_MIN_ROOM {
+        // Every frame is split off, so what the arena holds is all room.
+        if arena.capacity() < ARENA_MIN_ROOM {
             arena.reserve(ARENA_BLOCK);
         }
         self.encode_into(arena, Some(Some(session_id)), Some(seq));
