@@ -5,7 +5,7 @@
 //! argument fragments split anywhere); usage arrives in a last chunk with `choices: []`; an error
 //! object can arrive mid-stream. Malformed input is an error value, never a panic.
 
-use super::wire::{thinking_text, Chunk, ContentIn, MessageIn, ToolCallIn};
+use super::wire::{plain_text, thinking_text, Chunk, ContentIn, MessageIn, ToolCallIn};
 use super::{ChatResponse, Delta, FunctionCall, LlmError, OnDelta, ToolCall, Usage};
 
 /// The longest stream line accepted.
@@ -140,6 +140,15 @@ impl StreamParser {
             self.done = true;
             return Ok(());
         }
+        // The common token line is read by hand; anything else by the full reader.
+        if let Some(text) = plain_text(data) {
+            return text.map_or(Ok(()), |t| self.text(t, on_delta));
+        }
+        self.full(data, on_delta)
+    }
+
+    /// A chunk read by the full reader.
+    fn full(&mut self, data: &str, on_delta: &mut OnDelta<'_>) -> Result<(), LlmError> {
         let chunk: Chunk<'_> = serde_json::from_str(data).map_err(|e| {
             LlmError::Malformed(format!(
                 "chunk is not a chat completion chunk ({e}): {}",

@@ -11,6 +11,9 @@ use serde_json::Value;
 
 use super::Usage;
 
+mod plain;
+pub(super) use plain::plain_text;
+
 #[derive(Deserialize)]
 pub(super) struct Chunk<'a> {
     #[serde(default, borrow)]

@@ -230,3 +230,5 @@ fn a_mid_stream_error_keeps_its_code() {
         "the model reported an error mid-stream (400): Token limit reached"
     );
 }
+
+mod plain;
