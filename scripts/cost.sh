@@ -92,9 +92,9 @@ _, incl_rows = diff("inclusive")
 # Who executes the instructions (self cost, first match wins): a breakdown without overlap.
 groups = [
     ("session store (store::, SQLite)", r"myagent_host::store::|sqlite3|rusqlite"),
-    ("SSE parse (llm::sse, serde_json reading the chunks)", r"llm::sse|serde_json::de|serde_json::read|serde_json::value::de|<serde_json::value::Value as serde::de"),
+    ("SSE parse (llm::sse, llm::wire, serde_json::de)", r"llm::sse|llm::wire|serde_json::de|serde_json::read|serde_json::value::de|<serde_json::value::Value as serde::de"),
     ("agent loop and event mapping (agent::, session::run)", r"myagent_host::agent::|session::run::"),
-    ("event JSON encoding (serde_json::ser, ServerEvent::encode)", r"serde_json::ser|protocol::event|myagent_host::time::"),
+    ("event JSON encoding (serde_json::ser, ServerEvent::encode)", r"serde_json::ser|session::event|myagent_host::time::"),
     ("session log: seq, replay buffer, queue (session::log, outbox)", r"session::log|server::outbox|VecDeque"),
     ("WebSocket framing and writes (tungstenite)", r"tungstenite"),
     ("model HTTP client (hyper, reqwest, h2, http)", r"hyper|reqwest|\bh2::|http_body|httparse"),
@@ -121,8 +121,8 @@ print(f"{'other':62} {other/events:>11,.0f} {100*other/max(total,1):>5.1f}%")
 # A few stages by their entry points (inclusive: each includes what it calls).
 stages = [
     ("StreamParser::feed (parse + everything a token triggers)", r"llm::sse::StreamParser::feed"),
-    ("Session::emit (seq, encode, replay, queue)", r"session::log::Session::emit\b|session::log::Session::emit_locked"),
-    ("ServerEvent::encode (one event's JSON)", r"protocol::event::ServerEvent::encode"),
+    ("Session::emit_event_locked (seq, encode, replay, queue)", r"session::log::Session::emit_event_locked"),
+    ("ServerEvent::encode_into (one event's JSON)", r"session::event::ServerEvent::encode_into"),
 ]
 print(f"{'entry point (inclusive)':62} {'instr/event':>11}")
 for name, pat in stages:

@@ -35,6 +35,11 @@ fn floor(stack: &Stack) -> Result<(Proc, String)> {
     Ok((proc, format!("ws://127.0.0.1:{port}")))
 }
 
+/// Microseconds of CPU time per event delivered in a stream run.
+fn per_event(cpu: std::time::Duration, run: &Value) -> f64 {
+    cpu.as_secs_f64() * 1e6 / run["events"].as_f64().unwrap_or(0.0).max(1.0)
+}
+
 async fn run(url: String, sessions: usize, tokens: usize, token_ms: u64) -> Result<Value> {
     stream(&StreamArgs {
         target: Target { url },
@@ -52,14 +57,32 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     let (mut host_eps, mut floor_eps) = (0f64, 0f64);
     let mut runs = Vec::new();
     for round in 0..a.rounds.max(1) {
-        let (_host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
+        let (host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
+        let cpu0 = host.cpu_time();
         let h = run(url, a.sessions, a.tokens, 0).await?;
-        let (_floor, furl) = floor(&stack)?;
+        let h_cpu = per_event(host.cpu_time() - cpu0, &h);
+        drop(host);
+        let (floor_proc, furl) = floor(&stack)?;
+        let cpu0 = cpu_time_of(floor_proc.pid());
         let f = run(furl, a.sessions, a.tokens, 0).await?;
+        let f_cpu = per_event(cpu_time_of(floor_proc.pid()) - cpu0, &f);
+        drop(floor_proc);
         host_eps = host_eps.max(h["events_per_sec"].as_f64().unwrap_or(0.0));
         floor_eps = floor_eps.max(f["events_per_sec"].as_f64().unwrap_or(0.0));
-        runs.push(json!({"round": round, "host": h, "floor": f}));
+        runs.push(json!({"round": round, "host": h, "floor": f,
+            "host_cpu_us_per_event": h_cpu, "floor_cpu_us_per_event": f_cpu}));
     }
+    // The server's own CPU time per event (user and kernel, from /proc): what throughput
+    // measures when the machine is quiet, without the neighbours' noise in it.
+    let mut cpu_ratios: Vec<f64> = runs
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_f64().unwrap_or(0.0);
+            n("floor_cpu_us_per_event") / n("host_cpu_us_per_event").max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    cpu_ratios.sort_by(f64::total_cmp);
+    let cpu_ratio = cpu_ratios[cpu_ratios.len() / 2];
     // Paced: alternate too, each run on a fresh process after a pause (the unpaced runs leave
     // the machine busy for a moment: reclaimed memory, closing connections). Each run also
     // reports the CPU time the server process used, which is what decides whether host, model
@@ -96,6 +119,16 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     println!("  host  {host_eps:>9.0} events/s");
     println!("  floor {floor_eps:>9.0} events/s");
     println!("  host / floor = {ratio:.2}  (target ≥ 0.85)");
+    for r in &runs {
+        let n = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        println!(
+            "  round {}: CPU per event host {:.2} µs, floor {:.2} µs",
+            r["round"],
+            n("host_cpu_us_per_event"),
+            n("floor_cpu_us_per_event")
+        );
+    }
+    println!("  floor CPU / host CPU per event = {cpu_ratio:.2} (median of rounds)");
     println!(
         "compare: {} sessions × 50 tokens/s (250 chunks each), p99 host-added latency and the server's CPU time per round:",
         a.paced_sessions
@@ -125,6 +158,7 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     );
     Ok(json!({
         "host_events_per_sec": host_eps, "floor_events_per_sec": floor_eps, "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
         "paced": {"sessions": a.paced_sessions, "host_p99_ms": hp, "floor_p99_ms": fp, "rounds": paced},
         "runs": runs,
     }))
