@@ -130,6 +130,7 @@ pub(crate) fn strip_resume_tokens(frames: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Created;
     use super::*;
     use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -151,7 +152,7 @@ mod tests {
             frame: Utf8Bytes::from("{}"),
         };
         let mut batch = vec![
-            Op::Create {
+            Op::Create(Box::new(Created {
                 id: "a".into(),
                 token_hash: String::new(),
                 settings: String::new(),
@@ -159,7 +160,7 @@ mod tests {
                 owner: None,
                 agent: String::new(),
                 at: 0,
-            },
+            })),
             ev("a", 1),
             ev("b", 7),
             Op::Delete {

@@ -44,7 +44,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use health::State;
 pub use health::StoreHealth;
 pub use listing::{Access, Cursor, Listed, Listing, NewSession, TITLE_CHARS};
-pub(crate) use op::{Acker, Op};
+pub(crate) use op::{Acker, Created, Op, TurnEnded, TurnStarted};
 pub use quota::{QuotaCounts, Windows};
 pub use redis::Followed;
 pub use shared::{FollowConn, Shared};
@@ -269,7 +269,7 @@ impl Store {
     }
 
     pub fn create(&self, new: NewSession) {
-        self.send(Op::Create {
+        self.send(Op::Create(Box::new(Created {
             id: new.id,
             token_hash: new.token_hash,
             settings: new.settings,
@@ -277,7 +277,7 @@ impl Store {
             owner: new.owner,
             agent: new.agent,
             at: now_ms(),
-        });
+        })));
     }
 
     /// Sessions in the store: all of them, and those `client` made — what the stored-session
@@ -321,13 +321,13 @@ impl Store {
     /// A turn starts with `input` (JSON): a host that stops before its end leaves it to be
     /// closed as lost. `title`: the session's, on its first turn.
     pub fn turn_start(&self, id: &str, owner: Option<&str>, input: String, title: Option<String>) {
-        self.send(Op::TurnStart {
+        self.send(Op::TurnStart(Box::new(TurnStarted {
             id: id.to_owned(),
             input,
             title,
             owner: owner.map(str::to_owned),
             at: now_ms(),
-        });
+        })));
     }
 
     /// A turn ended; `memory` is the conversation after it (`Memory::to_stored`), `usage` the
@@ -339,14 +339,14 @@ impl Store {
         (memory, usage): (String, String),
         agent: &str,
     ) {
-        self.send(Op::TurnEnd {
+        self.send(Op::TurnEnd(Box::new(TurnEnded {
             id: id.to_owned(),
             memory,
             usage,
             agent: agent.to_owned(),
             owner: owner.map(str::to_owned),
             at: now_ms(),
-        });
+        })));
     }
 
     /// Deletes session `id` and its events (`owner`: the principal it is listed under).

@@ -5,46 +5,18 @@ use std::sync::{mpsc, Arc};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// One write, as the writer thread receives it.
+/// One write, as the writer thread receives it. A token's event is the one sent thousands of
+/// times a second: it is small (64 bytes), and the records that carry many strings are boxed,
+/// so the channel's slots and the writer's batch move 64 bytes an op, not 160.
 pub(crate) enum Op {
-    Create {
-        id: String,
-        token_hash: String,
-        settings: String,
-        /// The address of the client that made it (stored sessions are counted per address).
-        client: String,
-        /// The principal it belongs to (sessions are listed per owner).
-        owner: Option<String>,
-        /// The agent's name.
-        agent: String,
-        /// Unix milliseconds.
-        at: i64,
-    },
+    Create(Box<Created>),
     Event {
         id: Arc<str>,
         seq: u64,
         frame: Utf8Bytes,
     },
-    TurnStart {
-        id: String,
-        input: String,
-        /// The session's title, on its first turn (kept once set).
-        title: Option<String>,
-        owner: Option<String>,
-        /// Unix milliseconds.
-        at: i64,
-    },
-    TurnEnd {
-        id: String,
-        memory: String,
-        /// The session's usage totals (JSON), listed without reading the memory.
-        usage: String,
-        /// The agent the session talks to now (a handoff in the turn may have moved it).
-        agent: String,
-        owner: Option<String>,
-        /// Unix milliseconds.
-        at: i64,
-    },
+    TurnStart(Box<TurnStarted>),
+    TurnEnd(Box<TurnEnded>),
     Delete {
         id: String,
         owner: Option<String>,
@@ -55,6 +27,45 @@ pub(crate) enum Op {
     },
     /// Answered once every write before it is applied.
     Ack(Acker),
+}
+
+/// A new session.
+pub(crate) struct Created {
+    pub(crate) id: String,
+    pub(crate) token_hash: String,
+    pub(crate) settings: String,
+    /// The address of the client that made it (stored sessions are counted per address).
+    pub(crate) client: String,
+    /// The principal it belongs to (sessions are listed per owner).
+    pub(crate) owner: Option<String>,
+    /// The agent's name.
+    pub(crate) agent: String,
+    /// Unix milliseconds.
+    pub(crate) at: i64,
+}
+
+/// A turn began.
+pub(crate) struct TurnStarted {
+    pub(crate) id: String,
+    pub(crate) input: String,
+    /// The session's title, on its first turn (kept once set).
+    pub(crate) title: Option<String>,
+    pub(crate) owner: Option<String>,
+    /// Unix milliseconds.
+    pub(crate) at: i64,
+}
+
+/// A turn ended.
+pub(crate) struct TurnEnded {
+    pub(crate) id: String,
+    pub(crate) memory: String,
+    /// The session's usage totals (JSON), listed without reading the memory.
+    pub(crate) usage: String,
+    /// The agent the session talks to now (a handoff in the turn may have moved it).
+    pub(crate) agent: String,
+    pub(crate) owner: Option<String>,
+    /// Unix milliseconds.
+    pub(crate) at: i64,
 }
 
 /// Who waits for an [`Op::Ack`].
@@ -79,11 +90,10 @@ impl Acker {
 impl Op {
     pub(super) fn session(&self) -> Option<&str> {
         match self {
-            Op::Create { id, .. }
-            | Op::TurnStart { id, .. }
-            | Op::TurnEnd { id, .. }
-            | Op::Delete { id, .. }
-            | Op::Claim { id } => Some(id),
+            Op::Create(c) => Some(&c.id),
+            Op::TurnStart(t) => Some(&t.id),
+            Op::TurnEnd(t) => Some(&t.id),
+            Op::Delete { id, .. } | Op::Claim { id } => Some(id),
             Op::Event { id, .. } => Some(id),
             Op::Ack(_) => None,
         }
@@ -92,21 +102,22 @@ impl Op {
     /// What the op holds in memory while it waits, about.
     pub(super) fn size(&self) -> usize {
         64 + match self {
-            Op::Create {
-                id,
-                token_hash,
-                settings,
-                ..
-            } => id.len() + token_hash.len() + settings.len(),
+            Op::Create(c) => c.id.len() + c.token_hash.len() + c.settings.len(),
             Op::Event { frame, .. } => frame.len(),
-            Op::TurnStart {
-                id, input, title, ..
-            } => id.len() + input.len() + title.as_ref().map_or(0, String::len),
-            Op::TurnEnd {
-                id, memory, usage, ..
-            } => id.len() + memory.len() + usage.len(),
+            Op::TurnStart(t) => {
+                t.id.len() + t.input.len() + t.title.as_ref().map_or(0, String::len)
+            }
+            Op::TurnEnd(t) => t.id.len() + t.memory.len() + t.usage.len(),
             Op::Delete { id, .. } | Op::Claim { id } => id.len(),
             Op::Ack(_) => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_op_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<super::Op>(), 64);
     }
 }

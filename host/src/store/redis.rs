@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::batch::Chunks;
-use super::{Backend, Op, StoreError};
+use super::{Backend, Created, Op, StoreError, TurnEnded, TurnStarted};
 
 mod stream;
 use stream::xadd;
@@ -133,10 +133,13 @@ impl Backend for RedisBackend {
         self.query(&p)?;
         for op in batch {
             match op {
-                Op::TurnStart { id, .. } => {
-                    self.running.insert(id.clone());
+                Op::TurnStart(t) => {
+                    self.running.insert(t.id.clone());
                 }
-                Op::TurnEnd { id, .. } | Op::Delete { id, .. } => {
+                Op::TurnEnd(t) => {
+                    self.running.remove(&t.id);
+                }
+                Op::Delete { id, .. } => {
                     self.running.remove(id);
                 }
                 _ => {}
@@ -209,9 +212,9 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
     for op in batch {
         n += 1;
         match op {
-            Op::Create { id, .. } => {
-                create(&mut p, op, ttl, host);
-                touched.insert(id);
+            Op::Create(c) => {
+                create(&mut p, c, ttl, host);
+                touched.insert(&c.id);
             }
             Op::Event { id, seq, frame } => {
                 if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
@@ -219,9 +222,9 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 }
                 touched.insert(id);
             }
-            Op::TurnStart { id, .. } | Op::TurnEnd { id, .. } => {
+            Op::TurnStart(_) | Op::TurnEnd(_) => {
                 turn(&mut p, op, ttl, host);
-                touched.insert(id);
+                touched.extend(op.session());
             }
             Op::Delete { id, owner } => {
                 chunks.discard(id);
@@ -262,13 +265,14 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
 /// list moves up.
 fn turn(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
     match op {
-        Op::TurnStart {
-            id,
-            input,
-            title,
-            owner,
-            at,
-        } => {
+        Op::TurnStart(t) => {
+            let TurnStarted {
+                id,
+                input,
+                title,
+                owner,
+                at,
+            } = &**t;
             p.cmd("HSET")
                 .arg(session_key(id))
                 .arg(field::RUNNING_INPUT)
@@ -293,14 +297,15 @@ fn turn(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
                 .arg(LEASE.as_millis() as u64)
                 .ignore();
         }
-        Op::TurnEnd {
-            id,
-            memory,
-            usage,
-            agent,
-            owner,
-            at,
-        } => {
+        Op::TurnEnd(t) => {
+            let TurnEnded {
+                id,
+                memory,
+                usage,
+                agent,
+                owner,
+                at,
+            } = &**t;
             p.cmd("HSET")
                 .arg(session_key(id))
                 .arg(field::MEMORY)
@@ -329,8 +334,8 @@ fn turn(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
 }
 
 /// A new session: its hash, an empty event stream, and its place in the counted sets.
-fn create(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
-    let Op::Create {
+fn create(p: &mut redis::Pipeline, c: &Created, ttl: u64, host: &str) {
+    let Created {
         id,
         token_hash,
         settings,
@@ -338,10 +343,7 @@ fn create(p: &mut redis::Pipeline, op: &Op, ttl: u64, host: &str) {
         owner,
         agent,
         at,
-    } = op
-    else {
-        return;
-    };
+    } = c;
     p.cmd("DEL").arg(events_key(id)).ignore();
     p.cmd("SADD").arg(STORED_KEY).arg(id).ignore();
     p.cmd("SADD").arg(client_key(client)).arg(id).ignore();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection};
 
 use super::batch::{strip_resume_tokens, Chunk, Chunks};
-use super::{now, Backend, Op, StoreError, EVENTS_KEPT};
+use super::{now, Backend, Created, Op, StoreError, TurnEnded, TurnStarted, EVENTS_KEPT};
 
 /// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
 /// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list). An
@@ -254,15 +254,15 @@ impl Backend for SqliteBackend {
         }
         for op in batch {
             match op {
-                Op::TurnEnd { id, .. }
+                Op::TurnEnd(t)
                     if self
                         .written
-                        .get(id.as_str())
+                        .get(t.id.as_str())
                         .is_some_and(|n| *n > self.events_bytes) =>
                 {
-                    self.trims.insert(id.clone());
+                    self.trims.insert(t.id.clone());
                     self.written
-                        .insert(Arc::from(id.as_str()), self.events_bytes);
+                        .insert(Arc::from(t.id.as_str()), self.events_bytes);
                 }
                 Op::Delete { id, .. } => {
                     self.trims.remove(id);
@@ -358,15 +358,16 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
     let mut chunks = Chunks::default();
     for op in batch {
         match op {
-            Op::Create {
-                id,
-                token_hash,
-                settings,
-                client,
-                owner,
-                agent,
-                at,
-            } => {
+            Op::Create(c) => {
+                let Created {
+                    id,
+                    token_hash,
+                    settings,
+                    client,
+                    owner,
+                    agent,
+                    at,
+                } = &**c;
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
                 )?
@@ -379,13 +380,14 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                     applied.chunks.push((earlier.id, earlier.frames.len()));
                 }
             }
-            Op::TurnStart {
-                id,
-                input,
-                title,
-                at,
-                ..
-            } => {
+            Op::TurnStart(t) => {
+                let TurnStarted {
+                    id,
+                    input,
+                    title,
+                    at,
+                    ..
+                } = &**t;
                 tx.prepare_cached(
                     "UPDATE sessions SET running_input = ?2, last_active = ?3 / 1000, updated_ms = ?3,
                          title = CASE WHEN title = '' THEN coalesce(?4, '') ELSE title END
@@ -393,14 +395,15 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 )?
                 .execute(params![id, input, at, title])?;
             }
-            Op::TurnEnd {
-                id,
-                memory,
-                usage,
-                agent,
-                at,
-                ..
-            } => {
+            Op::TurnEnd(t) => {
+                let TurnEnded {
+                    id,
+                    memory,
+                    usage,
+                    agent,
+                    at,
+                    ..
+                } = &**t;
                 tx.prepare_cached(
                     "UPDATE sessions SET memory = ?2, running_input = NULL, last_active = ?3 / 1000,
                          updated_ms = ?3, usage = ?4, turns = turns + 1, agent = ?5

@@ -18,6 +18,8 @@ use crate::backoff::Backoff;
 /// First retry after a failed write, and the longest wait between retries.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Ops whose room the writer keeps between batches (64 bytes each).
+const PENDING_KEPT: usize = 8192;
 /// While the store stays away, a summary is logged at most this often.
 const SUMMARY_EVERY: Duration = Duration::from_secs(30);
 
@@ -194,7 +196,6 @@ impl<B: Backend> Writer<B> {
 
     fn written(&mut self) {
         let count = self.pending.len();
-        let done = std::mem::take(&mut self.pending);
         // The state first, then the acknowledgements: whoever they wake sees it up to date.
         self.pending_bytes = 0;
         self.state.buffered_bytes.store(0, Ordering::Relaxed);
@@ -205,11 +206,14 @@ impl<B: Backend> Writer<B> {
         if was_out {
             self.state.up.store(true, Ordering::Relaxed);
         }
-        for op in done {
+        for op in self.pending.drain(..) {
             if let Op::Ack(a) = op {
                 a.done();
             }
         }
+        // The next batch reuses the room (a stream's batch is thousands of ops), up to a bound
+        // (what an outage left buffered is given back).
+        self.pending.shrink_to(PENDING_KEPT);
         if let Some(o) = self.outage.take() {
             tracing::warn!(
                 store = %self.state.name,
@@ -260,7 +264,7 @@ impl<B: Backend> Writer<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Acker, Op};
+    use super::super::{Acker, Created, Op, TurnEnded};
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex as StdMutex};
@@ -280,9 +284,9 @@ mod tests {
             let mut a = self.applied.lock().unwrap();
             for op in batch {
                 match op {
-                    Op::Create { id, .. } => a.push(format!("create {id}")),
+                    Op::Create(c) => a.push(format!("create {}", c.id)),
                     Op::Event { id, seq, .. } => a.push(format!("event {id} {seq}")),
-                    Op::TurnEnd { id, .. } => a.push(format!("end {id}")),
+                    Op::TurnEnd(t) => a.push(format!("end {}", t.id)),
                     _ => {}
                 }
             }
@@ -326,7 +330,7 @@ mod tests {
             state.queued(op.size());
             tx.send(op).unwrap();
         };
-        send(Op::Create {
+        send(Op::Create(Box::new(Created {
             id: "s".into(),
             token_hash: "h".into(),
             settings: "{}".into(),
@@ -334,7 +338,7 @@ mod tests {
             owner: None,
             agent: String::new(),
             at: 0,
-        });
+        })));
         send(event(1, 10));
         let (ack, acked) = mpsc::channel();
         send(Op::Ack(Acker::Blocking(ack)));
@@ -346,14 +350,14 @@ mod tests {
         assert_eq!(state.health().state, "degraded");
         assert!(state.health().buffered_bytes > 0);
         send(event(2, 10));
-        send(Op::TurnEnd {
+        send(Op::TurnEnd(Box::new(TurnEnded {
             id: "s".into(),
             memory: "m".into(),
             usage: String::new(),
             agent: String::new(),
             owner: None,
             at: 0,
-        });
+        })));
         down.store(false, Ordering::SeqCst);
         acked.recv_timeout(Duration::from_secs(10)).unwrap();
         let (ack, acked) = mpsc::channel();
@@ -373,14 +377,14 @@ mod tests {
         let (down, applied, state, tx) = start_down(1 << 20);
         // 40 records of 40 KiB and 400 events of 10 KiB: ~5.6 MiB against a 1 MiB bound.
         for i in 0..40u64 {
-            let op = Op::TurnEnd {
+            let op = Op::TurnEnd(Box::new(TurnEnded {
                 id: format!("r{i}"),
                 memory: "m".repeat(40 << 10),
                 usage: String::new(),
                 agent: String::new(),
                 owner: None,
                 at: 0,
-            };
+            }));
             state.queued(op.size());
             tx.send(op).unwrap();
             for j in 0..10 {

@@ -21,14 +21,16 @@ fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
         .unwrap();
     }
     let mut b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
-    let create = |id: &str, client: &str| Op::Create {
-        id: id.into(),
-        token_hash: "h".into(),
-        settings: "{}".into(),
-        client: client.into(),
-        owner: None,
-        agent: String::new(),
-        at: now() * 1000,
+    let create = |id: &str, client: &str| {
+        Op::Create(Box::new(Created {
+            id: id.into(),
+            token_hash: "h".into(),
+            settings: "{}".into(),
+            client: client.into(),
+            owner: None,
+            agent: String::new(),
+            at: now() * 1000,
+        }))
     };
     b.apply(&[
         create("a", "10.0.0.1"),
