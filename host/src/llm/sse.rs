@@ -95,7 +95,7 @@ impl StreamParser {
     /// Feeds bytes; text, reasoning and the first sign of tool calls go to `on_delta`. Returns `Ok(true)` once `[DONE]` was seen.
     pub fn feed(&mut self, bytes: &[u8], on_delta: &mut OnDelta<'_>) -> Result<bool, LlmError> {
         let mut rest = bytes;
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', rest) {
             let (part, tail) = rest.split_at(i);
             rest = &tail[1..];
             // A line wholly inside this read is parsed in place; only a line split across

@@ -229,7 +229,7 @@ async fn relay(
             let Some(Ok(chunk)) = next else { break };
             chunks += 1;
             let mut rest: &[u8] = &chunk;
-            while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            while let Some(i) = memchr::memchr(b'\n', rest) {
                 let (line, tail) = rest.split_at(i);
                 rest = &tail[1..];
                 let got = if partial_line.is_empty() {
