@@ -14,29 +14,20 @@
 /// What a chunk of the plain shape says: `Some(text)` when its delta has `content` as a string,
 /// `None` when it says nothing (`content` absent or `null`). The outer `None`: not this shape.
 pub(in crate::llm) fn plain_text(data: &str) -> Option<Option<&str>> {
-    let mut s = Scan {
-        text: data,
-        b: data.as_bytes(),
-        i: 0,
-    };
-    s.open(b'{')?;
+    let mut s = Scan { text: data, i: 0 };
     let (mut choices, mut seen) = (None, Seen::default());
-    loop {
-        match s.key()? {
-            b"choices" => {
-                seen.once(0)?;
-                choices = Some(s.choices()?);
-            }
-            // Meaningful when present: only `null` (absent) is plain.
-            b"usage" => seen.once(1).and_then(|_| s.null())?,
-            b"error" => seen.once(2).and_then(|_| s.null())?,
-            b"x_groq" => seen.once(3).and_then(|_| s.null())?,
-            _ => s.scalar()?,
+    s.object(|s, key| match key {
+        b"choices" => {
+            seen.once(0)?;
+            choices = Some(s.choices()?);
+            Some(())
         }
-        if !s.more(b'}')? {
-            break;
-        }
-    }
+        // Meaningful when present: only `null` (absent) is plain.
+        b"usage" => seen.once(1).and_then(|_| s.null()),
+        b"error" => seen.once(2).and_then(|_| s.null()),
+        b"x_groq" => seen.once(3).and_then(|_| s.null()),
+        _ => s.scalar(),
+    })?;
     s.end()?;
     choices // a chunk without `choices` is an error: the full reader says so
 }
@@ -79,13 +70,29 @@ fn plain_run(b: &[u8]) -> usize {
 
 struct Scan<'a> {
     text: &'a str,
-    b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Scan<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// `{"key": value, ...}`: `member` reads each key's value (and says no to a key or value
+    /// that is not plain). An empty object is not plain.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.open(b'{')?;
+        loop {
+            let key = self.key()?;
+            member(self, key)?;
+            if !self.more(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.i) {
             self.i += 1;
         }
     }
@@ -93,7 +100,7 @@ impl<'a> Scan<'a> {
     /// The next byte after whitespace, consumed.
     fn next(&mut self) -> Option<u8> {
         self.ws();
-        let c = *self.b.get(self.i)?;
+        let c = *self.bytes().get(self.i)?;
         self.i += 1;
         Some(c)
     }
@@ -114,16 +121,16 @@ impl<'a> Scan<'a> {
     /// Only whitespace may follow the object.
     fn end(&mut self) -> Option<()> {
         self.ws();
-        (self.i == self.b.len()).then_some(())
+        (self.i == self.bytes().len()).then_some(())
     }
 
     /// A string without escapes or control characters, as a slice of the line.
     fn string(&mut self) -> Option<&'a str> {
         self.open(b'"')?;
         let start = self.i;
-        let len = plain_run(&self.b[start..]);
+        let len = plain_run(&self.bytes()[start..]);
         self.i = start + len;
-        if self.b.get(self.i) != Some(&b'"') {
+        if self.bytes().get(self.i) != Some(&b'"') {
             return None;
         }
         self.i += 1;
@@ -142,7 +149,7 @@ impl<'a> Scan<'a> {
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         self.ws();
         let end = self.i + word.len();
-        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+        (self.bytes().get(self.i..end)? == word).then(|| self.i = end)
     }
 
     fn null(&mut self) -> Option<()> {
@@ -154,38 +161,41 @@ impl<'a> Scan<'a> {
         self.ws();
         let start = self.i;
         let digits = |s: &mut Self| {
-            let n = s.b[s.i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let n = s.bytes()[s.i..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
             s.i += n;
             n
         };
-        if self.b.get(self.i) == Some(&b'-') {
+        if self.bytes().get(self.i) == Some(&b'-') {
             self.i += 1;
         }
-        match self.b.get(self.i)? {
+        match self.bytes().get(self.i)? {
             b'0' => self.i += 1,
             b'1'..=b'9' => {
                 digits(self);
             }
             _ => return None,
         }
-        if self.b.get(self.i) == Some(&b'.') {
+        if self.bytes().get(self.i) == Some(&b'.') {
             self.i += 1;
             (digits(self) > 0).then_some(())?;
         }
-        if let Some(b'e' | b'E') = self.b.get(self.i) {
+        if let Some(b'e' | b'E') = self.bytes().get(self.i) {
             self.i += 1;
-            if let Some(b'+' | b'-') = self.b.get(self.i) {
+            if let Some(b'+' | b'-') = self.bytes().get(self.i) {
                 self.i += 1;
             }
             (digits(self) > 0).then_some(())?;
         }
-        Some(&self.b[start..self.i])
+        Some(&self.bytes()[start..self.i])
     }
 
     /// A string, number, `true`, `false` or `null`, stepped over (an unknown field's value).
     fn scalar(&mut self) -> Option<()> {
         self.ws();
-        match self.b.get(self.i)? {
+        match self.bytes().get(self.i)? {
             b'"' => self.string().map(drop),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
@@ -204,54 +214,44 @@ impl<'a> Scan<'a> {
 
     /// `{"index": 0, "delta": {...}, "finish_reason": null, ...}`.
     fn choice(&mut self) -> Option<Option<&'a str>> {
-        self.open(b'{')?;
         let (mut text, mut delta, mut seen) = (None, false, Seen::default());
-        loop {
-            match self.key()? {
-                b"index" => {
-                    seen.once(0)?;
-                    (self.number()? == b"0").then_some(())?;
-                }
-                b"delta" => {
-                    seen.once(1)?;
-                    text = self.delta()?;
-                    delta = true;
-                }
-                b"finish_reason" => seen.once(2).and_then(|_| self.null())?,
-                b"message" => return None,
-                _ => self.scalar()?,
+        self.object(|s, key| match key {
+            b"index" => {
+                seen.once(0)?;
+                (s.number()? == b"0").then_some(())
             }
-            if !self.more(b'}')? {
-                break;
+            b"delta" => {
+                seen.once(1)?;
+                text = s.delta()?;
+                delta = true;
+                Some(())
             }
-        }
+            b"finish_reason" => seen.once(2).and_then(|_| s.null()),
+            b"message" => None,
+            _ => s.scalar(),
+        })?;
         delta.then_some(text)
     }
 
     /// `{"content": "text", "role": "assistant", ...}`.
     fn delta(&mut self) -> Option<Option<&'a str>> {
-        self.open(b'{')?;
         let (mut text, mut seen) = (None, Seen::default());
-        loop {
-            match self.key()? {
-                b"content" => {
-                    seen.once(0)?;
-                    self.ws();
-                    text = match self.b.get(self.i)? {
-                        b'n' => self.null().map(|_| None)?,
-                        _ => Some(self.string()?),
-                    };
-                }
-                b"reasoning_content" => seen.once(1).and_then(|_| self.null())?,
-                b"reasoning" => seen.once(2).and_then(|_| self.null())?,
-                b"reasoning_details" => seen.once(3).and_then(|_| self.null())?,
-                b"tool_calls" => seen.once(4).and_then(|_| self.null())?,
-                _ => self.scalar()?,
+        self.object(|s, key| match key {
+            b"content" => {
+                seen.once(0)?;
+                s.ws();
+                text = match s.bytes().get(s.i)? {
+                    b'n' => s.null().map(|_| None)?,
+                    _ => Some(s.string()?),
+                };
+                Some(())
             }
-            if !self.more(b'}')? {
-                break;
-            }
-        }
+            b"reasoning_content" => seen.once(1).and_then(|_| s.null()),
+            b"reasoning" => seen.once(2).and_then(|_| s.null()),
+            b"reasoning_details" => seen.once(3).and_then(|_| s.null()),
+            b"tool_calls" => seen.once(4).and_then(|_| s.null()),
+            _ => s.scalar(),
+        })?;
         Some(text)
     }
 }

@@ -35,9 +35,14 @@ fn floor(stack: &Stack) -> Result<(Proc, String)> {
     Ok((proc, format!("ws://127.0.0.1:{port}")))
 }
 
+/// A number field of a result (0 if absent).
+fn num(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(0.0)
+}
+
 /// Microseconds of CPU time per event delivered in a stream run.
 fn per_event(cpu: std::time::Duration, run: &Value) -> f64 {
-    cpu.as_secs_f64() * 1e6 / run["events"].as_f64().unwrap_or(0.0).max(1.0)
+    cpu.as_secs_f64() * 1e6 / num(run, "events").max(1.0)
 }
 
 async fn run(url: String, sessions: usize, tokens: usize, token_ms: u64) -> Result<Value> {
@@ -67,8 +72,8 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
         let f = run(furl, a.sessions, a.tokens, 0).await?;
         let f_cpu = per_event(cpu_time_of(floor_proc.pid()) - cpu0, &f);
         drop(floor_proc);
-        host_eps = host_eps.max(h["events_per_sec"].as_f64().unwrap_or(0.0));
-        floor_eps = floor_eps.max(f["events_per_sec"].as_f64().unwrap_or(0.0));
+        host_eps = host_eps.max(num(&h, "events_per_sec"));
+        floor_eps = floor_eps.max(num(&f, "events_per_sec"));
         runs.push(json!({"round": round, "host": h, "floor": f,
             "host_cpu_us_per_event": h_cpu, "floor_cpu_us_per_event": f_cpu}));
     }
@@ -77,7 +82,7 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     let mut cpu_ratios: Vec<f64> = runs
         .iter()
         .map(|r| {
-            let n = |k: &str| r[k].as_f64().unwrap_or(0.0);
+            let n = |k: &str| num(r, k);
             n("floor_cpu_us_per_event") / n("host_cpu_us_per_event").max(f64::MIN_POSITIVE)
         })
         .collect();
@@ -120,7 +125,7 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     println!("  floor {floor_eps:>9.0} events/s");
     println!("  host / floor = {ratio:.2}  (target ≥ 0.85)");
     for r in &runs {
-        let n = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        let n = |k: &str| num(r, k);
         println!(
             "  round {}: CPU per event host {:.2} µs, floor {:.2} µs",
             r["round"],
@@ -134,7 +139,7 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
         a.paced_sessions
     );
     for r in &paced {
-        let n = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        let n = |k: &str| num(r, k);
         println!(
             "  round {}: host {:>8.2} ms ({:.2} s CPU)   floor {:>8.2} ms ({:.2} s CPU)",
             r["round"],
