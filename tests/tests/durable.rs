@@ -65,6 +65,57 @@ async fn a_session_survives_kill_9_and_its_history_reaches_the_model() {
     assert_eq!(wrong["code"], "session_not_found");
 }
 
+/// The store keeps a session's frame without the tail its row already says (session id, seq,
+/// timestamp) and writes it back on reading: after a kill -9 and a restart, a client resuming
+/// from 0 gets every event of the turn exactly as it was sent live.
+#[tokio::test]
+async fn replayed_events_after_a_restart_are_the_events_sent_live() {
+    let dir = TempDir::new("durable-replay");
+    let store = dir.path().join("sessions.db");
+    let llm = FakeLlm::start();
+    let host = start(&llm, &store, &[]);
+    let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
+    c.ask(&sid, "bench:300@0").await;
+    c.until("agent.ready").await;
+    llm.script(json!([{"text": "a \"quoted\" ~{brace}\nline ünïcode"}]));
+    c.ask(&sid, "and text").await;
+    c.until("agent.ready").await;
+    host.kill9();
+    drop(host);
+    // Past the session's first frame (its resume token is never stored): each event with a seq.
+    let numbered = |seen: &[Value]| -> Vec<Value> {
+        seen.iter()
+            .filter(|v| v["seq"].as_u64().is_some_and(|s| s > 1))
+            .cloned()
+            .collect()
+    };
+    let live = numbered(&c.seen);
+    assert!(live.len() > 300, "{}", live.len());
+
+    let read = rusqlite::Connection::open(&store).unwrap();
+    let short: i64 = read
+        .query_row(
+            "SELECT count(*) FROM event_chunks WHERE frames LIKE '~%' AND session = ?1",
+            [&sid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(short > 0, "no stored line leaves its tail out");
+    drop(read);
+
+    let host = start(&llm, &store, &[]);
+    let (mut c, resumed) = resume(&host, &sid, &token, 0).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    while numbered(&c.seen).len() < live.len() {
+        c.recv().await;
+    }
+    let replayed = numbered(&c.seen);
+    assert_eq!(replayed.len(), live.len());
+    if let Some((sent, back)) = live.iter().zip(&replayed).find(|(a, b)| a != b) {
+        panic!("replayed {back}\nfor the event sent live as {sent}");
+    }
+}
+
 #[tokio::test]
 async fn a_turn_cut_by_the_hosts_death_is_closed_as_interrupted_on_resume() {
     let dir = TempDir::new("durable-lost");

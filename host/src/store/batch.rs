@@ -58,31 +58,59 @@ pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
 pub(crate) struct Chunks {
     list: Vec<Chunk>,
     index: HashMap<Arc<str>, usize>,
+    /// Frames are kept as [`super::line`]'s stored lines (their tails left out), not whole.
+    short: bool,
 }
 
 impl Chunks {
+    /// Chunks whose frames are kept as [`super::line`]'s stored lines.
+    pub(super) fn short_lines() -> Chunks {
+        Chunks {
+            short: true,
+            ..Chunks::default()
+        }
+    }
+
+    fn push(&self, out: &mut String, id: &str, seq: u64, frame: &str) {
+        if self.short {
+            super::line::push(out, frame, id, seq);
+        } else {
+            out.push_str(frame);
+        }
+    }
+
     /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (an
     /// event dropped by the buffer bound), or the chunk holds [`CHUNK_BYTES`] already, the
     /// chunk gathered so far is returned, to be written first.
     pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
-        let start = || Chunk {
-            id: id.clone(),
-            first: seq,
-            last: seq,
-            frames: frame.to_owned(),
+        let start = || {
+            let mut frames = String::with_capacity(frame.len() + 1);
+            self.push(&mut frames, id, seq, frame);
+            Chunk {
+                id: id.clone(),
+                first: seq,
+                last: seq,
+                frames,
+            }
         };
         match self.index.get(id).copied() {
             Some(i) if self.list[i].last + 1 == seq && self.list[i].frames.len() < CHUNK_BYTES => {
+                let mut frames = std::mem::take(&mut self.list[i].frames);
+                frames.push('\n');
+                self.push(&mut frames, id, seq, frame);
                 let c = &mut self.list[i];
-                c.frames.push('\n');
-                c.frames.push_str(frame);
+                c.frames = frames;
                 c.last = seq;
                 None
             }
-            Some(i) => Some(std::mem::replace(&mut self.list[i], start())),
+            Some(i) => {
+                let fresh = start();
+                Some(std::mem::replace(&mut self.list[i], fresh))
+            }
             None => {
+                let fresh = start();
                 self.index.insert(id.clone(), self.list.len());
-                self.list.push(start());
+                self.list.push(fresh);
                 None
             }
         }

@@ -24,6 +24,7 @@
 
 mod batch;
 mod health;
+mod line;
 mod listing;
 mod op;
 mod quota;

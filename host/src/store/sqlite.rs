@@ -14,9 +14,11 @@ use super::batch::{strip_resume_tokens, Chunk, Chunks};
 use super::{now, Backend, Created, Op, StoreError, TurnEnded, TurnStarted, EVENTS_KEPT};
 
 /// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
-/// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list). An
-/// older store is migrated on open.
-const SCHEMA_VERSION: i64 = 3;
+/// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list); 4: an
+/// event's line in `event_chunks.frames` may leave out the frame's tail (`super::line`; an older
+/// host would read such a line wrong, so it refuses the store). An older store is migrated on
+/// open.
+const SCHEMA_VERSION: i64 = 4;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -29,7 +31,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct SqliteBackend {
     db: Connection,
     ttl: Duration,
-    /// Bytes of a session's newest stored events kept when its turn ends.
+    /// Bytes of a session's newest stored events kept when its turn ends (counted as stored:
+    /// lines without their tails hold more events than the replay buffer's same bytes).
     events_bytes: usize,
     /// Sessions whose turn ended and whose old events are to be cut (in `tick`, after the
     /// commit an acknowledgement waits for, a few at a time).
@@ -172,6 +175,11 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
                  COMMIT;",
             )?;
             found = 3;
+        }
+        if found == 3 {
+            // Lines written whole stay valid: only the version changes.
+            db.execute("UPDATE meta SET value = 4 WHERE key = 'schema'", [])?;
+            found = 4;
         }
         Ok(found)
     };
@@ -355,7 +363,7 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
     let tx = db.transaction()?;
     let mut applied = Applied::default();
     // A session's events of the batch are one row.
-    let mut chunks = Chunks::default();
+    let mut chunks = Chunks::short_lines();
     for op in batch {
         match op {
             Op::Create(c) => {

@@ -110,13 +110,13 @@ pub(crate) fn load(
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut events: Vec<(u64, String)> = Vec::new();
-        for (seq, f) in chunks
+        for (seq, line) in chunks
             .iter()
             .flat_map(|(first, frames)| Chunk::events(*first, frames))
         {
             // A chunk written twice (a retried batch whose first commit did land) is read once.
             if events.last().is_none_or(|(last, _)| seq > *last) {
-                events.push((seq, f.to_owned()));
+                events.push((seq, super::super::line::frame(line, id, seq).into_owned()));
             }
         }
         Ok(Some(Stored {
