@@ -57,7 +57,9 @@ pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
 #[derive(Default)]
 pub(crate) struct Chunks {
     list: Vec<Chunk>,
-    index: HashMap<Arc<str>, usize>,
+    /// Every event of a batch looks its session up here: a fast hash (the keys are the host's
+    /// own session ids; SipHash was ~3 % of the writer's time).
+    index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     /// Frames are kept as [`super::line`]'s stored lines (their tails left out), not whole.
     short: bool,
 }
@@ -84,7 +86,8 @@ impl Chunks {
     /// chunk gathered so far is returned, to be written first.
     pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
         let start = || {
-            let mut frames = String::with_capacity(frame.len() + 1);
+            // Room for a few frames: a chunk grows to CHUNK_BYTES by doubling from here.
+            let mut frames = String::with_capacity(frame.len().max(1024));
             self.push(&mut frames, id, seq, frame);
             Chunk {
                 id: id.clone(),

@@ -35,17 +35,16 @@ pub(crate) fn push(out: &mut String, frame: &str, id: &str, seq: u64) {
 /// The frame's head and timestamp, when its tail is exactly what [`frame`] rebuilds.
 fn split<'a>(frame: &'a str, id: &str, seq: u64) -> Option<(&'a str, &'a str)> {
     let body = frame.strip_suffix(END)?;
-    let at = body.rfind(TIMESTAMP)?;
-    let ts = &body[at + TIMESTAMP.len()..];
-    if ts.is_empty()
-        || !ts
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":.+-".contains(&b))
-    {
+    // A timestamp holds no quote: the last one opens it.
+    let at = memchr::memrchr(b'"', body.as_bytes())? + 1;
+    let ts = &body[at..];
+    // Read back, the timestamp ends at the head's first `{`; and `~~` marks a whole frame.
+    if ts.is_empty() || ts.starts_with(SHORT) || memchr::memchr(b'{', ts.as_bytes()).is_some() {
         return None;
     }
     let mut digits = [0u8; 20];
     let head = body[..at]
+        .strip_suffix(TIMESTAMP)?
         .strip_suffix(decimal(seq, &mut digits))?
         .strip_suffix(SEQ)?
         .strip_suffix(id)?
@@ -161,6 +160,11 @@ mod tests {
             ),
             (
                 format!("{{\"a\":1,\"session_id\":\"{ID}\",\"seq\":5,\"timestamp\":\"x{{y\"}}"),
+                ID,
+                5,
+            ),
+            (
+                format!("{{\"a\":1,\"session_id\":\"{ID}\",\"seq\":5,\"timestamp\":\"~t\"}}"),
                 ID,
                 5,
             ),
