@@ -439,6 +439,8 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
     Ok(applied)
 }
 
+#[cfg(test)]
+mod bench;
 mod read;
 #[cfg(test)]
 mod tests;

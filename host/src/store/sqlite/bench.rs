@@ -1,0 +1,230 @@
+//! The SQLite writer alone on a token stream's writes, for comparing the store's own cost
+//! between builds without the rest of the host, the model or the client in the measurement:
+//!
+//!   cargo test --release -p myagent-host --lib store_writer_cost -- --ignored --nocapture
+//!
+//! 300 sessions × 1,000 streamed pieces (frames as the session writes them), in batches of
+//! 100 ms at ~150,000 events/s (the unpaced compare's rate), a WAL checkpoint every ten batches
+//! (once a second, as the writer does). Prints the writer thread's CPU time (user + system) per
+//! event, and the bytes stored, for five rounds on fresh files: the backend alone (`apply`,
+//! `tick`), then the whole store (`Store::event` from another thread, 100 ms of events at a
+//! time; the writer thread's channel, batching and loop included).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::super::FLUSH_EVERY;
+use super::*;
+
+const SESSIONS: usize = 300;
+const PIECES: u64 = 1000;
+const PER_BATCH: usize = 15_000;
+
+/// The calling thread's CPU time (user and system).
+fn thread_cpu() -> Duration {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_THREAD is the calling thread.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// A streamed piece's frame as the session's encoder writes it.
+fn piece(id: &str, seq: u64, at: Instant) -> Utf8Bytes {
+    let ms = at.elapsed().as_millis() as u64 + 1_796_297_071_649;
+    Utf8Bytes::from(format!(
+        "{{\"event\":\"agent.partial_answer\",\"content\":\"~{ms}{seq:03}|\",\"metadata\":{{\"step\":1}},\
+         \"session_id\":\"{id}\",\"seq\":{seq},\"timestamp\":\"2026-12-03T11:24:{:02}.{:03}Z\"}}",
+        ms / 1000 % 60,
+        ms % 1000
+    ))
+}
+
+fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
+    let path = dir.join("s.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let mut b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
+    let ids: Vec<Arc<str>> = (0..SESSIONS)
+        .map(|i| Arc::from(format!("{i:08x}-534f-4355-8f70-b3ffc1f9db1a")))
+        .collect();
+    let creates: Vec<Op> = ids
+        .iter()
+        .map(|id| {
+            Op::Create(Box::new(Created {
+                id: id.to_string(),
+                token_hash: "h".into(),
+                settings: "{}".into(),
+                client: "127.0.0.1".into(),
+                owner: None,
+                agent: "weather".into(),
+                at: now() * 1000,
+            }))
+        })
+        .collect();
+    b.apply(&creates).unwrap();
+    // The frames are made before the clock starts: the host's sessions make them, not the writer.
+    let t0 = Instant::now();
+    let mut batches: Vec<Vec<Op>> = vec![Vec::new()];
+    for seq in 2..PIECES + 2 {
+        for id in &ids {
+            if batches.last().is_some_and(|b| b.len() >= PER_BATCH) {
+                batches.push(Vec::new());
+            }
+            let frame = piece(id, seq, t0);
+            if let Some(b) = batches.last_mut() {
+                b.push(Op::Event {
+                    id: id.clone(),
+                    seq,
+                    frame,
+                });
+            }
+        }
+    }
+    let events = (SESSIONS as u64) * PIECES;
+    let cpu = thread_cpu();
+    for (i, batch) in batches.iter().enumerate() {
+        b.apply(batch).unwrap();
+        if i % 10 == 9 {
+            b.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
+        }
+        b.tick().unwrap();
+    }
+    let spent = thread_cpu() - cpu;
+    let stored: i64 =
+        b.db.query_row("SELECT sum(length(frames)) FROM event_chunks", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    (spent, events, stored as u64)
+}
+
+/// CPU time of this process's thread named `name` (user + system, from /proc).
+fn named_thread_cpu(name: &str) -> Duration {
+    let tick = Duration::from_secs(1) / 100; // USER_HZ
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let n = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        total += tick * (n(11) + n(12)); // utime, stime (fields 14 and 15 of the line)
+    }
+    total
+}
+
+/// The same stream through the whole store: the writer thread's CPU time.
+fn whole(dir: &std::path::Path) -> (Duration, u64) {
+    let path = dir.join("w.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let opts = super::super::StoreOptions {
+        ttl: Duration::from_secs(3600),
+        buffer_bytes: 64 << 20,
+        ack_timeout: Duration::from_secs(1),
+        events_bytes: 256 * 1024,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = super::super::Store::open_sqlite(&path, &opts).unwrap();
+    let ids: Vec<Arc<str>> = (0..SESSIONS)
+        .map(|i| Arc::from(format!("{i:08x}-534f-4355-8f70-b3ffc1f9db1a")))
+        .collect();
+    for id in &ids {
+        store.create(super::super::NewSession {
+            id: id.to_string(),
+            token_hash: "h".into(),
+            settings: "{}".into(),
+            client: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            owner: None,
+            agent: "weather".into(),
+        });
+    }
+    rt.block_on(store.commit()).unwrap();
+    let t0 = Instant::now();
+    let frames: Vec<Vec<Utf8Bytes>> = (2..PIECES + 2)
+        .map(|seq| ids.iter().map(|id| piece(id, seq, t0)).collect())
+        .collect();
+    let cpu = named_thread_cpu("session-store");
+    let mut sent = 0;
+    let mut next = Instant::now();
+    for (seq, row) in (2..).zip(&frames) {
+        for (id, frame) in ids.iter().zip(row) {
+            store.event(id, seq, frame);
+            sent += 1;
+            if sent % PER_BATCH == 0 {
+                next += FLUSH_EVERY;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        }
+    }
+    rt.block_on(store.commit()).unwrap();
+    let spent = named_thread_cpu("session-store") - cpu;
+    drop(store);
+    (spent, sent as u64)
+}
+
+#[test]
+#[ignore = "a benchmark: run with --release -- --ignored --nocapture"]
+fn store_writer_cost() {
+    let dir = std::env::temp_dir().join(format!("store-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut per_event = Vec::new();
+    for r in 0..5 {
+        let (cpu, events, stored) = round(&dir);
+        let us = cpu.as_secs_f64() * 1e6 / events as f64;
+        println!(
+            "round {r}: {events} events, {:.1} MB stored, writer CPU {:.0} ms = {us:.2} µs/event",
+            stored as f64 / 1e6,
+            cpu.as_secs_f64() * 1e3
+        );
+        per_event.push(us);
+    }
+    per_event.sort_by(f64::total_cmp);
+    println!(
+        "store_writer_cost: the backend, median {:.2} µs/event, best {:.2}",
+        per_event[2], per_event[0]
+    );
+    let mut per_event = Vec::new();
+    for r in 0..5 {
+        let (cpu, events) = whole(&dir);
+        let us = cpu.as_secs_f64() * 1e6 / events as f64;
+        println!(
+            "whole store, round {r}: writer thread {:.0} ms = {us:.2} µs/event",
+            cpu.as_secs_f64() * 1e3
+        );
+        per_event.push(us);
+    }
+    per_event.sort_by(f64::total_cmp);
+    println!(
+        "store_writer_cost: the whole store, median {:.2} µs/event, best {:.2}",
+        per_event[2], per_event[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
