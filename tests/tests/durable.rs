@@ -66,8 +66,8 @@ async fn a_session_survives_kill_9_and_its_history_reaches_the_model() {
 }
 
 /// The store keeps a session's frame without the tail its row already says (session id, seq,
-/// timestamp) and writes it back on reading: after a kill -9 and a restart, a client resuming
-/// from 0 gets every event of the turn exactly as it was sent live.
+/// timestamp), and a piece against the one before it, and writes them back on reading: after
+/// a kill -9 and a restart, a client resuming from 0 gets every event exactly as sent live.
 #[tokio::test]
 async fn replayed_events_after_a_restart_are_the_events_sent_live() {
     let dir = TempDir::new("durable-replay");
@@ -93,14 +93,19 @@ async fn replayed_events_after_a_restart_are_the_events_sent_live() {
     assert!(live.len() > 300, "{}", live.len());
 
     let read = rusqlite::Connection::open(&store).unwrap();
-    let short: i64 = read
+    // Rows start with a line left short; the pieces after it are said against the line before.
+    let (short, ditto): (i64, i64) = read
         .query_row(
-            "SELECT count(*) FROM event_chunks WHERE frames LIKE '~%' AND session = ?1",
+            "SELECT sum(frames LIKE '~%'), sum(instr(frames, char(10) || '^') > 0)
+             FROM event_chunks WHERE session = ?1",
             [&sid],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert!(short > 0, "no stored line leaves its tail out");
+    assert!(
+        short > 0 && ditto > 0,
+        "rows {short} short, {ditto} with lines said against the one before"
+    );
     drop(read);
 
     let host = start(&llm, &store, &[]);

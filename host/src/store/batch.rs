@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Op;
+use super::{line, Op};
 
 /// Drops the writes of a batch that its own deletes undo: a session made, used and closed
 /// within one batch (a short conversation, a churning client) costs the store one delete.
@@ -55,40 +55,42 @@ pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
 
 /// A batch's events gathered per session, in the order sessions first appear.
 #[derive(Default)]
-pub(crate) struct Chunks {
+pub(crate) struct Chunks<'a> {
     list: Vec<Chunk>,
+    /// Each chunk's line before, as [`super::line`] writes the next one against it.
+    prev: Vec<line::Prev<'a>>,
     /// Every event of a batch looks its session up here: a fast hash (the keys are the host's
     /// own session ids; SipHash was ~3 % of the writer's time).
     index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
-    /// Frames are kept as [`super::line`]'s stored lines (their tails left out), not whole.
+    /// Frames are kept as [`super::line`]'s stored lines, not whole.
     short: bool,
 }
 
-impl Chunks {
+impl<'a> Chunks<'a> {
     /// Chunks whose frames are kept as [`super::line`]'s stored lines.
-    pub(super) fn short_lines() -> Chunks {
+    pub(super) fn short_lines() -> Chunks<'a> {
         Chunks {
             short: true,
             ..Chunks::default()
         }
     }
 
-    fn push(&self, out: &mut String, id: &str, seq: u64, frame: &str) {
-        if self.short {
-            super::line::push(out, frame, id, seq);
-        } else {
-            out.push_str(frame);
-        }
-    }
-
     /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (an
     /// event dropped by the buffer bound), or the chunk holds [`CHUNK_BYTES`] already, the
     /// chunk gathered so far is returned, to be written first.
-    pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
-        let start = || {
+    pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &'a str) -> Option<Chunk> {
+        let short = self.short;
+        let write = |out: &mut String, prev: &mut line::Prev<'a>| {
+            if short {
+                line::push(out, frame, id, seq, prev);
+            } else {
+                out.push_str(frame);
+            }
+        };
+        let start = |prev: &mut line::Prev<'a>| {
             // Room for a few frames: a chunk grows to CHUNK_BYTES by doubling from here.
             let mut frames = String::with_capacity(frame.len().max(1024));
-            self.push(&mut frames, id, seq, frame);
+            write(&mut frames, prev);
             Chunk {
                 id: id.clone(),
                 first: seq,
@@ -98,22 +100,24 @@ impl Chunks {
         };
         match self.index.get(id).copied() {
             Some(i) if self.list[i].last + 1 == seq && self.list[i].frames.len() < CHUNK_BYTES => {
-                let mut frames = std::mem::take(&mut self.list[i].frames);
-                frames.push('\n');
-                self.push(&mut frames, id, seq, frame);
                 let c = &mut self.list[i];
-                c.frames = frames;
+                c.frames.push('\n');
+                write(&mut c.frames, &mut self.prev[i]);
                 c.last = seq;
                 None
             }
             Some(i) => {
-                let fresh = start();
+                let mut prev = None;
+                let fresh = start(&mut prev);
+                self.prev[i] = prev;
                 Some(std::mem::replace(&mut self.list[i], fresh))
             }
             None => {
-                let fresh = start();
+                let mut prev = None;
+                let fresh = start(&mut prev);
                 self.index.insert(id.clone(), self.list.len());
                 self.list.push(fresh);
+                self.prev.push(prev);
                 None
             }
         }
@@ -123,6 +127,7 @@ impl Chunks {
     pub(super) fn discard(&mut self, id: &str) {
         if let Some(&i) = self.index.get(id) {
             self.list[i].frames.clear();
+            self.prev[i] = None;
         }
     }
 

@@ -1,10 +1,19 @@
-//! How the SQLite store keeps one event of a chunk: a frame's tail that its row already says —
-//! `,"session_id":"…","seq":N,"timestamp":"…"}`, ~100 of a streamed piece's ~200 bytes — is
-//! left out and written back on reading. A stored line is either the frame itself (it starts
-//! with `{`, as every frame does) or `~`, the timestamp, and the frame up to its tail (the head
-//! starts with `{`, which a timestamp never holds); a frame that would start with `~` is kept
-//! behind one more (`~~`). Only a tail that is exactly what the row rebuilds is left out, so
-//! reading gives back the same bytes for every frame.
+//! How the SQLite store keeps the events of a chunk (a session's consecutive events, one row):
+//! one line each, in one of four forms.
+//!
+//! - `~` + timestamp + head: a frame whose tail is exactly what the row rebuilds —
+//!   `,"session_id":"…","seq":N,"timestamp":"…"}`, ~100 of a streamed piece's ~200 bytes — is
+//!   kept without it (the head starts with `{`, which a timestamp never holds).
+//! - `^P,S,T,L|` + timestamp rest + head middle: the same, said against the line before (a
+//!   streamed piece differs from the one before in its content and the end of its timestamp):
+//!   the head is the previous head's first P bytes, the middle, and its last S bytes; the
+//!   timestamp the previous one's first T bytes and the next L bytes of the line. Written only
+//!   when shorter, only after a line of these two forms in the same chunk.
+//! - `~~` + frame: a frame that itself starts with `~` or `^`.
+//! - the frame itself, as every other frame (they start with `{`).
+//!
+//! Only what the row or the line before says exactly is left out, so reading (in order, with a
+//! [`Reader`]) gives back the same bytes for every frame.
 
 use std::borrow::Cow;
 
@@ -14,25 +23,35 @@ const TIMESTAMP: &str = ",\"timestamp\":\"";
 const END: &str = "\"}";
 /// Marks a line whose tail was left out (no JSON text starts with it).
 const SHORT: char = '~';
+/// Marks a line said against the one before.
+const DITTO: char = '^';
+/// Marks a whole frame that starts with one of the marks.
+const ESCAPED: &str = "~~";
 
-/// Appends `frame`, the event `seq` of session `id`, to `out` as a stored line.
-pub(crate) fn push(out: &mut String, frame: &str, id: &str, seq: u64) {
-    match split(frame, id, seq) {
-        Some((head, ts)) => {
-            out.push(SHORT);
-            out.push_str(ts);
-            out.push_str(head);
+/// What the chunk's line before said — its frame's head and timestamp — when it was left
+/// short; None at a chunk's start and after a whole frame.
+pub(crate) type Prev<'a> = Option<(&'a str, &'a str)>;
+
+/// Appends `frame`, the event `seq` of session `id`, to `out` as a stored line; `prev` is the
+/// chunk's line before (and becomes this one).
+pub(crate) fn push<'a>(out: &mut String, frame: &'a str, id: &str, seq: u64, prev: &mut Prev<'a>) {
+    let Some((head, ts)) = split(frame, id, seq) else {
+        if frame.starts_with([SHORT, DITTO]) {
+            out.push_str(ESCAPED);
         }
-        None => {
-            if frame.starts_with(SHORT) {
-                out.push(SHORT); // `~~`: a frame that itself starts with the mark
-            }
-            out.push_str(frame)
-        }
+        out.push_str(frame);
+        *prev = None;
+        return;
+    };
+    if !prev.is_some_and(|(h0, t0)| ditto(out, h0, t0, head, ts)) {
+        out.push(SHORT);
+        out.push_str(ts);
+        out.push_str(head);
     }
+    *prev = Some((head, ts));
 }
 
-/// The frame's head and timestamp, when its tail is exactly what [`frame`] rebuilds.
+/// The frame's head and timestamp, when its tail is exactly what [`rebuild`] writes back.
 fn split<'a>(frame: &'a str, id: &str, seq: u64) -> Option<(&'a str, &'a str)> {
     let body = frame.strip_suffix(END)?;
     // A timestamp holds no quote: the last one opens it.
@@ -52,6 +71,58 @@ fn split<'a>(frame: &'a str, id: &str, seq: u64) -> Option<(&'a str, &'a str)> {
     head.starts_with('{').then_some((head, ts))
 }
 
+/// Writes `head` and `ts` against the line before's (`h0`, `t0`) when that is shorter than
+/// the `~` form; says whether it did.
+fn ditto(out: &mut String, h0: &str, t0: &str, head: &str, ts: &str) -> bool {
+    let p = shared_prefix(h0, head);
+    let s = shared_suffix(&h0[p..], &head[p..]);
+    let t = shared_prefix(t0, ts);
+    let (rest, middle) = (&ts[t..], &head[p..head.len() - s]);
+    let mut bufs = [[0u8; 20]; 4];
+    let [b0, b1, b2, b3] = &mut bufs;
+    let nums = [
+        decimal(p as u64, b0),
+        decimal(s as u64, b1),
+        decimal(t as u64, b2),
+        decimal(rest.len() as u64, b3),
+    ];
+    let len = 1 + nums.iter().map(|n| n.len() + 1).sum::<usize>() + rest.len() + middle.len();
+    if len >= 1 + ts.len() + head.len() {
+        return false;
+    }
+    out.push(DITTO);
+    for (i, n) in nums.iter().enumerate() {
+        out.push_str(n);
+        out.push(if i == 3 { '|' } else { ',' });
+    }
+    out.push_str(rest);
+    out.push_str(middle);
+    true
+}
+
+/// Bytes `a` and `b` start with alike, at a character boundary of both.
+fn shared_prefix(a: &str, b: &str) -> usize {
+    let mut n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    while !(a.is_char_boundary(n) && b.is_char_boundary(n)) {
+        n -= 1;
+    }
+    n
+}
+
+/// Bytes `a` and `b` end with alike, at a character boundary of both.
+fn shared_suffix(a: &str, b: &str) -> usize {
+    let mut n = a
+        .bytes()
+        .rev()
+        .zip(b.bytes().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    while !(a.is_char_boundary(a.len() - n) && b.is_char_boundary(b.len() - n)) {
+        n -= 1;
+    }
+    n
+}
+
 /// `n` in decimal, written at the end of `buf`.
 fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
@@ -67,174 +138,84 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
-/// The frame a stored line holds (event `seq` of session `id`).
-pub(crate) fn frame<'a>(line: &'a str, id: &str, seq: u64) -> Cow<'a, str> {
-    let Some(short) = line.strip_prefix(SHORT) else {
-        return Cow::Borrowed(line);
-    };
-    if short.starts_with(SHORT) {
-        return Cow::Borrowed(short);
-    }
-    let Some(at) = short.find('{') else {
-        // Not written by `push`: given back as it is (the client sees what was stored).
-        return Cow::Borrowed(line);
-    };
-    let (ts, head) = short.split_at(at);
+/// The frame from its head, its session, seq and timestamp.
+fn rebuild(head: &str, ts: &str, id: &str, seq: u64) -> String {
     let mut digits = [0u8; 20];
     let seq = decimal(seq, &mut digits);
-    let mut out = String::with_capacity(
-        head.len()
-            + SESSION.len()
-            + id.len()
-            + SEQ.len()
-            + seq.len()
-            + TIMESTAMP.len()
-            + ts.len()
-            + END.len(),
-    );
-    for part in [head, SESSION, id, SEQ, seq, TIMESTAMP, ts, END] {
+    let parts = [head, SESSION, id, SEQ, seq, TIMESTAMP, ts, END];
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
         out.push_str(part);
     }
-    Cow::Owned(out)
+    out
+}
+
+/// Reads a chunk's lines, in order (a line may be said against the one before).
+#[derive(Default)]
+pub(crate) struct Reader {
+    head: String,
+    ts: String,
+    /// `head` and `ts` are the line before's.
+    held: bool,
+}
+
+impl Reader {
+    /// The frame a stored line holds (event `seq` of session `id`). A line `push` did not
+    /// write is given back as it is (the client sees what was stored).
+    pub(crate) fn frame<'a>(&mut self, line: &'a str, id: &str, seq: u64) -> Cow<'a, str> {
+        let held = if let Some(whole) = line.strip_prefix(ESCAPED) {
+            self.held = false;
+            return Cow::Borrowed(whole);
+        } else if let Some(short) = line.strip_prefix(SHORT) {
+            short.find('{').is_some_and(|at| {
+                let (ts, head) = short.split_at(at);
+                self.head.clear();
+                self.head.push_str(head);
+                self.ts.clear();
+                self.ts.push_str(ts);
+                true
+            })
+        } else if let Some(d) = line.strip_prefix(DITTO) {
+            self.held && self.follow(d)
+        } else {
+            false
+        };
+        self.held = held;
+        if !held {
+            return Cow::Borrowed(line);
+        }
+        Cow::Owned(rebuild(&self.head, &self.ts, id, seq))
+    }
+
+    /// Applies a `^` line's body to the line before's head and timestamp.
+    fn follow(&mut self, d: &str) -> bool {
+        let Some((nums, rest)) = d.split_once('|') else {
+            return false;
+        };
+        let mut n = nums.split(',').map(|x| x.parse::<usize>().ok());
+        let (Some(Some(p)), Some(Some(s)), Some(Some(t)), Some(Some(l)), None) =
+            (n.next(), n.next(), n.next(), n.next(), n.next())
+        else {
+            return false;
+        };
+        let cut = self.head.len().checked_sub(s).filter(|&at| at >= p);
+        let parts = (
+            rest.get(..l),
+            rest.get(l..),
+            self.head.get(..p),
+            cut.and_then(|at| self.head.get(at..)),
+            self.ts.get(..t),
+        );
+        let (Some(ts_rest), Some(middle), Some(pre), Some(post), Some(ts_pre)) = parts else {
+            return false;
+        };
+        let head = [pre, middle, post].concat();
+        let ts = [ts_pre, ts_rest].concat();
+        self.head = head;
+        self.ts = ts;
+        true
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ID: &str = "48cfe646-87b6-44d7-8e10-1d3adecb7c11";
-
-    /// A streamed piece's frame as the session's encoder writes it.
-    fn piece(content: &str, seq: u64) -> String {
-        format!(
-            "{{\"event\":\"agent.partial_answer\",\"content\":{content},\"metadata\":{{\"step\":1}},\
-             \"session_id\":\"{ID}\",\"seq\":{seq},\"timestamp\":\"2026-12-03T11:24:31.650Z\"}}"
-        )
-    }
-
-    fn stored(frame: &str, id: &str, seq: u64) -> String {
-        let mut out = String::new();
-        push(&mut out, frame, id, seq);
-        out
-    }
-
-    #[test]
-    fn a_session_frame_is_stored_without_its_tail_and_read_back_whole() {
-        for seq in [0, 7, 10, 123_456, u64::MAX] {
-            let f = piece(r#""Hel\"lo\n ~{""#, seq);
-            let line = stored(&f, ID, seq);
-            assert!(
-                line.starts_with("~2026-12-03T11:24:31.650Z{\"event\""),
-                "{line}"
-            );
-            assert!(!line.contains(ID), "{line}");
-            assert!(line.len() + 74 < f.len(), "{line}");
-            assert_eq!(frame(&line, ID, seq), f.as_str());
-        }
-    }
-
-    #[test]
-    fn any_other_frame_is_stored_as_it_is() {
-        let ours = piece("\"x\"", 5);
-        let cases = [
-            // Another session's id, another seq: the tail is not what the row rebuilds.
-            (ours.to_string(), "other", 5),
-            (ours.to_string(), ID, 6),
-            // A custom event (keys in another order), an older version's frame, odd tails.
-            (
-                format!(
-                    "{{\"event\":\"x\",\"seq\":5,\"session_id\":\"{ID}\",\"timestamp\":\"t\"}}"
-                ),
-                ID,
-                5,
-            ),
-            (
-                format!("{{\"event\":\"a\",\"session_id\":\"{ID}\",\"seq\":5}}"),
-                ID,
-                5,
-            ),
-            (
-                format!("{{\"a\":1,\"session_id\":\"{ID}\",\"seq\":5,\"timestamp\":\"\"}}"),
-                ID,
-                5,
-            ),
-            (
-                format!("{{\"a\":1,\"session_id\":\"{ID}\",\"seq\":5,\"timestamp\":\"x{{y\"}}"),
-                ID,
-                5,
-            ),
-            (
-                format!("{{\"a\":1,\"session_id\":\"{ID}\",\"seq\":5,\"timestamp\":\"~t\"}}"),
-                ID,
-                5,
-            ),
-            (
-                format!(",\"session_id\":\"{ID}\",\"seq\":5,\"timestamp\":\"t\"}}"),
-                ID,
-                5,
-            ),
-            (
-                format!("{{\"a\":1,\"session_id\":\"{ID}\",\"seq\":05,\"timestamp\":\"t\"}}"),
-                ID,
-                5,
-            ),
-            ("{}".to_owned(), ID, 5),
-            (String::new(), ID, 5),
-        ];
-        for (f, id, seq) in cases {
-            let line = stored(&f, id, seq);
-            assert_eq!(line, f, "stored as it is");
-            assert_eq!(frame(&line, id, seq), f.as_str());
-        }
-        // One that starts with the mark, with and without a tail that could be left out.
-        for f in [format!("~{ours}"), "~x".to_owned(), "~".to_owned()] {
-            let line = stored(&f, ID, 5);
-            assert_eq!(line, format!("~{f}"));
-            assert_eq!(frame(&line, ID, 5), f.as_str());
-        }
-    }
-
-    /// Every one-byte change of a frame is read back as the same bytes (left out or not).
-    #[test]
-    fn every_one_byte_change_reads_back_the_same() {
-        let f = piece("\"hi\"", 42);
-        let (mut shortened, mut kept) = (0, 0);
-        for i in 0..=f.len() {
-            let mut variants = Vec::new();
-            if i < f.len() {
-                variants.push(format!("{}{}", &f[..i], &f[i + 1..]));
-            }
-            for c in ['~', '{', '}', '"', ',', '0', '9', 'a', ':'] {
-                variants.push(format!("{}{c}{}", &f[..i], &f[i..]));
-                if i < f.len() {
-                    variants.push(format!("{}{c}{}", &f[..i], &f[i + 1..]));
-                }
-            }
-            for v in variants {
-                let line = stored(&v, ID, 42);
-                if line.starts_with('~') {
-                    shortened += 1;
-                } else {
-                    kept += 1;
-                }
-                assert_eq!(frame(&line, ID, 42), v.as_str(), "{v}");
-            }
-        }
-        assert!(shortened > 100 && kept > 100, "{shortened} {kept}");
-    }
-
-    #[test]
-    fn a_line_not_written_here_is_read_as_it_is() {
-        assert_eq!(frame("~no brace", ID, 1), "~no brace");
-        assert_eq!(frame("~~{\"a\":1}", ID, 1), "~{\"a\":1}");
-        assert_eq!(frame("{\"a\":1}", ID, 1), "{\"a\":1}");
-    }
-
-    #[test]
-    fn decimal_writes_every_width() {
-        let mut buf = [0u8; 20];
-        for n in [0, 9, 10, 99, 100, 4096, u64::MAX] {
-            assert_eq!(decimal(n, &mut buf), n.to_string());
-        }
-    }
-}
+mod tests;

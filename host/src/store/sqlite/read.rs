@@ -110,13 +110,16 @@ pub(crate) fn load(
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut events: Vec<(u64, String)> = Vec::new();
-        for (seq, line) in chunks
-            .iter()
-            .flat_map(|(first, frames)| Chunk::events(*first, frames))
-        {
-            // A chunk written twice (a retried batch whose first commit did land) is read once.
-            if events.last().is_none_or(|(last, _)| seq > *last) {
-                events.push((seq, super::super::line::frame(line, id, seq).into_owned()));
+        for (first, frames) in &chunks {
+            // Each line read in order (one may be said against the line before).
+            let mut reader = super::super::line::Reader::default();
+            for (seq, line) in Chunk::events(*first, frames) {
+                let frame = reader.frame(line, id, seq);
+                // A chunk written twice (a retried batch whose first commit did land) is read
+                // once.
+                if events.last().is_none_or(|(last, _)| seq > *last) {
+                    events.push((seq, frame.into_owned()));
+                }
             }
         }
         Ok(Some(Stored {
