@@ -102,7 +102,23 @@ fn ditto(out: &mut String, h0: &str, t0: &str, head: &str, ts: &str) -> bool {
 
 /// Bytes `a` and `b` start with alike, at a character boundary of both.
 fn shared_prefix(a: &str, b: &str) -> usize {
-    let mut n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let len = x.len().min(y.len());
+    let mut n = 0;
+    // Eight bytes at a time: the first differing byte is the lowest set byte of the XOR.
+    while n + 8 <= len {
+        let diff = word(&x[n..]) ^ word(&y[n..]);
+        if diff != 0 {
+            n += diff.trailing_zeros() as usize / 8;
+            break;
+        }
+        n += 8;
+    }
+    if n + 8 > len {
+        while n < len && x[n] == y[n] {
+            n += 1;
+        }
+    }
     while !(a.is_char_boundary(n) && b.is_char_boundary(n)) {
         n -= 1;
     }
@@ -111,16 +127,34 @@ fn shared_prefix(a: &str, b: &str) -> usize {
 
 /// Bytes `a` and `b` end with alike, at a character boundary of both.
 fn shared_suffix(a: &str, b: &str) -> usize {
-    let mut n = a
-        .bytes()
-        .rev()
-        .zip(b.bytes().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    let len = x.len().min(y.len());
+    let mut n = 0;
+    // Eight bytes at a time from the end: the last differing byte is the highest of the XOR.
+    while n + 8 <= len {
+        let diff = word(&x[x.len() - n - 8..]) ^ word(&y[y.len() - n - 8..]);
+        if diff != 0 {
+            n += diff.leading_zeros() as usize / 8;
+            break;
+        }
+        n += 8;
+    }
+    if n + 8 > len {
+        while n < len && x[x.len() - n - 1] == y[y.len() - n - 1] {
+            n += 1;
+        }
+    }
     while !(a.is_char_boundary(a.len() - n) && b.is_char_boundary(b.len() - n)) {
         n -= 1;
     }
     n
+}
+
+/// The first eight bytes of `b` as a little-endian word.
+fn word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
 }
 
 /// `n` in decimal, written at the end of `buf`.

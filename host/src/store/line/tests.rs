@@ -226,3 +226,43 @@ fn decimal_writes_every_width() {
         assert_eq!(decimal(n, &mut buf), n.to_string());
     }
 }
+
+/// The word-at-a-time prefix and suffix agree with a byte loop, at every length and position.
+#[test]
+fn shared_prefix_and_suffix_agree_with_a_byte_loop() {
+    fn naive(a: &str, b: &str, from_end: bool) -> usize {
+        let (x, y) = (a.as_bytes(), b.as_bytes());
+        let at = |s: &[u8], i: usize| if from_end { s[s.len() - 1 - i] } else { s[i] };
+        let mut n = 0;
+        while n < x.len().min(y.len()) && at(x, n) == at(y, n) {
+            n += 1;
+        }
+        let cut = |s: &str, n: usize| if from_end { s.len() - n } else { n };
+        while !(a.is_char_boundary(cut(a, n)) && b.is_char_boundary(cut(b, n))) {
+            n -= 1;
+        }
+        n
+    }
+    let base = "{\"event\":\"agent.partial_answer\",\"content\":\"héllo wörld\",\"metadata\":{}}";
+    for len in 0..=base.len() {
+        let Some(a) = base.get(..len) else { continue };
+        let Some(a_end) = base.get(base.len() - len..) else {
+            continue;
+        };
+        for i in 0..=len {
+            for c in ['x', 'é', '"'] {
+                for (s, t) in [(a, a), (a_end, a_end)] {
+                    let (Some(p), Some(q)) = (s.get(..i), s.get(i..)) else {
+                        continue;
+                    };
+                    let changed =
+                        format!("{p}{c}{}", q.get(c.len_utf8().min(q.len())..).unwrap_or(q));
+                    for (u, v) in [(t, changed.as_str()), (changed.as_str(), t), (t, t)] {
+                        assert_eq!(shared_prefix(u, v), naive(u, v, false), "{u:?} {v:?}");
+                        assert_eq!(shared_suffix(u, v), naive(u, v, true), "{u:?} {v:?}");
+                    }
+                }
+            }
+        }
+    }
+}
