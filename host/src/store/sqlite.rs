@@ -15,9 +15,9 @@ use super::{now, Backend, Created, Op, StoreError, TurnEnded, TurnStarted, EVENT
 
 /// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
 /// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list); 4: an
-/// event's line in `event_chunks.frames` may leave out the frame's tail (`super::line`; an older
-/// host would read such a line wrong, so it refuses the store). An older store is migrated on
-/// open.
+/// event's line in `event_chunks.frames` may leave out the frame's tail or be said against the
+/// line before (`super::line`; an older host would read such lines wrong, so it refuses the
+/// store). An older store is migrated on open.
 const SCHEMA_VERSION: i64 = 4;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);

@@ -190,41 +190,41 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
     (spent, sent as u64)
 }
 
+/// Runs `round` five times, printing each (with what it adds) and the median and best.
+fn five(name: &str, mut round: impl FnMut() -> (Duration, u64, String)) {
+    let mut per_event = Vec::new();
+    for r in 0..5 {
+        let (cpu, events, more) = round();
+        let us = cpu.as_secs_f64() * 1e6 / events as f64;
+        println!(
+            "{name}, round {r}: {events} events{more}, writer CPU {:.0} ms = {us:.2} µs/event",
+            cpu.as_secs_f64() * 1e3
+        );
+        per_event.push(us);
+    }
+    per_event.sort_by(f64::total_cmp);
+    println!(
+        "store_writer_cost: {name}, median {:.2} µs/event, best {:.2}",
+        per_event[2], per_event[0]
+    );
+}
+
 #[test]
 #[ignore = "a benchmark: run with --release -- --ignored --nocapture"]
 fn store_writer_cost() {
     let dir = std::env::temp_dir().join(format!("store-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut per_event = Vec::new();
-    for r in 0..5 {
+    five("the backend", || {
         let (cpu, events, stored) = round(&dir);
-        let us = cpu.as_secs_f64() * 1e6 / events as f64;
-        println!(
-            "round {r}: {events} events, {:.1} MB stored, writer CPU {:.0} ms = {us:.2} µs/event",
-            stored as f64 / 1e6,
-            cpu.as_secs_f64() * 1e3
-        );
-        per_event.push(us);
-    }
-    per_event.sort_by(f64::total_cmp);
-    println!(
-        "store_writer_cost: the backend, median {:.2} µs/event, best {:.2}",
-        per_event[2], per_event[0]
-    );
-    let mut per_event = Vec::new();
-    for r in 0..5 {
+        (
+            cpu,
+            events,
+            format!(", {:.1} MB stored", stored as f64 / 1e6),
+        )
+    });
+    five("the whole store", || {
         let (cpu, events) = whole(&dir);
-        let us = cpu.as_secs_f64() * 1e6 / events as f64;
-        println!(
-            "whole store, round {r}: writer thread {:.0} ms = {us:.2} µs/event",
-            cpu.as_secs_f64() * 1e3
-        );
-        per_event.push(us);
-    }
-    per_event.sort_by(f64::total_cmp);
-    println!(
-        "store_writer_cost: the whole store, median {:.2} µs/event, best {:.2}",
-        per_event[2], per_event[0]
-    );
+        (cpu, events, String::new())
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
