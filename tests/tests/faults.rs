@@ -178,5 +178,13 @@ async fn sigterm_under_load_interrupts_every_run_and_closes_every_client() {
         assert!(t0.elapsed() < Duration::from_secs(7), "host did not exit");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success());
+    // On failure, say how and when it ended, and what the host said on the way out.
+    let log = host.proc.stderr_text();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    assert!(
+        status.success(),
+        "host exited with {status} {:?} after SIGTERM; the end of its log:\n{}",
+        t0.elapsed(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
 }

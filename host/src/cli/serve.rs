@@ -96,6 +96,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     describe_auth(&args, tokens);
     server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
+    tracing::info!("connections closed; finishing");
     mcp_stop.cancel();
     // The spans of the runs that just ended go out before we exit.
     tokio::task::spawn_blocking(move || telemetry.shutdown())
@@ -103,9 +104,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .ok();
     if let Some(d) = store {
         // What the interrupted runs wrote last (their ends) is in the store before we exit.
-        tokio::task::spawn_blocking(move || d.flush_blocking(Duration::from_secs(10)))
-            .await
-            .ok();
+        // Logged with its time, so a slow store at shutdown is seen for what it is.
+        let t0 = std::time::Instant::now();
+        let flushed =
+            tokio::task::spawn_blocking(move || d.flush_blocking(Duration::from_secs(10)))
+                .await
+                .unwrap_or(false);
+        let ms = t0.elapsed().as_millis() as u64;
+        if flushed {
+            tracing::info!(ms, "session store: last writes committed");
+        } else {
+            tracing::warn!(
+                ms,
+                "session store: the last writes were not confirmed; they may be lost"
+            );
+        }
     }
     println!("Stopped.");
     Ok(())
