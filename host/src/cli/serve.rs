@@ -95,7 +95,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         p = local.port(),
     );
     describe_auth(&args, tokens);
-    server::run(listener, gateway, shutdown_signal(shutdown_timeout)).await;
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    server::run(
+        listener,
+        gateway,
+        shutdown_signal(shutdown_timeout, signalled.clone()),
+    )
+    .await;
     tracing::info!("connections closed; finishing");
     mcp_stop.cancel();
     // The spans of the runs that just ended go out before we exit.
@@ -105,18 +111,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(d) = store {
         // What the interrupted runs wrote last (their ends) is in the store before we exit.
         // Logged with its time, so a slow store at shutdown is seen for what it is.
+        // Within the shutdown's bound: the watchdog ends the process --shutdown-timeout + 1 s
+        // after the signal; the store gets what is left of that, less a margin.
         let t0 = std::time::Instant::now();
-        let flushed =
-            tokio::task::spawn_blocking(move || d.flush_blocking(Duration::from_secs(10)))
-                .await
-                .unwrap_or(false);
+        let left = signalled
+            .get()
+            .map_or(Duration::from_secs(10), |at: &std::time::Instant| {
+                (*at + shutdown_timeout + Duration::from_millis(750)).saturating_duration_since(t0)
+            });
+        let flushed = tokio::task::spawn_blocking(move || {
+            d.flush_blocking(left.min(Duration::from_secs(10)))
+        })
+        .await
+        .unwrap_or(false);
         let ms = t0.elapsed().as_millis() as u64;
         if flushed {
             tracing::info!(ms, "session store: last writes committed");
         } else {
             tracing::warn!(
                 ms,
-                "session store: the last writes were not confirmed; they may be lost"
+                "session store: the last writes were not confirmed within the shutdown's bound; \
+                 they may be lost (a resume closes those turns as host_lost)"
             );
         }
     }
@@ -360,8 +375,12 @@ fn raise_fd_limit() -> u64 {
 /// Completes on the first SIGTERM/SIGINT. From then on, a second signal exits at once, and a
 /// watchdog exits `shutdown_timeout` + 1 s later whatever is still running (graceful shutdown is
 /// bounded by the same timeout; this is the backstop for anything that is not).
-async fn shutdown_signal(shutdown_timeout: Duration) {
+async fn shutdown_signal(
+    shutdown_timeout: Duration,
+    signalled: Arc<std::sync::OnceLock<std::time::Instant>>,
+) {
     wait_for_signal().await;
+    let _ = signalled.set(std::time::Instant::now());
     tracing::info!(
         "Shutting down (at most {} s; send the signal again to stop at once)",
         shutdown_timeout.as_secs()

@@ -16,6 +16,8 @@ use super::{Backend, Op, StoreError, FLUSH_EVERY};
 use crate::backoff::Backoff;
 
 /// First retry after a failed write, and the longest wait between retries.
+/// A batch (write and periodic work) slower than this is logged.
+const SLOW: Duration = Duration::from_millis(500);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Ops whose room the writer keeps between batches (64 bytes each).
@@ -42,6 +44,7 @@ pub(crate) fn spawn(
                 retry_at: None,
                 backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
                 outage: None,
+                slow_logged: None,
             }
             .run()
         })
@@ -68,6 +71,8 @@ struct Writer<B: Backend> {
     retry_at: Option<Instant>,
     backoff: Backoff,
     outage: Option<Outage>,
+    /// When a slow batch was last logged (at most one line per [`SUMMARY_EVERY`]).
+    slow_logged: Option<Instant>,
 }
 
 impl<B: Backend> Writer<B> {
@@ -94,13 +99,32 @@ impl<B: Backend> Writer<B> {
             }
             self.drain();
             self.state.urgent.store(false, Ordering::Release);
+            let t0 = Instant::now();
+            let ops = self.pending.len();
             if self.retry_at.is_none_or(|at| Instant::now() >= at) {
                 self.attempt();
             }
+            let t1 = Instant::now();
             if self.outage.is_none() {
                 if let Err(e) = self.backend.tick() {
                     tracing::debug!(error = %e, "session store: periodic work failed");
                 }
+            }
+            // A slow store is said (an acknowledgement waits on it), with where the time went;
+            // at most once per SUMMARY_EVERY.
+            if t0.elapsed() >= SLOW
+                && self
+                    .slow_logged
+                    .is_none_or(|at| at.elapsed() >= SUMMARY_EVERY)
+            {
+                self.slow_logged = Some(Instant::now());
+                tracing::warn!(
+                    store = %self.state.name,
+                    ops,
+                    write_ms = (t1 - t0).as_millis() as u64,
+                    periodic_ms = t1.elapsed().as_millis() as u64,
+                    "session store: a batch took long"
+                );
             }
         }
     }
