@@ -109,34 +109,40 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .ok();
     if let Some(d) = store {
-        // What the interrupted runs wrote last (their ends) is in the store before we exit.
-        // Logged with its time, so a slow store at shutdown is seen for what it is.
-        // Within the shutdown's bound: the watchdog ends the process --shutdown-timeout + 1 s
-        // after the signal; the store gets what is left of that, less a margin.
-        let t0 = std::time::Instant::now();
-        let left = signalled
-            .get()
-            .map_or(Duration::from_secs(10), |at: &std::time::Instant| {
-                (*at + shutdown_timeout + Duration::from_millis(750)).saturating_duration_since(t0)
-            });
-        let flushed = tokio::task::spawn_blocking(move || {
-            d.flush_blocking(left.min(Duration::from_secs(10)))
-        })
-        .await
-        .unwrap_or(false);
-        let ms = t0.elapsed().as_millis() as u64;
-        if flushed {
-            tracing::info!(ms, "session store: last writes committed");
-        } else {
-            tracing::warn!(
-                ms,
-                "session store: the last writes were not confirmed within the shutdown's bound; \
-                 they may be lost (a resume closes those turns as host_lost)"
-            );
-        }
+        last_commit(d, signalled.get().copied(), shutdown_timeout).await;
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// What the interrupted runs wrote last (their ends) is committed before we exit — within the
+/// shutdown's bound: the watchdog ends the process `--shutdown-timeout` + 1 s after the signal
+/// (`signalled`), so the store gets what is left of that, less a margin. Logged with its time,
+/// so a slow store at shutdown is seen for what it is.
+async fn last_commit(
+    store: Arc<myagent_host::store::Store>,
+    signalled: Option<std::time::Instant>,
+    shutdown_timeout: Duration,
+) {
+    let t0 = std::time::Instant::now();
+    let left = signalled.map_or(Duration::from_secs(10), |at| {
+        (at + shutdown_timeout + Duration::from_millis(750)).saturating_duration_since(t0)
+    });
+    let flushed = tokio::task::spawn_blocking(move || {
+        store.flush_blocking(left.min(Duration::from_secs(10)))
+    })
+    .await
+    .unwrap_or(false);
+    let ms = t0.elapsed().as_millis() as u64;
+    if flushed {
+        tracing::info!(ms, "session store: last writes committed");
+    } else {
+        tracing::warn!(
+            ms,
+            "session store: the last writes were not confirmed within the shutdown's bound; \
+             they may be lost (a resume closes those turns as host_lost)"
+        );
+    }
 }
 
 /// Loads every plugin named (in order) and says what each serves; two agents of one name are
