@@ -14,16 +14,22 @@ fn start(llm: &FakeLlm, store: &Path, extra: &[&str]) -> Host {
     Host::start(&plugin_lib("testkit_agent"), llm, &args)
 }
 
+/// A new store in its own directory, a fake model, and a host on both.
+fn fresh(name: &str) -> (TempDir, std::path::PathBuf, FakeLlm, Host) {
+    let dir = TempDir::new(name);
+    let store = dir.path().join("sessions.db");
+    let llm = FakeLlm::start();
+    let host = start(&llm, &store, &[]);
+    (dir, store, llm, host)
+}
+
 async fn resume(host: &Host, sid: &str, token: &str, last_seq: u64) -> (Client, Value) {
     Client::resume(&host.ws_url(), sid, token, last_seq).await
 }
 
 #[tokio::test]
 async fn a_session_survives_kill_9_and_its_history_reaches_the_model() {
-    let dir = TempDir::new("durable");
-    let store = dir.path().join("sessions.db");
-    let llm = FakeLlm::start();
-    let host = start(&llm, &store, &[]);
+    let (_dir, store, llm, host) = fresh("durable");
     assert!(host.proc.stdout_text().contains("Sessions: stored in"));
     let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
     llm.script(json!([{"text": "Noted: your name is Ada."}]));
@@ -70,10 +76,7 @@ async fn a_session_survives_kill_9_and_its_history_reaches_the_model() {
 /// a kill -9 and a restart, a client resuming from 0 gets every event exactly as sent live.
 #[tokio::test]
 async fn replayed_events_after_a_restart_are_the_events_sent_live() {
-    let dir = TempDir::new("durable-replay");
-    let store = dir.path().join("sessions.db");
-    let llm = FakeLlm::start();
-    let host = start(&llm, &store, &[]);
+    let (_dir, store, llm, host) = fresh("durable-replay");
     let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
     c.ask(&sid, "bench:300@0").await;
     c.until("agent.ready").await;
@@ -123,10 +126,7 @@ async fn replayed_events_after_a_restart_are_the_events_sent_live() {
 
 #[tokio::test]
 async fn a_turn_cut_by_the_hosts_death_is_closed_as_interrupted_on_resume() {
-    let dir = TempDir::new("durable-lost");
-    let store = dir.path().join("sessions.db");
-    let llm = FakeLlm::start();
-    let host = start(&llm, &store, &[]);
+    let (_dir, store, llm, host) = fresh("durable-lost");
     let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
     llm.script(json!([{"text": "a long answer ".repeat(100), "chunk_chars": 4, "delay_ms": 30}]));
     c.ask(&sid, "Tell me a long story.").await;
@@ -167,10 +167,7 @@ async fn a_turn_cut_by_the_hosts_death_is_closed_as_interrupted_on_resume() {
 
 #[tokio::test]
 async fn what_a_crash_loses_is_bounded_by_the_flush_interval() {
-    let dir = TempDir::new("durable-bound");
-    let store = dir.path().join("sessions.db");
-    let llm = FakeLlm::start();
-    let host = start(&llm, &store, &[]);
+    let (_dir, store, llm, host) = fresh("durable-bound");
     let (mut c, sid, token) = Client::with_session(&host.ws_url()).await;
     llm.script(json!([{"text": "x".repeat(2000), "chunk_chars": 1, "delay_ms": 2}]));
     c.ask(&sid, "stream").await;
