@@ -61,10 +61,10 @@ fn split<'a>(frame: &'a str, id: &str, seq: u64) -> Option<(&'a str, &'a str)> {
     if ts.is_empty() || ts.starts_with(SHORT) || memchr::memchr(b'{', ts.as_bytes()).is_some() {
         return None;
     }
-    let mut digits = [0u8; 20];
+    let mut digits = itoa::Buffer::new();
     let head = body[..at]
         .strip_suffix(TIMESTAMP)?
-        .strip_suffix(decimal(seq, &mut digits))?
+        .strip_suffix(digits.format(seq))?
         .strip_suffix(SEQ)?
         .strip_suffix(id)?
         .strip_suffix(SESSION)?;
@@ -83,8 +83,8 @@ fn ditto(out: &mut String, h0: &str, t0: &str, head: &str, ts: &str) -> bool {
     header[0] = DITTO as u8;
     let mut at = 1;
     for (i, n) in [p, s, t, rest.len()].into_iter().enumerate() {
-        let mut digits = [0u8; 20];
-        let d = decimal(n as u64, &mut digits).as_bytes();
+        let mut digits = itoa::Buffer::new();
+        let d = digits.format(n).as_bytes();
         header[at..at + d.len()].copy_from_slice(d);
         header[at + d.len()] = if i == 3 { b'|' } else { b',' };
         at += d.len() + 1;
@@ -156,25 +156,10 @@ fn word(b: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// `n` in decimal, written at the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // SAFETY: only ASCII digits were written (a line is encoded per event: no check).
-    unsafe { std::str::from_utf8_unchecked(&buf[at..]) }
-}
-
 /// The frame from its head, its session, seq and timestamp.
 fn rebuild(head: &str, ts: &str, id: &str, seq: u64) -> String {
-    let mut digits = [0u8; 20];
-    let seq = decimal(seq, &mut digits);
+    let mut digits = itoa::Buffer::new();
+    let seq = digits.format(seq);
     let parts = [head, SESSION, id, SEQ, seq, TIMESTAMP, ts, END];
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for part in parts {
@@ -248,6 +233,34 @@ impl Reader {
         self.ts = ts;
         true
     }
+}
+
+/// A streamed piece's frame as the session's encoder writes it (its fields in its order), for
+/// the tests and the store's benchmark.
+#[cfg(test)]
+pub(crate) fn piece(id: &str, seq: u64, content: &str, timestamp: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Step {
+        step: u32,
+    }
+    #[derive(serde::Serialize)]
+    struct Piece<'a> {
+        event: &'a str,
+        content: &'a str,
+        metadata: Step,
+        session_id: &'a str,
+        seq: u64,
+        timestamp: &'a str,
+    }
+    let p = Piece {
+        event: "agent.partial_answer",
+        content,
+        metadata: Step { step: 1 },
+        session_id: id,
+        seq,
+        timestamp,
+    };
+    serde_json::to_string(&p).unwrap_or_default()
 }
 
 #[cfg(test)]

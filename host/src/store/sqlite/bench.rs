@@ -34,14 +34,15 @@ fn thread_cpu() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// A streamed piece's frame as the session's encoder writes it.
+/// A streamed piece's frame, its content and timestamp moving on with the clock.
 fn piece(id: &str, seq: u64, at: Instant) -> Utf8Bytes {
     let ms = at.elapsed().as_millis() as u64 + 1_796_297_071_649;
-    Utf8Bytes::from(format!(
-        "{{\"event\":\"agent.partial_answer\",\"content\":\"~{ms}{seq:03}|\",\"metadata\":{{\"step\":1}},\
-         \"session_id\":\"{id}\",\"seq\":{seq},\"timestamp\":\"2026-12-03T11:24:{:02}.{:03}Z\"}}",
-        ms / 1000 % 60,
-        ms % 1000
+    let ts = format!("2026-12-03T11:24:{:02}.{:03}Z", ms / 1000 % 60, ms % 1000);
+    Utf8Bytes::from(super::super::line::piece(
+        id,
+        seq,
+        &format!("~{ms}{seq:03}|"),
+        &ts,
     ))
 }
 
