@@ -15,9 +15,9 @@ use super::health::State;
 use super::{Backend, Op, StoreError, FLUSH_EVERY};
 use crate::backoff::Backoff;
 
-/// First retry after a failed write, and the longest wait between retries.
 /// A batch (write and periodic work) slower than this is logged.
 const SLOW: Duration = Duration::from_millis(500);
+/// First retry after a failed write, and the longest wait between retries.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Ops whose room the writer keeps between batches (64 bytes each).
