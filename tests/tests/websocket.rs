@@ -333,7 +333,7 @@ async fn health_and_metrics() {
     let host = Host::start(&plugin_lib("weather_agent"), &llm, &[]);
     let (mut c, sid, _) = Client::with_session(&host.ws_url()).await;
     c.ask(&sid, "weather in Oslo").await;
-    c.until("agent.final_answer").await;
+    c.until("agent.ready").await;
     let health: serde_json::Value = serde_json::from_str(&host.http("/health")).unwrap();
     assert_eq!(health["status"], "healthy");
     assert!(health["timestamp"]
@@ -353,6 +353,11 @@ async fn health_and_metrics() {
         assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
     }
     assert!(metrics.contains("myagent_llm_call_seconds_count 2"));
+    // Every event of the session's log the client got is counted as sent, streamed pieces
+    // included (they are counted when their model read is handed to the connection).
+    let numbered = c.seen.iter().filter(|e| e["seq"].is_u64()).count() as u64;
+    assert!(c.seen.iter().any(|e| e["event"] == "agent.partial_answer"));
+    assert_eq!(host.metric("myagent_events_sent_total"), numbered);
 }
 
 #[tokio::test]

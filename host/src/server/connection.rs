@@ -317,14 +317,12 @@ async fn write_batch(
     sink: &mut Sink,
     out: &Outbox,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let mut n = 0;
-    while n < 64 {
-        let Some(t) = out.pop() else { break };
+    let (batch, more) = out.take(64);
+    for t in batch {
         sink.feed(Message::Text(t)).await?;
-        n += 1;
     }
     sink.flush().await?;
-    if !out.is_empty() {
+    if more {
         out.wake.notify_one();
     }
     Ok(())

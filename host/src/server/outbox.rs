@@ -62,6 +62,22 @@ impl Outbox {
         t
     }
 
+    /// Takes up to `n` queued frames under one lock (the connection's writer takes a batch at a
+    /// time: one lock round trip with the sessions' pushes instead of one a frame), and whether
+    /// more are left.
+    pub fn take(&self, n: usize) -> (Vec<Utf8Bytes>, bool) {
+        let mut q = self.lock();
+        let k = n.min(q.items.len());
+        let batch: Vec<Utf8Bytes> = q.items.drain(..k).collect();
+        q.replay = q.replay.saturating_sub(k);
+        let more = !q.items.is_empty();
+        if !more && q.items.capacity() > 64 {
+            // A burst is over: give its memory back.
+            q.items = VecDeque::new();
+        }
+        (batch, more)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.lock().items.is_empty()
     }
@@ -165,8 +181,14 @@ mod tests {
         assert!(out.wake.notified().now_or_never().is_some());
         handle.send("c".into());
         assert!(out.wake.notified().now_or_never().is_some());
-        let got: Vec<Utf8Bytes> = std::iter::from_fn(|| out.pop()).collect();
-        assert_eq!(got, ["a", "b", "c"]);
+        assert_eq!(out.take(2), (vec!["a".into(), "b".into()], true));
+        assert_eq!(out.take(64), (vec!["c".into()], false));
+        assert_eq!(out.take(64), (vec![], false));
+        // Replayed frames do not count against the cap while queued, and stop counting once
+        // taken.
+        handle.send_batch(vec!["r1".into(), "r2".into(), "r3".into()]);
+        assert_eq!(out.take(3).0.len(), 3);
+        assert!(!out.is_slow());
         // Past the cap, the writer is woken at once to close a slow client.
         for _ in 0..9 {
             handle.push("x".into());

@@ -433,7 +433,6 @@ impl ServerEvent {
 
     /// Appends the event's JSON object to `out` (see [`ServerEvent::encode`]).
     fn encode_into(&self, out: &mut BytesMut, session_id: Option<Option<&str>>, seq: Option<u64>) {
-        use std::io::Write;
         let start = out.len();
         // Serializing strings, numbers and `Value`s into memory cannot fail.
         let _ = serde_json::to_writer(Append(out), self);
@@ -451,7 +450,8 @@ impl ServerEvent {
             }
         }
         if let Some(seq) = seq {
-            let _ = write!(Append(out), ",\"seq\":{seq}");
+            out.extend_from_slice(b",\"seq\":");
+            out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         }
         out.extend_from_slice(b",\"timestamp\":\"");
         out.extend_from_slice(Timestamp::now().as_str().as_bytes());

@@ -33,8 +33,9 @@ pub struct ReplayBudget {
 }
 
 impl ReplayBudget {
-    fn over(&self) -> bool {
-        self.metrics.replay_bytes.get() > self.limit as u64
+    /// Whether the total is over the limit once `pending` bytes (not yet added) are counted.
+    fn over_with(&self, pending: i64) -> bool {
+        self.metrics.replay_bytes.get() as i64 + pending > self.limit as i64
     }
 }
 
@@ -97,8 +98,9 @@ pub struct Session {
 
 struct Inner {
     owner: Option<Sub>,
-    /// Frames were queued for the owner without waking it: [`Session::wake`] will.
-    unwoken: bool,
+    /// Frames queued for the owner without waking it: [`Session::wake`] will, and counts them
+    /// as sent then (one update of the host-wide counter for a model read's pieces).
+    unwoken: u64,
     /// Where a run's streamed pieces are encoded ([`ServerEvent::frame_in_arena`]); emptied
     /// when the run ends, so an idle session holds no spare block.
     arena: bytes::BytesMut,
@@ -185,7 +187,7 @@ impl Session {
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
-            unwoken: false,
+            unwoken: 0,
             arena: bytes::BytesMut::new(),
             seq: 0,
             replay: VecDeque::new(),
@@ -412,12 +414,18 @@ impl Session {
             return; // sent by `release`
         }
         if let Some(owner) = &inner.owner {
-            inner.unwoken = quiet;
             match quiet {
-                true => owner.push(text),
-                false => owner.send(text),
+                true => {
+                    owner.push(text);
+                    inner.unwoken += 1;
+                }
+                false => {
+                    owner.send(text);
+                    metrics
+                        .events_sent
+                        .add(1 + std::mem::take(&mut inner.unwoken));
+                }
             }
-            metrics.events_sent.inc();
         }
     }
 

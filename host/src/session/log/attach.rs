@@ -21,7 +21,7 @@ impl Session {
     /// Wakes the client's writer for pieces [`Session::emit_streamed`] queued.
     pub fn wake(&self) {
         let mut inner = self.lock();
-        wake_owner(&mut inner);
+        wake_owner(&mut inner, &self.budget.metrics);
     }
 
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
@@ -30,7 +30,7 @@ impl Session {
         if inner.owner.as_ref().map(|o| o.id()) != Some(conn_id) {
             return None;
         }
-        wake_owner(&mut inner);
+        wake_owner(&mut inner, &self.budget.metrics);
         inner.owner = None;
         inner.epoch += 1;
         Some(inner.epoch)
@@ -84,7 +84,7 @@ impl Session {
         };
         send_about(&*conn, Some(&self.id), &header);
         conn.send_batch(missed);
-        wake_owner(&mut inner);
+        wake_owner(&mut inner, &self.budget.metrics);
         inner.owner = Some(conn);
         if recovered {
             ResumeOutcome::Recovered
@@ -95,10 +95,12 @@ impl Session {
 }
 
 /// Wakes the owner's writer if frames were queued for it quietly.
-fn wake_owner(inner: &mut Inner) {
-    if std::mem::take(&mut inner.unwoken) {
+fn wake_owner(inner: &mut Inner, metrics: &Metrics) {
+    let queued = std::mem::take(&mut inner.unwoken);
+    if queued > 0 {
         if let Some(owner) = &inner.owner {
             owner.wake();
+            metrics.events_sent.add(queued);
         }
     }
 }

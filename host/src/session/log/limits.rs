@@ -55,16 +55,24 @@ impl Session {
     pub(super) fn keep_for_replay(&self, inner: &mut Inner, seq: u64, text: Utf8Bytes) {
         let cost = text.len() + EVENT_OVERHEAD;
         inner.replay_bytes += cost;
-        self.budget.metrics.replay_bytes.add(cost as u64);
         inner.replay.push_back((seq, text));
-        while (inner.replay_bytes > self.replay_cap_bytes || self.budget.over())
+        // The host-wide gauge moves once an event, by what was kept less what was dropped (it
+        // is shared by every session: one atomic operation, not two).
+        let mut freed = 0;
+        while (inner.replay_bytes > self.replay_cap_bytes
+            || self.budget.over_with(cost as i64 - freed as i64))
             && inner.replay.len() > 1
         {
             if let Some((_, old)) = inner.replay.pop_front() {
-                let freed = old.len() + EVENT_OVERHEAD;
-                inner.replay_bytes -= freed;
-                self.budget.metrics.replay_bytes.sub(freed as u64);
+                let n = old.len() + EVENT_OVERHEAD;
+                inner.replay_bytes -= n;
+                freed += n;
             }
+        }
+        let gauge = &self.budget.metrics.replay_bytes;
+        match cost >= freed {
+            true => gauge.add((cost - freed) as u64),
+            false => gauge.sub((freed - cost) as u64),
         }
     }
 }
