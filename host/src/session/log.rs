@@ -136,6 +136,11 @@ struct Inner {
     pub(super) updated: i64,
     /// Deleted (closed, or `user.delete_session`): nothing more of it is written to the store.
     pub(super) unstored: bool,
+    /// Events not yet handed to the store, one a line, and the first one's seq: a model read's
+    /// streamed pieces go to the store's writer as one op, with the wake that sends them to the
+    /// client ([`Session::wake`]); any other event goes at once, with them.
+    to_store: String,
+    to_store_first: u64,
 }
 
 impl Drop for Session {
@@ -205,6 +210,8 @@ impl Session {
             updated: identity.listing.created,
             listing: identity.listing,
             unstored: false,
+            to_store: String::new(),
+            to_store_first: 0,
         };
         let Identity {
             id,
@@ -406,10 +413,20 @@ impl Session {
             );
             text = error.frame_in_session(&self.id, seq);
         }
-        self.keep_for_replay(inner, seq, text.clone());
-        if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
-            d.event(&self.shared_id, seq, &text);
+        if self.store.is_some() && !inner.unstored {
+            if inner.to_store.is_empty() {
+                // Sized to what it holds (grown as pieces join): a paced stream's read is one
+                // piece, and thousands of these wait for the writer's tick each second.
+                inner.to_store_first = seq;
+            } else {
+                inner.to_store.push('\n');
+            }
+            inner.to_store.push_str(&text);
+            if !quiet {
+                self.hand_to_store(inner);
+            }
         }
+        self.keep_for_replay(inner, seq, text.clone());
         if inner.withheld_from.is_some() {
             return; // sent by `release`
         }
@@ -426,6 +443,17 @@ impl Session {
                         .add(1 + std::mem::take(&mut inner.unwoken));
                 }
             }
+        }
+    }
+
+    /// Hands the events gathered in [`Inner::to_store`] to the store.
+    fn hand_to_store(&self, inner: &mut Inner) {
+        if inner.to_store.is_empty() {
+            return;
+        }
+        let frames = std::mem::take(&mut inner.to_store);
+        if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
+            d.events(&self.shared_id, inner.to_store_first, frames);
         }
     }
 

@@ -168,7 +168,6 @@ pub(crate) fn strip_resume_tokens(frames: &str) -> Option<String> {
 mod tests {
     use super::super::Created;
     use super::*;
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     #[test]
     fn resume_tokens_are_stripped_from_stored_frames() {
@@ -182,10 +181,10 @@ mod tests {
 
     #[test]
     fn a_session_made_and_closed_within_one_batch_costs_one_delete() {
-        let ev = |id: &str, seq| Op::Event {
+        let ev = |id: &str, seq| Op::Events {
             id: Arc::from(id),
-            seq,
-            frame: Utf8Bytes::from("{}"),
+            first: seq,
+            frames: "{}".into(),
         };
         let mut batch = vec![
             Op::Create(Box::new(Created {
@@ -210,7 +209,7 @@ mod tests {
             .iter()
             .map(|op| match op {
                 Op::Delete { id, .. } => format!("delete {id}"),
-                Op::Event { id, seq, .. } => format!("event {id} {seq}"),
+                Op::Events { id, first, .. } => format!("event {id} {first}"),
                 _ => "other".into(),
             })
             .collect();

@@ -40,7 +40,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use health::State;
 pub use health::StoreHealth;
@@ -259,8 +258,10 @@ impl Store {
         let size = op.size();
         // Past the buffer bound, streamed events are the first to go (counted); records are
         // always handed over (the writer's bound drops them last).
-        if matches!(op, Op::Event { .. }) && self.state.over_bound(size) {
-            self.state.dropped_events.fetch_add(1, Ordering::Relaxed);
+        if matches!(op, Op::Events { .. }) && self.state.over_bound(size) {
+            self.state
+                .dropped_events
+                .fetch_add(op.events(), Ordering::Relaxed);
             return;
         }
         self.state.queued(size);
@@ -310,12 +311,13 @@ impl Store {
         }
     }
 
-    /// An event of the session's log (the id and the frame are shared, not copied).
-    pub fn event(&self, id: &Arc<str>, seq: u64, frame: &Utf8Bytes) {
-        self.send(Op::Event {
+    /// Consecutive events of the session's log, one a line, the first numbered `first` (a
+    /// session gathers a model read's events and hands them over at once: [`Op::Events`]).
+    pub fn events(&self, id: &Arc<str>, first: u64, frames: String) {
+        self.send(Op::Events {
             id: id.clone(),
-            seq,
-            frame: frame.clone(),
+            first,
+            frames,
         });
     }
 

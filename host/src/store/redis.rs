@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::batch::Chunks;
+use super::batch::{Chunk, Chunks};
 use super::{Backend, Created, Op, StoreError, TurnEnded, TurnStarted};
 
 mod stream;
@@ -216,9 +216,11 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 create(&mut p, c, ttl, host);
                 touched.insert(&c.id);
             }
-            Op::Event { id, seq, frame } => {
-                if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
-                    xadd(&mut p, &earlier);
+            Op::Events { id, first, frames } => {
+                for (seq, frame) in Chunk::events(*first, frames) {
+                    if let Some(earlier) = chunks.add(id, seq, frame) {
+                        xadd(&mut p, &earlier);
+                    }
                 }
                 touched.insert(id);
             }

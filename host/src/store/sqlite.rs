@@ -382,10 +382,12 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 .execute(params![id, token_hash, settings, at / 1000, client, owner, agent, at])?;
                 applied.sessions += 1;
             }
-            Op::Event { id, seq, frame } => {
-                if let Some(earlier) = chunks.add(id, *seq, frame.as_str()) {
-                    write_chunk(&tx, &earlier)?;
-                    applied.chunks.push((earlier.id, earlier.frames.len()));
+            Op::Events { id, first, frames } => {
+                for (seq, frame) in Chunk::events(*first, frames) {
+                    if let Some(earlier) = chunks.add(id, seq, frame) {
+                        write_chunk(&tx, &earlier)?;
+                        applied.chunks.push((earlier.id, earlier.frames.len()));
+                    }
                 }
             }
             Op::TurnStart(t) => {

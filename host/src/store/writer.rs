@@ -179,13 +179,13 @@ impl<B: Backend> Writer<B> {
                 if excess == 0 || matches!(op, Op::Ack(_)) {
                     return true;
                 }
-                let is_event = matches!(op, Op::Event { .. });
+                let is_event = matches!(op, Op::Events { .. });
                 if events_only && !is_event {
                     return true;
                 }
                 excess = excess.saturating_sub(op.size());
                 if is_event {
-                    events += 1;
+                    events += op.events();
                 } else {
                     records += 1;
                 }
@@ -292,7 +292,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex as StdMutex};
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     /// A backend that fails while `down` and records what it applied.
     struct Flaky {
@@ -309,7 +308,11 @@ mod tests {
             for op in batch {
                 match op {
                     Op::Create(c) => a.push(format!("create {}", c.id)),
-                    Op::Event { id, seq, .. } => a.push(format!("event {id} {seq}")),
+                    Op::Events { id, first, frames } => {
+                        for (seq, _) in crate::store::batch::Chunk::events(*first, frames) {
+                            a.push(format!("event {id} {seq}"));
+                        }
+                    }
                     Op::TurnEnd(t) => a.push(format!("end {}", t.id)),
                     _ => {}
                 }
@@ -340,10 +343,10 @@ mod tests {
     }
 
     fn event(seq: u64, bytes: usize) -> Op {
-        Op::Event {
+        Op::Events {
             id: Arc::from("s"),
-            seq,
-            frame: Utf8Bytes::from("x".repeat(bytes)),
+            first: seq,
+            frames: "x".repeat(bytes),
         }
     }
 

@@ -22,6 +22,7 @@ impl Session {
     pub fn wake(&self) {
         let mut inner = self.lock();
         wake_owner(&mut inner, &self.budget.metrics);
+        self.hand_to_store(&mut inner);
     }
 
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.

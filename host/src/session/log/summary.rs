@@ -56,7 +56,9 @@ impl Session {
     /// The session is deleted from the store: what its ending run still writes (its last
     /// events, its turn's end) would leave rows of a session that no longer exists.
     pub fn unstore(&self) {
-        self.lock().unstored = true;
+        let mut inner = self.lock();
+        inner.unstored = true;
+        inner.to_store = String::new();
     }
 
     /// The session's list entry as this host has it now.

@@ -13,8 +13,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
 use super::super::FLUSH_EVERY;
 use super::*;
 
@@ -35,15 +33,10 @@ fn thread_cpu() -> Duration {
 }
 
 /// A streamed piece's frame, its content and timestamp moving on with the clock.
-fn piece(id: &str, seq: u64, at: Instant) -> Utf8Bytes {
+fn piece(id: &str, seq: u64, at: Instant) -> String {
     let ms = at.elapsed().as_millis() as u64 + 1_796_297_071_649;
     let ts = format!("2026-12-03T11:24:{:02}.{:03}Z", ms / 1000 % 60, ms % 1000);
-    Utf8Bytes::from(super::super::line::piece(
-        id,
-        seq,
-        &format!("~{ms}{seq:03}|"),
-        &ts,
-    ))
+    super::super::line::piece(id, seq, &format!("~{ms}{seq:03}|"), &ts)
 }
 
 fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
@@ -80,10 +73,10 @@ fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
             }
             let frame = piece(id, seq, t0);
             if let Some(b) = batches.last_mut() {
-                b.push(Op::Event {
+                b.push(Op::Events {
                     id: id.clone(),
-                    seq,
-                    frame,
+                    first: seq,
+                    frames: frame,
                 });
             }
         }
@@ -169,15 +162,15 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
     }
     rt.block_on(store.commit()).unwrap();
     let t0 = Instant::now();
-    let frames: Vec<Vec<Utf8Bytes>> = (2..PIECES + 2)
+    let frames: Vec<Vec<String>> = (2..PIECES + 2)
         .map(|seq| ids.iter().map(|id| piece(id, seq, t0)).collect())
         .collect();
     let cpu = named_thread_cpu("session-store");
     let mut sent = 0;
     let mut next = Instant::now();
-    for (seq, row) in (2..).zip(&frames) {
+    for (seq, row) in (2..).zip(frames) {
         for (id, frame) in ids.iter().zip(row) {
-            store.event(id, seq, frame);
+            store.events(id, seq, frame);
             sent += 1;
             if sent % PER_BATCH == 0 {
                 next += FLUSH_EVERY;
