@@ -141,6 +141,9 @@ struct Inner {
     /// client ([`Session::wake`]); any other event goes at once, with them.
     to_store: String,
     to_store_first: u64,
+    /// The size of the last hand-over: the next one starts with that much room (a model read
+    /// is about as long as the one before), so it is not grown piece by piece.
+    to_store_room: usize,
 }
 
 impl Drop for Session {
@@ -212,6 +215,7 @@ impl Session {
             unstored: false,
             to_store: String::new(),
             to_store_first: 0,
+            to_store_room: 0,
         };
         let Identity {
             id,
@@ -415,9 +419,10 @@ impl Session {
         }
         if self.store.is_some() && !inner.unstored {
             if inner.to_store.is_empty() {
-                // Sized to what it holds (grown as pieces join): a paced stream's read is one
-                // piece, and thousands of these wait for the writer's tick each second.
+                // Sized like the last one (a paced stream's read is one piece, and thousands of
+                // these wait for the writer's tick each second: not a fixed block).
                 inner.to_store_first = seq;
+                inner.to_store.reserve(text.len().max(inner.to_store_room));
             } else {
                 inner.to_store.push('\n');
             }
@@ -452,6 +457,7 @@ impl Session {
             return;
         }
         let frames = std::mem::take(&mut inner.to_store);
+        inner.to_store_room = frames.len() + frames.len() / 8;
         if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
             d.events(&self.shared_id, inner.to_store_first, frames);
         }

@@ -20,7 +20,8 @@ pub(crate) struct CompareArgs {
     /// Sessions in the paced (latency) run, 50 tokens/s each.
     #[arg(long, default_value_t = 1000)]
     pub paced_sessions: usize,
-    /// Rounds (host, floor, host, floor...): the best of each is reported, and each paced round.
+    /// Rounds (host then floor, floor then host, ...): the best of each is reported, the median
+    /// of the rounds' ratios, and each paced round.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
 }
@@ -62,21 +63,33 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     let (mut host_eps, mut floor_eps) = (0f64, 0f64);
     let mut runs = Vec::new();
     for round in 0..a.rounds.max(1) {
-        let (host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
-        let cpu0 = host.cpu_time();
-        let h = run(url, a.sessions, a.tokens, 0).await?;
-        let h_cpu = per_event(host.cpu_time() - cpu0, &h);
-        drop(host);
-        let (floor_proc, furl) = floor(&stack)?;
-        let cpu0 = cpu_time_of(floor_proc.pid());
-        let f = run(furl, a.sessions, a.tokens, 0).await?;
-        let f_cpu = per_event(cpu_time_of(floor_proc.pid()) - cpu0, &f);
-        drop(floor_proc);
+        // Which goes first alternates: the machine's speed drifts within a round too.
+        let floor_first = round % 2 == 1;
+        let (mut h, mut f) = (None, None);
+        for floor_turn in [floor_first, !floor_first] {
+            if floor_turn {
+                let (floor_proc, furl) = floor(&stack)?;
+                let cpu0 = cpu_time_of(floor_proc.pid());
+                let r = run(furl, a.sessions, a.tokens, 0).await?;
+                f = Some((per_event(cpu_time_of(floor_proc.pid()) - cpu0, &r), r));
+            } else {
+                let (host, url) = stack.host("weather_agent", &["--answer-holdback", "0"])?;
+                let cpu0 = host.cpu_time();
+                let r = run(url, a.sessions, a.tokens, 0).await?;
+                h = Some((per_event(host.cpu_time() - cpu0, &r), r));
+            }
+        }
+        let ((h_cpu, h), (f_cpu, f)) = (h.context("host run")?, f.context("floor run")?);
         host_eps = host_eps.max(num(&h, "events_per_sec"));
         floor_eps = floor_eps.max(num(&f, "events_per_sec"));
-        runs.push(json!({"round": round, "host": h, "floor": f,
+        let ratio = num(&h, "events_per_sec") / num(&f, "events_per_sec").max(f64::MIN_POSITIVE);
+        runs.push(json!({"round": round, "host": h, "floor": f, "ratio": ratio,
+            "floor_first": floor_first,
             "host_cpu_us_per_event": h_cpu, "floor_cpu_us_per_event": f_cpu}));
     }
+    let mut round_ratios: Vec<f64> = runs.iter().map(|r| num(r, "ratio")).collect();
+    round_ratios.sort_by(f64::total_cmp);
+    let round_ratio = round_ratios[round_ratios.len() / 2];
     // The server's own CPU time per event (user and kernel, from /proc): what throughput
     // measures when the machine is quiet, without the neighbours' noise in it.
     let mut cpu_ratios: Vec<f64> = runs
@@ -127,12 +140,15 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     for r in &runs {
         let n = |k: &str| num(r, k);
         println!(
-            "  round {}: CPU per event host {:.2} µs, floor {:.2} µs",
+            "  round {} ({} first): host/floor {:.2}; CPU per event host {:.2} µs, floor {:.2} µs",
             r["round"],
+            if r["floor_first"] == true { "floor" } else { "host" },
+            n("ratio"),
             n("host_cpu_us_per_event"),
             n("floor_cpu_us_per_event")
         );
     }
+    println!("  host / floor per round, median = {round_ratio:.2}");
     println!("  floor CPU / host CPU per event = {cpu_ratio:.2} (median of rounds)");
     println!(
         "compare: {} sessions × 50 tokens/s (250 chunks each), p99 host-added latency and the server's CPU time per round:",
@@ -163,6 +179,7 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
     );
     Ok(json!({
         "host_events_per_sec": host_eps, "floor_events_per_sec": floor_eps, "ratio": ratio,
+        "round_ratio": round_ratio,
         "cpu_ratio": cpu_ratio,
         "paced": {"sessions": a.paced_sessions, "host_p99_ms": hp, "floor_p99_ms": fp, "rounds": paced},
         "runs": runs,
