@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub(crate) mod cancel;
 pub mod journal;
 pub mod lines;
 pub mod llm;

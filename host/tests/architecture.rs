@@ -296,6 +296,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("time", 0),
     ("backoff", 0),
+    ("cancel", 0),
     ("private", 0),
     ("lines", 0),
     ("secret", 0),

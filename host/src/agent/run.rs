@@ -397,9 +397,11 @@ async fn call_model(
 ) -> Option<Result<ChatResponse, crate::llm::LlmError>> {
     let span = run.chat(ctx, req);
     let mut on_delta = |d: crate::llm::Delta<'_>| stream.on(d);
+    // Watched, not polled at each of the stream's wakes (`cancel.rs`).
+    let mut cancel = crate::cancel::Watch::new(ctx.cancel);
     let result = tokio::select! {
         biased;
-        _ = ctx.cancel.cancelled() => None,
+        _ = cancel.cancelled() => None,
         r = ctx.model.chat(req, &mut on_delta) => Some(r),
     };
     // Whatever streamed goes out now, however the call ended.

@@ -155,11 +155,13 @@ async fn serve_loop(
     ping.reset();
     let mut last_seen = Instant::now();
     let dead_after = deps.config.ping_interval + deps.config.pong_timeout;
+    // One token for every connection: watched, not polled at each wake (`cancel.rs`).
+    let mut close_all = crate::cancel::Watch::new(&deps.lifecycle.close_all);
     loop {
         let flow = tokio::select! {
             biased;
             // Queued events (e.g. agent.interrupted) are delivered before the close, below.
-            _ = deps.lifecycle.close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
+            _ = close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
             _ = &mut auth_deadline, if !authed => {
                 deps.metrics.connections_refused.inc();
                 tracing::info!(connection_id = %cid, "no token within the authentication deadline");

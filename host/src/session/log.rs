@@ -136,14 +136,9 @@ struct Inner {
     pub(super) updated: i64,
     /// Deleted (closed, or `user.delete_session`): nothing more of it is written to the store.
     pub(super) unstored: bool,
-    /// Events not yet handed to the store, one a line, and the first one's seq: a model read's
-    /// streamed pieces go to the store's writer as one op, with the wake that sends them to the
-    /// client ([`Session::wake`]); any other event goes at once, with them.
-    to_store: String,
-    to_store_first: u64,
-    /// The size of the last hand-over: the next one starts with that much room (a model read
-    /// is about as long as the one before), so it is not grown piece by piece.
-    to_store_room: usize,
+    /// Events not yet handed to the store (`to_store.rs`): a model read's go with the wake
+    /// that sends them to the client ([`Session::wake`]), any other event at once.
+    to_store: to_store::ToStore,
 }
 
 impl Drop for Session {
@@ -213,9 +208,7 @@ impl Session {
             updated: identity.listing.created,
             listing: identity.listing,
             unstored: false,
-            to_store: String::new(),
-            to_store_first: 0,
-            to_store_room: 0,
+            to_store: Default::default(),
         };
         let Identity {
             id,
@@ -278,48 +271,6 @@ impl Session {
     pub fn emit(&self, event: &ServerEvent, metrics: &Metrics) {
         let mut inner = self.lock();
         self.emit_event_locked(&mut inner, event, metrics, false);
-    }
-
-    /// [`Session::emit`], but the event (and any after it) reaches the client only at
-    /// [`Session::release`] — once the store has committed what it acknowledges.
-    pub fn emit_held(&self, event: &ServerEvent, metrics: &Metrics) {
-        let mut inner = self.lock();
-        let next = inner.seq + 1;
-        inner.withheld_from.get_or_insert(next);
-        self.emit_event_locked(&mut inner, event, metrics, false);
-    }
-
-    /// [`Session::emit_held`] for an event whose live form carries a secret (the resume token
-    /// of `agent.session_created`): `logged` is numbered, kept for replay and written to the
-    /// store; the owner receives `live`, with the same `seq`, at [`Session::release`].
-    pub fn emit_held_secret(&self, logged: &ServerEvent, live: &ServerEvent, metrics: &Metrics) {
-        let mut inner = self.lock();
-        let seq = inner.seq + 1;
-        inner.withheld_from.get_or_insert(seq);
-        inner.live_frame = Some((seq, live.frame_in_session(&self.id, seq)));
-        self.emit_event_locked(&mut inner, logged, metrics, false);
-    }
-
-    /// Sends the held-back events (in order) to the owning connection.
-    pub fn release(&self, metrics: &Metrics) {
-        let mut inner = self.lock();
-        let Some(from) = inner.withheld_from.take() else {
-            return;
-        };
-        let live = inner.live_frame.take();
-        let held: Vec<Utf8Bytes> = inner
-            .replay
-            .iter()
-            .filter(|(s, _)| *s >= from)
-            .map(|(s, t)| match &live {
-                Some((at, frame)) if at == s => frame.clone(),
-                _ => t.clone(),
-            })
-            .collect();
-        if let Some(owner) = &inner.owner {
-            metrics.events_sent.add(held.len() as u64);
-            owner.send_batch(held);
-        }
     }
 
     /// [`Session::emit`] for a plugin's own custom event (a JSON object with `event`).
@@ -418,15 +369,7 @@ impl Session {
             text = error.frame_in_session(&self.id, seq);
         }
         if self.store.is_some() && !inner.unstored {
-            if inner.to_store.is_empty() {
-                // Sized like the last one (a paced stream's read is one piece, and thousands of
-                // these wait for the writer's tick each second: not a fixed block).
-                inner.to_store_first = seq;
-                inner.to_store.reserve(text.len().max(inner.to_store_room));
-            } else {
-                inner.to_store.push('\n');
-            }
-            inner.to_store.push_str(&text);
+            inner.to_store.gather(seq, &text);
             if !quiet {
                 self.hand_to_store(inner);
             }
@@ -453,13 +396,10 @@ impl Session {
 
     /// Hands the events gathered in [`Inner::to_store`] to the store.
     fn hand_to_store(&self, inner: &mut Inner) {
-        if inner.to_store.is_empty() {
-            return;
-        }
-        let frames = std::mem::take(&mut inner.to_store);
-        inner.to_store_room = frames.len() + frames.len() / 8;
-        if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
-            d.events(&self.shared_id, inner.to_store_first, frames);
+        if let Some((first, frames)) = inner.to_store.take() {
+            if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
+                d.events(&self.shared_id, first, frames);
+            }
         }
     }
 
@@ -535,5 +475,7 @@ impl Session {
 
 mod attach;
 mod foreign;
+mod held;
 mod limits;
 mod summary;
+mod to_store;

@@ -58,7 +58,7 @@ impl Session {
     pub fn unstore(&self) {
         let mut inner = self.lock();
         inner.unstored = true;
-        inner.to_store = String::new();
+        inner.to_store.discard();
     }
 
     /// The session's list entry as this host has it now.

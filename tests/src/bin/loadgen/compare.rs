@@ -83,9 +83,11 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
         host_eps = host_eps.max(num(&h, "events_per_sec"));
         floor_eps = floor_eps.max(num(&f, "events_per_sec"));
         let ratio = num(&h, "events_per_sec") / num(&f, "events_per_sec").max(f64::MIN_POSITIVE);
-        runs.push(json!({"round": round, "host": h, "floor": f, "ratio": ratio,
+        runs.push(
+            json!({"round": round, "host": h, "floor": f, "ratio": ratio,
             "floor_first": floor_first,
-            "host_cpu_us_per_event": h_cpu, "floor_cpu_us_per_event": f_cpu}));
+            "host_cpu_us_per_event": h_cpu, "floor_cpu_us_per_event": f_cpu}),
+        );
     }
     let mut round_ratios: Vec<f64> = runs.iter().map(|r| num(r, "ratio")).collect();
     round_ratios.sort_by(f64::total_cmp);
@@ -142,7 +144,11 @@ pub(crate) async fn compare(a: &CompareArgs) -> Result<Value> {
         println!(
             "  round {} ({} first): host/floor {:.2}; CPU per event host {:.2} µs, floor {:.2} µs",
             r["round"],
-            if r["floor_first"] == true { "floor" } else { "host" },
+            if r["floor_first"] == true {
+                "floor"
+            } else {
+                "host"
+            },
             n("ratio"),
             n("host_cpu_us_per_event"),
             n("floor_cpu_us_per_event")
