@@ -3,12 +3,14 @@
 //!
 //!   cargo test --release -p myagent-host --lib store_writer_cost -- --ignored --nocapture
 //!
-//! 300 sessions × 1,000 streamed pieces (frames as the session writes them), in batches of
+//! 300 sessions × 1,000 streamed pieces (frames as the session writes them, handed over ten at
+//! a time as a model read's), in batches of
 //! 100 ms at ~150,000 events/s (the unpaced compare's rate), a WAL checkpoint every ten batches
 //! (once a second, as the writer does). Prints the writer thread's CPU time (user + system) per
 //! event, and the bytes stored, for five rounds on fresh files: the backend alone (`apply`,
-//! `tick`), then the whole store (`Store::event` from another thread, 100 ms of events at a
-//! time; the writer thread's channel, batching and loop included).
+//! `tick`), then the whole store (`Store::events` from another thread, ten pieces of a session
+//! at a time as a model read's, 100 ms of events at a time; the writer thread's channel,
+//! batching and loop included).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +21,8 @@ use super::*;
 const SESSIONS: usize = 300;
 const PIECES: u64 = 1000;
 const PER_BATCH: usize = 15_000;
+/// Pieces a session hands the whole store at once (one model read's).
+const PER_READ: u64 = 10;
 
 /// The calling thread's CPU time (user and system).
 fn thread_cpu() -> Duration {
@@ -37,6 +41,23 @@ fn piece(id: &str, seq: u64, at: Instant) -> String {
     let ms = at.elapsed().as_millis() as u64 + 1_796_297_071_649;
     let ts = format!("2026-12-03T11:24:{:02}.{:03}Z", ms / 1000 % 60, ms % 1000);
     super::super::line::piece(id, seq, &format!("~{ms}{seq:03}|"), &ts)
+}
+
+/// The pieces of every session, a model read's at a time as a session hands them over
+/// (`session/log/to_store.rs`): for each read, its first seq and each session's frames, one a
+/// line.
+fn reads(ids: &[Arc<str>], t0: Instant) -> Vec<(u64, Vec<String>)> {
+    (2..PIECES + 2)
+        .step_by(PER_READ as usize)
+        .map(|first| {
+            let read = |id: &Arc<str>| {
+                let n = PER_READ.min(PIECES + 2 - first);
+                let pieces: Vec<String> = (first..first + n).map(|s| piece(id, s, t0)).collect();
+                pieces.join("\n")
+            };
+            (first, ids.iter().map(read).collect())
+        })
+        .collect()
 }
 
 fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
@@ -66,17 +87,19 @@ fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
     // The frames are made before the clock starts: the host's sessions make them, not the writer.
     let t0 = Instant::now();
     let mut batches: Vec<Vec<Op>> = vec![Vec::new()];
-    for seq in 2..PIECES + 2 {
-        for id in &ids {
-            if batches.last().is_some_and(|b| b.len() >= PER_BATCH) {
+    for (first, row) in reads(&ids, t0) {
+        for (id, frames) in ids.iter().zip(row) {
+            if batches
+                .last()
+                .is_some_and(|b| b.len() * PER_READ as usize >= PER_BATCH)
+            {
                 batches.push(Vec::new());
             }
-            let frame = piece(id, seq, t0);
             if let Some(b) = batches.last_mut() {
                 b.push(Op::Events {
                     id: id.clone(),
-                    first: seq,
-                    frames: frame,
+                    first,
+                    frames,
                 });
             }
         }
@@ -99,10 +122,12 @@ fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
     (spent, events, stored as u64)
 }
 
-/// CPU time of this process's thread named `name` (user + system, from /proc).
-fn named_thread_cpu(name: &str) -> Duration {
+/// CPU time of each of this process's threads named `name`, by thread id (user + system, from
+/// /proc): a round's writer is told from the one of the round before, which may still be
+/// finishing.
+fn named_thread_cpu(name: &str) -> std::collections::HashMap<std::ffi::OsString, Duration> {
     let tick = Duration::from_secs(1) / 100; // USER_HZ
-    let mut total = Duration::ZERO;
+    let mut total = std::collections::HashMap::new();
     for task in std::fs::read_dir("/proc/self/task")
         .into_iter()
         .flatten()
@@ -125,7 +150,8 @@ fn named_thread_cpu(name: &str) -> Duration {
                 .and_then(|f| f.parse::<u32>().ok())
                 .unwrap_or(0)
         };
-        total += tick * (n(11) + n(12)); // utime, stime (fields 14 and 15 of the line)
+        // utime, stime (fields 14 and 15 of the line)
+        total.insert(task.file_name(), tick * (n(11) + n(12)));
     }
     total
 }
@@ -146,6 +172,7 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
         .enable_all()
         .build()
         .unwrap();
+    let before = named_thread_cpu("session-store");
     let store = super::super::Store::open_sqlite(&path, &opts).unwrap();
     let ids: Vec<Arc<str>> = (0..SESSIONS)
         .map(|i| Arc::from(format!("{i:08x}-534f-4355-8f70-b3ffc1f9db1a")))
@@ -162,24 +189,28 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
     }
     rt.block_on(store.commit()).unwrap();
     let t0 = Instant::now();
-    let frames: Vec<Vec<String>> = (2..PIECES + 2)
-        .map(|seq| ids.iter().map(|id| piece(id, seq, t0)).collect())
-        .collect();
     let cpu = named_thread_cpu("session-store");
     let mut sent = 0;
     let mut next = Instant::now();
-    for (seq, row) in (2..).zip(frames) {
-        for (id, frame) in ids.iter().zip(row) {
-            store.events(id, seq, frame);
-            sent += 1;
-            if sent % PER_BATCH == 0 {
+    for (first, row) in reads(&ids, t0) {
+        for (id, frames) in ids.iter().zip(row) {
+            sent += frames.split('\n').count();
+            store.events(id, first, frames);
+            if sent >= PER_BATCH {
+                sent -= PER_BATCH;
                 next += FLUSH_EVERY;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         }
     }
+    let sent = SESSIONS * PIECES as usize;
     rt.block_on(store.commit()).unwrap();
-    let spent = named_thread_cpu("session-store") - cpu;
+    // This round's writer: the thread that was not there before the store opened.
+    let spent = named_thread_cpu("session-store")
+        .into_iter()
+        .filter(|(tid, _)| !before.contains_key(tid))
+        .map(|(tid, t)| t.saturating_sub(cpu.get(&tid).copied().unwrap_or_default()))
+        .sum();
     drop(store);
     (spent, sent as u64)
 }
