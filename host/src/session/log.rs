@@ -369,9 +369,14 @@ impl Session {
             text = error.frame_in_session(&self.id, seq);
         }
         if self.store.is_some() && !inner.unstored {
-            inner.to_store.gather(seq, &text);
-            if !quiet {
+            if quiet {
+                inner.to_store.gather(seq, &text);
+            } else {
+                // What was gathered first, then this one as it is (a lone event is not copied).
                 self.hand_to_store(inner);
+                if let Some(d) = &self.store {
+                    d.event(&self.shared_id, seq, &text);
+                }
             }
         }
         self.keep_for_replay(inner, seq, text.clone());

@@ -184,7 +184,7 @@ mod tests {
         let ev = |id: &str, seq| Op::Events {
             id: Arc::from(id),
             first: seq,
-            frames: "{}".into(),
+            frames: super::super::Frames::Lines("{}".into()),
         };
         let mut batch = vec![
             Op::Create(Box::new(Created {

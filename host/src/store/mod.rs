@@ -40,11 +40,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use health::State;
 pub use health::StoreHealth;
 pub use listing::{Access, Cursor, Listed, Listing, NewSession, TITLE_CHARS};
-pub(crate) use op::{Acker, Created, Op, TurnEnded, TurnStarted};
+pub(crate) use op::{Acker, Created, Frames, Op, TurnEnded, TurnStarted};
 pub use quota::{QuotaCounts, Windows};
 pub use redis::Followed;
 pub use shared::{FollowConn, Shared};
@@ -317,7 +318,16 @@ impl Store {
         self.send(Op::Events {
             id: id.clone(),
             first,
-            frames,
+            frames: Frames::Lines(frames),
+        });
+    }
+
+    /// One event of the session's log (the id and the frame are shared, not copied).
+    pub fn event(&self, id: &Arc<str>, seq: u64, frame: &Utf8Bytes) {
+        self.send(Op::Events {
+            id: id.clone(),
+            first: seq,
+            frames: Frames::One(frame.clone()),
         });
     }
 

@@ -3,19 +3,19 @@
 
 use std::sync::{mpsc, Arc};
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// One write, as the writer thread receives it. Events are the ones sent thousands of times a
 /// second: a session hands over a model read's events as one op (see [`Op::Events`]); an op is
 /// small (at most 64 bytes), and the records that carry many strings are boxed, so the channel's slots
 /// and the writer's batch move 64 bytes an op, not 160.
 pub(crate) enum Op {
     Create(Box<Created>),
-    /// Consecutive events of a session's log: `frames` holds them one a line (frames are
-    /// one-line JSON), the first numbered `first`. Copied, not shared: the writer thread touches
-    /// no reference count of the frames the session and its clients hold.
+    /// Consecutive events of a session's log, the first numbered `first`.
     Events {
         id: Arc<str>,
         first: u64,
-        frames: String,
+        frames: Frames,
     },
     TurnStart(Box<TurnStarted>),
     TurnEnd(Box<TurnEnded>),
@@ -29,6 +29,24 @@ pub(crate) enum Op {
     },
     /// Answered once every write before it is applied.
     Ack(Acker),
+}
+
+/// The frames of an [`Op::Events`], one a line (frames are one-line JSON).
+pub(crate) enum Frames {
+    /// A model read's events, copied: the writer thread touches no reference count of the
+    /// frames the session and its clients hold.
+    Lines(String),
+    /// One event, the frame the session holds (no copy for a lone event).
+    One(Utf8Bytes),
+}
+
+impl Frames {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Frames::Lines(s) => s,
+            Frames::One(f) => f.as_str(),
+        }
+    }
 }
 
 /// A new session.
@@ -104,7 +122,7 @@ impl Op {
     /// How many events the op holds (a dropped op is counted by its events).
     pub(super) fn events(&self) -> u64 {
         match self {
-            Op::Events { frames, .. } => frames.split('\n').count() as u64,
+            Op::Events { frames, .. } => frames.as_str().split('\n').count() as u64,
             _ => 0,
         }
     }
@@ -113,7 +131,14 @@ impl Op {
     pub(super) fn size(&self) -> usize {
         64 + match self {
             Op::Create(c) => c.id.len() + c.token_hash.len() + c.settings.len(),
-            Op::Events { frames, .. } => frames.capacity(),
+            Op::Events {
+                frames: Frames::Lines(s),
+                ..
+            } => s.capacity(),
+            Op::Events {
+                frames: Frames::One(f),
+                ..
+            } => f.len(),
             Op::TurnStart(t) => {
                 t.id.len() + t.input.len() + t.title.as_ref().map_or(0, String::len)
             }

@@ -217,7 +217,7 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 touched.insert(&c.id);
             }
             Op::Events { id, first, frames } => {
-                for (seq, frame) in Chunk::events(*first, frames) {
+                for (seq, frame) in Chunk::events(*first, frames.as_str()) {
                     if let Some(earlier) = chunks.add(id, seq, frame) {
                         xadd(&mut p, &earlier);
                     }

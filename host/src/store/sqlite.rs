@@ -383,7 +383,7 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                 applied.sessions += 1;
             }
             Op::Events { id, first, frames } => {
-                for (seq, frame) in Chunk::events(*first, frames) {
+                for (seq, frame) in Chunk::events(*first, frames.as_str()) {
                     if let Some(earlier) = chunks.add(id, seq, frame) {
                         write_chunk(&tx, &earlier)?;
                         applied.chunks.push((earlier.id, earlier.frames.len()));

@@ -309,7 +309,8 @@ mod tests {
                 match op {
                     Op::Create(c) => a.push(format!("create {}", c.id)),
                     Op::Events { id, first, frames } => {
-                        for (seq, _) in crate::store::batch::Chunk::events(*first, frames) {
+                        for (seq, _) in crate::store::batch::Chunk::events(*first, frames.as_str())
+                        {
                             a.push(format!("event {id} {seq}"));
                         }
                     }
@@ -346,7 +347,7 @@ mod tests {
         Op::Events {
             id: Arc::from("s"),
             first: seq,
-            frames: "x".repeat(bytes),
+            frames: super::super::Frames::Lines("x".repeat(bytes)),
         }
     }
 

@@ -1,8 +1,8 @@
 //! A session's events on their way to the store: gathered while a model read streams, handed
 //! to the store's writer as one op ([`crate::store::Store::events`]) with the wake that sends
-//! them to the client; any other event goes at once, with what was gathered before it. Per
-//! streamed piece that saves a channel send and the reference counts the writer's thread would
-//! touch; the frames are copied (one a line — frames are one-line JSON).
+//! them to the client; any other event goes at once, as it is, after what was gathered before
+//! it. Per streamed piece that saves a channel send and the reference counts the writer's
+//! thread would touch; the pieces are copied (one a line — frames are one-line JSON).
 
 /// Events not yet handed to the store.
 #[derive(Default)]

@@ -99,7 +99,7 @@ fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
                 b.push(Op::Events {
                     id: id.clone(),
                     first,
-                    frames,
+                    frames: super::super::Frames::Lines(frames),
                 });
             }
         }
