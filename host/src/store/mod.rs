@@ -314,11 +314,11 @@ impl Store {
 
     /// Consecutive events of the session's log, one a line, the first numbered `first` (a
     /// session gathers a model read's events and hands them over at once: [`Op::Events`]).
-    pub fn events(&self, id: &Arc<str>, first: u64, frames: String) {
+    pub(crate) fn events(&self, id: &Arc<str>, first: u64, frames: Frames) {
         self.send(Op::Events {
             id: id.clone(),
             first,
-            frames: Frames::Lines(frames),
+            frames,
         });
     }
 

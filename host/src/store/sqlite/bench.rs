@@ -195,7 +195,7 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
     for (first, row) in reads(&ids, t0) {
         for (id, frames) in ids.iter().zip(row) {
             sent += frames.split('\n').count();
-            store.events(id, first, frames);
+            store.events(id, first, super::super::Frames::Lines(frames));
             if sent >= PER_BATCH {
                 sent -= PER_BATCH;
                 next += FLUSH_EVERY;
