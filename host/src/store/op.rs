@@ -6,9 +6,9 @@ use std::sync::{mpsc, Arc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One write, as the writer thread receives it. Events are the ones sent thousands of times a
-/// second: a session hands over a model read's events as one op (see [`Op::Events`]); an op is
-/// small (at most 64 bytes), and the records that carry many strings are boxed, so the channel's slots
-/// and the writer's batch move 64 bytes an op, not 160.
+/// second: a session hands over a model read's events as one op (see [`Op::Events`]). An op is
+/// small (at most 64 bytes): the records that carry many strings are boxed, so the channel's
+/// slots and the writer's batch move 64 bytes an op, not 160.
 pub(crate) enum Op {
     Create(Box<Created>),
     /// Consecutive events of a session's log, the first numbered `first`.
