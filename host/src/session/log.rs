@@ -19,7 +19,7 @@ use super::subscriber::Sub;
 use super::turn::Turn;
 use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::metrics::Metrics;
-use crate::store::{Listing, Store};
+use crate::store::{Frames, Listing, Store};
 
 /// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
 /// allocator rounding (measured: a full 256 KiB buffer of small events held ~611 KiB).
@@ -368,15 +368,13 @@ impl Session {
             );
             text = error.frame_in_session(&self.id, seq);
         }
-        if self.store.is_some() && !inner.unstored {
+        if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
             if quiet {
                 inner.to_store.gather(seq, &text);
             } else {
                 // What was gathered first, then this one as it is (a lone event is not copied).
                 self.hand_to_store(inner);
-                if let Some(d) = &self.store {
-                    d.event(&self.shared_id, seq, &text);
-                }
+                d.events(&self.shared_id, seq, Frames::One(text.clone()));
             }
         }
         self.keep_for_replay(inner, seq, text.clone());

@@ -40,7 +40,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use health::State;
 pub use health::StoreHealth;
@@ -319,15 +318,6 @@ impl Store {
             id: id.clone(),
             first,
             frames,
-        });
-    }
-
-    /// One event of the session's log (the id and the frame are shared, not copied).
-    pub fn event(&self, id: &Arc<str>, seq: u64, frame: &Utf8Bytes) {
-        self.send(Op::Events {
-            id: id.clone(),
-            first: seq,
-            frames: Frames::One(frame.clone()),
         });
     }
 

@@ -190,20 +190,21 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
     rt.block_on(store.commit()).unwrap();
     let t0 = Instant::now();
     let cpu = named_thread_cpu("session-store");
-    let mut sent = 0;
+    // Events handed over since the last pause: every PER_BATCH, wait for the next interval.
+    let mut since_pause = 0;
     let mut next = Instant::now();
     for (first, row) in reads(&ids, t0) {
         for (id, frames) in ids.iter().zip(row) {
-            sent += frames.split('\n').count();
+            since_pause += frames.split('\n').count();
             store.events(id, first, super::super::Frames::Lines(frames));
-            if sent >= PER_BATCH {
-                sent -= PER_BATCH;
+            if since_pause >= PER_BATCH {
+                since_pause -= PER_BATCH;
                 next += FLUSH_EVERY;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         }
     }
-    let sent = SESSIONS * PIECES as usize;
+    let sent = SESSIONS * PIECES as usize; // every piece of every session
     rt.block_on(store.commit()).unwrap();
     // This round's writer: the thread that was not there before the store opened.
     let spent = named_thread_cpu("session-store")
