@@ -100,7 +100,7 @@ async fn replayed_events_after_a_restart_are_the_events_sent_live() {
     let (short, ditto): (i64, i64) = read
         .query_row(
             "SELECT sum(frames LIKE '~%'), sum(instr(frames, char(10) || '^') > 0)
-             FROM event_chunks WHERE session = ?1",
+             FROM event_chunks WHERE session_key = (SELECT key FROM sessions WHERE id = ?1)",
             [&sid],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

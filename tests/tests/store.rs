@@ -382,7 +382,8 @@ async fn what_a_client_leaves_in_the_store_is_bounded() {
             .unwrap();
     let stored = || -> (i64, i64) {
         read.query_row(
-            "SELECT count(*), coalesce(sum(length(frames)), 0) FROM event_chunks WHERE session = ?1",
+            "SELECT count(*), coalesce(sum(length(frames)), 0) FROM event_chunks
+             WHERE session_key = (SELECT key FROM sessions WHERE id = ?1)",
             [&sid],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

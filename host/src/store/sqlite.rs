@@ -3,22 +3,17 @@
 //! `synchronous=NORMAL` keeps the database consistent through a crash (a power cut can lose the
 //! last transactions, not corrupt it).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::batch::{strip_resume_tokens, Chunk, Chunks};
+use super::batch::{Chunk, Chunks};
 use super::{now, Backend, Created, Op, StoreError, TurnEnded, TurnStarted, EVENTS_KEPT};
 
-/// 1: the first; 2: `sessions.client` (the creating address, counted by the stored-session
-/// caps); 3: `owner`, `agent`, `title`, `turns`, `usage` (a principal's session list); 4: an
-/// event's line in `event_chunks.frames` may leave out the frame's tail or be said against the
-/// line before (`super::line`; an older host would read such lines wrong, so it refuses the
-/// store). An older store is migrated on open.
-const SCHEMA_VERSION: i64 = 4;
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -40,6 +35,9 @@ pub(crate) struct SqliteBackend {
     /// Bytes of events this process wrote per session since its last cut: a session is cut
     /// only when it may hold more than `events_bytes` (most never do; no query for them).
     written: std::collections::HashMap<Arc<str>, usize>,
+    /// Stored sessions' integer keys (`sessions.key`), by id: a batch's chunks are written
+    /// against them without a lookup each.
+    keys: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
     /// Sessions in the store, kept by the writer (counted once on open): the global cap reads
     /// it instead of counting rows for every new session.
     stored: Arc<AtomicU64>,
@@ -70,8 +68,8 @@ impl SqliteBackend {
             crate::private::private_file(Path::new(&name), "session store file")
                 .map_err(private)?;
         }
-        let db = open(&absolute)?;
-        match scrub_resume_tokens(&db) {
+        let db = schema::open(&absolute)?;
+        match schema::scrub_resume_tokens(&db) {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 rows = n,
@@ -98,6 +96,7 @@ impl SqliteBackend {
             events_bytes,
             trims: Default::default(),
             written: Default::default(),
+            keys: Default::default(),
             stored: Arc::new(AtomicU64::new(sessions)),
             last_sweep: Instant::now(),
             last_checkpoint: Instant::now(),
@@ -117,111 +116,6 @@ impl SqliteBackend {
     }
 }
 
-fn open(path: &Path) -> Result<Connection, StoreError> {
-    let shown = path.display().to_string();
-    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
-        path: shown.clone(),
-        reason: e.to_string(),
-    };
-    let db = Connection::open(path).map_err(corrupt)?;
-    let setup = || -> rusqlite::Result<i64> {
-        db.busy_timeout(Duration::from_secs(5))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        // Rows are appended (rowid order), the index is small: 4 MiB of page cache keeps the
-        // pages being written in memory (16 MiB kept the host's memory growing for minutes as
-        // a busy store's cache filled).
-        db.pragma_update(None, "cache_size", -4_000)?;
-        // The WAL file is cut back to this after a checkpoint (else it keeps its largest size).
-        db.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS sessions (
-                 id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, settings TEXT NOT NULL,
-                 memory TEXT NOT NULL DEFAULT '', running_input TEXT,
-                 created INTEGER NOT NULL, last_active INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS sessions_last_active ON sessions (last_active);
-             CREATE TABLE IF NOT EXISTS event_chunks (
-                 session TEXT NOT NULL, last_seq INTEGER NOT NULL, first_seq INTEGER NOT NULL,
-                 frames TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS event_chunks_session ON event_chunks (session, last_seq);
-             INSERT OR IGNORE INTO meta VALUES ('schema', 1);",
-        )?;
-        let mut found: i64 =
-            db.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-                r.get(0)
-            })?;
-        if found == 1 {
-            db.execute_batch(
-                "BEGIN;
-                 ALTER TABLE sessions ADD COLUMN client TEXT NOT NULL DEFAULT '';
-                 CREATE INDEX sessions_client ON sessions (client);
-                 UPDATE meta SET value = 2 WHERE key = 'schema';
-                 COMMIT;",
-            )?;
-            found = 2;
-        }
-        if found == 2 {
-            db.execute_batch(
-                "BEGIN;
-                 ALTER TABLE sessions ADD COLUMN owner TEXT;
-                 ALTER TABLE sessions ADD COLUMN agent TEXT NOT NULL DEFAULT '';
-                 ALTER TABLE sessions ADD COLUMN title TEXT NOT NULL DEFAULT '';
-                 ALTER TABLE sessions ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
-                 ALTER TABLE sessions ADD COLUMN usage TEXT NOT NULL DEFAULT '';
-                 ALTER TABLE sessions ADD COLUMN updated_ms INTEGER NOT NULL DEFAULT 0;
-                 CREATE INDEX sessions_owner ON sessions (owner, updated_ms);
-                 UPDATE meta SET value = 3 WHERE key = 'schema';
-                 COMMIT;",
-            )?;
-            found = 3;
-        }
-        if found == 3 {
-            // Lines written whole stay valid: only the version changes.
-            db.execute("UPDATE meta SET value = 4 WHERE key = 'schema'", [])?;
-            found = 4;
-        }
-        Ok(found)
-    };
-    match setup() {
-        Ok(SCHEMA_VERSION) => Ok(db),
-        Ok(found) => Err(StoreError::Schema {
-            path: shown,
-            found,
-            known: SCHEMA_VERSION,
-        }),
-        Err(e) => Err(corrupt(e)),
-    }
-}
-
-/// Rewrites stored event rows that hold a resume token in clear (an earlier version stored
-/// `agent.session_created` whole), with `secure_delete` so the old bytes are overwritten and
-/// the WAL truncated after; returns how many rows changed.
-fn scrub_resume_tokens(db: &Connection) -> rusqlite::Result<usize> {
-    let rows: Vec<(i64, String)> = db
-        .prepare(
-            "SELECT rowid, frames FROM event_chunks WHERE frames LIKE '%\"resume_token\":\"%'",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    db.pragma_update(None, "secure_delete", "ON")?;
-    let mut n = 0;
-    for (rowid, frames) in rows {
-        if let Some(clean) = strip_resume_tokens(&frames) {
-            db.execute(
-                "UPDATE event_chunks SET frames = ?1 WHERE rowid = ?2",
-                params![clean, rowid],
-            )?;
-            n += 1;
-        }
-    }
-    db.pragma_update(None, "secure_delete", "OFF")?;
-    db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-    Ok(n)
-}
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -230,31 +124,41 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
 fn expire(db: &Connection, ttl: Duration) -> rusqlite::Result<usize> {
     let cutoff = now() - ttl.as_secs() as i64;
     db.execute(
-        "DELETE FROM event_chunks WHERE session IN (SELECT id FROM sessions WHERE last_active < ?1)",
+        "DELETE FROM event_chunks WHERE session_key IN (SELECT key FROM sessions WHERE last_active < ?1)",
         [cutoff],
     )?;
     db.execute("DELETE FROM sessions WHERE last_active < ?1", [cutoff])
 }
 
-fn write_chunk(tx: &rusqlite::Transaction, c: &Chunk) -> rusqlite::Result<()> {
-    let id = &*c.id;
+/// Writes chunk `c` of the session whose key is `key`.
+fn write_chunk(tx: &rusqlite::Transaction, key: i64, c: &Chunk) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO event_chunks (session_key, last_seq, first_seq, frames) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![id, c.last as i64, c.first as i64, c.frames])?;
+    .execute(params![key, c.last as i64, c.first as i64, c.frames])?;
     if c.last > EVENTS_KEPT {
-        tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1 AND last_seq <= ?2")?
-            .execute(params![id, (c.last - EVENTS_KEPT) as i64])?;
+        tx.prepare_cached("DELETE FROM event_chunks WHERE session_key = ?1 AND last_seq <= ?2")?
+            .execute(params![key, (c.last - EVENTS_KEPT) as i64])?;
     }
     Ok(())
 }
 
 impl Backend for SqliteBackend {
     fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError> {
-        let applied = apply(&mut self.db, batch).map_err(unavailable)?;
+        let applied = match apply(&mut self.db, &mut self.keys, batch) {
+            Ok(applied) => applied,
+            Err(e) => {
+                // The keys the rolled-back batch learned may not be stored.
+                self.keys.clear();
+                return Err(unavailable(e));
+            }
+        };
         add_signed(&self.stored, applied.sessions);
         if self.written.len() > WRITTEN_KEPT {
             self.written.clear(); // forgets only when to look; a cut computes real sizes
+        }
+        if self.keys.len() > WRITTEN_KEPT {
+            self.keys.clear(); // looked up again as needed
         }
         // Per chunk, not per event: a handful of lookups a batch.
         for (id, bytes) in applied.chunks {
@@ -303,6 +207,7 @@ impl Backend for SqliteBackend {
         let n = expire(&self.db, self.ttl).map_err(unavailable)?;
         add_signed(&self.stored, -(n as i64));
         if n > 0 {
+            self.keys.clear();
             tracing::info!(
                 expired = n,
                 "sessions idle longer than --session-ttl deleted"
@@ -341,7 +246,8 @@ fn trim(db: &mut Connection, ids: &[String], events_bytes: usize) -> rusqlite::R
             "DELETE FROM event_chunks WHERE rowid IN (
                  SELECT rowid FROM (
                      SELECT rowid, SUM(octet_length(frames)) OVER (ORDER BY last_seq DESC) - octet_length(frames) AS newer
-                     FROM event_chunks WHERE session = ?1)
+                     FROM event_chunks
+                     WHERE session_key = (SELECT key FROM sessions WHERE id = ?1))
                  WHERE newer >= ?2)",
         )?
         .execute(params![id, events_bytes as i64])?;
@@ -358,8 +264,45 @@ struct Applied {
     sessions: i64,
 }
 
+/// Stored sessions' keys by id (see [`SqliteBackend::keys`]).
+type Keys = HashMap<Arc<str>, i64, foldhash::fast::RandomState>;
+
+/// The key of stored session `id`; None when it is not stored (its events have no session to
+/// be read with, so they are not written).
+fn key_of(
+    tx: &rusqlite::Transaction,
+    keys: &mut Keys,
+    id: &Arc<str>,
+) -> rusqlite::Result<Option<i64>> {
+    if let Some(&key) = keys.get(id) {
+        return Ok(Some(key));
+    }
+    let key = tx
+        .prepare_cached("SELECT key FROM sessions WHERE id = ?1")?
+        .query_row([&**id], |r| r.get(0))
+        .optional()?;
+    if let Some(key) = key {
+        keys.insert(id.clone(), key);
+    }
+    Ok(key)
+}
+
+/// Writes chunk `c` if its session is stored; counts it in `applied`.
+fn put_chunk(
+    tx: &rusqlite::Transaction,
+    keys: &mut Keys,
+    c: Chunk,
+    applied: &mut Applied,
+) -> rusqlite::Result<()> {
+    if let Some(key) = key_of(tx, keys, &c.id)? {
+        write_chunk(tx, key, &c)?;
+        applied.chunks.push((c.id, c.frames.len()));
+    }
+    Ok(())
+}
+
 /// One transaction (rolled back whole on any error, so the batch can be retried).
-fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
+fn apply(db: &mut Connection, keys: &mut Keys, batch: &[Op]) -> rusqlite::Result<Applied> {
     let tx = db.transaction()?;
     let mut applied = Applied::default();
     // A session's events of the batch are one row.
@@ -376,17 +319,30 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
                     agent,
                     at,
                 } = &**c;
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![id, token_hash, settings, at / 1000, client, owner, agent, at])?;
+                // A session made again under its id starts over, keeping its key.
+                let key: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent, updated_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,
+                             settings = excluded.settings, memory = '', running_input = NULL,
+                             created = excluded.created, last_active = excluded.last_active,
+                             client = excluded.client, owner = excluded.owner,
+                             agent = excluded.agent, title = '', turns = 0, usage = '',
+                             updated_ms = excluded.updated_ms
+                         RETURNING key",
+                    )?
+                    .query_row(
+                        params![id, token_hash, settings, at / 1000, client, owner, agent, at],
+                        |r| r.get(0),
+                    )?;
+                keys.insert(Arc::from(id.as_str()), key);
                 applied.sessions += 1;
             }
             Op::Events { id, first, frames } => {
                 for (seq, frame) in Chunk::events(*first, frames.as_str()) {
                     if let Some(earlier) = chunks.add(id, seq, frame) {
-                        write_chunk(&tx, &earlier)?;
-                        applied.chunks.push((earlier.id, earlier.frames.len()));
+                        put_chunk(&tx, keys, earlier, &mut applied)?;
                     }
                 }
             }
@@ -423,8 +379,12 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
             }
             Op::Delete { id, .. } => {
                 chunks.discard(id);
-                tx.prepare_cached("DELETE FROM event_chunks WHERE session = ?1")?
-                    .execute([id])?;
+                keys.remove(id.as_str());
+                tx.prepare_cached(
+                    "DELETE FROM event_chunks
+                     WHERE session_key = (SELECT key FROM sessions WHERE id = ?1)",
+                )?
+                .execute([id])?;
                 let gone = tx
                     .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
                     .execute([id])?;
@@ -434,8 +394,7 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
         }
     }
     for c in chunks.into_chunks() {
-        write_chunk(&tx, &c)?;
-        applied.chunks.push((c.id, c.frames.len()));
+        put_chunk(&tx, keys, c, &mut applied)?;
     }
     tx.commit()?;
     Ok(applied)
@@ -444,6 +403,7 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<Applied> {
 #[cfg(test)]
 mod bench;
 mod read;
+mod schema;
 #[cfg(test)]
 mod tests;
 

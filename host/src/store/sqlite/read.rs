@@ -102,7 +102,8 @@ pub(crate) fn load(
             return Ok(None); // expired; the writer deletes it on its next sweep
         }
         let mut stmt = db.prepare(
-            "SELECT first_seq, frames FROM event_chunks WHERE session = ?1 ORDER BY last_seq",
+            "SELECT first_seq, frames FROM event_chunks
+             WHERE session_key = (SELECT key FROM sessions WHERE id = ?1) ORDER BY last_seq",
         )?;
         let chunks = stmt
             .query_map([id], |r| {

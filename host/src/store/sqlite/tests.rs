@@ -15,12 +15,30 @@ fn a_version_1_store_is_migrated_and_counts_sessions_per_address() {
              CREATE TABLE sessions (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL,
                  settings TEXT NOT NULL, memory TEXT NOT NULL DEFAULT '', running_input TEXT,
                  created INTEGER NOT NULL, last_active INTEGER NOT NULL);
+             CREATE TABLE event_chunks (session TEXT NOT NULL, last_seq INTEGER NOT NULL,
+                 first_seq INTEGER NOT NULL, frames TEXT NOT NULL);
+             CREATE INDEX event_chunks_session ON event_chunks (session, last_seq);
              INSERT INTO meta VALUES ('schema', 1);
-             INSERT INTO sessions VALUES ('old', 'h', '{}', '', NULL, 0, strftime('%s','now'));",
+             INSERT INTO sessions VALUES ('old', 'h', '{}', '', NULL, 0, strftime('%s','now'));
+             INSERT INTO event_chunks VALUES ('old', 2, 1, '{\"a\":1}' || char(10) || '{\"b\":2}');
+             INSERT INTO event_chunks VALUES ('gone', 1, 1, '{\"c\":3}');",
         )
         .unwrap();
     }
     let mut b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
+    // Schema 5 keeps a session's events under its integer key: the old session's are read
+    // back; events of no stored session are left behind.
+    let old = load(&path, "old", Duration::from_secs(3600), None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        old.events,
+        [(1, "{\"a\":1}".to_string()), (2, "{\"b\":2}".to_string())]
+    );
+    let rows: i64 =
+        b.db.query_row("SELECT count(*) FROM event_chunks", [], |r| r.get(0))
+            .unwrap();
+    assert_eq!(rows, 1, "the chunk of no session is dropped");
     let create = |id: &str, client: &str| {
         Op::Create(Box::new(Created {
             id: id.into(),
@@ -75,7 +93,7 @@ fn resume_tokens_written_by_an_earlier_version_are_scrubbed_on_open() {
             "{{\"event\":\"agent.session_created\",\"resume_token\":\"{token}\",\"agent\":{{}},\"session_id\":\"s\",\"seq\":1}}"
         );
         b.db.execute(
-            "INSERT INTO event_chunks (session, last_seq, first_seq, frames) VALUES ('s', 1, 1, ?1)",
+            "INSERT INTO event_chunks (session_key, last_seq, first_seq, frames) VALUES (1, 1, 1, ?1)",
             [frames],
         )
         .unwrap();
