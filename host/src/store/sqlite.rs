@@ -116,7 +116,6 @@ impl SqliteBackend {
     }
 }
 
-
 fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
