@@ -62,20 +62,69 @@ pub(crate) fn fail(msg: &str) -> ExitCode {
 /// logs` get no escape codes) and NO_COLOR is unset; or JSON lines.
 fn init_logging(debug: bool, format: cli::args::LogFormat) {
     use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{default},hyper=info,reqwest=info,notify=info,rmcp=warn"
-        ))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let default = format!("{default},hyper=info,reqwest=info,notify=info,rmcp=warn");
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let (targets, env) = log_filter(&spec, &default);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(targets).with(env);
     match format {
-        cli::args::LogFormat::Json => builder.json().with_current_span(false).init(),
+        cli::args::LogFormat::Json => registry.with(layer.json().with_current_span(false)).init(),
         cli::args::LogFormat::Text => {
             let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            builder.with_ansi(colour).init()
+            registry.with(layer.with_ansi(colour)).init()
         }
+    }
+}
+
+/// The log filter for `RUST_LOG`'s `spec` (`default` when it is empty or invalid): targets and
+/// levels — the usual spec — as a `Targets` filter, and only a spec with span or field
+/// directives (`[…]`, `{…}`) as an `EnvFilter`, which takes a lock every thread shares on each
+/// enter and exit of a span: each poll of a session's run.
+fn log_filter(
+    spec: &str,
+    default: &str,
+) -> (
+    Option<tracing_subscriber::filter::Targets>,
+    Option<tracing_subscriber::EnvFilter>,
+) {
+    let spec = match spec.trim() {
+        "" => default,
+        s => s,
+    };
+    if !spec.contains(['[', '{']) {
+        if let Ok(targets) = spec.parse() {
+            return (Some(targets), None);
+        }
+    }
+    match tracing_subscriber::EnvFilter::try_new(spec) {
+        Ok(env) => (None, Some(env)),
+        Err(_) => log_filter(default, default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_spec_of_targets_and_levels_needs_no_env_filter() {
+        let default = "info,hyper=info,rmcp=warn";
+        for spec in [
+            "",
+            "  ",
+            "warn,myagent_host=info",
+            "debug",
+            "myagent_host::store=trace",
+        ] {
+            let (targets, env) = super::log_filter(spec, default);
+            assert!(targets.is_some() && env.is_none(), "{spec:?}");
+        }
+        let (targets, env) = super::log_filter("info,[session{session_id=abc}]=debug", default);
+        assert!(targets.is_none() && env.is_some());
+        // An invalid spec falls back to the default, as before.
+        let (targets, _) = super::log_filter("this is=not a level", default);
+        let targets = targets.expect("the default");
+        assert!(targets.would_enable("rmcp", &tracing::Level::WARN));
+        assert!(!targets.would_enable("rmcp", &tracing::Level::INFO));
     }
 }
