@@ -1,9 +1,10 @@
-//! Watching a cancellation token from a loop that wakes often. `CancellationToken::cancelled()`
-//! polled at every wake of a `select!` takes the token's mutex and its `Notify`'s — for the
-//! host's shutdown token, the same two mutexes for every connection on every core, and for a
-//! run's token twice per model read. A [`Watch`] polls the token's future with a waker of its
-//! own once, and again only after that waker fired: any other wake of the task costs one atomic
-//! load.
+//! Watching a cancellation token — or a timer — from a loop that wakes often.
+//! `CancellationToken::cancelled()` polled at every wake of a `select!` takes the token's mutex
+//! and its `Notify`'s — for the host's shutdown token, the same two mutexes for every connection
+//! on every core, and for a run's token twice per model read; a `tokio::time::Sleep` (a model
+//! call's deadline, its stall timer) re-registers the task's waker with two atomic exchanges. A
+//! [`Watch`] polls the future with a waker of its own once, and again only after that waker
+//! fired: any other wake of the task costs one atomic load.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,9 +14,9 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// A token being watched; see the module.
-pub(crate) struct Watch {
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+/// A token (or any future of `()`, such as a timer) being watched; see the module.
+pub(crate) struct Watch<F = WaitForCancellationFutureOwned> {
+    watched: Pin<Box<F>>,
     flag: Arc<Flag>,
     /// `flag` as a waker: the token's future wakes this one.
     waker: Waker,
@@ -45,10 +46,18 @@ impl Wake for Flag {
 }
 
 impl Watch {
+    /// Watches `token`: done once it is cancelled.
     pub(crate) fn new(token: &CancellationToken) -> Watch {
+        Watch::on(token.clone().cancelled_owned())
+    }
+}
+
+impl<F: Future<Output = ()>> Watch<F> {
+    /// Watches `watched`: done once it is.
+    pub(crate) fn on(watched: F) -> Watch<F> {
         let flag = Arc::new(Flag::default());
         Watch {
-            cancelled: Box::pin(token.clone().cancelled_owned()),
+            watched: Box::pin(watched),
             waker: Waker::from(flag.clone()),
             flag,
             task: None,
@@ -56,25 +65,36 @@ impl Watch {
         }
     }
 
-    /// Ready once the token is cancelled; the task is woken when it is.
-    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once the watched future is; the task is woken when it is.
+    pub(crate) fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             let w = cx.waker().clone();
             *self.flag.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
             self.task = Some(w);
         }
-        if self.armed && !self.flag.fired.swap(false, Ordering::Acquire) {
+        // A load first: the exchange (a locked instruction) only once the flag is up.
+        let fired = || {
+            self.flag.fired.load(Ordering::Acquire)
+                && self.flag.fired.swap(false, Ordering::Acquire)
+        };
+        if self.armed && !fired() {
             return Poll::Pending;
         }
         self.armed = true;
-        self.cancelled
+        self.watched
             .as_mut()
             .poll(&mut Context::from_waker(&self.waker))
     }
 
-    /// Completes once the token is cancelled (for a `select!` branch).
-    pub(crate) async fn cancelled(&mut self) {
-        std::future::poll_fn(|cx| self.poll_cancelled(cx)).await
+    /// Completes once the watched future does (for a `select!` branch).
+    pub(crate) async fn done(&mut self) {
+        std::future::poll_fn(|cx| self.poll_done(cx)).await
+    }
+
+    /// The watched future, to change (a timer's deadline): it is polled again at the next poll.
+    pub(crate) fn rearm(&mut self) -> Pin<&mut F> {
+        self.armed = false;
+        self.watched.as_mut()
     }
 }
 
@@ -103,9 +123,7 @@ mod tests {
         token.cancel();
         let (_, w) = counting();
         let mut watch = Watch::new(&token);
-        assert!(watch
-            .poll_cancelled(&mut Context::from_waker(&w))
-            .is_ready());
+        assert!(watch.poll_done(&mut Context::from_waker(&w)).is_ready());
     }
 
     #[test]
@@ -114,25 +132,39 @@ mod tests {
         let mut watch = Watch::new(&token);
         let (first, w1) = counting();
         let (second, w2) = counting();
-        assert!(watch
-            .poll_cancelled(&mut Context::from_waker(&w1))
-            .is_pending());
+        assert!(watch.poll_done(&mut Context::from_waker(&w1)).is_pending());
         // Woken for something else, many times: still pending, nobody woken.
         for _ in 0..100 {
-            assert!(watch
-                .poll_cancelled(&mut Context::from_waker(&w1))
-                .is_pending());
+            assert!(watch.poll_done(&mut Context::from_waker(&w1)).is_pending());
         }
         // The task moved to another waker: that one is woken.
-        assert!(watch
-            .poll_cancelled(&mut Context::from_waker(&w2))
-            .is_pending());
+        assert!(watch.poll_done(&mut Context::from_waker(&w2)).is_pending());
         token.cancel();
         assert_eq!(first.0.load(Ordering::SeqCst), 0);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
-        assert!(watch
-            .poll_cancelled(&mut Context::from_waker(&w2))
-            .is_ready());
+        assert!(watch.poll_done(&mut Context::from_waker(&w2)).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_watched_timer_fires_at_the_deadline_it_was_moved_to() {
+        use std::time::Duration;
+        let start = tokio::time::Instant::now();
+        let mut timer = Watch::on(tokio::time::sleep(Duration::from_millis(30)));
+        std::future::poll_fn(|cx| {
+            assert!(timer.poll_done(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        timer.rearm().reset(start + Duration::from_millis(150));
+        tokio::time::timeout(Duration::from_secs(5), timer.done())
+            .await
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(150));
+        // Moved again after it fired: it waits again.
+        let again = tokio::time::Instant::now();
+        timer.rearm().reset(again + Duration::from_millis(50));
+        timer.done().await;
+        assert!(again.elapsed() >= Duration::from_millis(50));
     }
 
     #[tokio::test]
@@ -149,7 +181,7 @@ mod tests {
             loop {
                 tokio::select! {
                     biased;
-                    _ = watch.cancelled() => return true,
+                    _ = watch.done() => return true,
                     _ = tick.tick() => {}
                 }
             }

@@ -401,7 +401,7 @@ async fn call_model(
     let mut cancel = crate::cancel::Watch::new(ctx.cancel);
     let result = tokio::select! {
         biased;
-        _ = cancel.cancelled() => None,
+        _ = cancel.done() => None,
         r = ctx.model.chat(req, &mut on_delta) => Some(r),
     };
     // Whatever streamed goes out now, however the call ended.

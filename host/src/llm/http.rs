@@ -7,6 +7,7 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::sse::StreamParser;
 use super::{ApiKey, ChatRequest, ChatResponse, Delta, LlmError, OnDelta, Recorder};
+use crate::cancel::Watch;
 
 /// Where and how to reach the model.
 #[derive(Debug, Clone)]
@@ -122,14 +123,16 @@ impl HttpModel {
             attempt += 1;
             let mut parser = StreamParser::with_limit(self.config.max_output_bytes);
             let deadline = self.config.call_timeout;
-            let (result, retry_after) = match tokio::time::timeout(
-                deadline,
-                self.attempt(&body, traceparent, &mut parser, on_delta),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => (Err(LlmError::Deadline(deadline.as_secs())), None),
+            let (result, retry_after) = {
+                // Watched: the attempt wakes per model read, the deadline's timer is polled once.
+                let mut over = Watch::on(tokio::time::sleep(deadline));
+                let attempt = self.attempt(&body, traceparent, &mut parser, on_delta);
+                tokio::pin!(attempt);
+                tokio::select! {
+                    biased;
+                    r = &mut attempt => r,
+                    () = over.done() => (Err(LlmError::Deadline(deadline.as_secs())), None),
+                }
             };
             match result {
                 Ok(resp) => {
@@ -223,10 +226,10 @@ impl HttpModel {
         let started = Instant::now();
         // The stall timer moves lazily: a chunk only notes its time, and the timer, when it
         // fires, re-arms at (last chunk + wait) if that is still ahead. Re-arming it per chunk
-        // would take the timer wheel's lock twice per token.
+        // would take the timer wheel's lock twice per token; watched, it is not polled per
+        // chunk either.
         let mut last = tokio::time::Instant::now();
-        let stall = tokio::time::sleep(wait);
-        tokio::pin!(stall);
+        let mut stall = Watch::on(tokio::time::sleep(wait));
         // Chunks received since the last Pause.
         let mut unpaused = 0;
         loop {
@@ -246,10 +249,10 @@ impl HttpModel {
             let next = tokio::select! {
                 biased;
                 next = async { match ready { Some(n) => n, None => stream.next().await } } => next,
-                () = &mut stall => {
+                () = stall.done() => {
                     let due = last + wait;
                     if due > tokio::time::Instant::now() {
-                        stall.as_mut().reset(due);
+                        stall.rearm().reset(due);
                         continue;
                     }
                     return Err(LlmError::Stalled(wait.as_millis() as u64));
@@ -282,7 +285,7 @@ impl HttpModel {
             if parser.started && wait != self.config.idle_timeout {
                 // Once, at the first token: from here on the idle limit applies.
                 wait = self.config.idle_timeout;
-                stall.as_mut().reset(last + wait);
+                stall.rearm().reset(last + wait);
             }
         }
         tracing::debug!(

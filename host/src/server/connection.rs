@@ -161,7 +161,7 @@ async fn serve_loop(
         let flow = tokio::select! {
             biased;
             // Queued events (e.g. agent.interrupted) are delivered before the close, below.
-            _ = close_all.cancelled() => Flow::Close(CloseCode::Away, "server shutting down"),
+            _ = close_all.done() => Flow::Close(CloseCode::Away, "server shutting down"),
             _ = &mut auth_deadline, if !authed => {
                 deps.metrics.connections_refused.inc();
                 tracing::info!(connection_id = %cid, "no token within the authentication deadline");
