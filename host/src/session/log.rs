@@ -208,7 +208,7 @@ impl Session {
             updated: identity.listing.created,
             listing: identity.listing,
             unstored: false,
-            to_store: Default::default(),
+            to_store: to_store::ToStore::new(store.as_ref().is_some_and(|s| s.keeps_lines())),
         };
         let Identity {
             id,
@@ -370,7 +370,7 @@ impl Session {
         }
         if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
             if quiet {
-                inner.to_store.gather(seq, &text);
+                inner.to_store.gather(&self.id, seq, &text);
             } else {
                 // What was gathered first, then this one as it is (a lone event is not copied).
                 self.hand_to_store(inner);

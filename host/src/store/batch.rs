@@ -132,6 +132,51 @@ impl<'a> Chunks<'a> {
         }
     }
 
+    /// Adds `block` — events `first`.. of session `id` as stored lines ([`super::Frames::Short`],
+    /// its first line standing alone) — to the session's chunk, whole (a chunk may pass
+    /// [`CHUNK_BYTES`] by a block). As [`Chunks::add`], returns the chunk gathered so far when
+    /// the block does not follow it or it is full.
+    pub(super) fn add_block(&mut self, id: &Arc<str>, first: u64, block: &str) -> Option<Chunk> {
+        let last = first + memchr::memchr_iter(b'\n', block.as_bytes()).count() as u64;
+        let start = || {
+            let mut frames = String::with_capacity(block.len().max(1024));
+            frames.push_str(block);
+            Chunk {
+                id: id.clone(),
+                first,
+                last,
+                frames,
+            }
+        };
+        match self.index.get(id).copied() {
+            Some(i)
+                if self.list[i].last + 1 == first && self.list[i].frames.len() < CHUNK_BYTES =>
+            {
+                let c = &mut self.list[i];
+                if c.frames.is_empty() {
+                    c.first = first; // its events were discarded
+                } else {
+                    c.frames.push('\n');
+                }
+                c.frames.push_str(block);
+                c.last = last;
+                // What follows is said against nothing before.
+                self.prev[i] = None;
+                None
+            }
+            Some(i) => {
+                self.prev[i] = None;
+                Some(std::mem::replace(&mut self.list[i], start()))
+            }
+            None => {
+                self.index.insert(id.clone(), self.list.len());
+                self.list.push(start());
+                self.prev.push(None);
+                None
+            }
+        }
+    }
+
     /// A deleted session's gathered events are not written.
     pub(super) fn discard(&mut self, id: &str) {
         if let Some(&i) = self.index.get(id) {

@@ -35,20 +35,57 @@ pub(crate) type Prev<'a> = Option<(&'a str, &'a str)>;
 /// Appends `frame`, the event `seq` of session `id`, to `out` as a stored line; `prev` is the
 /// chunk's line before (and becomes this one).
 pub(crate) fn push<'a>(out: &mut String, frame: &'a str, id: &str, seq: u64, prev: &mut Prev<'a>) {
+    *prev = put(out, frame, id, seq, *prev);
+}
+
+/// Appends `frame`'s stored line to `out`, said against `prev` when that is shorter; returns
+/// what the next line may be said against.
+fn put<'a>(out: &mut String, frame: &'a str, id: &str, seq: u64, prev: Prev<'_>) -> Prev<'a> {
     let Some((head, ts)) = split(frame, id, seq) else {
         if frame.starts_with([SHORT, DITTO]) {
             out.push_str(ESCAPED);
         }
         out.push_str(frame);
-        *prev = None;
-        return;
+        return None;
     };
     if !prev.is_some_and(|(h0, t0)| ditto(out, h0, t0, head, ts)) {
         out.push(SHORT);
         out.push_str(ts);
         out.push_str(head);
     }
-    *prev = Some((head, ts));
+    Some((head, ts))
+}
+
+/// Stored lines written where the frames are made — a session's model read, on the session's
+/// own thread, while its frames are in that core's cache — rather than by the store's writer:
+/// the writer receives a tenth of the bytes and appends them. The line before is kept as a copy,
+/// so no frame need outlive the call.
+#[derive(Default)]
+pub(crate) struct Encoder {
+    head: String,
+    ts: String,
+    /// `head` and `ts` are the line before's (else the next line stands alone).
+    held: bool,
+}
+
+impl Encoder {
+    /// Appends `frame`, the event `seq` of session `id`, to `out` as a stored line.
+    pub(crate) fn push(&mut self, out: &mut String, frame: &str, id: &str, seq: u64) {
+        let prev = self.held.then_some((self.head.as_str(), self.ts.as_str()));
+        let next = put(out, frame, id, seq, prev);
+        self.held = next.is_some_and(|(head, ts)| {
+            self.head.clear();
+            self.head.push_str(head);
+            self.ts.clear();
+            self.ts.push_str(ts);
+            true
+        });
+    }
+
+    /// The next line stands alone (it starts a block: a block may start a stored row).
+    pub(crate) fn restart(&mut self) {
+        self.held = false;
+    }
 }
 
 /// The frame's head and timestamp, when its tail is exactly what [`rebuild`] writes back.
@@ -164,6 +201,20 @@ fn rebuild(head: &str, ts: &str, id: &str, seq: u64) -> String {
     let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
     for part in parts {
         out.push_str(part);
+    }
+    out
+}
+
+/// The frames of `block` — stored lines of events `first`.. of session `id`, its first standing
+/// alone — whole, one a line (for a store that keeps frames whole).
+pub(crate) fn whole(block: &str, id: &str, first: u64) -> String {
+    let mut reader = Reader::default();
+    let mut out = String::with_capacity(block.len() * 8);
+    for (seq, line) in super::batch::Chunk::events(first, block) {
+        if seq > first {
+            out.push('\n');
+        }
+        out.push_str(&reader.frame(line, id, seq));
     }
     out
 }

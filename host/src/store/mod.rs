@@ -24,7 +24,7 @@
 
 mod batch;
 mod health;
-mod line;
+pub(crate) mod line;
 mod listing;
 mod op;
 mod quota;
@@ -237,6 +237,12 @@ impl Store {
             shared,
             ack_timeout: opts.ack_timeout,
         }))
+    }
+
+    /// Whether events are handed over as stored lines ([`Frames::Short`]): the SQLite store's
+    /// format; Redis keeps frames whole.
+    pub(crate) fn keeps_lines(&self) -> bool {
+        matches!(self.reads, Reads::Sqlite { .. })
     }
 
     /// "sqlite:PATH" or the Redis URL (password hidden).

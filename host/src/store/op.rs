@@ -38,12 +38,16 @@ pub(crate) enum Frames {
     Lines(String),
     /// One event, the frame the session holds (no copy for a lone event).
     One(Utf8Bytes),
+    /// A model read's events as the SQLite store keeps them ([`super::line`]'s stored lines,
+    /// written by the session's [`super::line::Encoder`]; the first stands alone): appended to
+    /// the row as they are. A store that keeps frames whole reads them back first.
+    Short(String),
 }
 
 impl Frames {
     pub(crate) fn as_str(&self) -> &str {
         match self {
-            Frames::Lines(s) => s,
+            Frames::Lines(s) | Frames::Short(s) => s,
             Frames::One(f) => f.as_str(),
         }
     }
@@ -132,7 +136,7 @@ impl Op {
         64 + match self {
             Op::Create(c) => c.id.len() + c.token_hash.len() + c.settings.len(),
             Op::Events {
-                frames: Frames::Lines(s),
+                frames: Frames::Lines(s) | Frames::Short(s),
                 ..
             } => s.capacity(),
             Op::Events {

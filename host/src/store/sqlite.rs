@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::batch::{Chunk, Chunks};
-use super::{now, Backend, Created, Op, StoreError, TurnEnded, TurnStarted, EVENTS_KEPT};
+use super::{now, Backend, Created, Frames, Op, StoreError, TurnEnded, TurnStarted, EVENTS_KEPT};
 
 /// Idle sessions past the TTL are deleted this often (and at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
@@ -337,6 +337,15 @@ fn apply(db: &mut Connection, keys: &mut Keys, batch: &[Op]) -> rusqlite::Result
                     )?;
                 keys.insert(Arc::from(id.as_str()), key);
                 applied.sessions += 1;
+            }
+            Op::Events {
+                id,
+                first,
+                frames: Frames::Short(block),
+            } => {
+                if let Some(earlier) = chunks.add_block(id, *first, block) {
+                    put_chunk(&tx, keys, earlier, &mut applied)?;
+                }
             }
             Op::Events { id, first, frames } => {
                 for (seq, frame) in Chunk::events(*first, frames.as_str()) {

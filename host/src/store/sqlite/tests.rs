@@ -116,3 +116,75 @@ fn resume_tokens_written_by_an_earlier_version_are_scrubbed_on_open() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rows_of_stored_line_blocks_and_whole_frames_read_back_as_sent() {
+    use super::super::line::{piece, Encoder};
+    use super::super::Frames;
+    let dir = std::env::temp_dir().join(format!("sqlite-blocks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("s.db");
+    let mut b = SqliteBackend::open(&path, Duration::from_secs(3600), 256 * 1024).unwrap();
+    let id: Arc<str> = Arc::from("0b5e7d2a-1111-4222-8333-444455556666");
+    let create = Op::Create(Box::new(Created {
+        id: id.to_string(),
+        token_hash: "h".into(),
+        settings: "{}".into(),
+        client: String::new(),
+        owner: None,
+        agent: String::new(),
+        at: now() * 1000,
+    }));
+    let sent: Vec<String> = (1..=40)
+        .map(|seq| match seq {
+            1 | 17 => format!("{{\"event\":\"agent.thinking\",\"seq\":{seq}}}"),
+            _ => piece(
+                &id,
+                seq,
+                &format!("piece {seq} é"),
+                &format!("2026-12-03T19:{seq:02}:00.5Z"),
+            ),
+        })
+        .collect();
+    // Seq 1 and 17 go whole (lone events), the pieces between in blocks of up to five (model
+    // reads); batches of three ops, so a session's row gathers blocks and events of several.
+    let mut ops = vec![create];
+    let mut seq = 1u64;
+    while seq <= 40 {
+        let frame = &sent[seq as usize - 1];
+        if !frame.contains("partial_answer") {
+            ops.push(Op::Events {
+                id: id.clone(),
+                first: seq,
+                frames: Frames::Lines(frame.clone()),
+            });
+            seq += 1;
+            continue;
+        }
+        let mut encoder = Encoder::default();
+        let mut block = String::new();
+        let first = seq;
+        while seq <= 40 && seq < first + 5 && sent[seq as usize - 1].contains("partial_answer") {
+            if seq > first {
+                block.push('\n');
+            }
+            encoder.push(&mut block, &sent[seq as usize - 1], &id, seq);
+            seq += 1;
+        }
+        ops.push(Op::Events {
+            id: id.clone(),
+            first,
+            frames: Frames::Short(block),
+        });
+    }
+    for batch in ops.chunks(3) {
+        b.apply(batch).unwrap();
+    }
+    let stored = load(&path, &id, Duration::from_secs(3600), None)
+        .unwrap()
+        .unwrap();
+    let got: Vec<(u64, String)> = stored.events;
+    let want: Vec<(u64, String)> = (1..).zip(sent).collect();
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
