@@ -58,6 +58,20 @@ impl Chunk {
     }
 }
 
+/// The frames of `block` — stored lines of events `first`.. of session `id`, its first standing
+/// alone — whole, one a line (for a store that keeps frames whole).
+pub(crate) fn whole(block: &str, id: &str, first: u64) -> String {
+    let mut reader = line::Reader::default();
+    let mut out = String::with_capacity(block.len() * 8);
+    for (seq, line) in Chunk::events(first, block) {
+        if seq > first {
+            out.push('\n');
+        }
+        out.push_str(&reader.frame(line, id, seq));
+    }
+    out
+}
+
 /// A stored chunk grows to about this many bytes, then the next event starts another: the
 /// store drops old events a whole chunk at a time.
 pub(crate) const CHUNK_BYTES: usize = 8 * 1024;

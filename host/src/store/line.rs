@@ -205,20 +205,6 @@ fn rebuild(head: &str, ts: &str, id: &str, seq: u64) -> String {
     out
 }
 
-/// The frames of `block` — stored lines of events `first`.. of session `id`, its first standing
-/// alone — whole, one a line (for a store that keeps frames whole).
-pub(crate) fn whole(block: &str, id: &str, first: u64) -> String {
-    let mut reader = Reader::default();
-    let mut out = String::with_capacity(block.len() * 8);
-    for (seq, line) in super::batch::Chunk::events(first, block) {
-        if seq > first {
-            out.push('\n');
-        }
-        out.push_str(&reader.frame(line, id, seq));
-    }
-    out
-}
-
 /// Reads a chunk's lines, in order (a line may be said against the one before).
 #[derive(Default)]
 pub(crate) struct Reader {

@@ -22,7 +22,7 @@
 //! (`--store-buffer`): past it, streamed events are dropped before session and turn records,
 //! each drop counted. [`Store::health`] says `ok` or `degraded`.
 
-mod batch;
+pub(crate) mod batch;
 mod health;
 pub(crate) mod line;
 mod listing;

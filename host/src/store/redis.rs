@@ -215,7 +215,7 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 id,
                 first,
                 frames: Frames::Short(block),
-            } => Some(super::line::whole(block, id, *first)),
+            } => Some(super::batch::whole(block, id, *first)),
             _ => None,
         })
         .collect();

@@ -300,6 +300,38 @@ fn put_chunk(
     Ok(())
 }
 
+/// Stores a new session and learns its key. A session made again under its id starts over,
+/// keeping its key.
+fn create(tx: &rusqlite::Transaction, keys: &mut Keys, c: &Created) -> rusqlite::Result<()> {
+    let Created {
+        id,
+        token_hash,
+        settings,
+        client,
+        owner,
+        agent,
+        at,
+    } = c;
+    let key: i64 = tx
+        .prepare_cached(
+            "INSERT INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,
+                 settings = excluded.settings, memory = '', running_input = NULL,
+                 created = excluded.created, last_active = excluded.last_active,
+                 client = excluded.client, owner = excluded.owner,
+                 agent = excluded.agent, title = '', turns = 0, usage = '',
+                 updated_ms = excluded.updated_ms
+             RETURNING key",
+        )?
+        .query_row(
+            params![id, token_hash, settings, at / 1000, client, owner, agent, at],
+            |r| r.get(0),
+        )?;
+    keys.insert(Arc::from(id.as_str()), key);
+    Ok(())
+}
+
 /// One transaction (rolled back whole on any error, so the batch can be retried).
 fn apply(db: &mut Connection, keys: &mut Keys, batch: &[Op]) -> rusqlite::Result<Applied> {
     let tx = db.transaction()?;
@@ -309,33 +341,7 @@ fn apply(db: &mut Connection, keys: &mut Keys, batch: &[Op]) -> rusqlite::Result
     for op in batch {
         match op {
             Op::Create(c) => {
-                let Created {
-                    id,
-                    token_hash,
-                    settings,
-                    client,
-                    owner,
-                    agent,
-                    at,
-                } = &**c;
-                // A session made again under its id starts over, keeping its key.
-                let key: i64 = tx
-                    .prepare_cached(
-                        "INSERT INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent, updated_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)
-                         ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash,
-                             settings = excluded.settings, memory = '', running_input = NULL,
-                             created = excluded.created, last_active = excluded.last_active,
-                             client = excluded.client, owner = excluded.owner,
-                             agent = excluded.agent, title = '', turns = 0, usage = '',
-                             updated_ms = excluded.updated_ms
-                         RETURNING key",
-                    )?
-                    .query_row(
-                        params![id, token_hash, settings, at / 1000, client, owner, agent, at],
-                        |r| r.get(0),
-                    )?;
-                keys.insert(Arc::from(id.as_str()), key);
+                create(&tx, keys, c)?;
                 applied.sessions += 1;
             }
             Op::Events {

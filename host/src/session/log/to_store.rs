@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn for_a_store_of_stored_lines_a_read_goes_as_its_lines_and_reads_back_whole() {
-        use crate::store::line::{piece, whole};
+        use crate::store::{batch::whole, line::piece};
         let id = "6f1c2c3e-0000-4000-8000-000000000001";
         let frames: Vec<String> = (3..9)
             .map(|seq| {
