@@ -4,7 +4,8 @@
 //!   cargo test --release -p myagent-host --lib store_writer_cost -- --ignored --nocapture
 //!
 //! 300 sessions × 1,000 streamed pieces (frames as the session writes them, handed over ten at
-//! a time as a model read's), in batches of
+//! a time as a model read's, already as stored lines — the session's `line::Encoder` writes
+//! them, before the clock starts: that CPU is the session's, not counted here), in batches of
 //! 100 ms at ~150,000 events/s (the unpaced compare's rate), a WAL checkpoint every ten batches
 //! (once a second, as the writer does). Prints the writer thread's CPU time (user + system) per
 //! event, and the bytes stored, for five rounds on fresh files: the backend alone (`apply`,
@@ -44,16 +45,24 @@ fn piece(id: &str, seq: u64, at: Instant) -> String {
 }
 
 /// The pieces of every session, a model read's at a time as a session hands them over
-/// (`session/log/to_store.rs`): for each read, its first seq and each session's frames, one a
-/// line.
+/// (`session/log/to_store.rs`): for each read, its first seq and each session's block of
+/// stored lines.
 fn reads(ids: &[Arc<str>], t0: Instant) -> Vec<(u64, Vec<String>)> {
     (2..PIECES + 2)
         .step_by(PER_READ as usize)
         .map(|first| {
+            // As the session hands a read over: its stored lines, the first standing alone.
             let read = |id: &Arc<str>| {
                 let n = PER_READ.min(PIECES + 2 - first);
-                let pieces: Vec<String> = (first..first + n).map(|s| piece(id, s, t0)).collect();
-                pieces.join("\n")
+                let mut encoder = super::super::line::Encoder::default();
+                let mut block = String::new();
+                for s in first..first + n {
+                    if s > first {
+                        block.push('\n');
+                    }
+                    encoder.push(&mut block, &piece(id, s, t0), id, s);
+                }
+                block
             };
             (first, ids.iter().map(read).collect())
         })
@@ -99,7 +108,7 @@ fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
                 b.push(Op::Events {
                     id: id.clone(),
                     first,
-                    frames: super::super::Frames::Lines(frames),
+                    frames: super::super::Frames::Short(frames),
                 });
             }
         }
@@ -196,7 +205,7 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
     for (first, row) in reads(&ids, t0) {
         for (id, frames) in ids.iter().zip(row) {
             since_pause += frames.split('\n').count();
-            store.events(id, first, super::super::Frames::Lines(frames));
+            store.events(id, first, super::super::Frames::Short(frames));
             if since_pause >= PER_BATCH {
                 since_pause -= PER_BATCH;
                 next += FLUSH_EVERY;
