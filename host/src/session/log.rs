@@ -304,8 +304,10 @@ impl Session {
     ) -> Option<(Turn, CancellationToken)> {
         let mut inner = self.lock();
         self.emit_event_locked(&mut inner, event, metrics, false);
-        // The run's spare arena room goes (its frames keep their blocks while they are kept).
+        // The run's spare arena room goes (its frames keep their blocks while they are kept),
+        // and the store encoder's copy of the last piece.
         inner.arena = bytes::BytesMut::new();
+        inner.to_store.idle();
         let next = Self::next_queued(&mut inner);
         if next.is_none() {
             if hold_ready {

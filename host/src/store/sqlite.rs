@@ -156,7 +156,7 @@ impl Backend for SqliteBackend {
         if self.written.len() > WRITTEN_KEPT {
             self.written.clear(); // forgets only when to look; a cut computes real sizes
         }
-        if self.keys.len() > WRITTEN_KEPT {
+        if self.keys.len() > KEYS_KEPT {
             self.keys.clear(); // looked up again as needed
         }
         // Per chunk, not per event: a handful of lookups a batch.
@@ -232,6 +232,11 @@ impl SqliteBackend {
 
 /// Sessions whose written bytes are tracked, at most (then the tracking starts over).
 const WRITTEN_KEPT: usize = 100_000;
+
+/// Session keys the writer keeps, at most (then it starts over: an indexed lookup per session
+/// the next time it writes events). Kept small: sessions that come and go would otherwise hold
+/// ~100 bytes each until the bound (a two-minute soak's host grew 3 MB at 100,000).
+const KEYS_KEPT: usize = 4096;
 
 /// Sessions whose old events one `tick` cuts, at most.
 const TRIMS_PER_TICK: usize = 16;

@@ -80,6 +80,14 @@ impl ToStore {
         Some((self.first, Frames::Lines(lines)))
     }
 
+    /// The run ended: the encoder's copy of the last line goes (an idle session holds no spare
+    /// room; the next run's first read allocates it again).
+    pub(super) fn idle(&mut self) {
+        if let Some(encoder) = &mut self.encoder {
+            **encoder = Encoder::default();
+        }
+    }
+
     /// The session was deleted from the store: what was gathered is not written.
     pub(super) fn discard(&mut self) {
         self.one = None;
