@@ -308,15 +308,6 @@ fn put_chunk(
 /// Stores a new session and learns its key. A session made again under its id starts over,
 /// keeping its key.
 fn create(tx: &rusqlite::Transaction, keys: &mut Keys, c: &Created) -> rusqlite::Result<()> {
-    let Created {
-        id,
-        token_hash,
-        settings,
-        client,
-        owner,
-        agent,
-        at,
-    } = c;
     let key: i64 = tx
         .prepare_cached(
             "INSERT INTO sessions (id, token_hash, settings, created, last_active, client, owner, agent, updated_ms)
@@ -330,10 +321,19 @@ fn create(tx: &rusqlite::Transaction, keys: &mut Keys, c: &Created) -> rusqlite:
              RETURNING key",
         )?
         .query_row(
-            params![id, token_hash, settings, at / 1000, client, owner, agent, at],
+            params![
+                c.id,
+                c.token_hash,
+                c.settings,
+                c.at / 1000,
+                c.client,
+                c.owner,
+                c.agent,
+                c.at
+            ],
             |r| r.get(0),
         )?;
-    keys.insert(Arc::from(id.as_str()), key);
+    keys.insert(Arc::from(c.id.as_str()), key);
     Ok(())
 }
 
