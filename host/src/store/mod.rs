@@ -320,6 +320,14 @@ impl Store {
     /// Consecutive events of the session's log, one a line, the first numbered `first` (a
     /// session gathers a model read's events and hands them over at once: [`Op::Events`]).
     pub(crate) fn events(&self, id: &Arc<str>, first: u64, frames: Frames) {
+        // Stored lines (the SQLite store's format) for a store that keeps frames whole are read
+        // back here, once, so no backend needs to know the other's format.
+        let frames = match frames {
+            Frames::Short(block) if !self.keeps_lines() => {
+                Frames::Lines(batch::whole(&block, id, first))
+            }
+            frames => frames,
+        };
         self.send(Op::Events {
             id: id.clone(),
             first,

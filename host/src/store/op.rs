@@ -40,7 +40,8 @@ pub(crate) enum Frames {
     One(Utf8Bytes),
     /// A model read's events as the SQLite store keeps them ([`super::line`]'s stored lines,
     /// written by the session's [`super::line::Encoder`]; the first stands alone): appended to
-    /// the row as they are. A store that keeps frames whole reads them back first.
+    /// the row as they are. For a store that keeps frames whole, `Store::events` reads them
+    /// back first.
     Short(String),
 }
 

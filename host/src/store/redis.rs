@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::batch::{Chunk, Chunks};
-use super::{Backend, Created, Frames, Op, StoreError, TurnEnded, TurnStarted};
+use super::{Backend, Created, Op, StoreError, TurnEnded, TurnStarted};
 
 mod stream;
 use stream::xadd;
@@ -207,21 +207,9 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
     p.atomic();
     let mut n = 0;
     let mut touched: HashSet<&str> = HashSet::new();
-    // Events handed over as stored lines (the SQLite store's format) are kept whole here.
-    let whole: Vec<Option<String>> = batch
-        .iter()
-        .map(|op| match op {
-            Op::Events {
-                id,
-                first,
-                frames: Frames::Short(block),
-            } => Some(super::batch::whole(block, id, *first)),
-            _ => None,
-        })
-        .collect();
     // A session's events of the batch are one stream entry, written after its other commands.
     let mut chunks = Chunks::default();
-    for (op, whole) in batch.iter().zip(&whole) {
+    for op in batch {
         n += 1;
         match op {
             Op::Create(c) => {
@@ -229,8 +217,7 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 touched.insert(&c.id);
             }
             Op::Events { id, first, frames } => {
-                let frames = whole.as_deref().unwrap_or(frames.as_str());
-                for (seq, frame) in Chunk::events(*first, frames) {
+                for (seq, frame) in Chunk::events(*first, frames.as_str()) {
                     if let Some(earlier) = chunks.add(id, seq, frame) {
                         xadd(&mut p, &earlier);
                     }
