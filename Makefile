@@ -50,7 +50,7 @@ bench-long: ## Full-size load benchmarks (19,000 idle connections, 1,000 streami
 	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p testkit_agent -p myagent-tests
 	target/release/myagent-loadgen --json target/bench-long.json suite
 
-soak: ## Soak: stream + churn for MINUTES (default 10); fails on any error event or >5 % host RSS growth after warm-up
+soak: ## Soak: stream + churn, a warm-up then MINUTES measured (default 10); fails on any error event or >5 % host RSS growth
 	$(CARGO) build -j$(JOBS) --release -p myagent-host -p weather_agent -p myagent-tests
 	target/release/myagent-loadgen --json target/soak.json soak --minutes $(or $(MINUTES),10)
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -16,9 +16,17 @@ use crate::stream::*;
 use crate::suite::*;
 use crate::*;
 
+/// What the soak's clients have done so far.
+#[derive(Default)]
+pub(crate) struct Counters {
+    runs: AtomicU64,
+    churned: AtomicU64,
+}
+
 pub(crate) async fn soak_streamer(
     url: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    counters: Arc<Counters>,
 ) -> (u64, u64, Option<String>) {
     let (mut runs, mut errors, mut first) = (0u64, 0u64, None);
     let mut fail = |e: String| {
@@ -47,6 +55,7 @@ pub(crate) async fn soak_streamer(
                     }
                     if t.contains("\"agent.ready\"") {
                         runs += 1;
+                        counters.runs.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                 }
@@ -62,7 +71,25 @@ pub(crate) async fn soak_streamer(
     (runs, errors, first)
 }
 
+/// The host hands freed memory back every 30 s (`server::return_freed_memory`), so RSS between
+/// two hand-backs includes what was freed since. The low point of 35 s of samples comes just
+/// after a hand-back: the soak compares the low points of the measured minutes' first and last
+/// 35 s — like with like, whatever the phase.
+const LOW_POINT_WINDOW: Duration = Duration::from_secs(35);
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// The warm-up lasts at least this long, whatever the counts.
+const MIN_WARMUP: Duration = Duration::from_secs(60);
+
 pub(crate) async fn soak(a: &SoakArgs) -> Result<Value> {
+    let measured = Duration::from_secs_f64(a.minutes * 60.0);
+    if measured < 2 * LOW_POINT_WINDOW {
+        bail!(
+            "--minutes {} is too short to judge: the low points of the first and the last {} s are compared (at least {:.2} minutes)",
+            a.minutes,
+            LOW_POINT_WINDOW.as_secs(),
+            (2 * LOW_POINT_WINDOW).as_secs_f64() / 60.0
+        );
+    }
     // Per-session history and replay buffers grow to their caps and stay there; smaller caps
     // than the defaults reach that steady state within the warm-up even in a short soak.
     let stack = Stack::start()?;
@@ -70,34 +97,34 @@ pub(crate) async fn soak(a: &SoakArgs) -> Result<Value> {
         "weather_agent",
         &["--replay-buffer-bytes", "32768", "--memory-budget", "6000"],
     )?;
-    let total = Duration::from_secs_f64(a.minutes * 60.0);
-    // Allocator arenas and pools reach their working size within ~150,000 churned sessions
-    // (about 40 s here); the growth limit applies after that.
-    let warmup = (total / 5).max(Duration::from_secs(60)).min(total / 2);
     println!(
-        "soak: {:.1} min of {} streaming sessions + {} churning clients against {url}",
-        a.minutes, a.streams, a.churners
+        "soak: {} streaming sessions + {} churning clients against {url}; warm-up until {} runs a stream and {} churned sessions, then {:.1} min measured",
+        a.streams, a.churners, a.warmup_runs, a.warmup_churned, a.minutes
     );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counters = Arc::new(Counters::default());
     let mut streamers = Vec::new();
     for _ in 0..a.streams {
-        streamers.push(tokio::spawn(soak_streamer(url.clone(), stop.clone())));
+        streamers.push(tokio::spawn(soak_streamer(
+            url.clone(),
+            stop.clone(),
+            counters.clone(),
+        )));
     }
-    let churned = Arc::new(AtomicU64::new(0));
     let churn_errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut churners = Vec::new();
     for _ in 0..a.churners {
-        let (url, stop, churned, errs) = (
+        let (url, stop, counters, errs) = (
             url.clone(),
             stop.clone(),
-            churned.clone(),
+            counters.clone(),
             churn_errors.clone(),
         );
         churners.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match tokio::time::timeout(Duration::from_secs(30), churn_one(&url)).await {
                     Ok(Ok(())) => {
-                        churned.fetch_add(1, Ordering::Relaxed);
+                        counters.churned.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(e)) => errs.lock().unwrap().push(e.to_string()),
                     Err(_) => errs.lock().unwrap().push("churn timed out".into()),
@@ -105,24 +132,7 @@ pub(crate) async fn soak(a: &SoakArgs) -> Result<Value> {
             }
         }));
     }
-    let t0 = Instant::now();
-    let mut samples = Vec::new();
-    let mut baseline = None;
-    while t0.elapsed() < total {
-        tokio::time::sleep(Duration::from_secs(5).min(total.saturating_sub(t0.elapsed()))).await;
-        let (rss, conns) = host_stats(&url).await?;
-        samples.push(json!({"secs": t0.elapsed().as_secs(), "rss": rss, "connections": conns}));
-        if baseline.is_none() && t0.elapsed() >= warmup {
-            baseline = Some(rss);
-        }
-        println!(
-            "soak: {:>4} s  host RSS {:.1} MiB  {} connections  {} sessions churned",
-            t0.elapsed().as_secs(),
-            mib(rss),
-            conns,
-            churned.load(Ordering::Relaxed)
-        );
-    }
+    let sampled = sample(a, &url, &counters).await;
     stop.store(true, Ordering::Relaxed);
     let (mut runs, mut errors, mut first) = (0, 0, None);
     for s in streamers {
@@ -136,17 +146,17 @@ pub(crate) async fn soak(a: &SoakArgs) -> Result<Value> {
     for c in churners {
         c.await?;
     }
+    let sampled = sampled?;
     let churn_errs = churn_errors.lock().unwrap().clone();
-    let (end_rss, _) = host_stats(&url).await?;
-    let base = baseline.unwrap_or(end_rss);
-    let growth = (end_rss as f64 - base as f64) / base as f64 * 100.0;
+    let churned = counters.churned.load(Ordering::Relaxed);
+    let (base, end) = (sampled.first_low, sampled.last_low);
+    let growth = (end as f64 - base as f64) / base as f64 * 100.0;
     let ok = errors == 0 && churn_errs.is_empty() && growth <= a.max_growth_percent;
     println!(
-        "soak: {runs} streamed runs, {} churned sessions, {} errors; host RSS after warm-up {:.1} MiB, at the end {:.1} MiB ({growth:+.1} %, limit {:+.1} %) — {}",
-        churned.load(Ordering::Relaxed),
+        "soak: {runs} streamed runs, {churned} churned sessions, {} errors; host RSS low point after the warm-up {:.1} MiB, at the end {:.1} MiB ({growth:+.1} %, limit {:+.1} %) — {}",
         errors + churn_errs.len() as u64,
         mib(base),
-        mib(end_rss),
+        mib(end),
         a.max_growth_percent,
         if ok { "ok" } else { "FAILED" }
     );
@@ -156,12 +166,90 @@ pub(crate) async fn soak(a: &SoakArgs) -> Result<Value> {
             e.chars().take(300).collect::<String>()
         );
     }
-    let result = json!({"scenario": "soak", "minutes": a.minutes, "streamed_runs": runs, "churned": churned.load(Ordering::Relaxed),
-        "errors": errors + churn_errs.len() as u64, "rss_after_warmup": base, "rss_end": end_rss, "growth_percent": growth, "samples": samples, "ok": ok});
+    let result = json!({"scenario": "soak", "minutes": a.minutes, "streamed_runs": runs, "churned": churned,
+        "errors": errors + churn_errs.len() as u64, "warmup_secs": sampled.warmup.as_secs(), "warmup_by_counts": sampled.by_counts,
+        "rss_after_warmup": base, "rss_end": end, "growth_percent": growth, "samples": sampled.samples, "ok": ok});
     if !ok {
         bail!("soak failed");
     }
     Ok(result)
+}
+
+/// The samples of a soak, and the low points it is judged by.
+struct Sampled {
+    samples: Vec<Value>,
+    /// When the warm-up ended, and whether its counts were reached (or its time ran out).
+    warmup: Duration,
+    by_counts: bool,
+    first_low: u64,
+    last_low: u64,
+}
+
+/// Samples host RSS every 5 s through the warm-up and the measured minutes.
+async fn sample(a: &SoakArgs, url: &str, c: &Counters) -> Result<Sampled> {
+    let measured = Duration::from_secs_f64(a.minutes * 60.0);
+    let max_warmup = Duration::from_secs_f64(a.max_warmup_minutes * 60.0);
+    let t0 = Instant::now();
+    let mut warm: Option<(Duration, bool)> = None;
+    let (mut samples, mut after) = (Vec::new(), Vec::new());
+    loop {
+        let left = warm.map(|(w, _)| (w + measured).saturating_sub(t0.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            break;
+        }
+        tokio::time::sleep(left.map_or(SAMPLE_EVERY, |l| l.min(SAMPLE_EVERY))).await;
+        let (rss, conns) = host_stats(url).await?;
+        let t = t0.elapsed();
+        let (runs, churned) = (
+            c.runs.load(Ordering::Relaxed),
+            c.churned.load(Ordering::Relaxed),
+        );
+        samples.push(json!({"secs": t.as_secs(), "rss": rss, "connections": conns, "runs": runs, "churned": churned}));
+        println!(
+            "soak: {:>4} s  host RSS {:.1} MiB  {conns} connections  {runs} runs  {churned} sessions churned",
+            t.as_secs(),
+            mib(rss),
+        );
+        match warm {
+            Some((w, _)) => after.push((t - w, rss)),
+            None => {
+                let counted =
+                    runs >= a.warmup_runs * a.streams as u64 && churned >= a.warmup_churned;
+                if (counted && t >= MIN_WARMUP) || t >= max_warmup {
+                    warm = Some((t, counted));
+                    println!(
+                        "soak: warm-up over at {} s{}; measuring {:.1} min",
+                        t.as_secs(),
+                        if counted {
+                            ""
+                        } else {
+                            " (--max-warmup-minutes: the counts were not reached)"
+                        },
+                        a.minutes
+                    );
+                }
+            }
+        }
+    }
+    let low = |from: Duration, to: Duration| {
+        after
+            .iter()
+            .filter(|(t, _)| *t > from && *t <= to)
+            .map(|&(_, rss)| rss)
+            .min()
+            .context("no samples in a low-point window")
+    };
+    let (warmup, by_counts) = warm.unwrap_or_default();
+    Ok(Sampled {
+        first_low: low(Duration::ZERO, LOW_POINT_WINDOW)?,
+        last_low: low(
+            measured.saturating_sub(LOW_POINT_WINDOW),
+            measured + SAMPLE_EVERY,
+        )?,
+        samples,
+        warmup,
+        by_counts,
+    })
 }
 
 pub(crate) async fn sweep(a: &SweepArgs) -> Result<Value> {
