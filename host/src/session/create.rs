@@ -178,7 +178,7 @@ impl Sessions {
         // Acknowledged means durable: the client hears of the session once it is stored (or
         // `--store-ack-timeout` passed; then the write stays buffered).
         if let Some(store) = &self.store {
-            if let Err(e) = store.commit().await {
+            if let Err(e) = store.commit_session(session.shared_id()).await {
                 tracing::warn!(session_id = %session.id, error = %e, "session created before the store confirmed it");
             }
         }

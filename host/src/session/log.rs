@@ -408,6 +408,11 @@ impl Session {
         }
     }
 
+    /// The id as the store's writer holds it (what a session's own commit names).
+    pub(crate) fn shared_id(&self) -> &Arc<str> {
+        &self.shared_id
+    }
+
     /// Whether a run (or a followed turn) is in progress here.
     pub fn is_running(&self) -> bool {
         self.lock().running.is_some()

@@ -137,7 +137,7 @@ async fn run_turn(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let next = session.finish_run(&final_event(outcome, run), &runtime.metrics, true);
     if next.is_none() {
-        if let Err(e) = d.commit().await {
+        if let Err(e) = d.commit_session(session.shared_id()).await {
             tracing::warn!(session_id = %session.id, error = %e, "turn acknowledged before the store confirmed it");
         }
         session.release(&runtime.metrics);

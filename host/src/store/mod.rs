@@ -44,7 +44,7 @@ use sha2::{Digest, Sha256};
 use health::State;
 pub use health::StoreHealth;
 pub use listing::{Access, Cursor, Listed, Listing, NewSession, TITLE_CHARS};
-pub(crate) use op::{Acker, Created, Frames, Op, TurnEnded, TurnStarted};
+pub(crate) use op::{Ack, Acker, Created, Frames, Op, TurnEnded, TurnStarted};
 pub use quota::{QuotaCounts, Windows};
 pub use redis::Followed;
 pub use shared::{FollowConn, Shared};
@@ -383,9 +383,22 @@ impl Store {
     /// Waits until every write sent so far is applied — the writer commits now rather than at
     /// its next tick — or `--store-ack-timeout` passed (then the writes stay buffered).
     pub async fn commit(&self) -> Result<(), StoreError> {
+        self.commit_for(None).await
+    }
+
+    /// [`Store::commit`] for session `id`'s writes only: the writer commits them now and
+    /// leaves the other sessions' writes to its next tick.
+    pub async fn commit_session(&self, id: &Arc<str>) -> Result<(), StoreError> {
+        self.commit_for(Some(id.clone())).await
+    }
+
+    async fn commit_for(&self, session: Option<Arc<str>>) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = std::time::Instant::now();
-        self.send(Op::Ack(Acker::Async(tx)));
+        self.send(Op::Ack(Ack {
+            waiter: Acker::Async(tx),
+            session,
+        }));
         self.state.wake_writer();
         let r = match tokio::time::timeout(self.ack_timeout, rx).await {
             Ok(Ok(())) => Ok(()),
@@ -402,7 +415,7 @@ impl Store {
     /// [`Store::commit`] from a thread that may block (tests, shutdown), waiting up to `wait`.
     pub fn flush_blocking(&self, wait: Duration) -> bool {
         let (tx, rx) = mpsc::channel();
-        self.send(Op::Ack(Acker::Blocking(tx)));
+        self.send(Op::Ack(Acker::Blocking(tx).into()));
         self.state.wake_writer();
         rx.recv_timeout(wait).is_ok()
     }

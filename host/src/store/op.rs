@@ -1,5 +1,5 @@
-//! The writes sessions hand the store's writer: one [`Op`] each, and the [`Acker`] an
-//! acknowledgement waits on.
+//! The writes sessions hand the store's writer: one [`Op`] each, and the [`Ack`] an
+//! acknowledgement is.
 
 use std::sync::{mpsc, Arc};
 
@@ -27,8 +27,8 @@ pub(crate) enum Op {
     Claim {
         id: String,
     },
-    /// Answered once every write before it is applied.
-    Ack(Acker),
+    /// Answered once the writes it waits for are applied (see [`Ack`]).
+    Ack(Ack),
 }
 
 /// The frames of an [`Op::Events`], one a line (frames are one-line JSON).
@@ -91,6 +91,32 @@ pub(crate) struct TurnEnded {
     pub(crate) owner: Option<String>,
     /// Unix milliseconds.
     pub(crate) at: i64,
+}
+
+/// An acknowledgement: who waits, and for which writes — every write sent before it
+/// (`session: None`), or only those of one session. A session's own acknowledgement (its
+/// creation or its turn's end stored) lets the writer commit that session's writes at once and
+/// leave every other session's to the interval's commit: an urgent commit then writes a few
+/// pages, not a page of every session streaming.
+pub(crate) struct Ack {
+    pub(crate) waiter: Acker,
+    pub(crate) session: Option<Arc<str>>,
+}
+
+impl Ack {
+    pub(super) fn done(self) {
+        self.waiter.done();
+    }
+}
+
+impl From<Acker> for Ack {
+    /// An acknowledgement of every write sent before it.
+    fn from(waiter: Acker) -> Ack {
+        Ack {
+            waiter,
+            session: None,
+        }
+    }
 }
 
 /// Who waits for an [`Op::Ack`].

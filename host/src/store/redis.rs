@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn a_batch_of_only_acknowledgements_is_no_pipeline() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let batch = [Op::Ack(super::super::Acker::Blocking(tx))];
+        let batch = [Op::Ack(super::super::Acker::Blocking(tx).into())];
         let (_, n) = pipeline(&batch, Duration::from_secs(1), "h");
         assert_eq!(n, 0);
     }

@@ -31,6 +31,16 @@ pub(crate) fn spawn(
     rx: mpsc::Receiver<Op>,
     state: std::sync::Arc<State>,
 ) -> Result<(), StoreError> {
+    spawn_every(backend, rx, state, FLUSH_EVERY)
+}
+
+/// [`spawn`] with another interval (tests that must not race the interval's end).
+fn spawn_every(
+    backend: impl Backend,
+    rx: mpsc::Receiver<Op>,
+    state: std::sync::Arc<State>,
+    interval: Duration,
+) -> Result<(), StoreError> {
     let st = state.clone();
     let handle = std::thread::Builder::new()
         .name("session-store".into())
@@ -45,6 +55,8 @@ pub(crate) fn spawn(
                 backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
                 outage: None,
                 slow_logged: None,
+                due: None,
+                interval,
             }
             .run()
         })
@@ -73,14 +85,18 @@ struct Writer<B: Backend> {
     outage: Option<Outage>,
     /// When a slow batch was last logged (at most one line per [`SUMMARY_EVERY`]).
     slow_logged: Option<Instant>,
+    /// When the buffer is committed whole: one interval after its first write.
+    due: Option<Instant>,
+    /// [`FLUSH_EVERY`] (tests: longer).
+    interval: Duration,
 }
 
 impl<B: Backend> Writer<B> {
     fn run(mut self) {
         loop {
-            let wait = match self.retry_at {
-                Some(at) => at.saturating_duration_since(Instant::now()),
-                None => self.backend.idle_wait(),
+            let wait = match (self.retry_at, self.due) {
+                (Some(at), _) | (None, Some(at)) => at.saturating_duration_since(Instant::now()),
+                (None, None) => self.backend.idle_wait(),
             };
             match self.rx.recv_timeout(wait) {
                 Ok(op) => {
@@ -102,7 +118,11 @@ impl<B: Backend> Writer<B> {
             let t0 = Instant::now();
             let ops = self.pending.len();
             if self.retry_at.is_none_or(|at| Instant::now() >= at) {
-                self.attempt();
+                // Before the interval's end, only what acknowledgements wait for.
+                let early = self.retry_at.is_none() && self.due.is_some_and(|d| Instant::now() < d);
+                if !(early && self.attempt_acknowledged()) {
+                    self.attempt();
+                }
             }
             let t1 = Instant::now();
             if self.outage.is_none() {
@@ -129,9 +149,9 @@ impl<B: Backend> Writer<B> {
         }
     }
 
-    /// Lets writes gather for one interval, unless an acknowledgement asks to commit now.
+    /// Lets writes gather until the interval's end, unless an acknowledgement asks to commit now.
     fn gather_window(&self) {
-        let deadline = Instant::now() + FLUSH_EVERY;
+        let Some(deadline) = self.due else { return };
         while !self.state.urgent.load(Ordering::Acquire) {
             let now = Instant::now();
             if now >= deadline {
@@ -145,6 +165,7 @@ impl<B: Backend> Writer<B> {
         let size = op.size();
         self.state.unqueued(size);
         if self.pending.is_empty() {
+            self.due = Some(Instant::now() + self.interval);
             self.state.oldest_ms.store(
                 (self.state.epoch.elapsed().as_millis() as u64).max(1),
                 Ordering::Relaxed,
@@ -218,9 +239,49 @@ impl<B: Backend> Writer<B> {
         }
     }
 
+    /// Before the interval's end: applies the writes of the sessions whose acknowledgements
+    /// wait, and those acknowledgements; the rest stays for the interval's commit (a session's
+    /// writes all go, or all stay: their order holds). False when an acknowledgement waits for
+    /// every write (then the whole buffer goes).
+    fn attempt_acknowledged(&mut self) -> bool {
+        let mut sessions = std::collections::HashSet::new();
+        for op in &self.pending {
+            if let Op::Ack(a) = op {
+                match &a.session {
+                    Some(id) => sessions.insert(id.clone()),
+                    None => return false,
+                };
+            }
+        }
+        if sessions.is_empty() {
+            return true; // woken with nothing acknowledged: the interval goes on
+        }
+        let (now, later): (Vec<Op>, Vec<Op>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|op| {
+                matches!(op, Op::Ack(_)) || op.session().is_some_and(|id| sessions.contains(id))
+            });
+        let (due, oldest) = (self.due, self.state.oldest_ms.load(Ordering::Relaxed));
+        self.pending = now;
+        self.attempt();
+        if later.is_empty() {
+            return true;
+        }
+        // Applied or kept for a retry, the rest follows; the interval's clock goes on.
+        self.pending.extend(later);
+        self.pending_bytes = self.pending.iter().map(Op::size).sum();
+        self.state
+            .buffered_bytes
+            .store(self.pending_bytes, Ordering::Relaxed);
+        self.state.oldest_ms.store(oldest, Ordering::Relaxed);
+        self.due = due;
+        true
+    }
+
     fn written(&mut self) {
         let count = self.pending.len();
         // The state first, then the acknowledgements: whoever they wake sees it up to date.
+        self.due = None;
         self.pending_bytes = 0;
         self.state.buffered_bytes.store(0, Ordering::Relaxed);
         self.state.oldest_ms.store(0, Ordering::Relaxed);
@@ -287,160 +348,4 @@ impl<B: Backend> Writer<B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::{Acker, Created, Op, TurnEnded};
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, Mutex as StdMutex};
-
-    /// A backend that fails while `down` and records what it applied.
-    struct Flaky {
-        down: Arc<AtomicBool>,
-        applied: Arc<StdMutex<Vec<String>>>,
-    }
-
-    impl Backend for Flaky {
-        fn apply(&mut self, batch: &[Op]) -> Result<(), StoreError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("down".into()));
-            }
-            let mut a = self.applied.lock().unwrap();
-            for op in batch {
-                match op {
-                    Op::Create(c) => a.push(format!("create {}", c.id)),
-                    Op::Events { id, first, frames } => {
-                        for (seq, _) in crate::store::batch::Chunk::events(*first, frames.as_str())
-                        {
-                            a.push(format!("event {id} {seq}"));
-                        }
-                    }
-                    Op::TurnEnd(t) => a.push(format!("end {}", t.id)),
-                    _ => {}
-                }
-            }
-            Ok(())
-        }
-    }
-
-    type Started = (
-        Arc<AtomicBool>,
-        Arc<StdMutex<Vec<String>>>,
-        Arc<State>,
-        mpsc::Sender<Op>,
-    );
-
-    /// A writer over a store that is down, with a buffer of `limit` bytes.
-    fn start_down(limit: usize) -> Started {
-        let down = Arc::new(AtomicBool::new(true));
-        let applied = Arc::new(StdMutex::new(Vec::new()));
-        let state = Arc::new(State::new("test".into(), limit));
-        let (tx, rx) = mpsc::channel();
-        let backend = Flaky {
-            down: down.clone(),
-            applied: applied.clone(),
-        };
-        spawn(backend, rx, state.clone()).unwrap();
-        (down, applied, state, tx)
-    }
-
-    fn event(seq: u64, bytes: usize) -> Op {
-        Op::Events {
-            id: Arc::from("s"),
-            first: seq,
-            frames: super::super::Frames::Lines("x".repeat(bytes)),
-        }
-    }
-
-    #[test]
-    fn failed_writes_are_kept_in_order_and_written_when_the_store_is_back() {
-        let (down, applied, state, tx) = start_down(64 << 20);
-        let send = |op: Op| {
-            state.queued(op.size());
-            tx.send(op).unwrap();
-        };
-        send(Op::Create(Box::new(Created {
-            id: "s".into(),
-            token_hash: "h".into(),
-            settings: "{}".into(),
-            client: "127.0.0.1".into(),
-            owner: None,
-            agent: String::new(),
-            at: 0,
-        })));
-        send(event(1, 10));
-        let (ack, acked) = mpsc::channel();
-        send(Op::Ack(Acker::Blocking(ack)));
-        state.wake_writer();
-        assert!(
-            acked.recv_timeout(Duration::from_millis(600)).is_err(),
-            "not while down"
-        );
-        assert_eq!(state.health().state, "degraded");
-        assert!(state.health().buffered_bytes > 0);
-        send(event(2, 10));
-        send(Op::TurnEnd(Box::new(TurnEnded {
-            id: "s".into(),
-            memory: "m".into(),
-            usage: String::new(),
-            agent: String::new(),
-            owner: None,
-            at: 0,
-        })));
-        down.store(false, Ordering::SeqCst);
-        acked.recv_timeout(Duration::from_secs(10)).unwrap();
-        let (ack, acked) = mpsc::channel();
-        send(Op::Ack(Acker::Blocking(ack)));
-        state.wake_writer();
-        acked.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(
-            *applied.lock().unwrap(),
-            ["create s", "event s 1", "event s 2", "end s"]
-        );
-        let h = state.health();
-        assert_eq!((h.state, h.buffered_bytes, h.dropped_events), ("ok", 0, 0));
-    }
-
-    #[test]
-    fn past_the_bound_events_go_before_records_and_every_drop_is_counted() {
-        let (down, applied, state, tx) = start_down(1 << 20);
-        // 40 records of 40 KiB and 400 events of 10 KiB: ~5.6 MiB against a 1 MiB bound.
-        for i in 0..40u64 {
-            let op = Op::TurnEnd(Box::new(TurnEnded {
-                id: format!("r{i}"),
-                memory: "m".repeat(40 << 10),
-                usage: String::new(),
-                agent: String::new(),
-                owner: None,
-                at: 0,
-            }));
-            state.queued(op.size());
-            tx.send(op).unwrap();
-            for j in 0..10 {
-                let op = event(i * 10 + j + 1, 10 << 10);
-                state.queued(op.size());
-                tx.send(op).unwrap();
-            }
-        }
-        // Wait until the writer has taken everything in (and applied its bound).
-        let t0 = std::time::Instant::now();
-        while state.health().dropped_events < 400 && t0.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let h = state.health();
-        assert!(h.buffered_bytes <= 1 << 20, "{h:?}");
-        assert_eq!(
-            h.dropped_events, 400,
-            "every event dropped before any record: {h:?}"
-        );
-        assert!(h.dropped_records > 0 && h.dropped_records < 40, "{h:?}");
-        down.store(false, Ordering::SeqCst);
-        let (ack, acked) = mpsc::channel();
-        tx.send(Op::Ack(Acker::Blocking(ack))).unwrap();
-        state.wake_writer();
-        acked.recv_timeout(Duration::from_secs(10)).unwrap();
-        let a = applied.lock().unwrap();
-        // The newest records are the ones kept.
-        assert_eq!(a.last().map(String::as_str), Some("end r39"));
-        assert_eq!(a.len() as u64 + h.dropped_records, 40);
-    }
-}
+mod tests;
