@@ -272,6 +272,21 @@ impl Reader {
     }
 }
 
+/// The block a session hands over for `frames`, events `first`.. of session `id` (a model
+/// read's, as `ToStore` gathers them: the first line stands alone), for the tests and the
+/// store's benchmark.
+#[cfg(test)]
+pub(crate) fn block<S: AsRef<str>>(frames: &[S], id: &str, first: u64) -> String {
+    let (mut encoder, mut out) = (Encoder::default(), String::new());
+    for (seq, frame) in (first..).zip(frames) {
+        if seq > first {
+            out.push('\n');
+        }
+        encoder.push(&mut out, frame.as_ref(), id, seq);
+    }
+    out
+}
+
 /// A streamed piece's frame as the session's encoder writes it (its fields in its order), for
 /// the tests and the store's benchmark.
 #[cfg(test)]

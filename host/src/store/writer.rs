@@ -109,7 +109,7 @@ impl<B: Backend> Writer<B> {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.drain();
-                    self.attempt();
+                    self.attempt(Vec::new());
                     return;
                 }
             }
@@ -121,7 +121,7 @@ impl<B: Backend> Writer<B> {
                 // Before the interval's end, only what acknowledgements wait for.
                 let early = self.retry_at.is_none() && self.due.is_some_and(|d| Instant::now() < d);
                 if !(early && self.attempt_acknowledged()) {
-                    self.attempt();
+                    self.attempt(Vec::new());
                 }
             }
             let t1 = Instant::now();
@@ -225,8 +225,9 @@ impl<B: Backend> Writer<B> {
         }
     }
 
-    /// Applies the buffer; on failure keeps it and schedules a retry.
-    fn attempt(&mut self) {
+    /// Applies the buffer — `rest`, the writes left for the interval's commit, waits behind
+    /// it; on failure keeps both, in order, and schedules a retry.
+    fn attempt(&mut self, rest: Vec<Op>) {
         let has_writes = self.pending.iter().any(|op| !matches!(op, Op::Ack(_)));
         let result = if has_writes {
             self.backend.apply(&self.pending)
@@ -234,8 +235,12 @@ impl<B: Backend> Writer<B> {
             Ok(())
         };
         match result {
-            Ok(()) => self.written(),
-            Err(e) => self.failed(e),
+            Ok(()) => self.written(rest),
+            Err(e) => {
+                // The byte count and the oldest write's age already cover both.
+                self.pending.extend(rest);
+                self.failed(e);
+            }
         }
     }
 
@@ -261,30 +266,25 @@ impl<B: Backend> Writer<B> {
             .partition(|op| {
                 matches!(op, Op::Ack(_)) || op.session().is_some_and(|id| sessions.contains(id))
             });
-        let (due, oldest) = (self.due, self.state.oldest_ms.load(Ordering::Relaxed));
         self.pending = now;
-        self.attempt();
-        if later.is_empty() {
-            return true;
-        }
-        // Applied or kept for a retry, the rest follows; the interval's clock goes on.
-        self.pending.extend(later);
-        self.pending_bytes = self.pending.iter().map(Op::size).sum();
-        self.state
-            .buffered_bytes
-            .store(self.pending_bytes, Ordering::Relaxed);
-        self.state.oldest_ms.store(oldest, Ordering::Relaxed);
-        self.due = due;
+        self.attempt(later);
         true
     }
 
-    fn written(&mut self) {
+    /// The buffer is in the store: what stays (`rest`) becomes the buffer, and the
+    /// acknowledgements are answered.
+    fn written(&mut self, mut rest: Vec<Op>) {
         let count = self.pending.len();
         // The state first, then the acknowledgements: whoever they wake sees it up to date.
-        self.due = None;
-        self.pending_bytes = 0;
-        self.state.buffered_bytes.store(0, Ordering::Relaxed);
-        self.state.oldest_ms.store(0, Ordering::Relaxed);
+        // With writes left, the interval's clock goes on.
+        self.pending_bytes = rest.iter().map(Op::size).sum();
+        self.state
+            .buffered_bytes
+            .store(self.pending_bytes, Ordering::Relaxed);
+        if rest.is_empty() {
+            self.due = None;
+            self.state.oldest_ms.store(0, Ordering::Relaxed);
+        }
         self.retry_at = None;
         self.backoff.reset();
         let was_out = self.outage.is_some();
@@ -299,6 +299,7 @@ impl<B: Backend> Writer<B> {
         // The next batch reuses the room (a stream's batch is thousands of ops), up to a bound
         // (what an outage left buffered is given back).
         self.pending.shrink_to(PENDING_KEPT);
+        self.pending.append(&mut rest);
         if let Some(o) = self.outage.take() {
             tracing::warn!(
                 store = %self.state.name,

@@ -54,15 +54,8 @@ fn reads(ids: &[Arc<str>], t0: Instant) -> Vec<(u64, Vec<String>)> {
             // As the session hands a read over: its stored lines, the first standing alone.
             let read = |id: &Arc<str>| {
                 let n = PER_READ.min(PIECES + 2 - first);
-                let mut encoder = super::super::line::Encoder::default();
-                let mut block = String::new();
-                for s in first..first + n {
-                    if s > first {
-                        block.push('\n');
-                    }
-                    encoder.push(&mut block, &piece(id, s, t0), id, s);
-                }
-                block
+                let pieces: Vec<String> = (first..first + n).map(|s| piece(id, s, t0)).collect();
+                super::super::line::block(&pieces, id, first)
             };
             (first, ids.iter().map(read).collect())
         })

@@ -135,7 +135,7 @@ fn resume_tokens_written_by_an_earlier_version_are_scrubbed_on_open() {
 /// The ops a session hands the store for `sent` (events 1..): a streamed piece in a block of
 /// stored lines with the pieces after it (up to five, a model read's), any other event whole.
 fn handed_over(id: &Arc<str>, sent: &[String]) -> Vec<Op> {
-    use super::super::line::Encoder;
+    use super::super::line::block;
     use super::super::Frames;
     let is_piece = |seq: u64| sent[seq as usize - 1].contains("partial_answer");
     let mut ops = Vec::new();
@@ -152,18 +152,14 @@ fn handed_over(id: &Arc<str>, sent: &[String]) -> Vec<Op> {
             seq += 1;
             continue;
         }
-        let (mut encoder, mut block) = (Encoder::default(), String::new());
         while seq as usize <= sent.len() && seq < first + 5 && is_piece(seq) {
-            if seq > first {
-                block.push('\n');
-            }
-            encoder.push(&mut block, &sent[seq as usize - 1], id, seq);
             seq += 1;
         }
+        let read = &sent[first as usize - 1..seq as usize - 1];
         ops.push(Op::Events {
             id: id.clone(),
             first,
-            frames: Frames::Short(block),
+            frames: Frames::Short(block(read, id, first)),
         });
     }
     ops

@@ -106,6 +106,8 @@ fn a_session_s_acknowledgement_commits_its_writes_and_leaves_the_others_to_the_i
     spawn_every(backend, rx, state.clone(), Duration::from_secs(2)).unwrap();
     a_done.recv_timeout(Duration::from_secs(1)).unwrap();
     assert_eq!(*batches.lock().unwrap(), [vec!["event a 1".to_string()]]);
+    // b's write is still counted as buffered when a's acknowledgement is answered.
+    assert!(state.health().buffered_bytes > 0);
     // b's write follows at the interval's end, in a batch of its own.
     let t0 = std::time::Instant::now();
     while applied.lock().unwrap().len() < 2 && t0.elapsed() < Duration::from_secs(10) {

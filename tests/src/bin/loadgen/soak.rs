@@ -27,19 +27,19 @@ pub(crate) async fn soak_streamer(
     url: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
     counters: Arc<Counters>,
-) -> (u64, u64, Option<String>) {
-    let (mut runs, mut errors, mut first) = (0u64, 0u64, None);
+) -> (u64, Option<String>) {
+    let (mut errors, mut first) = (0u64, None);
     let mut fail = |e: String| {
         errors += 1;
         first.get_or_insert(e);
     };
     let Ok(mut ws) = connect(&url).await else {
         fail("connect failed".into());
-        return (runs, errors, first);
+        return (errors, first);
     };
     let Some(sid) = open_session(&mut ws).await else {
         fail("create_session got no agent.session_created".into());
-        return (runs, errors, first);
+        return (errors, first);
     };
     while !stop.load(Ordering::Relaxed) {
         let m = json!({"event": "user.message", "session_id": sid, "content": "bench:100@20"});
@@ -54,7 +54,6 @@ pub(crate) async fn soak_streamer(
                         fail(t.to_string());
                     }
                     if t.contains("\"agent.ready\"") {
-                        runs += 1;
                         counters.runs.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
@@ -62,13 +61,13 @@ pub(crate) async fn soak_streamer(
                 Ok(Some(Ok(_))) => {}
                 other => {
                     fail(format!("stream ended: {other:?}"));
-                    return (runs, errors, first);
+                    return (errors, first);
                 }
             }
         }
     }
     let _ = ws.close(None).await;
-    (runs, errors, first)
+    (errors, first)
 }
 
 /// The host hands freed memory back every 30 s (`server::return_freed_memory`), so RSS between
@@ -134,10 +133,9 @@ pub(crate) async fn soak(a: &SoakArgs) -> Result<Value> {
     }
     let sampled = sample(a, &url, &counters).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut runs, mut errors, mut first) = (0, 0, None);
+    let (mut errors, mut first) = (0, None);
     for s in streamers {
-        let (r, e, f) = s.await?;
-        runs += r;
+        let (e, f) = s.await?;
         errors += e;
         if first.is_none() {
             first = f;
@@ -148,7 +146,10 @@ pub(crate) async fn soak(a: &SoakArgs) -> Result<Value> {
     }
     let sampled = sampled?;
     let churn_errs = churn_errors.lock().unwrap().clone();
-    let churned = counters.churned.load(Ordering::Relaxed);
+    let (runs, churned) = (
+        counters.runs.load(Ordering::Relaxed),
+        counters.churned.load(Ordering::Relaxed),
+    );
     let (base, end) = (sampled.first_low, sampled.last_low);
     let growth = (end as f64 - base as f64) / base as f64 * 100.0;
     let ok = errors == 0 && churn_errs.is_empty() && growth <= a.max_growth_percent;
