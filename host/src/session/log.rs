@@ -20,6 +20,7 @@ use super::turn::Turn;
 use crate::agent::{Approvals, Memory, SessionSettings};
 use crate::metrics::Metrics;
 use crate::store::{Frames, Listing, Store};
+use replay::Kept;
 
 /// What one stored event costs beyond its text: the queue slot, the shared buffer's header and
 /// allocator rounding (measured: a full 256 KiB buffer of small events held ~611 KiB).
@@ -105,8 +106,7 @@ struct Inner {
     /// when the run ends, so an idle session holds no spare block.
     arena: bytes::BytesMut,
     seq: u64,
-    replay: VecDeque<(u64, Utf8Bytes)>,
-    replay_bytes: usize,
+    replay: replay::Replay,
     /// Set while a run is in progress: cancelling it stops the run.
     running: Option<CancellationToken>,
     /// Messages waiting for the current run to end (`on_busy: enqueue`/`interrupt`).
@@ -136,9 +136,10 @@ struct Inner {
     pub(super) updated: i64,
     /// Deleted (closed, or `user.delete_session`): nothing more of it is written to the store.
     pub(super) unstored: bool,
-    /// Events not yet handed to the store (`to_store.rs`): a model read's go with the wake
-    /// that sends them to the client ([`Session::wake`]), any other event at once.
-    to_store: to_store::ToStore,
+    /// A model read's pieces not yet settled (`pieces.rs`): kept for replay and handed to the
+    /// store at the wake that sends them to the client ([`Session::wake`]), or before any
+    /// other event.
+    pieces: pieces::Pieces,
 }
 
 impl Drop for Session {
@@ -147,7 +148,7 @@ impl Drop for Session {
         self.budget
             .metrics
             .replay_bytes
-            .sub(inner.replay_bytes as u64);
+            .sub(inner.replay.bytes() as u64);
     }
 }
 
@@ -193,8 +194,7 @@ impl Session {
             unwoken: 0,
             arena: bytes::BytesMut::new(),
             seq: 0,
-            replay: VecDeque::new(),
-            replay_bytes: 0,
+            replay: replay::Replay::default(),
             running: None,
             queue: VecDeque::new(),
             queue_bytes: 0,
@@ -208,7 +208,7 @@ impl Session {
             updated: identity.listing.created,
             listing: identity.listing,
             unstored: false,
-            to_store: to_store::ToStore::new(store.as_ref().is_some_and(|s| s.keeps_lines())),
+            pieces: pieces::Pieces::default(),
         };
         let Identity {
             id,
@@ -249,17 +249,14 @@ impl Session {
         inner.seq = floor;
         for (seq, frame) in events {
             inner.seq = inner.seq.max(seq);
-            let cost = frame.len() + EVENT_OVERHEAD;
-            inner.replay_bytes += cost;
+            let cost = inner.replay.push(Kept::Frame(seq, Utf8Bytes::from(frame)));
             self.budget.metrics.replay_bytes.add(cost as u64);
-            inner.replay.push_back((seq, Utf8Bytes::from(frame)));
         }
-        while inner.replay_bytes > self.replay_cap_bytes && inner.replay.len() > 1 {
-            if let Some((_, old)) = inner.replay.pop_front() {
-                let freed = old.len() + EVENT_OVERHEAD;
-                inner.replay_bytes -= freed;
-                self.budget.metrics.replay_bytes.sub(freed as u64);
-            }
+        while inner.replay.bytes() > self.replay_cap_bytes {
+            let Some(freed) = inner.replay.drop_oldest() else {
+                break;
+            };
+            self.budget.metrics.replay_bytes.sub(freed as u64);
         }
     }
 
@@ -307,7 +304,7 @@ impl Session {
         // The run's spare arena room goes (its frames keep their blocks while they are kept),
         // and the store encoder's copy of the last piece.
         inner.arena = bytes::BytesMut::new();
-        inner.to_store.idle();
+        inner.pieces.idle();
         let next = Self::next_queued(&mut inner);
         if next.is_none() {
             if hold_ready {
@@ -370,16 +367,16 @@ impl Session {
             );
             text = error.frame_in_session(&self.id, seq);
         }
-        if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
-            if quiet {
-                inner.to_store.gather(&self.id, seq, &text);
-            } else {
-                // What was gathered first, then this one as it is (a lone event is not copied).
-                self.hand_to_store(inner);
+        if quiet {
+            inner.pieces.gather(&self.id, seq, &text);
+        } else {
+            // What was gathered first, then this one as it is (a lone event is not copied).
+            self.settle_pieces(inner);
+            if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
                 d.events(&self.shared_id, seq, Frames::One(text.clone()));
             }
+            self.keep_for_replay(inner, Kept::Frame(seq, text.clone()));
         }
-        self.keep_for_replay(inner, seq, text.clone());
         if inner.withheld_from.is_some() {
             return; // sent by `release`
         }
@@ -399,12 +396,13 @@ impl Session {
         }
     }
 
-    /// Hands the events gathered in [`Inner::to_store`] to the store.
-    fn hand_to_store(&self, inner: &mut Inner) {
-        if let Some((first, frames)) = inner.to_store.take() {
+    /// Keeps the pieces gathered in [`Inner::pieces`] for replay and hands them to the store.
+    fn settle_pieces(&self, inner: &mut Inner) {
+        if let Some((first, last, lines)) = inner.pieces.take() {
             if let Some(d) = self.store.as_ref().filter(|_| !inner.unstored) {
-                d.events(&self.shared_id, first, frames);
+                d.events(&self.shared_id, first, Frames::Short(lines.clone()));
             }
+            self.keep_for_replay(inner, Kept::Pieces { first, last, lines });
         }
     }
 
@@ -487,5 +485,6 @@ mod attach;
 mod foreign;
 mod held;
 mod limits;
+mod pieces;
+mod replay;
 mod summary;
-mod to_store;

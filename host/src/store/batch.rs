@@ -61,15 +61,24 @@ impl Chunk {
 /// The frames of `block` — stored lines of events `first`.. of session `id`, its first standing
 /// alone — whole, one a line (for a store that keeps frames whole).
 pub(crate) fn whole(block: &str, id: &str, first: u64) -> String {
-    let mut reader = line::Reader::default();
     let mut out = String::with_capacity(block.len() * 8);
-    for (seq, line) in Chunk::events(first, block) {
+    each_frame(block, id, first, |seq, frame| {
         if seq > first {
             out.push('\n');
         }
-        out.push_str(&reader.frame(line, id, seq));
-    }
+        out.push_str(frame);
+    });
     out
+}
+
+/// Calls `f` with each frame of `block` (as [`whole`] reads it) and its seq, in order.
+pub(crate) fn each_frame(block: &str, id: &str, first: u64, mut f: impl FnMut(u64, &str)) {
+    let (mut reader, mut frame) = (line::Reader::default(), String::new());
+    for (seq, line) in Chunk::events(first, block) {
+        frame.clear();
+        reader.frame_into(&mut frame, line, id, seq);
+        f(seq, &frame);
+    }
 }
 
 /// A stored chunk grows to about this many bytes, then the next event starts another: the

@@ -88,7 +88,7 @@ impl Encoder {
     }
 }
 
-/// The frame's head and timestamp, when its tail is exactly what [`rebuild`] writes back.
+/// The frame's head and timestamp, when its tail is exactly what [`Reader`] writes back.
 fn split<'a>(frame: &'a str, id: &str, seq: u64) -> Option<(&'a str, &'a str)> {
     let body = frame.strip_suffix(END)?;
     // A timestamp holds no quote: the last one opens it.
@@ -193,18 +193,6 @@ fn word(b: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
-/// The frame from its head, its session, seq and timestamp.
-fn rebuild(head: &str, ts: &str, id: &str, seq: u64) -> String {
-    let mut digits = itoa::Buffer::new();
-    let seq = digits.format(seq);
-    let parts = [head, SESSION, id, SEQ, seq, TIMESTAMP, ts, END];
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        out.push_str(part);
-    }
-    out
-}
-
 /// Reads a chunk's lines, in order (a line may be said against the one before).
 #[derive(Default)]
 pub(crate) struct Reader {
@@ -218,9 +206,30 @@ impl Reader {
     /// The frame a stored line holds (event `seq` of session `id`). A line `push` did not
     /// write is given back as it is (the client sees what was stored).
     pub(crate) fn frame<'a>(&mut self, line: &'a str, id: &str, seq: u64) -> Cow<'a, str> {
+        match self.read(line) {
+            Some(whole) => Cow::Borrowed(whole),
+            None => {
+                let mut out = String::new();
+                self.rebuild_into(&mut out, id, seq);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// [`Reader::frame`], appended to `out` (no allocation of its own).
+    pub(crate) fn frame_into(&mut self, out: &mut String, line: &str, id: &str, seq: u64) {
+        match self.read(line) {
+            Some(whole) => out.push_str(whole),
+            None => self.rebuild_into(out, id, seq),
+        }
+    }
+
+    /// Reads `line`: the frame it holds when that is written whole, else None (the line's head
+    /// and timestamp are then this reader's).
+    fn read<'a>(&mut self, line: &'a str) -> Option<&'a str> {
         let held = if let Some(whole) = line.strip_prefix(ESCAPED) {
             self.held = false;
-            return Cow::Borrowed(whole);
+            return Some(whole);
         } else if let Some(short) = line.strip_prefix(SHORT) {
             short.find('{').is_some_and(|at| {
                 let (ts, head) = short.split_at(at);
@@ -236,13 +245,30 @@ impl Reader {
             false
         };
         self.held = held;
-        if !held {
-            return Cow::Borrowed(line);
-        }
-        Cow::Owned(rebuild(&self.head, &self.ts, id, seq))
+        (!held).then_some(line)
     }
 
-    /// Applies a `^` line's body to the line before's head and timestamp.
+    /// Appends the frame of the head and timestamp held.
+    fn rebuild_into(&self, out: &mut String, id: &str, seq: u64) {
+        let mut digits = itoa::Buffer::new();
+        let seq = digits.format(seq);
+        let parts = [
+            self.head.as_str(),
+            SESSION,
+            id,
+            SEQ,
+            seq,
+            TIMESTAMP,
+            &self.ts,
+            END,
+        ];
+        out.reserve(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            out.push_str(part);
+        }
+    }
+
+    /// Applies a `^` line's body to the line before's head and timestamp (in place).
     fn follow(&mut self, d: &str) -> bool {
         let Some((nums, rest)) = d.split_once('|') else {
             return false;
@@ -254,20 +280,19 @@ impl Reader {
             return false;
         };
         let cut = self.head.len().checked_sub(s).filter(|&at| at >= p);
-        let parts = (
-            rest.get(..l),
-            rest.get(l..),
-            self.head.get(..p),
-            cut.and_then(|at| self.head.get(at..)),
-            self.ts.get(..t),
-        );
-        let (Some(ts_rest), Some(middle), Some(pre), Some(post), Some(ts_pre)) = parts else {
+        let (Some(cut), Some(ts_rest), Some(middle)) = (cut, rest.get(..l), rest.get(l..)) else {
             return false;
         };
-        let head = [pre, middle, post].concat();
-        let ts = [ts_pre, ts_rest].concat();
-        self.head = head;
-        self.ts = ts;
+        // `is_char_boundary` is false past the end, as `get` would be None.
+        let fits = self.head.is_char_boundary(p)
+            && self.head.is_char_boundary(cut)
+            && self.ts.is_char_boundary(t);
+        if !fits {
+            return false;
+        }
+        self.head.replace_range(p..cut, middle);
+        self.ts.truncate(t);
+        self.ts.push_str(ts_rest);
         true
     }
 }

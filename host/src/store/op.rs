@@ -41,14 +41,15 @@ pub(crate) enum Frames {
     /// A model read's events as the SQLite store keeps them ([`super::line`]'s stored lines,
     /// written by the session's [`super::line::Encoder`]; the first stands alone): appended to
     /// the row as they are. For a store that keeps frames whole, `Store::events` reads them
-    /// back first.
-    Short(String),
+    /// back first. Shared with the session's replay buffer, which keeps the same block.
+    Short(std::sync::Arc<str>),
 }
 
 impl Frames {
     pub(crate) fn as_str(&self) -> &str {
         match self {
-            Frames::Lines(s) | Frames::Short(s) => s,
+            Frames::Lines(s) => s,
+            Frames::Short(s) => s,
             Frames::One(f) => f.as_str(),
         }
     }
@@ -163,9 +164,13 @@ impl Op {
         64 + match self {
             Op::Create(c) => c.id.len() + c.token_hash.len() + c.settings.len(),
             Op::Events {
-                frames: Frames::Lines(s) | Frames::Short(s),
+                frames: Frames::Lines(s),
                 ..
             } => s.capacity(),
+            Op::Events {
+                frames: Frames::Short(s),
+                ..
+            } => s.len(),
             Op::Events {
                 frames: Frames::One(f),
                 ..

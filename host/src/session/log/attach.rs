@@ -2,8 +2,6 @@
 //! attached and the missed events replayed under the session's lock, so nothing is lost or
 //! sent twice between the replay and the live events.
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
 use super::{Inner, ResumeOutcome, Session};
 use crate::metrics::Metrics;
 use crate::session::event::{AgentInfo, ServerEvent};
@@ -22,7 +20,7 @@ impl Session {
     pub fn wake(&self) {
         let mut inner = self.lock();
         wake_owner(&mut inner, &self.budget.metrics);
-        self.hand_to_store(&mut inner);
+        self.settle_pieces(&mut inner);
     }
 
     /// Detaches from `conn_id` (its connection closed); returns the new epoch to expire on.
@@ -54,18 +52,14 @@ impl Session {
     pub fn resume(&self, conn: Sub, last_seq: u64, metrics: &Metrics) -> ResumeOutcome {
         let mut inner = self.lock();
         inner.epoch += 1;
+        self.settle_pieces(&mut inner);
         let first_available = inner
             .replay
-            .front()
-            .map_or(inner.seq.saturating_add(1), |(s, _)| *s);
+            .first_seq()
+            .unwrap_or(inner.seq.saturating_add(1));
         // Held-back events are not replayed: `release` sends them to whoever owns it then.
         let shown_to = inner.withheld_from.map_or(inner.seq, |w| w - 1);
-        let missed: Vec<Utf8Bytes> = inner
-            .replay
-            .iter()
-            .filter(|(s, _)| *s > last_seq && *s <= shown_to)
-            .map(|(_, t)| t.clone())
-            .collect();
+        let missed = inner.replay.frames(&self.id, last_seq, shown_to, None);
         let recovered = last_seq.saturating_add(1) >= first_available || last_seq >= inner.seq;
         metrics.events_sent.add(missed.len() as u64);
         let m = &inner.bound.plugin.manifest;

@@ -31,7 +31,7 @@ impl Session {
         }
         inner.seq = seq;
         let text = Utf8Bytes::from(frame);
-        self.keep_for_replay(inner, seq, text.clone());
+        self.keep_for_replay(inner, super::replay::Kept::Frame(seq, text.clone()));
         if seq > floor && inner.withheld_from.is_none() {
             if let Some(owner) = &inner.owner {
                 owner.send(text);

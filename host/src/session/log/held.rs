@@ -2,8 +2,6 @@
 //! (`agent.session_created`, `agent.ready`): the event is numbered, kept and stored at once, and
 //! reaches the client — with any event after it — at [`Session::release`].
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
 use super::Session;
 use crate::metrics::Metrics;
 use crate::session::event::ServerEvent;
@@ -36,15 +34,10 @@ impl Session {
             return;
         };
         let live = inner.live_frame.take();
-        let held: Vec<Utf8Bytes> = inner
+        self.settle_pieces(&mut inner);
+        let held = inner
             .replay
-            .iter()
-            .filter(|(s, _)| *s >= from)
-            .map(|(s, t)| match &live {
-                Some((at, frame)) if at == s => frame.clone(),
-                _ => t.clone(),
-            })
-            .collect();
+            .frames(&self.id, from - 1, u64::MAX, live.as_ref());
         if let Some(owner) = &inner.owner {
             metrics.events_sent.add(held.len() as u64);
             owner.send_batch(held);

@@ -4,9 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-use super::{Inner, Session, EVENT_OVERHEAD, MAX_CUSTOM_IN_FLIGHT};
+use super::replay::Kept;
+use super::{Inner, Session, MAX_CUSTOM_IN_FLIGHT};
 
 /// One of a session's [`MAX_CUSTOM_IN_FLIGHT`] places for custom events, given back when
 /// dropped — however the event's task ends.
@@ -50,24 +49,20 @@ impl Session {
 }
 
 impl Session {
-    /// Keeps `text` in the replay buffer, dropping the oldest events past the session's cap or
+    /// Keeps `kept` in the replay buffer, dropping the oldest events past the session's cap or
     /// the host's replay budget.
-    pub(super) fn keep_for_replay(&self, inner: &mut Inner, seq: u64, text: Utf8Bytes) {
-        let cost = text.len() + EVENT_OVERHEAD;
-        inner.replay_bytes += cost;
-        inner.replay.push_back((seq, text));
-        // The host-wide gauge moves once an event, by what was kept less what was dropped (it
+    pub(super) fn keep_for_replay(&self, inner: &mut Inner, kept: Kept) {
+        let cost = inner.replay.push(kept);
+        // The host-wide gauge moves once an entry, by what was kept less what was dropped (it
         // is shared by every session: one atomic operation, not two).
         let mut freed = 0;
-        while (inner.replay_bytes > self.replay_cap_bytes
-            || self.budget.over_with(cost as i64 - freed as i64))
-            && inner.replay.len() > 1
+        while inner.replay.bytes() > self.replay_cap_bytes
+            || self.budget.over_with(cost as i64 - freed as i64)
         {
-            if let Some((_, old)) = inner.replay.pop_front() {
-                let n = old.len() + EVENT_OVERHEAD;
-                inner.replay_bytes -= n;
-                freed += n;
-            }
+            let Some(n) = inner.replay.drop_oldest() else {
+                break;
+            };
+            freed += n;
         }
         let gauge = &self.budget.metrics.replay_bytes;
         match cost >= freed {

@@ -58,7 +58,6 @@ impl Session {
     pub fn unstore(&self) {
         let mut inner = self.lock();
         inner.unstored = true;
-        inner.to_store.discard();
     }
 
     /// The session's list entry as this host has it now.

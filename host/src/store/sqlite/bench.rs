@@ -101,7 +101,7 @@ fn round(dir: &std::path::Path) -> (Duration, u64, u64) {
                 b.push(Op::Events {
                     id: id.clone(),
                     first,
-                    frames: super::super::Frames::Short(frames),
+                    frames: super::super::Frames::Short(frames.into()),
                 });
             }
         }
@@ -198,7 +198,7 @@ fn whole(dir: &std::path::Path) -> (Duration, u64) {
     for (first, row) in reads(&ids, t0) {
         for (id, frames) in ids.iter().zip(row) {
             since_pause += frames.split('\n').count();
-            store.events(id, first, super::super::Frames::Short(frames));
+            store.events(id, first, super::super::Frames::Short(frames.into()));
             if since_pause >= PER_BATCH {
                 since_pause -= PER_BATCH;
                 next += FLUSH_EVERY;

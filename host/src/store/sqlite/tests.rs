@@ -159,7 +159,7 @@ fn handed_over(id: &Arc<str>, sent: &[String]) -> Vec<Op> {
         ops.push(Op::Events {
             id: id.clone(),
             first,
-            frames: Frames::Short(block(read, id, first)),
+            frames: Frames::Short(block(read, id, first).into()),
         });
     }
     ops
