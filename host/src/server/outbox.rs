@@ -98,25 +98,29 @@ pub struct ConnHandle {
 impl ConnHandle {
     /// Queues a frame; never blocks. A full queue marks the client slow.
     pub fn send(&self, frame: Utf8Bytes) {
-        self.push(frame);
+        {
+            let mut q = self.out.lock();
+            if q.items.len() >= self.out.cap + q.replay {
+                self.out.slow.store(true, Ordering::Relaxed);
+            } else {
+                q.items.push_back(frame);
+            }
+        }
         self.out.wake.notify_one();
     }
 
-    /// Queues a frame without waking the writer ([`ConnHandle::wake`] does).
-    pub fn push(&self, frame: Utf8Bytes) {
-        let mut q = self.out.lock();
-        if q.items.len() >= self.out.cap + q.replay {
-            self.out.slow.store(true, Ordering::Relaxed);
-            drop(q);
-            // A slow client is told at once.
-            self.out.wake.notify_one();
-        } else {
-            q.items.push_back(frame);
+    /// Queues a model read's frames (taken from `frames`) under one lock and wakes the writer;
+    /// past the queue's cap the client is marked slow and the rest is dropped.
+    pub fn send_pieces(&self, frames: &mut Vec<Utf8Bytes>) {
+        {
+            let mut q = self.out.lock();
+            let room = (self.out.cap + q.replay).saturating_sub(q.items.len());
+            if frames.len() > room {
+                self.out.slow.store(true, Ordering::Relaxed);
+                frames.truncate(room);
+            }
+            q.items.extend(frames.drain(..));
         }
-    }
-
-    /// Wakes the writer for what was pushed.
-    pub fn wake(&self) {
         self.out.wake.notify_one();
     }
 
@@ -151,11 +155,8 @@ impl crate::session::Subscriber for ConnHandle {
     fn send(&self, frame: Utf8Bytes) {
         ConnHandle::send(self, frame)
     }
-    fn push(&self, frame: Utf8Bytes) {
-        ConnHandle::push(self, frame)
-    }
-    fn wake(&self) {
-        ConnHandle::wake(self)
+    fn send_pieces(&self, frames: &mut Vec<Utf8Bytes>) {
+        ConnHandle::send_pieces(self, frames)
     }
     fn send_batch(&self, frames: Vec<Utf8Bytes>) {
         ConnHandle::send_batch(self, frames)
@@ -169,15 +170,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pushed_frames_wait_for_a_wake_and_sent_ones_do_not() {
+    fn a_read_s_pieces_go_in_one_step_and_past_the_cap_the_client_is_slow() {
         let (handle, out) = Outbox::new(1, 8);
-        handle.push("a".into());
-        handle.push("b".into());
-        assert!(
-            out.wake.notified().now_or_never().is_none(),
-            "woken by a push"
-        );
-        handle.wake();
+        let mut read = vec!["a".into(), "b".into()];
+        handle.send_pieces(&mut read);
+        assert!(read.is_empty());
         assert!(out.wake.notified().now_or_never().is_some());
         handle.send("c".into());
         assert!(out.wake.notified().now_or_never().is_some());
@@ -189,11 +186,11 @@ mod tests {
         handle.send_batch(vec!["r1".into(), "r2".into(), "r3".into()]);
         assert_eq!(out.take(3).0.len(), 3);
         assert!(!out.is_slow());
-        // Past the cap, the writer is woken at once to close a slow client.
-        for _ in 0..9 {
-            handle.push("x".into());
-        }
+        // Past the cap, the writer is woken at once to close a slow client; what fits is queued.
+        let mut read = vec!["x".into(); 9];
+        handle.send_pieces(&mut read);
         assert!(out.is_slow());
         assert!(out.wake.notified().now_or_never().is_some());
+        assert_eq!(out.take(64).0.len(), 8);
     }
 }

@@ -99,9 +99,10 @@ pub struct Session {
 
 struct Inner {
     owner: Option<Sub>,
-    /// Frames queued for the owner without waking it: [`Session::wake`] will, and counts them
-    /// as sent then (one update of the host-wide counter for a model read's pieces).
-    unwoken: u64,
+    /// A model read's frames for the owner, not yet queued: [`Session::wake`] (or the next
+    /// other event) queues them in one step and counts them as sent (one lock of the
+    /// connection's queue and one update of the host-wide counter a read, not a piece).
+    unsent: Vec<Utf8Bytes>,
     /// Where a run's streamed pieces are encoded ([`ServerEvent::frame_in_arena`]); emptied
     /// when the run ends, so an idle session holds no spare block.
     arena: bytes::BytesMut,
@@ -191,7 +192,7 @@ impl Session {
     ) -> Session {
         let inner = Inner {
             owner: Some(owner),
-            unwoken: 0,
+            unsent: Vec::new(),
             arena: bytes::BytesMut::new(),
             seq: 0,
             replay: replay::Replay::default(),
@@ -304,6 +305,7 @@ impl Session {
         // The run's spare arena room goes (its frames keep their blocks while they are kept),
         // and the store encoder's copy of the last piece.
         inner.arena = bytes::BytesMut::new();
+        inner.unsent = Vec::new();
         inner.pieces.idle();
         let next = Self::next_queued(&mut inner);
         if next.is_none() {
@@ -380,18 +382,16 @@ impl Session {
         if inner.withheld_from.is_some() {
             return; // sent by `release`
         }
-        if let Some(owner) = &inner.owner {
-            match quiet {
-                true => {
-                    owner.push(text);
-                    inner.unwoken += 1;
-                }
-                false => {
-                    owner.send(text);
-                    metrics
-                        .events_sent
-                        .add(1 + std::mem::take(&mut inner.unwoken));
-                }
+        if inner.owner.is_none() {
+            return;
+        }
+        if quiet {
+            inner.unsent.push(text);
+        } else {
+            send_unsent(inner, metrics);
+            if let Some(owner) = &inner.owner {
+                owner.send(text);
+                metrics.events_sent.inc();
             }
         }
     }
@@ -478,6 +478,20 @@ impl Session {
             }
             None => false,
         }
+    }
+}
+
+/// Queues the model read's frames not yet sent for the owner, in one step.
+fn send_unsent(inner: &mut Inner, metrics: &Metrics) {
+    if inner.unsent.is_empty() {
+        return;
+    }
+    match &inner.owner {
+        Some(owner) => {
+            metrics.events_sent.add(inner.unsent.len() as u64);
+            owner.send_pieces(&mut inner.unsent);
+        }
+        None => inner.unsent.clear(),
     }
 }
 

@@ -17,13 +17,13 @@ pub trait Subscriber: Send + Sync {
     fn id(&self) -> u64;
     /// Queues one frame.
     fn send(&self, frame: Utf8Bytes);
-    /// Queues one frame without waking the subscriber's writer: a [`Subscriber::wake`] (or the
-    /// next `send`) follows.
-    fn push(&self, frame: Utf8Bytes) {
-        self.send(frame)
+    /// Queues a model read's frames, taken from `frames` (whose room the session keeps for
+    /// the next read), and wakes the writer once: one queue lock a read, not one a piece.
+    fn send_pieces(&self, frames: &mut Vec<Utf8Bytes>) {
+        for frame in frames.drain(..) {
+            self.send(frame);
+        }
     }
-    /// Wakes the writer for frames [`Subscriber::push`]ed.
-    fn wake(&self) {}
     /// Queues a replay, accepted whole (its size is bounded by the session's replay buffer).
     fn send_batch(&self, frames: Vec<Utf8Bytes>);
 }

@@ -2,7 +2,7 @@
 //! attached and the missed events replayed under the session's lock, so nothing is lost or
 //! sent twice between the replay and the live events.
 
-use super::{Inner, ResumeOutcome, Session};
+use super::{send_unsent, ResumeOutcome, Session};
 use crate::metrics::Metrics;
 use crate::session::event::{AgentInfo, ServerEvent};
 use crate::session::subscriber::{send_about, Sub};
@@ -19,7 +19,7 @@ impl Session {
     /// Wakes the client's writer for pieces [`Session::emit_streamed`] queued.
     pub fn wake(&self) {
         let mut inner = self.lock();
-        wake_owner(&mut inner, &self.budget.metrics);
+        send_unsent(&mut inner, &self.budget.metrics);
         self.settle_pieces(&mut inner);
     }
 
@@ -29,7 +29,7 @@ impl Session {
         if inner.owner.as_ref().map(|o| o.id()) != Some(conn_id) {
             return None;
         }
-        wake_owner(&mut inner, &self.budget.metrics);
+        send_unsent(&mut inner, &self.budget.metrics);
         inner.owner = None;
         inner.epoch += 1;
         Some(inner.epoch)
@@ -79,23 +79,12 @@ impl Session {
         };
         send_about(&*conn, Some(&self.id), &header);
         conn.send_batch(missed);
-        wake_owner(&mut inner, &self.budget.metrics);
+        send_unsent(&mut inner, &self.budget.metrics);
         inner.owner = Some(conn);
         if recovered {
             ResumeOutcome::Recovered
         } else {
             ResumeOutcome::Gap { first_available }
-        }
-    }
-}
-
-/// Wakes the owner's writer if frames were queued for it quietly.
-fn wake_owner(inner: &mut Inner, metrics: &Metrics) {
-    let queued = std::mem::take(&mut inner.unwoken);
-    if queued > 0 {
-        if let Some(owner) = &inner.owner {
-            owner.wake();
-            metrics.events_sent.add(queued);
         }
     }
 }
