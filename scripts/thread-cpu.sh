@@ -9,6 +9,8 @@
 #   scripts/thread-cpu.sh [SESSIONS] [TOKENS]      (default 300 × 1000)
 #   BIN=/path/to/release STORE=memory scripts/thread-cpu.sh   (another build; --store memory)
 #   SKIP_BUILD=1 scripts/thread-cpu.sh              (target/release as it is)
+#   TARGET=floor scripts/thread-cpu.sh              (myagent-floor instead: alternate with the
+#                                                    host to compare their CPU and page faults)
 # STORE: sqlite (default, a fresh file under a temporary directory), shm (the same file on
 # /dev/shm: no disk), or any --store value.
 set -euo pipefail
@@ -36,18 +38,26 @@ case "$STORE" in
   shm) SHM=$(mktemp -d -p /dev/shm); STORE_ARG="sqlite:$SHM/s.db"; trap 'cleanup; rm -rf "$SHM"' EXIT ;;
   *) STORE_ARG=$STORE ;;
 esac
-"$BIN/myagent-host" serve "$BIN/libweather_agent.so" --host 127.0.0.1 --port 0 \
-  --base-url "http://$LLM/v1" --model fake-model --state-dir "$DIR" --store "$STORE_ARG" \
-  --max-connections 19500 --no-watch --resume-window 5 --llm-first-token-timeout 60 \
-  --llm-idle-timeout 60 --max-stored-sessions-per-ip 0 --answer-holdback 0 > "$DIR/host.log" 2>&1 &
+if [ "${TARGET:-host}" = floor ]; then
+  "$BIN/myagent-floor" --port 0 --base-url "http://$LLM/v1" > "$DIR/host.log" 2>&1 &
+else
+  "$BIN/myagent-host" serve "$BIN/libweather_agent.so" --host 127.0.0.1 --port 0 \
+    --base-url "http://$LLM/v1" --model fake-model --state-dir "$DIR" --store "$STORE_ARG" \
+    --max-connections 19500 --no-watch --resume-window 5 --llm-first-token-timeout 60 \
+    --llm-idle-timeout 60 --max-stored-sessions-per-ip 0 --answer-holdback 0 > "$DIR/host.log" 2>&1 &
+fi
 HOST_PID=$!
 wait_for "$DIR/host.log" "Serving on"
-PORT=$(sed -n 's/.*Serving on ws:\/\/[^ ]*:\([0-9]*\) .*/\1/p' "$DIR/host.log" | head -1)
+PORT=$(sed -n 's/.*Serving on ws:\/\/[^ ]*:\([0-9]*\).*/\1/p' "$DIR/host.log" | head -1)
 ticks() { # tid -> utime + stime (fields 14, 15 of stat; the name may hold spaces)
   sed 's/.*) //' "/proc/$HOST_PID/task/$1/stat" | awk '{print $12 + $13}'
 }
+faults() { # the process's minor + major page faults (fields 10, 12 of stat)
+  sed 's/.*) //' "/proc/$HOST_PID/stat" | awk '{print $8 + $10}'
+}
 declare -A before
 for t in /proc/$HOST_PID/task/*; do before[${t##*/}]=$(ticks "${t##*/}"); done
+faults_before=$(faults)
 "$BIN/myagent-loadgen" stream --url "ws://127.0.0.1:$PORT" --sessions "$SESSIONS" \
   --tokens "$TOKENS" --token-ms 0 --ramp-ms 200 > "$DIR/stream.log" 2>&1
 declare -A per
@@ -65,6 +75,6 @@ for t in /proc/$HOST_PID/task/*; do
 done
 rate=$(grep -o '[0-9.]* events/s' "$DIR/stream.log" | head -1)
 grep -q " 0 errors" "$DIR/stream.log" || { echo "thread-cpu: the stream had errors:" >&2; cat "$DIR/stream.log" >&2; exit 1; }
-line="host ticks $total ($rate)"
+line="${TARGET:-host} ticks $total ($rate), page faults $(( $(faults) - faults_before ))"
 for n in "${!per[@]}"; do [ "${per[$n]}" -gt 0 ] && line="$line; $n $((per[$n]))"; done
 echo "$line;$io"

@@ -388,7 +388,7 @@ impl Session {
         if quiet {
             inner.unsent.push(text);
         } else {
-            send_unsent(inner, metrics);
+            attach::send_unsent(inner, metrics);
             if let Some(owner) = &inner.owner {
                 owner.send(text);
                 metrics.events_sent.inc();
@@ -478,20 +478,6 @@ impl Session {
             }
             None => false,
         }
-    }
-}
-
-/// Queues the model read's frames not yet sent for the owner, in one step.
-fn send_unsent(inner: &mut Inner, metrics: &Metrics) {
-    if inner.unsent.is_empty() {
-        return;
-    }
-    match &inner.owner {
-        Some(owner) => {
-            metrics.events_sent.add(inner.unsent.len() as u64);
-            owner.send_pieces(&mut inner.unsent);
-        }
-        None => inner.unsent.clear(),
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use bytes::BytesMut;
 
 #[test]
 fn the_name_of_an_encoded_frame_is_read_back() {

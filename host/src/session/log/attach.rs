@@ -2,7 +2,7 @@
 //! attached and the missed events replayed under the session's lock, so nothing is lost or
 //! sent twice between the replay and the live events.
 
-use super::{send_unsent, ResumeOutcome, Session};
+use super::{Inner, ResumeOutcome, Session};
 use crate::metrics::Metrics;
 use crate::session::event::{AgentInfo, ServerEvent};
 use crate::session::subscriber::{send_about, Sub};
@@ -86,5 +86,19 @@ impl Session {
         } else {
             ResumeOutcome::Gap { first_available }
         }
+    }
+}
+
+/// Queues the model read's frames not yet sent for the owner, in one step.
+pub(super) fn send_unsent(inner: &mut Inner, metrics: &Metrics) {
+    if inner.unsent.is_empty() {
+        return;
+    }
+    match &inner.owner {
+        Some(owner) => {
+            metrics.events_sent.add(inner.unsent.len() as u64);
+            owner.send_pieces(&mut inner.unsent);
+        }
+        None => inner.unsent.clear(),
     }
 }
