@@ -3,8 +3,10 @@
 //!
 //! **Architecture Invariant:** every session event goes through [`Session::emit`] (or
 //! [`Session::emit_streamed`], [`Session::finish_run`]), which numbers it, stores it for replay
-//! and queues it for the owning connection under one lock; resume replays and re-attaches under
-//! the same lock, so a resumed client sees every event once, in order.
+//! and queues it for the owning connection under one lock (a model read's pieces together, at
+//! its pause or before the next other event: [`Session::wake`]); resume settles what is pending
+//! and replays and re-attaches under the same lock, so a resumed client sees every event once,
+//! in order.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -302,8 +304,8 @@ impl Session {
     ) -> Option<(Turn, CancellationToken)> {
         let mut inner = self.lock();
         self.emit_event_locked(&mut inner, event, metrics, false);
-        // The run's spare arena room goes (its frames keep their blocks while they are kept),
-        // and the store encoder's copy of the last piece.
+        // The run's spare arena room goes (its frames keep their blocks until sent), with the
+        // room of its reads' frame list and the store encoder's copy of the last piece.
         inner.arena = bytes::BytesMut::new();
         inner.unsent = Vec::new();
         inner.pieces.idle();
