@@ -477,3 +477,54 @@ fn no_function_is_over_100_lines() {
     let f = "fn a() {\n".to_owned() + &"    x();\n".repeat(120) + "}\n";
     assert_eq!(long_functions(&f, 100), [("a".to_string(), 1, 122)]);
 }
+
+/// Places in `text` (outside its `#[cfg(test)]` module) that write a server event's JSON by
+/// hand: a literal that starts an `agent.…` frame (`{"event":"agent.`), unless it is only
+/// compared with (`starts_with`), or a `json!` object with an `"event": "agent.…"` member.
+fn hand_written_events(text: &str) -> Vec<usize> {
+    let end = text.find("#[cfg(test)]").unwrap_or(text.len());
+    let code = &text[..end];
+    let mut found = Vec::new();
+    for pattern in ["{\\\"event\\\":\\\"agent.", "{\"event\":\"agent."] {
+        for (at, _) in code.match_indices(pattern) {
+            let before = &code[at.saturating_sub(24)..at];
+            if !before.contains("starts_with(") {
+                found.push(code[..at].lines().count());
+            }
+        }
+    }
+    for (at, _) in code.match_indices("\"event\"") {
+        let rest = code[at + 7..].trim_start();
+        if rest
+            .strip_prefix(':')
+            .is_some_and(|r| r.trim_start().starts_with("\"agent."))
+        {
+            found.push(code[..at].lines().count());
+        }
+    }
+    found
+}
+
+/// ARCHITECTURE.md: no server event is written as JSON anywhere but `session/event.rs` and
+/// `session/event/encode.rs` (a door translates frames, it does not make them).
+#[test]
+fn server_events_are_written_only_by_the_session_s_event_module() {
+    let root = src_dir();
+    let allowed = ["session/event.rs", "session/event/encode.rs"];
+    let found: Vec<String> = rs_files(&root)
+        .iter()
+        .filter(|f| !f.ends_with("tests.rs"))
+        .flat_map(|f| {
+            let rel = f.strip_prefix(&root).unwrap().display().to_string();
+            let lines = hand_written_events(&std::fs::read_to_string(f).unwrap());
+            lines.into_iter().map(move |n| format!("{rel}:{n}"))
+        })
+        .filter(|place| !allowed.iter().any(|a| place.starts_with(&format!("{a}:"))))
+        .collect();
+    assert!(found.is_empty(), "server events written by hand: {found:?}");
+    // The check finds what it looks for, and lets a comparison be.
+    let bad = "fn f() { out.push_str(\"{\\\"event\\\":\\\"agent.ready\\\"\"); }\n\
+               fn g() { json!({\"event\": \"agent.error\"}) }\n\
+               fn h() { frame.starts_with(\"{\\\"event\\\":\\\"agent.partial_answer\\\"\") }\n";
+    assert_eq!(hand_written_events(bad), vec![1, 2]);
+}
