@@ -98,28 +98,24 @@ pub struct ConnHandle {
 impl ConnHandle {
     /// Queues a frame; never blocks. A full queue marks the client slow.
     pub fn send(&self, frame: Utf8Bytes) {
-        {
-            let mut q = self.out.lock();
-            if q.items.len() >= self.out.cap + q.replay {
-                self.out.slow.store(true, Ordering::Relaxed);
-            } else {
-                q.items.push_back(frame);
-            }
-        }
-        self.out.wake.notify_one();
+        self.queue(1, std::iter::once(frame));
     }
 
-    /// Queues a model read's frames (taken from `frames`) under one lock and wakes the writer;
-    /// past the queue's cap the client is marked slow and the rest is dropped.
+    /// Queues a model read's frames (taken from `frames`) under one lock and wakes the writer.
     pub fn send_pieces(&self, frames: &mut Vec<Utf8Bytes>) {
+        self.queue(frames.len(), frames.drain(..));
+    }
+
+    /// Queues what fits of `frames` (`n` of them) under one lock and wakes the writer; past
+    /// the queue's cap the client is marked slow and the rest is dropped.
+    fn queue(&self, n: usize, frames: impl Iterator<Item = Utf8Bytes>) {
         {
             let mut q = self.out.lock();
             let room = (self.out.cap + q.replay).saturating_sub(q.items.len());
-            if frames.len() > room {
+            if n > room {
                 self.out.slow.store(true, Ordering::Relaxed);
-                frames.truncate(room);
             }
-            q.items.extend(frames.drain(..));
+            q.items.extend(frames.take(room));
         }
         self.out.wake.notify_one();
     }

@@ -19,11 +19,7 @@ pub trait Subscriber: Send + Sync {
     fn send(&self, frame: Utf8Bytes);
     /// Queues a model read's frames, taken from `frames` (whose room the session keeps for
     /// the next read), and wakes the writer once: one queue lock a read, not one a piece.
-    fn send_pieces(&self, frames: &mut Vec<Utf8Bytes>) {
-        for frame in frames.drain(..) {
-            self.send(frame);
-        }
-    }
+    fn send_pieces(&self, frames: &mut Vec<Utf8Bytes>);
     /// Queues a replay, accepted whole (its size is bounded by the session's replay buffer).
     fn send_batch(&self, frames: Vec<Utf8Bytes>);
 }

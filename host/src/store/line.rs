@@ -298,7 +298,7 @@ impl Reader {
 }
 
 /// The block a session hands over for `frames`, events `first`.. of session `id` (a model
-/// read's, as `ToStore` gathers them: the first line stands alone), for the tests and the
+/// read's, as the session's `Pieces` gathers them: the first line stands alone), for the tests and the
 /// store's benchmark.
 #[cfg(test)]
 pub(crate) fn block<S: AsRef<str>>(frames: &[S], id: &str, first: u64) -> String {

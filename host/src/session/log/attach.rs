@@ -16,7 +16,8 @@ impl Session {
         self.emit_event_locked(&mut inner, event, metrics, true);
     }
 
-    /// Wakes the client's writer for pieces [`Session::emit_streamed`] queued.
+    /// The model paused: the pieces [`Session::emit_streamed`] gathered go to the client in one
+    /// step, and to the replay buffer and the store as one block.
     pub fn wake(&self) {
         let mut inner = self.lock();
         send_unsent(&mut inner, &self.budget.metrics);
