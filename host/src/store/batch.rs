@@ -270,7 +270,7 @@ mod tests {
         let ev = |id: &str, seq| Op::Events {
             id: Arc::from(id),
             first: seq,
-            frames: super::super::Frames::Lines("{}".into()),
+            frames: super::super::Frames::One("{}".into()),
         };
         let mut batch = vec![
             Op::Create(Box::new(Created {

@@ -239,12 +239,6 @@ impl Store {
         }))
     }
 
-    /// Whether events are handed over as stored lines ([`Frames::Short`]): the SQLite store's
-    /// format; Redis keeps frames whole.
-    pub(crate) fn keeps_lines(&self) -> bool {
-        matches!(self.reads, Reads::Sqlite { .. })
-    }
-
     /// "sqlite:PATH" or the Redis URL (password hidden).
     pub fn describe(&self) -> String {
         self.state.name.clone()
@@ -317,17 +311,10 @@ impl Store {
         }
     }
 
-    /// Consecutive events of the session's log, one a line, the first numbered `first` (a
-    /// session gathers a model read's events and hands them over at once: [`Op::Events`]).
+    /// Consecutive events of the session's log, the first numbered `first` (a session gathers a
+    /// model read's events and hands them over at once as stored lines, [`Frames::Short`]: a
+    /// store that keeps frames whole reads them back on its writer's thread).
     pub(crate) fn events(&self, id: &Arc<str>, first: u64, frames: Frames) {
-        // Stored lines (the SQLite store's format) for a store that keeps frames whole are read
-        // back here, once, so no backend needs to know the other's format.
-        let frames = match frames {
-            Frames::Short(block) if !self.keeps_lines() => {
-                Frames::Lines(batch::whole(&block, id, first))
-            }
-            frames => frames,
-        };
         self.send(Op::Events {
             id: id.clone(),
             first,

@@ -33,22 +33,18 @@ pub(crate) enum Op {
 
 /// The frames of an [`Op::Events`], one a line (frames are one-line JSON).
 pub(crate) enum Frames {
-    /// A model read's events, copied: the writer thread touches no reference count of the
-    /// frames the session and its clients hold.
-    Lines(String),
     /// One event, the frame the session holds (no copy for a lone event).
     One(Utf8Bytes),
     /// A model read's events as the SQLite store keeps them ([`super::line`]'s stored lines,
     /// written by the session's [`super::line::Encoder`]; the first stands alone): appended to
-    /// the row as they are. For a store that keeps frames whole, `Store::events` reads them
-    /// back first. Shared with the session's replay buffer, which keeps the same block.
+    /// the row as they are. A store that keeps frames whole (Redis) reads them back on its
+    /// writer's thread. Shared with the session's replay buffer, which keeps the same block.
     Short(std::sync::Arc<str>),
 }
 
 impl Frames {
     pub(crate) fn as_str(&self) -> &str {
         match self {
-            Frames::Lines(s) => s,
             Frames::Short(s) => s,
             Frames::One(f) => f.as_str(),
         }
@@ -163,10 +159,6 @@ impl Op {
     pub(super) fn size(&self) -> usize {
         64 + match self {
             Op::Create(c) => c.id.len() + c.token_hash.len() + c.settings.len(),
-            Op::Events {
-                frames: Frames::Lines(s),
-                ..
-            } => s.capacity(),
             Op::Events {
                 frames: Frames::Short(s),
                 ..

@@ -33,7 +33,7 @@ async fn a_session_round_trips_and_its_events_are_bounded() {
     d.create(new("s1", "tok", None));
     let sid: Arc<str> = Arc::from("s1");
     for seq in 1..=EVENTS_KEPT + 10 {
-        d.events(&sid, seq, Frames::Lines(format!("{{\"seq\":{seq}}}")));
+        d.events(&sid, seq, Frames::One(format!("{{\"seq\":{seq}}}").into()));
         if seq % 1000 == 0 {
             d.commit().await.unwrap(); // several chunks
         }

@@ -147,7 +147,7 @@ fn handed_over(id: &Arc<str>, sent: &[String]) -> Vec<Op> {
             ops.push(Op::Events {
                 id: id.clone(),
                 first,
-                frames: Frames::Lines(frame),
+                frames: Frames::One(frame.into()),
             });
             seq += 1;
             continue;

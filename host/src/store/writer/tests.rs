@@ -69,7 +69,7 @@ fn event_of(id: &str, seq: u64, bytes: usize) -> Op {
     Op::Events {
         id: Arc::from(id),
         first: seq,
-        frames: super::super::Frames::Lines("x".repeat(bytes)),
+        frames: super::super::Frames::One("x".repeat(bytes).into()),
     }
 }
 
