@@ -10,6 +10,9 @@
 #   COST_TARGET=floor scripts/cost.sh ...            (the same for myagent-floor, for reference)
 #   COST_STORE=sqlite scripts/cost.sh ...            (the host with the default store, a fresh
 #                                                     SQLite file, instead of --store memory)
+#   COST_CACHE=1 scripts/cost.sh 100 400             (also simulates the caches — 32 KiB L1i and
+#                                                     L1d, 4 MiB LL — and prints their misses per
+#                                                     event: what instruction counts miss)
 # The build with symbols goes to its own target directory (COST_TARGET_DIR, default
 # target/cost-build), so it does not replace the release build the other scripts use.
 set -euo pipefail
@@ -44,7 +47,9 @@ profile() { # name, "measure" or ""
   local server=($BIN/myagent-host serve $BIN/libweather_agent.so --store $store --host 127.0.0.1 --port 0
     --no-watch --answer-holdback 0 --isolation in-process --base-url "http://$LLM/v1" --shutdown-timeout 5)
   [ "${COST_TARGET:-host}" = floor ] && server=($BIN/myagent-floor --port 0 --base-url "http://$LLM/v1")
-  valgrind --tool=callgrind --callgrind-out-file=$OUT/callgrind.$1 --dump-instr=no "${server[@]}" \
+  local cache=()
+  [ -n "${COST_CACHE:-}" ] && cache=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=4194304,16,64)
+  valgrind --tool=callgrind "${cache[@]}" --callgrind-out-file=$OUT/callgrind.$1 --dump-instr=no "${server[@]}" \
     > $OUT/host.log 2> $OUT/valgrind.log &
   HOST_PID=$!
   for _ in $(seq 600); do grep -q "Serving on" $OUT/host.log 2>/dev/null && break; sleep 0.1; done
@@ -72,10 +77,12 @@ def rows(path):
         if not m:
             continue
         n = int(m.group(1).replace(",", ""))
-        if "PROGRAM TOTALS" in m.group(2):
+        # The other events' columns (with COST_CACHE: "N (x%)", "0" or "."), then the function.
+        fn = re.sub(r"^(?:(?:[\d,]+\s+\(\s*[\d.]+%\)|[\d,]+|\.)\s+)*", "", m.group(2))
+        if "PROGRAM TOTALS" in fn:
             total = n
         else:
-            r.append((n, m.group(2)))
+            r.append((n, fn))
     return total, r
 def diff(kind):
     t1, r1 = rows(f"{out}/{kind}.run.txt")
@@ -114,6 +121,20 @@ for n, fn in self_rows:
     else:
         other += n
 print(f"cost: {events} events delivered; host {total:,} instructions in the measured run = {total/events:,.0f} per event")
+def totals(path):
+    names = []
+    for line in open(path, errors="replace"):
+        if line.startswith("Events shown:"):
+            names = line.split(":", 1)[1].split()
+        if "PROGRAM TOTALS" in line:
+            cells = re.sub(r"\(\s*[\d.]+%\)", "", line.split("PROGRAM TOTALS")[0]).split()
+            return dict(zip(names, (int(c.replace(",", "")) if c != "." else 0 for c in cells)))
+    return {}
+run_t, base_t = totals(f"{out}/self.run.txt"), totals(f"{out}/self.base.txt")
+if "I1mr" in run_t:
+    per = {k: (run_t[k] - base_t.get(k, 0)) / events for k in run_t}
+    print("cache misses per event (simulated):",
+          f"L1i {per['I1mr']:,.0f}, L1d {per['D1mr'] + per['D1mw']:,.0f}, LL {per['ILmr'] + per['DLmr'] + per['DLmw']:,.0f}")
 print(f"{'where (self cost, no overlap)':62} {'instr/event':>11} {'share':>6}")
 for name, _ in groups:
     print(f"{name:62} {sums[name]/events:>11,.0f} {100*sums[name]/max(total,1):>5.1f}%")
@@ -122,7 +143,7 @@ print(f"{'other':62} {other/events:>11,.0f} {100*other/max(total,1):>5.1f}%")
 stages = [
     ("StreamParser::feed (parse + everything a token triggers)", r"llm::sse::StreamParser::feed"),
     ("Session::emit_event_locked (seq, encode, replay, queue)", r"session::log::Session::emit_event_locked"),
-    ("ServerEvent::encode_into (one event's JSON)", r"session::event::ServerEvent::encode_into"),
+    ("ServerEvent::encode_into (one event's JSON)", r"ServerEvent>?::encode_into"),
 ]
 print(f"{'entry point (inclusive)':62} {'instr/event':>11}")
 for name, pat in stages:
