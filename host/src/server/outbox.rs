@@ -98,21 +98,21 @@ pub struct ConnHandle {
 impl ConnHandle {
     /// Queues a frame; never blocks. A full queue marks the client slow.
     pub fn send(&self, frame: Utf8Bytes) {
-        self.queue(1, std::iter::once(frame));
+        self.queue(std::iter::once(frame));
     }
 
     /// Queues a model read's frames (taken from `frames`) under one lock and wakes the writer.
     pub fn send_pieces(&self, frames: &mut Vec<Utf8Bytes>) {
-        self.queue(frames.len(), frames.drain(..));
+        self.queue(frames.drain(..));
     }
 
-    /// Queues what fits of `frames` (`n` of them) under one lock and wakes the writer; past
-    /// the queue's cap the client is marked slow and the rest is dropped.
-    fn queue(&self, n: usize, frames: impl Iterator<Item = Utf8Bytes>) {
+    /// Queues what fits of `frames` under one lock and wakes the writer; past the queue's cap
+    /// the client is marked slow and the rest is dropped.
+    fn queue(&self, frames: impl ExactSizeIterator<Item = Utf8Bytes>) {
         {
             let mut q = self.out.lock();
             let room = (self.out.cap + q.replay).saturating_sub(q.items.len());
-            if n > room {
+            if frames.len() > room {
                 self.out.slow.store(true, Ordering::Relaxed);
             }
             q.items.extend(frames.take(room));

@@ -59,7 +59,9 @@ impl Chunk {
 }
 
 /// The frames of `block` — stored lines of events `first`.. of session `id`, its first standing
-/// alone — whole, one a line (for a store that keeps frames whole).
+/// alone — whole, one a line (what a store that keeps frames whole gets, one by one, from
+/// [`each_frame`]).
+#[cfg(test)]
 pub(crate) fn whole(block: &str, id: &str, first: u64) -> String {
     let mut out = String::with_capacity(block.len() * 8);
     each_frame(block, id, first, |seq, frame| {
@@ -94,34 +96,37 @@ pub(crate) struct Chunks<'a> {
     /// Every event of a batch looks its session up here: a fast hash (the keys are the host's
     /// own session ids; SipHash was ~3 % of the writer's time).
     index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
-    /// Frames are kept as [`super::line`]'s stored lines, not whole.
-    short: bool,
 }
 
 impl<'a> Chunks<'a> {
-    /// Chunks whose frames are kept as [`super::line`]'s stored lines.
-    pub(super) fn short_lines() -> Chunks<'a> {
-        Chunks {
-            short: true,
-            ..Chunks::default()
-        }
+    /// Adds an event to its session's chunk as a [`super::line`] stored line (the SQLite
+    /// store's rows). If it does not follow the chunk's last `seq` (an event dropped by the
+    /// buffer bound), or the chunk holds [`CHUNK_BYTES`] already, the chunk gathered so far is
+    /// returned, to be written first.
+    pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &'a str) -> Option<Chunk> {
+        self.append(id, seq, frame.len(), |out, prev| {
+            line::push(out, frame, id, seq, prev)
+        })
     }
 
-    /// Adds an event to its session's chunk. If it does not follow the chunk's last `seq` (an
-    /// event dropped by the buffer bound), or the chunk holds [`CHUNK_BYTES`] already, the
-    /// chunk gathered so far is returned, to be written first.
-    pub(super) fn add(&mut self, id: &Arc<str>, seq: u64, frame: &'a str) -> Option<Chunk> {
-        let short = self.short;
-        let write = |out: &mut String, prev: &mut line::Prev<'a>| {
-            if short {
-                line::push(out, frame, id, seq, prev);
-            } else {
-                out.push_str(frame);
-            }
-        };
-        let start = |prev: &mut line::Prev<'a>| {
+    /// As [`Chunks::add`], the frame kept whole (a store that keeps frames whole: Redis); it
+    /// need not outlive the call.
+    pub(super) fn add_whole(&mut self, id: &Arc<str>, seq: u64, frame: &str) -> Option<Chunk> {
+        self.append(id, seq, frame.len(), |out, _| out.push_str(frame))
+    }
+
+    /// Appends an event, written by `write` (given the chunk's line before), to its session's
+    /// chunk; see [`Chunks::add`].
+    fn append(
+        &mut self,
+        id: &Arc<str>,
+        seq: u64,
+        len: usize,
+        mut write: impl FnMut(&mut String, &mut line::Prev<'a>),
+    ) -> Option<Chunk> {
+        let mut start = |prev: &mut line::Prev<'a>| {
             // Room for a few frames: a chunk grows to CHUNK_BYTES by doubling from here.
-            let mut frames = String::with_capacity(frame.len().max(1024));
+            let mut frames = String::with_capacity(len.max(1024));
             write(&mut frames, prev);
             Chunk {
                 id: id.clone(),

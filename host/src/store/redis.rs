@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::batch::{self, Chunk, Chunks};
+use super::batch::{self, Chunks};
 use super::{Backend, Created, Frames, Op, StoreError, TurnEnded, TurnStarted};
 
 mod stream;
@@ -207,23 +207,9 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
     p.atomic();
     let mut n = 0;
     let mut touched: HashSet<&str> = HashSet::new();
-    // Sessions hand a model read's events over as stored lines (the SQLite store's format, which
-    // is also their replay buffer); Redis keeps frames whole, read back here, on the writer's
-    // thread rather than the session's.
-    let whole: Vec<Option<String>> = batch
-        .iter()
-        .map(|op| match op {
-            Op::Events {
-                id,
-                first,
-                frames: Frames::Short(block),
-            } => Some(batch::whole(block, id, *first)),
-            _ => None,
-        })
-        .collect();
     // A session's events of the batch are one stream entry, written after its other commands.
     let mut chunks = Chunks::default();
-    for (op, whole) in batch.iter().zip(&whole) {
+    for op in batch {
         n += 1;
         match op {
             Op::Create(c) => {
@@ -231,11 +217,17 @@ fn pipeline(batch: &[Op], ttl: Duration, host: &str) -> (redis::Pipeline, usize)
                 touched.insert(&c.id);
             }
             Op::Events { id, first, frames } => {
-                let frames = whole.as_deref().unwrap_or(frames.as_str());
-                for (seq, frame) in Chunk::events(*first, frames) {
-                    if let Some(earlier) = chunks.add(id, seq, frame) {
+                let mut add = |seq, frame: &str| {
+                    if let Some(earlier) = chunks.add_whole(id, seq, frame) {
                         xadd(&mut p, &earlier);
                     }
+                };
+                match frames {
+                    // A model read's events come as stored lines (the SQLite store's format,
+                    // also the session's replay buffer): read back into frames here, on the
+                    // writer's thread rather than the session's.
+                    Frames::Short(block) => batch::each_frame(block, id, *first, add),
+                    Frames::One(frame) => add(*first, frame.as_str()),
                 }
                 touched.insert(id);
             }

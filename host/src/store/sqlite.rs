@@ -342,7 +342,7 @@ fn apply(db: &mut Connection, keys: &mut Keys, batch: &[Op]) -> rusqlite::Result
     let tx = db.transaction()?;
     let mut applied = Applied::default();
     // A session's events of the batch are one row.
-    let mut chunks = Chunks::short_lines();
+    let mut chunks = Chunks::default();
     for op in batch {
         match op {
             Op::Create(c) => {
