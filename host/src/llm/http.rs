@@ -1,10 +1,12 @@
 //! The HTTP model client (reqwest): streaming, retries as the official OpenAI client does, and
 //! timeouts for connect, first byte and an idle stream.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 
+use super::pump::Pump;
 use super::sse::StreamParser;
 use super::{ApiKey, ChatRequest, ChatResponse, Delta, LlmError, OnDelta, Recorder};
 use crate::cancel::Watch;
@@ -30,11 +32,6 @@ pub struct LlmConfig {
     /// Sent as `max_tokens` (the model stops there); `None` sends nothing.
     pub max_tokens: Option<u32>,
 }
-
-/// A model stream arriving faster than it is relayed is paused (its pieces delivered) at least
-/// this often, in chunks: enough to write a burst in a few system calls, few enough that no
-/// client waits on a long one.
-const PAUSE_EVERY: u32 = 16;
 
 /// Error bodies are read up to this much (the message is in the first few hundred bytes).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -213,7 +210,8 @@ impl HttpModel {
         StreamParser::whole(&bytes, self.config.max_output_bytes, on_delta)
     }
 
-    /// The answer's stream, under the first-token and then the idle limit.
+    /// The answer's stream, under the first-token and then the idle limit. The body is read
+    /// by a [`Pump`]; this run wakes only at its pauses and sends each pause's pieces at once.
     async fn stream(
         &self,
         resp: reqwest::Response,
@@ -221,34 +219,19 @@ impl HttpModel {
         on_delta: &mut OnDelta<'_>,
     ) -> Result<ChatResponse, LlmError> {
         let first = self.config.first_token_timeout;
-        let mut stream = resp.bytes_stream();
+        let mut pump = Pump::spawn(resp.bytes_stream());
+        let mut chunks = VecDeque::new();
         let mut wait = first;
         let started = Instant::now();
-        // The stall timer moves lazily: a chunk only notes its time, and the timer, when it
-        // fires, re-arms at (last chunk + wait) if that is still ahead. Re-arming it per chunk
-        // would take the timer wheel's lock twice per token; watched, it is not polled per
-        // chunk either.
+        // The stall timer moves lazily: a pause only notes its time, and the timer, when it
+        // fires, re-arms at (last pause + wait) if that is still ahead. Re-arming it per pause
+        // would take the timer wheel's lock twice; watched, it is not polled per pause either.
         let mut last = tokio::time::Instant::now();
         let mut stall = Watch::on(tokio::time::sleep(wait));
-        // Chunks received since the last Pause.
-        let mut unpaused = 0;
         loop {
-            // A chunk comes through the HTTP client's connection task one at a time: when none
-            // is ready, one yield lets that task hand over what it has read already. Only when
-            // there is still none (the model is slower than we are), or after `PAUSE_EVERY`
-            // chunks, is it a Pause — the pieces so far go to the clients in one write.
-            let mut ready = stream.next().now_or_never();
-            if ready.is_none() && unpaused > 0 && unpaused < PAUSE_EVERY {
-                tokio::task::yield_now().await;
-                ready = stream.next().now_or_never();
-            }
-            if unpaused > 0 && (ready.is_none() || unpaused >= PAUSE_EVERY) {
-                on_delta(Delta::Pause);
-                unpaused = 0;
-            }
-            let next = tokio::select! {
+            let end = tokio::select! {
                 biased;
-                next = async { match ready { Some(n) => n, None => stream.next().await } } => next,
+                end = pump.take(&mut chunks) => end,
                 () = stall.done() => {
                     let due = last + wait;
                     if due > tokio::time::Instant::now() {
@@ -259,16 +242,25 @@ impl HttpModel {
                 }
             };
             last = tokio::time::Instant::now();
-            unpaused += 1;
-            match next {
-                None => {
-                    // Some servers close without `[DONE]`; accept when the finish arrived.
-                    if parser.has_finish() {
-                        break;
-                    }
+            let fed = !chunks.is_empty();
+            while let Some(bytes) = chunks.pop_front() {
+                if parser.feed(&bytes, on_delta)? {
+                    return std::mem::take(parser).finish_with(on_delta).inspect(|_| {
+                        tracing::debug!(
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "model stream complete"
+                        )
+                    });
+                }
+            }
+            match end {
+                None => {}
+                // Some servers close without `[DONE]`; accept when the finish arrived.
+                Some(Ok(())) if parser.has_finish() => break,
+                Some(Ok(())) => {
                     return Err(LlmError::Malformed(
                         "the stream ended before the answer was complete".into(),
-                    ));
+                    ))
                 }
                 Some(Err(e)) => {
                     return Err(LlmError::Malformed(format!(
@@ -276,11 +268,9 @@ impl HttpModel {
                         without_url(&e)
                     )))
                 }
-                Some(Ok(bytes)) => match parser.feed(&bytes, on_delta) {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    Err(e) => return Err(e),
-                },
+            }
+            if fed {
+                on_delta(Delta::Pause);
             }
             if parser.started && wait != self.config.idle_timeout {
                 // Once, at the first token: from here on the idle limit applies.

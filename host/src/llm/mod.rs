@@ -5,6 +5,7 @@
 //! wire format. The API key is held in [`ApiKey`], whose `Debug` never prints it.
 
 pub(crate) mod http;
+mod pump;
 pub(crate) mod replay;
 pub mod sse;
 mod wire;
