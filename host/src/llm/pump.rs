@@ -84,6 +84,7 @@ impl Pump {
     }
 
     fn poll_take(&mut self, cx: &mut Context<'_>, into: &mut VecDeque<Bytes>) -> Poll<Option<End>> {
+        debug_assert!(into.is_empty(), "the last pause's chunks were not all read");
         let mut state = self.shared.lock();
         if state.chunks.is_empty() && state.end.is_none() {
             if !state.run.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -110,9 +111,9 @@ impl Drop for Pump {
     }
 }
 
-/// Adds `chunk` (or the end); wakes the run if `wake`. Returns whether the pump must wait for
-/// room.
-fn push(shared: &Shared, item: Option<Result<Bytes, reqwest::Error>>, wake: bool) -> bool {
+/// Adds a chunk (or the end: the run is woken for it, as when the chunks fill the room).
+/// Returns whether the pump must wait for room.
+fn push(shared: &Shared, item: Option<Result<Bytes, reqwest::Error>>) -> bool {
     let mut state = shared.lock();
     let ended = match item {
         Some(Ok(chunk)) => {
@@ -130,7 +131,7 @@ fn push(shared: &Shared, item: Option<Result<Bytes, reqwest::Error>>, wake: bool
         }
     };
     let full = state.full();
-    let run = if wake || ended || full {
+    let run = if ended || full {
         state.run.take()
     } else {
         None
@@ -185,7 +186,7 @@ where
         };
         let last = !matches!(next, Some(Ok(_)));
         unsent += 1;
-        if push(&shared, next, false) {
+        if push(&shared, next) {
             room(&shared).await;
         }
         if last {
