@@ -436,3 +436,38 @@ async fn a_flood_of_worker_output_costs_the_host_a_bounded_amount() {
     );
     c.until("agent.final_answer").await;
 }
+
+/// A burst of new sessions — more than the worker's 64 places and 256 waiting calls, with an
+/// agent that takes 200 ms to make — queues for the worker instead of being refused as busy
+/// (sessions are bounded by the session caps, not by the worker's queue).
+#[tokio::test]
+async fn a_burst_of_new_sessions_queues_for_the_worker_instead_of_being_refused() {
+    let llm = FakeLlm::start();
+    let slow = [("TESTKIT_CREATE_MS", std::path::Path::new("200"))];
+    let host = Host::start_with_env(&plugin_lib("testkit_agent"), &llm, &[], &slow);
+    // 400 clients (a connection handles its messages in order: one creation at a time each),
+    // all asking at once.
+    let mut clients = Vec::new();
+    for _ in 0..400 {
+        let mut c = Client::connect(&host.ws_url()).await;
+        c.until("system.connected").await;
+        clients.push(c);
+    }
+    for c in clients.iter_mut() {
+        c.send(serde_json::json!({"event": "user.create_session", "timestamp": 0}))
+            .await;
+    }
+    let created = futures_util::future::join_all(clients.iter_mut().map(|c| async move {
+        let e = c.until_any(&["agent.session_created", "agent.error"]).await;
+        (e["event"] == "agent.error").then(|| e["error"].to_string())
+    }))
+    .await;
+    let errors: Vec<String> = created.into_iter().flatten().collect();
+    assert!(
+        errors.is_empty(),
+        "{} of 400 refused: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert_eq!(host.metric("myagent_plugin_worker_crashes_total"), 0);
+}

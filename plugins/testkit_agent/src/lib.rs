@@ -183,6 +183,13 @@ pub fn testkit() -> Agent {
     if std::env::var("TESTKIT_VARIANT").as_deref() == Ok("abort_factory") {
         std::process::abort();
     }
+    // `TESTKIT_CREATE_MS`: making an agent takes this long (a burst of new sessions queues).
+    if let Some(ms) = std::env::var("TESTKIT_CREATE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let tag = option_env!("TESTKIT_TAG").unwrap_or("v1");
     let mut agent = Agent::builder("testkit");
     // `TESTKIT_MCP_SERVER`: the agent asks for this stdio MCP server, as `kit`.

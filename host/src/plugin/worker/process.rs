@@ -100,8 +100,15 @@ impl Conn {
         tool: Option<&str>,
         deadline: tokio::time::Instant,
     ) -> Result<(u64, oneshot::Receiver<Result<Reply, String>>), NotSent> {
-        let slot = self.place(deadline).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = make(id);
+        // A new session's agent waits for a place however many calls wait: sessions are bounded
+        // by the session caps (`--max-sessions`, per address, per principal) and an agent is made
+        // in microseconds, so a burst of new sessions (a thousand clients in a second) queues
+        // for a moment instead of being refused. Tool calls and custom events, which may run
+        // long, keep the bound.
+        let bounded = !matches!(req, Request::Instantiate { .. });
+        let slot = self.place(deadline, bounded).await?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
@@ -118,7 +125,7 @@ impl Conn {
                 },
             );
         }
-        let bytes = frame::encode(&make(id));
+        let bytes = frame::encode(&req);
         if let Err(e) = self.wr.lock().await.write_all(&bytes).await {
             lock(&self.pending).remove(&id);
             return Err(NotSent::Gone(format!(
@@ -128,22 +135,24 @@ impl Conn {
         Ok((id, rx))
     }
 
-    /// A place for one call: at once, or after waiting in order — unless [`MAX_WAITING`]
-    /// calls wait already (refused: the worker is flooded) or `deadline` passes.
+    /// A place for one call: at once, or after waiting in order — unless the wait is
+    /// `bounded` and [`MAX_WAITING`] calls wait already (refused: the worker is flooded), or
+    /// `deadline` passes.
     async fn place(
         &self,
         deadline: tokio::time::Instant,
+        bounded: bool,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, NotSent> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Ok(p);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+        if bounded && self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(NotSent::Busy(format!(
                 "the plugin is busy: {MAX_IN_FLIGHT} calls are running in its worker and {MAX_WAITING} are waiting; this one was not run"
             )));
         }
-        let _waiting = Waiting(&self.waiting);
+        let _waiting = bounded.then(|| Waiting(&self.waiting));
         match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(NotSent::Gone("the plugin worker has stopped".into())),
