@@ -3,7 +3,8 @@
 //! The `TESTKIT_VARIANT` environment variable read by the factory changes what it exports, so
 //! one build serves several tests: `panic_factory` makes the factory panic, and the build-time
 //! `TESTKIT_TAG` (set by tests that rebuild the plugin for hot reload) names the version and adds
-//! a `tag_<TAG>` tool so a test can see which build is serving.
+//! a `tag_<TAG>` tool so a test can see which build is serving. `TESTKIT_CREATE_MS` makes each
+//! agent take that long to make (a burst of new sessions then queues for the worker).
 
 use std::time::Duration;
 
