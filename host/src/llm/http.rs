@@ -228,7 +228,7 @@ impl HttpModel {
         // would take the timer wheel's lock twice; watched, it is not polled per pause either.
         let mut last = tokio::time::Instant::now();
         let mut stall = Watch::on(tokio::time::sleep(wait));
-        loop {
+        'read: loop {
             let end = tokio::select! {
                 biased;
                 end = pump.take(&mut chunks) => end,
@@ -245,18 +245,13 @@ impl HttpModel {
             let fed = !chunks.is_empty();
             while let Some(bytes) = chunks.pop_front() {
                 if parser.feed(&bytes, on_delta)? {
-                    return std::mem::take(parser).finish_with(on_delta).inspect(|_| {
-                        tracing::debug!(
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "model stream complete"
-                        )
-                    });
+                    break 'read;
                 }
             }
             match end {
                 None => {}
                 // Some servers close without `[DONE]`; accept when the finish arrived.
-                Some(Ok(())) if parser.has_finish() => break,
+                Some(Ok(())) if parser.has_finish() => break 'read,
                 Some(Ok(())) => {
                     return Err(LlmError::Malformed(
                         "the stream ended before the answer was complete".into(),
